@@ -1,0 +1,320 @@
+"""Build libmsquic and define the cffi module ``pymsquic._msquic``.
+
+Two jobs live here, as in pynng:
+
+1. ``locate_msquic()`` finds or builds libmsquic 2.5.x.  In order of preference:
+   ``PYMSQUIC_MSQUIC_LIBRARY`` (a prebuilt ``libmsquic.so.2``, with
+   ``PYMSQUIC_MSQUIC_INCLUDE`` naming its headers), ``PYMSQUIC_MSQUIC_SOURCE``
+   (an msquic checkout with its quictls submodule), or the crates.io crate
+   ``msquic`` at one pinned version, fetched by cargo.  Source builds go through
+   the top-level CMakeLists.txt in Release and are cached under
+   ``~/.cache/pymsquic/<version>-<options hash>/`` so a second install does not
+   rebuild.
+2. ``ffibuilder`` declares the out-of-line API-mode module: the MsQuic API table
+   with its exact function-pointer types, the status codes (values filled in by
+   the compiler) and the project's own flat records and trampolines from
+   ``native/pymsquic.h``.  msquic's event structs stay opaque.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import NamedTuple
+
+from cffi import FFI
+from setuptools.command.build_ext import build_ext
+
+HERE = Path(__file__).resolve().parent
+NATIVE = HERE / "native"
+
+MSQUIC_CRATE_VERSION = "2.5.1-beta"  # newest 2.5.x on crates.io (carries msquic 2.5.1)
+
+# Options that change the produced library; they key the cache.  The superbuild
+# (CMakeLists.txt) forces the rest: shared, logging off, quictls, no tools/tests.
+CMAKE_OPTIONS = {"CMAKE_BUILD_TYPE": "Release"}
+CACHE_LAYOUT = 1  # bump when the cached tree's layout changes
+
+
+def log(msg: str) -> None:
+    print(f"[pymsquic build] {msg}", file=sys.stderr, flush=True)
+
+
+def cache_root() -> Path:
+    if os.environ.get("PYMSQUIC_CACHE_DIR"):
+        return Path(os.environ["PYMSQUIC_CACHE_DIR"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    return Path(xdg) / "pymsquic"
+
+
+class Msquic(NamedTuple):
+    include_dir: Path
+    library: Path  # the file to bundle as libmsquic.so.2
+
+
+def locate_msquic() -> Msquic:
+    """Return the headers and library to build against, building them if needed."""
+    prebuilt = os.environ.get("PYMSQUIC_MSQUIC_LIBRARY")
+    if prebuilt:
+        include = os.environ.get("PYMSQUIC_MSQUIC_INCLUDE")
+        if not include:
+            raise SystemExit("PYMSQUIC_MSQUIC_LIBRARY needs PYMSQUIC_MSQUIC_INCLUDE (the folder with msquic.h)")
+        ms = Msquic(Path(include).expanduser().resolve(), Path(prebuilt).expanduser().resolve())
+        for needed in (ms.library, ms.include_dir / "msquic.h"):
+            if not needed.is_file():
+                raise SystemExit(f"prebuilt libmsquic: {needed} does not exist")
+        log(f"using prebuilt {ms.library}")
+        return ms
+    source = os.environ.get("PYMSQUIC_MSQUIC_SOURCE")
+    if source:
+        return build_from_source(Path(source).expanduser().resolve(), origin=f"tree:{Path(source).resolve()}")
+    return build_from_source(fetch_crate(), origin=f"crate:{MSQUIC_CRATE_VERSION}")
+
+
+def fetch_crate() -> Path:
+    """Unpack the pinned ``msquic`` crate into cargo's cache and return its root."""
+    if not shutil.which("cargo"):
+        raise SystemExit(
+            "cargo is needed to fetch msquic's source (crate msquic "
+            f"{MSQUIC_CRATE_VERSION}); install Rust's cargo, or set PYMSQUIC_MSQUIC_SOURCE "
+            "or PYMSQUIC_MSQUIC_LIBRARY"
+        )
+    manifest_dir = cache_root() / "crate-fetch" / MSQUIC_CRATE_VERSION
+    (manifest_dir / "src").mkdir(parents=True, exist_ok=True)
+    (manifest_dir / "src" / "lib.rs").touch()
+    (manifest_dir / "Cargo.toml").write_text(
+        textwrap.dedent(f"""\
+            [package]
+            name = "pymsquic-fetch"
+            version = "0.0.0"
+            edition = "2021"
+
+            [dependencies]
+            msquic = {{ version = "={MSQUIC_CRATE_VERSION}", default-features = false }}
+            """)
+    )
+    manifest = str(manifest_dir / "Cargo.toml")
+    subprocess.run(["cargo", "fetch", "--quiet", "--manifest-path", manifest], check=True)
+    meta = subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--manifest-path", manifest],
+        check=True, capture_output=True, text=True,
+    )
+    for package in json.loads(meta.stdout)["packages"]:
+        if package["name"] == "msquic":
+            return Path(package["manifest_path"]).parent
+    raise SystemExit("cargo metadata did not list the msquic crate")
+
+
+def source_version(source: Path) -> str:
+    text = (source / "src" / "inc" / "msquic.ver").read_text()
+    parts = [re.search(rf"#define VER_{p} (\d+)", text) for p in ("MAJOR", "MINOR", "PATCH")]
+    if not all(parts):
+        raise SystemExit(f"cannot read msquic's version from {source}/src/inc/msquic.ver")
+    return ".".join(m.group(1) for m in parts)  # type: ignore[union-attr]
+
+
+def build_from_source(source: Path, origin: str) -> Msquic:
+    if not (source / "src" / "inc" / "msquic.h").is_file():
+        raise SystemExit(f"{source} is not an msquic source tree (no src/inc/msquic.h)")
+    if not (source / "submodules" / "quictls" / "Configure").is_file():
+        raise SystemExit(f"{source} lacks submodules/quictls (run git submodule update --init)")
+    version = source_version(source)
+    key_material = json.dumps(
+        {"origin": origin, "options": CMAKE_OPTIONS, "layout": CACHE_LAYOUT,
+         "superbuild": hashlib.sha256((HERE / "CMakeLists.txt").read_bytes()).hexdigest()},
+        sort_keys=True,
+    )
+    prefix = cache_root() / f"{version}-{hashlib.sha256(key_material.encode()).hexdigest()[:12]}"
+    result = Msquic(prefix / "include", prefix / "lib" / "libmsquic.so.2")
+    stamp = prefix / ".complete"
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{prefix}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel installs wait for one build
+        if stamp.is_file() and result.library.is_file():
+            log(f"libmsquic {version} from cache {prefix}")
+            return result
+        log(f"building libmsquic {version} from {source} into {prefix}")
+        shutil.rmtree(prefix, ignore_errors=True)
+        build_dir = prefix / "build"
+        generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+        defines = [f"-D{k}={v}" for k, v in CMAKE_OPTIONS.items()]
+        subprocess.run(
+            ["cmake", "-S", str(HERE), "-B", str(build_dir), *generator, *defines,
+             f"-DMSQUIC_SOURCE_DIR={source}", f"-DCMAKE_INSTALL_PREFIX={prefix}"],
+            check=True,
+        )
+        subprocess.run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)], check=True)
+        subprocess.run(["cmake", "--install", str(build_dir)], check=True)
+        shutil.rmtree(build_dir)
+        stamp.write_text(origin + "\n")
+    return result
+
+
+# ---------------------------------------------------------------------------
+# The cffi module
+# ---------------------------------------------------------------------------
+
+# msquic's own declarations.  Event structs, QUIC_SETTINGS, QUIC_ADDR and the
+# credential config are opaque here: C helpers in native/ fill them from the
+# project's flat records, so no bitfield layout is guessed in Python.
+MSQUIC_CDEF = """
+typedef unsigned int QUIC_STATUS;
+typedef unsigned char BOOLEAN;
+typedef uint64_t QUIC_UINT62;
+typedef int... QUIC_ADDRESS_FAMILY;
+typedef struct QUIC_HANDLE *HQUIC;
+
+typedef struct QUIC_BUFFER { uint32_t Length; uint8_t *Buffer; } QUIC_BUFFER;
+
+typedef enum QUIC_EXECUTION_PROFILE {
+    QUIC_EXECUTION_PROFILE_LOW_LATENCY = ...,
+    QUIC_EXECUTION_PROFILE_TYPE_MAX_THROUGHPUT = ...,
+    QUIC_EXECUTION_PROFILE_TYPE_SCAVENGER = ...,
+    QUIC_EXECUTION_PROFILE_TYPE_REAL_TIME = ...,
+} QUIC_EXECUTION_PROFILE;
+
+typedef struct QUIC_REGISTRATION_CONFIG {
+    const char *AppName;
+    QUIC_EXECUTION_PROFILE ExecutionProfile;
+} QUIC_REGISTRATION_CONFIG;
+
+typedef enum QUIC_CONNECTION_SHUTDOWN_FLAGS {
+    QUIC_CONNECTION_SHUTDOWN_FLAG_NONE = ...,
+    QUIC_CONNECTION_SHUTDOWN_FLAG_SILENT = ...,
+} QUIC_CONNECTION_SHUTDOWN_FLAGS;
+typedef enum QUIC_STREAM_OPEN_FLAGS { QUIC_STREAM_OPEN_FLAG_NONE = ..., ... } QUIC_STREAM_OPEN_FLAGS;
+typedef enum QUIC_STREAM_START_FLAGS { QUIC_STREAM_START_FLAG_NONE = ..., ... } QUIC_STREAM_START_FLAGS;
+typedef enum QUIC_STREAM_SHUTDOWN_FLAGS { QUIC_STREAM_SHUTDOWN_FLAG_NONE = ..., ... } QUIC_STREAM_SHUTDOWN_FLAGS;
+typedef enum QUIC_SEND_FLAGS { QUIC_SEND_FLAG_NONE = ..., ... } QUIC_SEND_FLAGS;
+typedef enum QUIC_SEND_RESUMPTION_FLAGS { QUIC_SEND_RESUMPTION_FLAG_NONE = ..., ... } QUIC_SEND_RESUMPTION_FLAGS;
+typedef enum QUIC_TLS_ALERT_CODES { QUIC_TLS_ALERT_CODE_SUCCESS = ..., ... } QUIC_TLS_ALERT_CODES;
+
+typedef struct QUIC_SETTINGS QUIC_SETTINGS;
+typedef struct QUIC_CREDENTIAL_CONFIG QUIC_CREDENTIAL_CONFIG;
+typedef union QUIC_ADDR QUIC_ADDR;
+typedef struct QUIC_LISTENER_EVENT QUIC_LISTENER_EVENT;
+typedef struct QUIC_CONNECTION_EVENT QUIC_CONNECTION_EVENT;
+typedef struct QUIC_STREAM_EVENT QUIC_STREAM_EVENT;
+typedef QUIC_STATUS (*QUIC_LISTENER_CALLBACK_HANDLER)(HQUIC, void *, QUIC_LISTENER_EVENT *);
+typedef QUIC_STATUS (*QUIC_CONNECTION_CALLBACK_HANDLER)(HQUIC, void *, QUIC_CONNECTION_EVENT *);
+typedef QUIC_STATUS (*QUIC_STREAM_CALLBACK_HANDLER)(HQUIC, void *, QUIC_STREAM_EVENT *);
+
+typedef struct QUIC_API_TABLE {
+    void (*SetContext)(HQUIC, void *);
+    void *(*GetContext)(HQUIC);
+    void (*SetCallbackHandler)(HQUIC, void *, void *);
+    QUIC_STATUS (*SetParam)(HQUIC, uint32_t, uint32_t, const void *);
+    QUIC_STATUS (*GetParam)(HQUIC, uint32_t, uint32_t *, void *);
+    QUIC_STATUS (*RegistrationOpen)(const QUIC_REGISTRATION_CONFIG *, HQUIC *);
+    void (*RegistrationClose)(HQUIC);
+    void (*RegistrationShutdown)(HQUIC, QUIC_CONNECTION_SHUTDOWN_FLAGS, QUIC_UINT62);
+    QUIC_STATUS (*ConfigurationOpen)(HQUIC, const QUIC_BUFFER *const, uint32_t, const QUIC_SETTINGS *,
+                                     uint32_t, void *, HQUIC *);
+    void (*ConfigurationClose)(HQUIC);
+    QUIC_STATUS (*ConfigurationLoadCredential)(HQUIC, const QUIC_CREDENTIAL_CONFIG *);
+    QUIC_STATUS (*ListenerOpen)(HQUIC, QUIC_LISTENER_CALLBACK_HANDLER, void *, HQUIC *);
+    void (*ListenerClose)(HQUIC);
+    QUIC_STATUS (*ListenerStart)(HQUIC, const QUIC_BUFFER *const, uint32_t, const QUIC_ADDR *);
+    void (*ListenerStop)(HQUIC);
+    QUIC_STATUS (*ConnectionOpen)(HQUIC, QUIC_CONNECTION_CALLBACK_HANDLER, void *, HQUIC *);
+    void (*ConnectionClose)(HQUIC);
+    void (*ConnectionShutdown)(HQUIC, QUIC_CONNECTION_SHUTDOWN_FLAGS, QUIC_UINT62);
+    QUIC_STATUS (*ConnectionStart)(HQUIC, HQUIC, QUIC_ADDRESS_FAMILY, const char *, uint16_t);
+    QUIC_STATUS (*ConnectionSetConfiguration)(HQUIC, HQUIC);
+    QUIC_STATUS (*ConnectionSendResumptionTicket)(HQUIC, QUIC_SEND_RESUMPTION_FLAGS, uint16_t, const uint8_t *);
+    QUIC_STATUS (*StreamOpen)(HQUIC, QUIC_STREAM_OPEN_FLAGS, QUIC_STREAM_CALLBACK_HANDLER, void *, HQUIC *);
+    void (*StreamClose)(HQUIC);
+    QUIC_STATUS (*StreamStart)(HQUIC, QUIC_STREAM_START_FLAGS);
+    QUIC_STATUS (*StreamShutdown)(HQUIC, QUIC_STREAM_SHUTDOWN_FLAGS, QUIC_UINT62);
+    QUIC_STATUS (*StreamSend)(HQUIC, const QUIC_BUFFER *const, uint32_t, QUIC_SEND_FLAGS, void *);
+    void (*StreamReceiveComplete)(HQUIC, uint64_t);
+    QUIC_STATUS (*StreamReceiveSetEnabled)(HQUIC, BOOLEAN);
+    QUIC_STATUS (*DatagramSend)(HQUIC, const QUIC_BUFFER *const, uint32_t, QUIC_SEND_FLAGS, void *);
+    QUIC_STATUS (*ConnectionResumptionTicketValidationComplete)(HQUIC, BOOLEAN);
+    QUIC_STATUS (*ConnectionCertificateValidationComplete)(HQUIC, BOOLEAN, QUIC_TLS_ALERT_CODES);
+    QUIC_STATUS (*ConnectionOpenInPartition)(HQUIC, uint16_t, QUIC_CONNECTION_CALLBACK_HANDLER, void *, HQUIC *);
+    ...;
+} QUIC_API_TABLE;
+
+#define QUIC_PARAM_GLOBAL_LIBRARY_VERSION ...
+#define QUIC_PARAM_LISTENER_LOCAL_ADDRESS ...
+#define QUIC_CREDENTIAL_FLAG_CLIENT ...
+#define QUIC_CREDENTIAL_FLAG_NO_CERTIFICATE_VALIDATION ...
+#define QUIC_CREDENTIAL_FLAG_REQUIRE_CLIENT_AUTHENTICATION ...
+#define QUIC_CREDENTIAL_FLAG_SET_CA_CERTIFICATE_FILE ...
+#define QUIC_CREDENTIAL_FLAG_USE_PORTABLE_CERTIFICATES ...
+#define QUIC_CREDENTIAL_FLAG_INDICATE_CERTIFICATE_RECEIVED ...
+"""
+
+# Every status code msquic_posix.h defines; the compiler supplies the values.
+STATUS_NAMES = [
+    "SUCCESS", "PENDING", "CONTINUE", "OUT_OF_MEMORY", "INVALID_PARAMETER", "INVALID_STATE",
+    "NOT_SUPPORTED", "NOT_FOUND", "FILE_NOT_FOUND", "BUFFER_TOO_SMALL", "HANDSHAKE_FAILURE",
+    "ABORTED", "ADDRESS_IN_USE", "INVALID_ADDRESS", "CONNECTION_TIMEOUT", "CONNECTION_IDLE",
+    "INTERNAL_ERROR", "CONNECTION_REFUSED", "PROTOCOL_ERROR", "VER_NEG_ERROR", "UNREACHABLE",
+    "TLS_ERROR", "USER_CANCELED", "ALPN_NEG_FAILURE", "STREAM_LIMIT_REACHED", "ALPN_IN_USE",
+    "ADDRESS_NOT_AVAILABLE", "CLOSE_NOTIFY", "BAD_CERTIFICATE", "UNSUPPORTED_CERTIFICATE",
+    "REVOKED_CERTIFICATE", "EXPIRED_CERTIFICATE", "UNKNOWN_CERTIFICATE", "REQUIRED_CERTIFICATE",
+    "CERT_EXPIRED", "CERT_UNTRUSTED_ROOT", "CERT_NO_CERT",
+]
+STATUS_CDEF = "".join(f"#define QUIC_STATUS_{name} ...\n" for name in STATUS_NAMES)
+
+
+def project_cdef() -> str:
+    """The part of native/pymsquic.h between the CFFI markers, shared with the C side."""
+    header = (NATIVE / "pymsquic.h").read_text()
+    match = re.search(r"/\* CFFI-BEGIN \*/(.*)/\* CFFI-END \*/", header, re.S)
+    if not match:
+        raise SystemExit("native/pymsquic.h lacks its CFFI-BEGIN/CFFI-END markers")
+    return match.group(1)
+
+
+NATIVE_SOURCES = sorted(str(p.relative_to(HERE)) for p in NATIVE.glob("*.c"))
+
+GLUE_CDEF = """
+extern const QUIC_API_TABLE *pmq_api;
+extern "Python+C" int pmq_py_listener_hook(uint64_t hook_id, uint32_t event, const pmq_conn_info *info);
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(MSQUIC_CDEF + STATUS_CDEF + project_cdef() + GLUE_CDEF)
+# Include and library folders are added by BuildExtWithMsquic once libmsquic is
+# located, so that importing this file never starts a build.
+ffibuilder.set_source(
+    "pymsquic._msquic",
+    '#include "pymsquic.h"\n',
+    sources=NATIVE_SOURCES,
+    include_dirs=[str(NATIVE)],
+    extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wno-unused-function"],
+    extra_link_args=["-Wl,-rpath,$ORIGIN", "-l:libmsquic.so.2", "-lpthread"],
+)
+
+
+class BuildExtWithMsquic(build_ext):
+    """build_ext that first locates (or builds) libmsquic and bundles it beside the extension."""
+
+    def run(self) -> None:
+        ms = locate_msquic()
+        for ext in self.extensions:
+            ext.include_dirs.append(str(ms.include_dir))
+            ext.library_dirs.append(str(ms.library.parent))
+        super().run()
+        for ext in self.extensions:
+            dest = Path(self.get_ext_fullpath(ext.name)).parent / "libmsquic.so.2"
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ms.library, dest)
+            log(f"bundled {ms.library} as {dest}")
+
+
+if __name__ == "__main__":
+    # `python build_msquic.py`: build libmsquic (or reuse the cache) and print where it is.
+    found = locate_msquic()
+    print(f"include: {found.include_dir}\nlibrary: {found.library}")

@@ -1,0 +1,54 @@
+/* Private to native/: object layout and helpers shared by the trampolines. */
+#ifndef PYMSQUIC_INTERNAL_H
+#define PYMSQUIC_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "pymsquic.h"
+
+struct pmq_obj {
+    pthread_mutex_t lock;
+    pthread_cond_t cond;      /* broadcast on every change */
+    uint64_t seq;             /* bumped on every change; guarded by lock */
+    atomic_int refs;
+    void (*destroy)(pmq_obj *);
+    pmq_waker *waker;         /* guarded by lock */
+    uint64_t waker_id;
+    /* The waker's ready list; guarded by the waker's lock. */
+    pmq_obj *ready_next;
+    int in_ready;
+};
+
+void pmq_obj_init(pmq_obj *obj, int refs, void (*destroy)(pmq_obj *));
+void pmq_obj_ref(pmq_obj *obj);
+void pmq_obj_unref(pmq_obj *obj);
+/* Records a change: call with obj->lock held. Wakes waiters and the waker. */
+void pmq_obj_changed_locked(pmq_obj *obj);
+void pmq_obj_changed(pmq_obj *obj);
+
+/* Marks this thread as running a msquic callback while the guard lives. */
+void pmq_callback_enter(void);
+void pmq_callback_leave(void);
+int pmq_hooks_enabled(void);
+
+uint64_t pmq_now_ms(void);
+/* Absolute CLOCK_MONOTONIC deadline for pthread_cond_timedwait. */
+void pmq_deadline(struct timespec *ts, uint64_t in_ms);
+
+void pmq_addr_from_quic(pmq_addr *out, const QUIC_ADDR *in);
+int pmq_addr_to_quic(QUIC_ADDR *out, const pmq_addr *in);
+/* Splits a TLS wire-format ALPN list into buffers pointing into it. */
+int pmq_alpn_split(const uint8_t *list, size_t len, QUIC_BUFFER *out, uint32_t max, uint32_t *count);
+
+/* Connection internals used by the listener. */
+pmq_conn *pmq_conn_new_accepted(pmq_listener *listener, const QUIC_NEW_CONNECTION_INFO *info);
+QUIC_STATUS pmq_conn_adopt(pmq_conn *conn, HQUIC handle, HQUIC configuration);
+void pmq_conn_discard_refused(pmq_conn *conn);
+void pmq_conn_leave_listener(pmq_conn *conn);
+pmq_conn_info *pmq_conn_info_ptr(pmq_conn *conn);
+void pmq_listener_conn_changed(pmq_listener *listener);
+
+#define PMQ_MAX_ALPNS 32
+
+#endif

@@ -1,0 +1,401 @@
+/*
+ * Listener trampoline.
+ *
+ * NEW_CONNECTION is decided entirely in C: refuse (return a failure, never
+ * close) when stopping, when the backlog is full or when the Python hook says
+ * no; otherwise set the connection's handler and configuration before
+ * returning, as msquic requires, and queue it for accept. A reaper thread shuts
+ * down connections nobody accepted within backlog_timeout_ms.
+ *
+ * Start, stop and close are serialised here: only one ListenerStop is ever in
+ * flight, and ListenerClose waits for STOP_COMPLETE of any stop in progress.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+typedef struct backlog_entry {
+    pmq_conn *conn;
+    uint64_t deadline_ms;
+} backlog_entry;
+
+struct pmq_listener {
+    pmq_obj obj;               /* must stay first */
+    HQUIC handle;
+    HQUIC configuration;
+    uint32_t state;            /* PMQ_LISTENER_* */
+    int stop_in_flight;        /* a thread is inside ListenerStop */
+    uint64_t hook_id;
+    uint32_t hooks;
+    uint32_t backlog;
+    uint32_t backlog_timeout_ms;
+    uint32_t reserved;         /* NEW_CONNECTIONs between the backlog check and enqueue */
+    uint32_t count;
+    backlog_entry *queue;      /* oldest first */
+    pmq_listener_stats stats;
+    pthread_t reaper;
+    int reaper_running;
+    int reaper_quit;
+    pthread_cond_t reaper_cond;
+};
+
+static void listener_destroy(pmq_obj *obj)
+{
+    pmq_listener *l = (pmq_listener *)obj;
+    pthread_cond_destroy(&l->reaper_cond);
+    free(l->queue);
+    free(l);
+}
+
+pmq_obj *pmq_listener_obj(pmq_listener *l) { return &l->obj; }
+
+/* Removes entry i from the queue; caller holds the lock. */
+static pmq_conn *queue_take(pmq_listener *l, uint32_t i)
+{
+    pmq_conn *conn = l->queue[i].conn;
+    memmove(&l->queue[i], &l->queue[i + 1], (l->count - i - 1) * sizeof(backlog_entry));
+    l->count--;
+    return conn;
+}
+
+static void *reaper_main(void *arg)
+{
+    pmq_listener *l = arg;
+    pmq_conn *expired[64];
+    pthread_mutex_lock(&l->obj.lock);
+    while (!l->reaper_quit) {
+        uint64_t now = pmq_now_ms();
+        uint64_t next = UINT64_MAX;
+        uint32_t n = 0;
+        for (uint32_t i = 0; i < l->count && n < 64;) {
+            uint32_t flags = pmq_conn_flags(l->queue[i].conn);
+            int dead = (flags & PMQ_CONN_SHUTDOWN_COMPLETE) && !(flags & PMQ_CONN_CONNECTED);
+            if (dead || l->queue[i].deadline_ms <= now) {
+                if (!dead) {
+                    l->stats.expired++;
+                }
+                expired[n++] = queue_take(l, i);
+            } else {
+                if (l->queue[i].deadline_ms < next) {
+                    next = l->queue[i].deadline_ms;
+                }
+                i++;
+            }
+        }
+        if (n > 0) {
+            pmq_obj_changed_locked(&l->obj);
+            pthread_mutex_unlock(&l->obj.lock);
+            for (uint32_t i = 0; i < n; i++) {
+                pmq_conn_leave_listener(expired[i]);
+                pmq_conn_shutdown(expired[i], 0);
+                pmq_conn_release(expired[i]);
+            }
+            pthread_mutex_lock(&l->obj.lock);
+            continue;
+        }
+        if (next == UINT64_MAX) {
+            pthread_cond_wait(&l->reaper_cond, &l->obj.lock);
+        } else {
+            struct timespec ts;
+            pmq_deadline(&ts, next - now);
+            pthread_cond_timedwait(&l->reaper_cond, &l->obj.lock, &ts);
+        }
+    }
+    pthread_mutex_unlock(&l->obj.lock);
+    return NULL;
+}
+
+/* A queued connection changed (connected or died): wake accept and the reaper. */
+void pmq_listener_conn_changed(pmq_listener *l)
+{
+    pthread_mutex_lock(&l->obj.lock);
+    pmq_obj_changed_locked(&l->obj);
+    pthread_cond_signal(&l->reaper_cond);
+    pthread_mutex_unlock(&l->obj.lock);
+}
+
+static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_NEW_CONNECTION_INFO *info)
+{
+    pthread_mutex_lock(&l->obj.lock);
+    if (l->state != PMQ_LISTENER_STARTED) {
+        l->stats.refused_other++;
+        pthread_mutex_unlock(&l->obj.lock);
+        return QUIC_STATUS_CONNECTION_REFUSED;
+    }
+    if (l->count + l->reserved >= l->backlog) {
+        l->stats.refused_backlog++;
+        pthread_mutex_unlock(&l->obj.lock);
+        return QUIC_STATUS_CONNECTION_REFUSED;
+    }
+    l->reserved++;
+    pthread_mutex_unlock(&l->obj.lock);
+
+    QUIC_STATUS status = QUIC_STATUS_SUCCESS;
+    int refused_by_hook = 0;
+    pmq_conn *conn = pmq_conn_new_accepted(l, info);
+    if (conn == NULL) {
+        status = QUIC_STATUS_OUT_OF_MEMORY;
+    } else if ((l->hooks & PMQ_HOOK_NEW_CONNECTION) && pmq_hooks_enabled() &&
+               !pmq_py_listener_hook(l->hook_id, PMQ_HOOK_NEW_CONNECTION, pmq_conn_info_ptr(conn))) {
+        status = QUIC_STATUS_CONNECTION_REFUSED;
+        refused_by_hook = 1;
+    } else {
+        status = pmq_conn_adopt(conn, handle, l->configuration);
+    }
+
+    pthread_mutex_lock(&l->obj.lock);
+    l->reserved--;
+    if (QUIC_SUCCEEDED(status)) {
+        l->queue[l->count].conn = conn;
+        l->queue[l->count].deadline_ms = pmq_now_ms() + l->backlog_timeout_ms;
+        l->count++;
+        l->stats.accepted++;
+        pmq_obj_ref(&l->obj); /* the queued connection points back to us */
+        pthread_cond_signal(&l->reaper_cond);
+    } else if (refused_by_hook) {
+        l->stats.refused_hook++;
+    } else {
+        l->stats.refused_other++;
+    }
+    pthread_mutex_unlock(&l->obj.lock);
+
+    if (QUIC_FAILED(status) && conn != NULL) {
+        /* Refusing: msquic frees the connection and calls us no more. */
+        pmq_conn_discard_refused(conn);
+    }
+    return status;
+}
+
+static void on_stop_complete(pmq_listener *l)
+{
+    pthread_mutex_lock(&l->obj.lock);
+    if (l->state != PMQ_LISTENER_CLOSED) {
+        l->state = PMQ_LISTENER_STOPPED;
+    }
+    pmq_obj_changed_locked(&l->obj);
+    pthread_mutex_unlock(&l->obj.lock);
+    if ((l->hooks & PMQ_HOOK_STOP_COMPLETE) && pmq_hooks_enabled()) {
+        pmq_py_listener_hook(l->hook_id, PMQ_HOOK_STOP_COMPLETE, NULL);
+    }
+}
+
+static QUIC_STATUS QUIC_API listener_callback(HQUIC handle, void *context, QUIC_LISTENER_EVENT *event)
+{
+    pmq_listener *l = context;
+    QUIC_STATUS status = QUIC_STATUS_SUCCESS;
+    pmq_callback_enter();
+    switch (event->Type) {
+    case QUIC_LISTENER_EVENT_NEW_CONNECTION:
+        status = on_new_connection(l, event->NEW_CONNECTION.Connection, event->NEW_CONNECTION.Info);
+        break;
+    case QUIC_LISTENER_EVENT_STOP_COMPLETE:
+        on_stop_complete(l);
+        break;
+    default:
+        break;
+    }
+    pmq_callback_leave();
+    return status;
+}
+
+QUIC_STATUS pmq_listener_open(HQUIC registration, HQUIC configuration, uint32_t backlog,
+                              uint32_t backlog_timeout_ms, uint64_t hook_id, uint32_t hooks,
+                              pmq_listener **out)
+{
+    if (backlog == 0) {
+        return QUIC_STATUS_INVALID_PARAMETER;
+    }
+    pmq_listener *l = calloc(1, sizeof(*l));
+    if (l == NULL) {
+        return QUIC_STATUS_OUT_OF_MEMORY;
+    }
+    l->queue = calloc(backlog, sizeof(backlog_entry));
+    if (l->queue == NULL) {
+        free(l);
+        return QUIC_STATUS_OUT_OF_MEMORY;
+    }
+    pmq_obj_init(&l->obj, 1, listener_destroy);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&l->reaper_cond, &attr);
+    pthread_condattr_destroy(&attr);
+    l->configuration = configuration;
+    l->backlog = backlog;
+    l->backlog_timeout_ms = backlog_timeout_ms;
+    l->hook_id = hook_id;
+    l->hooks = hooks;
+    QUIC_STATUS status = pmq_api->ListenerOpen(registration, listener_callback, l, &l->handle);
+    if (QUIC_FAILED(status)) {
+        pmq_obj_unref(&l->obj);
+        return status;
+    }
+    *out = l;
+    return status;
+}
+
+QUIC_STATUS pmq_listener_start(pmq_listener *l, const uint8_t *alpn_list, size_t alpn_len,
+                               const pmq_addr *address)
+{
+    QUIC_BUFFER alpns[PMQ_MAX_ALPNS];
+    uint32_t alpn_count;
+    QUIC_ADDR addr;
+    if (!pmq_alpn_split(alpn_list, alpn_len, alpns, PMQ_MAX_ALPNS, &alpn_count) ||
+        (address != NULL && !pmq_addr_to_quic(&addr, address))) {
+        return QUIC_STATUS_INVALID_PARAMETER;
+    }
+    pthread_mutex_lock(&l->obj.lock);
+    uint32_t before = l->state;
+    if (before == PMQ_LISTENER_CLOSED) {
+        pthread_mutex_unlock(&l->obj.lock);
+        return QUIC_STATUS_ABORTED;
+    }
+    if (before != PMQ_LISTENER_IDLE && before != PMQ_LISTENER_STOPPED) {
+        pthread_mutex_unlock(&l->obj.lock);
+        return QUIC_STATUS_INVALID_STATE;
+    }
+    l->state = PMQ_LISTENER_STARTING;
+    pthread_mutex_unlock(&l->obj.lock);
+
+    QUIC_STATUS status = pmq_api->ListenerStart(l->handle, alpns, alpn_count, address ? &addr : NULL);
+
+    pthread_mutex_lock(&l->obj.lock);
+    l->state = QUIC_SUCCEEDED(status) ? PMQ_LISTENER_STARTED : before;
+    if (QUIC_SUCCEEDED(status) && !l->reaper_running) {
+        l->reaper_running = pthread_create(&l->reaper, NULL, reaper_main, l) == 0;
+    }
+    pmq_obj_changed_locked(&l->obj);
+    pthread_mutex_unlock(&l->obj.lock);
+    return status;
+}
+
+uint32_t pmq_listener_stop(pmq_listener *l)
+{
+    pthread_mutex_lock(&l->obj.lock);
+    if (l->state == PMQ_LISTENER_STARTED) {
+        l->state = PMQ_LISTENER_STOPPING;
+        l->stop_in_flight = 1;
+        pmq_obj_changed_locked(&l->obj);
+        pthread_mutex_unlock(&l->obj.lock);
+        /* STOP_COMPLETE may run inline here, on this thread. */
+        pmq_api->ListenerStop(l->handle);
+        pthread_mutex_lock(&l->obj.lock);
+        l->stop_in_flight = 0;
+        pmq_obj_changed_locked(&l->obj);
+    }
+    uint32_t state = l->state;
+    pthread_mutex_unlock(&l->obj.lock);
+    return state;
+}
+
+uint32_t pmq_listener_state(pmq_listener *l)
+{
+    pthread_mutex_lock(&l->obj.lock);
+    uint32_t state = l->state;
+    pthread_mutex_unlock(&l->obj.lock);
+    return state;
+}
+
+QUIC_STATUS pmq_listener_local_address(pmq_listener *l, pmq_addr *out)
+{
+    QUIC_ADDR addr;
+    uint32_t size = sizeof(addr);
+    pthread_mutex_lock(&l->obj.lock);
+    QUIC_STATUS status = QUIC_STATUS_INVALID_STATE;
+    if (l->state == PMQ_LISTENER_STARTED) {
+        /* GetParam on a listener runs inline; holding our lock keeps the handle open. */
+        status = pmq_api->GetParam(l->handle, QUIC_PARAM_LISTENER_LOCAL_ADDRESS, &size, &addr);
+    }
+    pthread_mutex_unlock(&l->obj.lock);
+    if (QUIC_SUCCEEDED(status)) {
+        pmq_addr_from_quic(out, &addr);
+    }
+    return status;
+}
+
+int pmq_listener_accept(pmq_listener *l, pmq_conn **out)
+{
+    pthread_mutex_lock(&l->obj.lock);
+    int result;
+    int pending = 0;
+    pmq_conn *found = NULL;
+    for (uint32_t i = 0; i < l->count; i++) {
+        uint32_t flags = pmq_conn_flags(l->queue[i].conn);
+        if (flags & PMQ_CONN_CONNECTED) {
+            found = queue_take(l, i);
+            break;
+        }
+        if (!(flags & PMQ_CONN_SHUTDOWN_COMPLETE)) {
+            pending = 1;
+        }
+    }
+    if (found != NULL) {
+        result = PMQ_ACCEPT_OK;
+        pmq_obj_changed_locked(&l->obj);
+    } else if (l->state == PMQ_LISTENER_IDLE) {
+        result = PMQ_ACCEPT_NOT_STARTED;
+    } else if (l->state == PMQ_LISTENER_STARTING || l->state == PMQ_LISTENER_STARTED ||
+               (pending && l->state != PMQ_LISTENER_CLOSED)) {
+        result = PMQ_ACCEPT_EMPTY;
+    } else {
+        result = PMQ_ACCEPT_FINISHED;
+    }
+    pthread_mutex_unlock(&l->obj.lock);
+    if (found != NULL) {
+        pmq_conn_leave_listener(found);
+        *out = found;
+    }
+    return result;
+}
+
+void pmq_listener_get_stats(pmq_listener *l, pmq_listener_stats *out)
+{
+    pthread_mutex_lock(&l->obj.lock);
+    *out = l->stats;
+    out->queued = l->count;
+    pthread_mutex_unlock(&l->obj.lock);
+}
+
+void pmq_listener_close(pmq_listener *l)
+{
+    pthread_mutex_lock(&l->obj.lock);
+    while (l->state == PMQ_LISTENER_STARTING || l->state == PMQ_LISTENER_STOPPING || l->stop_in_flight) {
+        pthread_cond_wait(&l->obj.cond, &l->obj.lock);
+    }
+    if (l->state == PMQ_LISTENER_CLOSED) {
+        pthread_mutex_unlock(&l->obj.lock);
+        return;
+    }
+    l->state = PMQ_LISTENER_CLOSED;
+    HQUIC handle = l->handle;
+    pthread_mutex_unlock(&l->obj.lock);
+
+    pmq_api->ListenerClose(handle); /* blocks; stops first if still started */
+
+    pthread_mutex_lock(&l->obj.lock);
+    l->handle = NULL;
+    l->reaper_quit = 1;
+    pthread_cond_signal(&l->reaper_cond);
+    int reaper_running = l->reaper_running;
+    pthread_mutex_unlock(&l->obj.lock);
+    if (reaper_running) {
+        pthread_join(l->reaper, NULL);
+    }
+
+    /* Nobody can accept these any more: shut them down; each closes itself. */
+    pthread_mutex_lock(&l->obj.lock);
+    while (l->count > 0) {
+        pmq_conn *conn = queue_take(l, 0);
+        pthread_mutex_unlock(&l->obj.lock);
+        pmq_conn_leave_listener(conn);
+        pmq_conn_shutdown(conn, 0);
+        pmq_conn_release(conn);
+        pthread_mutex_lock(&l->obj.lock);
+    }
+    pmq_obj_changed_locked(&l->obj);
+    pthread_mutex_unlock(&l->obj.lock);
+}
+
+void pmq_listener_release(pmq_listener *l) { pmq_obj_unref(&l->obj); }

@@ -1,0 +1,227 @@
+/*
+ * pymsquic native layer: trampolines that receive msquic's callbacks on its
+ * worker threads, do there what msquic requires inside the callback, and keep
+ * thread-safe per-object state that Python reads.
+ *
+ * Objects (listener, connection) share one shape, pmq_obj: a mutex, a condition
+ * variable and a change counter `seq` for blocking waits with the GIL released,
+ * and an optional pmq_waker, an eventfd shared by all objects of one asyncio
+ * loop, that lists which objects changed since the loop last looked.
+ *
+ * Handle ownership: the binding closes connection handles itself, inside their
+ * SHUTDOWN_COMPLETE callback, so Python never races msquic on a freed handle.
+ * Listener handles are closed by pmq_listener_close from a Python thread.
+ *
+ * The section between the CFFI markers is also the cffi cdef (build_msquic.py):
+ * it must stay in the C subset cffi parses (no macros, no includes).
+ */
+#ifndef PYMSQUIC_H
+#define PYMSQUIC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <msquic.h>
+
+/* CFFI-BEGIN */
+
+/* ---- flat records shared with Python ---------------------------------- */
+
+/* A socket address without sockaddr's unions. family 0 means "none". */
+typedef struct pmq_addr {
+    uint16_t family;   /* AF_INET or AF_INET6 */
+    uint16_t port;     /* host byte order */
+    uint32_t scope_id;
+    uint8_t ip[16];    /* the first 4 bytes for AF_INET */
+} pmq_addr;
+
+/* Settings copied into QUIC_SETTINGS; only fields whose PMQ_SET_* bit is in
+ * `set` are applied, the rest keep msquic's defaults. */
+typedef struct pmq_settings {
+    uint64_t set;
+    uint64_t idle_timeout_ms;
+    uint64_t handshake_idle_timeout_ms;
+    uint32_t keep_alive_interval_ms;
+    uint32_t disconnect_timeout_ms;
+    uint32_t stream_recv_window_default;
+    uint32_t conn_flow_control_window;
+    uint32_t max_ack_delay_ms;
+    uint32_t initial_rtt_ms;
+    uint16_t peer_bidi_stream_count;
+    uint16_t peer_unidi_stream_count;
+    uint16_t congestion_control;   /* 0 cubic, 1 bbr */
+    uint8_t datagram_receive_enabled;
+    uint8_t send_buffering_enabled;
+    uint8_t pacing_enabled;
+    uint8_t migration_enabled;
+    uint8_t server_resumption_level;
+} pmq_settings;
+
+enum {
+    PMQ_SET_IDLE_TIMEOUT = 1,
+    PMQ_SET_HANDSHAKE_IDLE_TIMEOUT = 2,
+    PMQ_SET_KEEP_ALIVE_INTERVAL = 4,
+    PMQ_SET_DISCONNECT_TIMEOUT = 8,
+    PMQ_SET_STREAM_RECV_WINDOW = 16,
+    PMQ_SET_CONN_FLOW_CONTROL_WINDOW = 32,
+    PMQ_SET_MAX_ACK_DELAY = 64,
+    PMQ_SET_INITIAL_RTT = 128,
+    PMQ_SET_PEER_BIDI_STREAM_COUNT = 256,
+    PMQ_SET_PEER_UNIDI_STREAM_COUNT = 512,
+    PMQ_SET_CONGESTION_CONTROL = 1024,
+    PMQ_SET_DATAGRAM_RECEIVE_ENABLED = 2048,
+    PMQ_SET_SEND_BUFFERING_ENABLED = 4096,
+    PMQ_SET_PACING_ENABLED = 8192,
+    PMQ_SET_MIGRATION_ENABLED = 16384,
+    PMQ_SET_SERVER_RESUMPTION_LEVEL = 32768
+};
+
+/* A credential in flat form; pmq_configuration_open builds QUIC_CREDENTIAL_CONFIG. */
+typedef struct pmq_credential {
+    uint32_t kind;        /* PMQ_CRED_* */
+    uint32_t flags;       /* QUIC_CREDENTIAL_FLAG_* */
+    const char *cert_file;
+    const char *key_file;
+    const char *password; /* key file or PKCS#12 password, or NULL */
+    const uint8_t *pkcs12;
+    uint32_t pkcs12_len;
+    const char *ca_file;  /* with QUIC_CREDENTIAL_FLAG_SET_CA_CERTIFICATE_FILE */
+} pmq_credential;
+
+enum { PMQ_CRED_NONE = 0, PMQ_CRED_FILES = 1, PMQ_CRED_PKCS12 = 2 };
+
+/* What Python may know of a connection; copied in the callbacks. */
+typedef struct pmq_conn_info {
+    uint32_t flags;            /* PMQ_CONN_* */
+    QUIC_STATUS transport_status;  /* with PMQ_CONN_SHUTDOWN_BY_TRANSPORT */
+    uint64_t error_code;       /* wire error code: the peer's or the transport's */
+    uint64_t local_error_code; /* with PMQ_CONN_SHUTDOWN_BY_APP */
+    pmq_addr local;
+    pmq_addr remote;
+    uint16_t server_name_len;
+    char server_name[256];
+    uint16_t client_alpn_len;  /* TLS wire format: length-prefixed names */
+    uint8_t client_alpn[512];
+    uint8_t alpn_len;          /* negotiated */
+    uint8_t alpn[255];
+} pmq_conn_info;
+
+enum {
+    PMQ_CONN_CONNECTED = 1,
+    PMQ_CONN_SHUTDOWN_BY_TRANSPORT = 2,
+    PMQ_CONN_SHUTDOWN_BY_PEER = 4,
+    PMQ_CONN_SHUTDOWN_BY_APP = 8,
+    PMQ_CONN_SHUTDOWN_COMPLETE = 16,
+    PMQ_CONN_SESSION_RESUMED = 32,
+    PMQ_CONN_PEER_ACKED_SHUTDOWN = 64,
+    PMQ_CONN_CLIENT_ALPN_TRUNCATED = 128
+};
+
+enum {
+    PMQ_LISTENER_IDLE = 0,      /* opened, never started */
+    PMQ_LISTENER_STARTING = 1,
+    PMQ_LISTENER_STARTED = 2,
+    PMQ_LISTENER_STOPPING = 3,  /* ListenerStop called, STOP_COMPLETE not yet seen */
+    PMQ_LISTENER_STOPPED = 4,
+    PMQ_LISTENER_CLOSED = 5
+};
+
+enum {
+    PMQ_ACCEPT_OK = 0,
+    PMQ_ACCEPT_EMPTY = 1,       /* nothing ready yet: wait */
+    PMQ_ACCEPT_NOT_STARTED = 2,
+    PMQ_ACCEPT_FINISHED = 3     /* stopped or closed, and nothing left */
+};
+
+/* Low-level hooks: which ones a listener calls into Python. */
+enum { PMQ_HOOK_NEW_CONNECTION = 1, PMQ_HOOK_STOP_COMPLETE = 2 };
+
+typedef struct pmq_listener_stats {
+    uint64_t accepted;          /* queued for accept */
+    uint64_t refused_backlog;   /* refused: backlog full */
+    uint64_t refused_hook;      /* refused by on_new_connection */
+    uint64_t refused_other;     /* refused: stopping, out of memory, configuration */
+    uint64_t expired;           /* never accepted in time, shut down */
+    uint32_t queued;
+} pmq_listener_stats;
+
+/* ---- opaque objects ---------------------------------------------------- */
+
+typedef struct pmq_obj pmq_obj;
+typedef struct pmq_waker pmq_waker;
+typedef struct pmq_listener pmq_listener;
+typedef struct pmq_conn pmq_conn;
+
+/* ---- library ----------------------------------------------------------- */
+
+QUIC_STATUS pmq_library_open(void);
+void pmq_library_close(void);
+/* Non-zero while this thread is inside a msquic callback (a hook's thread). */
+int pmq_in_callback(void);
+/* Hooks are switched off at interpreter exit, before teardown. */
+void pmq_hooks_enable(int enabled);
+
+/* ---- wakers and objects ------------------------------------------------ */
+
+pmq_waker *pmq_waker_new(void);
+int pmq_waker_fd(pmq_waker *waker);
+/* Reads the eventfd and returns up to max ids of objects that changed. */
+size_t pmq_waker_drain(pmq_waker *waker, uint64_t *ids, size_t max);
+void pmq_waker_release(pmq_waker *waker);
+
+uint64_t pmq_obj_seq(pmq_obj *obj);
+/* Waits until seq differs from `seq` or timeout_ms passes (-1: forever).
+ * Returns 1 on change, 0 on timeout. */
+int pmq_obj_wait(pmq_obj *obj, uint64_t seq, int timeout_ms);
+/* Reports changes of obj to waker under `id` from now on (NULL: stop). */
+void pmq_obj_attach(pmq_obj *obj, pmq_waker *waker, uint64_t id);
+
+/* ---- configuration and addresses --------------------------------------- */
+
+QUIC_STATUS pmq_configuration_open(HQUIC registration, const uint8_t *alpn_list, size_t alpn_len,
+                                   const pmq_settings *settings, const pmq_credential *credential,
+                                   HQUIC *configuration);
+
+/* ---- listener ---------------------------------------------------------- */
+
+QUIC_STATUS pmq_listener_open(HQUIC registration, HQUIC configuration, uint32_t backlog,
+                              uint32_t backlog_timeout_ms, uint64_t hook_id, uint32_t hooks,
+                              pmq_listener **out);
+pmq_obj *pmq_listener_obj(pmq_listener *listener);
+/* alpn_list in TLS wire format; address NULL for any address and port. */
+QUIC_STATUS pmq_listener_start(pmq_listener *listener, const uint8_t *alpn_list, size_t alpn_len,
+                               const pmq_addr *address);
+/* Starts a stop if the listener is started; returns the state afterwards. */
+uint32_t pmq_listener_stop(pmq_listener *listener);
+uint32_t pmq_listener_state(pmq_listener *listener);
+QUIC_STATUS pmq_listener_local_address(pmq_listener *listener, pmq_addr *out);
+/* Pops the oldest connected connection; Python owns it afterwards. */
+int pmq_listener_accept(pmq_listener *listener, pmq_conn **out);
+void pmq_listener_get_stats(pmq_listener *listener, pmq_listener_stats *out);
+/* Blocks until msquic released the listener; queued connections are shut down. */
+void pmq_listener_close(pmq_listener *listener);
+/* Drops Python's reference; the listener must be closed. */
+void pmq_listener_release(pmq_listener *listener);
+
+/* ---- connection -------------------------------------------------------- */
+
+QUIC_STATUS pmq_conn_open(HQUIC registration, pmq_conn **out);
+QUIC_STATUS pmq_conn_start(pmq_conn *conn, HQUIC configuration, const pmq_addr *remote,
+                           const char *server_name);
+pmq_obj *pmq_conn_obj(pmq_conn *conn);
+void pmq_conn_get_info(pmq_conn *conn, pmq_conn_info *out);
+uint32_t pmq_conn_flags(pmq_conn *conn);
+/* Graceful shutdown with an application error code; INVALID_STATE once closed. */
+QUIC_STATUS pmq_conn_shutdown(pmq_conn *conn, uint64_t error_code);
+/* Drops Python's reference; an open connection is shut down first. */
+void pmq_conn_release(pmq_conn *conn);
+
+/* CFFI-END */
+
+/* Declared for cffi in build_msquic.py (a global and an extern "Python+C"). */
+
+/* The process-wide API table; NULL until pmq_library_open succeeds. */
+extern const QUIC_API_TABLE *pmq_api;
+/* Python side of the listener hooks. Returns 0 to refuse a connection. */
+int pmq_py_listener_hook(uint64_t hook_id, uint32_t event, const pmq_conn_info *info);
+
+#endif

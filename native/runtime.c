@@ -1,0 +1,305 @@
+/* Library handle, objects with blocking waits, and eventfd wakers for asyncio. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+const QUIC_API_TABLE *pmq_api = NULL;
+
+static __thread int callback_depth;
+static atomic_int hooks_on = 1;
+
+QUIC_STATUS pmq_library_open(void)
+{
+    if (pmq_api != NULL) {
+        return QUIC_STATUS_SUCCESS;
+    }
+    const QUIC_API_TABLE *api = NULL;
+    QUIC_STATUS status = MsQuicOpenVersion(QUIC_API_VERSION_2, (const void **)&api);
+    if (QUIC_SUCCEEDED(status)) {
+        pmq_api = api;
+    }
+    return status;
+}
+
+void pmq_library_close(void)
+{
+    if (pmq_api != NULL) {
+        MsQuicClose(pmq_api);
+        pmq_api = NULL;
+    }
+}
+
+int pmq_in_callback(void) { return callback_depth > 0; }
+void pmq_callback_enter(void) { callback_depth++; }
+void pmq_callback_leave(void) { callback_depth--; }
+void pmq_hooks_enable(int enabled) { atomic_store(&hooks_on, enabled ? 1 : 0); }
+int pmq_hooks_enabled(void) { return atomic_load(&hooks_on); }
+
+uint64_t pmq_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+void pmq_deadline(struct timespec *ts, uint64_t in_ms)
+{
+    clock_gettime(CLOCK_MONOTONIC, ts);
+    ts->tv_sec += (time_t)(in_ms / 1000u);
+    ts->tv_nsec += (long)(in_ms % 1000u) * 1000000L;
+    if (ts->tv_nsec >= 1000000000L) {
+        ts->tv_sec += 1;
+        ts->tv_nsec -= 1000000000L;
+    }
+}
+
+/* ---- wakers ------------------------------------------------------------- */
+
+struct pmq_waker {
+    pthread_mutex_t lock;
+    int fd;
+    atomic_int refs;
+    pmq_obj *head;   /* objects that changed, each holding a reference */
+    pmq_obj *tail;
+};
+
+pmq_waker *pmq_waker_new(void)
+{
+    pmq_waker *w = calloc(1, sizeof(*w));
+    if (w == NULL) {
+        return NULL;
+    }
+    w->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->fd < 0) {
+        free(w);
+        return NULL;
+    }
+    pthread_mutex_init(&w->lock, NULL);
+    atomic_init(&w->refs, 1);
+    return w;
+}
+
+int pmq_waker_fd(pmq_waker *w) { return w->fd; }
+
+static void waker_ref(pmq_waker *w) { atomic_fetch_add(&w->refs, 1); }
+
+void pmq_waker_release(pmq_waker *w)
+{
+    if (atomic_fetch_sub(&w->refs, 1) != 1) {
+        return;
+    }
+    /* Objects on the ready list hold a waker reference each, so it is empty. */
+    close(w->fd);
+    pthread_mutex_destroy(&w->lock);
+    free(w);
+}
+
+/* Queues obj once; writes the eventfd when the list turns non-empty. */
+static void waker_push(pmq_waker *w, pmq_obj *obj)
+{
+    pthread_mutex_lock(&w->lock);
+    if (!obj->in_ready) {
+        obj->in_ready = 1;
+        obj->ready_next = NULL;
+        pmq_obj_ref(obj);
+        int was_empty = w->head == NULL;
+        if (was_empty) {
+            w->head = obj;
+        } else {
+            w->tail->ready_next = obj;
+        }
+        w->tail = obj;
+        if (was_empty) {
+            uint64_t one = 1;
+            ssize_t n;
+            do {
+                n = write(w->fd, &one, sizeof(one));
+            } while (n < 0 && errno == EINTR);
+        }
+    }
+    pthread_mutex_unlock(&w->lock);
+}
+
+size_t pmq_waker_drain(pmq_waker *w, uint64_t *ids, size_t max)
+{
+    uint64_t counter;
+    while (read(w->fd, &counter, sizeof(counter)) < 0 && errno == EINTR) {
+    }
+    pmq_obj *taken[256];
+    size_t n = 0;
+    if (max > 256) {
+        max = 256;
+    }
+    pthread_mutex_lock(&w->lock);
+    while (w->head != NULL && n < max) {
+        pmq_obj *obj = w->head;
+        w->head = obj->ready_next;
+        obj->in_ready = 0;
+        ids[n] = obj->waker_id;
+        taken[n++] = obj;
+    }
+    if (w->head == NULL) {
+        w->tail = NULL;
+    } else {
+        /* More than max: keep the loop's reader ready for another round. */
+        uint64_t one = 1;
+        (void)!write(w->fd, &one, sizeof(one));
+    }
+    pthread_mutex_unlock(&w->lock);
+    for (size_t i = 0; i < n; i++) {
+        pmq_obj_unref(taken[i]);
+    }
+    return n;
+}
+
+/* ---- objects -------------------------------------------------------------- */
+
+void pmq_obj_init(pmq_obj *obj, int refs, void (*destroy)(pmq_obj *))
+{
+    pthread_mutex_init(&obj->lock, NULL);
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&obj->cond, &attr);
+    pthread_condattr_destroy(&attr);
+    atomic_init(&obj->refs, refs);
+    obj->destroy = destroy;
+}
+
+void pmq_obj_ref(pmq_obj *obj) { atomic_fetch_add(&obj->refs, 1); }
+
+void pmq_obj_unref(pmq_obj *obj)
+{
+    if (atomic_fetch_sub(&obj->refs, 1) != 1) {
+        return;
+    }
+    if (obj->waker != NULL) {
+        pmq_waker_release(obj->waker);
+    }
+    pthread_cond_destroy(&obj->cond);
+    pthread_mutex_destroy(&obj->lock);
+    obj->destroy(obj);
+}
+
+void pmq_obj_changed_locked(pmq_obj *obj)
+{
+    obj->seq++;
+    pthread_cond_broadcast(&obj->cond);
+    if (obj->waker != NULL) {
+        waker_push(obj->waker, obj);
+    }
+}
+
+void pmq_obj_changed(pmq_obj *obj)
+{
+    pthread_mutex_lock(&obj->lock);
+    pmq_obj_changed_locked(obj);
+    pthread_mutex_unlock(&obj->lock);
+}
+
+uint64_t pmq_obj_seq(pmq_obj *obj)
+{
+    pthread_mutex_lock(&obj->lock);
+    uint64_t seq = obj->seq;
+    pthread_mutex_unlock(&obj->lock);
+    return seq;
+}
+
+int pmq_obj_wait(pmq_obj *obj, uint64_t seq, int timeout_ms)
+{
+    struct timespec deadline;
+    if (timeout_ms >= 0) {
+        pmq_deadline(&deadline, (uint64_t)timeout_ms);
+    }
+    pthread_mutex_lock(&obj->lock);
+    int rc = 0;
+    while (obj->seq == seq && rc != ETIMEDOUT) {
+        rc = timeout_ms < 0 ? pthread_cond_wait(&obj->cond, &obj->lock)
+                            : pthread_cond_timedwait(&obj->cond, &obj->lock, &deadline);
+    }
+    int changed = obj->seq != seq;
+    pthread_mutex_unlock(&obj->lock);
+    return changed;
+}
+
+void pmq_obj_attach(pmq_obj *obj, pmq_waker *waker, uint64_t id)
+{
+    if (waker != NULL) {
+        waker_ref(waker);
+    }
+    pthread_mutex_lock(&obj->lock);
+    pmq_waker *old = obj->waker;
+    obj->waker = waker;
+    obj->waker_id = id;
+    pthread_mutex_unlock(&obj->lock);
+    /* A stale entry on the old waker's list only costs one spurious wake-up. */
+    if (old != NULL) {
+        pmq_waker_release(old);
+    }
+}
+
+/* ---- addresses and ALPN ------------------------------------------------- */
+
+void pmq_addr_from_quic(pmq_addr *out, const QUIC_ADDR *in)
+{
+    memset(out, 0, sizeof(*out));
+    if (in == NULL) {
+        return;
+    }
+    if (in->Ip.sa_family == AF_INET) {
+        out->family = AF_INET;
+        out->port = ntohs(in->Ipv4.sin_port);
+        memcpy(out->ip, &in->Ipv4.sin_addr, 4);
+    } else if (in->Ip.sa_family == AF_INET6) {
+        out->family = AF_INET6;
+        out->port = ntohs(in->Ipv6.sin6_port);
+        out->scope_id = in->Ipv6.sin6_scope_id;
+        memcpy(out->ip, &in->Ipv6.sin6_addr, 16);
+    }
+}
+
+int pmq_addr_to_quic(QUIC_ADDR *out, const pmq_addr *in)
+{
+    memset(out, 0, sizeof(*out));
+    if (in->family == AF_INET) {
+        out->Ipv4.sin_family = AF_INET;
+        out->Ipv4.sin_port = htons(in->port);
+        memcpy(&out->Ipv4.sin_addr, in->ip, 4);
+    } else if (in->family == AF_INET6) {
+        out->Ipv6.sin6_family = AF_INET6;
+        out->Ipv6.sin6_port = htons(in->port);
+        out->Ipv6.sin6_scope_id = in->scope_id;
+        memcpy(&out->Ipv6.sin6_addr, in->ip, 16);
+    } else if (in->family == AF_UNSPEC) {
+        out->Ip.sa_family = AF_UNSPEC;
+        out->Ipv6.sin6_port = htons(in->port); /* msquic reads the port at the same offset */
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+int pmq_alpn_split(const uint8_t *list, size_t len, QUIC_BUFFER *out, uint32_t max, uint32_t *count)
+{
+    uint32_t n = 0;
+    size_t i = 0;
+    while (i < len) {
+        uint8_t l = list[i];
+        if (l == 0 || i + 1 + l > len || n == max) {
+            return 0;
+        }
+        out[n].Length = l;
+        out[n].Buffer = (uint8_t *)&list[i + 1];
+        n++;
+        i += 1u + l;
+    }
+    *count = n;
+    return n > 0;
+}

@@ -1,0 +1,48 @@
+"""pymsquic: Python binding to Microsoft's msquic.
+
+Layers, bottom up: ``pymsquic._msquic`` (cffi module over libmsquic and the C
+trampolines in native/), ``_native`` (library lifetime, blocking waits, hooks),
+``_bridge`` (asyncio wake-ups), then the API: :class:`Registration`,
+:class:`Configuration` (with :class:`Settings` and :class:`Credential`),
+:class:`Listener` and :class:`Connection`.
+"""
+
+from __future__ import annotations
+
+from . import _native
+from ._msquic import ffi, lib
+from .configuration import Configuration, Credential, Settings
+from .connection import Connection
+from .errors import (
+    AlreadyStarted,
+    ConnectionClosed,
+    Failed,
+    Finished,
+    HookContextError,
+    ListenError,
+    NotStarted,
+    QuicError,
+    status_name,
+)
+from .listener import Listener, ListenerState, ListenerStats, NewConnectionInfo
+from .registration import Registration
+
+__version__ = "0.1.0"
+
+
+def msquic_version() -> str:
+    """The version the loaded libmsquic reports (QUIC_PARAM_GLOBAL_LIBRARY_VERSION), e.g. "2.5.1"."""
+    _native.ensure_open()
+    version = ffi.new("uint32_t[4]")
+    size = ffi.new("uint32_t *", ffi.sizeof(version))
+    _native.check(lib.pmq_api.GetParam(ffi.NULL, lib.QUIC_PARAM_GLOBAL_LIBRARY_VERSION, size, version),
+                  "GetParam(QUIC_PARAM_GLOBAL_LIBRARY_VERSION)")
+    return f"{version[0]}.{version[1]}.{version[2]}"
+
+
+__all__ = [
+    "AlreadyStarted", "Configuration", "Connection", "ConnectionClosed", "Credential", "Failed",
+    "Finished", "HookContextError", "ListenError", "Listener", "ListenerState", "ListenerStats",
+    "NewConnectionInfo", "NotStarted", "QuicError", "Registration", "Settings", "msquic_version",
+    "status_name",
+]

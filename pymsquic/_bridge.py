@@ -1,0 +1,119 @@
+"""asyncio bridge: one eventfd per event loop, written by msquic's threads.
+
+Native objects attached to a loop's waker report each change by queueing
+their id and, when the list turns non-empty, writing the eventfd. The loop's
+reader drains the ids in one batch and tells each Python object to re-check
+its state. Nothing polls on a timer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from typing import Any, Callable, TypeVar
+
+from ._msquic import ffi, lib
+
+T = TypeVar("T")
+
+_DRAIN_BATCH = 256
+
+
+class _LoopBridge:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        waker = lib.pmq_waker_new()
+        if waker == ffi.NULL:
+            raise OSError("cannot create the eventfd for the asyncio bridge")
+        self._waker = ffi.gc(waker, lib.pmq_waker_release)
+        self._ids = ffi.new("uint64_t[]", _DRAIN_BATCH)
+        self._next_id = 1
+        self._objects: "weakref.WeakValueDictionary[int, NativeWaitable]" = weakref.WeakValueDictionary()
+        self._fd = lib.pmq_waker_fd(waker)
+        loop.add_reader(self._fd, self._on_readable)
+        # Let the waker go with the loop; attached objects keep their own reference.
+        weakref.finalize(loop, _forget_loop, loop.remove_reader, self._fd)
+
+    def attach(self, obj: "NativeWaitable") -> None:
+        obj_id = self._next_id
+        self._next_id += 1
+        self._objects[obj_id] = obj
+        lib.pmq_obj_attach(obj._native_obj, self._waker, obj_id)
+
+    def _on_readable(self) -> None:
+        n = lib.pmq_waker_drain(self._waker, self._ids, _DRAIN_BATCH)
+        for i in range(n):
+            obj = self._objects.get(self._ids[i])
+            if obj is not None:
+                obj._wake_waiters()
+
+
+def _forget_loop(remove_reader: Callable[[int], Any], fd: int) -> None:
+    try:
+        remove_reader(fd)
+    except Exception:  # the loop may already be closed
+        pass
+
+
+_bridges: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge]" = weakref.WeakKeyDictionary()
+
+
+def bridge_for(loop: asyncio.AbstractEventLoop) -> _LoopBridge:
+    bridge = _bridges.get(loop)
+    if bridge is None:
+        bridge = _bridges[loop] = _LoopBridge(loop)
+    return bridge
+
+
+class NativeWaitable:
+    """Mixin for Python objects backed by a native pmq_obj.
+
+    ``_wait_blocking``/``_wait_async`` re-run a non-blocking check each time the
+    native object changes. The check must take what it returns atomically (an
+    accept pops a connection in C), so a cancelled or timed-out wait loses nothing.
+    """
+
+    _native_obj: Any  # pmq_obj *
+
+    def _init_waitable(self, native_obj: Any) -> None:
+        self._native_obj = native_obj
+        self._waiters: list[asyncio.Future[None]] = []
+        self._attached_loop: asyncio.AbstractEventLoop | None = None
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    async def _wait_async(self, check_ready: Callable[[], T | None], timeout: float | None, what: str) -> T:
+        loop = asyncio.get_running_loop()
+        if self._attached_loop is not loop:
+            bridge_for(loop).attach(self)
+            self._attached_loop = loop
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            result = check_ready()
+            if result is not None:
+                return result
+            fut = loop.create_future()
+            self._waiters.append(fut)
+            timer = None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self._waiters.remove(fut)
+                    raise TimeoutError(f"{what} timed out after {timeout} s")
+                timer = loop.call_later(remaining, _expire, fut)
+            try:
+                await fut
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+
+
+def _expire(fut: "asyncio.Future[None]") -> None:
+    if not fut.done():
+        fut.set_result(None)

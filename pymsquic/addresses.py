@@ -1,0 +1,89 @@
+"""Socket addresses: parsing what users write, converting to and from pmq_addr."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from typing import Any, Tuple, Union
+
+from ._msquic import ffi
+
+Address = Tuple[str, int]
+AddressLike = Union[Address, str, None]
+
+# Hosts that mean "every local address, either family".
+_WILDCARDS = {"", "*"}
+
+
+def split_host_port(address: AddressLike) -> tuple[str | None, int]:
+    """Accept ``(host, port)``, ``"host:port"``, ``"[v6]:port"`` or None (any host, port 0)."""
+    if address is None:
+        return None, 0
+    if isinstance(address, str):
+        host, sep, port_text = address.rpartition(":")
+        if not sep or not port_text.isdigit():
+            raise ValueError(f"unparsable address {address!r}: expected 'host:port'")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        port: Any = int(port_text)
+    elif isinstance(address, tuple) and len(address) == 2:
+        host, port = address
+        if not isinstance(host, str):
+            raise TypeError(f"address host must be a str, not {type(host).__name__}")
+    else:
+        raise TypeError(f"address must be (host, port), 'host:port' or None, not {address!r}")
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range 0-65535")
+    return (None if host in _WILDCARDS else host), port
+
+
+def resolve(host: str, port: int, *, passive: bool = False) -> Any:
+    """Resolve host (an IP literal or a name) to a ``pmq_addr *`` (first UDP result)."""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        ip = None
+    if ip is not None and "%" not in host:
+        return to_native(str(ip), port, 4 if ip.version == 4 else 6)
+    flags = socket.AI_PASSIVE if passive else 0
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=flags)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot resolve host {host!r}: {exc}") from None
+    return from_sockaddr(infos[0][0], infos[0][4])
+
+
+def from_sockaddr(family: int, sockaddr: tuple) -> Any:
+    """A pmq_addr from a getaddrinfo result."""
+    addr = ffi.new("pmq_addr *")
+    addr.family = family
+    addr.port = sockaddr[1]
+    packed = socket.inet_pton(family, sockaddr[0])
+    ffi.memmove(addr.ip, packed, len(packed))
+    if family == socket.AF_INET6:
+        addr.scope_id = sockaddr[3]
+    return addr
+
+
+def to_native(ip: str, port: int, version: int) -> Any:
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    return from_sockaddr(family, (ip, port, 0, 0))
+
+
+def any_address(port: int) -> Any:
+    """Every local address (msquic's unspecified family) on ``port``."""
+    addr = ffi.new("pmq_addr *")
+    addr.family = socket.AF_UNSPEC
+    addr.port = port
+    return addr
+
+
+def from_native(addr: Any) -> Address | None:
+    """``(host, port)`` from a pmq_addr, or None when unset."""
+    if addr.family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, bytes(ffi.buffer(addr.ip, 4))), addr.port
+    if addr.family == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, bytes(ffi.buffer(addr.ip, 16))), addr.port
+    return None

@@ -1,0 +1,330 @@
+"""Configuration: ALPN, settings and TLS credentials, as one msquic configuration handle."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import ipaddress
+import os
+from typing import Any, Iterable, Sequence, Union
+
+from . import _native
+from ._msquic import ffi, lib
+from .errors import QuicError
+from .registration import Registration
+
+AlpnLike = Union[str, bytes, Sequence[Union[str, bytes]]]
+
+_MAX_ALPNS = 32
+
+
+def encode_alpns(alpn: AlpnLike) -> bytes:
+    """ALPN protocol ids as a TLS wire-format list; each id 1 to 255 bytes."""
+    if isinstance(alpn, (str, bytes)):
+        alpn = [alpn]
+    elif not isinstance(alpn, Sequence):
+        raise TypeError(f"alpn must be a str, bytes or a sequence of them, not {type(alpn).__name__}")
+    if not alpn:
+        raise ValueError("alpn must name at least one protocol")
+    if len(alpn) > _MAX_ALPNS:
+        raise ValueError(f"at most {_MAX_ALPNS} ALPN ids are supported, got {len(alpn)}")
+    wire = bytearray()
+    for name in alpn:
+        if isinstance(name, str):
+            name = name.encode()
+        elif not isinstance(name, bytes):
+            raise TypeError(f"ALPN ids must be str or bytes, not {type(name).__name__}")
+        if not 1 <= len(name) <= 255:
+            raise ValueError(f"ALPN id must be 1 to 255 bytes long, got {len(name)}")
+        wire.append(len(name))
+        wire += name
+    return bytes(wire)
+
+
+def decode_alpns(wire: bytes) -> tuple[str, ...]:
+    names = []
+    i = 0
+    while i < len(wire):
+        n = wire[i]
+        names.append(wire[i + 1 : i + 1 + n].decode("utf-8", "surrogateescape"))
+        i += 1 + n
+    return tuple(names)
+
+
+_CONGESTION = {"cubic": 0, "bbr": 1}
+
+# Settings field -> (PMQ_SET_* bit, largest value)
+_SETTING_FIELDS = {
+    "idle_timeout_ms": (lib.PMQ_SET_IDLE_TIMEOUT, 2**62 - 1),
+    "handshake_idle_timeout_ms": (lib.PMQ_SET_HANDSHAKE_IDLE_TIMEOUT, 2**62 - 1),
+    "keep_alive_interval_ms": (lib.PMQ_SET_KEEP_ALIVE_INTERVAL, 2**32 - 1),
+    "disconnect_timeout_ms": (lib.PMQ_SET_DISCONNECT_TIMEOUT, 600_000),
+    "stream_recv_window_default": (lib.PMQ_SET_STREAM_RECV_WINDOW, 2**32 - 1),
+    "conn_flow_control_window": (lib.PMQ_SET_CONN_FLOW_CONTROL_WINDOW, 2**32 - 1),
+    "max_ack_delay_ms": (lib.PMQ_SET_MAX_ACK_DELAY, 2**14 - 1),
+    "initial_rtt_ms": (lib.PMQ_SET_INITIAL_RTT, 2**32 - 1),
+    "peer_bidi_stream_count": (lib.PMQ_SET_PEER_BIDI_STREAM_COUNT, 2**16 - 1),
+    "peer_unidi_stream_count": (lib.PMQ_SET_PEER_UNIDI_STREAM_COUNT, 2**16 - 1),
+    "server_resumption_level": (lib.PMQ_SET_SERVER_RESUMPTION_LEVEL, 2),
+}
+_SETTING_FLAGS = {
+    "datagram_receive_enabled": lib.PMQ_SET_DATAGRAM_RECEIVE_ENABLED,
+    "send_buffering_enabled": lib.PMQ_SET_SEND_BUFFERING_ENABLED,
+    "pacing_enabled": lib.PMQ_SET_PACING_ENABLED,
+    "migration_enabled": lib.PMQ_SET_MIGRATION_ENABLED,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """msquic settings; a field left as None keeps msquic's default.
+
+    Servers must set ``peer_bidi_stream_count``/``peer_unidi_stream_count`` for
+    peers to open streams (msquic's default is 0), and both sides
+    ``datagram_receive_enabled`` for datagrams.
+    """
+
+    idle_timeout_ms: int | None = None
+    handshake_idle_timeout_ms: int | None = None
+    peer_bidi_stream_count: int | None = None
+    peer_unidi_stream_count: int | None = None
+    keep_alive_interval_ms: int | None = None
+    datagram_receive_enabled: bool | None = None
+    disconnect_timeout_ms: int | None = None
+    stream_recv_window_default: int | None = None
+    conn_flow_control_window: int | None = None
+    max_ack_delay_ms: int | None = None
+    initial_rtt_ms: int | None = None
+    congestion_control: str | None = None  # "cubic" or "bbr"
+    send_buffering_enabled: bool | None = None
+    pacing_enabled: bool | None = None
+    migration_enabled: bool | None = None
+    server_resumption_level: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, (_, largest) in _SETTING_FIELDS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"Settings.{name} must be an int, not {type(value).__name__}")
+            if not 0 <= value <= largest:
+                raise ValueError(f"Settings.{name}={value} is out of range 0-{largest}")
+        for name in _SETTING_FLAGS:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise TypeError(f"Settings.{name} must be a bool, not {type(value).__name__}")
+        if self.congestion_control is not None and self.congestion_control not in _CONGESTION:
+            raise ValueError(f"Settings.congestion_control must be one of {sorted(_CONGESTION)}")
+
+    def _to_native(self) -> Any:
+        native = ffi.new("pmq_settings *")
+        for name, (bit, _) in _SETTING_FIELDS.items():
+            value = getattr(self, name)
+            if value is not None:
+                native.set |= bit
+                setattr(native, name, value)
+        for name, bit in _SETTING_FLAGS.items():
+            value = getattr(self, name)
+            if value is not None:
+                native.set |= bit
+                setattr(native, name, int(value))
+        if self.congestion_control is not None:
+            native.set |= lib.PMQ_SET_CONGESTION_CONTROL
+            native.congestion_control = _CONGESTION[self.congestion_control]
+        return native
+
+
+@dataclasses.dataclass(frozen=True)
+class Credential:
+    """TLS credentials for a :class:`Configuration`; build one with the class methods."""
+
+    kind: int
+    flags: int
+    cert_file: str | None = None
+    key_file: str | None = None
+    password: str | None = None
+    pkcs12: bytes | None = None
+    ca_file: str | None = None
+    certificate_pem: bytes | None = None  # the certificate, when known (self_signed)
+
+    @property
+    def is_client(self) -> bool:
+        return bool(self.flags & lib.QUIC_CREDENTIAL_FLAG_CLIENT)
+
+    @classmethod
+    def from_files(cls, certfile: str | os.PathLike[str], keyfile: str | os.PathLike[str],
+                   password: str | None = None, *, require_client_auth: bool = False,
+                   ca_file: str | os.PathLike[str] | None = None) -> "Credential":
+        """Server credential from PEM certificate and key files (key optionally encrypted)."""
+        flags = lib.QUIC_CREDENTIAL_FLAG_REQUIRE_CLIENT_AUTHENTICATION if require_client_auth else 0
+        return cls(lib.PMQ_CRED_FILES, flags | _ca_flag(ca_file), cert_file=_existing(certfile, "certfile"),
+                   key_file=_existing(keyfile, "keyfile"), password=_password(password),
+                   ca_file=_optional_file(ca_file))
+
+    @classmethod
+    def from_pkcs12(cls, data: bytes, password: str | None = None, *,
+                    require_client_auth: bool = False,
+                    ca_file: str | os.PathLike[str] | None = None) -> "Credential":
+        """Server credential from an in-memory PKCS#12 blob (certificate chain and key)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"PKCS#12 data must be bytes, not {type(data).__name__}")
+        if not data:
+            raise ValueError("PKCS#12 data is empty")
+        flags = lib.QUIC_CREDENTIAL_FLAG_REQUIRE_CLIENT_AUTHENTICATION if require_client_auth else 0
+        return cls(lib.PMQ_CRED_PKCS12, flags | _ca_flag(ca_file), pkcs12=bytes(data),
+                   password=_password(password), ca_file=_optional_file(ca_file))
+
+    @classmethod
+    def client(cls, verify: bool = True, ca_file: str | os.PathLike[str] | None = None) -> "Credential":
+        """Client credential. ``verify=False`` skips certificate validation (tests only);
+        ``ca_file`` trusts a private CA instead of the system store."""
+        flags = lib.QUIC_CREDENTIAL_FLAG_CLIENT | _ca_flag(ca_file)
+        if not verify:
+            flags |= lib.QUIC_CREDENTIAL_FLAG_NO_CERTIFICATE_VALIDATION
+        return cls(lib.PMQ_CRED_NONE, flags, ca_file=_optional_file(ca_file))
+
+    @classmethod
+    def self_signed(cls, hostnames: Iterable[str] = ("localhost", "127.0.0.1"), *,
+                    days: int = 30) -> "Credential":
+        """A throwaway certificate and key generated now, for demos and tests.
+
+        ``certificate_pem`` holds the certificate: write it to a file and pass
+        it as a client's ``ca_file`` to verify this server.
+        """
+        certificate_pem, pkcs12 = generate_self_signed(tuple(hostnames), days)
+        return cls(lib.PMQ_CRED_PKCS12, 0, pkcs12=pkcs12, certificate_pem=certificate_pem)
+
+    def _to_native(self, keep: list[Any]) -> Any:
+        native = ffi.new("pmq_credential *")
+        native.kind = self.kind
+        native.flags = self.flags
+        for field in ("cert_file", "key_file", "password", "ca_file"):
+            value = getattr(self, field)
+            if value is not None:
+                text = ffi.new("char[]", os.fsencode(value))
+                keep.append(text)
+                setattr(native, field, text)
+        if self.pkcs12 is not None:
+            blob = ffi.from_buffer(self.pkcs12)
+            keep.append(blob)
+            native.pkcs12 = blob
+            native.pkcs12_len = len(self.pkcs12)
+        return native
+
+    def __repr__(self) -> str:  # never show key material or passwords
+        kind = {lib.PMQ_CRED_NONE: "none", lib.PMQ_CRED_FILES: "files", lib.PMQ_CRED_PKCS12: "pkcs12"}[self.kind]
+        return f"<Credential {kind} {'client' if self.is_client else 'server'} flags={self.flags:#x}>"
+
+
+def _existing(path: str | os.PathLike[str], what: str) -> str:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{what} must be a path, not {type(path).__name__}")
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    return path
+
+
+def _optional_file(path: str | os.PathLike[str] | None) -> str | None:
+    return None if path is None else _existing(path, "ca_file")
+
+
+def _ca_flag(ca_file: object) -> int:
+    return lib.QUIC_CREDENTIAL_FLAG_SET_CA_CERTIFICATE_FILE if ca_file is not None else 0
+
+
+def _password(password: str | None) -> str | None:
+    if password is not None and not isinstance(password, str):
+        raise TypeError(f"password must be a str, not {type(password).__name__}")
+    return password
+
+
+def generate_self_signed(hostnames: tuple[str, ...], days: int) -> tuple[bytes, bytes]:
+    """Return (certificate PEM, unencrypted PKCS#12) for a fresh EC P-256 key."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import pkcs12
+    from cryptography.x509.oid import NameOID
+
+    if not hostnames:
+        raise ValueError("self_signed needs at least one hostname")
+    names: list[x509.GeneralName] = []
+    for host in hostnames:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    blob = pkcs12.serialize_key_and_certificates(b"pymsquic", key, cert, None, serialization.NoEncryption())
+    return cert.public_bytes(serialization.Encoding.PEM), blob
+
+
+class Configuration:
+    """ALPN ids, settings and a credential, loaded into msquic for one registration.
+
+    A server passes it to a :class:`~pymsquic.Listener`; a client to
+    :meth:`~pymsquic.Connection.connect`. ``close()`` (or ``with``) releases it;
+    connections that use it keep msquic's own reference.
+    """
+
+    def __init__(self, registration: Registration, alpn: AlpnLike, credential: Credential,
+                 settings: Settings | None = None) -> None:
+        if not isinstance(registration, Registration):
+            raise TypeError(f"registration must be a Registration, not {type(registration).__name__}")
+        if not isinstance(credential, Credential):
+            raise TypeError(f"credential must be a Credential, not {type(credential).__name__}")
+        if settings is None:
+            settings = Settings()
+        elif not isinstance(settings, Settings):
+            raise TypeError(f"settings must be a Settings, not {type(settings).__name__}")
+        self.registration = registration
+        self.alpn_wire = encode_alpns(alpn)
+        self.alpns = decode_alpns(self.alpn_wire)
+        self.credential = credential
+        self.settings = settings
+        keep: list[Any] = []
+        handle = ffi.new("HQUIC *")
+        status = lib.pmq_configuration_open(
+            registration.handle, self.alpn_wire, len(self.alpn_wire), settings._to_native(),
+            credential._to_native(keep), handle,
+        )
+        _native.check(status, "loading the configuration")
+        self._handle = handle[0]
+        self._finalizer = _native.finalizer(self, lib.pmq_api.ConfigurationClose, self._handle)
+        registration._configurations.add(self)
+
+    @property
+    def handle(self) -> Any:
+        """The raw HQUIC configuration."""
+        if not self._finalizer.alive:
+            raise QuicError("configuration is closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Release the configuration; safe to call more than once."""
+        self._finalizer()
+
+    def __enter__(self) -> "Configuration":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Configuration alpn={list(self.alpns)} {self.credential!r}>"

@@ -1,0 +1,251 @@
+"""Connection: a QUIC connection, accepted by a Listener or opened as a client."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from . import _native
+from ._bridge import NativeWaitable
+from ._msquic import ffi, lib
+from .addresses import Address, from_native, from_sockaddr, resolve
+from .configuration import Configuration, decode_alpns
+from .errors import ConnectionClosed, QuicError, failed
+from .registration import Registration
+
+
+class Connection(NativeWaitable):
+    """A QUIC connection.
+
+    Server side, :meth:`Listener.accept` returns connections whose handshake is
+    complete. Client side, :meth:`connect` / :meth:`connect_async` open one and
+    wait for the handshake. The handle is released by msquic's own shutdown: call
+    :meth:`shutdown` or :meth:`close` (or use ``with``/``async with``).
+    """
+
+    def __init__(self, native: Any, registration: Registration, configuration: Configuration) -> None:
+        # Internal: wrap a pmq_conn * whose Python reference we now own.
+        self._conn = native
+        self._init_waitable(lib.pmq_conn_obj(native))
+        self.registration = registration
+        self.configuration = configuration
+        self._info = ffi.new("pmq_conn_info *")
+        self._finalizer = _native.finalizer(self, lib.pmq_conn_release, native)
+
+    # ---- client ----------------------------------------------------------
+
+    @classmethod
+    def connect(cls, registration: Registration, configuration: Configuration, host: str, port: int, *,
+                server_name: str | None = None, timeout: float | None = None) -> "Connection":
+        """Open a connection to ``host:port`` and wait for its handshake (blocking).
+
+        Raises ConnectionClosed if the handshake fails (refused, ALPN mismatch,
+        bad certificate, timeout) and TimeoutError after ``timeout`` seconds.
+        """
+        _native.forbid_in_callback("Connection.connect()")
+        _check_endpoint(host, port)
+        conn = cls._start(registration, configuration, resolve(host, port), server_name or host)
+        try:
+            conn.wait_connected(timeout)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @classmethod
+    async def connect_async(cls, registration: Registration, configuration: Configuration, host: str,
+                            port: int, *, server_name: str | None = None,
+                            timeout: float | None = None) -> "Connection":
+        """Like :meth:`connect`, for asyncio: resolves and waits without blocking the loop."""
+        _check_endpoint(host, port)
+        try:
+            remote = resolve(host, port) if _is_ip(host) else await _resolve_async(host, port)
+        except socket.gaierror as exc:
+            raise ValueError(f"cannot resolve host {host!r}: {exc}") from None
+        conn = cls._start(registration, configuration, remote, server_name or host)
+        try:
+            await conn.wait_connected_async(timeout)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    @classmethod
+    def _start(cls, registration: Registration, configuration: Configuration, remote: Any,
+               server_name: str) -> "Connection":
+        if not isinstance(configuration, Configuration):
+            raise TypeError(f"configuration must be a Configuration, not {type(configuration).__name__}")
+        if not configuration.credential.is_client:
+            raise ValueError("a client connection needs a Credential.client(...) configuration")
+        out = ffi.new("pmq_conn **")
+        _native.check(lib.pmq_conn_open(registration.handle, out), "ConnectionOpen")
+        conn = cls(out[0], registration, configuration)
+        status = lib.pmq_conn_start(out[0], configuration.handle, remote, server_name.encode("idna"))
+        if failed(status):
+            conn.close()
+            raise QuicError("ConnectionStart failed", status)
+        return conn
+
+    # ---- state -------------------------------------------------------------
+
+    def _flags(self) -> int:
+        return lib.pmq_conn_flags(self._conn)
+
+    def _refresh(self) -> Any:
+        lib.pmq_conn_get_info(self._conn, self._info)
+        return self._info
+
+    @property
+    def is_connected(self) -> bool:
+        """True once the handshake completed and until shutdown began."""
+        flags = self._flags()
+        return bool(flags & lib.PMQ_CONN_CONNECTED) and not flags & _SHUTTING_DOWN
+
+    @property
+    def is_closed(self) -> bool:
+        """True once msquic finished the shutdown and released the connection."""
+        return bool(self._flags() & lib.PMQ_CONN_SHUTDOWN_COMPLETE)
+
+    @property
+    def remote_address(self) -> Address | None:
+        return from_native(self._refresh().remote)
+
+    @property
+    def local_address(self) -> Address | None:
+        return from_native(self._refresh().local)
+
+    @property
+    def server_name(self) -> str | None:
+        """The SNI the client sent (server side)."""
+        info = self._refresh()
+        if not info.server_name_len:
+            return None
+        return bytes(ffi.buffer(info.server_name, info.server_name_len)).decode("utf-8", "surrogateescape")
+
+    @property
+    def alpn(self) -> str | None:
+        """The negotiated ALPN id, once connected."""
+        info = self._refresh()
+        if not info.alpn_len:
+            return None
+        return bytes(ffi.buffer(info.alpn, info.alpn_len)).decode("utf-8", "surrogateescape")
+
+    @property
+    def client_alpns(self) -> tuple[str, ...]:
+        """The ALPN ids the client offered (server side)."""
+        info = self._refresh()
+        return decode_alpns(bytes(ffi.buffer(info.client_alpn, info.client_alpn_len)))
+
+    @property
+    def close_reason(self) -> ConnectionClosed | None:
+        """How the connection ended (or is ending), or None while it is up."""
+        info = self._refresh()
+        flags = info.flags
+        if flags & lib.PMQ_CONN_SHUTDOWN_BY_PEER:
+            return ConnectionClosed(f"closed by peer with application error {info.error_code}",
+                                    by_peer=True, error_code=info.error_code)
+        if flags & lib.PMQ_CONN_SHUTDOWN_BY_TRANSPORT:
+            return ConnectionClosed("closed by the transport", status=info.transport_status,
+                                    by_transport=True, error_code=info.error_code)
+        if flags & lib.PMQ_CONN_SHUTDOWN_BY_APP:
+            return ConnectionClosed(f"closed locally with application error {info.local_error_code}",
+                                    by_app=True, error_code=info.local_error_code)
+        if flags & lib.PMQ_CONN_SHUTDOWN_COMPLETE:
+            return ConnectionClosed("connection closed")
+        return None
+
+    # ---- waiting -------------------------------------------------------------
+
+    def _connected_or_raise(self) -> bool | None:
+        flags = self._flags()
+        if flags & lib.PMQ_CONN_CONNECTED:
+            return True
+        if flags & (_SHUTTING_DOWN | lib.PMQ_CONN_SHUTDOWN_COMPLETE):
+            reason = self.close_reason
+            assert reason is not None
+            raise reason
+        return None
+
+    def _closed_now(self) -> bool | None:
+        return True if self._flags() & lib.PMQ_CONN_SHUTDOWN_COMPLETE else None
+
+    def wait_connected(self, timeout: float | None = None) -> None:
+        """Block until the handshake completes; ConnectionClosed if it fails."""
+        _native.wait_blocking(self._native_obj, self._connected_or_raise, timeout, "wait_connected()")
+
+    async def wait_connected_async(self, timeout: float | None = None) -> None:
+        """Wait until the handshake completes; ConnectionClosed if it fails."""
+        await self._wait_async(self._connected_or_raise, timeout, "wait_connected_async()")
+
+    def wait_closed(self, timeout: float | None = None) -> None:
+        """Block until msquic finished shutting the connection down."""
+        _native.wait_blocking(self._native_obj, self._closed_now, timeout, "wait_closed()")
+
+    async def wait_closed_async(self, timeout: float | None = None) -> None:
+        """Wait until msquic finished shutting the connection down."""
+        await self._wait_async(self._closed_now, timeout, "wait_closed_async()")
+
+    # ---- closing -------------------------------------------------------------
+
+    def shutdown(self, error_code: int = 0) -> None:
+        """Start a graceful shutdown, sending ``error_code`` to the peer (a 62-bit int).
+
+        Does not wait; see :meth:`wait_closed`. Does nothing once closed.
+        """
+        if isinstance(error_code, bool) or not isinstance(error_code, int):
+            raise TypeError(f"error_code must be an int, not {type(error_code).__name__}")
+        if not 0 <= error_code < 2**62:
+            raise ValueError(f"error_code {error_code} is not a 62-bit unsigned int")
+        if self._finalizer.alive:
+            lib.pmq_conn_shutdown(self._conn, error_code)
+
+    def close(self) -> None:
+        """Shut down (if still up) and release the connection. Does not block."""
+        self._finalizer()
+
+    def __enter__(self) -> "Connection":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> "Connection":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self.is_closed:
+            state = "closed"
+        elif self.is_connected:
+            state = "connected"
+        else:
+            state = "connecting" if not self._flags() & _SHUTTING_DOWN else "shutting down"
+        return f"<Connection {state} remote={self.remote_address} alpn={self.alpn}>"
+
+
+_SHUTTING_DOWN = lib.PMQ_CONN_SHUTDOWN_BY_PEER | lib.PMQ_CONN_SHUTDOWN_BY_TRANSPORT | lib.PMQ_CONN_SHUTDOWN_BY_APP
+
+
+def _check_endpoint(host: str, port: int) -> None:
+    if not isinstance(host, str) or not host:
+        raise TypeError(f"host must be a non-empty str, not {host!r}")
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    if not 0 < port <= 65535:
+        raise ValueError(f"port {port} is out of range 1-65535")
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        return True
+    except OSError:
+        return False
+
+
+async def _resolve_async(host: str, port: int) -> Any:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    return from_sockaddr(infos[0][0], infos[0][4])

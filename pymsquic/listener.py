@@ -1,0 +1,266 @@
+"""Listener: accepts incoming QUIC connections, blocking or with asyncio."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Callable, Iterator
+
+from . import _native
+from ._bridge import NativeWaitable
+from ._msquic import ffi, lib
+from .addresses import Address, AddressLike, any_address, from_native, resolve, split_host_port
+from .configuration import AlpnLike, Configuration, decode_alpns, encode_alpns
+from .connection import Connection
+from .errors import AlreadyStarted, Failed, Finished, NotStarted, failed
+from .registration import Registration
+
+logger = logging.getLogger("pymsquic")
+
+
+class ListenerState(enum.Enum):
+    OPEN = "open"                            # created, not started
+    START_COMPLETE = "start_complete"        # listening
+    SHUTDOWN = "shutdown"                    # stop requested, STOP_COMPLETE pending
+    SHUTDOWN_COMPLETE = "shutdown_complete"  # stopped (or closed)
+
+
+_STATES = {
+    lib.PMQ_LISTENER_IDLE: ListenerState.OPEN,
+    lib.PMQ_LISTENER_STARTING: ListenerState.OPEN,
+    lib.PMQ_LISTENER_STARTED: ListenerState.START_COMPLETE,
+    lib.PMQ_LISTENER_STOPPING: ListenerState.SHUTDOWN,
+    lib.PMQ_LISTENER_STOPPED: ListenerState.SHUTDOWN_COMPLETE,
+    lib.PMQ_LISTENER_CLOSED: ListenerState.SHUTDOWN_COMPLETE,
+}
+_STOPPED = (lib.PMQ_LISTENER_IDLE, lib.PMQ_LISTENER_STOPPED, lib.PMQ_LISTENER_CLOSED)
+
+
+@dataclass(frozen=True)
+class NewConnectionInfo:
+    """What a listener knows of a connection when it arrives (``on_new_connection``)."""
+
+    remote_address: Address | None
+    local_address: Address | None
+    server_name: str | None
+    client_alpns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ListenerStats:
+    accepted: int         # connections queued for accept
+    refused_backlog: int  # refused because the backlog was full
+    refused_hook: int     # refused by on_new_connection
+    refused_other: int    # refused while stopping, or msquic rejected the configuration
+    expired: int          # queued but not accepted within backlog_timeout, shut down
+    queued: int           # waiting in the backlog now
+
+
+NewConnectionHook = Callable[[NewConnectionInfo], "bool | None"]
+StopCompleteHook = Callable[[], None]
+
+
+class Listener(NativeWaitable):
+    """Accepts QUIC connections on a local address.
+
+    ``backlog`` bounds the connections waiting for :meth:`accept` (handshakes in
+    progress included); beyond it new connections are refused, and the client
+    sees CONNECTION_REFUSED. A connection not accepted within
+    ``backlog_timeout`` seconds is shut down.
+
+    Hooks are low-level and run on a msquic worker thread, before the
+    connection exists for Python:
+
+    * ``on_new_connection(info)`` gets a :class:`NewConnectionInfo`; returning
+      ``False`` refuses the connection. An exception refuses it and is logged.
+    * ``on_stop_complete()`` runs when a stop completes.
+
+    A hook must be quick and must not block: it holds up every connection on
+    its thread. Blocking pymsquic calls made inside a hook raise
+    :class:`~pymsquic.errors.HookContextError`.
+    """
+
+    def __init__(self, registration: Registration, configuration: Configuration, *, backlog: int = 128,
+                 backlog_timeout: float = 10.0, on_new_connection: NewConnectionHook | None = None,
+                 on_stop_complete: StopCompleteHook | None = None) -> None:
+        if not isinstance(registration, Registration):
+            raise TypeError(f"registration must be a Registration, not {type(registration).__name__}")
+        if not isinstance(configuration, Configuration):
+            raise TypeError(f"configuration must be a Configuration, not {type(configuration).__name__}")
+        if configuration.credential.is_client:
+            raise ValueError("a listener needs a server credential (Credential.from_files/from_pkcs12/self_signed)")
+        if isinstance(backlog, bool) or not isinstance(backlog, int):
+            raise TypeError(f"backlog must be an int, not {type(backlog).__name__}")
+        if not 1 <= backlog <= 65535:
+            raise ValueError(f"backlog must be 1-65535, not {backlog}")
+        if not isinstance(backlog_timeout, (int, float)) or not 0 < backlog_timeout <= 3600:
+            raise ValueError(f"backlog_timeout must be seconds in (0, 3600], not {backlog_timeout!r}")
+        for name, hook in (("on_new_connection", on_new_connection), ("on_stop_complete", on_stop_complete)):
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{name} must be callable")
+        self.registration = registration
+        self.configuration = configuration
+        self.on_new_connection = on_new_connection
+        self.on_stop_complete = on_stop_complete
+        hooks = (lib.PMQ_HOOK_NEW_CONNECTION if on_new_connection else 0) | (
+            lib.PMQ_HOOK_STOP_COMPLETE if on_stop_complete else 0)
+        hook_id = _native.register_hook_target(self) if hooks else 0
+        out = ffi.new("pmq_listener **")
+        _native.check(
+            lib.pmq_listener_open(registration.handle, configuration.handle, backlog,
+                                  int(backlog_timeout * 1000), hook_id, hooks, out),
+            "ListenerOpen",
+        )
+        self._listener = out[0]
+        self._init_waitable(lib.pmq_listener_obj(self._listener))
+        # close() only closes; the native struct is freed once Python lets go of it.
+        self._finalizer = _native.finalizer(self, _close_and_release, self._listener)
+        registration._listeners.add(self)
+
+    # ---- start and addresses -------------------------------------------------
+
+    def start(self, alpn: AlpnLike, address: AddressLike = None) -> None:
+        """Start listening for ``alpn`` on ``address``: ``(host, port)``, ``"host:port"``
+        or None for every local address. Port 0 picks a free port (see :attr:`local_address`)."""
+        alpn_wire = encode_alpns(alpn)
+        host, port = split_host_port(address)
+        native_address = any_address(port) if host is None else resolve(host, port, passive=True)
+        status = lib.pmq_listener_start(self._listener, alpn_wire, len(alpn_wire), native_address)
+        if status == lib.QUIC_STATUS_INVALID_STATE:
+            raise AlreadyStarted("listener is already started (or still stopping)", status)
+        if status == lib.QUIC_STATUS_ABORTED:
+            raise Failed("listener is closed", status)
+        if failed(status):
+            raise Failed(f"cannot listen on {address!r}", status)
+        logger.debug("listener started on %s for %s", self.local_address, decode_alpns(alpn_wire))
+
+    @property
+    def local_address(self) -> Address | None:
+        """The bound ``(host, port)`` while started, else None."""
+        addr = ffi.new("pmq_addr *")
+        if failed(lib.pmq_listener_local_address(self._listener, addr)):
+            return None
+        return from_native(addr)
+
+    @property
+    def state(self) -> ListenerState:
+        return _STATES[lib.pmq_listener_state(self._listener)]
+
+    @property
+    def stats(self) -> ListenerStats:
+        native = ffi.new("pmq_listener_stats *")
+        lib.pmq_listener_get_stats(self._listener, native)
+        return ListenerStats(native.accepted, native.refused_backlog, native.refused_hook,
+                             native.refused_other, native.expired, native.queued)
+
+    # ---- accept ------------------------------------------------------------------
+
+    def _try_accept(self) -> Connection | None:
+        out = ffi.new("pmq_conn **")
+        result = lib.pmq_listener_accept(self._listener, out)
+        if result == lib.PMQ_ACCEPT_OK:
+            return Connection(out[0], self.registration, self.configuration)
+        if result == lib.PMQ_ACCEPT_EMPTY:
+            return None
+        if result == lib.PMQ_ACCEPT_NOT_STARTED:
+            raise NotStarted("accept() before start()")
+        raise Finished("listener is stopped and no connection is left")
+
+    def accept(self, timeout: float | None = None) -> Connection:
+        """Wait for the next connection whose handshake completed (blocking, GIL released).
+
+        Raises NotStarted before start(), Finished once stopped and drained,
+        TimeoutError after ``timeout`` seconds.
+        """
+        return _native.wait_blocking(self._native_obj, self._try_accept, timeout, "accept()")
+
+    async def accept_async(self, timeout: float | None = None) -> Connection:
+        """asyncio :meth:`accept`. Cancelling it never loses a connection."""
+        return await self._wait_async(self._try_accept, timeout, "accept_async()")
+
+    def __iter__(self) -> Iterator[Connection]:
+        """Blocking iteration over accepted connections, until the listener stops."""
+        while True:
+            try:
+                yield self.accept()
+            except Finished:
+                return
+
+    def __aiter__(self) -> AsyncIterator[Connection]:
+        return self
+
+    async def __anext__(self) -> Connection:
+        try:
+            return await self.accept_async()
+        except Finished:
+            raise StopAsyncIteration from None
+
+    # ---- stop and close ----------------------------------------------------------
+
+    def _stop_settled(self) -> bool | None:
+        # pmq_listener_stop only acts on a started listener, so calling it again
+        # while another thread's stop is in flight is harmless.
+        return True if lib.pmq_listener_stop(self._listener) in _STOPPED else None
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop listening and wait for msquic's STOP_COMPLETE. Safe from any thread,
+        more than once. Accepted connections keep running; queued ones can still
+        be accepted."""
+        _native.wait_blocking(self._native_obj, self._stop_settled, timeout, "stop()")
+
+    async def stop_async(self, timeout: float | None = None) -> None:
+        """asyncio :meth:`stop`."""
+        await self._wait_async(self._stop_settled, timeout, "stop_async()")
+
+    def close(self) -> None:
+        """Stop if needed and release the listener; connections still queued are shut down."""
+        _native.forbid_in_callback("Listener.close()")
+        lib.pmq_listener_close(self._listener)
+
+    def __enter__(self) -> "Listener":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> "Listener":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop_async()
+        self.close()
+
+    # ---- hooks (msquic thread) -----------------------------------------------------
+
+    def _run_hook(self, event: int, info: Any) -> bool:
+        try:
+            if event == lib.PMQ_HOOK_NEW_CONNECTION:
+                hook = self.on_new_connection
+                return hook is None or hook(_new_connection_info(info)) is not False
+            if self.on_stop_complete is not None:
+                self.on_stop_complete()
+            return True
+        except Exception:
+            logger.exception("listener hook raised; refusing the connection" if event ==
+                             lib.PMQ_HOOK_NEW_CONNECTION else "on_stop_complete raised")
+            return False
+
+    def __repr__(self) -> str:
+        return f"<Listener {self.state.value} {self.local_address} alpn={list(self.configuration.alpns)}>"
+
+
+def _new_connection_info(info: Any) -> NewConnectionInfo:
+    server_name = bytes(ffi.buffer(info.server_name, info.server_name_len)).decode("utf-8", "surrogateescape")
+    return NewConnectionInfo(
+        remote_address=from_native(info.remote),
+        local_address=from_native(info.local),
+        server_name=server_name or None,
+        client_alpns=decode_alpns(bytes(ffi.buffer(info.client_alpn, info.client_alpn_len))),
+    )
+
+
+def _close_and_release(native: Any) -> None:
+    lib.pmq_listener_close(native)
+    lib.pmq_listener_release(native)
+

@@ -1,0 +1,91 @@
+"""Registration: msquic's top-level object that owns execution and every other handle."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+from . import _native
+from ._msquic import ffi, lib
+from .errors import QuicError
+
+_PROFILES = {
+    "low_latency": lib.QUIC_EXECUTION_PROFILE_LOW_LATENCY,
+    "max_throughput": lib.QUIC_EXECUTION_PROFILE_TYPE_MAX_THROUGHPUT,
+    "scavenger": lib.QUIC_EXECUTION_PROFILE_TYPE_SCAVENGER,
+    "real_time": lib.QUIC_EXECUTION_PROFILE_TYPE_REAL_TIME,
+}
+
+
+class Registration:
+    """An msquic registration: the execution context every listener, configuration
+    and connection belongs to.
+
+    ``profile`` is one of ``"low_latency"`` (default), ``"max_throughput"``,
+    ``"scavenger"`` and ``"real_time"``. Use it as a context manager, or call
+    :meth:`close`, which closes its listeners, shuts down its connections and
+    waits until msquic released them all.
+    """
+
+    def __init__(self, app_name: str = "pymsquic", profile: str = "low_latency") -> None:
+        if not isinstance(app_name, str):
+            raise TypeError(f"app_name must be a str, not {type(app_name).__name__}")
+        if profile not in _PROFILES:
+            raise ValueError(f"profile must be one of {sorted(_PROFILES)}, not {profile!r}")
+        _native.ensure_open()
+        self.app_name = app_name
+        self.profile = profile
+        config = ffi.new("QUIC_REGISTRATION_CONFIG *")
+        name = ffi.new("char[]", app_name.encode())
+        config.AppName = name
+        config.ExecutionProfile = _PROFILES[profile]
+        handle = ffi.new("HQUIC *")
+        _native.check(lib.pmq_api.RegistrationOpen(config, handle), "RegistrationOpen")
+        self._handle = handle[0]
+        # Children close before the registration does (RegistrationClose waits for them).
+        self._listeners: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._configurations: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._finalizer = _native.finalizer(self, _close_registration, self._handle, self._listeners,
+                                            self._configurations)
+        _native.track_registration(self)
+
+    @property
+    def handle(self) -> Any:
+        """The raw HQUIC, for calls through ``pymsquic._msquic.lib.pmq_api``."""
+        if self.closed:
+            raise QuicError("registration is closed")
+        return self._handle
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    def close(self) -> None:
+        """Close listeners, shut down connections, close configurations, then the registration.
+
+        Blocks until msquic has released every connection (their shutdown
+        completes; closing never waits for a peer beyond msquic's own timers).
+        """
+        _native.forbid_in_callback("Registration.close()")
+        _native.run_deferred()
+        self._finalizer()
+
+    def __enter__(self) -> "Registration":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<Registration {self.app_name!r} {self.profile} {state}>"
+
+
+def _close_registration(handle: Any, listeners: "weakref.WeakSet[Any]",
+                        configurations: "weakref.WeakSet[Any]") -> None:
+    for listener in list(listeners):
+        listener.close()
+    lib.pmq_api.RegistrationShutdown(handle, lib.QUIC_CONNECTION_SHUTDOWN_FLAG_NONE, 0)
+    for configuration in list(configurations):
+        configuration.close()
+    lib.pmq_api.RegistrationClose(handle)
