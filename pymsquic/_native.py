@@ -86,28 +86,49 @@ def _teardown() -> None:
     _torn_down = True
 
 
-def finalizer(obj: Any, release: Callable[..., None], *args: Any) -> weakref.finalize:
-    """``weakref.finalize`` for a native resource of ``obj``.
+class Releaser:
+    """Releases one native resource of ``owner`` exactly once: when called
+    (close()), or when ``owner`` is garbage collected.
 
-    Calling it releases at once (close()); otherwise it runs when ``obj`` is
-    collected. Collection can happen on a msquic thread inside a hook, where a
-    blocking close could wait for that very thread: the release is then
-    deferred to the next Registration.close() or to exit. Exit itself is left to
-    the teardown, which closes everything in msquic's order.
+    Collection can happen on a msquic thread inside a hook, where a blocking
+    close could wait for that very thread: the release is then deferred to the
+    next Registration.close() or to exit. After the exit teardown nothing is
+    released (msquic is gone). weakref.finalize is not used: it goes inert at
+    interpreter exit, before our teardown runs.
     """
-    fin = weakref.finalize(obj, _release, functools.partial(release, *args))
-    fin.atexit = False
-    return fin
 
+    _live: "set[Releaser]" = set()  # keeps the weak references (and callbacks) alive
 
-def _release(release: Callable[[], None]) -> None:
-    if _torn_down:
-        return
-    if lib.pmq_in_callback():
-        with _lock:
-            _deferred.append(release)
-        return
-    release()
+    def __init__(self, owner: Any, release: Callable[..., None], *args: Any) -> None:
+        self._release: Callable[[], None] | None = functools.partial(release, *args)
+        self._lock = threading.Lock()
+        self._ref = weakref.ref(owner, self._collected)
+        Releaser._live.add(self)
+
+    @property
+    def alive(self) -> bool:
+        return self._release is not None
+
+    def _take(self) -> Callable[[], None] | None:
+        with self._lock:
+            release, self._release = self._release, None
+        Releaser._live.discard(self)
+        return None if _torn_down else release
+
+    def __call__(self) -> None:
+        release = self._take()
+        if release is not None:
+            release()
+
+    def _collected(self, _ref: Any) -> None:
+        release = self._take()
+        if release is None:
+            return
+        if lib.pmq_in_callback():
+            with _lock:
+                _deferred.append(release)
+        else:
+            release()
 
 
 def run_deferred() -> None:

@@ -306,19 +306,19 @@ class Configuration:
         )
         _native.check(status, "loading the configuration")
         self._handle = handle[0]
-        self._finalizer = _native.finalizer(self, lib.pmq_api.ConfigurationClose, self._handle)
+        self._releaser = _native.Releaser(self, lib.pmq_api.ConfigurationClose, self._handle)
         registration._configurations.add(self)
 
     @property
     def handle(self) -> Any:
         """The raw HQUIC configuration."""
-        if not self._finalizer.alive:
+        if not self._releaser.alive:
             raise QuicError("configuration is closed")
         return self._handle
 
     def close(self) -> None:
         """Release the configuration; safe to call more than once."""
-        self._finalizer()
+        self._releaser()
 
     def __enter__(self) -> "Configuration":
         return self

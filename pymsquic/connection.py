@@ -31,7 +31,7 @@ class Connection(NativeWaitable):
         self.registration = registration
         self.configuration = configuration
         self._info = ffi.new("pmq_conn_info *")
-        self._finalizer = _native.finalizer(self, lib.pmq_conn_release, native)
+        self._releaser = _native.Releaser(self, lib.pmq_conn_release, native)
 
     # ---- client ----------------------------------------------------------
 
@@ -197,12 +197,12 @@ class Connection(NativeWaitable):
             raise TypeError(f"error_code must be an int, not {type(error_code).__name__}")
         if not 0 <= error_code < 2**62:
             raise ValueError(f"error_code {error_code} is not a 62-bit unsigned int")
-        if self._finalizer.alive:
+        if self._releaser.alive:
             lib.pmq_conn_shutdown(self._conn, error_code)
 
     def close(self) -> None:
         """Shut down (if still up) and release the connection. Does not block."""
-        self._finalizer()
+        self._releaser()
 
     def __enter__(self) -> "Connection":
         return self

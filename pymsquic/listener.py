@@ -115,7 +115,7 @@ class Listener(NativeWaitable):
         self._listener = out[0]
         self._init_waitable(lib.pmq_listener_obj(self._listener))
         # close() only closes; the native struct is freed once Python lets go of it.
-        self._finalizer = _native.finalizer(self, _close_and_release, self._listener)
+        self._releaser = _native.Releaser(self, _close_and_release, self._listener)
         registration._listeners.add(self)
 
     # ---- start and addresses -------------------------------------------------

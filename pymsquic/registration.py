@@ -45,7 +45,7 @@ class Registration:
         # Children close before the registration does (RegistrationClose waits for them).
         self._listeners: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._configurations: "weakref.WeakSet[Any]" = weakref.WeakSet()
-        self._finalizer = _native.finalizer(self, _close_registration, self._handle, self._listeners,
+        self._releaser = _native.Releaser(self, _close_registration, self._handle, self._listeners,
                                             self._configurations)
         _native.track_registration(self)
 
@@ -58,7 +58,7 @@ class Registration:
 
     @property
     def closed(self) -> bool:
-        return not self._finalizer.alive
+        return not self._releaser.alive
 
     def close(self) -> None:
         """Close listeners, shut down connections, close configurations, then the registration.
@@ -68,7 +68,7 @@ class Registration:
         """
         _native.forbid_in_callback("Registration.close()")
         _native.run_deferred()
-        self._finalizer()
+        self._releaser()
 
     def __enter__(self) -> "Registration":
         return self
