@@ -95,7 +95,14 @@ void pmq_waker_release(pmq_waker *w)
     if (atomic_fetch_sub(&w->refs, 1) != 1) {
         return;
     }
-    /* Objects on the ready list hold a waker reference each, so it is empty. */
+    /* Attached objects hold references to the waker and leave its list when
+     * re-attached, so the list is empty here; drop what may remain anyway. */
+    while (w->head != NULL) {
+        pmq_obj *obj = w->head;
+        w->head = obj->ready_next;
+        obj->in_ready = 0;
+        pmq_obj_unref(obj);
+    }
     close(w->fd);
     pthread_mutex_destroy(&w->lock);
     free(w);
@@ -229,6 +236,31 @@ int pmq_obj_wait(pmq_obj *obj, uint64_t seq, int timeout_ms)
     return changed;
 }
 
+/* Takes obj off w's ready list; the caller holds obj->lock and a reference. */
+static void waker_remove(pmq_waker *w, pmq_obj *obj)
+{
+    pthread_mutex_lock(&w->lock);
+    if (obj->in_ready) {
+        pmq_obj *prev = NULL;
+        for (pmq_obj *it = w->head; it != NULL; prev = it, it = it->ready_next) {
+            if (it == obj) {
+                if (prev == NULL) {
+                    w->head = obj->ready_next;
+                } else {
+                    prev->ready_next = obj->ready_next;
+                }
+                if (w->tail == obj) {
+                    w->tail = prev;
+                }
+                break;
+            }
+        }
+        obj->in_ready = 0;
+        atomic_fetch_sub(&obj->refs, 1); /* the list's reference; never the last */
+    }
+    pthread_mutex_unlock(&w->lock);
+}
+
 void pmq_obj_attach(pmq_obj *obj, pmq_waker *waker, uint64_t id)
 {
     if (waker != NULL) {
@@ -236,10 +268,14 @@ void pmq_obj_attach(pmq_obj *obj, pmq_waker *waker, uint64_t id)
     }
     pthread_mutex_lock(&obj->lock);
     pmq_waker *old = obj->waker;
+    if (old != NULL) {
+        /* Under obj->lock, so no change can be queued on the new waker while
+         * in_ready still describes the old one. */
+        waker_remove(old, obj);
+    }
     obj->waker = waker;
     obj->waker_id = id;
     pthread_mutex_unlock(&obj->lock);
-    /* A stale entry on the old waker's list only costs one spurious wake-up. */
     if (old != NULL) {
         pmq_waker_release(old);
     }

@@ -30,9 +30,9 @@ class _LoopBridge:
         self._next_id = 1
         self._objects: "weakref.WeakValueDictionary[int, NativeWaitable]" = weakref.WeakValueDictionary()
         self._fd = lib.pmq_waker_fd(waker)
+        # The loop holds the bridge through this reader; when the loop is collected,
+        # so is the bridge, and the waker with it (attached objects hold their own reference).
         loop.add_reader(self._fd, self._on_readable)
-        # Let the waker go with the loop; attached objects keep their own reference.
-        weakref.finalize(loop, _forget_loop, loop.remove_reader, self._fd)
 
     def attach(self, obj: "NativeWaitable") -> None:
         obj_id = self._next_id
@@ -46,13 +46,6 @@ class _LoopBridge:
             obj = self._objects.get(self._ids[i])
             if obj is not None:
                 obj._wake_waiters()
-
-
-def _forget_loop(remove_reader: Callable[[int], Any], fd: int) -> None:
-    try:
-        remove_reader(fd)
-    except Exception:  # the loop may already be closed
-        pass
 
 
 _bridges: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge]" = weakref.WeakKeyDictionary()

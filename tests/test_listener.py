@@ -119,6 +119,30 @@ def test_cancelled_accept_loses_no_connection(listener: pymsquic.Listener) -> No
     asyncio.run(main()).close()
 
 
+def test_wakeups_reach_a_second_event_loop(listener: pymsquic.Listener) -> None:
+    port = listener.local_address[1]
+
+    async def first_loop() -> None:
+        with pytest.raises(TimeoutError):
+            await listener.accept_async(timeout=0.05)
+
+    asyncio.run(first_loop())
+    listener.stop()  # a change reported to the first loop's waker, which nobody drains now
+    listener.start(ALPN, ("127.0.0.1", port))
+
+    async def second_loop() -> float:
+        client = asyncio.create_task(aioquic_handshake(port, hold=0.2))
+        start = time.monotonic()
+        conn = await listener.accept_async(timeout=8)
+        elapsed = time.monotonic() - start
+        await client
+        conn.close()
+        return elapsed
+
+    # Woken by the second loop's waker, not rescued by the 8 s timeout's final check.
+    assert asyncio.run(second_loop()) < 4
+
+
 def test_not_started_already_started_finished(registration, server_config) -> None:
     with pymsquic.Listener(registration, server_config) as lst:
         assert lst.state is pymsquic.ListenerState.OPEN
