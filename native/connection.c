@@ -1,38 +1,83 @@
 /*
  * Connection trampoline.
  *
- * The handle is closed here, inside SHUTDOWN_COMPLETE (msquic's own pattern),
- * never by Python. Python's calls on the handle are counted in `users`, and
- * SHUTDOWN_COMPLETE waits for them before closing, so no call ever reaches a
- * freed handle. Only non-blocking msquic calls may be counted: a blocking one
- * would wait for this very worker.
+ * The handle is closed by the binding, never by Python: at SHUTDOWN_COMPLETE
+ * (msquic's own pattern) or, if a Python call was in flight then, by that call
+ * as it leaves the guard (see internal.h). Peer streams get their handler
+ * inside PEER_STREAM_STARTED and wait in a queue for accept_stream; received
+ * datagrams wait in a bounded queue that drops the oldest.
  *
- * References: one for msquic (dropped after the close) and one for the owner,
- * which is the listener's backlog until accept hands it to Python.
+ * References: one for msquic (dropped when the handle closes) and one for the
+ * owner, which is the listener's backlog until accept hands it to Python.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
 
+#define DEFAULT_DATAGRAM_QUEUE 256
+
+typedef struct datagram_block {
+    pmq_datagram public;
+    struct datagram_block *next;
+} datagram_block;
+
+typedef struct send_datagram {
+    QUIC_BUFFER buffer;
+} send_datagram;
+
 struct pmq_conn {
     pmq_obj obj;               /* must stay first */
-    HQUIC handle;              /* NULL once closed */
-    int users;                 /* Python calls in flight on handle */
+    pmq_guard guard;
     int started;
+    int py_released;
     pmq_listener *listener;    /* while in a listener's backlog */
     pmq_conn_info info;
+    pmq_stream *streams_head;  /* peer streams not yet accepted */
+    pmq_stream *streams_tail;
+    datagram_block *dgram_head;
+    datagram_block *dgram_tail;
+    uint32_t dgram_capacity;
+    uint8_t *peer_cert;
+    uint64_t started_us;
+    uint64_t handshake_us;
 };
 
-static void conn_destroy(pmq_obj *obj) { free(obj); }
+static void conn_close_handle(HQUIC handle) { pmq_api->ConnectionClose(handle); }
+
+static void conn_destroy(pmq_obj *obj)
+{
+    pmq_conn *c = (pmq_conn *)obj;
+    while (c->streams_head != NULL) {
+        pmq_stream *s = c->streams_head;
+        c->streams_head = pmq_stream_get_next(s);
+        pmq_obj_unref(pmq_stream_obj(s));
+    }
+    while (c->dgram_head != NULL) {
+        datagram_block *d = c->dgram_head;
+        c->dgram_head = d->next;
+        free(d);
+    }
+    free(c->peer_cert);
+    free(c);
+}
 
 static pmq_conn *conn_new(void)
 {
     pmq_conn *c = calloc(1, sizeof(*c));
     if (c != NULL) {
         pmq_obj_init(&c->obj, 2, conn_destroy);
+        c->dgram_capacity = DEFAULT_DATAGRAM_QUEUE;
+        c->started_us = pmq_now_us();
     }
     return c;
+}
+
+static void conn_free_unused(pmq_conn *c)
+{
+    pthread_cond_destroy(&c->obj.cond);
+    pthread_mutex_destroy(&c->obj.lock);
+    free(c);
 }
 
 pmq_obj *pmq_conn_obj(pmq_conn *c) { return &c->obj; }
@@ -71,15 +116,7 @@ static void notify_listener(pmq_listener *l)
     }
 }
 
-/* Streams arrive in a later layer; until a connection accepts them, refuse
- * them here without ever returning success with no handler (an abort). */
-static QUIC_STATUS QUIC_API refused_stream_callback(HQUIC stream, void *context, QUIC_STREAM_EVENT *event)
-{
-    if (event->Type == QUIC_STREAM_EVENT_SHUTDOWN_COMPLETE && !event->SHUTDOWN_COMPLETE.AppCloseInProgress) {
-        pmq_api->StreamClose(stream);
-    }
-    return QUIC_STATUS_SUCCESS;
-}
+/* ---- events ------------------------------------------------------------------ */
 
 static void on_connected(pmq_conn *c, HQUIC handle, QUIC_CONNECTION_EVENT *event)
 {
@@ -102,35 +139,127 @@ static void on_connected(pmq_conn *c, HQUIC handle, QUIC_CONNECTION_EVENT *event
     if (have_remote) {
         pmq_addr_from_quic(&c->info.remote, &remote);
     }
+    c->handshake_us = pmq_now_us() - c->started_us;
     pmq_obj_changed_locked(&c->obj);
     pmq_listener *l = owning_listener(c);
     pthread_mutex_unlock(&c->obj.lock);
     notify_listener(l);
 }
 
-static void on_shutdown_complete(pmq_conn *c, HQUIC handle, QUIC_CONNECTION_EVENT *event)
+static void on_shutdown_complete(pmq_conn *c, QUIC_CONNECTION_EVENT *event)
 {
     pthread_mutex_lock(&c->obj.lock);
     c->info.flags |= PMQ_CONN_SHUTDOWN_COMPLETE;
     if (event->SHUTDOWN_COMPLETE.PeerAcknowledgedShutdown) {
         c->info.flags |= PMQ_CONN_PEER_ACKED_SHUTDOWN;
     }
-    while (c->users > 0) {
-        pthread_cond_wait(&c->obj.cond, &c->obj.lock);
-    }
-    c->handle = NULL;
-    pthread_mutex_unlock(&c->obj.lock);
-
-    if (!event->SHUTDOWN_COMPLETE.AppCloseInProgress) {
-        pmq_api->ConnectionClose(handle);
-    }
-
-    pthread_mutex_lock(&c->obj.lock);
+    HQUIC to_close = pmq_guard_finish_locked(&c->guard);
     pmq_obj_changed_locked(&c->obj);
     pmq_listener *l = owning_listener(c);
     pthread_mutex_unlock(&c->obj.lock);
+
     notify_listener(l);
-    pmq_obj_unref(&c->obj); /* msquic's reference */
+    if (to_close != NULL) {
+        if (!event->SHUTDOWN_COMPLETE.AppCloseInProgress) {
+            pmq_api->ConnectionClose(to_close);
+        }
+        pmq_obj_unref(&c->obj); /* msquic's reference */
+    }
+}
+
+static void on_peer_stream_started(pmq_conn *c, QUIC_CONNECTION_EVENT *event)
+{
+    HQUIC handle = event->PEER_STREAM_STARTED.Stream;
+    int unidirectional = (event->PEER_STREAM_STARTED.Flags & QUIC_STREAM_OPEN_FLAG_UNIDIRECTIONAL) != 0;
+    pmq_stream *s = pmq_stream_new_peer(handle, unidirectional);
+    if (s == NULL) {
+        pmq_stream_refuse(handle);
+        return;
+    }
+    pthread_mutex_lock(&c->obj.lock);
+    int unwanted = c->py_released;
+    if (!unwanted) {
+        pmq_stream_set_next(s, NULL);
+        if (c->streams_tail != NULL) {
+            pmq_stream_set_next(c->streams_tail, s);
+        } else {
+            c->streams_head = s;
+        }
+        c->streams_tail = s;
+        c->info.streams_queued++;
+        pmq_obj_changed_locked(&c->obj);
+    }
+    pthread_mutex_unlock(&c->obj.lock);
+    if (unwanted) {
+        pmq_stream_abort_unaccepted(s); /* nobody will ever accept it */
+    }
+}
+
+static void on_datagram_received(pmq_conn *c, const QUIC_BUFFER *buffer)
+{
+    datagram_block *d = malloc(sizeof(*d) + buffer->Length);
+    if (d == NULL) {
+        pthread_mutex_lock(&c->obj.lock);
+        c->info.datagrams_dropped++;
+        pthread_mutex_unlock(&c->obj.lock);
+        return;
+    }
+    d->public.len = buffer->Length;
+    d->public.data = (const uint8_t *)(d + 1);
+    d->next = NULL;
+    memcpy(d + 1, buffer->Buffer, buffer->Length);
+    datagram_block *dropped = NULL;
+    pthread_mutex_lock(&c->obj.lock);
+    if (c->info.datagrams_queued >= c->dgram_capacity) {
+        dropped = c->dgram_head; /* the oldest goes */
+        c->dgram_head = dropped->next;
+        if (c->dgram_head == NULL) {
+            c->dgram_tail = NULL;
+        }
+        c->info.datagrams_queued--;
+        c->info.datagrams_dropped++;
+    }
+    if (c->dgram_tail != NULL) {
+        c->dgram_tail->next = d;
+    } else {
+        c->dgram_head = d;
+    }
+    c->dgram_tail = d;
+    c->info.datagrams_queued++;
+    pmq_obj_changed_locked(&c->obj);
+    pthread_mutex_unlock(&c->obj.lock);
+    free(dropped);
+}
+
+static void on_peer_certificate(pmq_conn *c, QUIC_CONNECTION_EVENT *event)
+{
+    /* With USE_PORTABLE_CERTIFICATES the certificate is a QUIC_BUFFER of DER. */
+    const QUIC_BUFFER *der = (const QUIC_BUFFER *)event->PEER_CERTIFICATE_RECEIVED.Certificate;
+    if (der == NULL || der->Length == 0) {
+        return;
+    }
+    uint8_t *copy = malloc(der->Length);
+    if (copy == NULL) {
+        return;
+    }
+    memcpy(copy, der->Buffer, der->Length);
+    pthread_mutex_lock(&c->obj.lock);
+    free(c->peer_cert);
+    c->peer_cert = copy;
+    c->info.peer_certificate_len = der->Length;
+    pthread_mutex_unlock(&c->obj.lock);
+}
+
+static void set_flag(pmq_conn *c, uint32_t flag, QUIC_STATUS status, uint64_t error_code)
+{
+    pthread_mutex_lock(&c->obj.lock);
+    c->info.flags |= flag;
+    if (flag == PMQ_CONN_SHUTDOWN_BY_TRANSPORT) {
+        c->info.transport_status = status;
+    }
+    c->info.error_code = error_code;
+    pmq_obj_changed_locked(&c->obj);
+    pthread_mutex_unlock(&c->obj.lock);
 }
 
 static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONNECTION_EVENT *event)
@@ -142,29 +271,39 @@ static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONN
         on_connected(c, handle, event);
         break;
     case QUIC_CONNECTION_EVENT_SHUTDOWN_INITIATED_BY_TRANSPORT:
-        pthread_mutex_lock(&c->obj.lock);
-        c->info.flags |= PMQ_CONN_SHUTDOWN_BY_TRANSPORT;
-        c->info.transport_status = event->SHUTDOWN_INITIATED_BY_TRANSPORT.Status;
-        c->info.error_code = event->SHUTDOWN_INITIATED_BY_TRANSPORT.ErrorCode;
-        pmq_obj_changed_locked(&c->obj);
-        pthread_mutex_unlock(&c->obj.lock);
+        set_flag(c, PMQ_CONN_SHUTDOWN_BY_TRANSPORT, event->SHUTDOWN_INITIATED_BY_TRANSPORT.Status,
+                 event->SHUTDOWN_INITIATED_BY_TRANSPORT.ErrorCode);
         break;
     case QUIC_CONNECTION_EVENT_SHUTDOWN_INITIATED_BY_PEER:
+        set_flag(c, PMQ_CONN_SHUTDOWN_BY_PEER, 0, event->SHUTDOWN_INITIATED_BY_PEER.ErrorCode);
+        break;
+    case QUIC_CONNECTION_EVENT_SHUTDOWN_COMPLETE:
+        on_shutdown_complete(c, event);
+        break;
+    case QUIC_CONNECTION_EVENT_PEER_STREAM_STARTED:
+        on_peer_stream_started(c, event);
+        break;
+    case QUIC_CONNECTION_EVENT_STREAMS_AVAILABLE:
+        pmq_obj_changed(&c->obj);
+        break;
+    case QUIC_CONNECTION_EVENT_DATAGRAM_STATE_CHANGED:
         pthread_mutex_lock(&c->obj.lock);
-        c->info.flags |= PMQ_CONN_SHUTDOWN_BY_PEER;
-        c->info.error_code = event->SHUTDOWN_INITIATED_BY_PEER.ErrorCode;
+        c->info.datagram_send_enabled = event->DATAGRAM_STATE_CHANGED.SendEnabled;
+        c->info.max_datagram_size = event->DATAGRAM_STATE_CHANGED.MaxSendLength;
         pmq_obj_changed_locked(&c->obj);
         pthread_mutex_unlock(&c->obj.lock);
         break;
-    case QUIC_CONNECTION_EVENT_SHUTDOWN_COMPLETE:
-        on_shutdown_complete(c, handle, event);
+    case QUIC_CONNECTION_EVENT_DATAGRAM_RECEIVED:
+        on_datagram_received(c, event->DATAGRAM_RECEIVED.Buffer);
         break;
-    case QUIC_CONNECTION_EVENT_PEER_STREAM_STARTED: {
-        HQUIC stream = event->PEER_STREAM_STARTED.Stream;
-        pmq_api->SetCallbackHandler(stream, (void *)refused_stream_callback, NULL);
-        pmq_api->StreamShutdown(stream, QUIC_STREAM_SHUTDOWN_FLAG_ABORT | QUIC_STREAM_SHUTDOWN_FLAG_IMMEDIATE, 0);
+    case QUIC_CONNECTION_EVENT_DATAGRAM_SEND_STATE_CHANGED:
+        if (QUIC_DATAGRAM_SEND_STATE_IS_FINAL(event->DATAGRAM_SEND_STATE_CHANGED.State)) {
+            free(event->DATAGRAM_SEND_STATE_CHANGED.ClientContext);
+        }
         break;
-    }
+    case QUIC_CONNECTION_EVENT_PEER_CERTIFICATE_RECEIVED:
+        on_peer_certificate(c, event);
+        break;
     default:
         break;
     }
@@ -210,18 +349,13 @@ pmq_conn *pmq_conn_new_accepted(pmq_listener *listener, const QUIC_NEW_CONNECTIO
 
 QUIC_STATUS pmq_conn_adopt(pmq_conn *c, HQUIC handle, HQUIC configuration)
 {
-    c->handle = handle;
+    c->guard.handle = handle;
     c->started = 1;
     pmq_api->SetCallbackHandler(handle, (void *)conn_callback, c);
     return pmq_api->ConnectionSetConfiguration(handle, configuration);
 }
 
-void pmq_conn_discard_refused(pmq_conn *c)
-{
-    pthread_cond_destroy(&c->obj.cond);
-    pthread_mutex_destroy(&c->obj.lock);
-    free(c);
-}
+void pmq_conn_discard_refused(pmq_conn *c) { conn_free_unused(c); }
 
 void pmq_conn_leave_listener(pmq_conn *c)
 {
@@ -234,7 +368,7 @@ void pmq_conn_leave_listener(pmq_conn *c)
     }
 }
 
-/* ---- client side --------------------------------------------------------- */
+/* ---- client side ------------------------------------------------------------ */
 
 QUIC_STATUS pmq_conn_open(HQUIC registration, pmq_conn **out)
 {
@@ -242,9 +376,9 @@ QUIC_STATUS pmq_conn_open(HQUIC registration, pmq_conn **out)
     if (c == NULL) {
         return QUIC_STATUS_OUT_OF_MEMORY;
     }
-    QUIC_STATUS status = pmq_api->ConnectionOpen(registration, conn_callback, c, &c->handle);
+    QUIC_STATUS status = pmq_api->ConnectionOpen(registration, conn_callback, c, &c->guard.handle);
     if (QUIC_FAILED(status)) {
-        pmq_conn_discard_refused(c);
+        conn_free_unused(c);
         return status;
     }
     *out = c;
@@ -255,8 +389,9 @@ QUIC_STATUS pmq_conn_open(HQUIC registration, pmq_conn **out)
 static void close_unstarted(pmq_conn *c)
 {
     pthread_mutex_lock(&c->obj.lock);
-    HQUIC handle = c->handle;
-    c->handle = NULL;
+    HQUIC handle = c->guard.handle;
+    c->guard.handle = NULL;
+    c->guard.final = 1;
     c->info.flags |= PMQ_CONN_SHUTDOWN_COMPLETE;
     pmq_obj_changed_locked(&c->obj);
     pthread_mutex_unlock(&c->obj.lock);
@@ -269,15 +404,18 @@ static void close_unstarted(pmq_conn *c)
 QUIC_STATUS pmq_conn_start(pmq_conn *c, HQUIC configuration, const pmq_addr *remote, const char *server_name)
 {
     QUIC_ADDR addr;
-    if (c->started || c->handle == NULL) {
+    if (c->started || c->guard.handle == NULL) {
         return QUIC_STATUS_INVALID_STATE;
     }
     if (!pmq_addr_to_quic(&addr, remote) || server_name == NULL) {
         return QUIC_STATUS_INVALID_PARAMETER;
     }
-    QUIC_STATUS status = pmq_api->SetParam(c->handle, QUIC_PARAM_CONN_REMOTE_ADDRESS, sizeof(addr), &addr);
+    /* Not started yet: no callback can close the handle under us. */
+    HQUIC handle = c->guard.handle;
+    QUIC_STATUS status = pmq_api->SetParam(handle, QUIC_PARAM_CONN_REMOTE_ADDRESS, sizeof(addr), &addr);
     if (QUIC_SUCCEEDED(status)) {
-        status = pmq_api->ConnectionStart(c->handle, configuration, remote->family, server_name, remote->port);
+        c->started_us = pmq_now_us();
+        status = pmq_api->ConnectionStart(handle, configuration, remote->family, server_name, remote->port);
     }
     if (QUIC_FAILED(status)) {
         close_unstarted(c);
@@ -289,25 +427,18 @@ QUIC_STATUS pmq_conn_start(pmq_conn *c, HQUIC configuration, const pmq_addr *rem
 
 QUIC_STATUS pmq_conn_shutdown(pmq_conn *c, uint64_t error_code)
 {
-    pthread_mutex_lock(&c->obj.lock);
-    HQUIC handle = c->handle;
-    if (handle == NULL || !c->started) {
-        pthread_mutex_unlock(&c->obj.lock);
+    HQUIC handle = c->started ? pmq_guard_enter(&c->obj, &c->guard) : NULL;
+    if (handle == NULL) {
         return QUIC_STATUS_INVALID_STATE;
     }
+    pthread_mutex_lock(&c->obj.lock);
     if (!(c->info.flags & PMQ_CONN_SHUTDOWN_BY_APP)) {
         c->info.flags |= PMQ_CONN_SHUTDOWN_BY_APP;
         c->info.local_error_code = error_code;
     }
-    c->users++;
     pthread_mutex_unlock(&c->obj.lock);
-
     pmq_api->ConnectionShutdown(handle, QUIC_CONNECTION_SHUTDOWN_FLAG_NONE, error_code); /* queues only */
-
-    pthread_mutex_lock(&c->obj.lock);
-    c->users--;
-    pmq_obj_changed_locked(&c->obj);
-    pthread_mutex_unlock(&c->obj.lock);
+    pmq_guard_leave(&c->obj, &c->guard, conn_close_handle);
     return QUIC_STATUS_SUCCESS;
 }
 
@@ -315,12 +446,153 @@ void pmq_conn_release(pmq_conn *c)
 {
     pthread_mutex_lock(&c->obj.lock);
     int started = c->started;
-    int alive = c->handle != NULL && !(c->info.flags & PMQ_CONN_SHUTDOWN_BY_APP);
+    int alive = c->guard.handle != NULL && !(c->info.flags & PMQ_CONN_SHUTDOWN_BY_APP);
+    c->py_released = 1;
+    pmq_stream *unaccepted = c->streams_head;
+    c->streams_head = c->streams_tail = NULL;
+    c->info.streams_queued = 0;
     pthread_mutex_unlock(&c->obj.lock);
+    while (unaccepted != NULL) {
+        pmq_stream *next = pmq_stream_get_next(unaccepted);
+        pmq_stream_abort_unaccepted(unaccepted);
+        unaccepted = next;
+    }
     if (!started) {
         close_unstarted(c);
     } else if (alive) {
         pmq_conn_shutdown(c, 0);
     }
     pmq_obj_unref(&c->obj);
+}
+
+/* ---- streams, datagrams, statistics ------------------------------------------ */
+
+QUIC_STATUS pmq_stream_open(pmq_conn *c, int unidirectional, pmq_stream **out)
+{
+    HQUIC handle = c->started ? pmq_guard_enter(&c->obj, &c->guard) : NULL;
+    if (handle == NULL) {
+        return QUIC_STATUS_INVALID_STATE;
+    }
+    QUIC_STATUS status = pmq_stream_open_on(handle, unidirectional, out);
+    pmq_guard_leave(&c->obj, &c->guard, conn_close_handle);
+    return status;
+}
+
+int pmq_conn_accept_stream(pmq_conn *c, pmq_stream **out)
+{
+    pthread_mutex_lock(&c->obj.lock);
+    pmq_stream *s = c->streams_head;
+    int result;
+    if (s != NULL) {
+        c->streams_head = pmq_stream_get_next(s);
+        if (c->streams_head == NULL) {
+            c->streams_tail = NULL;
+        }
+        c->info.streams_queued--;
+        *out = s;
+        result = PMQ_ACCEPT_OK;
+    } else if (c->info.flags & (PMQ_CONN_SHUTDOWN_BY_APP | PMQ_CONN_SHUTDOWN_BY_PEER |
+                                PMQ_CONN_SHUTDOWN_BY_TRANSPORT | PMQ_CONN_SHUTDOWN_COMPLETE)) {
+        result = PMQ_ACCEPT_FINISHED;
+    } else {
+        result = PMQ_ACCEPT_EMPTY;
+    }
+    pthread_mutex_unlock(&c->obj.lock);
+    return result;
+}
+
+QUIC_STATUS pmq_conn_send_datagram(pmq_conn *c, const uint8_t *data, size_t len)
+{
+    if (len == 0 || len > UINT16_MAX) {
+        return QUIC_STATUS_INVALID_PARAMETER;
+    }
+    send_datagram *d = malloc(sizeof(*d) + len);
+    if (d == NULL) {
+        return QUIC_STATUS_OUT_OF_MEMORY;
+    }
+    d->buffer.Length = (uint32_t)len;
+    d->buffer.Buffer = (uint8_t *)(d + 1);
+    memcpy(d + 1, data, len);
+    HQUIC handle = c->started ? pmq_guard_enter(&c->obj, &c->guard) : NULL;
+    if (handle == NULL) {
+        free(d);
+        return QUIC_STATUS_INVALID_STATE;
+    }
+    /* msquic owns d until DATAGRAM_SEND_STATE_CHANGED reports a final state. */
+    QUIC_STATUS status = pmq_api->DatagramSend(handle, &d->buffer, 1, QUIC_SEND_FLAG_NONE, d);
+    if (QUIC_FAILED(status)) {
+        free(d);
+    }
+    pmq_guard_leave(&c->obj, &c->guard, conn_close_handle);
+    return status;
+}
+
+pmq_datagram *pmq_conn_pop_datagram(pmq_conn *c)
+{
+    pthread_mutex_lock(&c->obj.lock);
+    datagram_block *d = c->dgram_head;
+    if (d != NULL) {
+        c->dgram_head = d->next;
+        if (c->dgram_head == NULL) {
+            c->dgram_tail = NULL;
+        }
+        c->info.datagrams_queued--;
+    }
+    pthread_mutex_unlock(&c->obj.lock);
+    return d != NULL ? &d->public : NULL;
+}
+
+void pmq_datagram_free(pmq_datagram *datagram) { free(datagram); /* first member of its block */ }
+
+void pmq_conn_set_datagram_queue(pmq_conn *c, uint32_t capacity)
+{
+    pthread_mutex_lock(&c->obj.lock);
+    c->dgram_capacity = capacity > 0 ? capacity : 1;
+    pthread_mutex_unlock(&c->obj.lock);
+}
+
+QUIC_STATUS pmq_conn_get_stats(pmq_conn *c, pmq_conn_stats *out)
+{
+    HQUIC handle = c->started ? pmq_guard_enter(&c->obj, &c->guard) : NULL;
+    if (handle == NULL) {
+        return QUIC_STATUS_INVALID_STATE;
+    }
+    QUIC_STATISTICS_V2 stats;
+    uint32_t size = sizeof(stats);
+    memset(&stats, 0, sizeof(stats));
+    QUIC_STATUS status = pmq_api->GetParam(handle, QUIC_PARAM_CONN_STATISTICS_V2, &size, &stats);
+    pmq_guard_leave(&c->obj, &c->guard, conn_close_handle);
+    if (QUIC_FAILED(status)) {
+        return status;
+    }
+    memset(out, 0, sizeof(*out));
+    out->rtt_us = stats.Rtt;
+    out->min_rtt_us = stats.MinRtt;
+    out->max_rtt_us = stats.MaxRtt;
+    out->rtt_variance_us = stats.RttVariance;
+    out->congestion_window = stats.SendCongestionWindow;
+    out->congestion_events = stats.SendCongestionCount;
+    out->path_mtu = stats.SendPathMtu;
+    out->packets_sent = stats.SendTotalPackets;
+    out->packets_lost = stats.SendSuspectedLostPackets;
+    out->packets_received = stats.RecvTotalPackets;
+    out->bytes_sent = stats.SendTotalBytes;
+    out->bytes_received = stats.RecvTotalBytes;
+    out->stream_bytes_sent = stats.SendTotalStreamBytes;
+    out->stream_bytes_received = stats.RecvTotalStreamBytes;
+    pthread_mutex_lock(&c->obj.lock);
+    out->handshake_us = (c->info.flags & PMQ_CONN_CONNECTED) ? c->handshake_us : 0;
+    pthread_mutex_unlock(&c->obj.lock);
+    return status;
+}
+
+uint32_t pmq_conn_peer_certificate(pmq_conn *c, uint8_t *dst, uint32_t cap)
+{
+    pthread_mutex_lock(&c->obj.lock);
+    uint32_t len = c->info.peer_certificate_len;
+    if (dst != NULL && c->peer_cert != NULL) {
+        memcpy(dst, c->peer_cert, len < cap ? len : cap);
+    }
+    pthread_mutex_unlock(&c->obj.lock);
+    return len;
 }

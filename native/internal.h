@@ -20,6 +20,29 @@ struct pmq_obj {
     int in_ready;
 };
 
+/*
+ * A msquic handle that Python may call on while a worker may close it. Python
+ * calls enter/leave the guard; SHUTDOWN_COMPLETE closes the handle at once when
+ * no call is in flight, else the last call to leave closes it. Nothing ever
+ * waits inside a callback, so even blocking calls (GetParam) may be guarded.
+ * All fields are guarded by the owning object's lock.
+ */
+typedef struct pmq_guard {
+    HQUIC handle;        /* NULL once closed */
+    int users;
+    int final;           /* SHUTDOWN_COMPLETE seen: no new users */
+    int close_deferred;  /* the last user closes */
+} pmq_guard;
+
+/* Returns the handle with a use counted, or NULL if it is closed or closing. */
+HQUIC pmq_guard_enter(pmq_obj *obj, pmq_guard *guard);
+/* Ends a use; closes the handle (close_fn) and drops the object's msquic
+ * reference if this was the last use of a finished handle. */
+void pmq_guard_leave(pmq_obj *obj, pmq_guard *guard, void (*close_fn)(HQUIC));
+/* In SHUTDOWN_COMPLETE, with obj->lock held: returns the handle to close now
+ * (then drop the msquic reference), or NULL if a user will close it. */
+HQUIC pmq_guard_finish_locked(pmq_guard *guard);
+
 void pmq_obj_init(pmq_obj *obj, int refs, void (*destroy)(pmq_obj *));
 void pmq_obj_ref(pmq_obj *obj);
 void pmq_obj_unref(pmq_obj *obj);
@@ -33,6 +56,7 @@ void pmq_callback_leave(void);
 int pmq_hooks_enabled(void);
 
 uint64_t pmq_now_ms(void);
+uint64_t pmq_now_us(void);
 /* Absolute CLOCK_MONOTONIC deadline for pthread_cond_timedwait. */
 void pmq_deadline(struct timespec *ts, uint64_t in_ms);
 
@@ -48,6 +72,14 @@ void pmq_conn_discard_refused(pmq_conn *conn);
 void pmq_conn_leave_listener(pmq_conn *conn);
 pmq_conn_info *pmq_conn_info_ptr(pmq_conn *conn);
 void pmq_listener_conn_changed(pmq_listener *listener);
+
+/* Stream internals used by the connection. */
+pmq_stream *pmq_stream_new_peer(HQUIC handle, int unidirectional);
+void pmq_stream_refuse(HQUIC handle);
+void pmq_stream_set_next(pmq_stream *stream, pmq_stream *next);
+pmq_stream *pmq_stream_get_next(pmq_stream *stream);
+void pmq_stream_abort_unaccepted(pmq_stream *stream);
+QUIC_STATUS pmq_stream_open_on(HQUIC connection, int unidirectional, pmq_stream **out);
 
 #define PMQ_MAX_ALPNS 32
 

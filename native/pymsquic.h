@@ -103,6 +103,12 @@ typedef struct pmq_conn_info {
     uint8_t client_alpn[512];
     uint8_t alpn_len;          /* negotiated */
     uint8_t alpn[255];
+    uint8_t datagram_send_enabled;  /* the peer accepts datagrams */
+    uint16_t max_datagram_size;     /* largest datagram sendable now */
+    uint64_t datagrams_dropped;     /* received but dropped: receive queue full */
+    uint32_t datagrams_queued;
+    uint32_t streams_queued;        /* peer streams waiting for accept_stream */
+    uint32_t peer_certificate_len;  /* DER bytes, with a credential that asks for it */
 } pmq_conn_info;
 
 enum {
@@ -115,6 +121,62 @@ enum {
     PMQ_CONN_PEER_ACKED_SHUTDOWN = 64,
     PMQ_CONN_CLIENT_ALPN_TRUNCATED = 128
 };
+
+/* A stream's state, copied out under its lock. */
+typedef struct pmq_stream_state {
+    uint64_t id;                /* with PMQ_STREAM_ID_KNOWN */
+    uint32_t flags;             /* PMQ_STREAM_* */
+    QUIC_STATUS start_status;   /* with PMQ_STREAM_START_FAILED */
+    uint64_t reset_code;        /* the peer's RESET_STREAM code */
+    uint64_t stop_sending_code; /* the peer's STOP_SENDING code */
+    uint64_t readable;          /* bytes that read() can return now */
+    uint64_t send_inflight;     /* bytes written that msquic has not completed */
+    uint64_t send_limit;        /* drain() waits while send_inflight exceeds it */
+    uint64_t bytes_read;
+    uint64_t bytes_written;
+} pmq_stream_state;
+
+enum {
+    PMQ_STREAM_UNIDIRECTIONAL = 1,
+    PMQ_STREAM_LOCAL = 2,               /* opened by this side */
+    PMQ_STREAM_ID_KNOWN = 4,
+    PMQ_STREAM_START_FAILED = 8,
+    PMQ_STREAM_FIN_RECEIVED = 16,       /* the peer finished and all data was read */
+    PMQ_STREAM_RESET_RECEIVED = 32,     /* the peer aborted its sending */
+    PMQ_STREAM_STOP_SENDING_RECEIVED = 64,
+    PMQ_STREAM_FIN_SENT = 128,
+    PMQ_STREAM_RESET_SENT = 256,
+    PMQ_STREAM_STOP_SENDING_SENT = 512,
+    PMQ_STREAM_SEND_SHUTDOWN_COMPLETE = 1024,
+    PMQ_STREAM_SHUTDOWN_COMPLETE = 2048,
+    PMQ_STREAM_CONN_SHUTDOWN = 4096     /* ended because its connection did */
+};
+
+/* pmq_stream_peek / pmq_stream_read_into results */
+enum { PMQ_READ_DATA = 0, PMQ_READ_WOULD_BLOCK = 1, PMQ_READ_EOF = 2, PMQ_READ_RESET = 3, PMQ_READ_ABORTED = 4 };
+
+typedef struct pmq_datagram {
+    uint32_t len;
+    const uint8_t *data;
+} pmq_datagram;
+
+typedef struct pmq_conn_stats {
+    uint32_t rtt_us;
+    uint32_t min_rtt_us;
+    uint32_t max_rtt_us;
+    uint32_t rtt_variance_us;
+    uint32_t congestion_window;
+    uint32_t congestion_events;
+    uint16_t path_mtu;
+    uint64_t packets_sent;
+    uint64_t packets_lost;      /* suspected lost */
+    uint64_t packets_received;
+    uint64_t bytes_sent;
+    uint64_t bytes_received;
+    uint64_t stream_bytes_sent;
+    uint64_t stream_bytes_received;
+    uint64_t handshake_us;      /* 0 until the handshake completed */
+} pmq_conn_stats;
 
 enum {
     PMQ_LISTENER_IDLE = 0,      /* opened, never started */
@@ -150,6 +212,7 @@ typedef struct pmq_obj pmq_obj;
 typedef struct pmq_waker pmq_waker;
 typedef struct pmq_listener pmq_listener;
 typedef struct pmq_conn pmq_conn;
+typedef struct pmq_stream pmq_stream;
 
 /* ---- library ----------------------------------------------------------- */
 
@@ -214,6 +277,37 @@ uint32_t pmq_conn_flags(pmq_conn *conn);
 QUIC_STATUS pmq_conn_shutdown(pmq_conn *conn, uint64_t error_code);
 /* Drops Python's reference; an open connection is shut down first. */
 void pmq_conn_release(pmq_conn *conn);
+/* Pops the oldest peer stream: PMQ_ACCEPT_OK, _EMPTY, or _FINISHED once shut down. */
+int pmq_conn_accept_stream(pmq_conn *conn, pmq_stream **out);
+QUIC_STATUS pmq_conn_send_datagram(pmq_conn *conn, const uint8_t *data, size_t len);
+/* Oldest received datagram or NULL; free it with pmq_datagram_free. */
+pmq_datagram *pmq_conn_pop_datagram(pmq_conn *conn);
+void pmq_datagram_free(pmq_datagram *datagram);
+void pmq_conn_set_datagram_queue(pmq_conn *conn, uint32_t capacity);
+/* Blocks briefly (msquic's worker answers); never call it from a hook. */
+QUIC_STATUS pmq_conn_get_stats(pmq_conn *conn, pmq_conn_stats *out);
+/* Copies up to cap bytes of the peer's DER certificate; returns its length. */
+uint32_t pmq_conn_peer_certificate(pmq_conn *conn, uint8_t *dst, uint32_t cap);
+
+/* ---- stream ------------------------------------------------------------ */
+
+QUIC_STATUS pmq_stream_open(pmq_conn *conn, int unidirectional, pmq_stream **out);
+pmq_obj *pmq_stream_obj(pmq_stream *stream);
+void pmq_stream_get_state(pmq_stream *stream, pmq_stream_state *out);
+/* PMQ_READ_DATA: data and len give the next contiguous received chunk, valid until
+ * pmq_stream_consume, which must follow (with how much was taken). */
+int pmq_stream_peek(pmq_stream *stream, const uint8_t **data, uint64_t *len);
+void pmq_stream_consume(pmq_stream *stream, uint64_t n);
+/* Copies up to cap received bytes into dst. */
+int pmq_stream_read_into(pmq_stream *stream, uint8_t *dst, uint64_t cap, uint64_t *copied);
+/* Copies data and queues it; msquic's completion frees the copy. */
+QUIC_STATUS pmq_stream_write(pmq_stream *stream, const uint8_t *data, size_t len, int fin);
+/* QUIC_STREAM_SHUTDOWN_FLAG_GRACEFUL (finish), _ABORT_SEND (reset), _ABORT_RECEIVE (stop sending). */
+QUIC_STATUS pmq_stream_shutdown(pmq_stream *stream, uint32_t flags, uint64_t error_code);
+/* Fixes drain()'s bound; 0 follows msquic's ideal send buffer size. */
+void pmq_stream_set_send_limit(pmq_stream *stream, uint64_t limit);
+/* Drops Python's reference; a stream not yet shut down is aborted. */
+void pmq_stream_release(pmq_stream *stream);
 
 /* CFFI-END */
 

@@ -49,6 +49,13 @@ uint64_t pmq_now_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
+uint64_t pmq_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 void pmq_deadline(struct timespec *ts, uint64_t in_ms)
 {
     clock_gettime(CLOCK_MONOTONIC, ts);
@@ -279,6 +286,48 @@ void pmq_obj_attach(pmq_obj *obj, pmq_waker *waker, uint64_t id)
     if (old != NULL) {
         pmq_waker_release(old);
     }
+}
+
+/* ---- handle guards ------------------------------------------------------- */
+
+HQUIC pmq_guard_enter(pmq_obj *obj, pmq_guard *g)
+{
+    pthread_mutex_lock(&obj->lock);
+    HQUIC handle = (g->handle != NULL && !g->final) ? g->handle : NULL;
+    if (handle != NULL) {
+        g->users++;
+    }
+    pthread_mutex_unlock(&obj->lock);
+    return handle;
+}
+
+void pmq_guard_leave(pmq_obj *obj, pmq_guard *g, void (*close_fn)(HQUIC))
+{
+    pthread_mutex_lock(&obj->lock);
+    HQUIC to_close = NULL;
+    if (--g->users == 0 && g->close_deferred) {
+        to_close = g->handle;
+        g->handle = NULL;
+        g->close_deferred = 0;
+        pmq_obj_changed_locked(obj);
+    }
+    pthread_mutex_unlock(&obj->lock);
+    if (to_close != NULL) {
+        close_fn(to_close);
+        pmq_obj_unref(obj); /* msquic's reference */
+    }
+}
+
+HQUIC pmq_guard_finish_locked(pmq_guard *g)
+{
+    g->final = 1;
+    if (g->users > 0) {
+        g->close_deferred = 1;
+        return NULL;
+    }
+    HQUIC handle = g->handle;
+    g->handle = NULL;
+    return handle;
 }
 
 /* ---- addresses and ALPN ------------------------------------------------- */

@@ -156,11 +156,13 @@ class Credential:
     def from_files(cls, certfile: str | os.PathLike[str], keyfile: str | os.PathLike[str],
                    password: str | None = None, *, require_client_auth: bool = False,
                    ca_file: str | os.PathLike[str] | None = None) -> "Credential":
-        """Server credential from PEM certificate and key files (key optionally encrypted)."""
-        flags = lib.QUIC_CREDENTIAL_FLAG_REQUIRE_CLIENT_AUTHENTICATION if require_client_auth else 0
-        return cls(lib.PMQ_CRED_FILES, flags | _ca_flag(ca_file), cert_file=_existing(certfile, "certfile"),
-                   key_file=_existing(keyfile, "keyfile"), password=_password(password),
-                   ca_file=_optional_file(ca_file))
+        """Server credential from PEM certificate and key files (key optionally encrypted).
+
+        ``require_client_auth`` asks clients for a certificate (mutual TLS),
+        verified against ``ca_file`` (or the system store)."""
+        return cls(lib.PMQ_CRED_FILES, _server_flags(require_client_auth, ca_file),
+                   cert_file=_existing(certfile, "certfile"), key_file=_existing(keyfile, "keyfile"),
+                   password=_password(password), ca_file=_optional_file(ca_file))
 
     @classmethod
     def from_pkcs12(cls, data: bytes, password: str | None = None, *,
@@ -171,17 +173,25 @@ class Credential:
             raise TypeError(f"PKCS#12 data must be bytes, not {type(data).__name__}")
         if not data:
             raise ValueError("PKCS#12 data is empty")
-        flags = lib.QUIC_CREDENTIAL_FLAG_REQUIRE_CLIENT_AUTHENTICATION if require_client_auth else 0
-        return cls(lib.PMQ_CRED_PKCS12, flags | _ca_flag(ca_file), pkcs12=bytes(data),
+        return cls(lib.PMQ_CRED_PKCS12, _server_flags(require_client_auth, ca_file), pkcs12=bytes(data),
                    password=_password(password), ca_file=_optional_file(ca_file))
 
     @classmethod
-    def client(cls, verify: bool = True, ca_file: str | os.PathLike[str] | None = None) -> "Credential":
-        """Client credential. ``verify=False`` skips certificate validation (tests only);
-        ``ca_file`` trusts a private CA instead of the system store."""
-        flags = lib.QUIC_CREDENTIAL_FLAG_CLIENT | _ca_flag(ca_file)
+    def client(cls, verify: bool = True, ca_file: str | os.PathLike[str] | None = None, *,
+               certfile: str | os.PathLike[str] | None = None, keyfile: str | os.PathLike[str] | None = None,
+               password: str | None = None) -> "Credential":
+        """Client credential. Servers are verified against the system CA store, or
+        ``ca_file`` (a private CA); ``verify=False`` skips it (tests only).
+        ``certfile``/``keyfile`` present a client certificate (mutual TLS)."""
+        flags = lib.QUIC_CREDENTIAL_FLAG_CLIENT | _ca_flag(ca_file) | _PEER_CERTIFICATE_FLAGS
         if not verify:
             flags |= lib.QUIC_CREDENTIAL_FLAG_NO_CERTIFICATE_VALIDATION
+        if (certfile is None) != (keyfile is None):
+            raise ValueError("a client certificate needs both certfile and keyfile")
+        if certfile is not None and keyfile is not None:
+            return cls(lib.PMQ_CRED_FILES, flags, cert_file=_existing(certfile, "certfile"),
+                       key_file=_existing(keyfile, "keyfile"), password=_password(password),
+                       ca_file=_optional_file(ca_file))
         return cls(lib.PMQ_CRED_NONE, flags, ca_file=_optional_file(ca_file))
 
     @classmethod
@@ -194,6 +204,13 @@ class Credential:
         """
         certificate_pem, pkcs12 = generate_self_signed(tuple(hostnames), days)
         return cls(lib.PMQ_CRED_PKCS12, 0, pkcs12=pkcs12, certificate_pem=certificate_pem)
+
+    def requiring_client_auth(self, ca_file: str | os.PathLike[str] | None = None) -> "Credential":
+        """This server credential, also asking clients for certificates (mutual TLS)."""
+        if self.is_client:
+            raise ValueError("requiring_client_auth() is for server credentials")
+        return dataclasses.replace(self, flags=self.flags | _server_flags(True, ca_file),
+                                   ca_file=_optional_file(ca_file))
 
     def _to_native(self, keep: list[Any]) -> Any:
         native = ffi.new("pmq_credential *")
@@ -232,6 +249,17 @@ def _optional_file(path: str | os.PathLike[str] | None) -> str | None:
 
 def _ca_flag(ca_file: object) -> int:
     return lib.QUIC_CREDENTIAL_FLAG_SET_CA_CERTIFICATE_FILE if ca_file is not None else 0
+
+
+# The peer's certificate is copied (as DER) for Connection.peer_certificate.
+_PEER_CERTIFICATE_FLAGS = (lib.QUIC_CREDENTIAL_FLAG_INDICATE_CERTIFICATE_RECEIVED
+                           | lib.QUIC_CREDENTIAL_FLAG_USE_PORTABLE_CERTIFICATES)
+
+
+def _server_flags(require_client_auth: bool, ca_file: object) -> int:
+    if not require_client_auth:
+        return _ca_flag(ca_file)
+    return lib.QUIC_CREDENTIAL_FLAG_REQUIRE_CLIENT_AUTHENTICATION | _ca_flag(ca_file) | _PEER_CERTIFICATE_FLAGS
 
 
 def _password(password: str | None) -> str | None:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
-from typing import Any
+from typing import Any, AsyncIterator, Iterator, Union
 
 from . import _native
 from ._bridge import NativeWaitable
@@ -13,6 +14,30 @@ from .addresses import Address, from_native, from_sockaddr, resolve
 from .configuration import Configuration, decode_alpns
 from .errors import ConnectionClosed, QuicError, failed
 from .registration import Registration
+from .stream import BlockingStream, BytesLike, Stream
+
+AnyStream = Union[Stream, BlockingStream]
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionStats:
+    """Counters msquic keeps for a connection (``Connection.stats()``)."""
+
+    rtt_us: int
+    min_rtt_us: int
+    max_rtt_us: int
+    rtt_variance_us: int
+    congestion_window: int
+    congestion_events: int
+    path_mtu: int
+    packets_sent: int
+    packets_lost: int
+    packets_received: int
+    bytes_sent: int
+    bytes_received: int
+    stream_bytes_sent: int
+    stream_bytes_received: int
+    handshake_us: int
 
 
 class Connection(NativeWaitable):
@@ -22,14 +47,20 @@ class Connection(NativeWaitable):
     complete. Client side, :meth:`connect` / :meth:`connect_async` open one and
     wait for the handshake. The handle is released by msquic's own shutdown: call
     :meth:`shutdown` or :meth:`close` (or use ``with``/``async with``).
+
+    A connection made by a blocking call (``connect``, ``Listener.accept``) hands
+    out :class:`BlockingStream` objects; one made by an asyncio call hands out
+    :class:`Stream` objects. ``open_stream(blocking=...)`` overrides that.
     """
 
-    def __init__(self, native: Any, registration: Registration, configuration: Configuration) -> None:
+    def __init__(self, native: Any, registration: Registration, configuration: Configuration,
+                 blocking: bool = False) -> None:
         # Internal: wrap a pmq_conn * whose Python reference we now own.
         self._conn = native
         self._init_waitable(lib.pmq_conn_obj(native))
         self.registration = registration
         self.configuration = configuration
+        self.blocking = blocking
         self._info = ffi.new("pmq_conn_info *")
         self._releaser = _native.Releaser(self, lib.pmq_conn_release, native)
 
@@ -45,7 +76,7 @@ class Connection(NativeWaitable):
         """
         _native.forbid_in_callback("Connection.connect()")
         _check_endpoint(host, port)
-        conn = cls._start(registration, configuration, resolve(host, port), server_name or host)
+        conn = cls._start(registration, configuration, resolve(host, port), server_name or host, blocking=True)
         try:
             conn.wait_connected(timeout)
         except BaseException:
@@ -63,7 +94,7 @@ class Connection(NativeWaitable):
             remote = resolve(host, port) if _is_ip(host) else await _resolve_async(host, port)
         except socket.gaierror as exc:
             raise ValueError(f"cannot resolve host {host!r}: {exc}") from None
-        conn = cls._start(registration, configuration, remote, server_name or host)
+        conn = cls._start(registration, configuration, remote, server_name or host, blocking=False)
         try:
             await conn.wait_connected_async(timeout)
         except BaseException:
@@ -73,14 +104,14 @@ class Connection(NativeWaitable):
 
     @classmethod
     def _start(cls, registration: Registration, configuration: Configuration, remote: Any,
-               server_name: str) -> "Connection":
+               server_name: str, blocking: bool) -> "Connection":
         if not isinstance(configuration, Configuration):
             raise TypeError(f"configuration must be a Configuration, not {type(configuration).__name__}")
         if not configuration.credential.is_client:
             raise ValueError("a client connection needs a Credential.client(...) configuration")
         out = ffi.new("pmq_conn **")
         _native.check(lib.pmq_conn_open(registration.handle, out), "ConnectionOpen")
-        conn = cls(out[0], registration, configuration)
+        conn = cls(out[0], registration, configuration, blocking)
         status = lib.pmq_conn_start(out[0], configuration.handle, remote, server_name.encode("idna"))
         if failed(status):
             conn.close()
@@ -154,6 +185,139 @@ class Connection(NativeWaitable):
         if flags & lib.PMQ_CONN_SHUTDOWN_COMPLETE:
             return ConnectionClosed("connection closed")
         return None
+
+    @property
+    def peer_certificate(self) -> bytes | None:
+        """The peer's certificate (DER), as seen during the handshake: the server's on a
+        client, a client certificate on a server that required one."""
+        n = lib.pmq_conn_peer_certificate(self._conn, ffi.NULL, 0)
+        if not n:
+            return None
+        buf = ffi.new("uint8_t[]", n)
+        lib.pmq_conn_peer_certificate(self._conn, buf, n)
+        return ffi.buffer(buf, n)[:]
+
+    def stats(self) -> ConnectionStats:
+        """msquic's counters for this connection (RTT, bytes, packets, losses).
+
+        Asks msquic's worker and waits for its answer, briefly."""
+        _native.forbid_in_callback("Connection.stats()")
+        out = ffi.new("pmq_conn_stats *")
+        status = lib.pmq_conn_get_stats(self._conn, out)
+        if failed(status):
+            raise self._closed_error()
+        return ConnectionStats(**{f.name: getattr(out, f.name) for f in dataclasses.fields(ConnectionStats)})
+
+    def _closed_error(self) -> ConnectionClosed:
+        return self.close_reason or ConnectionClosed("connection is closed")
+
+    # ---- streams ---------------------------------------------------------------
+
+    def _wrap_stream(self, native: Any, blocking: bool) -> AnyStream:
+        return (BlockingStream if blocking else Stream)(native, self)
+
+    def open_stream(self, unidirectional: bool = False, *, blocking: bool | None = None) -> AnyStream:
+        """Open a stream (never blocks: data written before the peer allows the
+        stream is queued). Returns a BlockingStream on a blocking connection,
+        else a Stream, unless ``blocking`` says otherwise."""
+        out = ffi.new("pmq_stream **")
+        status = lib.pmq_stream_open(self._conn, bool(unidirectional), out)
+        if failed(status):
+            if self.close_reason is not None:
+                raise self._closed_error()
+            raise QuicError("StreamOpen failed", status)
+        return self._wrap_stream(out[0], self.blocking if blocking is None else blocking)
+
+    def _try_accept_stream(self, blocking: bool) -> AnyStream | None:
+        out = ffi.new("pmq_stream **")
+        result = lib.pmq_conn_accept_stream(self._conn, out)
+        if result == lib.PMQ_ACCEPT_OK:
+            return self._wrap_stream(out[0], blocking)
+        if result == lib.PMQ_ACCEPT_EMPTY:
+            return None
+        raise self._closed_error()
+
+    def accept_stream(self, timeout: float | None = None) -> BlockingStream:
+        """Wait for the next stream the peer opens (blocking). ConnectionClosed once
+        the connection is shutting down and no stream is left."""
+        return _native.wait_blocking(self._native_obj, lambda: self._try_accept_stream(True), timeout,
+                                     "accept_stream()")  # type: ignore[return-value]
+
+    async def accept_stream_async(self, timeout: float | None = None) -> Stream:
+        """asyncio :meth:`accept_stream`. Cancelling it never loses a stream."""
+        return await self._wait_async(lambda: self._try_accept_stream(False), timeout,
+                                      "accept_stream_async()")  # type: ignore[return-value]
+
+    def __iter__(self) -> Iterator[BlockingStream]:
+        """Peer streams, blocking, until the connection closes."""
+        while True:
+            try:
+                yield self.accept_stream()
+            except ConnectionClosed:
+                return
+
+    def __aiter__(self) -> AsyncIterator[Stream]:
+        return self
+
+    async def __anext__(self) -> Stream:
+        try:
+            return await self.accept_stream_async()
+        except ConnectionClosed:
+            raise StopAsyncIteration from None
+
+    # ---- datagrams -----------------------------------------------------------------
+
+    @property
+    def max_datagram_size(self) -> int:
+        """The largest datagram the peer accepts now; 0 if it did not enable datagrams."""
+        info = self._refresh()
+        return info.max_datagram_size if info.datagram_send_enabled else 0
+
+    @property
+    def datagrams_dropped(self) -> int:
+        """Datagrams received but dropped because the receive queue was full."""
+        return int(self._refresh().datagrams_dropped)
+
+    def set_datagram_queue_size(self, size: int) -> None:
+        """How many received datagrams wait for ``receive_datagram`` before the oldest is dropped."""
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1 << 20:
+            raise ValueError(f"size must be an int from 1 to {1 << 20}, not {size!r}")
+        lib.pmq_conn_set_datagram_queue(self._conn, size)
+
+    def send_datagram(self, data: BytesLike) -> None:
+        """Send an unreliable datagram (copied at once). ValueError if larger than
+        :attr:`max_datagram_size`; QuicError if the peer did not enable datagrams."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+        info = self._refresh()
+        if info.flags & (_SHUTTING_DOWN | lib.PMQ_CONN_SHUTDOWN_COMPLETE):
+            raise self._closed_error()
+        if not info.datagram_send_enabled:
+            raise QuicError("the peer did not enable datagrams (Settings.datagram_receive_enabled)")
+        if not 0 < len(data) <= info.max_datagram_size:
+            raise ValueError(f"datagram of {len(data)} bytes: must be 1 to {info.max_datagram_size} bytes")
+        status = lib.pmq_conn_send_datagram(self._conn, ffi.from_buffer(data), len(data))
+        if failed(status):
+            raise QuicError("DatagramSend failed", status)
+
+    def _try_receive_datagram(self) -> bytes | None:
+        datagram = lib.pmq_conn_pop_datagram(self._conn)
+        if datagram != ffi.NULL:
+            try:
+                return ffi.buffer(datagram.data, datagram.len)[:]
+            finally:
+                lib.pmq_datagram_free(datagram)
+        if self._flags() & (_SHUTTING_DOWN | lib.PMQ_CONN_SHUTDOWN_COMPLETE):
+            raise self._closed_error()
+        return None
+
+    def receive_datagram(self, timeout: float | None = None) -> bytes:
+        """The oldest received datagram (blocking)."""
+        return _native.wait_blocking(self._native_obj, self._try_receive_datagram, timeout, "receive_datagram()")
+
+    async def receive_datagram_async(self, timeout: float | None = None) -> bytes:
+        """asyncio :meth:`receive_datagram`."""
+        return await self._wait_async(self._try_receive_datagram, timeout, "receive_datagram_async()")
 
     # ---- waiting -------------------------------------------------------------
 

@@ -94,6 +94,26 @@ class ConnectionClosed(QuicError):
         self.error_code = error_code
 
 
+class StreamError(QuicError):
+    """A stream operation failed (aborted stream, write after finish, ...)."""
+
+
+class StreamReset(StreamError):
+    """The peer reset the stream (RESET_STREAM); ``error_code`` is its application code."""
+
+    def __init__(self, message: str, error_code: int) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+
+
+class StreamStopped(StreamError):
+    """The peer asked us to stop sending (STOP_SENDING); ``error_code`` is its application code."""
+
+    def __init__(self, message: str, error_code: int) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+
+
 class HookContextError(RuntimeError):
     """A blocking pymsquic call was made inside a hook running on a msquic thread.
 

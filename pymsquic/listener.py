@@ -156,11 +156,11 @@ class Listener(NativeWaitable):
 
     # ---- accept ------------------------------------------------------------------
 
-    def _try_accept(self) -> Connection | None:
+    def _try_accept(self, blocking: bool) -> Connection | None:
         out = ffi.new("pmq_conn **")
         result = lib.pmq_listener_accept(self._listener, out)
         if result == lib.PMQ_ACCEPT_OK:
-            return Connection(out[0], self.registration, self.configuration)
+            return Connection(out[0], self.registration, self.configuration, blocking)
         if result == lib.PMQ_ACCEPT_EMPTY:
             return None
         if result == lib.PMQ_ACCEPT_NOT_STARTED:
@@ -173,11 +173,11 @@ class Listener(NativeWaitable):
         Raises NotStarted before start(), Finished once stopped and drained,
         TimeoutError after ``timeout`` seconds.
         """
-        return _native.wait_blocking(self._native_obj, self._try_accept, timeout, "accept()")
+        return _native.wait_blocking(self._native_obj, lambda: self._try_accept(True), timeout, "accept()")
 
     async def accept_async(self, timeout: float | None = None) -> Connection:
         """asyncio :meth:`accept`. Cancelling it never loses a connection."""
-        return await self._wait_async(self._try_accept, timeout, "accept_async()")
+        return await self._wait_async(lambda: self._try_accept(False), timeout, "accept_async()")
 
     def __iter__(self) -> Iterator[Connection]:
         """Blocking iteration over accepted connections, until the listener stops."""
