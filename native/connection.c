@@ -171,7 +171,7 @@ static void on_peer_stream_started(pmq_conn *c, QUIC_CONNECTION_EVENT *event)
 {
     HQUIC handle = event->PEER_STREAM_STARTED.Stream;
     int unidirectional = (event->PEER_STREAM_STARTED.Flags & QUIC_STREAM_OPEN_FLAG_UNIDIRECTIONAL) != 0;
-    pmq_stream *s = pmq_stream_new_peer(handle, unidirectional);
+    pmq_stream *s = pmq_stream_new_peer(c, handle, unidirectional);
     if (s == NULL) {
         pmq_stream_refuse(handle);
         return;
@@ -442,7 +442,7 @@ QUIC_STATUS pmq_conn_shutdown(pmq_conn *c, uint64_t error_code)
     return QUIC_STATUS_SUCCESS;
 }
 
-void pmq_conn_release(pmq_conn *c)
+void pmq_conn_abandon(pmq_conn *c)
 {
     pthread_mutex_lock(&c->obj.lock);
     int started = c->started;
@@ -462,6 +462,11 @@ void pmq_conn_release(pmq_conn *c)
     } else if (alive) {
         pmq_conn_shutdown(c, 0);
     }
+}
+
+void pmq_conn_release(pmq_conn *c)
+{
+    pmq_conn_abandon(c);
     pmq_obj_unref(&c->obj);
 }
 
@@ -473,9 +478,19 @@ QUIC_STATUS pmq_stream_open(pmq_conn *c, int unidirectional, pmq_stream **out)
     if (handle == NULL) {
         return QUIC_STATUS_INVALID_STATE;
     }
-    QUIC_STATUS status = pmq_stream_open_on(handle, unidirectional, out);
+    QUIC_STATUS status = pmq_stream_open_on(c, handle, unidirectional, out);
     pmq_guard_leave(&c->obj, &c->guard, conn_close_handle);
     return status;
+}
+
+void pmq_conn_stream_sending(pmq_conn *c, int delta)
+{
+    pthread_mutex_lock(&c->obj.lock);
+    c->info.streams_sending += delta;
+    if (c->info.streams_sending == 0) {
+        pmq_obj_changed_locked(&c->obj); /* wakes wait_sent() */
+    }
+    pthread_mutex_unlock(&c->obj.lock);
 }
 
 int pmq_conn_accept_stream(pmq_conn *c, pmq_stream **out)

@@ -74,12 +74,14 @@ pmq_conn_info *pmq_conn_info_ptr(pmq_conn *conn);
 void pmq_listener_conn_changed(pmq_listener *listener);
 
 /* Stream internals used by the connection. */
-pmq_stream *pmq_stream_new_peer(HQUIC handle, int unidirectional);
+pmq_stream *pmq_stream_new_peer(pmq_conn *conn, HQUIC handle, int unidirectional);
 void pmq_stream_refuse(HQUIC handle);
 void pmq_stream_set_next(pmq_stream *stream, pmq_stream *next);
 pmq_stream *pmq_stream_get_next(pmq_stream *stream);
 void pmq_stream_abort_unaccepted(pmq_stream *stream);
-QUIC_STATUS pmq_stream_open_on(HQUIC connection, int unidirectional, pmq_stream **out);
+QUIC_STATUS pmq_stream_open_on(pmq_conn *conn, HQUIC connection, int unidirectional, pmq_stream **out);
+/* A stream that can send was created / finished sending (counted once each). */
+void pmq_conn_stream_sending(pmq_conn *conn, int delta);
 
 #define PMQ_MAX_ALPNS 32
 

@@ -108,6 +108,7 @@ typedef struct pmq_conn_info {
     uint64_t datagrams_dropped;     /* received but dropped: receive queue full */
     uint32_t datagrams_queued;
     uint32_t streams_queued;        /* peer streams waiting for accept_stream */
+    uint32_t streams_sending;       /* streams whose send side is not finished yet */
     uint32_t peer_certificate_len;  /* DER bytes, with a credential that asks for it */
 } pmq_conn_info;
 
@@ -275,7 +276,10 @@ void pmq_conn_get_info(pmq_conn *conn, pmq_conn_info *out);
 uint32_t pmq_conn_flags(pmq_conn *conn);
 /* Graceful shutdown with an application error code; INVALID_STATE once closed. */
 QUIC_STATUS pmq_conn_shutdown(pmq_conn *conn, uint64_t error_code);
-/* Drops Python's reference; an open connection is shut down first. */
+/* Python is done with the connection: shut it down, refuse further peer
+ * streams, abort the unaccepted ones. The memory stays until release. */
+void pmq_conn_abandon(pmq_conn *conn);
+/* Abandons (if not yet) and drops Python's reference. */
 void pmq_conn_release(pmq_conn *conn);
 /* Pops the oldest peer stream: PMQ_ACCEPT_OK, _EMPTY, or _FINISHED once shut down. */
 int pmq_conn_accept_stream(pmq_conn *conn, pmq_stream **out);
@@ -306,7 +310,9 @@ QUIC_STATUS pmq_stream_write(pmq_stream *stream, const uint8_t *data, size_t len
 QUIC_STATUS pmq_stream_shutdown(pmq_stream *stream, uint32_t flags, uint64_t error_code);
 /* Fixes drain()'s bound; 0 follows msquic's ideal send buffer size. */
 void pmq_stream_set_send_limit(pmq_stream *stream, uint64_t limit);
-/* Drops Python's reference; a stream not yet shut down is aborted. */
+/* Python is done with the stream: abort the directions still open. */
+void pmq_stream_abandon(pmq_stream *stream);
+/* Abandons and drops Python's reference. */
 void pmq_stream_release(pmq_stream *stream);
 
 /* CFFI-END */

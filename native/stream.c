@@ -31,6 +31,8 @@ struct pmq_stream {
     pmq_obj obj;               /* must stay first */
     pmq_guard guard;
     pmq_stream *next;          /* the connection's accept queue */
+    pmq_conn *conn;            /* referenced, for its count of sending streams */
+    int sending;               /* counted in conn's streams_sending */
     pmq_stream_state st;
     int send_limit_fixed;
     /* The pending receive. */
@@ -62,10 +64,11 @@ static void stream_destroy(pmq_obj *obj)
     pmq_stream *s = (pmq_stream *)obj;
     free_rx_array(s);
     free(s->rx_tail);
+    pmq_obj_unref(pmq_conn_obj(s->conn));
     free(s);
 }
 
-static pmq_stream *stream_new(uint32_t flags)
+static pmq_stream *stream_new(pmq_conn *conn, uint32_t flags)
 {
     pmq_stream *s = calloc(1, sizeof(*s));
     if (s != NULL) {
@@ -73,8 +76,34 @@ static pmq_stream *stream_new(uint32_t flags)
         s->rx = s->rx_inline;
         s->st.flags = flags;
         s->st.send_limit = DEFAULT_SEND_LIMIT;
+        s->conn = conn;
+        pmq_obj_ref(pmq_conn_obj(conn));
+        s->sending = !((flags & PMQ_STREAM_UNIDIRECTIONAL) && !(flags & PMQ_STREAM_LOCAL));
+        if (s->sending) {
+            pmq_conn_stream_sending(conn, 1);
+        }
     }
     return s;
+}
+
+/* Never opened after all: undo stream_new. */
+static void stream_discard(pmq_stream *s)
+{
+    if (s->sending) {
+        pmq_conn_stream_sending(s->conn, -1);
+    }
+    pmq_obj_unref(pmq_conn_obj(s->conn));
+    pthread_cond_destroy(&s->obj.cond);
+    pthread_mutex_destroy(&s->obj.lock);
+    free(s);
+}
+
+/* The send side is over (once per stream); called with s->obj.lock held. */
+static int sending_done_locked(pmq_stream *s)
+{
+    int was = s->sending;
+    s->sending = 0;
+    return was;
 }
 
 pmq_obj *pmq_stream_obj(pmq_stream *s) { return &s->obj; }
@@ -299,6 +328,7 @@ static void on_send_complete(pmq_stream *s, send_block *block)
 static void on_shutdown_complete(pmq_stream *s, QUIC_STREAM_EVENT *event)
 {
     pthread_mutex_lock(&s->obj.lock);
+    int done_sending = sending_done_locked(s);
     s->st.flags |= PMQ_STREAM_SHUTDOWN_COMPLETE;
     if (event->SHUTDOWN_COMPLETE.ConnectionShutdown) {
         s->st.flags |= PMQ_STREAM_CONN_SHUTDOWN;
@@ -307,6 +337,9 @@ static void on_shutdown_complete(pmq_stream *s, QUIC_STREAM_EVENT *event)
     HQUIC to_close = pmq_guard_finish_locked(&s->guard);
     pmq_obj_changed_locked(&s->obj);
     pthread_mutex_unlock(&s->obj.lock);
+    if (done_sending) {
+        pmq_conn_stream_sending(s->conn, -1);
+    }
     if (to_close != NULL) {
         if (!event->SHUTDOWN_COMPLETE.AppCloseInProgress) {
             pmq_api->StreamClose(to_close);
@@ -367,9 +400,17 @@ static QUIC_STATUS QUIC_API stream_callback(HQUIC handle, void *context, QUIC_ST
         set_flag(s, PMQ_STREAM_STOP_SENDING_RECEIVED, &s->st.stop_sending_code,
                  event->PEER_RECEIVE_ABORTED.ErrorCode);
         break;
-    case QUIC_STREAM_EVENT_SEND_SHUTDOWN_COMPLETE:
-        set_flag(s, PMQ_STREAM_SEND_SHUTDOWN_COMPLETE, NULL, 0);
+    case QUIC_STREAM_EVENT_SEND_SHUTDOWN_COMPLETE: {
+        pthread_mutex_lock(&s->obj.lock);
+        int done_sending = sending_done_locked(s);
+        s->st.flags |= PMQ_STREAM_SEND_SHUTDOWN_COMPLETE;
+        pmq_obj_changed_locked(&s->obj);
+        pthread_mutex_unlock(&s->obj.lock);
+        if (done_sending) {
+            pmq_conn_stream_sending(s->conn, -1);
+        }
         break;
+    }
     case QUIC_STREAM_EVENT_IDEAL_SEND_BUFFER_SIZE:
         pthread_mutex_lock(&s->obj.lock);
         if (!s->send_limit_fixed) {
@@ -390,9 +431,9 @@ static QUIC_STATUS QUIC_API stream_callback(HQUIC handle, void *context, QUIC_ST
 
 /* ---- opening ---------------------------------------------------------------- */
 
-pmq_stream *pmq_stream_new_peer(HQUIC handle, int unidirectional)
+pmq_stream *pmq_stream_new_peer(pmq_conn *conn, HQUIC handle, int unidirectional)
 {
-    pmq_stream *s = stream_new(unidirectional ? PMQ_STREAM_UNIDIRECTIONAL : 0);
+    pmq_stream *s = stream_new(conn, unidirectional ? PMQ_STREAM_UNIDIRECTIONAL : 0);
     if (s == NULL) {
         return NULL;
     }
@@ -426,9 +467,9 @@ void pmq_stream_abort_unaccepted(pmq_stream *s)
     pmq_obj_unref(&s->obj);
 }
 
-QUIC_STATUS pmq_stream_open_on(HQUIC connection, int unidirectional, pmq_stream **out)
+QUIC_STATUS pmq_stream_open_on(pmq_conn *conn, HQUIC connection, int unidirectional, pmq_stream **out)
 {
-    pmq_stream *s = stream_new(PMQ_STREAM_LOCAL | (unidirectional ? PMQ_STREAM_UNIDIRECTIONAL : 0));
+    pmq_stream *s = stream_new(conn, PMQ_STREAM_LOCAL | (unidirectional ? PMQ_STREAM_UNIDIRECTIONAL : 0));
     if (s == NULL) {
         return QUIC_STATUS_OUT_OF_MEMORY;
     }
@@ -436,9 +477,7 @@ QUIC_STATUS pmq_stream_open_on(HQUIC connection, int unidirectional, pmq_stream 
         connection, unidirectional ? QUIC_STREAM_OPEN_FLAG_UNIDIRECTIONAL : QUIC_STREAM_OPEN_FLAG_NONE,
         stream_callback, s, &s->guard.handle);
     if (QUIC_FAILED(status)) {
-        pthread_cond_destroy(&s->obj.cond);
-        pthread_mutex_destroy(&s->obj.lock);
-        free(s);
+        stream_discard(s);
         return status;
     }
     /* IMMEDIATE: the peer learns of the stream even before data is written.
@@ -447,9 +486,7 @@ QUIC_STATUS pmq_stream_open_on(HQUIC connection, int unidirectional, pmq_stream 
                                   QUIC_STREAM_START_FLAG_IMMEDIATE | QUIC_STREAM_START_FLAG_SHUTDOWN_ON_FAIL);
     if (QUIC_FAILED(status)) {
         pmq_api->StreamClose(s->guard.handle); /* never started: no events will come */
-        pthread_cond_destroy(&s->obj.cond);
-        pthread_mutex_destroy(&s->obj.lock);
-        free(s);
+        stream_discard(s);
         return status;
     }
     *out = s;
@@ -550,7 +587,7 @@ void pmq_stream_set_send_limit(pmq_stream *s, uint64_t limit)
     pthread_mutex_unlock(&s->obj.lock);
 }
 
-void pmq_stream_release(pmq_stream *s)
+void pmq_stream_abandon(pmq_stream *s)
 {
     pthread_mutex_lock(&s->obj.lock);
     uint32_t f = s->st.flags;
@@ -570,5 +607,10 @@ void pmq_stream_release(pmq_stream *s)
             pmq_stream_shutdown(s, flags, 0);
         }
     }
+}
+
+void pmq_stream_release(pmq_stream *s)
+{
+    pmq_stream_abandon(s);
     pmq_obj_unref(&s->obj);
 }

@@ -4,15 +4,17 @@ Layers, bottom up: ``pymsquic._msquic`` (cffi module over libmsquic and the C
 trampolines in native/), ``_native`` (library lifetime, blocking waits, hooks),
 ``_bridge`` (asyncio wake-ups), then the API: :class:`Registration`,
 :class:`Configuration` (with :class:`Settings` and :class:`Credential`),
-:class:`Listener` and :class:`Connection`.
+:class:`Listener`, :class:`Connection`, :class:`Stream`/:class:`BlockingStream`,
+and the high-level :func:`serve`/:func:`connect` (asyncio) and
+:mod:`pymsquic.sync` (threads).
 """
 
 from __future__ import annotations
 
-from . import _native
+from . import _native, sync
 from ._msquic import ffi, lib
 from .configuration import Configuration, Credential, Settings
-from .connection import Connection
+from .connection import Connection, ConnectionStats
 from .errors import (
     AlreadyStarted,
     ConnectionClosed,
@@ -22,10 +24,15 @@ from .errors import (
     ListenError,
     NotStarted,
     QuicError,
+    StreamError,
+    StreamReset,
+    StreamStopped,
     status_name,
 )
 from .listener import Listener, ListenerState, ListenerStats, NewConnectionInfo
-from .registration import Registration
+from .registration import Registration, default_registration
+from .server import DEFAULT_SETTINGS, Server, connect, serve
+from .stream import BlockingStream, Stream
 
 __version__ = "0.1.0"
 
@@ -41,8 +48,9 @@ def msquic_version() -> str:
 
 
 __all__ = [
-    "AlreadyStarted", "Configuration", "Connection", "ConnectionClosed", "Credential", "Failed",
-    "Finished", "HookContextError", "ListenError", "Listener", "ListenerState", "ListenerStats",
-    "NewConnectionInfo", "NotStarted", "QuicError", "Registration", "Settings", "msquic_version",
-    "status_name",
+    "DEFAULT_SETTINGS", "AlreadyStarted", "BlockingStream", "Configuration", "Connection",
+    "ConnectionClosed", "ConnectionStats", "Credential", "Failed", "Finished", "HookContextError",
+    "ListenError", "Listener", "ListenerState", "ListenerStats", "NewConnectionInfo", "NotStarted",
+    "QuicError", "Registration", "Server", "Settings", "Stream", "StreamError", "StreamReset",
+    "StreamStopped", "connect", "default_registration", "msquic_version", "serve", "status_name", "sync",
 ]

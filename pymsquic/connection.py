@@ -62,6 +62,8 @@ class Connection(NativeWaitable):
         self.configuration = configuration
         self.blocking = blocking
         self._info = ffi.new("pmq_conn_info *")
+        self._closed = False
+        # close() only abandons; the native struct is freed once Python lets go of it.
         self._releaser = _native.Releaser(self, lib.pmq_conn_release, native)
 
     # ---- client ----------------------------------------------------------
@@ -342,6 +344,21 @@ class Connection(NativeWaitable):
         """Wait until the handshake completes; ConnectionClosed if it fails."""
         await self._wait_async(self._connected_or_raise, timeout, "wait_connected_async()")
 
+    def _all_sent(self) -> bool | None:
+        info = self._refresh()
+        return True if info.streams_sending == 0 or info.flags & lib.PMQ_CONN_SHUTDOWN_COMPLETE else None
+
+    def wait_sent(self, timeout: float | None = None) -> None:
+        """Block until every stream has finished sending (FIN or reset acknowledged).
+
+        Shutting a connection down ends its streams at once; wait here first
+        so that a response written just before is not cut off."""
+        _native.wait_blocking(self._native_obj, self._all_sent, timeout, "wait_sent()")
+
+    async def wait_sent_async(self, timeout: float | None = None) -> None:
+        """asyncio :meth:`wait_sent`."""
+        await self._wait_async(self._all_sent, timeout, "wait_sent_async()")
+
     def wait_closed(self, timeout: float | None = None) -> None:
         """Block until msquic finished shutting the connection down."""
         _native.wait_blocking(self._native_obj, self._closed_now, timeout, "wait_closed()")
@@ -361,24 +378,53 @@ class Connection(NativeWaitable):
             raise TypeError(f"error_code must be an int, not {type(error_code).__name__}")
         if not 0 <= error_code < 2**62:
             raise ValueError(f"error_code {error_code} is not a 62-bit unsigned int")
-        if self._releaser.alive:
-            lib.pmq_conn_shutdown(self._conn, error_code)
+        lib.pmq_conn_shutdown(self._conn, error_code)  # a closed connection has nothing to shut down
 
     def close(self) -> None:
-        """Shut down (if still up) and release the connection. Does not block."""
-        self._releaser()
+        """Shut down (if still up) and release the connection at once. Does not
+        block; stream data not yet sent is cut off (see :meth:`close_gracefully`)."""
+        if not self._closed:
+            self._closed = True
+            lib.pmq_conn_abandon(self._conn)
+
+    def close_gracefully(self, linger: float = 5.0) -> None:
+        """Let streams finish sending, shut down, wait for msquic to finish, release.
+        Each wait is bounded by ``linger`` seconds. Blocking."""
+        try:
+            self.wait_sent(linger)
+        except TimeoutError:
+            pass
+        self.shutdown()
+        try:
+            self.wait_closed(linger)
+        except TimeoutError:
+            pass
+        self.close()
+
+    async def close_gracefully_async(self, linger: float = 5.0) -> None:
+        """asyncio :meth:`close_gracefully`."""
+        try:
+            await self.wait_sent_async(linger)
+        except TimeoutError:
+            pass
+        self.shutdown()
+        try:
+            await self.wait_closed_async(linger)
+        except TimeoutError:
+            pass
+        self.close()
 
     def __enter__(self) -> "Connection":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.close()
+        self.close_gracefully()
 
     async def __aenter__(self) -> "Connection":
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.close()
+        await self.close_gracefully_async()
 
     def __repr__(self) -> str:
         if self.is_closed:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Any
 
@@ -79,6 +80,20 @@ class Registration:
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<Registration {self.app_name!r} {self.profile} {state}>"
+
+
+_default: Registration | None = None
+_default_lock = threading.Lock()
+
+
+def default_registration() -> Registration:
+    """The process-wide registration that ``serve``/``connect`` use when given none.
+    Created on first use, closed at interpreter exit."""
+    global _default
+    with _default_lock:
+        if _default is None or _default.closed:
+            _default = Registration("pymsquic")
+        return _default
 
 
 def _close_registration(handle: Any, listeners: "weakref.WeakSet[Any]",

@@ -207,8 +207,9 @@ class _StreamCore(NativeWaitable):
         return True if self._state().flags & lib.PMQ_STREAM_SHUTDOWN_COMPLETE else None
 
     def close(self) -> None:
-        """Release the stream now; if not yet shut down it is aborted both ways."""
-        self._releaser()
+        """Done with the stream: the directions still open are aborted (a finished
+        send side is left to complete)."""
+        lib.pmq_stream_abandon(self._stream)
 
     def __repr__(self) -> str:
         st = self._state()
