@@ -16,6 +16,11 @@
 #include "internal.h"
 
 #define DEFAULT_DATAGRAM_QUEUE 256
+/* msquic assumes datagrams enabled until the peer's transport parameters say
+ * otherwise, and on a server those arrive before the app owns the connection,
+ * so no DATAGRAM_STATE_CHANGED may ever come. Until one does, allow what fits
+ * any path QUIC runs on (1200-byte packets, worst-case headers). */
+#define SAFE_DATAGRAM_SIZE 1100
 
 typedef struct datagram_block {
     pmq_datagram public;
@@ -121,10 +126,15 @@ static void notify_listener(pmq_listener *l)
 static void on_connected(pmq_conn *c, HQUIC handle, QUIC_CONNECTION_EVENT *event)
 {
     QUIC_ADDR local, remote;
+    BOOLEAN datagrams = FALSE;
     uint32_t size = sizeof(local);
     int have_local = QUIC_SUCCEEDED(pmq_api->GetParam(handle, QUIC_PARAM_CONN_LOCAL_ADDRESS, &size, &local));
     size = sizeof(remote);
     int have_remote = QUIC_SUCCEEDED(pmq_api->GetParam(handle, QUIC_PARAM_CONN_REMOTE_ADDRESS, &size, &remote));
+    size = sizeof(datagrams);
+    if (QUIC_FAILED(pmq_api->GetParam(handle, QUIC_PARAM_CONN_DATAGRAM_SEND_ENABLED, &size, &datagrams))) {
+        datagrams = FALSE;
+    }
 
     pthread_mutex_lock(&c->obj.lock);
     c->info.flags |= PMQ_CONN_CONNECTED;
@@ -138,6 +148,10 @@ static void on_connected(pmq_conn *c, HQUIC handle, QUIC_CONNECTION_EVENT *event
     }
     if (have_remote) {
         pmq_addr_from_quic(&c->info.remote, &remote);
+    }
+    c->info.datagram_send_enabled = datagrams;
+    if (datagrams && c->info.max_datagram_size == 0) {
+        c->info.max_datagram_size = SAFE_DATAGRAM_SIZE;
     }
     c->handshake_us = pmq_now_us() - c->started_us;
     pmq_obj_changed_locked(&c->obj);

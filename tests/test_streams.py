@@ -1,0 +1,304 @@
+"""Streams and datagrams between pymsquic endpoints: integrity, semantics, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import threading
+import time
+
+import pytest
+
+import pymsquic
+
+ALPN = "streams"
+SETTINGS = pymsquic.Settings(peer_bidi_stream_count=64, peer_unidi_stream_count=16, datagram_receive_enabled=True,
+                             idle_timeout_ms=15_000)
+CLIENT = pymsquic.Credential.client(verify=False)
+
+
+async def sha_echo(conn: pymsquic.Connection) -> None:
+    """Per stream: read all (hashing), answer with the same bytes and FIN."""
+
+    async def one(stream: pymsquic.Stream) -> None:
+        async for chunk in stream:
+            stream.write(chunk)
+            await stream.drain()
+        stream.finish()
+
+    tasks = [asyncio.create_task(one(s)) async for s in conn]
+    await asyncio.gather(*tasks)
+
+
+async def pump(stream: pymsquic.Stream, seed: int, size: int) -> tuple[str, str]:
+    """Send ``size`` pseudo-random bytes and read the echo; return (sent, received) SHA-256."""
+    rng = random.Random(seed)
+    sent, received = hashlib.sha256(), hashlib.sha256()
+
+    async def writer() -> None:
+        left = size
+        while left:
+            chunk = rng.randbytes(min(left, 256 * 1024))
+            sent.update(chunk)
+            stream.write(chunk)
+            await stream.drain()
+            left -= len(chunk)
+        stream.finish()
+
+    async def reader() -> None:
+        async for chunk in stream:
+            received.update(chunk)
+
+    await asyncio.gather(writer(), reader())
+    return sent.hexdigest(), received.hexdigest()
+
+
+def run_echo_server(coro_factory, handler=sha_echo, settings=SETTINGS):
+    async def main():
+        async with await pymsquic.serve(handler, "127.0.0.1", 0, alpn=ALPN,
+                                        credential=pymsquic.Credential.self_signed(),
+                                        settings=settings) as server:
+            return await asyncio.wait_for(coro_factory(server.addresses[0][1]), 120)
+
+    return asyncio.run(main())
+
+
+def test_100_mib_over_20_streams_of_one_connection_intact() -> None:
+    async def client(port: int) -> list[tuple[str, str]]:
+        async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
+            return await asyncio.gather(*(pump(conn.open_stream(), i, 5 * 2**20) for i in range(20)))
+
+    results = run_echo_server(client)
+    assert len(results) == 20 and all(sent == received for sent, received in results)
+    assert len({sent for sent, _ in results}) == 20
+
+
+def test_100_mib_over_10_connections_intact() -> None:
+    async def one_connection(port: int, i: int) -> tuple[str, str]:
+        async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
+            return await pump(conn.open_stream(), 100 + i, 10 * 2**20)
+
+    async def clients(port: int) -> list[tuple[str, str]]:
+        return await asyncio.gather(*(one_connection(port, i) for i in range(10)))
+
+    results = run_echo_server(clients)
+    assert len(results) == 10 and all(sent == received for sent, received in results)
+
+
+def test_cancelled_read_loses_no_data() -> None:
+    async def handler(conn: pymsquic.Connection) -> None:
+        stream = await conn.accept_stream_async()
+        await stream.read(1)  # the client's go-ahead
+        stream.write(b"first part|")
+        await asyncio.sleep(0.2)
+        stream.write(b"second part", fin=True)
+        await stream.wait_closed(10)
+
+    async def client(port: int) -> bytes:
+        async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
+            stream = conn.open_stream()
+            stream.write(b"!", fin=True)
+            got = []
+            cancelled = 0
+            for _ in range(20):  # cancel reads over and over while data arrives
+                pending = asyncio.create_task(stream.read(4))
+                await asyncio.sleep(0)
+                pending.cancel()
+                try:
+                    got.append(await pending)  # it may have finished before the cancel
+                except asyncio.CancelledError:
+                    cancelled += 1
+                await asyncio.sleep(0.02)
+            assert cancelled > 0
+            return b"".join(got) + await stream.read()
+
+    assert run_echo_server(client, handler) == b"first part|second part"
+
+
+def test_stream_semantics() -> None:
+    async def handler(conn: pymsquic.Connection) -> None:
+        async for stream in conn:
+            data = await stream.readexactly(4)
+            if data == b"stop":
+                stream.stop_sending(21)
+                await asyncio.sleep(0.5)
+                continue
+            data += await stream.read()
+            if data == b"exact":
+                stream.write(b"12345", fin=True)
+            else:
+                stream.write(data.upper(), fin=True)
+            await stream.wait_closed(10)
+
+    async def client(port: int) -> None:
+        async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
+            s = conn.open_stream()
+            assert isinstance(s, pymsquic.Stream) and s.is_local and not s.is_unidirectional
+            s.write(b"hello", fin=True)
+            with pytest.raises(pymsquic.StreamError):
+                s.write(b"after fin")
+            buf = bytearray(3)
+            assert await s.readinto(buf) == 3 and buf == b"HEL"
+            assert await s.readexactly(2) == b"LO"
+            assert await s.read() == b""  # FIN
+            assert s.id is not None and s.id % 4 == 0
+
+            s = conn.open_stream()
+            s.write(b"exact", fin=True)
+            with pytest.raises(asyncio.IncompleteReadError) as info:
+                await s.readexactly(10)
+            assert info.value.partial == b"12345"
+
+            s = conn.open_stream()
+            s.write(b"stop")
+            await asyncio.sleep(0.3)
+            with pytest.raises(pymsquic.StreamStopped) as stopped:
+                s.write(b"more")
+                await s.drain()
+            assert stopped.value.error_code == 21
+
+            uni = conn.open_stream(unidirectional=True)
+            assert await uni.read() == b""  # nothing ever comes back on our own uni stream
+            with pytest.raises(TypeError):
+                uni.write("text")  # type: ignore[arg-type]
+            with pytest.raises(ValueError):
+                uni.reset(-1)
+            uni.reset(3)
+
+    run_echo_server(client, handler)
+
+
+def test_peer_reset_reaches_the_reader_with_its_code() -> None:
+    async def handler(conn: pymsquic.Connection) -> None:
+        stream = await conn.accept_stream_async()
+        stream.write(b"partial answer")
+        await asyncio.sleep(0.1)
+        stream.reset(99)
+        await stream.wait_closed(10)
+
+    async def client(port: int) -> None:
+        async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
+            s = conn.open_stream()
+            s.write(b"go", fin=True)
+            with pytest.raises(pymsquic.StreamReset) as info:
+                while await s.read(100):
+                    pass
+            assert info.value.error_code == 99
+
+    run_echo_server(client, handler)
+
+
+def test_datagrams_queue_drops_the_oldest_and_counts() -> None:
+    async def handler(conn: pymsquic.Connection) -> None:
+        await conn.receive_datagram_async()  # the client's go-ahead
+        for i in range(60):
+            conn.send_datagram(f"dgram {i:03}".encode())
+        await asyncio.sleep(0.5)
+
+    async def client(port: int) -> None:
+        async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
+            conn.set_datagram_queue_size(10)
+            assert 1000 < conn.max_datagram_size < 65536
+            with pytest.raises(ValueError):
+                conn.send_datagram(b"x" * (conn.max_datagram_size + 1))
+            with pytest.raises(TypeError):
+                conn.send_datagram("text")  # type: ignore[arg-type]
+            conn.send_datagram(b"go")
+            await asyncio.sleep(0.4)
+            received = []
+            while True:
+                try:
+                    received.append(await conn.receive_datagram_async(timeout=0.05))
+                except TimeoutError:
+                    break
+            assert len(received) == 10 and conn.datagrams_dropped >= 40
+            assert received == sorted(received) and received[-1] == b"dgram 059" or conn.datagrams_dropped > 50
+
+    run_echo_server(client, handler)
+
+
+def test_datagrams_refused_when_the_peer_did_not_enable_them() -> None:
+    no_datagrams = pymsquic.Settings(peer_bidi_stream_count=4)
+
+    async def client(port: int) -> None:
+        async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
+            assert conn.max_datagram_size == 0
+            with pytest.raises(pymsquic.QuicError, match="did not enable datagrams"):
+                conn.send_datagram(b"nope")
+
+    run_echo_server(client, settings=no_datagrams)
+
+
+def test_blocking_streams_in_threads(registration, server_credential) -> None:
+    config = pymsquic.Configuration(registration, ALPN, server_credential, SETTINGS)
+
+    def handler(conn: pymsquic.Connection) -> None:
+        for stream in conn:
+            assert isinstance(stream, pymsquic.BlockingStream)
+            stream.write(stream.read()[::-1], fin=True)
+            stream.wait_closed(10)
+
+    with pymsquic.sync.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=server_credential,
+                             settings=SETTINGS, registration=registration) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.addresses[0][1]
+        with pymsquic.sync.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS,
+                                   registration=registration, timeout=10) as conn:
+            results = []
+
+            def talk(i: int) -> None:
+                stream = conn.open_stream()
+                assert isinstance(stream, pymsquic.BlockingStream)
+                stream.write(f"message {i}".encode(), fin=True)
+                results.append(stream.read(timeout=10))
+
+            threads = [threading.Thread(target=talk, args=(i,)) for i in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(20)
+            assert sorted(results) == sorted(f"message {i}".encode()[::-1] for i in range(8))
+            with conn.open_stream() as stream:
+                start = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    stream.read(timeout=0.2)
+                assert time.monotonic() - start < 2
+    del config
+
+
+def test_peer_error_code_and_idle_timeout_reach_python() -> None:
+    short_idle = pymsquic.Settings(peer_bidi_stream_count=4, idle_timeout_ms=300)
+
+    async def handler(conn: pymsquic.Connection) -> None:
+        stream = await conn.accept_stream_async()
+        if await stream.read() == b"close with 1234":
+            conn.shutdown(1234)
+        await conn.wait_closed_async(10)
+
+    async def client(port: int) -> None:
+        async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
+            conn.open_stream().write(b"close with 1234", fin=True)
+            with pytest.raises(pymsquic.ConnectionClosed) as info:
+                await conn.accept_stream_async(timeout=10)
+            assert info.value.by_peer and info.value.error_code == 1234
+        async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=short_idle) as conn:
+            await conn.wait_closed_async(timeout=10)  # nobody says anything: idle timeout
+            reason = conn.close_reason
+            assert reason.by_transport and reason.status_name == "CONNECTION_IDLE"
+            with pytest.raises(pymsquic.ConnectionClosed):
+                conn.open_stream()
+
+    run_echo_server(client, handler)
+
+
+def test_connection_stats() -> None:
+    async def client(port: int) -> pymsquic.ConnectionStats:
+        async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
+            await pump(conn.open_stream(), 1, 2**20)
+            return conn.stats()
+
+    stats = run_echo_server(client)
+    assert stats.stream_bytes_sent >= 2**20 and stats.stream_bytes_received >= 2**20
+    assert stats.bytes_sent > stats.stream_bytes_sent and stats.packets_received > 0
+    assert 0 < stats.rtt_us < 1_000_000 and stats.handshake_us > 0
