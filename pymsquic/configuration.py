@@ -344,6 +344,10 @@ class Configuration:
             raise QuicError("configuration is closed")
         return self._handle
 
+    @property
+    def closed(self) -> bool:
+        return not self._releaser.alive
+
     def close(self) -> None:
         """Release the configuration; safe to call more than once."""
         self._releaser()

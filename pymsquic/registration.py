@@ -46,6 +46,8 @@ class Registration:
         # Children close before the registration does (RegistrationClose waits for them).
         self._listeners: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._configurations: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._configuration_cache: dict[Any, Any] = {}  # for serve()/connect()
         self._releaser = _native.Releaser(self, _close_registration, self._handle, self._listeners,
                                             self._configurations)
         _native.track_registration(self)

@@ -12,7 +12,7 @@ import logging
 from typing import Any, Awaitable, Callable, Generator
 
 from .addresses import Address
-from .configuration import AlpnLike, Configuration, Credential, Settings
+from .configuration import AlpnLike, Configuration, Credential, Settings, encode_alpns
 from .connection import Connection
 from .errors import Finished
 from .listener import Listener
@@ -28,10 +28,25 @@ DEFAULT_SETTINGS = Settings(peer_bidi_stream_count=128, peer_unidi_stream_count=
 Handler = Callable[[Connection], Awaitable[Any]]
 
 
+_CACHED_CONFIGURATIONS = 32
+
+
 def make_configuration(registration: Registration | None, alpn: AlpnLike, credential: Credential,
                        settings: Settings | None) -> Configuration:
-    return Configuration(registration or default_registration(), alpn, credential,
-                         DEFAULT_SETTINGS if settings is None else settings)
+    """A configuration for these arguments, reused across calls: loading a
+    credential (a CA store above all) costs milliseconds per connection otherwise."""
+    registration = registration or default_registration()
+    settings = DEFAULT_SETTINGS if settings is None else settings
+    key = (encode_alpns(alpn), credential, settings)
+    with registration._lock:
+        cache = registration._configuration_cache
+        configuration = cache.pop(key, None)
+        if configuration is None or configuration.closed:
+            configuration = Configuration(registration, alpn, credential, settings)
+        cache[key] = configuration  # most recently used last
+        while len(cache) > _CACHED_CONFIGURATIONS:
+            cache.pop(next(iter(cache)))
+    return configuration
 
 
 class Server:

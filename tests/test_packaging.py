@@ -51,9 +51,10 @@ def test_wheel_bundles_libmsquic_and_loads_it_through_origin_rpath(tmp_path: Pat
 
 
 def test_demo_command(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pymsquic", "demo", "--clients", "3"],
+    proc = subprocess.run([sys.executable, "-m", "pymsquic", "demo", "--clients", "3", "--megabytes", "2"],
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("handshake in") == 3
-    assert "3 connections served" in proc.stdout
-    assert "listener stopped" in proc.stdout
+    assert proc.stdout.count("verified handshake in") == 3
+    assert "datagram echoed: True" in proc.stdout
+    assert "intact: True" in proc.stdout and "Gbit/s" in proc.stdout
+    assert "server closed cleanly" in proc.stdout
