@@ -36,6 +36,7 @@ typedef struct pmq_guard {
 
 /* Returns the handle with a use counted, or NULL if it is closed or closing. */
 HQUIC pmq_guard_enter(pmq_obj *obj, pmq_guard *guard);
+HQUIC pmq_guard_enter_locked(pmq_guard *guard);
 /* Ends a use; closes the handle (close_fn) and drops the object's msquic
  * reference if this was the last use of a finished handle. */
 void pmq_guard_leave(pmq_obj *obj, pmq_guard *guard, void (*close_fn)(HQUIC));

@@ -308,6 +308,8 @@ int pmq_stream_read_into(pmq_stream *stream, uint8_t *dst, uint64_t cap, uint64_
 QUIC_STATUS pmq_stream_write(pmq_stream *stream, const uint8_t *data, size_t len, int fin);
 /* QUIC_STREAM_SHUTDOWN_FLAG_GRACEFUL (finish), _ABORT_SEND (reset), _ABORT_RECEIVE (stop sending). */
 QUIC_STATUS pmq_stream_shutdown(pmq_stream *stream, uint32_t flags, uint64_t error_code);
+/* Starts a stream opened here that no write has started yet. */
+void pmq_stream_ensure_started(pmq_stream *stream);
 /* Fixes drain()'s bound; 0 follows msquic's ideal send buffer size. */
 void pmq_stream_set_send_limit(pmq_stream *stream, uint64_t limit);
 /* Python is done with the stream: abort the directions still open. */

@@ -290,13 +290,19 @@ void pmq_obj_attach(pmq_obj *obj, pmq_waker *waker, uint64_t id)
 
 /* ---- handle guards ------------------------------------------------------- */
 
-HQUIC pmq_guard_enter(pmq_obj *obj, pmq_guard *g)
+HQUIC pmq_guard_enter_locked(pmq_guard *g)
 {
-    pthread_mutex_lock(&obj->lock);
     HQUIC handle = (g->handle != NULL && !g->final) ? g->handle : NULL;
     if (handle != NULL) {
         g->users++;
     }
+    return handle;
+}
+
+HQUIC pmq_guard_enter(pmq_obj *obj, pmq_guard *g)
+{
+    pthread_mutex_lock(&obj->lock);
+    HQUIC handle = pmq_guard_enter_locked(g);
     pthread_mutex_unlock(&obj->lock);
     return handle;
 }

@@ -20,6 +20,9 @@
 #include "internal.h"
 
 #define RX_INLINE 4
+/* Receives are copied while the copies stay under this; larger or later ones
+ * are held PENDING, which is what flow-controls the peer. */
+#define COPY_LIMIT (64u * 1024u)
 #define DEFAULT_SEND_LIMIT (64u * 1024u) /* until msquic reports its ideal size */
 
 typedef struct send_block {
@@ -35,7 +38,13 @@ struct pmq_stream {
     int sending;               /* counted in conn's streams_sending */
     pmq_stream_state st;
     int send_limit_fixed;
-    /* The pending receive. */
+    int needs_start;           /* opened locally; starts with the first send */
+    /* Small receives, copied: msquic need not wait for Python to go on. */
+    uint8_t *buf;
+    uint64_t buf_cap;
+    uint64_t buf_head;         /* unread data is buf[buf_head, buf_tail) */
+    uint64_t buf_tail;
+    /* The pending receive (returned PENDING): msquic's buffers, read in place. */
     QUIC_BUFFER rx_inline[RX_INLINE];
     QUIC_BUFFER *rx;
     uint32_t rx_count;
@@ -43,9 +52,9 @@ struct pmq_stream {
     uint64_t rx_offset;        /* within rx[rx_index] */
     uint64_t rx_total;
     int rx_pending;
-    int rx_fin;                /* FIN came with the pending data */
-    int rx_peeking;            /* a peek holds a guard use and a pointer into rx */
-    uint8_t *rx_tail;          /* owned copy of unread data after shutdown */
+    int fin_seen;              /* the peer's FIN came (its data may still be unread) */
+    int peeking;               /* a peek holds a pointer (and a guard use) until consume */
+    int peek_in_buf;
 };
 
 static void stream_close_handle(HQUIC handle) { pmq_api->StreamClose(handle); }
@@ -63,7 +72,7 @@ static void stream_destroy(pmq_obj *obj)
 {
     pmq_stream *s = (pmq_stream *)obj;
     free_rx_array(s);
-    free(s->rx_tail);
+    free(s->buf);
     pmq_obj_unref(pmq_conn_obj(s->conn));
     free(s);
 }
@@ -119,6 +128,8 @@ void pmq_stream_get_state(pmq_stream *s, pmq_stream_state *out)
 
 /* ---- receive -------------------------------------------------------------- */
 
+static uint64_t buffered(const pmq_stream *s) { return s->buf_tail - s->buf_head; }
+
 static void skip_empty_locked(pmq_stream *s)
 {
     while (s->rx_index < s->rx_count && s->rx_offset == s->rx[s->rx_index].Length) {
@@ -127,27 +138,79 @@ static void skip_empty_locked(pmq_stream *s)
     }
 }
 
-/* Marks n bytes read; returns the receive's total when it is now fully read
- * (so the caller completes it), else 0. */
+/* Appends len bytes to the copy buffer; never while a peek points into it. */
+static int buf_append_locked(pmq_stream *s, const uint8_t *data, uint64_t len)
+{
+    if (s->buf_head > 0) { /* compact */
+        memmove(s->buf, s->buf + s->buf_head, buffered(s));
+        s->buf_tail -= s->buf_head;
+        s->buf_head = 0;
+    }
+    if (s->buf_tail + len > s->buf_cap) {
+        uint64_t cap = s->buf_cap ? s->buf_cap : 4096;
+        while (cap < s->buf_tail + len) {
+            cap *= 2;
+        }
+        uint8_t *grown = realloc(s->buf, cap);
+        if (grown == NULL) {
+            return 0;
+        }
+        s->buf = grown;
+        s->buf_cap = cap;
+    }
+    memcpy(s->buf + s->buf_tail, data, len);
+    s->buf_tail += len;
+    return 1;
+}
+
+static void update_eof_locked(pmq_stream *s)
+{
+    if (s->fin_seen && s->st.readable == 0 && !(s->st.flags & PMQ_STREAM_FIN_RECEIVED)) {
+        s->st.flags |= PMQ_STREAM_FIN_RECEIVED;
+        pmq_obj_changed_locked(&s->obj);
+    }
+}
+
+/* Marks n bytes read (from the copy buffer first); returns the pending receive's
+ * total when it is now fully read, so the caller completes it; else 0. */
 static uint64_t advance_locked(pmq_stream *s, uint64_t n)
 {
-    s->rx_offset += n;
     s->st.readable -= n;
     s->st.bytes_read += n;
-    skip_empty_locked(s);
-    if (s->st.readable > 0) {
-        return 0;
+    uint64_t from_buf = n < buffered(s) ? n : buffered(s);
+    s->buf_head += from_buf;
+    n -= from_buf;
+    uint64_t complete = 0;
+    if (n > 0 || (s->rx_pending && buffered(s) == 0)) {
+        s->rx_offset += n;
+        skip_empty_locked(s);
+        if (s->rx_pending && s->rx_index == s->rx_count) {
+            complete = s->rx_total;
+            s->rx_pending = 0;
+            free_rx_array(s);
+        }
     }
-    uint64_t total = s->rx_total;
+    update_eof_locked(s);
+    return complete;
+}
+
+/* Before the handle closes, unread pending bytes move to the copy buffer. */
+static void keep_unread_locked(pmq_stream *s)
+{
+    if (!s->rx_pending || s->peeking) {
+        return;
+    }
+    while (s->rx_index < s->rx_count) {
+        const QUIC_BUFFER *b = &s->rx[s->rx_index];
+        if (!buf_append_locked(s, b->Buffer + s->rx_offset, b->Length - s->rx_offset)) {
+            s->st.readable = buffered(s); /* out of memory: the rest is lost, reads end early */
+            break;
+        }
+        s->rx_index++;
+        s->rx_offset = 0;
+    }
     s->rx_pending = 0;
     free_rx_array(s);
-    free(s->rx_tail);
-    s->rx_tail = NULL;
-    if (s->rx_fin) {
-        s->st.flags |= PMQ_STREAM_FIN_RECEIVED;
-    }
-    pmq_obj_changed_locked(&s->obj);
-    return total;
 }
 
 static int idle_read_status_locked(pmq_stream *s)
@@ -170,19 +233,26 @@ static int idle_read_status_locked(pmq_stream *s)
 
 int pmq_stream_peek(pmq_stream *s, const uint8_t **data, uint64_t *len)
 {
+    if (__atomic_load_n(&s->needs_start, __ATOMIC_RELAXED)) {
+        pmq_stream_ensure_started(s); /* the peer cannot answer a stream it never saw */
+    }
     pthread_mutex_lock(&s->obj.lock);
-    if (!s->rx_pending || s->rx_peeking) {
-        int status = s->rx_peeking ? PMQ_READ_WOULD_BLOCK : idle_read_status_locked(s);
+    if (s->st.readable == 0 || s->peeking) {
+        int status = s->peeking ? PMQ_READ_WOULD_BLOCK : idle_read_status_locked(s);
         pthread_mutex_unlock(&s->obj.lock);
         return status;
     }
-    skip_empty_locked(s);
-    *data = s->rx[s->rx_index].Buffer + s->rx_offset;
-    *len = s->rx[s->rx_index].Length - s->rx_offset;
-    s->rx_peeking = 1;
-    if (s->rx_tail == NULL) {
-        s->guard.users++; /* keeps the handle, and so msquic's buffers, alive */
+    s->peek_in_buf = buffered(s) > 0;
+    if (s->peek_in_buf) {
+        *data = s->buf + s->buf_head;
+        *len = buffered(s);
+    } else {
+        skip_empty_locked(s);
+        *data = s->rx[s->rx_index].Buffer + s->rx_offset;
+        *len = s->rx[s->rx_index].Length - s->rx_offset;
     }
+    s->peeking = 1;
+    s->guard.users++; /* keeps the handle, and so msquic's buffers, alive */
     pthread_mutex_unlock(&s->obj.lock);
     return PMQ_READ_DATA;
 }
@@ -190,52 +260,60 @@ int pmq_stream_peek(pmq_stream *s, const uint8_t **data, uint64_t *len)
 void pmq_stream_consume(pmq_stream *s, uint64_t n)
 {
     pthread_mutex_lock(&s->obj.lock);
-    if (!s->rx_peeking) {
+    if (!s->peeking) {
         pthread_mutex_unlock(&s->obj.lock);
         return;
     }
-    s->rx_peeking = 0;
-    int counted = s->rx_tail == NULL;
+    s->peeking = 0;
     uint64_t complete = advance_locked(s, n);
+    if (s->guard.final) {
+        keep_unread_locked(s); /* shutdown completed meanwhile: the handle closes after us */
+        complete = 0;
+    }
     HQUIC handle = s->guard.handle;
     pthread_mutex_unlock(&s->obj.lock);
-    if (counted) {
-        if (complete > 0) {
-            pmq_api->StreamReceiveComplete(handle, complete); /* queues only */
-        }
-        pmq_guard_leave(&s->obj, &s->guard, stream_close_handle);
+    if (complete > 0) {
+        pmq_api->StreamReceiveComplete(handle, complete); /* queues only */
     }
+    pmq_guard_leave(&s->obj, &s->guard, stream_close_handle);
 }
 
 int pmq_stream_read_into(pmq_stream *s, uint8_t *dst, uint64_t cap, uint64_t *copied)
 {
     *copied = 0;
+    if (__atomic_load_n(&s->needs_start, __ATOMIC_RELAXED)) {
+        pmq_stream_ensure_started(s);
+    }
     pthread_mutex_lock(&s->obj.lock);
-    if (!s->rx_pending || s->rx_peeking) {
-        int status = s->rx_peeking ? PMQ_READ_WOULD_BLOCK : idle_read_status_locked(s);
+    if (s->st.readable == 0 || s->peeking) {
+        int status = s->peeking ? PMQ_READ_WOULD_BLOCK : idle_read_status_locked(s);
         pthread_mutex_unlock(&s->obj.lock);
         return status;
     }
     /* Copy under the lock: msquic cannot close the stream meanwhile. */
     uint64_t n = 0;
     uint64_t complete = 0;
-    while (n < cap && s->rx_pending) {
-        skip_empty_locked(s);
-        uint64_t chunk = s->rx[s->rx_index].Length - s->rx_offset;
+    while (n < cap && s->st.readable > 0) {
+        uint64_t chunk;
+        const uint8_t *src;
+        if (buffered(s) > 0) {
+            src = s->buf + s->buf_head;
+            chunk = buffered(s);
+        } else {
+            skip_empty_locked(s);
+            src = s->rx[s->rx_index].Buffer + s->rx_offset;
+            chunk = s->rx[s->rx_index].Length - s->rx_offset;
+        }
         if (chunk > cap - n) {
             chunk = cap - n;
         }
-        memcpy(dst + n, s->rx[s->rx_index].Buffer + s->rx_offset, chunk);
+        memcpy(dst + n, src, chunk);
         n += chunk;
         complete = advance_locked(s, chunk);
     }
-    int counted = complete > 0 && s->rx_tail == NULL && s->guard.handle != NULL && !s->guard.final;
-    HQUIC handle = s->guard.handle;
-    if (counted) {
-        s->guard.users++;
-    }
+    HQUIC handle = complete > 0 ? pmq_guard_enter_locked(&s->guard) : NULL;
     pthread_mutex_unlock(&s->obj.lock);
-    if (counted) {
+    if (handle != NULL) {
         pmq_api->StreamReceiveComplete(handle, complete);
         pmq_guard_leave(&s->obj, &s->guard, stream_close_handle);
     }
@@ -245,67 +323,51 @@ int pmq_stream_read_into(pmq_stream *s, uint8_t *dst, uint64_t cap, uint64_t *co
 
 static QUIC_STATUS on_receive(pmq_stream *s, QUIC_STREAM_EVENT *event)
 {
-    int fin = (event->RECEIVE.Flags & QUIC_RECEIVE_FLAG_FIN) != 0;
+    uint64_t total = event->RECEIVE.TotalBufferLength;
+    QUIC_STATUS status = QUIC_STATUS_SUCCESS;
     pthread_mutex_lock(&s->obj.lock);
-    if (event->RECEIVE.TotalBufferLength == 0) {
-        if (fin) {
-            s->st.flags |= PMQ_STREAM_FIN_RECEIVED;
-            pmq_obj_changed_locked(&s->obj);
+    if (event->RECEIVE.Flags & QUIC_RECEIVE_FLAG_FIN) {
+        s->fin_seen = 1;
+    }
+    if (total > 0 && !s->rx_pending && !s->peeking && buffered(s) + total <= COPY_LIMIT) {
+        uint64_t done = 0;
+        for (uint32_t i = 0; i < event->RECEIVE.BufferCount; i++) {
+            const QUIC_BUFFER *b = &event->RECEIVE.Buffers[i];
+            if (!buf_append_locked(s, b->Buffer, b->Length)) {
+                break;
+            }
+            done += b->Length;
         }
-        pthread_mutex_unlock(&s->obj.lock);
-        return QUIC_STATUS_SUCCESS;
-    }
-    uint32_t count = event->RECEIVE.BufferCount;
-    if (count > RX_INLINE) {
-        s->rx = malloc(count * sizeof(QUIC_BUFFER));
-        if (s->rx == NULL) {
-            s->rx = s->rx_inline;
-            pthread_mutex_unlock(&s->obj.lock);
-            return QUIC_STATUS_OUT_OF_MEMORY;
+        if (done < total) { /* out of memory: take what was copied; msquic redelivers the rest */
+            event->RECEIVE.TotalBufferLength = done;
+            s->fin_seen = 0;
+            status = done ? QUIC_STATUS_SUCCESS : QUIC_STATUS_OUT_OF_MEMORY;
         }
-    }
-    memcpy(s->rx, event->RECEIVE.Buffers, count * sizeof(QUIC_BUFFER)); /* the array dies with the callback */
-    s->rx_count = count;
-    s->rx_index = 0;
-    s->rx_offset = 0;
-    s->rx_total = event->RECEIVE.TotalBufferLength;
-    s->rx_pending = 1;
-    s->rx_fin = fin;
-    s->st.readable = s->rx_total;
-    skip_empty_locked(s);
-    pmq_obj_changed_locked(&s->obj);
-    pthread_mutex_unlock(&s->obj.lock);
-    return QUIC_STATUS_PENDING;
-}
-
-/* At SHUTDOWN_COMPLETE, unread bytes move to memory we own. */
-static void keep_unread_locked(pmq_stream *s)
-{
-    if (!s->rx_pending || s->rx_peeking || s->rx_tail != NULL) {
-        return;
-    }
-    uint64_t left = s->st.readable;
-    uint8_t *tail = malloc(left ? left : 1);
-    if (tail == NULL) {
-        s->rx_pending = 0; /* cannot keep it: reads report the stream aborted */
-        s->st.readable = 0;
-        free_rx_array(s);
-        return;
-    }
-    uint64_t n = 0;
-    while (s->rx_index < s->rx_count) {
-        uint64_t chunk = s->rx[s->rx_index].Length - s->rx_offset;
-        memcpy(tail + n, s->rx[s->rx_index].Buffer + s->rx_offset, chunk);
-        n += chunk;
-        s->rx_index++;
+        s->st.readable += done;
+    } else if (total > 0) {
+        uint32_t count = event->RECEIVE.BufferCount;
+        if (count > RX_INLINE) {
+            s->rx = malloc(count * sizeof(QUIC_BUFFER));
+            if (s->rx == NULL) {
+                s->rx = s->rx_inline;
+                pthread_mutex_unlock(&s->obj.lock);
+                return QUIC_STATUS_OUT_OF_MEMORY;
+            }
+        }
+        memcpy(s->rx, event->RECEIVE.Buffers, count * sizeof(QUIC_BUFFER)); /* the array dies with the callback */
+        s->rx_count = count;
+        s->rx_index = 0;
         s->rx_offset = 0;
+        s->rx_total = total;
+        s->rx_pending = 1;
+        s->st.readable += total;
+        skip_empty_locked(s);
+        status = QUIC_STATUS_PENDING;
     }
-    free_rx_array(s);
-    s->rx_tail = tail;
-    s->rx_inline[0].Buffer = tail;
-    s->rx_inline[0].Length = (uint32_t)n;
-    s->rx_count = 1;
-    s->rx_index = 0;
+    pmq_obj_changed_locked(&s->obj);
+    update_eof_locked(s);
+    pthread_mutex_unlock(&s->obj.lock);
+    return status;
 }
 
 /* ---- events -------------------------------------------------------------- */
@@ -368,13 +430,13 @@ static QUIC_STATUS QUIC_API stream_callback(HQUIC handle, void *context, QUIC_ST
     case QUIC_STREAM_EVENT_START_COMPLETE:
         pthread_mutex_lock(&s->obj.lock);
         if (QUIC_SUCCEEDED(event->START_COMPLETE.Status)) {
-            s->st.id = event->START_COMPLETE.ID;
+            s->st.id = event->START_COMPLETE.ID; /* read on demand: nobody waits for it */
             s->st.flags |= PMQ_STREAM_ID_KNOWN;
         } else {
             s->st.start_status = event->START_COMPLETE.Status;
             s->st.flags |= PMQ_STREAM_START_FAILED;
+            pmq_obj_changed_locked(&s->obj);
         }
-        pmq_obj_changed_locked(&s->obj);
         pthread_mutex_unlock(&s->obj.lock);
         break;
     case QUIC_STREAM_EVENT_RECEIVE:
@@ -385,12 +447,8 @@ static QUIC_STATUS QUIC_API stream_callback(HQUIC handle, void *context, QUIC_ST
         break;
     case QUIC_STREAM_EVENT_PEER_SEND_SHUTDOWN:
         pthread_mutex_lock(&s->obj.lock);
-        if (s->rx_pending) {
-            s->rx_fin = 1; /* EOF once the pending data is read */
-        } else {
-            s->st.flags |= PMQ_STREAM_FIN_RECEIVED;
-        }
-        pmq_obj_changed_locked(&s->obj);
+        s->fin_seen = 1;
+        update_eof_locked(s); /* EOF now, or once the data still unread is read */
         pthread_mutex_unlock(&s->obj.lock);
         break;
     case QUIC_STREAM_EVENT_PEER_SEND_ABORTED:
@@ -403,8 +461,7 @@ static QUIC_STATUS QUIC_API stream_callback(HQUIC handle, void *context, QUIC_ST
     case QUIC_STREAM_EVENT_SEND_SHUTDOWN_COMPLETE: {
         pthread_mutex_lock(&s->obj.lock);
         int done_sending = sending_done_locked(s);
-        s->st.flags |= PMQ_STREAM_SEND_SHUTDOWN_COMPLETE;
-        pmq_obj_changed_locked(&s->obj);
+        s->st.flags |= PMQ_STREAM_SEND_SHUTDOWN_COMPLETE; /* waited on through the connection's count */
         pthread_mutex_unlock(&s->obj.lock);
         if (done_sending) {
             pmq_conn_stream_sending(s->conn, -1);
@@ -414,8 +471,11 @@ static QUIC_STATUS QUIC_API stream_callback(HQUIC handle, void *context, QUIC_ST
     case QUIC_STREAM_EVENT_IDEAL_SEND_BUFFER_SIZE:
         pthread_mutex_lock(&s->obj.lock);
         if (!s->send_limit_fixed) {
+            uint64_t old = s->st.send_limit;
             s->st.send_limit = event->IDEAL_SEND_BUFFER_SIZE.ByteCount;
-            pmq_obj_changed_locked(&s->obj);
+            if (s->st.send_inflight > old && s->st.send_inflight <= s->st.send_limit) {
+                pmq_obj_changed_locked(&s->obj); /* unblocks drain() */
+            }
         }
         pthread_mutex_unlock(&s->obj.lock);
         break;
@@ -480,17 +540,49 @@ QUIC_STATUS pmq_stream_open_on(pmq_conn *conn, HQUIC connection, int unidirectio
         stream_discard(s);
         return status;
     }
-    /* IMMEDIATE: the peer learns of the stream even before data is written.
-     * SHUTDOWN_ON_FAIL: a failed start still ends in SHUTDOWN_COMPLETE, which closes it. */
-    status = pmq_api->StreamStart(s->guard.handle,
-                                  QUIC_STREAM_START_FLAG_IMMEDIATE | QUIC_STREAM_START_FLAG_SHUTDOWN_ON_FAIL);
-    if (QUIC_FAILED(status)) {
-        pmq_api->StreamClose(s->guard.handle); /* never started: no events will come */
-        stream_discard(s);
-        return status;
-    }
+    /* Started by the first send (QUIC_SEND_FLAG_START saves a queued operation),
+     * or by pmq_stream_ensure_started before anything else needs it. */
+    s->needs_start = 1;
     *out = s;
     return QUIC_STATUS_SUCCESS;
+}
+
+/* Takes the pending start, if any: returns 1 when the caller must start the stream. */
+static int take_start_locked(pmq_stream *s)
+{
+    int start = s->needs_start;
+    s->needs_start = 0;
+    return start;
+}
+
+static void start_now(pmq_stream *s, HQUIC handle)
+{
+    /* IMMEDIATE: the peer learns of the stream even before data is written.
+     * SHUTDOWN_ON_FAIL: a failed start still ends in SHUTDOWN_COMPLETE, which closes it. */
+    QUIC_STATUS status = pmq_api->StreamStart(handle, QUIC_STREAM_START_FLAG_IMMEDIATE |
+                                                          QUIC_STREAM_START_FLAG_SHUTDOWN_ON_FAIL);
+    if (QUIC_FAILED(status)) {
+        pthread_mutex_lock(&s->obj.lock);
+        s->st.flags |= PMQ_STREAM_START_FAILED;
+        s->st.start_status = status;
+        pmq_obj_changed_locked(&s->obj);
+        pthread_mutex_unlock(&s->obj.lock);
+    }
+}
+
+void pmq_stream_ensure_started(pmq_stream *s)
+{
+    pthread_mutex_lock(&s->obj.lock);
+    int start = take_start_locked(s);
+    HQUIC handle = start ? s->guard.handle : NULL;
+    if (handle != NULL) {
+        s->guard.users++;
+    }
+    pthread_mutex_unlock(&s->obj.lock);
+    if (handle != NULL) {
+        start_now(s, handle);
+        pmq_guard_leave(&s->obj, &s->guard, stream_close_handle);
+    }
 }
 
 /* ---- sending and shutdown ---------------------------------------------------- */
@@ -524,17 +616,22 @@ QUIC_STATUS pmq_stream_write(pmq_stream *s, const uint8_t *data, size_t len, int
             s->st.flags |= PMQ_STREAM_FIN_SENT;
         }
     }
+    int start = handle != NULL && take_start_locked(s);
     pthread_mutex_unlock(&s->obj.lock);
     if (handle == NULL) {
         free(block);
         return QUIC_STATUS_INVALID_STATE;
     }
-    QUIC_STATUS status = pmq_api->StreamSend(handle, block ? &block->buffer : NULL, block ? 1 : 0,
-                                             fin ? QUIC_SEND_FLAG_FIN : QUIC_SEND_FLAG_NONE, block);
+    QUIC_SEND_FLAGS send_flags = (fin ? QUIC_SEND_FLAG_FIN : QUIC_SEND_FLAG_NONE) |
+                                 (start ? QUIC_SEND_FLAG_START : QUIC_SEND_FLAG_NONE);
+    QUIC_STATUS status = pmq_api->StreamSend(handle, block ? &block->buffer : NULL, block ? 1 : 0, send_flags, block);
     if (QUIC_FAILED(status)) {
         pthread_mutex_lock(&s->obj.lock);
         s->st.send_inflight -= len;
         s->st.bytes_written -= len;
+        if (fin) {
+            s->st.flags &= ~PMQ_STREAM_FIN_SENT; /* nothing was finished */
+        }
         pthread_mutex_unlock(&s->obj.lock);
         free(block);
     }
@@ -544,18 +641,20 @@ QUIC_STATUS pmq_stream_write(pmq_stream *s, const uint8_t *data, size_t len, int
 
 QUIC_STATUS pmq_stream_shutdown(pmq_stream *s, uint32_t flags, uint64_t error_code)
 {
+    pmq_stream_ensure_started(s); /* msquic reports shutdowns of started streams only */
     HQUIC handle = pmq_guard_enter(&s->obj, &s->guard);
     if (handle == NULL) {
         return QUIC_STATUS_INVALID_STATE;
     }
     pthread_mutex_lock(&s->obj.lock);
     uint64_t discard = 0;
-    if ((flags & QUIC_STREAM_SHUTDOWN_FLAG_ABORT_RECEIVE) && s->rx_pending && !s->rx_peeking && s->rx_tail == NULL) {
-        /* Nobody will read it: hand the pending receive back so msquic can finish. */
-        discard = s->rx_total;
+    if ((flags & QUIC_STREAM_SHUTDOWN_FLAG_ABORT_RECEIVE) && !s->peeking) {
+        /* Nobody will read it: drop it, and hand a pending receive back so msquic can finish. */
+        discard = s->rx_pending ? s->rx_total : 0;
         s->rx_pending = 0;
-        s->st.readable = 0;
         free_rx_array(s);
+        s->buf_head = s->buf_tail = 0;
+        s->st.readable = 0;
     }
     if (flags & QUIC_STREAM_SHUTDOWN_FLAG_GRACEFUL) {
         s->st.flags |= PMQ_STREAM_FIN_SENT;

@@ -28,7 +28,8 @@ class _LoopBridge:
         self._waker = ffi.gc(waker, lib.pmq_waker_release)
         self._ids = ffi.new("uint64_t[]", _DRAIN_BATCH)
         self._next_id = 1
-        self._objects: "weakref.WeakValueDictionary[int, NativeWaitable]" = weakref.WeakValueDictionary()
+        # id -> weak reference; entries leave when their object goes (NativeWaitable.__del__).
+        self._objects: dict[int, weakref.ref[NativeWaitable]] = {}
         self._fd = lib.pmq_waker_fd(waker)
         # The loop holds the bridge through this reader; when the loop is collected,
         # so is the bridge, and the waker with it (attached objects hold their own reference).
@@ -37,14 +38,20 @@ class _LoopBridge:
     def attach(self, obj: "NativeWaitable") -> None:
         obj_id = self._next_id
         self._next_id += 1
-        self._objects[obj_id] = obj
+        self._objects[obj_id] = weakref.ref(obj)
+        obj._bridge_slot = (self, obj_id)
         lib.pmq_obj_attach(obj._native_obj, self._waker, obj_id)
+
+    def forget(self, obj_id: int) -> None:
+        self._objects.pop(obj_id, None)
 
     def _on_readable(self) -> None:
         n = lib.pmq_waker_drain(self._waker, self._ids, _DRAIN_BATCH)
+        objects = self._objects
         for i in range(n):
-            obj = self._objects.get(self._ids[i])
-            if obj is not None:
+            ref = objects.get(self._ids[i])
+            obj = ref() if ref is not None else None
+            if obj is not None and obj._waiters:
                 obj._wake_waiters()
 
 
@@ -67,11 +74,18 @@ class NativeWaitable:
     """
 
     _native_obj: Any  # pmq_obj *
+    _bridge_slot: "tuple[_LoopBridge, int] | None" = None
 
     def _init_waitable(self, native_obj: Any) -> None:
         self._native_obj = native_obj
         self._waiters: list[asyncio.Future[None]] = []
         self._attached_loop: asyncio.AbstractEventLoop | None = None
+        self._bridge_slot = None
+
+    def _forget_bridge(self) -> None:
+        slot = self._bridge_slot
+        if slot is not None:
+            slot[0].forget(slot[1])
 
     def _wake_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -80,8 +94,11 @@ class NativeWaitable:
                 fut.set_result(None)
 
     async def _wait_async(self, check_ready: Callable[[], T | None], timeout: float | None, what: str) -> T:
+        # Attach to the loop's waker only when about to wait; the loop below
+        # checks again after attaching, so no change between can be missed.
         loop = asyncio.get_running_loop()
         if self._attached_loop is not loop:
+            self._forget_bridge()
             bridge_for(loop).attach(self)
             self._attached_loop = loop
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -131,6 +131,18 @@ class Releaser:
             release()
 
 
+def release_now_or_later(release: Callable[[Any], None], native: Any) -> None:
+    """For __del__ of objects whose release never blocks (streams, connections):
+    skipped after the exit teardown, deferred when collected on a msquic thread."""
+    if _torn_down:
+        return
+    if lib.pmq_in_callback():
+        with _lock:
+            _deferred.append(functools.partial(release, native))
+        return
+    release(native)
+
+
 def run_deferred() -> None:
     with _lock:
         pending = _deferred[:]

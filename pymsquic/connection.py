@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import socket
+import threading
 from typing import Any, AsyncIterator, Iterator, Union
 
 from . import _native
@@ -17,6 +18,14 @@ from .registration import Registration
 from .stream import BlockingStream, BytesLike, Stream
 
 AnyStream = Union[Stream, BlockingStream]
+
+
+class _Scratch(threading.local):
+    def __init__(self) -> None:
+        self.stream = ffi.new("pmq_stream **")
+
+
+_scratch = _Scratch()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +72,12 @@ class Connection(NativeWaitable):
         self.blocking = blocking
         self._info = ffi.new("pmq_conn_info *")
         self._closed = False
-        # close() only abandons; the native struct is freed once Python lets go of it.
-        self._releaser = _native.Releaser(self, lib.pmq_conn_release, native)
+
+    def __del__(self) -> None:
+        # close() only abandons; the native struct goes with the Python object.
+        if hasattr(self, "_conn"):
+            self._forget_bridge()
+            _native.release_now_or_later(lib.pmq_conn_release, self._conn)
 
     # ---- client ----------------------------------------------------------
 
@@ -222,7 +235,7 @@ class Connection(NativeWaitable):
         """Open a stream (never blocks: data written before the peer allows the
         stream is queued). Returns a BlockingStream on a blocking connection,
         else a Stream, unless ``blocking`` says otherwise."""
-        out = ffi.new("pmq_stream **")
+        out = _scratch.stream
         status = lib.pmq_stream_open(self._conn, bool(unidirectional), out)
         if failed(status):
             if self.close_reason is not None:
@@ -231,7 +244,7 @@ class Connection(NativeWaitable):
         return self._wrap_stream(out[0], self.blocking if blocking is None else blocking)
 
     def _try_accept_stream(self, blocking: bool) -> AnyStream | None:
-        out = ffi.new("pmq_stream **")
+        out = _scratch.stream
         result = lib.pmq_conn_accept_stream(self._conn, out)
         if result == lib.PMQ_ACCEPT_OK:
             return self._wrap_stream(out[0], blocking)
@@ -247,8 +260,10 @@ class Connection(NativeWaitable):
 
     async def accept_stream_async(self, timeout: float | None = None) -> Stream:
         """asyncio :meth:`accept_stream`. Cancelling it never loses a stream."""
-        return await self._wait_async(lambda: self._try_accept_stream(False), timeout,
-                                      "accept_stream_async()")  # type: ignore[return-value]
+        stream = self._try_accept_stream(False)
+        if stream is None:
+            stream = await self._wait_async(lambda: self._try_accept_stream(False), timeout, "accept_stream_async()")
+        return stream  # type: ignore[return-value]
 
     def __iter__(self) -> Iterator[BlockingStream]:
         """Peer streams, blocking, until the connection closes."""

@@ -177,7 +177,10 @@ class Listener(NativeWaitable):
 
     async def accept_async(self, timeout: float | None = None) -> Connection:
         """asyncio :meth:`accept`. Cancelling it never loses a connection."""
-        return await self._wait_async(lambda: self._try_accept(False), timeout, "accept_async()")
+        conn = self._try_accept(False)
+        if conn is None:
+            conn = await self._wait_async(lambda: self._try_accept(False), timeout, "accept_async()")
+        return conn
 
     def __iter__(self) -> Iterator[Connection]:
         """Blocking iteration over accepted connections, until the listener stops."""

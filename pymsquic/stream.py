@@ -10,6 +10,7 @@ send limit (msquic's ideal send buffer size, or ``set_write_limit``) is in fligh
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Union
 
 from . import _native
@@ -25,30 +26,50 @@ BytesLike = Union[bytes, bytearray, memoryview]
 _READ_ALL_CHUNK = 1 << 20
 
 
+class _Scratch(threading.local):
+    """Out-parameters for native calls, one set per thread instead of per stream:
+    streams come and go by the thousand, and each ffi.new costs."""
+
+    def __init__(self) -> None:
+        self.state = ffi.new("pmq_stream_state *")
+        self.ptr = ffi.new("uint8_t **")
+        self.len = ffi.new("uint64_t *")
+
+
+_scratch = _Scratch()
+
+
 class _StreamCore(NativeWaitable):
+    _owner = True  # False on a view (blocking()/asyncio()): the original releases
+
     def __init__(self, native: Any, connection: "Connection") -> None:
         # Internal: wrap a pmq_stream * whose Python reference we now own.
         self._stream = native
         self._init_waitable(lib.pmq_stream_obj(native))
         self.connection = connection
-        self._st = ffi.new("pmq_stream_state *")
-        self._peek_ptr = ffi.new("uint8_t **")
-        self._peek_len = ffi.new("uint64_t *")
-        self._releaser = _native.Releaser(self, lib.pmq_stream_release, native)
+
+    def __del__(self) -> None:
+        # Not a weakref finalizer: streams are the hottest objects, and the
+        # release never blocks (see _native.release_now_or_later).
+        if self._owner and hasattr(self, "_stream"):
+            self._forget_bridge()
+            _native.release_now_or_later(lib.pmq_stream_release, self._stream)
 
     def _view(self, cls: type) -> Any:
         # The other API over the same native stream (sharing its lifetime).
         other = cls.__new__(cls)
         other.__dict__.update(self.__dict__)
         other._init_waitable(self._native_obj)
-        other._origin = self  # the releaser watches the original: keep it alive
+        other._owner = False
+        other._origin = self  # the original releases the native stream: keep it alive
         return other
 
     # ---- state ---------------------------------------------------------------
 
     def _state(self) -> Any:
-        lib.pmq_stream_get_state(self._stream, self._st)
-        return self._st
+        st = _scratch.state
+        lib.pmq_stream_get_state(self._stream, st)
+        return st
 
     @property
     def id(self) -> int | None:
@@ -106,12 +127,13 @@ class _StreamCore(NativeWaitable):
         """Up to n bytes available now; b"" at FIN; None when nothing is there yet."""
         chunks = []
         got = 0
+        scratch = _scratch
         while got < n:
-            status = lib.pmq_stream_peek(self._stream, self._peek_ptr, self._peek_len)
+            status = lib.pmq_stream_peek(self._stream, scratch.ptr, scratch.len)
             if status == lib.PMQ_READ_DATA:
-                take = min(self._peek_len[0], n - got)
+                take = min(scratch.len[0], n - got)
                 try:
-                    chunks.append(ffi.buffer(self._peek_ptr[0], take)[:])
+                    chunks.append(ffi.buffer(scratch.ptr[0], take)[:])
                 finally:
                     lib.pmq_stream_consume(self._stream, take)
                 got += take
@@ -131,7 +153,7 @@ class _StreamCore(NativeWaitable):
             raise TypeError("readinto() needs a writable buffer")
         if not len(view):
             return 0
-        copied = ffi.new("uint64_t *")
+        copied = _scratch.len
         status = lib.pmq_stream_read_into(self._stream, ffi.from_buffer(view), len(view), copied)
         if status == lib.PMQ_READ_DATA:
             return copied[0]
@@ -159,16 +181,15 @@ class _StreamCore(NativeWaitable):
         if st.flags & lib.PMQ_STREAM_STOP_SENDING_RECEIVED:
             return StreamStopped(f"peer asked to stop sending with error {st.stop_sending_code}",
                                  st.stop_sending_code)
+        reason = self.connection.close_reason
+        if reason is not None:
+            return reason
         if st.flags & lib.PMQ_STREAM_FIN_SENT:
             return StreamError("write after finish()")
         if st.flags & lib.PMQ_STREAM_RESET_SENT:
             return StreamError("write after reset()")
         if st.flags & lib.PMQ_STREAM_UNIDIRECTIONAL and not st.flags & lib.PMQ_STREAM_LOCAL:
             return StreamError("cannot write to the peer's unidirectional stream")
-        if st.flags & lib.PMQ_STREAM_CONN_SHUTDOWN or self.connection.close_reason is not None:
-            reason = self.connection.close_reason
-            if reason is not None:
-                return reason
         return StreamError("cannot write to the stream", status)
 
     def writelines(self, lines: "list[BytesLike]") -> None:
@@ -231,13 +252,18 @@ class Stream(_StreamCore):
         if n < 0:
             chunks = []
             while True:
-                chunk = await self.read(_READ_ALL_CHUNK)
+                chunk = self._read_now(_READ_ALL_CHUNK)  # no coroutine when data is there
+                if chunk is None:
+                    chunk = await self._wait_async(lambda: self._read_now(_READ_ALL_CHUNK), None, "read()")
                 if not chunk:
-                    return b"".join(chunks)
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
                 chunks.append(chunk)
         if n == 0:
             return b""
-        return await self._wait_async(lambda: self._read_now(n), None, "read()")
+        data = self._read_now(n)
+        if data is None:
+            data = await self._wait_async(lambda: self._read_now(n), None, "read()")
+        return data
 
     async def readexactly(self, n: int) -> bytes:
         """Exactly ``n`` bytes; asyncio.IncompleteReadError if FIN comes first."""
@@ -253,11 +279,15 @@ class Stream(_StreamCore):
 
     async def readinto(self, buffer: Any) -> int:
         """Read into a writable buffer; returns the byte count, 0 at FIN."""
-        return await self._wait_async(lambda: self._readinto_now(buffer), None, "readinto()")
+        n = self._readinto_now(buffer)
+        if n is None:
+            n = await self._wait_async(lambda: self._readinto_now(buffer), None, "readinto()")
+        return n
 
     async def drain(self) -> None:
         """Wait until the bytes in flight fall to the write limit."""
-        await self._wait_async(self._drained, None, "drain()")
+        if self._drained() is None:
+            await self._wait_async(self._drained, None, "drain()")
 
     async def wait_closed(self, timeout: float | None = None) -> None:
         """Wait until the stream is shut down in both directions (and our data acknowledged)."""
@@ -267,7 +297,7 @@ class Stream(_StreamCore):
         return self
 
     async def __anext__(self) -> bytes:
-        chunk = await self.read(_READ_ALL_CHUNK)
+        chunk = await self.read(_READ_ALL_CHUNK)  # never b"" before FIN
         if not chunk:
             raise StopAsyncIteration
         return chunk

@@ -1,0 +1,46 @@
+"""``python -m bench --all``: every implementation and workload, side by side.
+
+Prints one table (rates, latency, ratios to the native C pair and to aioquic,
+CPU seconds of each side) and writes docs/bench/results.json and chart.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from bench.harness import REPO, chart, run, table
+from bench.protocol import WORKLOADS
+
+ALL_IMPLS = ["native", "pymsquic-asyncio", "pymsquic-blocking", "aioquic", "qh3", "aiopquic"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--all", action="store_true", help="every implementation and workload")
+    parser.add_argument("--impl", default="native,pymsquic-asyncio,aioquic",
+                        help=f"comma-separated, from {','.join(ALL_IMPLS)}")
+    parser.add_argument("--workload", default=",".join(WORKLOADS), help="comma-separated workloads")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per workload (default 10)")
+    parser.add_argument("--no-idle", action="store_true", help="skip the idle-connections memory measurement")
+    parser.add_argument("--out", default=str(REPO / "docs" / "bench"), help="folder for results.json and chart.png")
+    args = parser.parse_args()
+
+    impls = ALL_IMPLS if args.all else args.impl.split(",")
+    workloads = list(WORKLOADS) if args.all else args.workload.split(",")
+    unknown = set(workloads) - set(WORKLOADS)
+    if unknown:
+        parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    report = run(impls, workloads, args.duration, idle=not args.no_idle)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
+    chart(report, out / "chart.png")
+    print(table(report))
+    print(f"\nresults: {out / 'results.json'}; machine: {report['machine']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,355 @@
+"""Runs every implementation's server and client in separate processes on loopback,
+and turns what they report into one table, a JSON file and a chart."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD = REPO / "build" / "bench"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+UNITS = {"download": "Gbit/s", "upload": "Gbit/s", "rps": "req/s", "latency": "req/s", "hps": "hs/s"}
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# ---- implementations -------------------------------------------------------------
+
+@dataclass
+class Impl:
+    name: str
+    label: str
+    command: list[str] = field(default_factory=list)  # prefix; role and options follow
+    env: dict[str, str] = field(default_factory=dict)
+    skipped: str = ""  # why it cannot run here
+    idle: bool = True  # supports the idle-connections memory measurement
+
+    def cmd(self, role: str, *options: str) -> list[str]:
+        return [*self.command, role, *options]
+
+
+def python_impl(name: str, label: str, python: str = sys.executable, **env: str) -> Impl:
+    return Impl(name, label, [python, "-m", "bench.run", name], {"PYTHONPATH": str(REPO), **env})
+
+
+def build_native() -> Impl:
+    """Compile bench/native/quicperf.c against the libmsquic pymsquic was built with."""
+    sys.path.insert(0, str(REPO))
+    from build_msquic import locate_msquic
+
+    ms = locate_msquic()  # the cached build: no rebuild
+    binary = BUILD / "quicperf"
+    source = REPO / "bench" / "native" / "quicperf.c"
+    if not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime:
+        BUILD.mkdir(parents=True, exist_ok=True)
+        lib_dir = ms.library.parent
+        subprocess.run(["cc", "-O2", "-o", str(binary), str(source), f"-I{ms.include_dir}", f"-L{lib_dir}",
+                        "-l:libmsquic.so.2", f"-Wl,-rpath,{lib_dir}", "-lpthread"], check=True)
+    return Impl("native", "native C (libmsquic)", [str(binary)], idle=False)
+
+
+def find_python312() -> str | None:
+    """aiopquic needs Python >= 3.12: look for one beside the machine's (pyenv shims
+    may name versions that are not active, so each candidate is tried)."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    candidates = [str(v / "bin" / "python3") for v in sorted(pyenv.glob("3.1[2-9]*"), reverse=True)]
+    candidates += [p for p in (shutil.which("python3.13"), shutil.which("python3.12")) if p]
+    for candidate in candidates:
+        probe = subprocess.run([candidate, "-c", "import sys, venv; assert sys.version_info >= (3, 12)"],
+                               capture_output=True)
+        if probe.returncode == 0:
+            return candidate
+    return None
+
+
+def aiopquic_impl() -> Impl:
+    python = find_python312()
+    if python is None:
+        return Impl("aiopquic", "aiopquic", skipped="needs Python >= 3.12, none found")
+    venv = Path.home() / ".cache" / "pymsquic" / "bench-aiopquic"
+    venv_python = venv / "bin" / "python"
+    if not venv_python.exists():
+        log(f"creating {venv} with {python} for aiopquic")
+        made = subprocess.run([python, "-m", "venv", str(venv)], capture_output=True, text=True)
+        if made.returncode != 0:
+            return Impl("aiopquic", "aiopquic", skipped=f"venv failed: {made.stderr.strip()[-200:]}")
+    probe = subprocess.run([str(venv_python), "-c", "import aiopquic"], capture_output=True)
+    if probe.returncode != 0:
+        install = subprocess.run([str(venv_python), "-m", "pip", "install", "-q", "aiopquic"],
+                                 capture_output=True, text=True)
+        if install.returncode != 0:
+            return Impl("aiopquic", "aiopquic", skipped=f"pip install failed: {install.stderr.strip()[-200:]}")
+    return python_impl("aiopquic", "aiopquic (picoquic)", str(venv_python))
+
+
+def importable(module: str) -> bool:
+    return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
+
+
+def make_impls(names: list[str]) -> list[Impl]:
+    impls = []
+    for name in names:
+        if name == "native":
+            impls.append(build_native())
+        elif name == "pymsquic-asyncio":
+            impls.append(python_impl(name, "pymsquic asyncio"))
+        elif name == "pymsquic-blocking":
+            impls.append(python_impl(name, "pymsquic blocking"))
+        elif name in ("aioquic", "qh3"):
+            impl = python_impl(name, name)
+            if not importable(name):
+                impl.skipped = f"{name} is not installed (pip install {name})"
+            impls.append(impl)
+        elif name == "aiopquic":
+            impls.append(aiopquic_impl())
+        else:
+            raise SystemExit(f"unknown implementation {name!r}")
+    return impls
+
+
+# ---- measuring ------------------------------------------------------------------------
+
+def cpu_of(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a process so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+@dataclass
+class Row:
+    impl: str
+    workload: str
+    value: float = 0.0
+    unit: str = ""
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    client_cpu_s: float = 0.0
+    server_cpu_s: float = 0.0
+    elapsed_s: float = 0.0
+    vs_native: float | None = None
+    vs_aioquic: float | None = None
+    error: str = ""
+
+
+class Server:
+    def __init__(self, impl: Impl, certs: tuple[str, str]) -> None:
+        cert, key = certs
+        env = {**os.environ, **impl.env}
+        self.proc = subprocess.Popen(impl.cmd("server", "--port", "0", "--cert", cert, "--key", key), env=env,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().split()
+        if not line or line[0] != "ready":
+            self.stop()
+            raise RuntimeError(f"{impl.name} server did not start")
+        self.port = int(line[1])
+
+    def stop(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(10)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def run_client(impl: Impl, server: Server, workload: str, duration: float) -> tuple[dict[str, Any], float]:
+    env = {**os.environ, **impl.env}
+    cpu_before = cpu_of(server.proc.pid)
+    client = subprocess.run(impl.cmd("client", "--port", str(server.port), "--workload", workload,
+                                     "--duration", str(duration)), env=env, capture_output=True, text=True,
+                            timeout=duration + 120)
+    server_cpu = cpu_of(server.proc.pid) - cpu_before
+    if client.returncode != 0 or not client.stdout.strip():
+        raise RuntimeError(f"client failed ({client.returncode}): {client.stderr.strip()[-300:]}")
+    return json.loads(client.stdout.strip().splitlines()[-1]), server_cpu
+
+
+def measure(impl: Impl, server: Server, workload: str, duration: float) -> Row:
+    row = Row(impl.name, workload, unit=UNITS[workload])
+    try:
+        result, row.server_cpu_s = run_client(impl, server, workload, duration)
+    except Exception as exc:  # one failing row must not sink the run
+        row.error = str(exc)
+        log(f"{impl.name} {workload}: {exc}")
+        return row
+    elapsed = result["elapsed"] or 1e-9
+    row.elapsed_s, row.client_cpu_s = elapsed, result["cpu_s"]
+    if workload in ("download", "upload"):
+        row.value = result["bytes"] * 8 / elapsed / 1e9
+    elif workload == "hps":
+        row.value = result["handshakes"] / elapsed
+    else:
+        row.value = result["requests"] / elapsed
+        row.p50_ms, row.p99_ms = result["p50_us"] / 1000, result["p99_us"] / 1000
+    return row
+
+
+def measure_idle(impl: Impl, server: Server) -> dict[str, Any]:
+    """RSS that IDLE_CONNECTIONS idle connections cost the server and the client."""
+    env = {**os.environ, **impl.env}
+    time.sleep(0.5)
+    before = rss_of(server.proc.pid)
+    client = subprocess.Popen(impl.cmd("client", "--port", str(server.port), "--workload", "idle"), env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        result = json.loads(client.stdout.readline())
+        time.sleep(0.5)
+        server_delta = rss_of(server.proc.pid) - before
+    finally:
+        client.stdin.close()
+        client.wait(30)
+    per_1000 = 1000 / max(result["connections"], 1)
+    return {"impl": impl.name, "connections": result["connections"],
+            "server_kb_per_1000": round(server_delta * per_1000), "client_kb_per_1000":
+            round(result["rss_delta_kb"] * per_1000)}
+
+
+def make_certs(directory: str) -> tuple[str, str]:
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, pkcs12
+
+    sys.path.insert(0, str(REPO))
+    from pymsquic.configuration import generate_self_signed
+
+    _, blob = generate_self_signed(("localhost", "127.0.0.1"), 30)
+    key, cert, _ = pkcs12.load_key_and_certificates(blob, None)
+    cert_path, key_path = Path(directory) / "cert.pem", Path(directory) / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+# ---- the run -----------------------------------------------------------------------------
+
+def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool) -> dict[str, Any]:
+    impls = make_impls(impl_names)
+    rows: list[Row] = []
+    memory: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        certs = make_certs(tmp)
+        for impl in impls:
+            if impl.skipped:
+                log(f"skipping {impl.name}: {impl.skipped}")
+                continue
+            log(f"{impl.label}: starting its server")
+            try:
+                server = Server(impl, certs)
+            except Exception as exc:
+                impl.skipped = str(exc)
+                continue
+            try:
+                for workload in workloads:
+                    log(f"{impl.label}: {workload} ({duration:g} s)")
+                    rows.append(measure(impl, server, workload, duration))
+                if idle and impl.idle:
+                    log(f"{impl.label}: idle connections")
+                    try:
+                        memory.append(measure_idle(impl, server))
+                    except Exception as exc:
+                        log(f"{impl.name} idle: {exc}")
+            finally:
+                server.stop()
+    by_key = {(r.impl, r.workload): r for r in rows}
+    for row in rows:
+        for ref, attr in (("native", "vs_native"), ("aioquic", "vs_aioquic")):
+            base = by_key.get((ref, row.workload))
+            if base is not None and base.value and not row.error and ref != row.impl:
+                setattr(row, attr, row.value / base.value)
+    return {
+        "rows": [asdict(r) for r in rows],
+        "memory": memory,
+        "skipped": {i.name: i.skipped for i in impls if i.skipped},
+        "labels": {i.name: i.label for i in impls},
+        "duration_s": duration,
+        "machine": machine_facts(),
+    }
+
+
+def machine_facts() -> dict[str, str]:
+    model = "unknown"
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                              text=True).stdout.strip()
+    sys.path.insert(0, str(REPO))
+    import pymsquic
+
+    return {"cpu": model, "cores": str(os.cpu_count()), "python": platform.python_version(),
+            "kernel": platform.release(), "msquic": pymsquic.msquic_version(), "git": revision or "unknown",
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+# ---- reporting -------------------------------------------------------------------------------
+
+def table(report: dict[str, Any]) -> str:
+    labels = report["labels"]
+    lines = ["| implementation | workload | rate | p50 ms | p99 ms | vs native | vs aioquic | client CPU s | server CPU s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        def ratio(x: float | None) -> str:
+            return f"{x:.2f}x" if x is not None else ""
+
+        def ms(x: float | None) -> str:
+            return f"{x:.3f}" if x is not None else ""
+
+        rate = f"error: {r['error'][:40]}" if r["error"] else (
+            f"{r['value']:.2f} {r['unit']}" if r["unit"] == "Gbit/s" else f"{r['value']:,.0f} {r['unit']}")
+        lines.append(f"| {labels[r['impl']]} | {r['workload']} | {rate} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} | "
+                     f"{ratio(r['vs_native'])} | {ratio(r['vs_aioquic'])} | {r['client_cpu_s']:.2f} | "
+                     f"{r['server_cpu_s']:.2f} |")
+    if report["memory"]:
+        lines += ["", "| implementation | idle connections | server RSS per 1,000 | client RSS per 1,000 |",
+                  "|---|---:|---:|---:|"]
+        for m in report["memory"]:
+            lines.append(f"| {labels[m['impl']]} | {m['connections']} | {m['server_kb_per_1000'] / 1024:.1f} MiB | "
+                         f"{m['client_kb_per_1000'] / 1024:.1f} MiB |")
+    if report["skipped"]:
+        lines += [""] + [f"- {labels.get(k, k)} not run: {v}" for k, v in report["skipped"].items()]
+    return "\n".join(lines)
+
+
+def chart(report: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed (pip install -e '.[bench]'): no chart")
+        return False
+    workloads = [w for w in UNITS if any(r["workload"] == w for r in report["rows"])]
+    impls = list(dict.fromkeys(r["impl"] for r in report["rows"]))
+    fig, axes = plt.subplots(1, len(workloads), figsize=(3.2 * len(workloads), 4.2), squeeze=False)
+    colors = plt.get_cmap("tab10")
+    for ax, workload in zip(axes[0], workloads):
+        values = [next((r["value"] for r in report["rows"] if r["impl"] == i and r["workload"] == workload), 0)
+                  for i in impls]
+        ax.bar(range(len(impls)), values, color=[colors(k) for k in range(len(impls))])
+        ax.set_title(workload)
+        ax.set_ylabel(UNITS[workload])
+        ax.set_xticks(range(len(impls)))
+        ax.set_xticklabels([report["labels"][i] for i in impls], rotation=60, ha="right", fontsize=7)
+    fig.suptitle(f"QUIC on loopback, {report['machine']['cores']} cores, higher is better")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

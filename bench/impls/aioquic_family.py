@@ -1,0 +1,188 @@
+"""aioquic, and the packages that copy its API (qh3, aiopquic): server and client.
+
+They share aioquic's protocol-and-events API, so one adapter serves all three;
+``FLAVOR`` names the package. Sending is throttled on each package's own notion
+of queued bytes, since aioquic's send_stream_data buffers without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import ssl
+import time
+from typing import Any
+
+from bench.protocol import (
+    ALPN, CHUNK, DATA, FOREVER, HEADER, HPS_PARALLEL, IDLE_CONNECTIONS, RPS_DOWN, RPS_PARALLEL, RPS_UP, UPLOAD,
+    Clock, Result, rss_kb, wait_for_stdin_close,
+)
+
+FLAVOR = os.environ.get("BENCH_FLAVOR", "aioquic")
+_asyncio = importlib.import_module(f"{FLAVOR}.asyncio")
+_config = importlib.import_module(f"{FLAVOR}.quic.configuration")
+_events = importlib.import_module(f"{FLAVOR}.quic.events")
+
+_MAX_QUEUED = 4 << 20
+REQUEST = HEADER.pack(RPS_DOWN) + b"u" * RPS_UP
+
+
+def configuration(is_client: bool, cert: str | None = None, key: str | None = None) -> Any:
+    kwargs: dict[str, Any] = {"is_client": is_client, "alpn_protocols": [ALPN], "idle_timeout": 30.0}
+    if FLAVOR == "aiopquic":
+        kwargs["max_connections"] = IDLE_CONNECTIONS + 100
+        if cert:
+            kwargs.update(certificate_file=cert, private_key_file=key)
+    if is_client:
+        kwargs["verify_mode"] = ssl.CERT_NONE
+    config = _config.QuicConfiguration(**kwargs)
+    if cert and FLAVOR != "aiopquic":
+        config.load_cert_chain(cert, key)
+    return config
+
+
+class PerfProtocol(_asyncio.QuicConnectionProtocol):  # type: ignore[misc,name-defined]
+    """Both roles: the server answers requests; the client counts what arrives."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.headers: dict[int, bytearray] = {}
+        self.done: dict[int, asyncio.Future[int]] = {}
+        self.received: dict[int, int] = {}
+        self.stopped: set[int] = set()
+        self.closed = False
+        self.bytes = 0
+
+    def flush(self) -> None:
+        transmit = getattr(self, "transmit", None)
+        if transmit is not None:
+            transmit()
+
+    async def send(self, stream_id: int, data: Any, end: bool) -> None:
+        quic = self._quic
+        if FLAVOR == "aiopquic":
+            await quic.send_stream_data_drained(stream_id, data, end_stream=end)
+            return
+        quic.send_stream_data(stream_id, data, end_stream=end)
+        self.flush()
+        while not self.closed and stream_id not in self.stopped and self.queued(stream_id) > _MAX_QUEUED:
+            await asyncio.sleep(0.001)
+
+    def queued(self, stream_id: int) -> int:
+        quic = self._quic
+        if FLAVOR == "qh3":
+            return quic.get_send_buffer_size(stream_id)
+        stream = quic._streams.get(stream_id)  # aioquic has no public measure of its send buffer
+        return len(stream.sender._buffer) if stream is not None else 0
+
+    async def respond(self, stream_id: int, n: int) -> None:
+        if n == 0:
+            await self.send(stream_id, b"", True)
+        data = memoryview(DATA)
+        while n and not self.closed and stream_id not in self.stopped:
+            k = min(n, CHUNK)
+            n -= k
+            await self.send(stream_id, data[:k], n == 0)
+
+    def quic_event_received(self, event: Any) -> None:
+        if isinstance(event, _events.StreamDataReceived):
+            sid = event.stream_id
+            self.bytes += len(event.data)
+            if self._quic.configuration.is_client:
+                self.received[sid] = self.received.get(sid, 0) + len(event.data)
+                if event.end_stream and sid in self.done and not self.done[sid].done():
+                    self.done[sid].set_result(self.received.pop(sid))
+                return
+            header = self.headers.setdefault(sid, bytearray())
+            if len(header) < 8:
+                header += event.data[: 8 - len(header)]
+            if event.end_stream:
+                asyncio.ensure_future(self.respond(sid, HEADER.unpack(bytes(self.headers.pop(sid)))[0]))
+        elif isinstance(event, (_events.StreamReset, _events.StopSendingReceived)):
+            self.stopped.add(event.stream_id)
+        elif isinstance(event, _events.ConnectionTerminated):
+            self.closed = True
+
+    def request(self, data: bytes, end: bool) -> tuple[int, asyncio.Future[int]]:
+        sid = self._quic.get_next_available_stream_id()
+        fut = self.done[sid] = asyncio.get_running_loop().create_future()
+        self._quic.send_stream_data(sid, data, end_stream=end)
+        self.flush()
+        return sid, fut
+
+
+async def server(port: int, cert: str, key: str) -> None:
+    srv = await _asyncio.serve("127.0.0.1", port, configuration=configuration(False, cert, key),
+                               create_protocol=PerfProtocol)
+    transport = getattr(srv, "_transport", None)
+    bound = transport.get_extra_info("sockname")[1] if transport is not None else port
+    print("ready", bound, flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, wait_for_stdin_close)
+    srv.close()
+
+
+async def client(port: int, workload: str, duration: float) -> Result:
+    result = Result()
+    config = configuration(True)
+
+    def connect() -> Any:
+        return _asyncio.connect("127.0.0.1", port, configuration=config, create_protocol=PerfProtocol)
+
+    if workload == "hps":
+        clock = Clock(duration)
+
+        async def handshakes() -> None:
+            while clock.running():
+                async with connect():
+                    result.handshakes += 1
+
+        await asyncio.gather(*(handshakes() for _ in range(HPS_PARALLEL)))
+        return clock.finish(result)
+
+    if workload == "idle":
+        before = rss_kb()
+        contexts = [connect() for _ in range(IDLE_CONNECTIONS)]
+        for i in range(0, len(contexts), 50):
+            await asyncio.gather(*(c.__aenter__() for c in contexts[i:i + 50]))
+        result.connections, result.rss_delta_kb = len(contexts), rss_kb() - before
+        return result
+
+    async with connect() as proto:
+        clock = Clock(duration)
+        if workload == "download":
+            proto.request(HEADER.pack(FOREVER), True)
+            while clock.running():
+                await asyncio.sleep(0.05)
+            result.bytes = proto.bytes
+            clock.finish(result)
+        elif workload == "upload":
+            sid, fut = proto.request(HEADER.pack(0), False)
+            chunk = memoryview(UPLOAD)
+            while clock.running():
+                await proto.send(sid, chunk, False)
+                result.bytes += CHUNK
+            await proto.send(sid, b"", True)
+            await fut
+            clock.finish(result)
+        else:
+
+            async def requests() -> None:
+                while clock.running():
+                    start = time.perf_counter()
+                    _, fut = proto.request(REQUEST, True)
+                    result.bytes += await fut
+                    result.latencies_us.append((time.perf_counter() - start) * 1e6)
+                    result.requests += 1
+
+            await asyncio.gather(*(requests() for _ in range(RPS_PARALLEL if workload == "rps" else 1)))
+            clock.finish(result)
+    return result
+
+
+def run_server(port: int, cert: str, key: str) -> None:
+    asyncio.run(server(port, cert, key))
+
+
+def run_client(port: int, workload: str, duration: float) -> Result:
+    return asyncio.run(client(port, workload, duration))

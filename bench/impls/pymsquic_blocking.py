@@ -1,0 +1,124 @@
+"""pymsquic with the blocking API: a thread per connection and per stream (pooled)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pymsquic
+from bench.protocol import (
+    ALPN, CHUNK, DATA, FOREVER, HEADER, HPS_PARALLEL, IDLE_CONNECTIONS, RPS_PARALLEL, UPLOAD, Clock, Result, rss_kb,
+    wait_for_stdin_close,
+)
+from bench.impls.pymsquic_asyncio import CLIENT_SETTINGS, REQUEST, SETTINGS
+
+_pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="stream")
+
+
+_SINK = bytearray(CHUNK)  # uploads are read and dropped: one buffer for every stream
+
+
+def respond(stream: pymsquic.BlockingStream) -> None:
+    try:
+        n = HEADER.unpack(stream.readexactly(8))[0]
+        sink = _SINK
+        while stream.readinto(sink):
+            pass
+        if n == 0:
+            stream.finish()
+        data = memoryview(DATA)
+        while n:
+            k = min(n, CHUNK)
+            n -= k
+            stream.write(data[:k], fin=n == 0)
+            stream.drain()
+    except (pymsquic.StreamError, pymsquic.ConnectionClosed):
+        pass
+
+
+def handle(conn: pymsquic.Connection) -> None:
+    for stream in conn:
+        _pool.submit(respond, stream)
+
+
+def run_server(port: int, cert: str, key: str) -> None:
+    credential = pymsquic.Credential.from_files(cert, key)
+    with pymsquic.sync.serve(handle, "127.0.0.1", port, alpn=ALPN, credential=credential, settings=SETTINGS,
+                             backlog=4096, linger=0.5) as srv:
+        print("ready", srv.addresses[0][1], flush=True)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        wait_for_stdin_close()
+
+
+def run_client(port: int, workload: str, duration: float) -> Result:
+    registration = pymsquic.default_registration()
+    config = pymsquic.Configuration(registration, ALPN, pymsquic.Credential.client(verify=False), CLIENT_SETTINGS)
+    result = Result()
+    lock = threading.Lock()
+
+    def connect() -> pymsquic.Connection:
+        return pymsquic.Connection.connect(registration, config, "127.0.0.1", port, timeout=10)
+
+    def in_threads(target, count: int) -> None:
+        threads = [threading.Thread(target=target) for _ in range(count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    if workload == "hps":
+        clock = Clock(duration)
+
+        def handshakes() -> None:
+            while clock.running():
+                connect().close()
+                with lock:
+                    result.handshakes += 1
+
+        in_threads(handshakes, HPS_PARALLEL)
+        return clock.finish(result)
+
+    if workload == "idle":
+        before = rss_kb()
+        conns = [connect() for _ in range(IDLE_CONNECTIONS)]
+        result.connections, result.rss_delta_kb = len(conns), rss_kb() - before
+        return result
+
+    conn = connect()
+    clock = Clock(duration)
+    if workload == "download":
+        stream = conn.open_stream()
+        stream.write(HEADER.pack(FOREVER), fin=True)
+        sink = bytearray(CHUNK)
+        while clock.running():
+            result.bytes += stream.readinto(sink)
+        clock.finish(result)
+    elif workload == "upload":
+        stream = conn.open_stream()
+        stream.write(HEADER.pack(0))
+        chunk = memoryview(UPLOAD)
+        while clock.running():
+            stream.write(chunk)
+            result.bytes += CHUNK
+            stream.drain()
+        stream.finish()
+        stream.read()
+        clock.finish(result)
+    else:
+
+        def requests() -> None:
+            while clock.running():
+                start = time.perf_counter()
+                stream = conn.open_stream()
+                stream.write(REQUEST, fin=True)
+                answer = stream.read()
+                with lock:
+                    result.latencies_us.append((time.perf_counter() - start) * 1e6)
+                    result.requests += 1
+                    result.bytes += len(answer)
+
+        in_threads(requests, RPS_PARALLEL if workload == "rps" else 1)
+        clock.finish(result)
+    conn.close()
+    return result

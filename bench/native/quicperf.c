@@ -1,0 +1,520 @@
+/*
+ * quicperf: the native C server and client of the benchmark, on the same
+ * libmsquic as pymsquic. They are the ceiling: the difference to pymsquic is
+ * what the binding costs.
+ *
+ * Wire protocol (secnetperf's): on each bidirectional stream the client sends
+ * an 8-byte big-endian length N, its upload bytes and FIN; the server answers
+ * with N bytes and FIN.
+ *
+ *   quicperf server --port P --cert C --key K
+ *   quicperf client --port P --workload download|upload|rps|latency|hps --duration S
+ *
+ * The server prints "ready PORT"; the client prints one JSON line of results.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <msquic.h>
+
+#define ALPN "perf"
+#define CHUNK (64 * 1024)
+#define MAX_LATENCIES (4 * 1024 * 1024)
+
+static const QUIC_API_TABLE *api;
+static HQUIC registration, configuration;
+static uint8_t send_data[CHUNK];
+static const QUIC_BUFFER alpn = {sizeof(ALPN) - 1, (uint8_t *)ALPN};
+
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static void die(const char *what, QUIC_STATUS status)
+{
+    fprintf(stderr, "quicperf: %s failed: 0x%x\n", what, status);
+    exit(1);
+}
+
+/* ---- sending N bytes (both sides) -------------------------------------------- */
+
+typedef struct sender {
+    uint64_t remaining;    /* bytes still to queue */
+    uint64_t outstanding;  /* queued, not completed */
+    uint64_t ideal;        /* msquic's ideal send buffer size */
+    int fin_sent;
+    int aborted;
+} sender;
+
+/* Queue data until msquic's ideal buffer is full; FIN with the last bytes. */
+static void pump(HQUIC stream, sender *s)
+{
+    while (!s->fin_sent && !s->aborted && s->outstanding < s->ideal) {
+        uint32_t len = s->remaining < CHUNK ? (uint32_t)s->remaining : CHUNK;
+        int fin = s->remaining == len;
+        QUIC_BUFFER *buf = malloc(sizeof(QUIC_BUFFER));
+        buf->Length = len;
+        buf->Buffer = send_data;
+        s->remaining -= len;
+        s->outstanding += len;
+        if (fin) {
+            s->fin_sent = 1;
+        }
+        if (QUIC_FAILED(api->StreamSend(stream, buf, 1, fin ? QUIC_SEND_FLAG_FIN : QUIC_SEND_FLAG_NONE, buf))) {
+            free(buf);
+            s->aborted = 1;
+        }
+    }
+}
+
+static void send_complete(HQUIC stream, sender *s, QUIC_STREAM_EVENT *event)
+{
+    QUIC_BUFFER *buf = event->SEND_COMPLETE.ClientContext;
+    if (buf != NULL) {
+        s->outstanding -= buf->Length;
+        free(buf);
+    }
+    pump(stream, s);
+}
+
+/* ---- server ------------------------------------------------------------------- */
+
+typedef struct server_stream {
+    uint8_t header[8];
+    uint32_t header_len;
+    sender out;
+} server_stream;
+
+static QUIC_STATUS QUIC_API server_stream_cb(HQUIC stream, void *ctx, QUIC_STREAM_EVENT *event)
+{
+    server_stream *s = ctx;
+    switch (event->Type) {
+    case QUIC_STREAM_EVENT_RECEIVE:
+        for (uint32_t i = 0; i < event->RECEIVE.BufferCount && s->header_len < 8; i++) {
+            const QUIC_BUFFER *b = &event->RECEIVE.Buffers[i];
+            for (uint32_t j = 0; j < b->Length && s->header_len < 8; j++) {
+                s->header[s->header_len++] = b->Buffer[j];
+            }
+        }
+        break; /* the upload itself is consumed and dropped */
+    case QUIC_STREAM_EVENT_PEER_SEND_SHUTDOWN: {
+        uint64_t n = 0;
+        for (int i = 0; i < 8; i++) {
+            n = (n << 8) | s->header[i];
+        }
+        if (n == 0) {
+            api->StreamShutdown(stream, QUIC_STREAM_SHUTDOWN_FLAG_GRACEFUL, 0);
+        } else {
+            s->out.remaining = n;
+            pump(stream, &s->out);
+        }
+        break;
+    }
+    case QUIC_STREAM_EVENT_SEND_COMPLETE:
+        send_complete(stream, &s->out, event);
+        break;
+    case QUIC_STREAM_EVENT_IDEAL_SEND_BUFFER_SIZE:
+        s->out.ideal = event->IDEAL_SEND_BUFFER_SIZE.ByteCount;
+        pump(stream, &s->out);
+        break;
+    case QUIC_STREAM_EVENT_PEER_RECEIVE_ABORTED:
+        s->out.aborted = 1;
+        api->StreamShutdown(stream, QUIC_STREAM_SHUTDOWN_FLAG_ABORT, 0);
+        break;
+    case QUIC_STREAM_EVENT_SHUTDOWN_COMPLETE:
+        if (!event->SHUTDOWN_COMPLETE.AppCloseInProgress) {
+            api->StreamClose(stream);
+        }
+        free(s);
+        break;
+    default:
+        break;
+    }
+    return QUIC_STATUS_SUCCESS;
+}
+
+static QUIC_STATUS QUIC_API server_conn_cb(HQUIC conn, void *ctx, QUIC_CONNECTION_EVENT *event)
+{
+    switch (event->Type) {
+    case QUIC_CONNECTION_EVENT_PEER_STREAM_STARTED: {
+        server_stream *s = calloc(1, sizeof(*s));
+        s->out.ideal = 128 * 1024;
+        api->SetCallbackHandler(event->PEER_STREAM_STARTED.Stream, (void *)server_stream_cb, s);
+        break;
+    }
+    case QUIC_CONNECTION_EVENT_SHUTDOWN_COMPLETE:
+        if (!event->SHUTDOWN_COMPLETE.AppCloseInProgress) {
+            api->ConnectionClose(conn);
+        }
+        break;
+    default:
+        break;
+    }
+    return QUIC_STATUS_SUCCESS;
+}
+
+static QUIC_STATUS QUIC_API listener_cb(HQUIC listener, void *ctx, QUIC_LISTENER_EVENT *event)
+{
+    if (event->Type == QUIC_LISTENER_EVENT_NEW_CONNECTION) {
+        api->SetCallbackHandler(event->NEW_CONNECTION.Connection, (void *)server_conn_cb, NULL);
+        return api->ConnectionSetConfiguration(event->NEW_CONNECTION.Connection, configuration);
+    }
+    return QUIC_STATUS_SUCCESS;
+}
+
+static void run_server(uint16_t port, const char *cert, const char *key)
+{
+    QUIC_SETTINGS settings = {0};
+    settings.IsSet.PeerBidiStreamCount = 1;
+    settings.PeerBidiStreamCount = 1000;
+    settings.IsSet.IdleTimeoutMs = 1;
+    settings.IdleTimeoutMs = 30000;
+    QUIC_CERTIFICATE_FILE files = {key, cert};
+    QUIC_CREDENTIAL_CONFIG cred = {0};
+    cred.Type = QUIC_CREDENTIAL_TYPE_CERTIFICATE_FILE;
+    cred.CertificateFile = &files;
+    QUIC_STATUS st = api->ConfigurationOpen(registration, &alpn, 1, &settings, sizeof(settings), NULL, &configuration);
+    if (QUIC_FAILED(st) || QUIC_FAILED(st = api->ConfigurationLoadCredential(configuration, &cred))) {
+        die("server configuration", st);
+    }
+    HQUIC listener;
+    if (QUIC_FAILED(st = api->ListenerOpen(registration, listener_cb, NULL, &listener))) {
+        die("ListenerOpen", st);
+    }
+    QUIC_ADDR addr = {0};
+    addr.Ipv4.sin_family = AF_INET;
+    addr.Ipv4.sin_port = htons(port);
+    inet_pton(AF_INET, "127.0.0.1", &addr.Ipv4.sin_addr);
+    if (QUIC_FAILED(st = api->ListenerStart(listener, &alpn, 1, &addr))) {
+        die("ListenerStart", st);
+    }
+    uint32_t size = sizeof(addr);
+    api->GetParam(listener, QUIC_PARAM_LISTENER_LOCAL_ADDRESS, &size, &addr);
+    printf("ready %u\n", ntohs(addr.Ipv4.sin_port));
+    fflush(stdout);
+    char line[64];
+    while (fgets(line, sizeof(line), stdin) != NULL) {
+        /* runs until stdin closes */
+    }
+    api->ListenerClose(listener);
+}
+
+/* ---- client ------------------------------------------------------------------- */
+
+static uint16_t server_port;
+static atomic_int stopping;
+static atomic_uint_fast64_t bytes_done;
+static atomic_uint_fast64_t requests_done;
+static uint64_t *latencies;
+static atomic_uint_fast64_t latency_count;
+static uint64_t upload_size, download_size;
+static sem_t slots;
+static uint64_t finished_at;
+
+typedef struct client_stream {
+    uint64_t started;
+    uint8_t request[8 + 4096];
+    QUIC_BUFFER request_buf;
+    sender out;       /* for upload */
+    int upload_mode;
+} client_stream;
+
+static QUIC_STATUS QUIC_API client_stream_cb(HQUIC stream, void *ctx, QUIC_STREAM_EVENT *event)
+{
+    client_stream *s = ctx;
+    switch (event->Type) {
+    case QUIC_STREAM_EVENT_RECEIVE:
+        atomic_fetch_add(&bytes_done, event->RECEIVE.TotalBufferLength);
+        break;
+    case QUIC_STREAM_EVENT_SEND_COMPLETE:
+        if (s->upload_mode) {
+            if (event->SEND_COMPLETE.ClientContext != &s->request_buf) {
+                QUIC_BUFFER *buf = event->SEND_COMPLETE.ClientContext;
+                atomic_fetch_add(&bytes_done, buf->Length);
+                s->out.outstanding -= buf->Length;
+                free(buf);
+            }
+            if (atomic_load(&stopping) && !s->out.fin_sent) {
+                s->out.fin_sent = 1;
+                api->StreamShutdown(stream, QUIC_STREAM_SHUTDOWN_FLAG_GRACEFUL, 0);
+            } else {
+                pump(stream, &s->out);
+            }
+        }
+        break;
+    case QUIC_STREAM_EVENT_IDEAL_SEND_BUFFER_SIZE:
+        if (s->upload_mode) {
+            s->out.ideal = event->IDEAL_SEND_BUFFER_SIZE.ByteCount;
+            pump(stream, &s->out);
+        }
+        break;
+    case QUIC_STREAM_EVENT_SHUTDOWN_COMPLETE: {
+        int again = 0;
+        if (s->upload_mode) {
+            finished_at = now_us();
+        } else if (!event->SHUTDOWN_COMPLETE.ConnectionShutdown) {
+            uint64_t idx = atomic_fetch_add(&latency_count, 1);
+            if (idx < MAX_LATENCIES) {
+                latencies[idx] = now_us() - s->started;
+            }
+            atomic_fetch_add(&requests_done, 1);
+            again = !atomic_load(&stopping);
+        }
+        if (!event->SHUTDOWN_COMPLETE.AppCloseInProgress) {
+            api->StreamClose(stream);
+        }
+        free(s);
+        if (again) {
+            sem_post(&slots); /* the main thread opens the next request */
+        }
+        break;
+    }
+    default:
+        break;
+    }
+    return QUIC_STATUS_SUCCESS;
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        p[i] = (uint8_t)(v & 0xff);
+        v >>= 8;
+    }
+}
+
+static void open_request(HQUIC conn)
+{
+    client_stream *s = calloc(1, sizeof(*s));
+    HQUIC stream;
+    if (QUIC_FAILED(api->StreamOpen(conn, QUIC_STREAM_OPEN_FLAG_NONE, client_stream_cb, s, &stream))) {
+        free(s);
+        return;
+    }
+    s->started = now_us();
+    put_be64(s->request, download_size);
+    memset(s->request + 8, 'u', upload_size);
+    s->request_buf.Buffer = s->request;
+    s->request_buf.Length = (uint32_t)(8 + upload_size);
+    if (QUIC_FAILED(api->StreamSend(stream, &s->request_buf, 1, QUIC_SEND_FLAG_START | QUIC_SEND_FLAG_FIN,
+                                    &s->request_buf))) {
+        api->StreamClose(stream);
+        free(s);
+    }
+}
+
+static void open_upload(HQUIC conn)
+{
+    client_stream *s = calloc(1, sizeof(*s));
+    s->upload_mode = 1;
+    s->out.ideal = 128 * 1024;
+    s->out.remaining = UINT64_MAX;
+    HQUIC stream;
+    if (QUIC_FAILED(api->StreamOpen(conn, QUIC_STREAM_OPEN_FLAG_NONE, client_stream_cb, s, &stream))) {
+        die("StreamOpen", 0);
+    }
+    put_be64(s->request, 0);
+    s->request_buf.Buffer = s->request;
+    s->request_buf.Length = 8;
+    api->StreamSend(stream, &s->request_buf, 1, QUIC_SEND_FLAG_START, &s->request_buf);
+    pump(stream, &s->out);
+}
+
+static atomic_uint_fast64_t handshakes;
+
+static QUIC_STATUS QUIC_API client_conn_cb(HQUIC conn, void *ctx, QUIC_CONNECTION_EVENT *event)
+{
+    int hps = ctx != NULL;
+    switch (event->Type) {
+    case QUIC_CONNECTION_EVENT_CONNECTED:
+        if (hps) {
+            if (!atomic_load(&stopping)) {
+                atomic_fetch_add(&handshakes, 1);
+            }
+            api->ConnectionShutdown(conn, QUIC_CONNECTION_SHUTDOWN_FLAG_NONE, 0);
+        }
+        break;
+    case QUIC_CONNECTION_EVENT_SHUTDOWN_COMPLETE:
+        if (!event->SHUTDOWN_COMPLETE.AppCloseInProgress) {
+            api->ConnectionClose(conn);
+        }
+        if (hps) {
+            sem_post(&slots);
+        }
+        break;
+    default:
+        break;
+    }
+    return QUIC_STATUS_SUCCESS;
+}
+
+static HQUIC start_connection(int hps)
+{
+    HQUIC conn;
+    QUIC_STATUS st = api->ConnectionOpen(registration, client_conn_cb, hps ? (void *)1 : NULL, &conn);
+    if (QUIC_FAILED(st)) {
+        die("ConnectionOpen", st);
+    }
+    if (QUIC_FAILED(st = api->ConnectionStart(conn, configuration, QUIC_ADDRESS_FAMILY_INET, "127.0.0.1", server_port))) {
+        die("ConnectionStart", st);
+    }
+    return conn;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec + (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+static void run_client(const char *workload, double duration, int parallel)
+{
+    QUIC_SETTINGS settings = {0};
+    settings.IsSet.IdleTimeoutMs = 1;
+    settings.IdleTimeoutMs = 30000;
+    QUIC_CREDENTIAL_CONFIG cred = {0};
+    cred.Type = QUIC_CREDENTIAL_TYPE_NONE;
+    cred.Flags = QUIC_CREDENTIAL_FLAG_CLIENT | QUIC_CREDENTIAL_FLAG_NO_CERTIFICATE_VALIDATION;
+    QUIC_STATUS st = api->ConfigurationOpen(registration, &alpn, 1, &settings, sizeof(settings), NULL, &configuration);
+    if (QUIC_FAILED(st) || QUIC_FAILED(st = api->ConfigurationLoadCredential(configuration, &cred))) {
+        die("client configuration", st);
+    }
+    latencies = calloc(MAX_LATENCIES, sizeof(uint64_t));
+    int is_hps = strcmp(workload, "hps") == 0;
+    int is_rps = strcmp(workload, "rps") == 0 || strcmp(workload, "latency") == 0;
+    if (strcmp(workload, "latency") == 0) {
+        parallel = 1;
+    }
+    if (is_rps) {
+        upload_size = 512;
+        download_size = 4000;
+    } else if (strcmp(workload, "download") == 0) {
+        download_size = UINT64_MAX >> 2;
+    }
+    sem_init(&slots, 0, 0);
+    double cpu0 = cpu_seconds();
+    HQUIC conn = NULL;
+    if (!is_hps) {
+        conn = start_connection(0);
+        usleep(100000); /* let the handshake finish before the clock starts */
+    }
+    uint64_t start = now_us();
+    uint64_t deadline = start + (uint64_t)(duration * 1e6);
+    if (is_hps) {
+        for (int i = 0; i < parallel; i++) {
+            start_connection(1);
+        }
+    } else if (is_rps) {
+        for (int i = 0; i < parallel; i++) {
+            open_request(conn);
+        }
+    } else if (strcmp(workload, "upload") == 0) {
+        open_upload(conn);
+    } else {
+        open_request(conn);
+    }
+    while (now_us() < deadline) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 10 * 1000000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        if (sem_timedwait(&slots, &ts) == 0 && now_us() < deadline) {
+            if (is_hps) {
+                start_connection(1);
+            } else if (is_rps) {
+                open_request(conn);
+            }
+        }
+    }
+    uint64_t end = now_us();
+    uint64_t bytes = atomic_load(&bytes_done);
+    uint64_t requests = atomic_load(&requests_done);
+    uint64_t hs = atomic_load(&handshakes);
+    atomic_store(&stopping, 1);
+    if (strcmp(workload, "upload") == 0) {
+        for (int i = 0; i < 500 && finished_at == 0; i++) {
+            usleep(10000); /* the server's FIN confirms it read everything */
+        }
+        end = finished_at ? finished_at : now_us();
+        bytes = atomic_load(&bytes_done);
+    }
+    double elapsed = (end - start) / 1e6;
+    uint64_t n = atomic_load(&latency_count);
+    if (n > MAX_LATENCIES) {
+        n = MAX_LATENCIES;
+    }
+    qsort(latencies, n, sizeof(uint64_t), cmp_u64);
+    double cpu = cpu_seconds() - cpu0;
+    printf("{\"elapsed\": %.6f, \"bytes\": %" PRIu64 ", \"requests\": %" PRIu64 ", \"handshakes\": %" PRIu64
+           ", \"p50_us\": %" PRIu64 ", \"p99_us\": %" PRIu64 ", \"cpu_s\": %.3f}\n",
+           elapsed, bytes, requests, hs, n ? latencies[n / 2] : 0, n ? latencies[(n * 99) / 100] : 0, cpu);
+    fflush(stdout);
+    if (conn != NULL) {
+        api->ConnectionShutdown(conn, QUIC_CONNECTION_SHUTDOWN_FLAG_SILENT, 0);
+    }
+    usleep(200000);
+    _exit(0); /* connections may still be draining; the process is done measuring */
+}
+
+int main(int argc, char **argv)
+{
+    const char *mode = argc > 1 ? argv[1] : "";
+    const char *cert = NULL, *key = NULL, *workload = "download";
+    double duration = 10;
+    int parallel = 0;
+    for (int i = 2; i + 1 < argc; i += 2) {
+        if (!strcmp(argv[i], "--port")) server_port = (uint16_t)atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--cert")) cert = argv[i + 1];
+        else if (!strcmp(argv[i], "--key")) key = argv[i + 1];
+        else if (!strcmp(argv[i], "--workload")) workload = argv[i + 1];
+        else if (!strcmp(argv[i], "--duration")) duration = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--parallel")) parallel = atoi(argv[i + 1]);
+    }
+    memset(send_data, 'd', sizeof(send_data));
+    QUIC_STATUS st = MsQuicOpenVersion(QUIC_API_VERSION_2, (const void **)&api);
+    if (QUIC_FAILED(st)) {
+        die("MsQuicOpenVersion", st);
+    }
+    QUIC_REGISTRATION_CONFIG reg = {"quicperf", QUIC_EXECUTION_PROFILE_LOW_LATENCY};
+    if (QUIC_FAILED(st = api->RegistrationOpen(&reg, &registration))) {
+        die("RegistrationOpen", st);
+    }
+    if (!strcmp(mode, "server") && cert && key) {
+        run_server(server_port, cert, key);
+    } else if (!strcmp(mode, "client") && server_port) {
+        if (parallel <= 0) {
+            parallel = !strcmp(workload, "hps") ? 16 : 100;
+        }
+        run_client(workload, duration, parallel);
+    } else {
+        fprintf(stderr, "usage: quicperf server --port P --cert C --key K\n"
+                        "       quicperf client --port P --workload W --duration S [--parallel N]\n");
+        return 2;
+    }
+    api->RegistrationClose(registration);
+    MsQuicClose(api);
+    return 0;
+}

@@ -1,0 +1,81 @@
+"""The benchmark's wire protocol and what every client reports.
+
+secnetperf's protocol: on each bidirectional stream the client sends an 8-byte
+big-endian length N, its upload bytes and FIN; the server answers with N bytes
+and FIN. Every client prints one JSON line (``Result``) and every server prints
+``ready PORT`` once it listens, then serves until its stdin closes.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import struct
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+ALPN = "perf"
+HEADER = struct.Struct(">Q")
+FOREVER = 1 << 62            # "as many bytes as fit": the client stops reading
+RPS_UP, RPS_DOWN = 512, 4000  # request and response sizes of the rps and latency workloads
+RPS_PARALLEL = 100
+HPS_PARALLEL = 16
+IDLE_CONNECTIONS = int(__import__("os").environ.get("BENCH_IDLE_CONNECTIONS", "1000"))
+CHUNK = 1 << 20
+DATA = b"d" * CHUNK          # what servers send
+UPLOAD = b"u" * CHUNK        # what clients upload
+
+WORKLOADS = ("download", "upload", "rps", "latency", "hps")
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def rss_kb() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+
+
+@dataclass
+class Result:
+    elapsed: float = 0.0
+    bytes: int = 0
+    requests: int = 0
+    handshakes: int = 0
+    latencies_us: list[float] = field(default_factory=list)
+    cpu_s: float = 0.0
+    connections: int = 0
+    rss_delta_kb: int = 0
+
+    def emit(self) -> None:
+        lat = sorted(self.latencies_us)
+        out = asdict(self)
+        del out["latencies_us"]
+        out["p50_us"] = lat[len(lat) // 2] if lat else 0
+        out["p99_us"] = lat[len(lat) * 99 // 100] if lat else 0
+        print(json.dumps(out), flush=True)
+
+
+class Clock:
+    """Deadline and CPU bookkeeping for a timed client run."""
+
+    def __init__(self, duration: float) -> None:
+        self.start = time.perf_counter()
+        self.deadline = self.start + duration
+        self.cpu0 = cpu_seconds()
+
+    def running(self) -> bool:
+        return time.perf_counter() < self.deadline
+
+    def finish(self, result: Result, end: float | None = None) -> Result:
+        result.elapsed = (end or time.perf_counter()) - self.start
+        result.cpu_s = cpu_seconds() - self.cpu0
+        return result
+
+
+def wait_for_stdin_close() -> None:
+    """Servers and idle clients run until the harness closes their stdin."""
+    sys.stdin.read()
