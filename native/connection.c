@@ -96,6 +96,14 @@ uint32_t pmq_conn_flags(pmq_conn *c)
     return flags;
 }
 
+int pmq_conn_all_sent(pmq_conn *c)
+{
+    pthread_mutex_lock(&c->obj.lock);
+    int done = c->info.streams_sending == 0 || (c->info.flags & PMQ_CONN_SHUTDOWN_COMPLETE);
+    pthread_mutex_unlock(&c->obj.lock);
+    return done;
+}
+
 void pmq_conn_get_info(pmq_conn *c, pmq_conn_info *out)
 {
     pthread_mutex_lock(&c->obj.lock);
@@ -415,21 +423,28 @@ static void close_unstarted(pmq_conn *c)
     }
 }
 
-QUIC_STATUS pmq_conn_start(pmq_conn *c, HQUIC configuration, const pmq_addr *remote, const char *server_name)
+QUIC_STATUS pmq_conn_start(pmq_conn *c, HQUIC configuration, const pmq_addr *remote, const char *server_name,
+                           uint16_t port)
 {
     QUIC_ADDR addr;
     if (c->started || c->guard.handle == NULL) {
         return QUIC_STATUS_INVALID_STATE;
     }
-    if (!pmq_addr_to_quic(&addr, remote) || server_name == NULL) {
+    if (server_name == NULL || (remote != NULL && !pmq_addr_to_quic(&addr, remote))) {
         return QUIC_STATUS_INVALID_PARAMETER;
     }
     /* Not started yet: no callback can close the handle under us. */
     HQUIC handle = c->guard.handle;
-    QUIC_STATUS status = pmq_api->SetParam(handle, QUIC_PARAM_CONN_REMOTE_ADDRESS, sizeof(addr), &addr);
+    QUIC_STATUS status = QUIC_STATUS_SUCCESS;
+    QUIC_ADDRESS_FAMILY family = QUIC_ADDRESS_FAMILY_UNSPEC;
+    if (remote != NULL) {
+        /* Waits for a worker round trip: only needed when the SNI differs from the address. */
+        status = pmq_api->SetParam(handle, QUIC_PARAM_CONN_REMOTE_ADDRESS, sizeof(addr), &addr);
+        family = remote->family;
+    }
     if (QUIC_SUCCEEDED(status)) {
         c->started_us = pmq_now_us();
-        status = pmq_api->ConnectionStart(handle, configuration, remote->family, server_name, remote->port);
+        status = pmq_api->ConnectionStart(handle, configuration, family, server_name, port);
     }
     if (QUIC_FAILED(status)) {
         close_unstarted(c);

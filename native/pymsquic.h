@@ -269,11 +269,15 @@ void pmq_listener_release(pmq_listener *listener);
 /* ---- connection -------------------------------------------------------- */
 
 QUIC_STATUS pmq_conn_open(HQUIC registration, pmq_conn **out);
+/* remote NULL: msquic takes the address from server_name (an IP literal) and
+ * port without blocking; otherwise SetParam waits for a worker round trip. */
 QUIC_STATUS pmq_conn_start(pmq_conn *conn, HQUIC configuration, const pmq_addr *remote,
-                           const char *server_name);
+                           const char *server_name, uint16_t port);
 pmq_obj *pmq_conn_obj(pmq_conn *conn);
 void pmq_conn_get_info(pmq_conn *conn, pmq_conn_info *out);
 uint32_t pmq_conn_flags(pmq_conn *conn);
+/* 1 once no stream is still sending (or the connection is closed). */
+int pmq_conn_all_sent(pmq_conn *conn);
 /* Graceful shutdown with an application error code; INVALID_STATE once closed. */
 QUIC_STATUS pmq_conn_shutdown(pmq_conn *conn, uint64_t error_code);
 /* Python is done with the connection: shut it down, refuse further peer

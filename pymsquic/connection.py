@@ -23,6 +23,8 @@ AnyStream = Union[Stream, BlockingStream]
 class _Scratch(threading.local):
     def __init__(self) -> None:
         self.stream = ffi.new("pmq_stream **")
+        self.conn = ffi.new("pmq_conn **")
+        self.info = ffi.new("pmq_conn_info *")
 
 
 _scratch = _Scratch()
@@ -70,7 +72,6 @@ class Connection(NativeWaitable):
         self.registration = registration
         self.configuration = configuration
         self.blocking = blocking
-        self._info = ffi.new("pmq_conn_info *")
         self._closed = False
 
     def __del__(self) -> None:
@@ -86,13 +87,16 @@ class Connection(NativeWaitable):
                 server_name: str | None = None, timeout: float | None = None) -> "Connection":
         """Open a connection to ``host:port`` and wait for its handshake (blocking).
 
-        Raises ConnectionClosed if the handshake fails (refused, ALPN mismatch,
-        bad certificate, timeout) and TimeoutError after ``timeout`` seconds.
+        ``server_name`` (SNI, and the name the certificate must carry) defaults
+        to ``host``. Raises ConnectionClosed if the handshake fails (refused,
+        ALPN mismatch, bad certificate, timeout) and TimeoutError after ``timeout``.
         """
         _native.forbid_in_callback("Connection.connect()")
         _check_endpoint(host, port)
-        conn = cls._start(registration, configuration, resolve(host, port), server_name or host, blocking=True)
+        conn = cls._open(registration, configuration, blocking=True)
         try:
+            direct = _is_ip(host) and server_name in (None, host)
+            conn._start(configuration, host, port, server_name, None if direct else resolve(host, port))
             conn.wait_connected(timeout)
         except BaseException:
             conn.close()
@@ -103,14 +107,20 @@ class Connection(NativeWaitable):
     async def connect_async(cls, registration: Registration, configuration: Configuration, host: str,
                             port: int, *, server_name: str | None = None,
                             timeout: float | None = None) -> "Connection":
-        """Like :meth:`connect`, for asyncio: resolves and waits without blocking the loop."""
+        """Like :meth:`connect`, for asyncio: never blocks the event loop."""
         _check_endpoint(host, port)
+        conn = cls._open(registration, configuration, blocking=False)
         try:
-            remote = resolve(host, port) if _is_ip(host) else await _resolve_async(host, port)
-        except socket.gaierror as exc:
-            raise ValueError(f"cannot resolve host {host!r}: {exc}") from None
-        conn = cls._start(registration, configuration, remote, server_name or host, blocking=False)
-        try:
+            if _is_ip(host) and server_name in (None, host):
+                conn._start(configuration, host, port, server_name, None)  # non-blocking
+            else:
+                loop = asyncio.get_running_loop()
+                try:
+                    remote = await _resolve_async(host, port) if not _is_ip(host) else resolve(host, port)
+                except socket.gaierror as exc:
+                    raise ValueError(f"cannot resolve host {host!r}: {exc}") from None
+                # Setting the address waits for a msquic worker: not on the loop's thread.
+                await loop.run_in_executor(None, conn._start, configuration, host, port, server_name, remote)
             await conn.wait_connected_async(timeout)
         except BaseException:
             conn.close()
@@ -118,20 +128,25 @@ class Connection(NativeWaitable):
         return conn
 
     @classmethod
-    def _start(cls, registration: Registration, configuration: Configuration, remote: Any,
-               server_name: str, blocking: bool) -> "Connection":
+    def _open(cls, registration: Registration, configuration: Configuration, blocking: bool) -> "Connection":
         if not isinstance(configuration, Configuration):
             raise TypeError(f"configuration must be a Configuration, not {type(configuration).__name__}")
         if not configuration.credential.is_client:
             raise ValueError("a client connection needs a Credential.client(...) configuration")
-        out = ffi.new("pmq_conn **")
+        out = _scratch.conn
         _native.check(lib.pmq_conn_open(registration.handle, out), "ConnectionOpen")
-        conn = cls(out[0], registration, configuration, blocking)
-        status = lib.pmq_conn_start(out[0], configuration.handle, remote, server_name.encode("idna"))
+        return cls(out[0], registration, configuration, blocking)
+
+    def _start(self, configuration: Configuration, host: str, port: int, server_name: str | None,
+               remote: Any) -> None:
+        """Start the handshake. With ``remote`` None, ``host`` is an IP literal that
+        msquic takes as the address (and sends no SNI): this never blocks."""
+        sni = server_name or host
+        name = sni.encode() if _is_ip(sni) else sni.encode("idna")
+        status = lib.pmq_conn_start(self._conn, configuration.handle, remote if remote is not None else ffi.NULL,
+                                    name, port)
         if failed(status):
-            conn.close()
             raise QuicError("ConnectionStart failed", status)
-        return conn
 
     # ---- state -------------------------------------------------------------
 
@@ -139,8 +154,9 @@ class Connection(NativeWaitable):
         return lib.pmq_conn_flags(self._conn)
 
     def _refresh(self) -> Any:
-        lib.pmq_conn_get_info(self._conn, self._info)
-        return self._info
+        info = _scratch.info  # read at once by the caller, on this thread
+        lib.pmq_conn_get_info(self._conn, info)
+        return info
 
     @property
     def is_connected(self) -> bool:
@@ -360,8 +376,7 @@ class Connection(NativeWaitable):
         await self._wait_async(self._connected_or_raise, timeout, "wait_connected_async()")
 
     def _all_sent(self) -> bool | None:
-        info = self._refresh()
-        return True if info.streams_sending == 0 or info.flags & lib.PMQ_CONN_SHUTDOWN_COMPLETE else None
+        return True if lib.pmq_conn_all_sent(self._conn) else None
 
     def wait_sent(self, timeout: float | None = None) -> None:
         """Block until every stream has finished sending (FIN or reset acknowledged).
@@ -464,6 +479,8 @@ def _check_endpoint(host: str, port: int) -> None:
 
 
 def _is_ip(host: str) -> bool:
+    if not host:
+        return False
     try:
         socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
         return True

@@ -92,7 +92,7 @@ class Server:
     async def _accept_loop(self) -> None:
         try:
             async for conn in self.listener:
-                task = asyncio.create_task(self._run_handler(conn), name=f"pymsquic-handler-{conn.remote_address}")
+                task = asyncio.create_task(self._run_handler(conn))
                 self._handlers.add(task)
                 task.add_done_callback(self._handlers.discard)
         except Finished:
