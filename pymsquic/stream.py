@@ -148,13 +148,15 @@ class _StreamCore(NativeWaitable):
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _readinto_now(self, buffer: Any) -> int | None:
-        view = memoryview(buffer).cast("B")
-        if view.readonly:
-            raise TypeError("readinto() needs a writable buffer")
-        if not len(view):
+        try:
+            target = ffi.from_buffer(buffer, require_writable=True)
+        except TypeError:
+            raise TypeError("readinto() needs a writable buffer") from None
+        size = ffi.sizeof(target)
+        if not size:
             return 0
         copied = _scratch.len
-        status = lib.pmq_stream_read_into(self._stream, ffi.from_buffer(view), len(view), copied)
+        status = lib.pmq_stream_read_into(self._stream, target, size, copied)
         if status == lib.PMQ_READ_DATA:
             return copied[0]
         if status == lib.PMQ_READ_WOULD_BLOCK:
