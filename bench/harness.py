@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -149,11 +150,19 @@ class Row:
     error: str = ""
 
 
+def free_udp_port() -> int:
+    """A port for the server: not every implementation reports what port 0 bound."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class Server:
     def __init__(self, impl: Impl, certs: tuple[str, str]) -> None:
         cert, key = certs
         env = {**os.environ, **impl.env}
-        self.proc = subprocess.Popen(impl.cmd("server", "--port", "0", "--cert", cert, "--key", key), env=env,
+        port = str(free_udp_port())
+        self.proc = subprocess.Popen(impl.cmd("server", "--port", port, "--cert", cert, "--key", key), env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().split()
         if not line or line[0] != "ready":
@@ -311,7 +320,8 @@ def table(report: dict[str, Any]) -> str:
         def ms(x: float | None) -> str:
             return f"{x:.3f}" if x is not None else ""
 
-        rate = f"error: {r['error'][:40]}" if r["error"] else (
+        error = r["error"].strip().splitlines()[-1][-70:].replace("|", "/") if r["error"] else ""
+        rate = f"error: {error}" if error else (
             f"{r['value']:.2f} {r['unit']}" if r["unit"] == "Gbit/s" else f"{r['value']:,.0f} {r['unit']}")
         lines.append(f"| {labels[r['impl']]} | {r['workload']} | {rate} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} | "
                      f"{ratio(r['vs_native'])} | {ratio(r['vs_aioquic'])} | {r['client_cpu_s']:.2f} | "

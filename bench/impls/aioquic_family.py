@@ -79,11 +79,10 @@ class PerfProtocol(_asyncio.QuicConnectionProtocol):  # type: ignore[misc,name-d
     async def respond(self, stream_id: int, n: int) -> None:
         if n == 0:
             await self.send(stream_id, b"", True)
-        data = memoryview(DATA)
         while n and not self.closed and stream_id not in self.stopped:
             k = min(n, CHUNK)
             n -= k
-            await self.send(stream_id, data[:k], n == 0)
+            await self.send(stream_id, DATA if k == CHUNK else DATA[:k], n == 0)  # aiopquic takes bytes only
 
     def quic_event_received(self, event: Any) -> None:
         if isinstance(event, _events.StreamDataReceived):
@@ -104,10 +103,15 @@ class PerfProtocol(_asyncio.QuicConnectionProtocol):  # type: ignore[misc,name-d
         elif isinstance(event, _events.ConnectionTerminated):
             self.closed = True
 
-    def request(self, data: bytes, end: bool) -> tuple[int, asyncio.Future[int]]:
-        sid = self._quic.get_next_available_stream_id()
+    async def request(self, data: bytes, end: bool) -> tuple[int, asyncio.Future[int]]:
+        while True:
+            sid = self._quic.get_next_available_stream_id()
+            try:
+                self._quic.send_stream_data(sid, data, end_stream=end)
+                break
+            except ValueError:  # qh3: the peer's stream limit is reached until its MAX_STREAMS arrives
+                await asyncio.sleep(0.0005)
         fut = self.done[sid] = asyncio.get_running_loop().create_future()
-        self._quic.send_stream_data(sid, data, end_stream=end)
         self.flush()
         return sid, fut
 
@@ -151,16 +155,15 @@ async def client(port: int, workload: str, duration: float) -> Result:
     async with connect() as proto:
         clock = Clock(duration)
         if workload == "download":
-            proto.request(HEADER.pack(FOREVER), True)
+            await proto.request(HEADER.pack(FOREVER), True)
             while clock.running():
                 await asyncio.sleep(0.05)
             result.bytes = proto.bytes
             clock.finish(result)
         elif workload == "upload":
-            sid, fut = proto.request(HEADER.pack(0), False)
-            chunk = memoryview(UPLOAD)
+            sid, fut = await proto.request(HEADER.pack(0), False)
             while clock.running():
-                await proto.send(sid, chunk, False)
+                await proto.send(sid, UPLOAD, False)
                 result.bytes += CHUNK
             await proto.send(sid, b"", True)
             await fut
@@ -170,7 +173,7 @@ async def client(port: int, workload: str, duration: float) -> Result:
             async def requests() -> None:
                 while clock.running():
                     start = time.perf_counter()
-                    _, fut = proto.request(REQUEST, True)
+                    _, fut = await proto.request(REQUEST, True)
                     result.bytes += await fut
                     result.latencies_us.append((time.perf_counter() - start) * 1e6)
                     result.requests += 1
