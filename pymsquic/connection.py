@@ -434,12 +434,14 @@ class Connection(NativeWaitable):
     async def close_gracefully_async(self, linger: float = 5.0) -> None:
         """asyncio :meth:`close_gracefully`."""
         try:
-            await self.wait_sent_async(linger)
+            if self._all_sent() is None:  # no waiting machinery when nothing is left to send
+                await self.wait_sent_async(linger)
         except TimeoutError:
             pass
         self.shutdown()
         try:
-            await self.wait_closed_async(linger)
+            if self._closed_now() is None:
+                await self.wait_closed_async(linger)
         except TimeoutError:
             pass
         self.close()

@@ -293,7 +293,8 @@ class Stream(_StreamCore):
 
     async def wait_closed(self, timeout: float | None = None) -> None:
         """Wait until the stream is shut down in both directions (and our data acknowledged)."""
-        await self._wait_async(self._closed_now, timeout, "wait_closed()")
+        if self._closed_now() is None:
+            await self._wait_async(self._closed_now, timeout, "wait_closed()")
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
