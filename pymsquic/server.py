@@ -49,6 +49,19 @@ def make_configuration(registration: Registration | None, alpn: AlpnLike, creden
     return configuration
 
 
+def start_listener(host: str, port: int, alpn: AlpnLike, credential: Credential, settings: Settings | None,
+                   registration: Registration | None, backlog: int) -> Listener:
+    """A started listener for serve() in either world."""
+    configuration = make_configuration(registration, alpn, credential, settings)
+    listener = Listener(configuration.registration, configuration, backlog=backlog)
+    try:
+        listener.start(alpn, (host, port))
+    except BaseException:
+        listener.close()
+        raise
+    return listener
+
+
 class Server:
     """A QUIC server running ``handler(connection)`` as a task per connection.
 
@@ -144,14 +157,7 @@ async def serve(handler: Handler, host: str, port: int, *, alpn: AlpnLike, crede
     The connection is closed gracefully when the handler returns. ``settings``
     defaults to :data:`DEFAULT_SETTINGS` (peers may open streams, datagrams on).
     """
-    configuration = make_configuration(registration, alpn, credential, settings)
-    listener = Listener(configuration.registration, configuration, backlog=backlog)
-    try:
-        listener.start(alpn, (host, port))
-    except BaseException:
-        listener.close()
-        raise
-    server = Server(handler, listener, linger)
+    server = Server(handler, start_listener(host, port, alpn, credential, settings, registration, backlog), linger)
     if start_serving:
         await server.start_serving()
     return server

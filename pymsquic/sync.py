@@ -14,7 +14,7 @@ from .connection import Connection
 from .errors import Finished
 from .listener import Listener
 from .registration import Registration
-from .server import make_configuration
+from .server import make_configuration, start_listener
 
 logger = logging.getLogger("pymsquic")
 
@@ -96,14 +96,7 @@ def serve(handler: Handler, host: str, port: int, *, alpn: AlpnLike, credential:
           backlog: int = 128, linger: float = 5.0) -> Server:
     """Listen on ``host:port``; call ``serve_forever()`` to run ``handler(connection)``
     in a thread per connection. The connection is closed gracefully when the handler returns."""
-    configuration = make_configuration(registration, alpn, credential, settings)
-    listener = Listener(configuration.registration, configuration, backlog=backlog)
-    try:
-        listener.start(alpn, (host, port))
-    except BaseException:
-        listener.close()
-        raise
-    return Server(handler, listener, linger)
+    return Server(handler, start_listener(host, port, alpn, credential, settings, registration, backlog), linger)
 
 
 def connect(host: str, port: int, *, alpn: AlpnLike, credential: Credential | None = None,
