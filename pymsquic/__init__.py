@@ -32,7 +32,7 @@ from .errors import (
 from .listener import Listener, ListenerState, ListenerStats, NewConnectionInfo
 from .registration import Registration, default_registration
 from .server import DEFAULT_SETTINGS, Server, connect, serve
-from .stream import BlockingStream, Stream
+from .stream import BlockingStream, Stream, StreamProtocol
 
 __version__ = "0.1.0"
 
@@ -52,5 +52,5 @@ __all__ = [
     "ConnectionClosed", "ConnectionStats", "Credential", "Failed", "Finished", "HookContextError",
     "ListenError", "Listener", "ListenerState", "ListenerStats", "NewConnectionInfo", "NotStarted",
     "QuicError", "Registration", "Server", "Settings", "Stream", "StreamError", "StreamReset",
-    "StreamStopped", "connect", "default_registration", "msquic_version", "serve", "status_name", "sync",
+    "StreamProtocol", "StreamStopped", "connect", "default_registration", "msquic_version", "serve", "status_name", "sync",
 ]

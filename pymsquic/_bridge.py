@@ -51,8 +51,8 @@ class _LoopBridge:
         for i in range(n):
             ref = objects.get(self._ids[i])
             obj = ref() if ref is not None else None
-            if obj is not None and obj._waiters:
-                obj._wake_waiters()
+            if obj is not None:
+                obj._native_changed()
 
 
 _bridges: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge]" = weakref.WeakKeyDictionary()
@@ -87,6 +87,18 @@ class NativeWaitable:
         if slot is not None:
             slot[0].forget(slot[1])
 
+    def _native_changed(self) -> None:
+        """Called on the loop when the native object changed; protocols override it."""
+        if self._waiters:
+            self._wake_waiters()
+
+    def _attach_to_running_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._attached_loop is not loop:
+            self._forget_bridge()
+            bridge_for(loop).attach(self)
+            self._attached_loop = loop
+
     def _wake_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []
         for fut in waiters:
@@ -97,10 +109,7 @@ class NativeWaitable:
         # Attach to the loop's waker only when about to wait; the loop below
         # checks again after attaching, so no change between can be missed.
         loop = asyncio.get_running_loop()
-        if self._attached_loop is not loop:
-            self._forget_bridge()
-            bridge_for(loop).attach(self)
-            self._attached_loop = loop
+        self._attach_to_running_loop()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             result = check_ready()

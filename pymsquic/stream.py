@@ -39,8 +39,27 @@ class _Scratch(threading.local):
 _scratch = _Scratch()
 
 
+class StreamProtocol:
+    """Callbacks for a stream, run on the event loop: asyncio.Protocol's shape,
+    without a task or a future per stream. See Connection.set_stream_protocol."""
+
+    def connection_made(self, stream: "Stream") -> None:
+        """The stream is ready; keep ``stream`` to write to it."""
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes arrived (never empty)."""
+
+    def eof_received(self) -> None:
+        """The peer finished its side (FIN)."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The stream is over: ``exc`` is None when it ended cleanly, else why
+        (StreamReset, ConnectionClosed, ...)."""
+
+
 class _StreamCore(NativeWaitable):
     _owner = True  # False on a view (blocking()/asyncio()): the original releases
+    _protocol: "StreamProtocol | None" = None
 
     def __init__(self, native: Any, connection: "Connection") -> None:
         # Internal: wrap a pmq_stream * whose Python reference we now own.
@@ -244,6 +263,41 @@ class _StreamCore(NativeWaitable):
 
 class Stream(_StreamCore):
     """A QUIC stream for asyncio, shaped like asyncio's StreamReader/StreamWriter."""
+
+    def _set_protocol(self, protocol: StreamProtocol) -> None:
+        self._protocol = protocol
+        self._eof_delivered = False
+        self.connection._protocol_streams.add(self)  # only weak references lead here otherwise
+        protocol.connection_made(self)
+        self._attach_to_running_loop()
+        self._native_changed()
+
+    def _lose(self, protocol: StreamProtocol, exc: Exception | None) -> None:
+        self._protocol = None
+        self.connection._protocol_streams.discard(self)
+        protocol.connection_lost(exc)
+
+    def _native_changed(self) -> None:
+        protocol = self._protocol
+        if protocol is None:
+            super()._native_changed()
+            return
+        try:
+            while not self._eof_delivered:
+                data = self._read_now(_READ_ALL_CHUNK)
+                if data is None:
+                    break
+                if data:
+                    protocol.data_received(data)
+                else:
+                    self._eof_delivered = True
+                    protocol.eof_received()
+            if self._state().flags & lib.PMQ_STREAM_SHUTDOWN_COMPLETE:
+                self._lose(protocol, None)
+        except QuicError as exc:
+            self._lose(protocol, exc)
+        if self._waiters:  # drain() and wait_closed() still work
+            self._wake_waiters()
 
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (at least one, b"" at FIN); ``n=-1`` reads until FIN.

@@ -302,3 +302,45 @@ def test_connection_stats() -> None:
     assert stats.stream_bytes_sent >= 2**20 and stats.stream_bytes_received >= 2**20
     assert stats.bytes_sent > stats.stream_bytes_sent and stats.packets_received > 0
     assert 0 < stats.rtt_us < 1_000_000 and stats.handshake_us > 0
+
+
+def test_stream_protocol_callbacks() -> None:
+    events: list[tuple] = []
+
+    class Upper(pymsquic.StreamProtocol):
+        def connection_made(self, stream: pymsquic.Stream) -> None:
+            self.stream, self.data = stream, b""
+
+        def data_received(self, data: bytes) -> None:
+            self.data += data
+
+        def eof_received(self) -> None:
+            events.append(("eof", self.data))
+            self.stream.write(self.data.upper(), fin=True)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            events.append(("lost", type(exc).__name__ if exc else None, getattr(exc, "error_code", None)))
+
+    async def handler(conn: pymsquic.Connection) -> None:
+        conn.set_stream_protocol(Upper)
+        await conn.wait_closed_async(10)
+
+    async def client(port: int) -> list[bytes]:
+        async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
+            streams = [conn.open_stream() for _ in range(20)]
+            for i, s in enumerate(streams):
+                s.write(f"request {i}".encode(), fin=True)
+            answers = [await s.read() for s in streams]
+            aborted = conn.open_stream()
+            aborted.write(b"half")
+            await asyncio.sleep(0.1)
+            aborted.reset(5)
+            await asyncio.sleep(0.3)
+            return answers
+
+    answers = run_echo_server(client, handler)
+    assert answers == [f"REQUEST {i}".encode() for i in range(20)]
+    assert sorted(e[1] for e in events if e[0] == "eof") == sorted(f"request {i}".encode() for i in range(20))
+    lost = [e for e in events if e[0] == "lost"]
+    assert lost.count(("lost", None, None)) == 20
+    assert ("lost", "StreamReset", 5) in lost
