@@ -54,7 +54,6 @@ struct pmq_stream {
     int rx_pending;
     int fin_seen;              /* the peer's FIN came (its data may still be unread) */
     int peeking;               /* a peek holds a pointer (and a guard use) until consume */
-    int peek_in_buf;
 };
 
 static void stream_close_handle(HQUIC handle) { pmq_api->StreamClose(handle); }
@@ -231,26 +230,41 @@ static int idle_read_status_locked(pmq_stream *s)
     return PMQ_READ_WOULD_BLOCK;
 }
 
-int pmq_stream_peek(pmq_stream *s, const uint8_t **data, uint64_t *len)
+/* Starts a local stream if needed and locks it. Returns -1 with the lock held
+ * when data can be read, else the PMQ_READ_* status with the lock released. */
+static int begin_read(pmq_stream *s)
 {
     if (__atomic_load_n(&s->needs_start, __ATOMIC_RELAXED)) {
         pmq_stream_ensure_started(s); /* the peer cannot answer a stream it never saw */
     }
     pthread_mutex_lock(&s->obj.lock);
-    if (s->st.readable == 0 || s->peeking) {
-        int status = s->peeking ? PMQ_READ_WOULD_BLOCK : idle_read_status_locked(s);
-        pthread_mutex_unlock(&s->obj.lock);
+    if (s->st.readable > 0 && !s->peeking) {
+        return -1;
+    }
+    int status = s->peeking ? PMQ_READ_WOULD_BLOCK : idle_read_status_locked(s);
+    pthread_mutex_unlock(&s->obj.lock);
+    return status;
+}
+
+/* The next contiguous unread bytes: the copy buffer first, then the pending receive. */
+static uint64_t next_chunk_locked(pmq_stream *s, const uint8_t **data)
+{
+    if (buffered(s) > 0) {
+        *data = s->buf + s->buf_head;
+        return buffered(s);
+    }
+    skip_empty_locked(s);
+    *data = s->rx[s->rx_index].Buffer + s->rx_offset;
+    return s->rx[s->rx_index].Length - s->rx_offset;
+}
+
+int pmq_stream_peek(pmq_stream *s, const uint8_t **data, uint64_t *len)
+{
+    int status = begin_read(s);
+    if (status >= 0) {
         return status;
     }
-    s->peek_in_buf = buffered(s) > 0;
-    if (s->peek_in_buf) {
-        *data = s->buf + s->buf_head;
-        *len = buffered(s);
-    } else {
-        skip_empty_locked(s);
-        *data = s->rx[s->rx_index].Buffer + s->rx_offset;
-        *len = s->rx[s->rx_index].Length - s->rx_offset;
-    }
+    *len = next_chunk_locked(s, data);
     s->peeking = 1;
     s->guard.users++; /* keeps the handle, and so msquic's buffers, alive */
     pthread_mutex_unlock(&s->obj.lock);
@@ -281,29 +295,16 @@ void pmq_stream_consume(pmq_stream *s, uint64_t n)
 int pmq_stream_read_into(pmq_stream *s, uint8_t *dst, uint64_t cap, uint64_t *copied)
 {
     *copied = 0;
-    if (__atomic_load_n(&s->needs_start, __ATOMIC_RELAXED)) {
-        pmq_stream_ensure_started(s);
-    }
-    pthread_mutex_lock(&s->obj.lock);
-    if (s->st.readable == 0 || s->peeking) {
-        int status = s->peeking ? PMQ_READ_WOULD_BLOCK : idle_read_status_locked(s);
-        pthread_mutex_unlock(&s->obj.lock);
+    int status = begin_read(s);
+    if (status >= 0) {
         return status;
     }
     /* Copy under the lock: msquic cannot close the stream meanwhile. */
     uint64_t n = 0;
     uint64_t complete = 0;
     while (n < cap && s->st.readable > 0) {
-        uint64_t chunk;
         const uint8_t *src;
-        if (buffered(s) > 0) {
-            src = s->buf + s->buf_head;
-            chunk = buffered(s);
-        } else {
-            skip_empty_locked(s);
-            src = s->rx[s->rx_index].Buffer + s->rx_offset;
-            chunk = s->rx[s->rx_index].Length - s->rx_offset;
-        }
+        uint64_t chunk = next_chunk_locked(s, &src);
         if (chunk > cap - n) {
             chunk = cap - n;
         }

@@ -92,8 +92,8 @@ class NativeWaitable:
         if self._waiters:
             self._wake_waiters()
 
-    def _attach_to_running_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _attach_to_running_loop(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        loop = loop or asyncio.get_running_loop()
         if self._attached_loop is not loop:
             self._forget_bridge()
             bridge_for(loop).attach(self)
@@ -109,7 +109,7 @@ class NativeWaitable:
         # Attach to the loop's waker only when about to wait; the loop below
         # checks again after attaching, so no change between can be missed.
         loop = asyncio.get_running_loop()
-        self._attach_to_running_loop()
+        self._attach_to_running_loop(loop)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             result = check_ready()

@@ -122,25 +122,41 @@ class Releaser:
 
     def _collected(self, _ref: Any) -> None:
         release = self._take()
-        if release is None:
-            return
-        if lib.pmq_in_callback():
-            with _lock:
-                _deferred.append(release)
-        else:
-            release()
+        if release is not None:
+            _release_here_or_defer(release)
+
+
+def _release_here_or_defer(release: Callable[[], None]) -> None:
+    # Collected on a msquic thread (inside a hook): releasing there could wait
+    # for that very thread, so it waits for the next Registration.close() or exit.
+    if lib.pmq_in_callback():
+        with _lock:
+            _deferred.append(release)
+    else:
+        release()
 
 
 def release_now_or_later(release: Callable[[Any], None], native: Any) -> None:
     """For __del__ of objects whose release never blocks (streams, connections):
     skipped after the exit teardown, deferred when collected on a msquic thread."""
-    if _torn_down:
-        return
-    if lib.pmq_in_callback():
-        with _lock:
-            _deferred.append(functools.partial(release, native))
-        return
-    release(native)
+    if not _torn_down:
+        _release_here_or_defer(functools.partial(release, native))
+
+
+class _Scratch(threading.local):
+    """Out-parameters for native calls, one set per thread instead of per object:
+    streams and connections come and go by the thousand, and each ffi.new costs."""
+
+    def __init__(self) -> None:
+        self.stream = ffi.new("pmq_stream **")
+        self.conn = ffi.new("pmq_conn **")
+        self.conn_info = ffi.new("pmq_conn_info *")
+        self.stream_state = ffi.new("pmq_stream_state *")
+        self.data = ffi.new("uint8_t **")
+        self.size = ffi.new("uint64_t *")
+
+
+scratch = _Scratch()
 
 
 def run_deferred() -> None:

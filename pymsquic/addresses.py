@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import socket
 from typing import Any, Tuple, Union
@@ -39,17 +40,36 @@ def split_host_port(address: AddressLike) -> tuple[str | None, int]:
     return (None if host in _WILDCARDS else host), port
 
 
+def is_ip_literal(host: str) -> bool:
+    """An IPv4 or IPv6 address in text form (no zone: those go through getaddrinfo)."""
+    if "%" in host:
+        return False
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
 def resolve(host: str, port: int, *, passive: bool = False) -> Any:
     """Resolve host (an IP literal or a name) to a ``pmq_addr *`` (first UDP result)."""
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        ip = None
-    if ip is not None and "%" not in host:
-        return to_native(str(ip), port, 4 if ip.version == 4 else 6)
+    if is_ip_literal(host):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return from_sockaddr(family, (host, port, 0, 0))
     flags = socket.AI_PASSIVE if passive else 0
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=flags)
+    except socket.gaierror as exc:
+        raise ValueError(f"cannot resolve host {host!r}: {exc}") from None
+    return from_sockaddr(infos[0][0], infos[0][4])
+
+
+async def resolve_async(host: str, port: int) -> Any:
+    """:func:`resolve` without blocking the event loop on DNS."""
+    if is_ip_literal(host):
+        return resolve(host, port)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except socket.gaierror as exc:
         raise ValueError(f"cannot resolve host {host!r}: {exc}") from None
     return from_sockaddr(infos[0][0], infos[0][4])
@@ -65,11 +85,6 @@ def from_sockaddr(family: int, sockaddr: tuple) -> Any:
     if family == socket.AF_INET6:
         addr.scope_id = sockaddr[3]
     return addr
-
-
-def to_native(ip: str, port: int, version: int) -> Any:
-    family = socket.AF_INET if version == 4 else socket.AF_INET6
-    return from_sockaddr(family, (ip, port, 0, 0))
 
 
 def any_address(port: int) -> Any:

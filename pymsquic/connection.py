@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
-import threading
 from typing import Any, AsyncIterator, Callable, Iterator, Union
 
 from . import _native
 from ._bridge import NativeWaitable
 from ._msquic import ffi, lib
-from .addresses import Address, from_native, from_sockaddr, resolve
+from .addresses import Address, from_native, is_ip_literal, resolve, resolve_async
 from .configuration import Configuration, decode_alpns
 from .errors import ConnectionClosed, QuicError, failed
 from .registration import Registration
 from .stream import BlockingStream, BytesLike, Stream, StreamProtocol
 
 AnyStream = Union[Stream, BlockingStream]
-
-
-class _Scratch(threading.local):
-    def __init__(self) -> None:
-        self.stream = ffi.new("pmq_stream **")
-        self.conn = ffi.new("pmq_conn **")
-        self.info = ffi.new("pmq_conn_info *")
-
-
-_scratch = _Scratch()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +85,7 @@ class Connection(NativeWaitable):
         _check_endpoint(host, port)
         conn = cls._open(registration, configuration, blocking=True)
         try:
-            direct = _is_ip(host) and server_name in (None, host)
+            direct = is_ip_literal(host) and server_name in (None, host)
             conn._start(configuration, host, port, server_name, None if direct else resolve(host, port))
             conn.wait_connected(timeout)
         except BaseException:
@@ -113,16 +101,13 @@ class Connection(NativeWaitable):
         _check_endpoint(host, port)
         conn = cls._open(registration, configuration, blocking=False)
         try:
-            if _is_ip(host) and server_name in (None, host):
+            if is_ip_literal(host) and server_name in (None, host):
                 conn._start(configuration, host, port, server_name, None)  # non-blocking
             else:
-                loop = asyncio.get_running_loop()
-                try:
-                    remote = await _resolve_async(host, port) if not _is_ip(host) else resolve(host, port)
-                except socket.gaierror as exc:
-                    raise ValueError(f"cannot resolve host {host!r}: {exc}") from None
+                remote = await resolve_async(host, port)
                 # Setting the address waits for a msquic worker: not on the loop's thread.
-                await loop.run_in_executor(None, conn._start, configuration, host, port, server_name, remote)
+                await asyncio.get_running_loop().run_in_executor(None, conn._start, configuration, host, port,
+                                                                 server_name, remote)
             await conn.wait_connected_async(timeout)
         except BaseException:
             conn.close()
@@ -135,7 +120,7 @@ class Connection(NativeWaitable):
             raise TypeError(f"configuration must be a Configuration, not {type(configuration).__name__}")
         if not configuration.credential.is_client:
             raise ValueError("a client connection needs a Credential.client(...) configuration")
-        out = _scratch.conn
+        out = _native.scratch.conn
         _native.check(lib.pmq_conn_open(registration.handle, out), "ConnectionOpen")
         return cls(out[0], registration, configuration, blocking)
 
@@ -144,7 +129,7 @@ class Connection(NativeWaitable):
         """Start the handshake. With ``remote`` None, ``host`` is an IP literal that
         msquic takes as the address (and sends no SNI): this never blocks."""
         sni = server_name or host
-        name = sni.encode() if _is_ip(sni) else sni.encode("idna")
+        name = sni.encode() if is_ip_literal(sni) else sni.encode("idna")
         status = lib.pmq_conn_start(self._conn, configuration.handle, remote if remote is not None else ffi.NULL,
                                     name, port)
         if failed(status):
@@ -156,7 +141,7 @@ class Connection(NativeWaitable):
         return lib.pmq_conn_flags(self._conn)
 
     def _refresh(self) -> Any:
-        info = _scratch.info  # read at once by the caller, on this thread
+        info = _native.scratch.conn_info  # read at once by the caller, on this thread
         lib.pmq_conn_get_info(self._conn, info)
         return info
 
@@ -253,7 +238,7 @@ class Connection(NativeWaitable):
         """Open a stream (never blocks: data written before the peer allows the
         stream is queued). Returns a BlockingStream on a blocking connection,
         else a Stream, unless ``blocking`` says otherwise."""
-        out = _scratch.stream
+        out = _native.scratch.stream
         status = lib.pmq_stream_open(self._conn, bool(unidirectional), out)
         if failed(status):
             if self.close_reason is not None:
@@ -262,7 +247,7 @@ class Connection(NativeWaitable):
         return self._wrap_stream(out[0], self.blocking if blocking is None else blocking)
 
     def _try_accept_stream(self, blocking: bool) -> AnyStream | None:
-        out = _scratch.stream
+        out = _native.scratch.stream
         result = lib.pmq_conn_accept_stream(self._conn, out)
         if result == lib.PMQ_ACCEPT_OK:
             return self._wrap_stream(out[0], blocking)
@@ -502,18 +487,3 @@ def _check_endpoint(host: str, port: int) -> None:
         raise TypeError(f"port must be an int, not {type(port).__name__}")
     if not 0 < port <= 65535:
         raise ValueError(f"port {port} is out of range 1-65535")
-
-
-def _is_ip(host: str) -> bool:
-    if not host:
-        return False
-    try:
-        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
-        return True
-    except OSError:
-        return False
-
-
-async def _resolve_async(host: str, port: int) -> Any:
-    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    return from_sockaddr(infos[0][0], infos[0][4])

@@ -12,7 +12,7 @@ from ._bridge import NativeWaitable
 from ._msquic import ffi, lib
 from .addresses import Address, AddressLike, any_address, from_native, resolve, split_host_port
 from .configuration import AlpnLike, Configuration, decode_alpns, encode_alpns
-from .connection import Connection, _scratch
+from .connection import Connection
 from .errors import AlreadyStarted, Failed, Finished, NotStarted, failed
 from .registration import Registration
 
@@ -157,7 +157,7 @@ class Listener(NativeWaitable):
     # ---- accept ------------------------------------------------------------------
 
     def _try_accept(self, blocking: bool) -> Connection | None:
-        out = _scratch.conn
+        out = _native.scratch.conn
         result = lib.pmq_listener_accept(self._listener, out)
         if result == lib.PMQ_ACCEPT_OK:
             return Connection(out[0], self.registration, self.configuration, blocking)

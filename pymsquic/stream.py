@@ -10,7 +10,6 @@ send limit (msquic's ideal send buffer size, or ``set_write_limit``) is in fligh
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Union
 
 from . import _native
@@ -24,19 +23,6 @@ if TYPE_CHECKING:
 BytesLike = Union[bytes, bytearray, memoryview]
 
 _READ_ALL_CHUNK = 1 << 20
-
-
-class _Scratch(threading.local):
-    """Out-parameters for native calls, one set per thread instead of per stream:
-    streams come and go by the thousand, and each ffi.new costs."""
-
-    def __init__(self) -> None:
-        self.state = ffi.new("pmq_stream_state *")
-        self.ptr = ffi.new("uint8_t **")
-        self.len = ffi.new("uint64_t *")
-
-
-_scratch = _Scratch()
 
 
 class StreamProtocol:
@@ -86,7 +72,7 @@ class _StreamCore(NativeWaitable):
     # ---- state ---------------------------------------------------------------
 
     def _state(self) -> Any:
-        st = _scratch.state
+        st = _native.scratch.stream_state
         lib.pmq_stream_get_state(self._stream, st)
         return st
 
@@ -146,13 +132,13 @@ class _StreamCore(NativeWaitable):
         """Up to n bytes available now; b"" at FIN; None when nothing is there yet."""
         chunks = []
         got = 0
-        scratch = _scratch
+        scratch = _native.scratch
         while got < n:
-            status = lib.pmq_stream_peek(self._stream, scratch.ptr, scratch.len)
+            status = lib.pmq_stream_peek(self._stream, scratch.data, scratch.size)
             if status == lib.PMQ_READ_DATA:
-                take = min(scratch.len[0], n - got)
+                take = min(scratch.size[0], n - got)
                 try:
-                    chunks.append(ffi.buffer(scratch.ptr[0], take)[:])
+                    chunks.append(ffi.buffer(scratch.data[0], take)[:])
                 finally:
                     lib.pmq_stream_consume(self._stream, take)
                 got += take
@@ -174,7 +160,7 @@ class _StreamCore(NativeWaitable):
         size = ffi.sizeof(target)
         if not size:
             return 0
-        copied = _scratch.len
+        copied = _native.scratch.size
         status = lib.pmq_stream_read_into(self._stream, target, size, copied)
         if status == lib.PMQ_READ_DATA:
             return copied[0]
