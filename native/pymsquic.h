@@ -150,7 +150,10 @@ enum {
     PMQ_STREAM_STOP_SENDING_SENT = 512,
     PMQ_STREAM_SEND_SHUTDOWN_COMPLETE = 1024,
     PMQ_STREAM_SHUTDOWN_COMPLETE = 2048,
-    PMQ_STREAM_CONN_SHUTDOWN = 4096     /* ended because its connection did */
+    PMQ_STREAM_CONN_SHUTDOWN = 4096,    /* ended because its connection did */
+    /* Written data (or the FIN) may not have been delivered: a send was cancelled,
+     * or the send side was aborted (reset, STOP_SENDING, connection closed) first. */
+    PMQ_STREAM_SEND_INCOMPLETE = 8192
 };
 
 /* pmq_stream_peek / pmq_stream_read_into results */

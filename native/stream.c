@@ -373,8 +373,31 @@ static QUIC_STATUS on_receive(pmq_stream *s, QUIC_STREAM_EVENT *event)
 
 /* ---- events -------------------------------------------------------------- */
 
-static void on_send_complete(pmq_stream *s, send_block *block)
+/* Something written will not arrive; called with s->obj.lock held. */
+static void send_incomplete_locked(pmq_stream *s)
 {
+    if (!(s->st.flags & PMQ_STREAM_SEND_INCOMPLETE)) {
+        s->st.flags |= PMQ_STREAM_SEND_INCOMPLETE;
+        pmq_obj_changed_locked(&s->obj); /* wakes drain(), which reports it */
+    }
+}
+
+/* The send side ended without the peer acknowledging everything (FIN included):
+ * data is undelivered if anything was written; called with s->obj.lock held. */
+static void send_aborted_locked(pmq_stream *s)
+{
+    if (s->st.bytes_written > 0 || (s->st.flags & PMQ_STREAM_FIN_SENT)) {
+        send_incomplete_locked(s);
+    }
+}
+
+static void on_send_complete(pmq_stream *s, send_block *block, int canceled)
+{
+    if (canceled) {
+        pthread_mutex_lock(&s->obj.lock);
+        send_incomplete_locked(s);
+        pthread_mutex_unlock(&s->obj.lock);
+    }
     if (block == NULL) {
         return; /* a FIN without data */
     }
@@ -392,6 +415,9 @@ static void on_shutdown_complete(pmq_stream *s, QUIC_STREAM_EVENT *event)
 {
     pthread_mutex_lock(&s->obj.lock);
     int done_sending = sending_done_locked(s);
+    if (!(s->st.flags & PMQ_STREAM_SEND_SHUTDOWN_COMPLETE)) {
+        send_aborted_locked(s); /* never completed gracefully */
+    }
     s->st.flags |= PMQ_STREAM_SHUTDOWN_COMPLETE;
     if (event->SHUTDOWN_COMPLETE.ConnectionShutdown) {
         s->st.flags |= PMQ_STREAM_CONN_SHUTDOWN;
@@ -444,7 +470,7 @@ static QUIC_STATUS QUIC_API stream_callback(HQUIC handle, void *context, QUIC_ST
         status = on_receive(s, event);
         break;
     case QUIC_STREAM_EVENT_SEND_COMPLETE:
-        on_send_complete(s, event->SEND_COMPLETE.ClientContext);
+        on_send_complete(s, event->SEND_COMPLETE.ClientContext, event->SEND_COMPLETE.Canceled);
         break;
     case QUIC_STREAM_EVENT_PEER_SEND_SHUTDOWN:
         pthread_mutex_lock(&s->obj.lock);
@@ -462,6 +488,9 @@ static QUIC_STATUS QUIC_API stream_callback(HQUIC handle, void *context, QUIC_ST
     case QUIC_STREAM_EVENT_SEND_SHUTDOWN_COMPLETE: {
         pthread_mutex_lock(&s->obj.lock);
         int done_sending = sending_done_locked(s);
+        if (!event->SEND_SHUTDOWN_COMPLETE.Graceful) {
+            send_aborted_locked(s); /* Graceful means everything, FIN included, was acknowledged */
+        }
         s->st.flags |= PMQ_STREAM_SEND_SHUTDOWN_COMPLETE; /* waited on through the connection's count */
         pthread_mutex_unlock(&s->obj.lock);
         if (done_sending) {
@@ -661,6 +690,9 @@ QUIC_STATUS pmq_stream_shutdown(pmq_stream *s, uint32_t flags, uint64_t error_co
         s->st.flags |= PMQ_STREAM_FIN_SENT;
     }
     if (flags & QUIC_STREAM_SHUTDOWN_FLAG_ABORT_SEND) {
+        if (!(s->st.flags & (PMQ_STREAM_SEND_SHUTDOWN_COMPLETE | PMQ_STREAM_RESET_SENT))) {
+            send_aborted_locked(s); /* drain() reports it at once, not when msquic confirms */
+        }
         s->st.flags |= PMQ_STREAM_RESET_SENT;
     }
     if (flags & QUIC_STREAM_SHUTDOWN_FLAG_ABORT_RECEIVE) {
