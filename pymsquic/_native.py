@@ -195,6 +195,33 @@ def wait_blocking(obj: Any, check_ready: Callable[[], T | None], timeout: float 
         lib.pmq_obj_wait(obj, seq, slice_ms)
 
 
+class Deadline:
+    """One deadline for a blocking call made of several waits (websockets' sync
+    Deadline style): each wait gets what is left of ``timeout``, so the call as a
+    whole times out after ``timeout`` seconds, not each of its steps."""
+
+    __slots__ = ("timeout", "_end")
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self._end = None if timeout is None else time.monotonic() + timeout
+
+    def remaining(self) -> float | None:
+        """Seconds left (never negative), or None without a timeout."""
+        if self._end is None:
+            return None
+        return max(0.0, self._end - time.monotonic())
+
+
+def wait_until(obj: Any, check_ready: Callable[[], T | None], deadline: Deadline, what: str) -> T:
+    """:func:`wait_blocking` bounded by what is left of ``deadline``; the
+    TimeoutError names the whole call's timeout."""
+    try:
+        return wait_blocking(obj, check_ready, deadline.remaining(), what)
+    except TimeoutError:
+        raise TimeoutError(f"{what} timed out after {deadline.timeout} s") from None
+
+
 # ---- hooks: Python callables run on msquic's threads ----------------------
 
 _hook_ids = itertools.count(1)

@@ -10,19 +10,74 @@ send limit (msquic's ideal send buffer size, or ``set_write_limit``) is in fligh
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Union
+import operator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Iterator, TypeVar
 
 from . import _native
 from ._bridge import NativeWaitable
+from ._buffers import BufferLike, c_buffer
 from ._msquic import ffi, lib
 from .errors import QuicError, StreamError, StreamReset, StreamStopped
 
 if TYPE_CHECKING:
     from .connection import Connection
 
-BytesLike = Union[bytes, bytearray, memoryview]
+BytesLike = BufferLike  # any object with the buffer protocol; every byte of it is sent
 
 _READ_ALL_CHUNK = 1 << 20
+_V = TypeVar("_V", bound="_StreamCore")
+_MAX_WRITE = 0xFFFFFFFF  # one QUIC_BUFFER
+
+
+def _count(n: object, what: str) -> int:
+    """A byte count argument: an int (or index-like), never a bool or a float.
+    Checked before any native state is touched."""
+    if isinstance(n, bool):
+        raise TypeError(f"{what}: n must be an int, not bool")
+    try:
+        return operator.index(n)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"{what}: n must be an int, not {type(n).__name__}") from None
+
+
+class _Gather:
+    """The bytes a read of ``n`` bytes (n < 0: until FIN) gathers in steps. Left
+    by an exception (cancelled, timed out, reset...), the ``with`` block puts
+    them back in front of the stream, so the next read gets them."""
+
+    __slots__ = ("_stream", "_n", "_chunks", "_got")
+
+    def __init__(self, stream: "_StreamCore", n: int) -> None:
+        self._stream = stream
+        self._n = n
+        self._chunks: list[bytes] = []
+        self._got = 0
+
+    def want(self) -> int:
+        """How many bytes the next step may take; 0 once complete."""
+        return _READ_ALL_CHUNK if self._n < 0 else self._n - self._got
+
+    def add(self, chunk: bytes) -> bool:
+        """Keep a step's bytes; False at FIN (an empty chunk)."""
+        if not chunk:
+            return False
+        self._chunks.append(chunk)
+        self._got += len(chunk)
+        return True
+
+    def __enter__(self) -> "_Gather":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self._stream._unread(self._chunks)
+
+    def result(self) -> bytes:
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        if 0 <= self._n != len(data):
+            raise asyncio.IncompleteReadError(data, self._n)  # FIN first: the partial is handed over
+        return data
 
 
 class StreamProtocol:
@@ -45,6 +100,7 @@ class StreamProtocol:
 
 class _StreamCore(NativeWaitable):
     _owner = True  # False on a view (blocking()/asyncio()): the original releases
+    _origin: "_StreamCore | None" = None  # on a view: the original, kept alive
     _protocol: "StreamProtocol | None" = None
 
     def __init__(self, native: Any, connection: "Connection") -> None:
@@ -52,6 +108,10 @@ class _StreamCore(NativeWaitable):
         self._stream = native
         self._init_waitable(lib.pmq_stream_obj(native))
         self.connection = connection
+        # Bytes a cancelled or failed multi-step read had taken and not returned:
+        # every read path takes them first. Mutated in place only, so that the
+        # views (blocking()/asyncio()) share it.
+        self._pushback = bytearray()
 
     def __del__(self) -> None:
         # Not a weakref finalizer: streams are the hottest objects, and the
@@ -60,8 +120,9 @@ class _StreamCore(NativeWaitable):
             self._forget_bridge()
             _native.release_now_or_later(lib.pmq_stream_release, self._stream)
 
-    def _view(self, cls: type) -> Any:
-        # The other API over the same native stream (sharing its lifetime).
+    def _view(self, cls: "type[_V]") -> "_V":
+        # The other API over the same native stream (sharing its lifetime; the
+        # pushback buffer is shared too, being the same bytearray).
         other = cls.__new__(cls)
         other.__dict__.update(self.__dict__)
         other._init_waitable(self._native_obj)
@@ -128,42 +189,75 @@ class _StreamCore(NativeWaitable):
 
     # ---- reading (non-blocking steps) ------------------------------------------
 
+    def _unread(self, chunks: "list[bytes]") -> None:
+        """Put bytes taken but not returned back in front of everything unread."""
+        if chunks:
+            self._pushback[:0] = b"".join(chunks)
+
+    def _take_pushback(self, n: int) -> bytes:
+        pushback = self._pushback
+        data = bytes(pushback[:n])
+        del pushback[:len(data)]
+        return data
+
     def _read_now(self, n: int) -> bytes | None:
         """Up to n bytes available now; b"" at FIN; None when nothing is there yet."""
-        chunks = []
+        if self._pushback:
+            return self._take_pushback(n)
+        chunks: list[bytes] = []
         got = 0
         scratch = _native.scratch
-        while got < n:
-            status = lib.pmq_stream_peek(self._stream, scratch.data, scratch.size)
-            if status == lib.PMQ_READ_DATA:
-                take = min(scratch.size[0], n - got)
+        stream = self._stream
+        try:
+            while got < n:
+                # Every peek is followed by its consume, whatever is raised in
+                # between (MemoryError, KeyboardInterrupt): a peek left open would
+                # block every later read. Only bytes copied out are consumed.
+                status = lib.PMQ_READ_WOULD_BLOCK
+                taken = 0
                 try:
-                    chunks.append(ffi.buffer(scratch.data[0], take)[:])
+                    status = lib.pmq_stream_peek(stream, scratch.data, scratch.size)
+                    if status == lib.PMQ_READ_DATA:
+                        chunk = ffi.buffer(scratch.data[0], min(scratch.size[0], n - got))[:]
+                        taken = len(chunk)
                 finally:
-                    lib.pmq_stream_consume(self._stream, take)
-                got += take
-                continue
-            if got:
-                break
-            if status == lib.PMQ_READ_WOULD_BLOCK:
-                return None
-            if status == lib.PMQ_READ_EOF:
-                return b""
-            raise self._failure(status)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                    if status == lib.PMQ_READ_DATA:
+                        lib.pmq_stream_consume(stream, taken)
+                if status == lib.PMQ_READ_DATA:
+                    chunks.append(chunk)
+                    got += taken
+                    continue
+                if got:
+                    break
+                if status == lib.PMQ_READ_WOULD_BLOCK:
+                    return None
+                if status == lib.PMQ_READ_EOF:
+                    return b""
+                raise self._failure(status)
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        except BaseException:
+            self._unread(chunks)  # consumed natively, not returned: keep them
+            raise
 
     def _readinto_now(self, buffer: Any) -> int | None:
         try:
             target = ffi.from_buffer(buffer, require_writable=True)
-        except TypeError:
-            raise TypeError("readinto() needs a writable buffer") from None
-        size = ffi.sizeof(target)
+        except (TypeError, BufferError):
+            raise TypeError("readinto() needs a writable, C-contiguous buffer, "
+                            f"not {type(buffer).__name__}") from None
+        size = len(target)
         if not size:
             return 0
+        pushback = self._pushback
+        if pushback:
+            take = min(size, len(pushback))
+            ffi.memmove(target, pushback, take)
+            del pushback[:take]
+            return take
         copied = _native.scratch.size
         status = lib.pmq_stream_read_into(self._stream, target, size, copied)
         if status == lib.PMQ_READ_DATA:
-            return copied[0]
+            return int(copied[0])
         if status == lib.PMQ_READ_WOULD_BLOCK:
             return None
         if status == lib.PMQ_READ_EOF:
@@ -174,12 +268,21 @@ class _StreamCore(NativeWaitable):
 
     def write(self, data: BytesLike, fin: bool = False) -> None:
         """Queue ``data`` (copied at once) and, with ``fin``, end the stream after it.
-        Never blocks; use ``drain()`` to wait for the send buffer to empty."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
-        if not data and not fin:
+        Never blocks; use ``drain()`` to wait for the send buffer to empty.
+
+        ``data`` is any object with the buffer protocol (bytes, bytearray,
+        memoryview of any format and shape, array.array, numpy arrays...): all
+        of its bytes are sent, as ``socket.send`` would; a non-contiguous buffer
+        is copied in logical order. TypeError for anything else (str included).
+        """
+        self._write_c(*c_buffer(data), fin)
+
+    def _write_c(self, cdata: Any, nbytes: int, fin: bool) -> None:
+        if not nbytes and not fin:
             return
-        status = lib.pmq_stream_write(self._stream, ffi.from_buffer(data) if data else ffi.NULL, len(data), fin)
+        if nbytes > _MAX_WRITE:
+            raise ValueError(f"a single write takes at most {_MAX_WRITE} bytes, not {nbytes}")
+        status = lib.pmq_stream_write(self._stream, cdata if nbytes else ffi.NULL, nbytes, fin)
         if status != lib.QUIC_STATUS_SUCCESS and status != lib.QUIC_STATUS_PENDING:
             raise self._write_failure(status)
 
@@ -199,9 +302,11 @@ class _StreamCore(NativeWaitable):
             return StreamError("cannot write to the peer's unidirectional stream")
         return StreamError("cannot write to the stream", status)
 
-    def writelines(self, lines: "list[BytesLike]") -> None:
-        for data in lines:
-            self.write(data)
+    def writelines(self, lines: Iterable[BytesLike]) -> None:
+        """Write each buffer of ``lines`` (any iterable). All are checked first:
+        a TypeError leaves nothing of them written."""
+        for cdata, nbytes in [c_buffer(data) for data in lines]:
+            self._write_c(cdata, nbytes, False)
 
     def finish(self) -> None:
         """End our side of the stream (FIN) once written data is sent, like ``write_eof``."""
@@ -227,9 +332,20 @@ class _StreamCore(NativeWaitable):
         if st.flags & lib.PMQ_STREAM_STOP_SENDING_RECEIVED:
             raise StreamStopped(f"peer asked to stop sending with error {st.stop_sending_code}",
                                 st.stop_sending_code)
+        if st.flags & lib.PMQ_STREAM_SEND_INCOMPLETE:
+            raise self._undelivered(st.flags)
         if st.send_inflight <= st.send_limit or st.flags & lib.PMQ_STREAM_SHUTDOWN_COMPLETE:
             return True
         return None
+
+    def _undelivered(self, flags: int) -> QuicError:
+        # Why written data will not reach the peer (see drain()).
+        if flags & lib.PMQ_STREAM_RESET_SENT:
+            return StreamError("the stream was reset (reset() or close()): written data was not delivered")
+        reason = self.connection.close_reason
+        if reason is not None:
+            return reason
+        return StreamError("the stream was aborted: written data was not delivered")
 
     def _closed_now(self) -> bool | None:
         return True if self._state().flags & lib.PMQ_STREAM_SHUTDOWN_COMPLETE else None
@@ -288,46 +404,57 @@ class Stream(_StreamCore):
     async def read(self, n: int = -1) -> bytes:
         """Up to ``n`` bytes (at least one, b"" at FIN); ``n=-1`` reads until FIN.
 
-        Cancelling a read loses nothing: bytes not returned stay for the next read.
-        Raises StreamReset if the peer reset the stream.
+        Cancelling a read loses nothing: bytes not returned (also those a read
+        until FIN had gathered) stay for the next read. Raises StreamReset if the
+        peer reset the stream, TypeError if ``n`` is not an int.
         """
+        n = _count(n, "read()")
         if n < 0:
-            chunks = []
-            while True:
-                chunk = self._read_now(_READ_ALL_CHUNK)  # no coroutine when data is there
-                if chunk is None:
-                    chunk = await self._wait_async(lambda: self._read_now(_READ_ALL_CHUNK), None, "read()")
-                if not chunk:
-                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                chunks.append(chunk)
+            return await self._read_until(-1, "read()")
         if n == 0:
             return b""
-        data = self._read_now(n)
+        data = self._read_now(n)  # no coroutine when data is there
         if data is None:
             data = await self._wait_async(lambda: self._read_now(n), None, "read()")
         return data
 
     async def readexactly(self, n: int) -> bytes:
-        """Exactly ``n`` bytes; asyncio.IncompleteReadError if FIN comes first."""
-        chunks: list[bytes] = []
-        got = 0
-        while got < n:
-            chunk = await self.read(n - got)
-            if not chunk:
-                raise asyncio.IncompleteReadError(b"".join(chunks), n)
-            chunks.append(chunk)
-            got += len(chunk)
-        return b"".join(chunks)
+        """Exactly ``n`` bytes; asyncio.IncompleteReadError (with ``partial``, which
+        is then consumed) if FIN comes first. Cancelled, it loses nothing: what it
+        had gathered stays for the next read."""
+        n = _count(n, "readexactly()")
+        if n < 0:
+            raise ValueError(f"readexactly() needs n >= 0, not {n}")
+        return await self._read_until(n, "readexactly()")
+
+    async def _read_until(self, n: int, what: str) -> bytes:
+        with _Gather(self, n) as gather:
+            while True:
+                want = gather.want()
+                if not want:
+                    break
+                chunk = self._read_now(want)
+                if chunk is None:
+                    chunk = await self._wait_async(lambda: self._read_now(want), None, what)
+                if not gather.add(chunk):
+                    break
+        return gather.result()
 
     async def readinto(self, buffer: Any) -> int:
-        """Read into a writable buffer; returns the byte count, 0 at FIN."""
+        """Read into a writable, C-contiguous buffer; returns the byte count, 0 at FIN."""
         n = self._readinto_now(buffer)
         if n is None:
             n = await self._wait_async(lambda: self._readinto_now(buffer), None, "readinto()")
         return n
 
     async def drain(self) -> None:
-        """Wait until the bytes in flight fall to the write limit."""
+        """Wait until the bytes in flight fall to the write limit.
+
+        Raises once written data can no longer be delivered: StreamStopped (the
+        peer sent STOP_SENDING), the connection's ConnectionClosed (it closed
+        first), or StreamError (the stream was reset, closed or aborted), like
+        asyncio's drain() raising ConnectionResetError.
+        """
         if self._drained() is None:
             await self._wait_async(self._drained, None, "drain()")
 
@@ -355,34 +482,48 @@ class BlockingStream(_StreamCore):
     (GIL released while waiting)."""
 
     def read(self, n: int = -1, timeout: float | None = None) -> bytes:
-        """Up to ``n`` bytes (at least one, b"" at FIN); ``n=-1`` reads until FIN."""
+        """Up to ``n`` bytes (at least one, b"" at FIN); ``n=-1`` reads until FIN.
+
+        ``timeout`` bounds the whole call. A timeout (or any exception) loses
+        nothing: bytes a read until FIN had gathered stay for the next read.
+        """
+        n = _count(n, "read()")
         if n < 0:
-            chunks = []
-            while True:
-                chunk = self.read(_READ_ALL_CHUNK, timeout)
-                if not chunk:
-                    return b"".join(chunks)
-                chunks.append(chunk)
+            return self._read_until(-1, timeout, "read()")
         if n == 0:
             return b""
         return _native.wait_blocking(self._native_obj, lambda: self._read_now(n), timeout, "read()")
 
     def readexactly(self, n: int, timeout: float | None = None) -> bytes:
-        """Exactly ``n`` bytes; EOFError if FIN comes first."""
-        chunks: list[bytes] = []
-        got = 0
-        while got < n:
-            chunk = self.read(n - got, timeout)
-            if not chunk:
-                raise EOFError(f"stream ended after {got} of {n} bytes")
-            chunks.append(chunk)
-            got += len(chunk)
-        return b"".join(chunks)
+        """Exactly ``n`` bytes within ``timeout`` seconds for the whole call.
+
+        If FIN comes first: asyncio.IncompleteReadError with ``partial`` (a
+        subclass of EOFError, as raised here before). On TimeoutError the bytes
+        gathered so far stay for the next read.
+        """
+        n = _count(n, "readexactly()")
+        if n < 0:
+            raise ValueError(f"readexactly() needs n >= 0, not {n}")
+        return self._read_until(n, timeout, "readexactly()")
+
+    def _read_until(self, n: int, timeout: float | None, what: str) -> bytes:
+        # The blocking twin of Stream._read_until, with one deadline for all steps.
+        deadline = _native.Deadline(timeout)
+        with _Gather(self, n) as gather:
+            while True:
+                want = gather.want()
+                if not want or not gather.add(
+                        _native.wait_until(self._native_obj, lambda: self._read_now(want), deadline, what)):
+                    break
+        return gather.result()
 
     def readinto(self, buffer: Any, timeout: float | None = None) -> int:
+        """Read into a writable, C-contiguous buffer; returns the byte count, 0 at FIN."""
         return _native.wait_blocking(self._native_obj, lambda: self._readinto_now(buffer), timeout, "readinto()")
 
     def drain(self, timeout: float | None = None) -> None:
+        """Wait until the bytes in flight fall to the write limit; raises as
+        :meth:`Stream.drain` does when written data can no longer be delivered."""
         _native.wait_blocking(self._native_obj, self._drained, timeout, "drain()")
 
     def wait_closed(self, timeout: float | None = None) -> None:
