@@ -54,6 +54,7 @@ struct pmq_stream {
     int rx_pending;
     int fin_seen;              /* the peer's FIN came (its data may still be unread) */
     int peeking;               /* a peek holds a pointer (and a guard use) until consume */
+    pthread_t peek_thread;     /* the thread holding the peek */
 };
 
 static void stream_close_handle(HQUIC handle) { pmq_api->StreamClose(handle); }
@@ -238,6 +239,13 @@ static int begin_read(pmq_stream *s)
         pmq_stream_ensure_started(s); /* the peer cannot answer a stream it never saw */
     }
     pthread_mutex_lock(&s->obj.lock);
+    if (s->peeking && pthread_equal(s->peek_thread, pthread_self())) {
+        /* This thread peeked and never consumed: Python was interrupted (a signal's
+         * exception) between the peek's return and its try/finally. Nothing was taken. */
+        pthread_mutex_unlock(&s->obj.lock);
+        pmq_stream_consume(s, 0);
+        pthread_mutex_lock(&s->obj.lock);
+    }
     if (s->st.readable > 0 && !s->peeking) {
         return -1;
     }
@@ -266,6 +274,7 @@ int pmq_stream_peek(pmq_stream *s, const uint8_t **data, uint64_t *len)
     }
     *len = next_chunk_locked(s, data);
     s->peeking = 1;
+    s->peek_thread = pthread_self();
     s->guard.users++; /* keeps the handle, and so msquic's buffers, alive */
     pthread_mutex_unlock(&s->obj.lock);
     return PMQ_READ_DATA;
@@ -743,6 +752,9 @@ void pmq_stream_abandon(pmq_stream *s)
 
 void pmq_stream_release(pmq_stream *s)
 {
+    /* Python holds no reference, so no read is between peek and consume: end a
+     * peek left open, or its guard use would keep the handle open for ever. */
+    pmq_stream_consume(s, 0);
     pmq_stream_abandon(s);
     pmq_obj_unref(&s->obj);
 }

@@ -212,20 +212,18 @@ class _StreamCore(NativeWaitable):
             while got < n:
                 # Every peek is followed by its consume, whatever is raised in
                 # between (MemoryError, KeyboardInterrupt): a peek left open would
-                # block every later read. Only bytes copied out are consumed.
+                # block every later read. Exactly the bytes appended are consumed.
                 status = lib.PMQ_READ_WOULD_BLOCK
-                taken = 0
+                have = len(chunks)
                 try:
                     status = lib.pmq_stream_peek(stream, scratch.data, scratch.size)
                     if status == lib.PMQ_READ_DATA:
-                        chunk = ffi.buffer(scratch.data[0], min(scratch.size[0], n - got))[:]
-                        taken = len(chunk)
+                        chunks.append(ffi.buffer(scratch.data[0], min(scratch.size[0], n - got))[:])
                 finally:
                     if status == lib.PMQ_READ_DATA:
-                        lib.pmq_stream_consume(stream, taken)
+                        lib.pmq_stream_consume(stream, len(chunks[-1]) if len(chunks) > have else 0)
                 if status == lib.PMQ_READ_DATA:
-                    chunks.append(chunk)
-                    got += taken
+                    got += len(chunks[-1])
                     continue
                 if got:
                     break
