@@ -40,44 +40,30 @@ def _count(n: object, what: str) -> int:
         raise TypeError(f"{what}: n must be an int, not {type(n).__name__}") from None
 
 
-class _Gather:
-    """The bytes a read of ``n`` bytes (n < 0: until FIN) gathers in steps. Left
-    by an exception (cancelled, timed out, reset...), the ``with`` block puts
-    them back in front of the stream, so the next read gets them."""
+class _GiveBack:
+    """``with`` around the waits of a read in steps: if one raises (cancelled,
+    timed out, interrupted), the bytes gathered go back in front of the stream."""
 
-    __slots__ = ("_stream", "_n", "_chunks", "_got")
+    __slots__ = ("_stream", "_chunks")
 
-    def __init__(self, stream: "_StreamCore", n: int) -> None:
+    def __init__(self, stream: "_StreamCore", chunks: "list[bytes]") -> None:
         self._stream = stream
-        self._n = n
-        self._chunks: list[bytes] = []
-        self._got = 0
+        self._chunks = chunks
 
-    def want(self) -> int:
-        """How many bytes the next step may take; 0 once complete."""
-        return _READ_ALL_CHUNK if self._n < 0 else self._n - self._got
-
-    def add(self, chunk: bytes) -> bool:
-        """Keep a step's bytes; False at FIN (an empty chunk)."""
-        if not chunk:
-            return False
-        self._chunks.append(chunk)
-        self._got += len(chunk)
-        return True
-
-    def __enter__(self) -> "_Gather":
-        return self
+    def __enter__(self) -> None:
+        pass
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None:
             self._stream._unread(self._chunks)
 
-    def result(self) -> bytes:
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        if 0 <= self._n != len(data):
-            raise asyncio.IncompleteReadError(data, self._n)  # FIN first: the partial is handed over
-        return data
+
+def _joined(chunks: "list[bytes]", n: int) -> bytes:
+    """The result of a read of ``n`` bytes (n < 0: until FIN) that gathered ``chunks``."""
+    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    if 0 <= n != len(data):
+        raise asyncio.IncompleteReadError(data, n)  # FIN first: the partial is handed over
+    return data
 
 
 class StreamProtocol:
@@ -190,9 +176,38 @@ class _StreamCore(NativeWaitable):
     # ---- reading (non-blocking steps) ------------------------------------------
 
     def _unread(self, chunks: "list[bytes]") -> None:
-        """Put bytes taken but not returned back in front of everything unread."""
+        """Put bytes taken but not returned back in front of everything unread
+        (and empty ``chunks``, so that a second call adds nothing)."""
         if chunks:
             self._pushback[:0] = b"".join(chunks)
+            chunks.clear()
+
+    def _gather_ready(self, chunks: "list[bytes]", n: int, got: int) -> int:
+        """One step of a read of ``n`` bytes (n < 0: until FIN) that has ``got``
+        bytes in ``chunks``: append what is readable now. Returns the new count,
+        or -1 once the read is complete (n bytes, or FIN). On an exception the
+        chunks go back in front of the stream."""
+        try:
+            while n < 0 or got < n:
+                chunk = self._read_now(_READ_ALL_CHUNK if n < 0 else n - got)
+                if chunk is None:
+                    return got
+                if not chunk:
+                    return -1
+                chunks.append(chunk)
+                got += len(chunk)
+            return -1
+        except BaseException:
+            self._unread(chunks)
+            raise
+
+    def _readable(self) -> bool | None:
+        """True when a read would not wait (data, FIN or an error to report);
+        consumes nothing."""
+        if self._pushback:
+            return True
+        status = lib.pmq_stream_read_into(self._stream, ffi.NULL, 0, _native.scratch.size)
+        return None if status == lib.PMQ_READ_WOULD_BLOCK else True
 
     def _take_pushback(self, n: int) -> bytes:
         pushback = self._pushback
@@ -426,17 +441,14 @@ class Stream(_StreamCore):
         return await self._read_until(n, "readexactly()")
 
     async def _read_until(self, n: int, what: str) -> bytes:
-        with _Gather(self, n) as gather:
-            while True:
-                want = gather.want()
-                if not want:
-                    break
-                chunk = self._read_now(want)
-                if chunk is None:
-                    chunk = await self._wait_async(lambda: self._read_now(want), None, what)
-                if not gather.add(chunk):
-                    break
-        return gather.result()
+        chunks: list[bytes] = []
+        got = self._gather_ready(chunks, n, 0)  # no waiting machinery when all is there
+        if got >= 0:
+            with _GiveBack(self, chunks):
+                while got >= 0:
+                    await self._wait_async(self._readable, None, what)
+                    got = self._gather_ready(chunks, n, got)
+        return _joined(chunks, n)
 
     async def readinto(self, buffer: Any) -> int:
         """Read into a writable, C-contiguous buffer; returns the byte count, 0 at FIN."""
@@ -505,15 +517,15 @@ class BlockingStream(_StreamCore):
         return self._read_until(n, timeout, "readexactly()")
 
     def _read_until(self, n: int, timeout: float | None, what: str) -> bytes:
-        # The blocking twin of Stream._read_until, with one deadline for all steps.
+        # Stream._read_until's steps, with one deadline for all of them.
         deadline = _native.Deadline(timeout)
-        with _Gather(self, n) as gather:
-            while True:
-                want = gather.want()
-                if not want or not gather.add(
-                        _native.wait_until(self._native_obj, lambda: self._read_now(want), deadline, what)):
-                    break
-        return gather.result()
+        chunks: list[bytes] = []
+        got = self._gather_ready(chunks, n, 0)
+        with _GiveBack(self, chunks):
+            while got >= 0:
+                _native.wait_until(self._native_obj, self._readable, deadline, what)
+                got = self._gather_ready(chunks, n, got)
+        return _joined(chunks, n)
 
     def readinto(self, buffer: Any, timeout: float | None = None) -> int:
         """Read into a writable, C-contiguous buffer; returns the byte count, 0 at FIN."""
