@@ -347,7 +347,7 @@ def trickle(conn: pymsquic.Connection) -> None:
 
 
 def test_blocking_timeout_is_one_deadline_per_call() -> None:
-    slack = 0.4
+    slack = 0.8  # generous: the unfixed code never timed out at all
     with blocking_server(trickle) as port, blocking_connect(port) as conn:
         s = conn.open_stream()
         start = time.monotonic()
