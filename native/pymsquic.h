@@ -199,12 +199,15 @@ enum {
 enum { PMQ_HOOK_NEW_CONNECTION = 1, PMQ_HOOK_STOP_COMPLETE = 2 };
 
 typedef struct pmq_listener_stats {
-    uint64_t accepted;          /* queued for accept */
-    uint64_t refused_backlog;   /* refused: backlog full */
-    uint64_t refused_hook;      /* refused by on_new_connection */
-    uint64_t refused_other;     /* refused: stopping, out of memory, configuration */
-    uint64_t expired;           /* never accepted in time, shut down */
-    uint32_t queued;
+    uint64_t accepted;           /* handshake completed, queued for accept */
+    uint64_t refused_backlog;    /* refused: backlog of completed connections full */
+    uint64_t refused_hook;       /* refused by on_new_connection */
+    uint64_t refused_handshakes; /* refused: max_handshakes handshakes in progress */
+    uint64_t refused_other;      /* refused: stopping, out of memory, configuration */
+    uint64_t failed;             /* the handshake failed or timed out */
+    uint64_t expired;            /* never accepted in time, shut down */
+    uint32_t queued;             /* completed, waiting for accept now */
+    uint32_t handshakes;         /* handshakes in progress now */
 } pmq_listener_stats;
 
 /* ---- opaque objects ---------------------------------------------------- */
@@ -247,9 +250,11 @@ QUIC_STATUS pmq_configuration_open(HQUIC registration, const uint8_t *alpn_list,
 
 /* ---- listener ---------------------------------------------------------- */
 
+/* backlog bounds completed connections waiting for accept; max_handshakes
+ * bounds handshakes in progress. Beyond either, new connections are refused. */
 QUIC_STATUS pmq_listener_open(HQUIC registration, HQUIC configuration, uint32_t backlog,
-                              uint32_t backlog_timeout_ms, uint64_t hook_id, uint32_t hooks,
-                              pmq_listener **out);
+                              uint32_t backlog_timeout_ms, uint32_t max_handshakes, uint64_t hook_id,
+                              uint32_t hooks, pmq_listener **out);
 pmq_obj *pmq_listener_obj(pmq_listener *listener);
 /* alpn_list in TLS wire format; address NULL for any address and port. */
 QUIC_STATUS pmq_listener_start(pmq_listener *listener, const uint8_t *alpn_list, size_t alpn_len,
@@ -265,6 +270,11 @@ void pmq_listener_get_stats(pmq_listener *listener, pmq_listener_stats *out);
 void pmq_listener_close(pmq_listener *listener);
 /* Drops Python's reference; the listener must be closed. */
 void pmq_listener_release(pmq_listener *listener);
+/* msquic's global stateless retry threshold (QUIC_PARAM_GLOBAL_RETRY_MEMORY_PERCENT):
+ * handshake memory, in 65535ths of the machine's memory, beyond which new
+ * connections must first prove their address with a Retry. set: write *value,
+ * else read it. Needs the library open. */
+QUIC_STATUS pmq_retry_memory_limit(int set, uint16_t *value);
 
 /* ---- connection -------------------------------------------------------- */
 

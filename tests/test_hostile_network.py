@@ -1,0 +1,210 @@
+"""A hostile network: replayed client Initials flooding a listener, and one bulk
+stream trying to starve the others on its connection.
+
+The flood is one real client Initial (made by aioquic's QuicConnection, so it
+carries a real TLS ClientHello), replayed from many UDP sockets: every source
+port makes msquic start a new server handshake that nobody will ever finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import ssl
+import time
+from typing import Iterator
+
+import pytest
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+import pymsquic
+
+from conftest import ALPN
+
+
+def client_initial(port: int, alpn: str = ALPN) -> bytes:
+    """One real client Initial datagram (a ClientHello padded to 1200 bytes)."""
+    config = QuicConfiguration(is_client=True, alpn_protocols=[alpn], verify_mode=ssl.CERT_NONE,
+                               server_name="localhost")
+    quic = QuicConnection(configuration=config)
+    quic.connect(("127.0.0.1", port), now=time.time())
+    datagram, _ = quic.datagrams_to_send(now=time.time())[0]
+    return datagram
+
+
+class Flood:
+    """Replays one datagram from ``count`` sockets, each bound to its own port.
+
+    The sockets stay open (an attacker's, or spoofed addresses, never answer),
+    so msquic keeps each handshake until its handshake idle timeout. With
+    ``batch``, sends that many at a time and waits for their answers before the
+    next batch."""
+
+    def __init__(self, datagram: bytes, port: int, count: int, batch: int | None = None) -> None:
+        self.sockets = []
+        self.replies: list[bytes] = []
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sock.bind(("127.0.0.1", 0))
+            self.sockets.append(sock)
+        batch = batch or count
+        for i in range(0, count, batch):
+            for sock in self.sockets[i:i + batch]:
+                sock.sendto(datagram, ("127.0.0.1", port))
+            if batch < count:
+                self._receive(self.sockets[i:i + batch])
+
+    def _receive(self, sockets: list[socket.socket], timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        for sock in sockets:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            self.replies.append(sock.recv(65536))
+
+    def first_replies(self) -> list[bytes]:
+        """Waits for the server's first answer on every socket (handshake flight,
+        Retry or refusal): then msquic has processed every replayed Initial."""
+        if len(self.replies) < len(self.sockets):
+            self._receive(self.sockets[len(self.replies):])
+        return self.replies
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+@pytest.fixture
+def flood_settings() -> pymsquic.Settings:
+    return pymsquic.Settings(idle_timeout_ms=10_000, peer_bidi_stream_count=4)
+
+
+def connect_timed(registration: pymsquic.Registration, port: int, timeout: float) -> float:
+    """Connects a pymsquic client; returns how long the handshake took."""
+    config = pymsquic.Configuration(registration, ALPN, pymsquic.Credential.client(verify=False))
+    start = time.monotonic()
+    with pymsquic.Connection.connect(registration, config, "127.0.0.1", port, timeout=timeout):
+        elapsed = time.monotonic() - start
+    config.close()
+    return elapsed
+
+
+@pytest.fixture
+def flood_listener(registration: pymsquic.Registration,
+                   server_config: pymsquic.Configuration) -> Iterator[pymsquic.Listener]:
+    with pymsquic.Listener(registration, server_config, backlog=128) as lst:
+        lst.start(ALPN, ("127.0.0.1", 0))
+        yield lst
+
+
+def test_replayed_initial_flood_does_not_lock_out_a_client(registration, flood_listener, never_retry) -> None:
+    port = flood_listener.local_address[1]
+    flood = Flood(client_initial(port), port, 300)  # more than the backlog
+    try:
+        flood.first_replies()
+        stats = flood_listener.stats
+        # Unfinished handshakes are not connections waiting for accept().
+        assert stats.accepted == 0 and stats.queued == 0
+        assert stats.handshakes > 128 and stats.refused_backlog == 0
+        elapsed = connect_timed(registration, port, timeout=5.0)
+        print(f"legitimate client connected in {elapsed * 1000:.1f} ms beside "
+              f"{stats.handshakes} flooded handshakes")
+        conn = flood_listener.accept(timeout=5)
+        conn.close()
+        assert flood_listener.stats.accepted == 1
+    finally:
+        flood.close()
+
+
+async def wait_for_stats(listener: pymsquic.Listener, done, timeout: float = 20.0) -> pymsquic.ListenerStats:
+    """Polls listener.stats until done(stats) (stats have no event of their own)."""
+    deadline = time.monotonic() + timeout
+    while not done(listener.stats):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"stats stayed at {listener.stats}")
+        await asyncio.sleep(0.02)
+    return listener.stats
+
+
+def test_max_handshakes_bounds_handshakes_in_progress(registration, server_credential, never_retry) -> None:
+    settings = pymsquic.Settings(handshake_idle_timeout_ms=1500, peer_bidi_stream_count=4)
+    with pymsquic.Configuration(registration, ALPN, server_credential, settings) as config, \
+            pymsquic.Listener(registration, config, max_handshakes=20) as lst:
+        lst.start(ALPN, ("127.0.0.1", 0))
+        port = lst.local_address[1]
+        flood = Flood(client_initial(port), port, 60)
+        try:
+            flood.first_replies()
+            stats = lst.stats
+            assert stats.handshakes == 20 and stats.refused_handshakes == 40
+            assert stats.accepted == 0 and stats.refused_backlog == 0
+            # Documented: beyond max_handshakes a client is refused...
+            with pytest.raises(pymsquic.ConnectionClosed):
+                connect_timed(registration, port, timeout=5.0)
+            # ...until the flooded handshakes time out, and count as failed.
+            stats = asyncio.run(wait_for_stats(lst, lambda s: s.handshakes == 0))
+            assert stats.failed == 20 and stats.accepted == 0
+            connect_timed(registration, port, timeout=5.0)
+            lst.accept(timeout=5).close()
+            assert lst.stats.accepted == 1
+        finally:
+            flood.close()
+
+
+def retry_limit(fraction: float) -> Iterator[None]:
+    before = pymsquic.retry_memory_limit()
+    pymsquic.set_retry_memory_limit(fraction)
+    try:
+        yield
+    finally:
+        pymsquic.set_retry_memory_limit(before)
+
+
+@pytest.fixture
+def always_retry() -> Iterator[None]:
+    yield from retry_limit(0)
+
+
+@pytest.fixture
+def never_retry() -> Iterator[None]:
+    # msquic retries beyond about 0.1% of RAM in handshakes (~35 KB each): a
+    # small machine would answer part of the flood with Retries. The listener
+    # must hold without that help.
+    yield from retry_limit(1)
+
+
+def test_stateless_retry_answers_a_flood_without_handshakes(registration, flood_listener, always_retry) -> None:
+    port = flood_listener.local_address[1]
+    # msquic drops stateless work beyond 16 queued per worker and 100 per
+    # binding within 100 ms (its own defence against Retry floods): send in
+    # batches it answers in full, so that every packet is accounted for.
+    flood = Flood(client_initial(port), port, 80, batch=10)
+    try:
+        replies = flood.first_replies()
+        # A QUIC v1 Retry: long header, fixed bit, type 3.
+        assert all(reply[0] & 0xF0 == 0xF0 for reply in replies)
+        assert flood_listener.stats.handshakes == 0
+        elapsed = connect_timed(registration, port, timeout=5.0)  # through a Retry
+        print(f"legitimate client connected through a Retry in {elapsed * 1000:.1f} ms")
+        flood_listener.accept(timeout=5).close()
+        stats = flood_listener.stats
+        assert stats.accepted == 1 and stats.handshakes == 0 and stats.failed == 0
+    finally:
+        flood.close()
+
+
+def test_retry_memory_limit_round_trips_and_checks_its_argument(always_retry) -> None:
+    assert pymsquic.retry_memory_limit() == 0
+    pymsquic.set_retry_memory_limit(0.5)
+    assert abs(pymsquic.retry_memory_limit() - 0.5) < 1e-4
+    with pytest.raises(ValueError):
+        pymsquic.set_retry_memory_limit(1.5)
+    with pytest.raises(TypeError):
+        pymsquic.set_retry_memory_limit("0.1")  # type: ignore[arg-type]
+
+
+def test_max_handshakes_is_checked(registration, server_config) -> None:
+    with pytest.raises(ValueError):
+        pymsquic.Listener(registration, server_config, max_handshakes=0)
+    with pytest.raises(TypeError):
+        pymsquic.Listener(registration, server_config, max_handshakes=1.5)  # type: ignore[arg-type]
