@@ -41,6 +41,7 @@ struct pmq_listener {
     uint32_t backlog;
     uint32_t backlog_timeout_ms;
     uint32_t max_handshakes;
+    uint32_t stream_scheduling;  /* PMQ_SCHEDULING_* for accepted connections */
     uint32_t reserved;         /* NEW_CONNECTIONs between the limit check and joining `handshaking` */
     uint32_t count;
     backlog_entry *queue;      /* completed, oldest first */
@@ -211,6 +212,10 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
         refused_by_hook = 1;
     } else {
         status = pmq_conn_adopt(conn, handle, l->configuration);
+        if (QUIC_SUCCEEDED(status) && l->stream_scheduling != PMQ_SCHEDULING_FIFO) {
+            /* On the connection's worker: SetParam runs inline, before any stream exists. */
+            pmq_conn_set_stream_scheduling(conn, l->stream_scheduling);
+        }
     }
 
     pthread_mutex_lock(&l->obj.lock);
@@ -267,8 +272,9 @@ static QUIC_STATUS QUIC_API listener_callback(HQUIC handle, void *context, QUIC_
 }
 
 QUIC_STATUS pmq_listener_open(HQUIC registration, HQUIC configuration, uint32_t backlog,
-                              uint32_t backlog_timeout_ms, uint32_t max_handshakes, uint64_t hook_id,
-                              uint32_t hooks, pmq_listener **out)
+                              uint32_t backlog_timeout_ms, uint32_t max_handshakes,
+                              uint32_t stream_scheduling, uint64_t hook_id, uint32_t hooks,
+                              pmq_listener **out)
 {
     if (backlog == 0 || max_handshakes == 0) {
         return QUIC_STATUS_INVALID_PARAMETER;
@@ -295,6 +301,7 @@ QUIC_STATUS pmq_listener_open(HQUIC registration, HQUIC configuration, uint32_t 
     l->backlog = backlog;
     l->backlog_timeout_ms = backlog_timeout_ms;
     l->max_handshakes = max_handshakes;
+    l->stream_scheduling = stream_scheduling;
     l->hook_id = hook_id;
     l->hooks = hooks;
     QUIC_STATUS status = pmq_api->ListenerOpen(registration, listener_callback, l, &l->handle);

@@ -195,6 +195,9 @@ enum {
     PMQ_ACCEPT_FINISHED = 3     /* stopped or closed, and nothing left */
 };
 
+/* Stream scheduling schemes: msquic's QUIC_STREAM_SCHEDULING_SCHEME values. */
+enum { PMQ_SCHEDULING_FIFO = 0, PMQ_SCHEDULING_ROUND_ROBIN = 1 };
+
 /* Low-level hooks: which ones a listener calls into Python. */
 enum { PMQ_HOOK_NEW_CONNECTION = 1, PMQ_HOOK_STOP_COMPLETE = 2 };
 
@@ -251,10 +254,12 @@ QUIC_STATUS pmq_configuration_open(HQUIC registration, const uint8_t *alpn_list,
 /* ---- listener ---------------------------------------------------------- */
 
 /* backlog bounds completed connections waiting for accept; max_handshakes
- * bounds handshakes in progress. Beyond either, new connections are refused. */
+ * bounds handshakes in progress. Beyond either, new connections are refused.
+ * Accepted connections get stream_scheduling (PMQ_SCHEDULING_*) in NEW_CONNECTION. */
 QUIC_STATUS pmq_listener_open(HQUIC registration, HQUIC configuration, uint32_t backlog,
-                              uint32_t backlog_timeout_ms, uint32_t max_handshakes, uint64_t hook_id,
-                              uint32_t hooks, pmq_listener **out);
+                              uint32_t backlog_timeout_ms, uint32_t max_handshakes,
+                              uint32_t stream_scheduling, uint64_t hook_id, uint32_t hooks,
+                              pmq_listener **out);
 pmq_obj *pmq_listener_obj(pmq_listener *listener);
 /* alpn_list in TLS wire format; address NULL for any address and port. */
 QUIC_STATUS pmq_listener_start(pmq_listener *listener, const uint8_t *alpn_list, size_t alpn_len,
@@ -306,6 +311,12 @@ void pmq_conn_set_datagram_queue(pmq_conn *conn, uint32_t capacity);
 QUIC_STATUS pmq_conn_get_stats(pmq_conn *conn, pmq_conn_stats *out);
 /* Copies up to cap bytes of the peer's DER certificate; returns its length. */
 uint32_t pmq_conn_peer_certificate(pmq_conn *conn, uint8_t *dst, uint32_t cap);
+/* PMQ_SCHEDULING_*. Before the start it is recorded and applied at CONNECTED,
+ * on msquic's worker; afterwards SetParam waits for a worker round trip (runs
+ * inline on the connection's own worker, e.g. in NEW_CONNECTION). */
+QUIC_STATUS pmq_conn_set_stream_scheduling(pmq_conn *conn, uint32_t scheme);
+/* The scheme last set (msquic's default FIFO if never). */
+uint32_t pmq_conn_stream_scheduling(pmq_conn *conn);
 
 /* ---- stream ------------------------------------------------------------ */
 
@@ -330,6 +341,10 @@ void pmq_stream_set_send_limit(pmq_stream *stream, uint64_t limit);
 void pmq_stream_abandon(pmq_stream *stream);
 /* Abandons and drops Python's reference. */
 void pmq_stream_release(pmq_stream *stream);
+/* QUIC_PARAM_STREAM_PRIORITY: 0 (low) to 0xFFFF (high), default 0x7FFF.
+ * Waits for a msquic worker round trip; INVALID_STATE once closed. */
+QUIC_STATUS pmq_stream_set_priority(pmq_stream *stream, uint16_t priority);
+QUIC_STATUS pmq_stream_get_priority(pmq_stream *stream, uint16_t *out);
 
 /* CFFI-END */
 

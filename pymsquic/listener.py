@@ -138,7 +138,8 @@ class Listener(NativeWaitable):
         out = ffi.new("pmq_listener **")
         _native.check(
             lib.pmq_listener_open(registration.handle, configuration.handle, backlog,
-                                  int(backlog_timeout * 1000), max_handshakes, hook_id, hooks, out),
+                                  int(backlog_timeout * 1000), max_handshakes,
+                                  configuration.settings.stream_scheduling_scheme, hook_id, hooks, out),
             "ListenerOpen",
         )
         self._listener = out[0]
