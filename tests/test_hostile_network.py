@@ -9,10 +9,13 @@ port makes msquic start a new server handshake that nobody will ever finish.
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -358,3 +361,13 @@ def test_stream_scheduling_and_priority_api() -> None:
     asyncio.run(main())
     with pytest.raises(ValueError):
         pymsquic.Settings(stream_scheduling="lifo")
+
+
+def test_soak_runs_briefly() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-m", "bench.soak", "--connections", "40", "--parallel", "4",
+                           "--flood", "100", "--max-seconds", "60"], cwd=repo, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(repo)}, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "40 connections: server RSS" in proc.stdout and "0 failed" in proc.stdout
+    assert "flood of 100 replayed Initials: a legitimate client connected in" in proc.stdout
