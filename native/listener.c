@@ -13,8 +13,9 @@
  * finish (replayed, spoofed) fills `handshaking` at most, and msquic's own
  * defence (stateless retry once handshakes use more than the retry memory
  * limit) keeps that from growing. A handshake that completes while the backlog
- * is full is shut down. A reaper thread shuts down connections nobody accepted
- * within backlog_timeout_ms.
+ * is full is shut down, and so are handshakes still in progress when a stop
+ * completes. A reaper thread shuts down connections nobody accepted within
+ * backlog_timeout_ms.
  *
  * Start, stop and close are serialised here: only one ListenerStop is ever in
  * flight, and ListenerClose waits for STOP_COMPLETE of any stop in progress.
@@ -241,12 +242,26 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
 
 static void on_stop_complete(pmq_listener *l)
 {
-    pthread_mutex_lock(&l->obj.lock);
-    if (l->state != PMQ_LISTENER_CLOSED) {
-        l->state = PMQ_LISTENER_STOPPED;
-    }
-    pmq_obj_changed_locked(&l->obj);
-    pthread_mutex_unlock(&l->obj.lock);
+    /* Handshakes still in progress were never accepted, and a flood's never
+     * complete: end them now rather than keep accept() waiting for their
+     * timeout. Completed connections stay acceptable until Finished. New
+     * connections are refused since the stop began (state STOPPING). */
+    pmq_conn *drop[DROP_BATCH];
+    uint32_t n;
+    do {
+        n = 0;
+        pthread_mutex_lock(&l->obj.lock);
+        if (l->state != PMQ_LISTENER_CLOSED) {
+            l->state = PMQ_LISTENER_STOPPED;
+        }
+        while (n < DROP_BATCH && l->handshaking_count > 0) {
+            drop[n++] = handshaking_take(l, 0);
+            l->stats.refused_other++;
+        }
+        pmq_obj_changed_locked(&l->obj);
+        pthread_mutex_unlock(&l->obj.lock);
+        drop_all(drop, n);
+    } while (n == DROP_BATCH);
     if ((l->hooks & PMQ_HOOK_STOP_COMPLETE) && pmq_hooks_enabled()) {
         pmq_py_listener_hook(l->hook_id, PMQ_HOOK_STOP_COMPLETE, NULL);
     }

@@ -63,7 +63,7 @@ class ListenerStats:
     accepted: int            # handshake completed, queued for accept()
     refused_backlog: int     # refused because the backlog was full
     refused_hook: int        # refused by on_new_connection
-    refused_other: int       # refused while stopping, or msquic rejected the configuration
+    refused_other: int       # refused or ended by a stop, or msquic rejected the configuration
     expired: int             # queued but not accepted within backlog_timeout, shut down
     queued: int              # completed, waiting in the backlog now
     handshakes: int = 0      # handshakes in progress now
@@ -97,7 +97,10 @@ class Listener(NativeWaitable):
     :func:`retry_memory_limit` allows: a client must then prove its address, and
     packets replayed from addresses that do not answer cost the server nothing.
     Keep ``max_handshakes`` above what that limit lets through (see
-    :func:`set_retry_memory_limit`), or a flood can fill it first.
+    :func:`set_retry_memory_limit`), or a flood can fill it first. When a stop
+    completes, handshakes still in progress are shut down (counted in
+    ``refused_other``); completed connections stay acceptable until
+    :class:`~pymsquic.errors.Finished`.
 
     Hooks are low-level and run on a msquic worker thread, before the
     connection exists for Python:

@@ -371,3 +371,20 @@ def test_soak_runs_briefly() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     assert "40 connections: server RSS" in proc.stdout and "0 failed" in proc.stdout
     assert "flood of 100 replayed Initials: a legitimate client connected in" in proc.stdout
+
+
+def test_stop_ends_half_open_handshakes(registration, flood_listener, never_retry) -> None:
+    # Without this, accept() after stop() kept answering "wait" until the flood's
+    # handshakes timed out (10 s): a server could not close under a flood.
+    port = flood_listener.local_address[1]
+    flood = Flood(client_initial(port), port, 50)
+    try:
+        flood.first_replies()
+        assert flood_listener.stats.handshakes == 50
+        flood_listener.stop()
+        with pytest.raises(pymsquic.Finished):
+            flood_listener.accept(timeout=3)
+        stats = flood_listener.stats
+        assert stats.handshakes == 0 and stats.refused_other == 50 and stats.accepted == 0
+    finally:
+        flood.close()
