@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
@@ -119,7 +119,8 @@ def test_replayed_initial_flood_does_not_lock_out_a_client(registration, flood_l
         flood.close()
 
 
-async def wait_for_stats(listener: pymsquic.Listener, done, timeout: float = 20.0) -> pymsquic.ListenerStats:
+async def wait_for_stats(listener: pymsquic.Listener, done: Callable[[pymsquic.ListenerStats], bool],
+                         timeout: float = 20.0) -> pymsquic.ListenerStats:
     """Polls listener.stats until done(stats) (stats have no event of their own)."""
     deadline = time.monotonic() + timeout
     while not done(listener.stats):
@@ -294,11 +295,11 @@ async def small_exchanges_beside_bulk(port: int, directions: tuple[str, ...], co
         return times
 
 
-def run_fairness(directions: tuple[str, ...], count: int = 50, timeout: float = 10.0, **kwargs) -> list[float]:
+def run_fairness(directions: tuple[str, ...], count: int = 50, timeout: float = 10.0,
+                 **kwargs: Any) -> list[float]:
     async def main() -> list[float]:
         async with await pymsquic.serve(fairness_handler, "127.0.0.1", 0, alpn=FAIR_ALPN,
-                                        credential=pymsquic.Credential.self_signed(), linger=1.0,
-                                        settings=kwargs.pop("server_settings", None)) as server:
+                                        credential=pymsquic.Credential.self_signed(), linger=1.0) as server:
             port = server.addresses[0][1]
             return await asyncio.wait_for(small_exchanges_beside_bulk(port, directions, count, **kwargs), timeout)
 
