@@ -13,7 +13,8 @@ from pathlib import Path
 from bench.harness import REPO, chart, run, table
 from bench.protocol import WORKLOADS
 
-ALL_IMPLS = ["native", "pymsquic-asyncio", "pymsquic-blocking", "aioquic", "qh3", "aiopquic"]
+ALL_IMPLS = ["native", "native-rr", "pymsquic-asyncio", "pymsquic-asyncio-fifo", "pymsquic-blocking", "aioquic",
+             "qh3", "aiopquic"]
 
 
 def main() -> None:

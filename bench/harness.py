@@ -16,10 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.protocol import FAIRNESS_IMPLS
+
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "build" / "bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-UNITS = {"download": "Gbit/s", "upload": "Gbit/s", "rps": "req/s", "latency": "req/s", "hps": "hs/s"}
+UNITS = {"download": "Gbit/s", "upload": "Gbit/s", "rps": "req/s", "latency": "req/s", "hps": "hs/s",
+         "fairness": "req/s"}
 
 
 def log(msg: str) -> None:
@@ -36,6 +39,12 @@ class Impl:
     env: dict[str, str] = field(default_factory=dict)
     skipped: str = ""  # why it cannot run here
     idle: bool = True  # supports the idle-connections memory measurement
+    only: tuple[str, ...] = ()  # the workloads it runs, if not all
+
+    def runs(self, workload: str) -> bool:
+        if workload == "fairness" and self.name not in FAIRNESS_IMPLS:
+            return False
+        return not self.only or workload in self.only
 
     def cmd(self, role: str, *options: str) -> list[str]:
         return [*self.command, role, *options]
@@ -59,6 +68,11 @@ def build_native() -> Impl:
         subprocess.run(["cc", "-O2", "-o", str(binary), str(source), f"-I{ms.include_dir}", f"-L{lib_dir}",
                         "-l:libmsquic.so.2", f"-Wl,-rpath,{lib_dir}", "-lpthread"], check=True)
     return Impl("native", "native C (libmsquic)", [str(binary)], idle=False)
+
+
+def variant(impl: Impl, name: str, label: str, **env: str) -> Impl:
+    """The same implementation with another stream scheduling scheme, for the fairness row only."""
+    return Impl(name, label, impl.command, {**impl.env, **env}, impl.skipped, idle=False, only=("fairness",))
 
 
 def find_python312() -> str | None:
@@ -104,6 +118,11 @@ def make_impls(names: list[str]) -> list[Impl]:
     for name in names:
         if name == "native":
             impls.append(build_native())
+        elif name == "native-rr":
+            impls.append(variant(build_native(), name, "native C, round-robin", QUICPERF_SCHEDULING="round_robin"))
+        elif name == "pymsquic-asyncio-fifo":
+            impls.append(variant(python_impl("pymsquic-asyncio", ""), name, "pymsquic asyncio, FIFO",
+                                 BENCH_STREAM_SCHEDULING="fifo"))
         elif name == "pymsquic-asyncio":
             impls.append(python_impl(name, "pymsquic asyncio"))
         elif name == "pymsquic-blocking":
@@ -265,6 +284,8 @@ def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool
                 continue
             try:
                 for workload in workloads:
+                    if not impl.runs(workload):
+                        continue
                     log(f"{impl.label}: {workload} ({duration:g} s)")
                     rows.append(measure(impl, server, workload, duration))
                 if idle and impl.idle:

@@ -26,7 +26,11 @@ CHUNK = 1 << 20
 DATA = b"d" * CHUNK          # what servers send
 UPLOAD = b"u" * CHUNK        # what clients upload
 
-WORKLOADS = ("download", "upload", "rps", "latency", "hps")
+WORKLOADS = ("download", "upload", "rps", "latency", "hps", "fairness")
+#: fairness: latency's one-at-a-time requests beside a saturating download on the
+#: same connection. Only these implementations run it (FIFO and round-robin
+#: stream scheduling, each side's scheme set as the name says).
+FAIRNESS_IMPLS = ("native", "native-rr", "pymsquic-asyncio", "pymsquic-asyncio-fifo")
 
 
 def cpu_seconds() -> float:

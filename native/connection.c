@@ -46,6 +46,8 @@ struct pmq_conn {
     uint8_t *peer_cert;
     uint64_t started_us;
     uint64_t handshake_us;
+    uint32_t stream_scheduling;  /* PMQ_SCHEDULING_*, as last set */
+    int scheduling_pending;      /* set before the start: apply at CONNECTED */
 };
 
 static void conn_close_handle(HQUIC handle) { pmq_api->ConnectionClose(handle); }
@@ -284,12 +286,33 @@ static void set_flag(pmq_conn *c, uint32_t flag, QUIC_STATUS status, uint64_t er
     pthread_mutex_unlock(&c->obj.lock);
 }
 
+_Static_assert((int)PMQ_SCHEDULING_FIFO == (int)QUIC_STREAM_SCHEDULING_SCHEME_FIFO &&
+                   (int)PMQ_SCHEDULING_ROUND_ROBIN == (int)QUIC_STREAM_SCHEDULING_SCHEME_ROUND_ROBIN,
+               "PMQ_SCHEDULING_* must be msquic's values");
+
+/* A scheme chosen before ConnectionStart is applied here, on the worker
+ * (inline, no round trip), before any stream can send: Python gets a client
+ * connection only once connected, and pymsquic sends no 0-RTT data. Setting it
+ * before the start would block the caller (an event loop) for a worker round trip. */
+static void apply_pending_scheduling(pmq_conn *c, HQUIC handle)
+{
+    pthread_mutex_lock(&c->obj.lock);
+    int pending = c->scheduling_pending;
+    QUIC_STREAM_SCHEDULING_SCHEME scheme = (QUIC_STREAM_SCHEDULING_SCHEME)c->stream_scheduling;
+    c->scheduling_pending = 0;
+    pthread_mutex_unlock(&c->obj.lock);
+    if (pending) {
+        pmq_api->SetParam(handle, QUIC_PARAM_CONN_STREAM_SCHEDULING_SCHEME, sizeof(scheme), &scheme);
+    }
+}
+
 static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONNECTION_EVENT *event)
 {
     pmq_conn *c = context;
     pmq_callback_enter();
     switch (event->Type) {
     case QUIC_CONNECTION_EVENT_CONNECTED:
+        apply_pending_scheduling(c, handle);
         on_connected(c, handle, event);
         break;
     case QUIC_CONNECTION_EVENT_SHUTDOWN_INITIATED_BY_TRANSPORT:
@@ -639,4 +662,35 @@ uint32_t pmq_conn_peer_certificate(pmq_conn *c, uint8_t *dst, uint32_t cap)
     }
     pthread_mutex_unlock(&c->obj.lock);
     return len;
+}
+
+QUIC_STATUS pmq_conn_set_stream_scheduling(pmq_conn *c, uint32_t scheme)
+{
+    if (scheme != PMQ_SCHEDULING_FIFO && scheme != PMQ_SCHEDULING_ROUND_ROBIN) {
+        return QUIC_STATUS_INVALID_PARAMETER;
+    }
+    pthread_mutex_lock(&c->obj.lock);
+    c->stream_scheduling = scheme;
+    int started = c->started;
+    c->scheduling_pending = !started;
+    pthread_mutex_unlock(&c->obj.lock);
+    if (!started) {
+        return QUIC_STATUS_SUCCESS;
+    }
+    HQUIC handle = pmq_guard_enter(&c->obj, &c->guard);
+    if (handle == NULL) {
+        return QUIC_STATUS_INVALID_STATE;
+    }
+    QUIC_STREAM_SCHEDULING_SCHEME value = (QUIC_STREAM_SCHEDULING_SCHEME)scheme;
+    QUIC_STATUS status = pmq_api->SetParam(handle, QUIC_PARAM_CONN_STREAM_SCHEDULING_SCHEME, sizeof(value), &value);
+    pmq_guard_leave(&c->obj, &c->guard, conn_close_handle);
+    return status;
+}
+
+uint32_t pmq_conn_stream_scheduling(pmq_conn *c)
+{
+    pthread_mutex_lock(&c->obj.lock);
+    uint32_t scheme = c->stream_scheduling;
+    pthread_mutex_unlock(&c->obj.lock);
+    return scheme;
 }

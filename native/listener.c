@@ -2,10 +2,20 @@
  * Listener trampoline.
  *
  * NEW_CONNECTION is decided entirely in C: refuse (return a failure, never
- * close) when stopping, when the backlog is full or when the Python hook says
- * no; otherwise set the connection's handler and configuration before
- * returning, as msquic requires, and queue it for accept. A reaper thread shuts
- * down connections nobody accepted within backlog_timeout_ms.
+ * close) when stopping, when the backlog is full, when max_handshakes
+ * handshakes are already in progress or when the Python hook says no;
+ * otherwise set the connection's handler and configuration before returning,
+ * as msquic requires.
+ *
+ * Two bounded lists: `handshaking` holds connections whose handshake is in
+ * progress, `queue` those that completed and wait for accept. Only completed
+ * handshakes count against the backlog: a flood of client Initials that never
+ * finish (replayed, spoofed) fills `handshaking` at most, and msquic's own
+ * defence (stateless retry once handshakes use more than the retry memory
+ * limit) keeps that from growing. A handshake that completes while the backlog
+ * is full is shut down, and so are handshakes still in progress when a stop
+ * completes. A reaper thread shuts down connections nobody accepted within
+ * backlog_timeout_ms.
  *
  * Start, stop and close are serialised here: only one ListenerStop is ever in
  * flight, and ListenerClose waits for STOP_COMPLETE of any stop in progress.
@@ -31,9 +41,13 @@ struct pmq_listener {
     uint32_t hooks;
     uint32_t backlog;
     uint32_t backlog_timeout_ms;
-    uint32_t reserved;         /* NEW_CONNECTIONs between the backlog check and enqueue */
+    uint32_t max_handshakes;
+    uint32_t stream_scheduling;  /* PMQ_SCHEDULING_* for accepted connections */
+    uint32_t reserved;         /* NEW_CONNECTIONs between the limit check and joining `handshaking` */
     uint32_t count;
-    backlog_entry *queue;      /* oldest first */
+    backlog_entry *queue;      /* completed, oldest first */
+    uint32_t handshaking_count;
+    pmq_conn **handshaking;    /* handshakes in progress, oldest first */
     pmq_listener_stats stats;
     pthread_t reaper;
     int reaper_running;
@@ -46,6 +60,7 @@ static void listener_destroy(pmq_obj *obj)
     pmq_listener *l = (pmq_listener *)obj;
     pthread_cond_destroy(&l->reaper_cond);
     free(l->queue);
+    free(l->handshaking);
     free(l);
 }
 
@@ -60,22 +75,70 @@ static pmq_conn *queue_take(pmq_listener *l, uint32_t i)
     return conn;
 }
 
+static pmq_conn *handshaking_take(pmq_listener *l, uint32_t i)
+{
+    pmq_conn *conn = l->handshaking[i];
+    memmove(&l->handshaking[i], &l->handshaking[i + 1], (l->handshaking_count - i - 1) * sizeof(pmq_conn *));
+    l->handshaking_count--;
+    return conn;
+}
+
+/* The listener lets go of connections nobody will accept: each closes itself. */
+static void drop_all(pmq_conn **conns, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        pmq_conn_leave_listener(conns[i]);
+        pmq_conn_shutdown(conns[i], 0); /* INVALID_STATE, harmless, if already closed */
+        pmq_conn_release(conns[i]);
+    }
+}
+
+#define DROP_BATCH 64
+
+/*
+ * Moves finished handshakes out of `handshaking`, with the lock held:
+ * completed ones into the queue (or to `drop` when the backlog is full or the
+ * listener closed), failed ones to `drop`. Returns how many went to drop; a
+ * full drop means the caller must call again.
+ */
+static uint32_t settle_handshakes_locked(pmq_listener *l, pmq_conn **drop)
+{
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < l->handshaking_count && n < DROP_BATCH;) {
+        uint32_t flags = pmq_conn_flags(l->handshaking[i]);
+        if (flags & PMQ_CONN_CONNECTED) {
+            pmq_conn *conn = handshaking_take(l, i);
+            if (l->count < l->backlog && l->state != PMQ_LISTENER_CLOSED) {
+                l->queue[l->count].conn = conn;
+                l->queue[l->count].deadline_ms = pmq_now_ms() + l->backlog_timeout_ms;
+                l->count++;
+                l->stats.accepted++;
+            } else {
+                l->stats.refused_backlog++; /* completed while the backlog was full */
+                drop[n++] = conn;
+            }
+        } else if (flags & PMQ_CONN_SHUTDOWN_COMPLETE) {
+            l->stats.failed++;
+            drop[n++] = handshaking_take(l, i);
+        } else {
+            i++;
+        }
+    }
+    return n;
+}
+
 static void *reaper_main(void *arg)
 {
     pmq_listener *l = arg;
-    pmq_conn *expired[64];
+    pmq_conn *expired[DROP_BATCH];
     pthread_mutex_lock(&l->obj.lock);
     while (!l->reaper_quit) {
         uint64_t now = pmq_now_ms();
         uint64_t next = UINT64_MAX;
         uint32_t n = 0;
-        for (uint32_t i = 0; i < l->count && n < 64;) {
-            uint32_t flags = pmq_conn_flags(l->queue[i].conn);
-            int dead = (flags & PMQ_CONN_SHUTDOWN_COMPLETE) && !(flags & PMQ_CONN_CONNECTED);
-            if (dead || l->queue[i].deadline_ms <= now) {
-                if (!dead) {
-                    l->stats.expired++;
-                }
+        for (uint32_t i = 0; i < l->count && n < DROP_BATCH;) {
+            if (l->queue[i].deadline_ms <= now) {
+                l->stats.expired++;
                 expired[n++] = queue_take(l, i);
             } else {
                 if (l->queue[i].deadline_ms < next) {
@@ -87,11 +150,7 @@ static void *reaper_main(void *arg)
         if (n > 0) {
             pmq_obj_changed_locked(&l->obj);
             pthread_mutex_unlock(&l->obj.lock);
-            for (uint32_t i = 0; i < n; i++) {
-                pmq_conn_leave_listener(expired[i]);
-                pmq_conn_shutdown(expired[i], 0);
-                pmq_conn_release(expired[i]);
-            }
+            drop_all(expired, n);
             pthread_mutex_lock(&l->obj.lock);
             continue;
         }
@@ -107,13 +166,19 @@ static void *reaper_main(void *arg)
     return NULL;
 }
 
-/* A queued connection changed (connected or died): wake accept and the reaper. */
+/* A connection of ours changed (connected or died): settle it, wake accept and the reaper. */
 void pmq_listener_conn_changed(pmq_listener *l)
 {
-    pthread_mutex_lock(&l->obj.lock);
-    pmq_obj_changed_locked(&l->obj);
-    pthread_cond_signal(&l->reaper_cond);
-    pthread_mutex_unlock(&l->obj.lock);
+    pmq_conn *drop[DROP_BATCH];
+    uint32_t n;
+    do {
+        pthread_mutex_lock(&l->obj.lock);
+        n = settle_handshakes_locked(l, drop);
+        pmq_obj_changed_locked(&l->obj);
+        pthread_cond_signal(&l->reaper_cond);
+        pthread_mutex_unlock(&l->obj.lock);
+        drop_all(drop, n);
+    } while (n == DROP_BATCH);
 }
 
 static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_NEW_CONNECTION_INFO *info)
@@ -124,8 +189,13 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
         pthread_mutex_unlock(&l->obj.lock);
         return QUIC_STATUS_CONNECTION_REFUSED;
     }
-    if (l->count + l->reserved >= l->backlog) {
+    if (l->count >= l->backlog) {
         l->stats.refused_backlog++;
+        pthread_mutex_unlock(&l->obj.lock);
+        return QUIC_STATUS_CONNECTION_REFUSED;
+    }
+    if (l->handshaking_count + l->reserved >= l->max_handshakes) {
+        l->stats.refused_handshakes++;
         pthread_mutex_unlock(&l->obj.lock);
         return QUIC_STATUS_CONNECTION_REFUSED;
     }
@@ -143,17 +213,19 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
         refused_by_hook = 1;
     } else {
         status = pmq_conn_adopt(conn, handle, l->configuration);
+        if (QUIC_SUCCEEDED(status) && l->stream_scheduling != PMQ_SCHEDULING_FIFO) {
+            /* On the connection's worker: SetParam runs inline, before any stream exists. */
+            pmq_conn_set_stream_scheduling(conn, l->stream_scheduling);
+        }
     }
 
     pthread_mutex_lock(&l->obj.lock);
     l->reserved--;
     if (QUIC_SUCCEEDED(status)) {
-        l->queue[l->count].conn = conn;
-        l->queue[l->count].deadline_ms = pmq_now_ms() + l->backlog_timeout_ms;
-        l->count++;
-        l->stats.accepted++;
-        pmq_obj_ref(&l->obj); /* the queued connection points back to us */
-        pthread_cond_signal(&l->reaper_cond);
+        /* Its events come on this thread, after we return: it cannot have completed yet. */
+        l->handshaking[l->handshaking_count++] = conn;
+        pmq_obj_ref(&l->obj); /* the connection points back to us */
+        pmq_obj_changed_locked(&l->obj);
     } else if (refused_by_hook) {
         l->stats.refused_hook++;
     } else {
@@ -170,12 +242,26 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
 
 static void on_stop_complete(pmq_listener *l)
 {
-    pthread_mutex_lock(&l->obj.lock);
-    if (l->state != PMQ_LISTENER_CLOSED) {
-        l->state = PMQ_LISTENER_STOPPED;
-    }
-    pmq_obj_changed_locked(&l->obj);
-    pthread_mutex_unlock(&l->obj.lock);
+    /* Handshakes still in progress were never accepted, and a flood's never
+     * complete: end them now rather than keep accept() waiting for their
+     * timeout. Completed connections stay acceptable until Finished. New
+     * connections are refused since the stop began (state STOPPING). */
+    pmq_conn *drop[DROP_BATCH];
+    uint32_t n;
+    do {
+        n = 0;
+        pthread_mutex_lock(&l->obj.lock);
+        if (l->state != PMQ_LISTENER_CLOSED) {
+            l->state = PMQ_LISTENER_STOPPED;
+        }
+        while (n < DROP_BATCH && l->handshaking_count > 0) {
+            drop[n++] = handshaking_take(l, 0);
+            l->stats.refused_other++;
+        }
+        pmq_obj_changed_locked(&l->obj);
+        pthread_mutex_unlock(&l->obj.lock);
+        drop_all(drop, n);
+    } while (n == DROP_BATCH);
     if ((l->hooks & PMQ_HOOK_STOP_COMPLETE) && pmq_hooks_enabled()) {
         pmq_py_listener_hook(l->hook_id, PMQ_HOOK_STOP_COMPLETE, NULL);
     }
@@ -201,10 +287,11 @@ static QUIC_STATUS QUIC_API listener_callback(HQUIC handle, void *context, QUIC_
 }
 
 QUIC_STATUS pmq_listener_open(HQUIC registration, HQUIC configuration, uint32_t backlog,
-                              uint32_t backlog_timeout_ms, uint64_t hook_id, uint32_t hooks,
+                              uint32_t backlog_timeout_ms, uint32_t max_handshakes,
+                              uint32_t stream_scheduling, uint64_t hook_id, uint32_t hooks,
                               pmq_listener **out)
 {
-    if (backlog == 0) {
+    if (backlog == 0 || max_handshakes == 0) {
         return QUIC_STATUS_INVALID_PARAMETER;
     }
     pmq_listener *l = calloc(1, sizeof(*l));
@@ -212,7 +299,10 @@ QUIC_STATUS pmq_listener_open(HQUIC registration, HQUIC configuration, uint32_t 
         return QUIC_STATUS_OUT_OF_MEMORY;
     }
     l->queue = calloc(backlog, sizeof(backlog_entry));
-    if (l->queue == NULL) {
+    l->handshaking = calloc(max_handshakes, sizeof(pmq_conn *));
+    if (l->queue == NULL || l->handshaking == NULL) {
+        free(l->queue);
+        free(l->handshaking);
         free(l);
         return QUIC_STATUS_OUT_OF_MEMORY;
     }
@@ -225,6 +315,8 @@ QUIC_STATUS pmq_listener_open(HQUIC registration, HQUIC configuration, uint32_t 
     l->configuration = configuration;
     l->backlog = backlog;
     l->backlog_timeout_ms = backlog_timeout_ms;
+    l->max_handshakes = max_handshakes;
+    l->stream_scheduling = stream_scheduling;
     l->hook_id = hook_id;
     l->hooks = hooks;
     QUIC_STATUS status = pmq_api->ListenerOpen(registration, listener_callback, l, &l->handle);
@@ -319,26 +411,16 @@ int pmq_listener_accept(pmq_listener *l, pmq_conn **out)
 {
     pthread_mutex_lock(&l->obj.lock);
     int result;
-    int pending = 0;
     pmq_conn *found = NULL;
-    for (uint32_t i = 0; i < l->count; i++) {
-        uint32_t flags = pmq_conn_flags(l->queue[i].conn);
-        if (flags & PMQ_CONN_CONNECTED) {
-            found = queue_take(l, i);
-            break;
-        }
-        if (!(flags & PMQ_CONN_SHUTDOWN_COMPLETE)) {
-            pending = 1;
-        }
-    }
-    if (found != NULL) {
+    if (l->count > 0) {
+        found = queue_take(l, 0); /* every queued connection completed its handshake */
         result = PMQ_ACCEPT_OK;
         pmq_obj_changed_locked(&l->obj);
     } else if (l->state == PMQ_LISTENER_IDLE) {
         result = PMQ_ACCEPT_NOT_STARTED;
     } else if (l->state == PMQ_LISTENER_STARTING || l->state == PMQ_LISTENER_STARTED ||
-               (pending && l->state != PMQ_LISTENER_CLOSED)) {
-        result = PMQ_ACCEPT_EMPTY;
+               (l->handshaking_count > 0 && l->state != PMQ_LISTENER_CLOSED)) {
+        result = PMQ_ACCEPT_EMPTY; /* a handshake in progress may still complete */
     } else {
         result = PMQ_ACCEPT_FINISHED;
     }
@@ -355,6 +437,7 @@ void pmq_listener_get_stats(pmq_listener *l, pmq_listener_stats *out)
     pthread_mutex_lock(&l->obj.lock);
     *out = l->stats;
     out->queued = l->count;
+    out->handshakes = l->handshaking_count;
     pthread_mutex_unlock(&l->obj.lock);
 }
 
@@ -384,18 +467,37 @@ void pmq_listener_close(pmq_listener *l)
         pthread_join(l->reaper, NULL);
     }
 
-    /* Nobody can accept these any more: shut them down; each closes itself. */
-    pthread_mutex_lock(&l->obj.lock);
-    while (l->count > 0) {
-        pmq_conn *conn = queue_take(l, 0);
-        pthread_mutex_unlock(&l->obj.lock);
-        pmq_conn_leave_listener(conn);
-        pmq_conn_shutdown(conn, 0);
-        pmq_conn_release(conn);
+    /* Nobody can accept these any more: shut them down; each closes itself.
+     * CLOSED keeps settle_handshakes_locked from queueing anything new. */
+    pmq_conn *drop[DROP_BATCH];
+    for (;;) {
+        uint32_t n = 0;
         pthread_mutex_lock(&l->obj.lock);
+        while (n < DROP_BATCH && l->count > 0) {
+            drop[n++] = queue_take(l, 0);
+        }
+        while (n < DROP_BATCH && l->handshaking_count > 0) {
+            drop[n++] = handshaking_take(l, 0);
+        }
+        pmq_obj_changed_locked(&l->obj);
+        pthread_mutex_unlock(&l->obj.lock);
+        if (n == 0) {
+            break;
+        }
+        drop_all(drop, n);
     }
-    pmq_obj_changed_locked(&l->obj);
-    pthread_mutex_unlock(&l->obj.lock);
 }
 
 void pmq_listener_release(pmq_listener *l) { pmq_obj_unref(&l->obj); }
+
+QUIC_STATUS pmq_retry_memory_limit(int set, uint16_t *value)
+{
+    if (pmq_api == NULL) {
+        return QUIC_STATUS_INVALID_STATE;
+    }
+    if (set) {
+        return pmq_api->SetParam(NULL, QUIC_PARAM_GLOBAL_RETRY_MEMORY_PERCENT, sizeof(*value), value);
+    }
+    uint32_t size = sizeof(*value);
+    return pmq_api->GetParam(NULL, QUIC_PARAM_GLOBAL_RETRY_MEMORY_PERCENT, &size, value);
+}

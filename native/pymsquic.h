@@ -198,16 +198,22 @@ enum {
     PMQ_ACCEPT_FINISHED = 3     /* stopped or closed, and nothing left */
 };
 
+/* Stream scheduling schemes: msquic's QUIC_STREAM_SCHEDULING_SCHEME values. */
+enum { PMQ_SCHEDULING_FIFO = 0, PMQ_SCHEDULING_ROUND_ROBIN = 1 };
+
 /* Low-level hooks: which ones a listener calls into Python. */
 enum { PMQ_HOOK_NEW_CONNECTION = 1, PMQ_HOOK_STOP_COMPLETE = 2 };
 
 typedef struct pmq_listener_stats {
-    uint64_t accepted;          /* queued for accept */
-    uint64_t refused_backlog;   /* refused: backlog full */
-    uint64_t refused_hook;      /* refused by on_new_connection */
-    uint64_t refused_other;     /* refused: stopping, out of memory, configuration */
-    uint64_t expired;           /* never accepted in time, shut down */
-    uint32_t queued;
+    uint64_t accepted;           /* handshake completed, queued for accept */
+    uint64_t refused_backlog;    /* refused: backlog of completed connections full */
+    uint64_t refused_hook;       /* refused by on_new_connection */
+    uint64_t refused_handshakes; /* refused: max_handshakes handshakes in progress */
+    uint64_t refused_other;      /* refused: stopping, out of memory, configuration */
+    uint64_t failed;             /* the handshake failed or timed out */
+    uint64_t expired;            /* never accepted in time, shut down */
+    uint32_t queued;             /* completed, waiting for accept now */
+    uint32_t handshakes;         /* handshakes in progress now */
 } pmq_listener_stats;
 
 /* ---- opaque objects ---------------------------------------------------- */
@@ -250,8 +256,12 @@ QUIC_STATUS pmq_configuration_open(HQUIC registration, const uint8_t *alpn_list,
 
 /* ---- listener ---------------------------------------------------------- */
 
+/* backlog bounds completed connections waiting for accept; max_handshakes
+ * bounds handshakes in progress. Beyond either, new connections are refused.
+ * Accepted connections get stream_scheduling (PMQ_SCHEDULING_*) in NEW_CONNECTION. */
 QUIC_STATUS pmq_listener_open(HQUIC registration, HQUIC configuration, uint32_t backlog,
-                              uint32_t backlog_timeout_ms, uint64_t hook_id, uint32_t hooks,
+                              uint32_t backlog_timeout_ms, uint32_t max_handshakes,
+                              uint32_t stream_scheduling, uint64_t hook_id, uint32_t hooks,
                               pmq_listener **out);
 pmq_obj *pmq_listener_obj(pmq_listener *listener);
 /* alpn_list in TLS wire format; address NULL for any address and port. */
@@ -268,6 +278,11 @@ void pmq_listener_get_stats(pmq_listener *listener, pmq_listener_stats *out);
 void pmq_listener_close(pmq_listener *listener);
 /* Drops Python's reference; the listener must be closed. */
 void pmq_listener_release(pmq_listener *listener);
+/* msquic's global stateless retry threshold (QUIC_PARAM_GLOBAL_RETRY_MEMORY_PERCENT):
+ * handshake memory, in 65535ths of the machine's memory, beyond which new
+ * connections must first prove their address with a Retry. set: write *value,
+ * else read it. Needs the library open. */
+QUIC_STATUS pmq_retry_memory_limit(int set, uint16_t *value);
 
 /* ---- connection -------------------------------------------------------- */
 
@@ -299,6 +314,12 @@ void pmq_conn_set_datagram_queue(pmq_conn *conn, uint32_t capacity);
 QUIC_STATUS pmq_conn_get_stats(pmq_conn *conn, pmq_conn_stats *out);
 /* Copies up to cap bytes of the peer's DER certificate; returns its length. */
 uint32_t pmq_conn_peer_certificate(pmq_conn *conn, uint8_t *dst, uint32_t cap);
+/* PMQ_SCHEDULING_*. Before the start it is recorded and applied at CONNECTED,
+ * on msquic's worker; afterwards SetParam waits for a worker round trip (runs
+ * inline on the connection's own worker, e.g. in NEW_CONNECTION). */
+QUIC_STATUS pmq_conn_set_stream_scheduling(pmq_conn *conn, uint32_t scheme);
+/* The scheme last set (msquic's default FIFO if never). */
+uint32_t pmq_conn_stream_scheduling(pmq_conn *conn);
 
 /* ---- stream ------------------------------------------------------------ */
 
@@ -323,6 +344,10 @@ void pmq_stream_set_send_limit(pmq_stream *stream, uint64_t limit);
 void pmq_stream_abandon(pmq_stream *stream);
 /* Abandons and drops Python's reference. */
 void pmq_stream_release(pmq_stream *stream);
+/* QUIC_PARAM_STREAM_PRIORITY: 0 (low) to 0xFFFF (high), default 0x7FFF.
+ * Waits for a msquic worker round trip; INVALID_STATE once closed. */
+QUIC_STATUS pmq_stream_set_priority(pmq_stream *stream, uint16_t priority);
+QUIC_STATUS pmq_stream_get_priority(pmq_stream *stream, uint16_t *out);
 
 /* CFFI-END */
 

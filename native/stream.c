@@ -758,3 +758,26 @@ void pmq_stream_release(pmq_stream *s)
     pmq_stream_abandon(s);
     pmq_obj_unref(&s->obj);
 }
+
+QUIC_STATUS pmq_stream_set_priority(pmq_stream *s, uint16_t priority)
+{
+    HQUIC handle = pmq_guard_enter(&s->obj, &s->guard);
+    if (handle == NULL) {
+        return QUIC_STATUS_INVALID_STATE;
+    }
+    QUIC_STATUS status = pmq_api->SetParam(handle, QUIC_PARAM_STREAM_PRIORITY, sizeof(priority), &priority);
+    pmq_guard_leave(&s->obj, &s->guard, stream_close_handle);
+    return status;
+}
+
+QUIC_STATUS pmq_stream_get_priority(pmq_stream *s, uint16_t *out)
+{
+    HQUIC handle = pmq_guard_enter(&s->obj, &s->guard);
+    if (handle == NULL) {
+        return QUIC_STATUS_INVALID_STATE;
+    }
+    uint32_t size = sizeof(*out);
+    QUIC_STATUS status = pmq_api->GetParam(handle, QUIC_PARAM_STREAM_PRIORITY, &size, out);
+    pmq_guard_leave(&s->obj, &s->guard, stream_close_handle);
+    return status;
+}

@@ -29,7 +29,14 @@ from .errors import (
     StreamStopped,
     status_name,
 )
-from .listener import Listener, ListenerState, ListenerStats, NewConnectionInfo
+from .listener import (
+    Listener,
+    ListenerState,
+    ListenerStats,
+    NewConnectionInfo,
+    retry_memory_limit,
+    set_retry_memory_limit,
+)
 from .registration import Registration, default_registration
 from .server import DEFAULT_SETTINGS, Server, connect, serve
 from .stream import BlockingStream, Stream, StreamProtocol
@@ -52,5 +59,6 @@ __all__ = [
     "ConnectionClosed", "ConnectionStats", "Credential", "Failed", "Finished", "HookContextError",
     "ListenError", "Listener", "ListenerState", "ListenerStats", "NewConnectionInfo", "NotStarted",
     "QuicError", "Registration", "Server", "Settings", "Stream", "StreamError", "StreamReset",
-    "StreamProtocol", "StreamStopped", "connect", "default_registration", "msquic_version", "serve", "status_name", "sync",
+    "StreamProtocol", "StreamStopped", "connect", "default_registration", "msquic_version", "retry_memory_limit", "serve",
+    "set_retry_memory_limit", "status_name", "sync",
 ]

@@ -52,6 +52,8 @@ def decode_alpns(wire: bytes) -> tuple[str, ...]:
 
 
 _CONGESTION = {"cubic": 0, "bbr": 1}
+#: Stream scheduling schemes (Settings.stream_scheduling) and msquic's values.
+STREAM_SCHEDULING = {"round_robin": lib.PMQ_SCHEDULING_ROUND_ROBIN, "fifo": lib.PMQ_SCHEDULING_FIFO}
 
 # Settings field -> (PMQ_SET_* bit, largest value)
 _SETTING_FIELDS = {
@@ -82,6 +84,15 @@ class Settings:
     Servers must set ``peer_bidi_stream_count``/``peer_unidi_stream_count`` for
     peers to open streams (msquic's default is 0), and both sides
     ``datagram_receive_enabled`` for datagrams.
+
+    ``stream_scheduling`` is how a connection shares its sending between
+    streams that have data: ``"round_robin"`` (pymsquic's default, also when
+    None) interleaves them, so one bulk stream cannot hold up a small
+    request/response beside it; ``"fifo"`` (msquic's own default) sends the
+    first stream's data first, for as long as it has any. It is applied to each
+    connection (QUIC_PARAM_CONN_STREAM_SCHEDULING_SCHEME), not a msquic setting;
+    ``Connection.stream_scheduling`` changes it later, and ``Stream.priority``
+    puts streams ahead of others whatever the scheme.
     """
 
     idle_timeout_ms: int | None = None
@@ -100,6 +111,7 @@ class Settings:
     pacing_enabled: bool | None = None
     migration_enabled: bool | None = None
     server_resumption_level: int | None = None
+    stream_scheduling: str | None = None  # "round_robin" (None) or "fifo"
 
     def __post_init__(self) -> None:
         for name, (_, largest) in _SETTING_FIELDS.items():
@@ -116,6 +128,13 @@ class Settings:
                 raise TypeError(f"Settings.{name} must be a bool, not {type(value).__name__}")
         if self.congestion_control is not None and self.congestion_control not in _CONGESTION:
             raise ValueError(f"Settings.congestion_control must be one of {sorted(_CONGESTION)}")
+        if self.stream_scheduling is not None and self.stream_scheduling not in STREAM_SCHEDULING:
+            raise ValueError(f"Settings.stream_scheduling must be one of {sorted(STREAM_SCHEDULING)}")
+
+    @property
+    def stream_scheduling_scheme(self) -> int:
+        """The PMQ_SCHEDULING_* value connections get: round-robin unless "fifo"."""
+        return STREAM_SCHEDULING[self.stream_scheduling or "round_robin"]
 
     def _to_native(self) -> Any:
         native = ffi.new("pmq_settings *")

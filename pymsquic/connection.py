@@ -10,7 +10,7 @@ from . import _native
 from ._bridge import NativeWaitable
 from ._msquic import ffi, lib
 from .addresses import Address, from_native, is_ip_literal, resolve, resolve_async
-from .configuration import Configuration, decode_alpns
+from .configuration import STREAM_SCHEDULING, Configuration, decode_alpns
 from .errors import ConnectionClosed, QuicError, failed
 from .registration import Registration
 from .stream import BlockingStream, BytesLike, Stream, StreamProtocol
@@ -122,7 +122,10 @@ class Connection(NativeWaitable):
             raise ValueError("a client connection needs a Credential.client(...) configuration")
         out = _native.scratch.conn
         _native.check(lib.pmq_conn_open(registration.handle, out), "ConnectionOpen")
-        return cls(out[0], registration, configuration, blocking)
+        conn = cls(out[0], registration, configuration, blocking)
+        # Not started yet: recorded here, applied by msquic's worker at CONNECTED.
+        lib.pmq_conn_set_stream_scheduling(conn._conn, configuration.settings.stream_scheduling_scheme)
+        return conn
 
     def _start(self, configuration: Configuration, host: str, port: int, server_name: str | None,
                remote: Any) -> None:
@@ -225,6 +228,26 @@ class Connection(NativeWaitable):
         if failed(status):
             raise self._closed_error()
         return ConnectionStats(**{f.name: getattr(out, f.name) for f in dataclasses.fields(ConnectionStats)})
+
+    @property
+    def stream_scheduling(self) -> str:
+        """How this connection shares sending between its streams: ``"round_robin"``
+        (the default, from ``Settings.stream_scheduling``) or ``"fifo"``.
+        Setting it waits briefly for msquic's worker; it applies at once."""
+        return "round_robin" if lib.pmq_conn_stream_scheduling(self._conn) == lib.PMQ_SCHEDULING_ROUND_ROBIN \
+            else "fifo"
+
+    @stream_scheduling.setter
+    def stream_scheduling(self, scheme: str) -> None:
+        if not isinstance(scheme, str):
+            raise TypeError(f"stream_scheduling must be a str, not {type(scheme).__name__}")
+        if scheme not in STREAM_SCHEDULING:
+            raise ValueError(f"stream_scheduling must be one of {sorted(STREAM_SCHEDULING)}, not {scheme!r}")
+        _native.forbid_in_callback("setting Connection.stream_scheduling")
+        status = lib.pmq_conn_set_stream_scheduling(self._conn, STREAM_SCHEDULING[scheme])
+        if failed(status):
+            raise self._closed_error() if status == lib.QUIC_STATUS_INVALID_STATE else \
+                QuicError("setting the stream scheduling scheme failed", status)
 
     def _closed_error(self) -> ConnectionClosed:
         return self.close_reason or ConnectionClosed("connection is closed")

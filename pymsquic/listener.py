@@ -49,13 +49,32 @@ class NewConnectionInfo:
 
 @dataclass(frozen=True)
 class ListenerStats:
-    accepted: int         # connections queued for accept
-    refused_backlog: int  # refused because the backlog was full
-    refused_hook: int     # refused by on_new_connection
-    refused_other: int    # refused while stopping, or msquic rejected the configuration
-    expired: int          # queued but not accepted within backlog_timeout, shut down
-    queued: int           # waiting in the backlog now
+    """What became of the connections that reached a listener (``Listener.stats``).
 
+    Every connection msquic offers the listener is counted once as refused
+    (``refused_*``) or, when its handshake ends, as ``accepted`` (completed and
+    queued for :meth:`Listener.accept`, taken or not) or ``failed`` (the
+    handshake failed or timed out). A handshake that completes while the backlog
+    is full counts in ``refused_backlog``. ``handshakes`` and ``queued`` are the
+    numbers now. Connections msquic answered with a stateless Retry never reach
+    the listener.
+    """
+
+    accepted: int            # handshake completed, queued for accept()
+    refused_backlog: int     # refused because the backlog was full
+    refused_hook: int        # refused by on_new_connection
+    refused_other: int       # refused or ended by a stop, or msquic rejected the configuration
+    expired: int             # queued but not accepted within backlog_timeout, shut down
+    queued: int              # completed, waiting in the backlog now
+    handshakes: int = 0      # handshakes in progress now
+    refused_handshakes: int = 0  # refused because max_handshakes handshakes were in progress
+    failed: int = 0          # the handshake failed or timed out
+
+
+#: Handshakes in progress a listener allows by default: well above what msquic's
+#: default retry memory limit lets through on small machines (about 0.1% of RAM,
+#: at roughly 35 KB per handshake by msquic's own estimate).
+DEFAULT_MAX_HANDSHAKES = 1024
 
 NewConnectionHook = Callable[[NewConnectionInfo], "bool | None"]
 StopCompleteHook = Callable[[], None]
@@ -64,10 +83,24 @@ StopCompleteHook = Callable[[], None]
 class Listener(NativeWaitable):
     """Accepts QUIC connections on a local address.
 
-    ``backlog`` bounds the connections waiting for :meth:`accept` (handshakes in
-    progress included); beyond it new connections are refused, and the client
-    sees CONNECTION_REFUSED. A connection not accepted within
-    ``backlog_timeout`` seconds is shut down.
+    ``backlog`` bounds the connections whose handshake completed and that wait
+    for :meth:`accept`; ``max_handshakes`` separately bounds the handshakes in
+    progress. Beyond either, new connections are refused (the client sees
+    CONNECTION_REFUSED); a handshake that completes while the backlog is full
+    is shut down. A connection not accepted within ``backlog_timeout`` seconds
+    is shut down. Handshakes that never complete (a flood of replayed or spoofed
+    client Initials) therefore never take a legitimate client's place in the
+    backlog; they end at the handshake idle timeout
+    (``Settings.handshake_idle_timeout_ms``, msquic's default 10 s). Before
+    ``max_handshakes`` is reached, msquic itself answers new clients with a
+    stateless Retry once handshakes use more memory than
+    :func:`retry_memory_limit` allows: a client must then prove its address, and
+    packets replayed from addresses that do not answer cost the server nothing.
+    Keep ``max_handshakes`` above what that limit lets through (see
+    :func:`set_retry_memory_limit`), or a flood can fill it first. When a stop
+    completes, handshakes still in progress are shut down (counted in
+    ``refused_other``); completed connections stay acceptable until
+    :class:`~pymsquic.errors.Finished`.
 
     Hooks are low-level and run on a msquic worker thread, before the
     connection exists for Python:
@@ -82,7 +115,8 @@ class Listener(NativeWaitable):
     """
 
     def __init__(self, registration: Registration, configuration: Configuration, *, backlog: int = 128,
-                 backlog_timeout: float = 10.0, on_new_connection: NewConnectionHook | None = None,
+                 backlog_timeout: float = 10.0, max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
+                 on_new_connection: NewConnectionHook | None = None,
                  on_stop_complete: StopCompleteHook | None = None) -> None:
         if not isinstance(registration, Registration):
             raise TypeError(f"registration must be a Registration, not {type(registration).__name__}")
@@ -90,10 +124,8 @@ class Listener(NativeWaitable):
             raise TypeError(f"configuration must be a Configuration, not {type(configuration).__name__}")
         if configuration.credential.is_client:
             raise ValueError("a listener needs a server credential (Credential.from_files/from_pkcs12/self_signed)")
-        if isinstance(backlog, bool) or not isinstance(backlog, int):
-            raise TypeError(f"backlog must be an int, not {type(backlog).__name__}")
-        if not 1 <= backlog <= 65535:
-            raise ValueError(f"backlog must be 1-65535, not {backlog}")
+        _check_count("backlog", backlog)
+        _check_count("max_handshakes", max_handshakes)
         if not isinstance(backlog_timeout, (int, float)) or not 0 < backlog_timeout <= 3600:
             raise ValueError(f"backlog_timeout must be seconds in (0, 3600], not {backlog_timeout!r}")
         for name, hook in (("on_new_connection", on_new_connection), ("on_stop_complete", on_stop_complete)):
@@ -109,7 +141,8 @@ class Listener(NativeWaitable):
         out = ffi.new("pmq_listener **")
         _native.check(
             lib.pmq_listener_open(registration.handle, configuration.handle, backlog,
-                                  int(backlog_timeout * 1000), hook_id, hooks, out),
+                                  int(backlog_timeout * 1000), max_handshakes,
+                                  configuration.settings.stream_scheduling_scheme, hook_id, hooks, out),
             "ListenerOpen",
         )
         self._listener = out[0]
@@ -151,8 +184,10 @@ class Listener(NativeWaitable):
     def stats(self) -> ListenerStats:
         native = ffi.new("pmq_listener_stats *")
         lib.pmq_listener_get_stats(self._listener, native)
-        return ListenerStats(native.accepted, native.refused_backlog, native.refused_hook,
-                             native.refused_other, native.expired, native.queued)
+        return ListenerStats(accepted=native.accepted, refused_backlog=native.refused_backlog,
+                             refused_hook=native.refused_hook, refused_other=native.refused_other,
+                             expired=native.expired, queued=native.queued, handshakes=native.handshakes,
+                             refused_handshakes=native.refused_handshakes, failed=native.failed)
 
     # ---- accept ------------------------------------------------------------------
 
@@ -261,6 +296,43 @@ def _new_connection_info(info: Any) -> NewConnectionInfo:
         server_name=server_name or None,
         client_alpns=decode_alpns(bytes(ffi.buffer(info.client_alpn, info.client_alpn_len))),
     )
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not 1 <= value <= 65535:
+        raise ValueError(f"{name} must be 1-65535, not {value}")
+
+
+def retry_memory_limit() -> float:
+    """msquic's stateless retry threshold, as a fraction of the machine's memory.
+
+    Once the handshakes in progress (all listeners of the process together)
+    are estimated to use more memory than this, msquic answers every new client
+    Initial with a stateless Retry instead of starting a handshake: the client
+    must echo a token, proving it receives at its address (one more round
+    trip). msquic's default is 65/65535, about 0.1%.
+    """
+    _native.ensure_open()
+    value = ffi.new("uint16_t *")
+    _native.check(lib.pmq_retry_memory_limit(0, value), "GetParam(QUIC_PARAM_GLOBAL_RETRY_MEMORY_PERCENT)")
+    return int(value[0]) / 65535
+
+
+def set_retry_memory_limit(fraction: float) -> None:
+    """Set msquic's stateless retry threshold for the whole process (see
+    :func:`retry_memory_limit`). ``0`` makes every new client go through a
+    Retry; ``1`` practically never retries. Process-wide: it applies to every
+    listener, in every registration, at once (QUIC_PARAM_GLOBAL_RETRY_MEMORY_PERCENT,
+    stored in 65535ths)."""
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+        raise TypeError(f"fraction must be a number, not {type(fraction).__name__}")
+    if not 0 <= fraction <= 1:
+        raise ValueError(f"fraction must be between 0 and 1, not {fraction!r}")
+    _native.ensure_open()
+    value = ffi.new("uint16_t *", round(fraction * 65535))
+    _native.check(lib.pmq_retry_memory_limit(1, value), "SetParam(QUIC_PARAM_GLOBAL_RETRY_MEMORY_PERCENT)")
 
 
 def _close_and_release(native: Any) -> None:

@@ -17,7 +17,7 @@ from . import _native
 from ._bridge import NativeWaitable
 from ._buffers import BufferLike, c_buffer
 from ._msquic import ffi, lib
-from .errors import QuicError, StreamError, StreamReset, StreamStopped
+from .errors import QuicError, StreamError, StreamReset, StreamStopped, failed
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -362,6 +362,29 @@ class _StreamCore(NativeWaitable):
 
     def _closed_now(self) -> bool | None:
         return True if self._state().flags & lib.PMQ_STREAM_SHUTDOWN_COMPLETE else None
+
+    @property
+    def priority(self) -> int:
+        """Send priority, 0 (lowest) to 65535 (highest), default 32767: msquic
+        sends a higher-priority stream's data first, whatever the connection's
+        scheduling scheme. Reading or setting it waits briefly for msquic's worker."""
+        _native.forbid_in_callback("Stream.priority")
+        value = ffi.new("uint16_t *")
+        status = lib.pmq_stream_get_priority(self._stream, value)
+        if failed(status):
+            raise self._failure(status)
+        return int(value[0])
+
+    @priority.setter
+    def priority(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"priority must be an int, not {type(value).__name__}")
+        if not 0 <= value <= 0xFFFF:
+            raise ValueError(f"priority must be 0-65535, not {value}")
+        _native.forbid_in_callback("Stream.priority")
+        status = lib.pmq_stream_set_priority(self._stream, value)
+        if failed(status):
+            raise self._failure(status)
 
     def close(self) -> None:
         """Done with the stream: the directions still open are aborted (a finished

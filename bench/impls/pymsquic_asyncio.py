@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 
 import pymsquic
@@ -11,8 +12,10 @@ from bench.protocol import (
     Clock, Result, rss_kb, wait_for_stdin_close,
 )
 
-SETTINGS = pymsquic.Settings(peer_bidi_stream_count=1000, idle_timeout_ms=30_000)
-CLIENT_SETTINGS = pymsquic.Settings(idle_timeout_ms=30_000)
+# "fifo" or "round_robin" (pymsquic's default): the pymsquic-asyncio-fifo variant sets it.
+SCHEDULING = os.environ.get("BENCH_STREAM_SCHEDULING") or None
+SETTINGS = pymsquic.Settings(peer_bidi_stream_count=1000, idle_timeout_ms=30_000, stream_scheduling=SCHEDULING)
+CLIENT_SETTINGS = pymsquic.Settings(idle_timeout_ms=30_000, stream_scheduling=SCHEDULING)
 REQUEST = HEADER.pack(RPS_DOWN) + b"u" * RPS_UP
 
 
@@ -101,6 +104,8 @@ async def client(port: int, workload: str, duration: float) -> Result:
         stream.finish()
         await stream.read()  # the server's FIN: it has read everything
         clock.finish(result)
+    elif workload == "fairness":
+        await fairness(conn, duration, result)
     else:  # rps, latency
 
         async def requests() -> None:
@@ -117,6 +122,44 @@ async def client(port: int, workload: str, duration: float) -> Result:
         clock.finish(result)
     conn.close()
     return result
+
+
+async def fairness(conn: pymsquic.Connection, duration: float, result: Result) -> None:
+    """Requests one at a time beside a saturating download on the same connection.
+    A request still waiting at the deadline counts with the time it waited so far."""
+    started = asyncio.Event()
+    bulk = asyncio.create_task(saturate(conn, started))
+    await started.wait()
+    clock = Clock(duration)
+
+    async def request() -> None:
+        stream = conn.open_stream()
+        stream.write(REQUEST, fin=True)
+        result.bytes += len(await stream.read())
+
+    while clock.running():
+        start = time.perf_counter()
+        try:
+            await asyncio.wait_for(request(), max(clock.deadline - start, 0.001))
+        except asyncio.TimeoutError:
+            result.latencies_us.append((time.perf_counter() - start) * 1e6)
+            break
+        result.latencies_us.append((time.perf_counter() - start) * 1e6)
+        result.requests += 1
+    clock.finish(result)
+    bulk.cancel()
+
+
+async def saturate(conn: pymsquic.Connection, started: asyncio.Event) -> None:
+    """Reads a download stream for as long as the connection lasts."""
+    stream = conn.open_stream()
+    stream.write(HEADER.pack(FOREVER), fin=True)
+    sink = bytearray(CHUNK)
+    moved = 0
+    while True:
+        moved += await stream.readinto(sink)
+        if moved >= 8 * CHUNK:
+            started.set()
 
 
 def run_server(port: int, cert: str, key: str) -> None:

@@ -8,7 +8,12 @@
  * with N bytes and FIN.
  *
  *   quicperf server --port P --cert C --key K
- *   quicperf client --port P --workload download|upload|rps|latency|hps --duration S
+ *   quicperf client --port P --workload download|upload|rps|latency|hps|fairness --duration S
+ *
+ * fairness: one request at a time (latency's) beside a download on the same
+ * connection. QUICPERF_SCHEDULING=round_robin in the server's environment sets
+ * QUIC_PARAM_CONN_STREAM_SCHEDULING_SCHEME on accepted connections (msquic's
+ * default is FIFO).
  *
  * The server prints "ready PORT"; the client prints one JSON line of results.
  */
@@ -169,6 +174,11 @@ static QUIC_STATUS QUIC_API server_conn_cb(HQUIC conn, void *ctx, QUIC_CONNECTIO
 static QUIC_STATUS QUIC_API listener_cb(HQUIC listener, void *ctx, QUIC_LISTENER_EVENT *event)
 {
     if (event->Type == QUIC_LISTENER_EVENT_NEW_CONNECTION) {
+        const char *scheme = getenv("QUICPERF_SCHEDULING");
+        if (scheme != NULL && !strcmp(scheme, "round_robin")) {
+            QUIC_STREAM_SCHEDULING_SCHEME rr = QUIC_STREAM_SCHEDULING_SCHEME_ROUND_ROBIN;
+            api->SetParam(event->NEW_CONNECTION.Connection, QUIC_PARAM_CONN_STREAM_SCHEDULING_SCHEME, sizeof(rr), &rr);
+        }
         api->SetCallbackHandler(event->NEW_CONNECTION.Connection, (void *)server_conn_cb, NULL);
         return api->ConnectionSetConfiguration(event->NEW_CONNECTION.Connection, configuration);
     }
@@ -223,6 +233,7 @@ static atomic_uint_fast64_t latency_count;
 static uint64_t upload_size, download_size;
 static sem_t slots;
 static uint64_t finished_at;
+static _Atomic uint64_t request_started; /* of the request in flight (fairness: one at a time) */
 
 typedef struct client_stream {
     uint64_t started;
@@ -271,6 +282,7 @@ static QUIC_STATUS QUIC_API client_stream_cb(HQUIC stream, void *ctx, QUIC_STREA
                 latencies[idx] = now_us() - s->started;
             }
             atomic_fetch_add(&requests_done, 1);
+            atomic_store(&request_started, 0);
             again = !atomic_load(&stopping);
         }
         if (!event->SHUTDOWN_COMPLETE.AppCloseInProgress) {
@@ -296,7 +308,7 @@ static void put_be64(uint8_t *p, uint64_t v)
     }
 }
 
-static void open_request(HQUIC conn)
+static void open_request_of(HQUIC conn, uint64_t download)
 {
     client_stream *s = calloc(1, sizeof(*s));
     HQUIC stream;
@@ -305,7 +317,10 @@ static void open_request(HQUIC conn)
         return;
     }
     s->started = now_us();
-    put_be64(s->request, download_size);
+    if (download == download_size) {
+        atomic_store(&request_started, s->started);
+    }
+    put_be64(s->request, download);
     memset(s->request + 8, 'u', upload_size);
     s->request_buf.Buffer = s->request;
     s->request_buf.Length = (uint32_t)(8 + upload_size);
@@ -315,6 +330,8 @@ static void open_request(HQUIC conn)
         free(s);
     }
 }
+
+static void open_request(HQUIC conn) { open_request_of(conn, download_size); }
 
 static void open_upload(HQUIC conn)
 {
@@ -401,8 +418,9 @@ static void run_client(const char *workload, double duration, int parallel)
     }
     latencies = calloc(MAX_LATENCIES, sizeof(uint64_t));
     int is_hps = strcmp(workload, "hps") == 0;
-    int is_rps = strcmp(workload, "rps") == 0 || strcmp(workload, "latency") == 0;
-    if (strcmp(workload, "latency") == 0) {
+    int is_fair = strcmp(workload, "fairness") == 0;
+    int is_rps = strcmp(workload, "rps") == 0 || strcmp(workload, "latency") == 0 || is_fair;
+    if (strcmp(workload, "latency") == 0 || is_fair) {
         parallel = 1;
     }
     if (is_rps) {
@@ -417,6 +435,10 @@ static void run_client(const char *workload, double duration, int parallel)
     if (!is_hps) {
         conn = start_connection(0);
         usleep(100000); /* let the handshake finish before the clock starts */
+    }
+    if (is_fair) {
+        open_request_of(conn, UINT64_MAX >> 2); /* the bulk download beside the requests */
+        usleep(200000);                        /* until it saturates the connection */
     }
     uint64_t start = now_us();
     uint64_t deadline = start + (uint64_t)(duration * 1e6);
@@ -454,6 +476,14 @@ static void run_client(const char *workload, double duration, int parallel)
     uint64_t requests = atomic_load(&requests_done);
     uint64_t hs = atomic_load(&handshakes);
     atomic_store(&stopping, 1);
+    uint64_t waiting_since = atomic_load(&request_started);
+    if (is_fair && waiting_since != 0) {
+        /* still waiting at the deadline: counts with the time it waited so far */
+        uint64_t idx = atomic_fetch_add(&latency_count, 1);
+        if (idx < MAX_LATENCIES) {
+            latencies[idx] = end - waiting_since;
+        }
+    }
     if (strcmp(workload, "upload") == 0) {
         for (int i = 0; i < 500 && finished_at == 0; i++) {
             usleep(10000); /* the server's FIN confirms it read everything */
