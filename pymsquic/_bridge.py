@@ -14,6 +14,7 @@ import weakref
 from typing import Any, Callable, TypeVar
 
 from ._msquic import ffi, lib
+from ._native import check_not_forked
 
 T = TypeVar("T")
 
@@ -108,6 +109,7 @@ class NativeWaitable:
     async def _wait_async(self, check_ready: Callable[[], T | None], timeout: float | None, what: str) -> T:
         # Attach to the loop's waker only when about to wait; the loop below
         # checks again after attaching, so no change between can be missed.
+        check_not_forked(what)
         loop = asyncio.get_running_loop()
         self._attach_to_running_loop(loop)
         deadline = None if timeout is None else time.monotonic() + timeout
