@@ -7,6 +7,7 @@ without ever hanging, and waiting on native objects with the GIL released.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import itertools
@@ -277,7 +278,18 @@ def wait_blocking(obj: Any, check_ready: Callable[[], T | None], timeout: float 
             if remaining <= 0:
                 raise TimeoutError(f"{what} timed out after {timeout} s")
             slice_ms = min(slice_ms, max(1, int(remaining * 1000) + 1))
+        forbid_on_loop_thread(what)
         lib.pmq_obj_wait(obj, seq, slice_ms)
+
+
+def forbid_on_loop_thread(what: str) -> None:
+    """A blocking wait on a thread that runs an event loop would stall the loop,
+    and deadlock if the awaited event depends on it: refuse, as asyncio.run()
+    does inside a running loop. Called only when the call is about to wait."""
+    if asyncio._get_running_loop() is not None:
+        raise RuntimeError(
+            f"{what} would block the event loop running on this thread; await the asyncio API "
+            "instead, or make the blocking call from another thread (loop.run_in_executor)")
 
 
 # ---- hooks: Python callables run on msquic's threads ----------------------

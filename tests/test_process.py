@@ -214,3 +214,79 @@ def test_exit_with_listener_hooks_open_runs_msquic_teardown_on_python_3_12_1() -
     if python is None:
         pytest.skip("no Python 3.12.1 with cffi (bash .ci/run makes one from pyenv's)")
     check_exit_with_hooks(python)
+
+
+# ---- event loops and threads ------------------------------------------------------
+
+
+@pytest.fixture
+def gated_echo(server_credential: pymsquic.Credential) -> Iterator[tuple[sync.Server, threading.Event]]:
+    """A blocking echo server that answers each stream only once the event is set."""
+    gate = threading.Event()
+
+    def handler(conn: pymsquic.Connection) -> None:
+        for s in conn:
+            data = s.read(timeout=10)
+            assert gate.wait(10)
+            s.write(data, fin=True)
+
+    server = sync.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=server_credential)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server, gate
+    finally:
+        gate.set()
+        server.close(5)
+        thread.join(5)
+
+
+def connect_to(server: sync.Server) -> pymsquic.Connection:
+    return sync.connect("127.0.0.1", server.addresses[0][1], alpn=ALPN,
+                        credential=pymsquic.Credential.client(verify=False), timeout=10)
+
+
+def test_awaiting_one_object_from_two_loops_raises(gated_echo: tuple[sync.Server, threading.Event]) -> None:
+    server, gate = gated_echo
+    with connect_to(server) as conn:
+        stream = conn.open_stream(blocking=False)
+        stream.write(b"two loops", fin=True)
+        waiting = threading.Event()
+        result: list[object] = []
+
+        async def first_loop() -> None:
+            task = asyncio.ensure_future(stream.read())
+            await asyncio.sleep(0)  # the read runs up to its wait
+            waiting.set()
+            result.append(await asyncio.wait_for(task, 10))
+
+        thread = threading.Thread(target=lambda: asyncio.run(first_loop()))
+        thread.start()
+        assert waiting.wait(10)
+        with pytest.raises(RuntimeError, match="different event loop"):
+            asyncio.run(asyncio.wait_for(stream.read(), 10))
+        gate.set()
+        thread.join(15)
+        assert result == [b"two loops"]  # the first loop was not stalled
+
+
+def test_blocking_wait_on_an_event_loop_thread_raises(gated_echo: tuple[sync.Server, threading.Event]) -> None:
+    server, gate = gated_echo
+    with connect_to(server) as conn:
+        stream = conn.open_stream()
+        stream.write(b"hello", fin=True)
+
+        async def main() -> None:
+            start = time.monotonic()
+            with pytest.raises(RuntimeError, match="event loop"):
+                stream.read(timeout=5)  # would block the loop: refused, not waited for
+            assert time.monotonic() - start < 4
+            with pytest.raises(RuntimeError, match="event loop"):
+                conn.accept_stream(timeout=5)
+            gate.set()
+            # Off the loop, wait for the first byte; what has arrived is then read
+            # on the loop thread without waiting, which is allowed.
+            first = await asyncio.get_running_loop().run_in_executor(None, stream.readexactly, 1)
+            assert first + stream.read(timeout=5) == b"hello"
+
+        asyncio.run(main())
