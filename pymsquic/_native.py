@@ -162,11 +162,13 @@ def _teardown() -> None:
         return
     lib.pmq_hooks_enable(0)  # no Python on msquic threads from here on
     worker = _teardown_worker
-    if worker is None or not worker._thread.is_alive():
-        _close_all()
-    elif not worker.run(_TEARDOWN_TIMEOUT):
-        logger.error("msquic did not shut down within %.0f s; exiting without MsQuicClose", _TEARDOWN_TIMEOUT)
-    _torn_down = True
+    try:
+        if worker is None or not worker._thread.is_alive():
+            _close_all()
+        elif not worker.run(_TEARDOWN_TIMEOUT):
+            logger.error("msquic did not shut down within %.0f s; exiting without MsQuicClose", _TEARDOWN_TIMEOUT)
+    finally:  # also after Ctrl-C here: the finalizing interpreter must not release into msquic
+        _torn_down = True
 
 
 class Releaser:
