@@ -265,7 +265,8 @@ def forbid_in_callback(what: str) -> None:
 
 def wait_blocking(obj: Any, check_ready: Callable[[], T | None], timeout: float | None, what: str) -> T:
     """Poll ``check_ready`` each time native object ``obj`` changes, GIL released
-    in between, until it returns non-None; TimeoutError after ``timeout`` seconds."""
+    in between, until it returns non-None; TimeoutError after ``timeout`` seconds.
+    Refuses to wait inside a hook, in a forked child, and on an event loop's thread."""
     forbid_in_callback(what)
     check_not_forked(what)
     deadline = None if timeout is None else time.monotonic() + timeout
