@@ -232,6 +232,10 @@ void pmq_library_close(void);
 int pmq_in_callback(void);
 /* Hooks are switched off at interpreter exit, before teardown. */
 void pmq_hooks_enable(int enabled);
+/* 1 in a child forked after msquic was opened: msquic's threads are gone, the
+ * API table is replaced by stubs that never enter msquic, and it cannot be
+ * opened again. */
+int pmq_library_forked(void);
 
 /* ---- wakers and objects ------------------------------------------------ */
 

@@ -15,8 +15,124 @@ const QUIC_API_TABLE *pmq_api = NULL;
 static __thread int callback_depth;
 static atomic_int hooks_on = 1;
 
+/* ---- fork ------------------------------------------------------------------
+ * msquic's worker threads do not survive fork(), yet its state (registrations,
+ * sockets, queues) is copied into the child: any call there that waits for a
+ * worker (RegistrationClose, MsQuicClose, a connection's GetParam) waits
+ * forever, and MsQuicClose cannot reset the library while the parent's
+ * objects are live (verified: it hangs). So a child forked after msquic was
+ * opened gets a table of stubs that never enter msquic: closes do nothing,
+ * everything else fails with INVALID_STATE. Python turns that into
+ * ForkedProcessError; the C paths that call msquic directly simply fail. */
+
+static QUIC_API_TABLE forked_api;
+static int forked_child;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void QUIC_API fk_set_context(HQUIC h, void *c) { (void)h; (void)c; }
+static void *QUIC_API fk_get_context(HQUIC h) { (void)h; return NULL; }
+static void QUIC_API fk_set_handler(HQUIC h, void *f, void *c) { (void)h; (void)f; (void)c; }
+static QUIC_STATUS QUIC_API fk_set_param(HQUIC h, uint32_t p, uint32_t n, const void *b)
+{ (void)h; (void)p; (void)n; (void)b; return QUIC_STATUS_INVALID_STATE; }
+static QUIC_STATUS QUIC_API fk_get_param(HQUIC h, uint32_t p, uint32_t *n, void *b)
+{ (void)h; (void)p; (void)n; (void)b; return QUIC_STATUS_INVALID_STATE; }
+static QUIC_STATUS QUIC_API fk_registration_open(const QUIC_REGISTRATION_CONFIG *c, HQUIC *out)
+{ (void)c; (void)out; return QUIC_STATUS_INVALID_STATE; }
+/* Every Close and ListenerStop: (HQUIC) -> void. */
+static void QUIC_API fk_close(HQUIC h) { (void)h; }
+static void QUIC_API fk_shutdown(HQUIC h, QUIC_CONNECTION_SHUTDOWN_FLAGS f, QUIC_UINT62 e) { (void)h; (void)f; (void)e; }
+static QUIC_STATUS QUIC_API fk_configuration_open(HQUIC r, const QUIC_BUFFER *const a, uint32_t n,
+                                                  const QUIC_SETTINGS *s, uint32_t sn, void *c, HQUIC *out)
+{ (void)r; (void)a; (void)n; (void)s; (void)sn; (void)c; (void)out; return QUIC_STATUS_INVALID_STATE; }
+static QUIC_STATUS QUIC_API fk_load_credential(HQUIC h, const QUIC_CREDENTIAL_CONFIG *c)
+{ (void)h; (void)c; return QUIC_STATUS_INVALID_STATE; }
+static QUIC_STATUS QUIC_API fk_listener_open(HQUIC r, QUIC_LISTENER_CALLBACK_HANDLER f, void *c, HQUIC *out)
+{ (void)r; (void)f; (void)c; (void)out; return QUIC_STATUS_INVALID_STATE; }
+static QUIC_STATUS QUIC_API fk_listener_start(HQUIC h, const QUIC_BUFFER *const a, uint32_t n, const QUIC_ADDR *addr)
+{ (void)h; (void)a; (void)n; (void)addr; return QUIC_STATUS_INVALID_STATE; }
+static QUIC_STATUS QUIC_API fk_connection_open(HQUIC r, QUIC_CONNECTION_CALLBACK_HANDLER f, void *c, HQUIC *out)
+{ (void)r; (void)f; (void)c; (void)out; return QUIC_STATUS_INVALID_STATE; }
+static QUIC_STATUS QUIC_API fk_connection_open_in_partition(HQUIC r, uint16_t p, QUIC_CONNECTION_CALLBACK_HANDLER f,
+                                                            void *c, HQUIC *out)
+{ (void)r; (void)p; (void)f; (void)c; (void)out; return QUIC_STATUS_INVALID_STATE; }
+static QUIC_STATUS QUIC_API fk_connection_start(HQUIC h, HQUIC cfg, QUIC_ADDRESS_FAMILY fam, const char *name,
+                                                uint16_t port)
+{ (void)h; (void)cfg; (void)fam; (void)name; (void)port; return QUIC_STATUS_INVALID_STATE; }
+static QUIC_STATUS QUIC_API fk_set_configuration(HQUIC h, HQUIC cfg) { (void)h; (void)cfg; return QUIC_STATUS_INVALID_STATE; }
+static QUIC_STATUS QUIC_API fk_send_resumption(HQUIC h, QUIC_SEND_RESUMPTION_FLAGS f, uint16_t n, const uint8_t *d)
+{ (void)h; (void)f; (void)n; (void)d; return QUIC_STATUS_INVALID_STATE; }
+static QUIC_STATUS QUIC_API fk_stream_open(HQUIC h, QUIC_STREAM_OPEN_FLAGS f, QUIC_STREAM_CALLBACK_HANDLER cb,
+                                           void *c, HQUIC *out)
+{ (void)h; (void)f; (void)cb; (void)c; (void)out; return QUIC_STATUS_INVALID_STATE; }
+static QUIC_STATUS QUIC_API fk_stream_start(HQUIC h, QUIC_STREAM_START_FLAGS f) { (void)h; (void)f; return QUIC_STATUS_INVALID_STATE; }
+static QUIC_STATUS QUIC_API fk_stream_shutdown(HQUIC h, QUIC_STREAM_SHUTDOWN_FLAGS f, QUIC_UINT62 e)
+{ (void)h; (void)f; (void)e; return QUIC_STATUS_INVALID_STATE; }
+/* StreamSend and DatagramSend share a signature. */
+static QUIC_STATUS QUIC_API fk_send(HQUIC h, const QUIC_BUFFER *const b, uint32_t n, QUIC_SEND_FLAGS f, void *c)
+{ (void)h; (void)b; (void)n; (void)f; (void)c; return QUIC_STATUS_INVALID_STATE; }
+static void QUIC_API fk_receive_complete(HQUIC h, uint64_t n) { (void)h; (void)n; }
+static QUIC_STATUS QUIC_API fk_receive_set_enabled(HQUIC h, BOOLEAN on) { (void)h; (void)on; return QUIC_STATUS_INVALID_STATE; }
+static QUIC_STATUS QUIC_API fk_complete_resumption(HQUIC h, BOOLEAN ok) { (void)h; (void)ok; return QUIC_STATUS_INVALID_STATE; }
+static QUIC_STATUS QUIC_API fk_complete_certificate(HQUIC h, BOOLEAN ok, QUIC_TLS_ALERT_CODES a)
+{ (void)h; (void)ok; (void)a; return QUIC_STATUS_INVALID_STATE; }
+
+/* Runs in the child, before fork() returns there: only a pointer swap. */
+static void library_forked_in_child(void)
+{
+    if (pmq_api != NULL && pmq_api != &forked_api) {
+        pmq_api = &forked_api;
+        forked_child = 1;
+    }
+}
+
+/* Prepared in the parent, so the child has nothing to build. */
+static void forked_api_prepare(void)
+{
+    QUIC_API_TABLE *t = &forked_api;
+    memcpy(t, pmq_api, sizeof(*t)); /* preview slots, never called by pymsquic, stay as they are */
+    t->SetContext = fk_set_context;
+    t->GetContext = fk_get_context;
+    t->SetCallbackHandler = fk_set_handler;
+    t->SetParam = fk_set_param;
+    t->GetParam = fk_get_param;
+    t->RegistrationOpen = fk_registration_open;
+    t->RegistrationClose = fk_close;
+    t->RegistrationShutdown = fk_shutdown;
+    t->ConfigurationOpen = fk_configuration_open;
+    t->ConfigurationClose = fk_close;
+    t->ConfigurationLoadCredential = fk_load_credential;
+    t->ListenerOpen = fk_listener_open;
+    t->ListenerClose = fk_close;
+    t->ListenerStart = fk_listener_start;
+    t->ListenerStop = fk_close;
+    t->ConnectionOpen = fk_connection_open;
+    t->ConnectionClose = fk_close;
+    t->ConnectionShutdown = fk_shutdown;
+    t->ConnectionStart = fk_connection_start;
+    t->ConnectionSetConfiguration = fk_set_configuration;
+    t->ConnectionSendResumptionTicket = fk_send_resumption;
+    t->StreamOpen = fk_stream_open;
+    t->StreamClose = fk_close;
+    t->StreamStart = fk_stream_start;
+    t->StreamShutdown = fk_stream_shutdown;
+    t->StreamSend = fk_send;
+    t->StreamReceiveComplete = fk_receive_complete;
+    t->StreamReceiveSetEnabled = fk_receive_set_enabled;
+    t->DatagramSend = fk_send;
+    t->ConnectionResumptionTicketValidationComplete = fk_complete_resumption;
+    t->ConnectionCertificateValidationComplete = fk_complete_certificate;
+    t->ConnectionOpenInPartition = fk_connection_open_in_partition;
+}
+
+static void atfork_register(void) { (void)pthread_atfork(NULL, NULL, library_forked_in_child); }
+
+int pmq_library_forked(void) { return forked_child; }
+
 QUIC_STATUS pmq_library_open(void)
 {
+    if (forked_child) {
+        return QUIC_STATUS_INVALID_STATE; /* msquic cannot start again in this process */
+    }
     if (pmq_api != NULL) {
         return QUIC_STATUS_SUCCESS;
     }
@@ -24,13 +140,16 @@ QUIC_STATUS pmq_library_open(void)
     QUIC_STATUS status = MsQuicOpenVersion(QUIC_API_VERSION_2, (const void **)&api);
     if (QUIC_SUCCEEDED(status)) {
         pmq_api = api;
+        forked_api_prepare();
+        pthread_once(&atfork_once, atfork_register);
     }
     return status;
 }
 
 void pmq_library_close(void)
 {
-    if (pmq_api != NULL) {
+    /* In a forked child MsQuicClose would wait for the parent's threads forever. */
+    if (pmq_api != NULL && !forked_child) {
         MsQuicClose(pmq_api);
         pmq_api = NULL;
     }

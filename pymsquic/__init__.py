@@ -20,6 +20,7 @@ from .errors import (
     ConnectionClosed,
     Failed,
     Finished,
+    ForkedProcessError,
     HookContextError,
     ListenError,
     NotStarted,
@@ -56,7 +57,7 @@ def msquic_version() -> str:
 
 __all__ = [
     "DEFAULT_SETTINGS", "AlreadyStarted", "BlockingStream", "Configuration", "Connection",
-    "ConnectionClosed", "ConnectionStats", "Credential", "Failed", "Finished", "HookContextError",
+    "ConnectionClosed", "ConnectionStats", "Credential", "Failed", "Finished", "ForkedProcessError", "HookContextError",
     "ListenError", "Listener", "ListenerState", "ListenerStats", "NewConnectionInfo", "NotStarted",
     "QuicError", "Registration", "Server", "Settings", "Stream", "StreamError", "StreamReset",
     "StreamProtocol", "StreamStopped", "connect", "default_registration", "msquic_version", "retry_memory_limit", "serve",

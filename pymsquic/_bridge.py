@@ -14,6 +14,7 @@ import weakref
 from typing import Any, Callable, TypeVar
 
 from ._msquic import ffi, lib
+from ._native import check_not_forked
 
 T = TypeVar("T")
 
@@ -99,6 +100,15 @@ class NativeWaitable:
             bridge_for(loop).attach(self)
             self._attached_loop = loop
 
+    def _refuse_other_loop(self, loop: asyncio.AbstractEventLoop, what: str) -> None:
+        # Waiters on two loops cannot share one waker: re-attaching to this loop
+        # would leave the other loop's waiters without wake-ups, stalled.
+        other = self._attached_loop
+        if (other is not None and other is not loop and not other.is_closed()
+                and any(not fut.done() for fut in self._waiters)):
+            raise RuntimeError(f"{what}: {type(self).__name__} is being awaited on a different event loop; "
+                               "an object can be awaited on one event loop at a time")
+
     def _wake_waiters(self) -> None:
         waiters, self._waiters = self._waiters, []
         for fut in waiters:
@@ -108,7 +118,9 @@ class NativeWaitable:
     async def _wait_async(self, check_ready: Callable[[], T | None], timeout: float | None, what: str) -> T:
         # Attach to the loop's waker only when about to wait; the loop below
         # checks again after attaching, so no change between can be missed.
+        check_not_forked(what)
         loop = asyncio.get_running_loop()
+        self._refuse_other_loop(loop, what)
         self._attach_to_running_loop(loop)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

@@ -7,17 +7,19 @@ without ever hanging, and waiting on native objects with the GIL released.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import itertools
 import logging
+import os
 import threading
 import time
 import weakref
 from typing import Any, Callable, TypeVar
 
 from ._msquic import ffi, lib
-from .errors import HookContextError, QuicError, failed
+from .errors import ForkedProcessError, HookContextError, QuicError, failed
 
 logger = logging.getLogger("pymsquic")
 
@@ -38,19 +40,22 @@ _deferred: list[Callable[[], None]] = []  # releases that came due on a msquic t
 def check(status: int, what: str) -> int:
     """Raise QuicError naming ``what`` and the status if it is a failure."""
     if failed(status):
+        check_not_forked(what)  # in a forked child every msquic call fails: say why
         raise QuicError(f"{what} failed", status)
     return status
 
 
 def ensure_open() -> None:
     """Open msquic's API table once per process (MsQuicOpenVersion)."""
-    global _opened
+    global _opened, _teardown_worker
+    check_not_forked("starting msquic")
     with _lock:
         if _torn_down:
             raise QuicError("pymsquic was shut down (interpreter exit)")
         if not _opened:
             check(lib.pmq_library_open(), "MsQuicOpenVersion")
             _opened = True
+            _teardown_worker = _TeardownWorker.start()
             atexit.register(_teardown)
 
 
@@ -62,28 +67,108 @@ def track_registration(registration: Any) -> None:
     _registrations.add(registration)
 
 
+# ---- fork -------------------------------------------------------------------
+# A child forked after msquic started has none of msquic's threads but all of
+# its state; msquic cannot be reset there (MsQuicClose hangs on the parent's
+# live objects). The native side swaps in an API table of stubs at fork, so
+# nothing in the child can enter msquic and hang; here the child's calls get
+# ForkedProcessError, and its exit leaves the parent's msquic state alone.
+
+_forked = False
+
+
+def _after_fork_in_child() -> None:
+    global _forked
+    _forked = bool(lib.pmq_library_forked())
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def is_forked_child() -> bool:
+    """True in a child forked after msquic had started in the parent."""
+    return _forked
+
+
+def check_not_forked(what: str) -> None:
+    """Raise ForkedProcessError in a child forked after msquic started."""
+    if _forked:
+        raise ForkedProcessError(
+            f"{what}: pymsquic cannot be used in a process forked after msquic started in its parent "
+            "(msquic's threads do not survive fork); fork before using pymsquic, or use "
+            "multiprocessing's 'spawn' or 'forkserver' start method")
+
+
+# ---- exit -------------------------------------------------------------------
+
+
+def _close_all() -> None:
+    """Every registration (listeners, connections, configurations first), then MsQuicClose."""
+    run_deferred()
+    for registration in list(_registrations):
+        try:
+            registration.close()
+        except Exception:  # keep closing the others
+            logger.exception("closing %r at exit", registration)
+    lib.pmq_library_close()
+
+
+class _TeardownWorker:
+    """The thread that runs the exit teardown, started with msquic.
+
+    At exit the interpreter may refuse to start threads (3.12.1: "can't create
+    new thread at interpreter shutdown"), yet the teardown needs one: msquic's
+    closes block, and a stuck msquic must not hang the exit. So the thread is
+    started beforehand and sleeps until exit hands it the teardown.
+    """
+
+    def __init__(self) -> None:
+        self._go = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pymsquic-teardown", daemon=True)
+
+    @classmethod
+    def start(cls) -> "_TeardownWorker | None":
+        worker = cls()
+        try:
+            worker._thread.start()
+        except RuntimeError:  # msquic first opened at interpreter shutdown: tear down inline
+            return None
+        return worker
+
+    def _run(self) -> None:
+        self._go.wait()
+        try:
+            _close_all()
+        finally:
+            self._done.set()
+
+    def run(self, timeout: float) -> bool:
+        """Hand over the teardown; True if it finished within ``timeout`` seconds."""
+        self._go.set()
+        return self._done.wait(timeout)
+
+
+_teardown_worker: _TeardownWorker | None = None
+
+
 def _teardown() -> None:
-    """At exit: close every registration (listeners, connections, configurations
-    first), then MsQuicClose. Runs in a helper thread so a stuck msquic can
-    never hang the interpreter's exit."""
+    """At exit: _close_all() on the teardown thread, waiting at most
+    _TEARDOWN_TIMEOUT so a stuck msquic never hangs the interpreter's exit.
+    In a forked child: nothing (the parent's msquic state is not ours)."""
     global _torn_down
+    if _forked:
+        _torn_down = True
+        return
     lib.pmq_hooks_enable(0)  # no Python on msquic threads from here on
-
-    def close_all() -> None:
-        run_deferred()
-        for registration in list(_registrations):
-            try:
-                registration.close()
-            except Exception:  # keep closing the others
-                logger.exception("closing %r at exit", registration)
-        lib.pmq_library_close()
-
-    worker = threading.Thread(target=close_all, name="pymsquic-teardown", daemon=True)
-    worker.start()
-    worker.join(_TEARDOWN_TIMEOUT)
-    if worker.is_alive():
-        logger.error("msquic did not shut down within %.0f s; exiting without MsQuicClose", _TEARDOWN_TIMEOUT)
-    _torn_down = True
+    worker = _teardown_worker
+    try:
+        if worker is None or not worker._thread.is_alive():
+            _close_all()
+        elif not worker.run(_TEARDOWN_TIMEOUT):
+            logger.error("msquic did not shut down within %.0f s; exiting without MsQuicClose", _TEARDOWN_TIMEOUT)
+    finally:  # also after Ctrl-C here: the finalizing interpreter must not release into msquic
+        _torn_down = True
 
 
 class Releaser:
@@ -113,7 +198,7 @@ class Releaser:
         with self._lock:
             release, self._release = self._release, None
         Releaser._live.discard(self)
-        return None if _torn_down else release
+        return None if _torn_down or _forked else release
 
     def __call__(self) -> None:
         release = self._take()
@@ -139,7 +224,7 @@ def _release_here_or_defer(release: Callable[[], None]) -> None:
 def release_now_or_later(release: Callable[[Any], None], native: Any) -> None:
     """For __del__ of objects whose release never blocks (streams, connections):
     skipped after the exit teardown, deferred when collected on a msquic thread."""
-    if not _torn_down:
+    if not _torn_down and not _forked:
         _release_here_or_defer(functools.partial(release, native))
 
 
@@ -160,6 +245,8 @@ scratch = _Scratch()
 
 
 def run_deferred() -> None:
+    if _forked:  # the parent's releases: msquic state this process cannot touch
+        return
     with _lock:
         pending = _deferred[:]
         del _deferred[:]
@@ -178,8 +265,10 @@ def forbid_in_callback(what: str) -> None:
 
 def wait_blocking(obj: Any, check_ready: Callable[[], T | None], timeout: float | None, what: str) -> T:
     """Poll ``check_ready`` each time native object ``obj`` changes, GIL released
-    in between, until it returns non-None; TimeoutError after ``timeout`` seconds."""
+    in between, until it returns non-None; TimeoutError after ``timeout`` seconds.
+    Refuses to wait inside a hook, in a forked child, and on an event loop's thread."""
     forbid_in_callback(what)
+    check_not_forked(what)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         seq = lib.pmq_obj_seq(obj)
@@ -192,6 +281,7 @@ def wait_blocking(obj: Any, check_ready: Callable[[], T | None], timeout: float 
             if remaining <= 0:
                 raise TimeoutError(f"{what} timed out after {timeout} s")
             slice_ms = min(slice_ms, max(1, int(remaining * 1000) + 1))
+        forbid_on_loop_thread(what)
         lib.pmq_obj_wait(obj, seq, slice_ms)
 
 
@@ -220,6 +310,16 @@ def wait_until(obj: Any, check_ready: Callable[[], T | None], deadline: Deadline
         return wait_blocking(obj, check_ready, deadline.remaining(), what)
     except TimeoutError:
         raise TimeoutError(f"{what} timed out after {deadline.timeout} s") from None
+
+
+def forbid_on_loop_thread(what: str) -> None:
+    """A blocking wait on a thread that runs an event loop would stall the loop,
+    and deadlock if the awaited event depends on it: refuse, as asyncio.run()
+    does inside a running loop. Called only when the call is about to wait."""
+    if asyncio._get_running_loop() is not None:
+        raise RuntimeError(
+            f"{what} would block the event loop running on this thread; await the asyncio API "
+            "instead, or make the blocking call from another thread (loop.run_in_executor)")
 
 
 # ---- hooks: Python callables run on msquic's threads ----------------------

@@ -38,6 +38,8 @@ class QuicError(Exception):
         self.status_name = None if status is None else status_name(status)
         if self.status is not None:
             message = f"{message}: {self.status_name} ({self.status:#x})"
+            if lib.pmq_library_forked():  # every msquic call fails in such a child: say why
+                message += " (forked after msquic started: pymsquic cannot be used in this process)"
         super().__init__(message)
 
 
@@ -112,6 +114,16 @@ class StreamStopped(StreamError):
     def __init__(self, message: str, error_code: int) -> None:
         super().__init__(message)
         self.error_code = error_code
+
+
+class ForkedProcessError(QuicError):
+    """pymsquic was used in a child forked after msquic had started in the parent.
+
+    msquic's threads do not survive ``fork()``, and its state copied into the child
+    cannot be reset there, so the child cannot use pymsquic at all: neither the
+    parent's objects nor new ones. Fork before the first use of pymsquic, or start
+    children with multiprocessing's "spawn" or "forkserver" method.
+    """
 
 
 class HookContextError(RuntimeError):

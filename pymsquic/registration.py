@@ -55,6 +55,7 @@ class Registration:
     @property
     def handle(self) -> Any:
         """The raw HQUIC, for calls through ``pymsquic._msquic.lib.pmq_api``."""
+        _native.check_not_forked("using a Registration")
         if self.closed:
             raise QuicError("registration is closed")
         return self._handle
@@ -68,6 +69,8 @@ class Registration:
 
         Blocks until msquic has released every connection (their shutdown
         completes; closing never waits for a peer beyond msquic's own timers).
+        In a child forked after msquic started, closing does nothing: the
+        msquic state belongs to the parent.
         """
         _native.forbid_in_callback("Registration.close()")
         _native.run_deferred()
