@@ -73,6 +73,26 @@ def sanitize_flags(mode: str) -> list[str]:
     return [f"-fsanitize={SANITIZERS[mode]}", "-fno-omit-frame-pointer", "-g", "-O1"]
 
 
+def msquic_cmake_options(mode: str) -> dict[str, str]:
+    """CMake options of libmsquic: Release, instrumented too with
+    ``PYMSQUIC_SANITIZE_MSQUIC=1`` (its own cache folder, a full build).
+
+    address: msquic's own QUIC_ENABLE_SANITIZERS (ASan, LSan, UBSan, and its
+    object pools off, so ASan sees every msquic object's lifetime).
+    thread: -fsanitize=thread, so TSan sees msquic's atomics and locks.
+    quictls is never instrumented.
+    """
+    options = dict(CMAKE_OPTIONS)
+    if mode and os.environ.get("PYMSQUIC_SANITIZE_MSQUIC", "") not in ("", "0"):
+        if mode == "address":
+            options["QUIC_ENABLE_SANITIZERS"] = "ON"
+        else:
+            flags = " ".join(sanitize_flags(mode))
+            options.update(CMAKE_C_FLAGS=flags, CMAKE_CXX_FLAGS=flags,
+                           CMAKE_SHARED_LINKER_FLAGS=f"-fsanitize={SANITIZERS[mode]}")
+    return options
+
+
 def built_sanitize_mode(ext_file: Path) -> str | None:
     """The mode baked into an already built extension, None if unknown."""
     try:
@@ -183,8 +203,9 @@ def build_from_source(source: Path, origin: str) -> Msquic:
     if not (source / "submodules" / "quictls" / "Configure").is_file():
         raise SystemExit(f"{source} lacks submodules/quictls (run git submodule update --init)")
     version = source_version(source)
+    options = msquic_cmake_options(sanitize_mode())
     key_material = json.dumps(
-        {"origin": origin, "options": CMAKE_OPTIONS, "layout": CACHE_LAYOUT,
+        {"origin": origin, "options": options, "layout": CACHE_LAYOUT,
          "superbuild": hashlib.sha256((HERE / "CMakeLists.txt").read_bytes()).hexdigest()},
         sort_keys=True,
     )
@@ -201,7 +222,7 @@ def build_from_source(source: Path, origin: str) -> Msquic:
         shutil.rmtree(prefix, ignore_errors=True)
         build_dir = prefix / "build"
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-        defines = [f"-D{k}={v}" for k, v in CMAKE_OPTIONS.items()]
+        defines = [f"-D{k}={v}" for k, v in options.items()]
         subprocess.run(
             ["cmake", "-S", str(HERE), "-B", str(build_dir), *generator, *defines,
              f"-DMSQUIC_SOURCE_DIR={source}", f"-DCMAKE_INSTALL_PREFIX={prefix}"],

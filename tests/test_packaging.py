@@ -124,3 +124,17 @@ def test_build_tools_run_without_a_preloaded_sanitizer(monkeypatch: pytest.Monke
     assert build_msquic.tool_env()["LD_PRELOAD"] == "/opt/libkeep.so"
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/gcc/libasan.so")
     assert "LD_PRELOAD" not in build_msquic.tool_env()
+
+
+def test_instrumenting_libmsquic_too_is_opt_in_and_cached_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    import build_msquic
+
+    monkeypatch.delenv("PYMSQUIC_SANITIZE_MSQUIC", raising=False)
+    # Without the opt-in every mode shares the one cached Release build.
+    for mode in ("", "address", "thread"):
+        assert build_msquic.msquic_cmake_options(mode) == build_msquic.CMAKE_OPTIONS
+    monkeypatch.setenv("PYMSQUIC_SANITIZE_MSQUIC", "1")
+    assert build_msquic.msquic_cmake_options("") == build_msquic.CMAKE_OPTIONS
+    assert build_msquic.msquic_cmake_options("address")["QUIC_ENABLE_SANITIZERS"] == "ON"
+    assert "-fsanitize=thread" in build_msquic.msquic_cmake_options("thread")["CMAKE_C_FLAGS"]
