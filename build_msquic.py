@@ -14,6 +14,12 @@ Two jobs live here, as in pynng:
    with its exact function-pointer types, the status codes (values filled in by
    the compiler) and the project's own flat records and trampolines from
    ``native/pymsquic.h``.  msquic's event structs stay opaque.
+
+``PYMSQUIC_SANITIZE=address`` (AddressSanitizer with UndefinedBehaviorSanitizer)
+or ``=thread`` (ThreadSanitizer) builds the extension's C code (``native/*.c``
+and cffi's glue) instrumented; libmsquic stays the cached Release build.  The
+mode is baked into the extension, and a build whose mode differs from the
+extension already there rebuilds it, so the two never mix silently.
 """
 
 from __future__ import annotations
@@ -42,6 +48,76 @@ MSQUIC_CRATE_VERSION = "2.5.1-beta"  # newest 2.5.x on crates.io (carries msquic
 # (CMakeLists.txt) forces the rest: shared, logging off, quictls, no tools/tests.
 CMAKE_OPTIONS = {"CMAKE_BUILD_TYPE": "Release"}
 CACHE_LAYOUT = 1  # bump when the cached tree's layout changes
+
+
+# PYMSQUIC_SANITIZE values and the -fsanitize= list each one means.
+SANITIZERS = {"": "", "address": "address,undefined", "thread": "thread"}
+
+
+def sanitize_mode() -> str:
+    """The sanitizer build asked for by ``PYMSQUIC_SANITIZE`` ("" for none)."""
+    mode = os.environ.get("PYMSQUIC_SANITIZE", "").strip().lower()
+    if mode in ("none", "0"):
+        mode = ""
+    if mode not in SANITIZERS:
+        choices = ", ".join(repr(m) for m in SANITIZERS if m)
+        raise SystemExit(f"PYMSQUIC_SANITIZE={mode!r} is not supported; use {choices} or leave it unset")
+    return mode
+
+
+def sanitize_flags(mode: str) -> list[str]:
+    """Compiler and linker flags of a sanitizer build (the same list for both)."""
+    if not mode:
+        return []
+    # -O1 after the default -O2 wins: readable stacks at a bearable speed.
+    return [f"-fsanitize={SANITIZERS[mode]}", "-fno-omit-frame-pointer", "-g", "-O1"]
+
+
+def msquic_cmake_options(mode: str) -> dict[str, str]:
+    """CMake options of libmsquic: Release, instrumented too with
+    ``PYMSQUIC_SANITIZE_MSQUIC=1`` (its own cache folder, a full build).
+
+    address: msquic's own QUIC_ENABLE_SANITIZERS (ASan, LSan, UBSan, and its
+    object pools off, so ASan sees every msquic object's lifetime).
+    thread: -fsanitize=thread, so TSan sees msquic's atomics and locks.
+    quictls is never instrumented.
+    """
+    options = dict(CMAKE_OPTIONS)
+    if mode and os.environ.get("PYMSQUIC_SANITIZE_MSQUIC", "") not in ("", "0"):
+        if mode == "address":
+            options["QUIC_ENABLE_SANITIZERS"] = "ON"
+        else:
+            flags = " ".join(sanitize_flags(mode))
+            options.update(CMAKE_C_FLAGS=flags, CMAKE_CXX_FLAGS=flags,
+                           CMAKE_SHARED_LINKER_FLAGS=f"-fsanitize={SANITIZERS[mode]}")
+    return options
+
+
+def built_sanitize_mode(ext_file: Path) -> str | None:
+    """The mode baked into an already built extension, None if unknown."""
+    try:
+        data = ext_file.read_bytes()
+    except OSError:
+        return None
+    found = re.search(rb"PYMSQUIC_SANITIZE=(\w*)\0", data)
+    return found.group(1).decode() if found else None
+
+
+def tool_env() -> dict[str, str]:
+    """The environment for cargo and CMake: without a preloaded sanitizer runtime.
+
+    A test run under tools/sanitize.sh preloads libasan into every child; rustc
+    (linked with its own allocator) then dies with SIGSEGV, and build tools are
+    not what is being checked anyway.
+    """
+    env = dict(os.environ)
+    kept = [lib for lib in env.get("LD_PRELOAD", "").replace(":", " ").split()
+            if not re.search(r"lib(a|t|ub|l)san\.so", lib)]
+    if kept:
+        env["LD_PRELOAD"] = " ".join(kept)
+    else:
+        env.pop("LD_PRELOAD", None)
+    return env
 
 
 def log(msg: str) -> None:
@@ -102,10 +178,10 @@ def fetch_crate() -> Path:
             """)
     )
     manifest = str(manifest_dir / "Cargo.toml")
-    subprocess.run(["cargo", "fetch", "--quiet", "--manifest-path", manifest], check=True)
+    subprocess.run(["cargo", "fetch", "--quiet", "--manifest-path", manifest], check=True, env=tool_env())
     meta = subprocess.run(
         ["cargo", "metadata", "--format-version", "1", "--manifest-path", manifest],
-        check=True, capture_output=True, text=True,
+        check=True, capture_output=True, text=True, env=tool_env(),
     )
     for package in json.loads(meta.stdout)["packages"]:
         if package["name"] == "msquic":
@@ -127,8 +203,9 @@ def build_from_source(source: Path, origin: str) -> Msquic:
     if not (source / "submodules" / "quictls" / "Configure").is_file():
         raise SystemExit(f"{source} lacks submodules/quictls (run git submodule update --init)")
     version = source_version(source)
+    options = msquic_cmake_options(sanitize_mode())
     key_material = json.dumps(
-        {"origin": origin, "options": CMAKE_OPTIONS, "layout": CACHE_LAYOUT,
+        {"origin": origin, "options": options, "layout": CACHE_LAYOUT,
          "superbuild": hashlib.sha256((HERE / "CMakeLists.txt").read_bytes()).hexdigest()},
         sort_keys=True,
     )
@@ -145,14 +222,15 @@ def build_from_source(source: Path, origin: str) -> Msquic:
         shutil.rmtree(prefix, ignore_errors=True)
         build_dir = prefix / "build"
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-        defines = [f"-D{k}={v}" for k, v in CMAKE_OPTIONS.items()]
+        defines = [f"-D{k}={v}" for k, v in options.items()]
         subprocess.run(
             ["cmake", "-S", str(HERE), "-B", str(build_dir), *generator, *defines,
              f"-DMSQUIC_SOURCE_DIR={source}", f"-DCMAKE_INSTALL_PREFIX={prefix}"],
-            check=True,
+            check=True, env=tool_env(),
         )
-        subprocess.run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)], check=True)
-        subprocess.run(["cmake", "--install", str(build_dir)], check=True)
+        subprocess.run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)], check=True,
+                       env=tool_env())
+        subprocess.run(["cmake", "--install", str(build_dir)], check=True, env=tool_env())
         shutil.rmtree(build_dir)
         stamp.write_text(origin + "\n")
     return result
@@ -287,8 +365,11 @@ NATIVE_SOURCES = sorted(str(p.relative_to(HERE)) for p in NATIVE.glob("*.c"))
 
 GLUE_CDEF = """
 extern const QUIC_API_TABLE *pmq_api;
+static const char *const pmq_build_sanitize;
 extern "Python+C" int pmq_py_listener_hook(uint64_t hook_id, uint32_t event, const pmq_conn_info *info);
 """
+
+SANITIZE = sanitize_mode()
 
 ffibuilder = FFI()
 ffibuilder.cdef(MSQUIC_CDEF + STATUS_CDEF + project_cdef() + GLUE_CDEF)
@@ -296,11 +377,13 @@ ffibuilder.cdef(MSQUIC_CDEF + STATUS_CDEF + project_cdef() + GLUE_CDEF)
 # located, so that importing this file never starts a build.
 ffibuilder.set_source(
     "pymsquic._msquic",
-    '#include "pymsquic.h"\n',
+    # The marker string lets the next build see which mode this one had.
+    '#include "pymsquic.h"\n'
+    f'static const char *const pmq_build_sanitize = "PYMSQUIC_SANITIZE={SANITIZE or "none"}";\n',
     sources=NATIVE_SOURCES,
     include_dirs=[str(NATIVE)],
-    extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wno-unused-function"],
-    extra_link_args=["-Wl,-rpath,$ORIGIN", "-l:libmsquic.so.2", "-lpthread"],
+    extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wno-unused-function", *sanitize_flags(SANITIZE)],
+    extra_link_args=["-Wl,-rpath,$ORIGIN", "-l:libmsquic.so.2", "-lpthread", *sanitize_flags(SANITIZE)],
 )
 
 
@@ -312,6 +395,16 @@ class BuildExtWithMsquic(build_ext):
         for ext in self.extensions:
             ext.include_dirs.append(str(ms.include_dir))
             ext.library_dirs.append(str(ms.library.parent))
+            # build_ext skips an extension newer than its sources: not when it
+            # was built with another sanitizer mode.
+            ext_file = Path(self.get_ext_fullpath(ext.name))
+            built = built_sanitize_mode(ext_file)
+            if ext_file.exists() and built != (SANITIZE or "none"):
+                log(f"rebuilding {ext.name}: it was built with PYMSQUIC_SANITIZE={built or 'unknown'}, "
+                    f"this build is {SANITIZE or 'none'}")
+                self.force = True
+        if SANITIZE:
+            log(f"PYMSQUIC_SANITIZE={SANITIZE}: native code built with {' '.join(sanitize_flags(SANITIZE))}")
         super().run()
         for ext in self.extensions:
             dest = Path(self.get_ext_fullpath(ext.name)).parent / "libmsquic.so.2"

@@ -194,6 +194,7 @@ struct pmq_waker {
     atomic_int refs;
     pmq_obj *head;   /* objects that changed, each holding a reference */
     pmq_obj *tail;
+    int closed;      /* the loop let go: nothing drains the list any more */
 };
 
 pmq_waker *pmq_waker_new(void)
@@ -216,7 +217,8 @@ int pmq_waker_fd(pmq_waker *w) { return w->fd; }
 
 static void waker_ref(pmq_waker *w) { atomic_fetch_add(&w->refs, 1); }
 
-void pmq_waker_release(pmq_waker *w)
+/* Drops a reference held by an attached object. */
+static void waker_unref(pmq_waker *w)
 {
     if (atomic_fetch_sub(&w->refs, 1) != 1) {
         return;
@@ -234,11 +236,32 @@ void pmq_waker_release(pmq_waker *w)
     free(w);
 }
 
+/* The loop's release. Objects still queued hold a reference from the list
+ * and a reference to the waker: drop the list's now and queue nothing more,
+ * or the two keep each other alive for good (found by LeakSanitizer). */
+void pmq_waker_release(pmq_waker *w)
+{
+    pthread_mutex_lock(&w->lock);
+    w->closed = 1;
+    pmq_obj *obj;
+    while ((obj = w->head) != NULL) {
+        /* One at a time under the lock: a re-attach may unlink entries meanwhile. */
+        w->head = obj->ready_next;
+        obj->in_ready = 0;
+        pthread_mutex_unlock(&w->lock);
+        pmq_obj_unref(obj);
+        pthread_mutex_lock(&w->lock);
+    }
+    w->tail = NULL;
+    pthread_mutex_unlock(&w->lock);
+    waker_unref(w);
+}
+
 /* Queues obj once; writes the eventfd when the list turns non-empty. */
 static void waker_push(pmq_waker *w, pmq_obj *obj)
 {
     pthread_mutex_lock(&w->lock);
-    if (!obj->in_ready) {
+    if (!obj->in_ready && !w->closed) {
         obj->in_ready = 1;
         obj->ready_next = NULL;
         pmq_obj_ref(obj);
@@ -314,7 +337,7 @@ void pmq_obj_unref(pmq_obj *obj)
         return;
     }
     if (obj->waker != NULL) {
-        pmq_waker_release(obj->waker);
+        waker_unref(obj->waker);
     }
     pthread_cond_destroy(&obj->cond);
     pthread_mutex_destroy(&obj->lock);
@@ -403,7 +426,7 @@ void pmq_obj_attach(pmq_obj *obj, pmq_waker *waker, uint64_t id)
     obj->waker_id = id;
     pthread_mutex_unlock(&obj->lock);
     if (old != NULL) {
-        pmq_waker_release(old);
+        waker_unref(old);
     }
 }
 

@@ -1,4 +1,4 @@
-"""The package as users get it: a wheel that carries libmsquic, and the demo command."""
+"""The package as users get it: a wheel that carries libmsquic, the demo command, the sanitizer build."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,3 +60,81 @@ def test_demo_command(tmp_path: Path) -> None:
     assert "datagram echoed: True" in proc.stdout
     assert "intact: True" in proc.stdout and "Gbit/s" in proc.stdout
     assert "server closed cleanly" in proc.stdout
+
+
+def _build_in_place(tree: Path, sanitize: str | None) -> subprocess.CompletedProcess[str]:
+    env = _clean_env()
+    env.pop("PYMSQUIC_SANITIZE", None)
+    if sanitize is not None:
+        env["PYMSQUIC_SANITIZE"] = sanitize
+    return subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tree, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_sanitize_switch_instruments_the_extension_and_never_reuses_the_other_mode(tmp_path: Path) -> None:
+    tree = tmp_path / "src"
+    for name in ("build_msquic.py", "setup.py", "pyproject.toml", "CMakeLists.txt", "README.md"):
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_bytes((REPO / name).read_bytes())
+    for folder in ("native", "pymsquic"):
+        (tree / folder).mkdir()
+        for source in (REPO / folder).glob("*.[chp]*"):
+            if source.suffix in (".c", ".h", ".py"):
+                (tree / folder / source.name).write_bytes(source.read_bytes())
+
+    def built() -> tuple[Path, bytes]:
+        (ext,) = (tree / "pymsquic").glob("_msquic*.so")
+        return ext, ext.read_bytes()
+
+    asan = _build_in_place(tree, "address")
+    assert asan.returncode == 0, asan.stderr[-3000:]
+    ext, data = built()
+    assert b"PYMSQUIC_SANITIZE=address\0" in data and b"libasan.so" in data and b"libubsan.so" in data
+
+    tsan = _build_in_place(tree, "thread")
+    assert tsan.returncode == 0, tsan.stderr[-3000:]
+    assert "rebuilding pymsquic._msquic" in tsan.stderr
+    ext, data = built()
+    assert b"PYMSQUIC_SANITIZE=thread\0" in data and b"libtsan.so" in data and b"libasan.so" not in data
+
+    # Same sources, no sanitizer: build_ext must not keep the instrumented module.
+    plain = _build_in_place(tree, None)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert "rebuilding pymsquic._msquic" in plain.stderr
+    ext, data = built()
+    assert b"PYMSQUIC_SANITIZE=none\0" in data and b"libasan.so" not in data
+    stamp = ext.stat().st_mtime_ns
+
+    # Nothing changed: the up-to-date module is kept.
+    again = _build_in_place(tree, "none")
+    assert again.returncode == 0 and "rebuilding" not in again.stderr
+    assert ext.stat().st_mtime_ns == stamp
+
+    bad = _build_in_place(tree, "memory")
+    assert bad.returncode != 0 and "PYMSQUIC_SANITIZE='memory' is not supported" in bad.stderr
+
+
+def test_build_tools_run_without_a_preloaded_sanitizer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Under tools/sanitize.sh every child inherits LD_PRELOAD=libasan; rustc (cargo
+    # fetch, in every build) dies with SIGSEGV under it.
+    monkeypatch.syspath_prepend(str(REPO))
+    import build_msquic
+
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/gcc/libasan.so /opt/libkeep.so:/usr/lib/gcc/libtsan.so.2")
+    assert build_msquic.tool_env()["LD_PRELOAD"] == "/opt/libkeep.so"
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/gcc/libasan.so")
+    assert "LD_PRELOAD" not in build_msquic.tool_env()
+
+
+def test_instrumenting_libmsquic_too_is_opt_in_and_cached_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    import build_msquic
+
+    monkeypatch.delenv("PYMSQUIC_SANITIZE_MSQUIC", raising=False)
+    # Without the opt-in every mode shares the one cached Release build.
+    for mode in ("", "address", "thread"):
+        assert build_msquic.msquic_cmake_options(mode) == build_msquic.CMAKE_OPTIONS
+    monkeypatch.setenv("PYMSQUIC_SANITIZE_MSQUIC", "1")
+    assert build_msquic.msquic_cmake_options("") == build_msquic.CMAKE_OPTIONS
+    assert build_msquic.msquic_cmake_options("address")["QUIC_ENABLE_SANITIZERS"] == "ON"
+    assert "-fsanitize=thread" in build_msquic.msquic_cmake_options("thread")["CMAKE_C_FLAGS"]
