@@ -46,10 +46,11 @@ class Registration:
         # Children close before the registration does (RegistrationClose waits for them).
         self._listeners: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._configurations: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._connections: "weakref.WeakSet[Any]" = weakref.WeakSet()  # told when the registration closes
         self._lock = threading.Lock()
         self._configuration_cache: dict[Any, Any] = {}  # for serve()/connect()
         self._releaser = _native.Releaser(self, _close_registration, self._handle, self._listeners,
-                                            self._configurations)
+                                            self._configurations, self._connections, self._lock)
         _native.track_registration(self)
 
     @property
@@ -63,11 +64,17 @@ class Registration:
     def closed(self) -> bool:
         return not self._releaser.alive
 
+    def _track_connection(self, connection: Any) -> None:
+        with self._lock:
+            self._connections.add(connection)
+
     def close(self) -> None:
         """Close listeners, shut down connections, close configurations, then the registration.
 
         Blocks until msquic has released every connection (their shutdown
         completes; closing never waits for a peer beyond msquic's own timers).
+        Afterwards the connections' errors say they were closed locally
+        (``close_reason.by_app``, "its registration was closed").
         """
         _native.forbid_in_callback("Registration.close()")
         _native.run_deferred()
@@ -98,10 +105,15 @@ def default_registration() -> Registration:
         return _default
 
 
-def _close_registration(handle: Any, listeners: "weakref.WeakSet[Any]",
-                        configurations: "weakref.WeakSet[Any]") -> None:
+def _close_registration(handle: Any, listeners: "weakref.WeakSet[Any]", configurations: "weakref.WeakSet[Any]",
+                        connections: "weakref.WeakSet[Any]", lock: threading.Lock) -> None:
     for listener in list(listeners):
         listener.close()
+    with lock:
+        live = list(connections)
+    for connection in live:
+        # The registration's shutdown is their first: errors then say "closed locally".
+        lib.pmq_conn_registration_closing(connection._conn)
     lib.pmq_api.RegistrationShutdown(handle, lib.QUIC_CONNECTION_SHUTDOWN_FLAG_NONE, 0)
     for configuration in list(configurations):
         configuration.close()
