@@ -74,6 +74,9 @@ class Connection(NativeWaitable):
         # close() only abandons; the native struct goes with the Python object.
         if hasattr(self, "_conn"):
             self._forget_bridge()
+            registration = getattr(self, "registration", None)  # None if __init__ failed early
+            if registration is not None:
+                registration._forget_connection(self)
             _native.release_now_or_later(lib.pmq_conn_release, self._conn)
 
     # ---- client ----------------------------------------------------------
@@ -172,7 +175,9 @@ class Connection(NativeWaitable):
 
     @property
     def server_name(self) -> str | None:
-        """The SNI the client sent (server side)."""
+        """The SNI the client sent (server side); None if it sent none, as clients
+        connecting to an IP literal usually do (RFC 6066; msquic clients send it anyway).
+        Like :attr:`alpn`, it stays readable after the connection closed."""
         info = self._refresh()
         if not info.server_name_len:
             return None
@@ -363,7 +368,7 @@ class Connection(NativeWaitable):
             raise ValueError(f"datagram of {nbytes} bytes: at most {info.max_datagram_size} bytes fit")
         status = lib.pmq_conn_send_datagram(self._conn, buffer, nbytes)
         if status == lib.PMQ_STATUS_DATAGRAM_QUEUE_FULL:
-            raise DatagramQueueFull(f"{info.datagrams_unsent} datagrams are waiting to be sent")
+            raise DatagramQueueFull(f"{self.datagrams_unsent} datagrams are waiting to be sent")
         if failed(status):
             if self.close_reason is not None:
                 raise self._closed_error()

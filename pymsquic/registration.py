@@ -47,10 +47,12 @@ class Registration:
         self._listeners: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._configurations: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._connections: "weakref.WeakSet[Any]" = weakref.WeakSet()  # told when the registration closes
+        # Reentrant: a connection collected while it is held leaves the set under it.
+        self._connections_lock = threading.RLock()
         self._lock = threading.Lock()
         self._configuration_cache: dict[Any, Any] = {}  # for serve()/connect()
         self._releaser = _native.Releaser(self, _close_registration, self._handle, self._listeners,
-                                            self._configurations, self._connections, self._lock)
+                                            self._configurations, self._connections, self._connections_lock)
         _native.track_registration(self)
 
     @property
@@ -65,8 +67,13 @@ class Registration:
         return not self._releaser.alive
 
     def _track_connection(self, connection: Any) -> None:
-        with self._lock:
+        with self._connections_lock:
             self._connections.add(connection)
+
+    def _forget_connection(self, connection: Any) -> None:
+        # Before its native connection is released: the close must not touch it then.
+        with self._connections_lock:
+            self._connections.discard(connection)
 
     def close(self) -> None:
         """Close listeners, shut down connections, close configurations, then the registration.
@@ -106,14 +113,13 @@ def default_registration() -> Registration:
 
 
 def _close_registration(handle: Any, listeners: "weakref.WeakSet[Any]", configurations: "weakref.WeakSet[Any]",
-                        connections: "weakref.WeakSet[Any]", lock: threading.Lock) -> None:
+                        connections: "weakref.WeakSet[Any]", lock: "threading.RLock") -> None:
     for listener in list(listeners):
         listener.close()
-    with lock:
-        live = list(connections)
-    for connection in live:
-        # The registration's shutdown is their first: errors then say "closed locally".
-        lib.pmq_conn_registration_closing(connection._conn)
+    with lock:  # no connection is released meanwhile (see _forget_connection)
+        for connection in list(connections):
+            # The registration's shutdown is their first: errors then say "closed locally".
+            lib.pmq_conn_registration_closing(connection._conn)
     lib.pmq_api.RegistrationShutdown(handle, lib.QUIC_CONNECTION_SHUTDOWN_FLAG_NONE, 0)
     for configuration in list(configurations):
         configuration.close()
