@@ -63,6 +63,9 @@ class Server:
         except Exception as exc:
             failure = type(exc)
             logger.exception("connection handler failed for %s", conn.remote_address)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: close the same way, then go on
+            failure = type(exc)
+            raise
         finally:
             with self._lock:
                 self._connections.discard(conn)
