@@ -107,7 +107,7 @@ typedef struct pmq_conn_info {
     uint16_t max_datagram_size;     /* largest datagram sendable now */
     uint64_t datagrams_dropped;     /* received but dropped: receive queue full */
     uint32_t datagrams_queued;
-    uint32_t datagrams_unsent;      /* handed to msquic for sending, not sent yet */
+    uint32_t datagrams_in_flight;   /* sent or queued, not yet acknowledged or lost */
     uint32_t streams_queued;        /* peer streams waiting for accept_stream */
     uint32_t streams_sending;       /* streams whose send side is not finished yet */
     uint32_t peer_certificate_len;  /* DER bytes, with a credential that asks for it */

@@ -343,13 +343,15 @@ class Connection(NativeWaitable):
         lib.pmq_conn_set_datagram_queue(self._conn, _queue_size(size))
 
     @property
-    def datagrams_unsent(self) -> int:
-        """Datagrams given to :meth:`send_datagram` that msquic has not sent yet."""
-        return int(self._refresh().datagrams_unsent)
+    def datagrams_in_flight(self) -> int:
+        """Datagrams given to :meth:`send_datagram` that are not yet acknowledged or lost."""
+        return int(self._refresh().datagrams_in_flight)
 
     def set_datagram_send_queue_size(self, size: int) -> None:
-        """How many datagrams may wait to be sent (default 1024) before
-        :meth:`send_datagram` raises :class:`DatagramQueueFull`."""
+        """How many datagrams may be in flight (queued, or sent and neither acknowledged
+        nor declared lost; default 256) before :meth:`send_datagram` raises
+        :class:`DatagramQueueFull`. This bounds memory and the datagrams sent per
+        round trip, which leaves room for stream data."""
         lib.pmq_conn_set_datagram_send_queue(self._conn, _queue_size(size))
 
     def send_datagram(self, data: Any) -> None:
@@ -368,7 +370,7 @@ class Connection(NativeWaitable):
             raise ValueError(f"datagram of {nbytes} bytes: at most {info.max_datagram_size} bytes fit")
         status = lib.pmq_conn_send_datagram(self._conn, buffer, nbytes)
         if status == lib.PMQ_STATUS_DATAGRAM_QUEUE_FULL:
-            raise DatagramQueueFull(f"{self.datagrams_unsent} datagrams are waiting to be sent")
+            raise DatagramQueueFull(f"{self.datagrams_in_flight} datagrams are in flight")
         if failed(status):
             if self.close_reason is not None:
                 raise self._closed_error()

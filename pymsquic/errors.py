@@ -102,7 +102,8 @@ class ConnectionClosed(QuicError):
 
 class DatagramQueueFull(QuicError):
     """``send_datagram`` refused a datagram: as many as the connection's datagram send
-    queue holds (``Connection.set_datagram_send_queue_size``) are waiting to be sent.
+    queue holds (``Connection.set_datagram_send_queue_size``) are in flight (queued, or
+    sent and not yet acknowledged or lost).
     Nothing was queued; send again later or drop it, as datagrams are unreliable anyway."""
 
 
