@@ -81,6 +81,10 @@ void pmq_stream_set_next(pmq_stream *stream, pmq_stream *next);
 pmq_stream *pmq_stream_get_next(pmq_stream *stream);
 void pmq_stream_abort_unaccepted(pmq_stream *stream);
 QUIC_STATUS pmq_stream_open_on(pmq_conn *conn, HQUIC connection, int unidirectional, pmq_stream **out);
+/* A local stream was started: it leaves the connection's list of unstarted streams. */
+void pmq_conn_forget_unstarted(pmq_conn *conn, pmq_stream *stream);
+/* Ends a stream msquic never started (it reports nothing for one): closes the handle. */
+void pmq_stream_end_unstarted(pmq_stream *stream);
 /* A stream that can send was created / finished sending (counted once each). */
 void pmq_conn_stream_sending(pmq_conn *conn, int delta);
 

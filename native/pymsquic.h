@@ -107,6 +107,7 @@ typedef struct pmq_conn_info {
     uint16_t max_datagram_size;     /* largest datagram sendable now */
     uint64_t datagrams_dropped;     /* received but dropped: receive queue full */
     uint32_t datagrams_queued;
+    uint32_t datagrams_in_flight;   /* sent or queued, not yet acknowledged or lost */
     uint32_t streams_queued;        /* peer streams waiting for accept_stream */
     uint32_t streams_sending;       /* streams whose send side is not finished yet */
     uint32_t peer_certificate_len;  /* DER bytes, with a credential that asks for it */
@@ -120,8 +121,12 @@ enum {
     PMQ_CONN_SHUTDOWN_COMPLETE = 16,
     PMQ_CONN_SESSION_RESUMED = 32,
     PMQ_CONN_PEER_ACKED_SHUTDOWN = 64,
-    PMQ_CONN_CLIENT_ALPN_TRUNCATED = 128
+    PMQ_CONN_CLIENT_ALPN_TRUNCATED = 128,
+    PMQ_CONN_REGISTRATION_CLOSED = 256  /* with SHUTDOWN_BY_APP: its registration was closed here */
 };
+
+/* pmq_conn_send_datagram: the send queue is full (a pymsquic status, not msquic's). */
+enum { PMQ_STATUS_DATAGRAM_QUEUE_FULL = 0x70000001 };
 
 /* A stream's state, copied out under its lock. */
 typedef struct pmq_stream_state {
@@ -300,8 +305,12 @@ void pmq_conn_get_info(pmq_conn *conn, pmq_conn_info *out);
 uint32_t pmq_conn_flags(pmq_conn *conn);
 /* 1 once no stream is still sending (or the connection is closed). */
 int pmq_conn_all_sent(pmq_conn *conn);
-/* Graceful shutdown with an application error code; INVALID_STATE once closed. */
+/* Graceful shutdown with an application error code. Only the first shutdown
+ * reaches msquic; INVALID_STATE for later ones and once closed. */
 QUIC_STATUS pmq_conn_shutdown(pmq_conn *conn, uint64_t error_code);
+/* Its registration is being closed here (RegistrationShutdown follows): counts as
+ * the first, local shutdown, so errors say so and no later shutdown reaches msquic. */
+void pmq_conn_registration_closing(pmq_conn *conn);
 /* Python is done with the connection: shut it down, refuse further peer
  * streams, abort the unaccepted ones. The memory stays until release. */
 void pmq_conn_abandon(pmq_conn *conn);
@@ -309,7 +318,10 @@ void pmq_conn_abandon(pmq_conn *conn);
 void pmq_conn_release(pmq_conn *conn);
 /* Pops the oldest peer stream: PMQ_ACCEPT_OK, _EMPTY, or _FINISHED once shut down. */
 int pmq_conn_accept_stream(pmq_conn *conn, pmq_stream **out);
+/* Copies and queues a datagram (len may be 0); PMQ_STATUS_DATAGRAM_QUEUE_FULL when
+ * the datagrams not yet sent reach the send queue's capacity. */
 QUIC_STATUS pmq_conn_send_datagram(pmq_conn *conn, const uint8_t *data, size_t len);
+void pmq_conn_set_datagram_send_queue(pmq_conn *conn, uint32_t capacity);
 /* Oldest received datagram or NULL; free it with pmq_datagram_free. */
 pmq_datagram *pmq_conn_pop_datagram(pmq_conn *conn);
 void pmq_datagram_free(pmq_datagram *datagram);

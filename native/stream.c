@@ -591,7 +591,54 @@ static int take_start_locked(pmq_stream *s)
 {
     int start = s->needs_start;
     s->needs_start = 0;
+    if (start) {
+        pmq_conn_forget_unstarted(s->conn, s); /* lock order: stream, then connection */
+    }
     return start;
+}
+
+/* msquic reports nothing, not even SHUTDOWN_COMPLETE, for a stream it never
+ * started: end it here and close its handle (now, or as the last user leaves).
+ * Called with the lock held, by whoever took the pending start or failed it. */
+static HQUIC end_unstarted_locked(pmq_stream *s, uint32_t flags, int *done_sending)
+{
+    *done_sending = sending_done_locked(s);
+    s->st.flags |= PMQ_STREAM_SHUTDOWN_COMPLETE | flags;
+    pmq_obj_changed_locked(&s->obj);
+    return s->guard.final ? NULL : pmq_guard_finish_locked(&s->guard);
+}
+
+static void end_unstarted_finish(pmq_stream *s, HQUIC to_close, int done_sending)
+{
+    if (done_sending) {
+        pmq_conn_stream_sending(s->conn, -1);
+    }
+    if (to_close != NULL) {
+        pmq_api->StreamClose(to_close);
+        pmq_obj_unref(&s->obj); /* msquic's reference */
+    }
+}
+
+void pmq_stream_end_unstarted(pmq_stream *s)
+{
+    pthread_mutex_lock(&s->obj.lock);
+    int pending = s->needs_start; /* else a start was taken: msquic ends the stream */
+    s->needs_start = 0;
+    int done_sending = 0;
+    HQUIC to_close = pending ? end_unstarted_locked(s, PMQ_STREAM_CONN_SHUTDOWN, &done_sending) : NULL;
+    pthread_mutex_unlock(&s->obj.lock);
+    end_unstarted_finish(s, to_close, done_sending);
+}
+
+/* A start refused at once (the peer closed the connection): no event follows. */
+static void start_refused(pmq_stream *s, QUIC_STATUS status)
+{
+    pthread_mutex_lock(&s->obj.lock);
+    s->st.start_status = status;
+    int done_sending = 0;
+    HQUIC to_close = end_unstarted_locked(s, PMQ_STREAM_START_FAILED, &done_sending);
+    pthread_mutex_unlock(&s->obj.lock);
+    end_unstarted_finish(s, to_close, done_sending);
 }
 
 static void start_now(pmq_stream *s, HQUIC handle)
@@ -601,11 +648,7 @@ static void start_now(pmq_stream *s, HQUIC handle)
     QUIC_STATUS status = pmq_api->StreamStart(handle, QUIC_STREAM_START_FLAG_IMMEDIATE |
                                                           QUIC_STREAM_START_FLAG_SHUTDOWN_ON_FAIL);
     if (QUIC_FAILED(status)) {
-        pthread_mutex_lock(&s->obj.lock);
-        s->st.flags |= PMQ_STREAM_START_FAILED;
-        s->st.start_status = status;
-        pmq_obj_changed_locked(&s->obj);
-        pthread_mutex_unlock(&s->obj.lock);
+        start_refused(s, status);
     }
 }
 
@@ -673,6 +716,9 @@ QUIC_STATUS pmq_stream_write(pmq_stream *s, const uint8_t *data, size_t len, int
         }
         pthread_mutex_unlock(&s->obj.lock);
         free(block);
+        if (start) {
+            start_refused(s, status); /* the stream was not started either */
+        }
     }
     pmq_guard_leave(&s->obj, &s->guard, stream_close_handle);
     return status;

@@ -16,8 +16,10 @@ from ._msquic import ffi, lib
 from .configuration import Configuration, Credential, Settings
 from .connection import Connection, ConnectionStats
 from .errors import (
+    EXCEPTION_ERROR_CODE,
     AlreadyStarted,
     ConnectionClosed,
+    DatagramQueueFull,
     Failed,
     Finished,
     ForkedProcessError,
@@ -56,8 +58,9 @@ def msquic_version() -> str:
 
 
 __all__ = [
-    "DEFAULT_SETTINGS", "AlreadyStarted", "BlockingStream", "Configuration", "Connection",
-    "ConnectionClosed", "ConnectionStats", "Credential", "Failed", "Finished", "ForkedProcessError", "HookContextError",
+    "DEFAULT_SETTINGS", "EXCEPTION_ERROR_CODE", "AlreadyStarted", "BlockingStream", "Configuration", "Connection",
+    "ConnectionClosed", "ConnectionStats", "Credential", "DatagramQueueFull", "Failed", "Finished",
+    "ForkedProcessError", "HookContextError",
     "ListenError", "Listener", "ListenerState", "ListenerStats", "NewConnectionInfo", "NotStarted",
     "QuicError", "Registration", "Server", "Settings", "Stream", "StreamError", "StreamReset",
     "StreamProtocol", "StreamStopped", "connect", "default_registration", "msquic_version", "retry_memory_limit", "serve",

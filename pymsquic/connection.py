@@ -11,9 +11,9 @@ from ._bridge import NativeWaitable
 from ._msquic import ffi, lib
 from .addresses import Address, from_native, is_ip_literal, resolve, resolve_async
 from .configuration import STREAM_SCHEDULING, Configuration, decode_alpns
-from .errors import ConnectionClosed, QuicError, failed
+from .errors import EXCEPTION_ERROR_CODE, ConnectionClosed, DatagramQueueFull, QuicError, failed
 from .registration import Registration
-from .stream import BlockingStream, BytesLike, Stream, StreamProtocol
+from .stream import BlockingStream, Stream, StreamProtocol
 
 AnyStream = Union[Stream, BlockingStream]
 
@@ -50,6 +50,11 @@ class Connection(NativeWaitable):
     A connection made by a blocking call (``connect``, ``Listener.accept``) hands
     out :class:`BlockingStream` objects; one made by an asyncio call hands out
     :class:`Stream` objects. ``open_stream(blocking=...)`` overrides that.
+
+    Only the first shutdown (:meth:`shutdown`, :meth:`close`, a graceful close,
+    ``Registration.close()``) reaches the wire: its error code is the one the
+    peer sees. Leaving ``with``/``async with`` by an exception closes with
+    :data:`~pymsquic.EXCEPTION_ERROR_CODE` instead of 0.
     """
 
     def __init__(self, native: Any, registration: Registration, configuration: Configuration,
@@ -63,11 +68,15 @@ class Connection(NativeWaitable):
         self._closed = False
         self._stream_protocol: Callable[[], StreamProtocol] | None = None
         self._protocol_streams: set[Stream] = set()  # streams run by protocols, until connection_lost
+        registration._track_connection(self)
 
     def __del__(self) -> None:
         # close() only abandons; the native struct goes with the Python object.
         if hasattr(self, "_conn"):
             self._forget_bridge()
+            registration = getattr(self, "registration", None)  # None if __init__ failed early
+            if registration is not None:
+                registration._forget_connection(self)
             _native.release_now_or_later(lib.pmq_conn_release, self._conn)
 
     # ---- client ----------------------------------------------------------
@@ -169,7 +178,9 @@ class Connection(NativeWaitable):
 
     @property
     def server_name(self) -> str | None:
-        """The SNI the client sent (server side)."""
+        """The SNI the client sent (server side); None if it sent none, as clients
+        connecting to an IP literal usually do (RFC 6066; msquic clients send it anyway).
+        Like :attr:`alpn`, it stays readable after the connection closed."""
         info = self._refresh()
         if not info.server_name_len:
             return None
@@ -194,6 +205,8 @@ class Connection(NativeWaitable):
         """How the connection ended (or is ending), or None while it is up."""
         info = self._refresh()
         flags = info.flags
+        if flags & lib.PMQ_CONN_REGISTRATION_CLOSED:  # first, whatever the peer did after it
+            return ConnectionClosed("closed locally: its registration was closed", by_app=True, error_code=0)
         if flags & lib.PMQ_CONN_SHUTDOWN_BY_PEER:
             return ConnectionClosed(f"closed by peer with application error {info.error_code}",
                                     by_peer=True, error_code=info.error_code)
@@ -249,6 +262,10 @@ class Connection(NativeWaitable):
             raise self._closed_error() if status == lib.QUIC_STATUS_INVALID_STATE else \
                 QuicError("setting the stream scheduling scheme failed", status)
 
+    def _registration_closed(self) -> ConnectionClosed | None:
+        """Why everything on this connection fails, if its registration was closed here."""
+        return self.close_reason if self._flags() & lib.PMQ_CONN_REGISTRATION_CLOSED else None
+
     def _closed_error(self) -> ConnectionClosed:
         return self.close_reason or ConnectionClosed("connection is closed")
 
@@ -260,7 +277,8 @@ class Connection(NativeWaitable):
     def open_stream(self, unidirectional: bool = False, *, blocking: bool | None = None) -> AnyStream:
         """Open a stream (never blocks: data written before the peer allows the
         stream is queued). Returns a BlockingStream on a blocking connection,
-        else a Stream, unless ``blocking`` says otherwise."""
+        else a Stream, unless ``blocking`` says otherwise. ConnectionClosed once
+        a shutdown began (:meth:`shutdown`, :meth:`close`, the peer)."""
         out = _native.scratch.stream
         status = lib.pmq_stream_open(self._conn, bool(unidirectional), out)
         if failed(status):
@@ -345,24 +363,40 @@ class Connection(NativeWaitable):
 
     def set_datagram_queue_size(self, size: int) -> None:
         """How many received datagrams wait for ``receive_datagram`` before the oldest is dropped."""
-        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1 << 20:
-            raise ValueError(f"size must be an int from 1 to {1 << 20}, not {size!r}")
-        lib.pmq_conn_set_datagram_queue(self._conn, size)
+        lib.pmq_conn_set_datagram_queue(self._conn, _queue_size(size))
 
-    def send_datagram(self, data: BytesLike) -> None:
-        """Send an unreliable datagram (copied at once). ValueError if larger than
-        :attr:`max_datagram_size`; QuicError if the peer did not enable datagrams."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+    @property
+    def datagrams_in_flight(self) -> int:
+        """Datagrams given to :meth:`send_datagram` that are not yet acknowledged or lost."""
+        return int(self._refresh().datagrams_in_flight)
+
+    def set_datagram_send_queue_size(self, size: int) -> None:
+        """How many datagrams may be in flight (queued, or sent and neither acknowledged
+        nor declared lost; default 256) before :meth:`send_datagram` raises
+        :class:`DatagramQueueFull`. This bounds memory and the datagrams sent per
+        round trip, which leaves room for stream data."""
+        lib.pmq_conn_set_datagram_send_queue(self._conn, _queue_size(size))
+
+    def send_datagram(self, data: Any) -> None:
+        """Send an unreliable datagram: every byte of ``data``, any bytes-like object
+        (copied at once; may be empty). ValueError if larger than
+        :attr:`max_datagram_size`; QuicError if the peer did not enable datagrams;
+        :class:`DatagramQueueFull` while the send queue is full (see
+        :meth:`set_datagram_send_queue_size`): nothing is queued then."""
+        buffer, nbytes = _byte_buffer(data)
         info = self._refresh()
         if info.flags & (_SHUTTING_DOWN | lib.PMQ_CONN_SHUTDOWN_COMPLETE):
             raise self._closed_error()
         if not info.datagram_send_enabled:
             raise QuicError("the peer did not enable datagrams (Settings.datagram_receive_enabled)")
-        if not 0 < len(data) <= info.max_datagram_size:
-            raise ValueError(f"datagram of {len(data)} bytes: must be 1 to {info.max_datagram_size} bytes")
-        status = lib.pmq_conn_send_datagram(self._conn, ffi.from_buffer(data), len(data))
+        if nbytes > info.max_datagram_size:
+            raise ValueError(f"datagram of {nbytes} bytes: at most {info.max_datagram_size} bytes fit")
+        status = lib.pmq_conn_send_datagram(self._conn, buffer, nbytes)
+        if status == lib.PMQ_STATUS_DATAGRAM_QUEUE_FULL:
+            raise DatagramQueueFull(f"{self.datagrams_in_flight} datagrams are in flight")
         if failed(status):
+            if self.close_reason is not None:
+                raise self._closed_error()
             raise QuicError("DatagramSend failed", status)
 
     def _try_receive_datagram(self) -> bytes | None:
@@ -449,28 +483,29 @@ class Connection(NativeWaitable):
             self._closed = True
             lib.pmq_conn_abandon(self._conn)
 
-    def close_gracefully(self, linger: float = 5.0) -> None:
-        """Let streams finish sending, shut down, wait for msquic to finish, release.
-        Each wait is bounded by ``linger`` seconds. Blocking."""
+    def close_gracefully(self, linger: float = 5.0, error_code: int = 0) -> None:
+        """Let streams finish sending, shut down with ``error_code`` (unless a
+        shutdown came first), wait for msquic to finish, release. Each wait is
+        bounded by ``linger`` seconds. Blocking."""
         try:
             self.wait_sent(linger)
         except TimeoutError:
             pass
-        self.shutdown()
+        self.shutdown(error_code)
         try:
             self.wait_closed(linger)
         except TimeoutError:
             pass
         self.close()
 
-    async def close_gracefully_async(self, linger: float = 5.0) -> None:
+    async def close_gracefully_async(self, linger: float = 5.0, error_code: int = 0) -> None:
         """asyncio :meth:`close_gracefully`."""
         try:
             if self._all_sent() is None:  # no waiting machinery when nothing is left to send
                 await self.wait_sent_async(linger)
         except TimeoutError:
             pass
-        self.shutdown()
+        self.shutdown(error_code)
         try:
             if self._closed_now() is None:
                 await self.wait_closed_async(linger)
@@ -481,14 +516,16 @@ class Connection(NativeWaitable):
     def __enter__(self) -> "Connection":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close_gracefully()
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        """Close gracefully: with 0, or EXCEPTION_ERROR_CODE when leaving by an exception."""
+        self.close_gracefully(error_code=exit_error_code(exc_type))
 
     async def __aenter__(self) -> "Connection":
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close_gracefully_async()
+    async def __aexit__(self, exc_type: type | None, *exc: object) -> None:
+        """Close gracefully: with 0, or EXCEPTION_ERROR_CODE when leaving by an exception."""
+        await self.close_gracefully_async(error_code=exit_error_code(exc_type))
 
     def __repr__(self) -> str:
         if self.is_closed:
@@ -501,6 +538,32 @@ class Connection(NativeWaitable):
 
 
 _SHUTTING_DOWN = lib.PMQ_CONN_SHUTDOWN_BY_PEER | lib.PMQ_CONN_SHUTDOWN_BY_TRANSPORT | lib.PMQ_CONN_SHUTDOWN_BY_APP
+
+
+def exit_error_code(exc_type: type | None) -> int:
+    """The code a connection closes with when its owner exits, normally or by an exception."""
+    return 0 if exc_type is None else EXCEPTION_ERROR_CODE
+
+
+def _queue_size(size: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 1 << 20:
+        raise ValueError(f"size must be an int from 1 to {1 << 20}, not {size!r}")
+    return size
+
+
+def _byte_buffer(data: Any) -> tuple[Any, int]:
+    """A cffi view of every byte of a bytes-like object, and its size in bytes (not
+    len(): a memoryview of 4-byte ints or a 2-D one has more bytes than items).
+    A non-contiguous buffer is copied first."""
+    if isinstance(data, bytes):
+        return ffi.from_buffer(data), len(data)
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(f"data must be a bytes-like object, not {type(data).__name__}") from None
+    if not view.c_contiguous:
+        data = view.tobytes()
+    return ffi.from_buffer(data), view.nbytes
 
 
 def _check_endpoint(host: str, port: int) -> None:

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from ._msquic import lib
 
+#: The application error code a connection closes with when the ``with``/``async with``
+#: block that owns it, or the ``serve()`` handler running it, exits by an exception
+#: (a clean exit closes with 0). To send your own code, call ``conn.shutdown(code)``
+#: before leaving: only the first shutdown of a connection reaches the wire.
+EXCEPTION_ERROR_CODE = 1
+
 _STATUS_NAMES: dict[int, str] = {}
 for _attr in dir(lib):
     if _attr.startswith("QUIC_STATUS_"):
@@ -94,6 +100,13 @@ class ConnectionClosed(QuicError):
         self.by_transport = by_transport
         self.by_app = by_app
         self.error_code = error_code
+
+
+class DatagramQueueFull(QuicError):
+    """``send_datagram`` refused a datagram: as many as the connection's datagram send
+    queue holds (``Connection.set_datagram_send_queue_size``) are in flight (queued, or
+    sent and not yet acknowledged or lost).
+    Nothing was queued; send again later or drop it, as datagrams are unreliable anyway."""
 
 
 class StreamError(QuicError):

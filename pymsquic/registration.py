@@ -46,10 +46,13 @@ class Registration:
         # Children close before the registration does (RegistrationClose waits for them).
         self._listeners: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._configurations: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._connections: "weakref.WeakSet[Any]" = weakref.WeakSet()  # told when the registration closes
+        # Reentrant: a connection collected while it is held leaves the set under it.
+        self._connections_lock = threading.RLock()
         self._lock = threading.Lock()
         self._configuration_cache: dict[Any, Any] = {}  # for serve()/connect()
         self._releaser = _native.Releaser(self, _close_registration, self._handle, self._listeners,
-                                            self._configurations)
+                                            self._configurations, self._connections, self._connections_lock)
         _native.track_registration(self)
 
     @property
@@ -64,6 +67,15 @@ class Registration:
     def closed(self) -> bool:
         return not self._releaser.alive
 
+    def _track_connection(self, connection: Any) -> None:
+        with self._connections_lock:
+            self._connections.add(connection)
+
+    def _forget_connection(self, connection: Any) -> None:
+        # Before its native connection is released: the close must not touch it then.
+        with self._connections_lock:
+            self._connections.discard(connection)
+
     def close(self) -> None:
         """Close listeners, shut down connections, close configurations, then the registration.
 
@@ -71,6 +83,8 @@ class Registration:
         completes; closing never waits for a peer beyond msquic's own timers).
         In a child forked after msquic started, closing does nothing: the
         msquic state belongs to the parent.
+        Afterwards the connections' errors say they were closed locally
+        (``close_reason.by_app``, "its registration was closed").
         """
         _native.forbid_in_callback("Registration.close()")
         _native.run_deferred()
@@ -101,10 +115,14 @@ def default_registration() -> Registration:
         return _default
 
 
-def _close_registration(handle: Any, listeners: "weakref.WeakSet[Any]",
-                        configurations: "weakref.WeakSet[Any]") -> None:
+def _close_registration(handle: Any, listeners: "weakref.WeakSet[Any]", configurations: "weakref.WeakSet[Any]",
+                        connections: "weakref.WeakSet[Any]", lock: "threading.RLock") -> None:
     for listener in list(listeners):
         listener.close()
+    with lock:  # no connection is released meanwhile (see _forget_connection)
+        for connection in list(connections):
+            # The registration's shutdown is their first: errors then say "closed locally".
+            lib.pmq_conn_registration_closing(connection._conn)
     lib.pmq_api.RegistrationShutdown(handle, lib.QUIC_CONNECTION_SHUTDOWN_FLAG_NONE, 0)
     for configuration in list(configurations):
         configuration.close()

@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable, Generator
 
 from .addresses import Address
 from .configuration import AlpnLike, Configuration, Credential, Settings, encode_alpns
-from .connection import Connection
+from .connection import Connection, exit_error_code
 from .errors import Finished
 from .listener import Listener
 from .registration import Registration, default_registration
@@ -113,13 +113,18 @@ class Server:
 
     async def _run_handler(self, conn: Connection) -> None:
         self._connections.add(conn)
+        failure: type | None = None  # a handler that fails closes with EXCEPTION_ERROR_CODE
         try:
             await self._handler(conn)
-        except Exception:
+        except Exception as exc:
+            failure = type(exc)
             logger.exception("connection handler failed for %s", conn.remote_address)
+        except BaseException as exc:  # cancelled: close the same way, then go on cancelling
+            failure = type(exc)
+            raise
         finally:
             self._connections.discard(conn)
-            await conn.close_gracefully_async(self._linger)
+            await conn.close_gracefully_async(self._linger, exit_error_code(failure))
 
     def close(self) -> None:
         """Stop accepting and shut down open connections (their handlers see ConnectionClosed)."""
@@ -154,7 +159,8 @@ async def serve(handler: Handler, host: str, port: int, *, alpn: AlpnLike, crede
                 backlog: int = 128, linger: float = 5.0, start_serving: bool = True) -> Server:
     """Listen on ``host:port`` and run ``await handler(connection)`` for each connection.
 
-    The connection is closed gracefully when the handler returns. ``settings``
+    The connection is closed gracefully when the handler returns (error code 0,
+    unless the handler shut it down itself) or raises (:data:`EXCEPTION_ERROR_CODE`). ``settings``
     defaults to :data:`DEFAULT_SETTINGS` (peers may open streams, datagrams on).
     """
     server = Server(handler, start_listener(host, port, alpn, credential, settings, registration, backlog), linger)
@@ -168,7 +174,8 @@ class connect:
 
     The server's certificate is verified unless ``credential`` says otherwise
     (default ``Credential.client()``: the system CA store). Leaving the ``async
-    with`` block closes the connection gracefully.
+    with`` block closes the connection gracefully, with error code 0, or with
+    :data:`EXCEPTION_ERROR_CODE` when it is left by an exception.
     """
 
     def __init__(self, host: str, port: int, *, alpn: AlpnLike, credential: Credential | None = None,
@@ -192,6 +199,6 @@ class connect:
         self._conn = await self._connect()
         return self._conn
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: type | None, *exc: object) -> None:
         assert self._conn is not None
-        await self._conn.close_gracefully_async(self._linger)
+        await self._conn.close_gracefully_async(self._linger, exit_error_code(exc_type))

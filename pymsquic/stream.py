@@ -160,6 +160,9 @@ class _StreamCore(NativeWaitable):
         lib.pmq_stream_set_send_limit(self._stream, limit or 0)
 
     def _failure(self, status: int) -> QuicError:
+        local = self.connection._registration_closed()  # not "reset by peer" after our own close
+        if local is not None:
+            return local
         st = self._state()
         if status == lib.PMQ_READ_RESET:
             return StreamReset(f"stream reset by peer with error {st.reset_code}", st.reset_code)
@@ -300,6 +303,9 @@ class _StreamCore(NativeWaitable):
             raise self._write_failure(status)
 
     def _write_failure(self, status: int) -> QuicError:
+        local = self.connection._registration_closed()  # not "stopped" after our own close
+        if local is not None:
+            return local
         st = self._state()
         if st.flags & lib.PMQ_STREAM_STOP_SENDING_RECEIVED:
             return StreamStopped(f"peer asked to stop sending with error {st.stop_sending_code}",
@@ -342,6 +348,10 @@ class _StreamCore(NativeWaitable):
 
     def _drained(self) -> bool | None:
         st = self._state()
+        if st.flags & (lib.PMQ_STREAM_STOP_SENDING_RECEIVED | lib.PMQ_STREAM_SEND_INCOMPLETE):
+            local = self.connection._registration_closed()  # not "stopped" after our own close
+            if local is not None:
+                raise local
         if st.flags & lib.PMQ_STREAM_STOP_SENDING_RECEIVED:
             raise StreamStopped(f"peer asked to stop sending with error {st.stop_sending_code}",
                                 st.stop_sending_code)

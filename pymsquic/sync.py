@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from .addresses import Address
 from .configuration import AlpnLike, Credential, Settings
-from .connection import Connection
+from .connection import Connection, exit_error_code
 from .errors import Finished
 from .listener import Listener
 from .registration import Registration
@@ -57,15 +57,20 @@ class Server:
             thread.start()
 
     def _run_handler(self, conn: Connection) -> None:
+        failure: type | None = None  # a handler that fails closes with EXCEPTION_ERROR_CODE
         try:
             self._handler(conn)
-        except Exception:
+        except Exception as exc:
+            failure = type(exc)
             logger.exception("connection handler failed for %s", conn.remote_address)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: close the same way, then go on
+            failure = type(exc)
+            raise
         finally:
             with self._lock:
                 self._connections.discard(conn)
                 self._threads.discard(threading.current_thread())
-            conn.close_gracefully(self._linger)
+            conn.close_gracefully(self._linger, exit_error_code(failure))
 
     def shutdown(self) -> None:
         """Stop accepting: ``serve_forever()`` returns. Open connections go on."""
@@ -95,14 +100,16 @@ def serve(handler: Handler, host: str, port: int, *, alpn: AlpnLike, credential:
           settings: Settings | None = None, registration: Registration | None = None,
           backlog: int = 128, linger: float = 5.0) -> Server:
     """Listen on ``host:port``; call ``serve_forever()`` to run ``handler(connection)``
-    in a thread per connection. The connection is closed gracefully when the handler returns."""
+    in a thread per connection. The connection is closed gracefully when the handler
+    returns (error code 0) or raises (:data:`~pymsquic.EXCEPTION_ERROR_CODE`)."""
     return Server(handler, start_listener(host, port, alpn, credential, settings, registration, backlog), linger)
 
 
 def connect(host: str, port: int, *, alpn: AlpnLike, credential: Credential | None = None,
             settings: Settings | None = None, server_name: str | None = None,
             registration: Registration | None = None, timeout: float | None = None) -> Connection:
-    """Connect (blocking) and return the connection; ``with`` closes it gracefully.
+    """Connect (blocking) and return the connection; ``with`` closes it gracefully
+    (with :data:`~pymsquic.EXCEPTION_ERROR_CODE` when left by an exception).
     The server's certificate is verified unless ``credential`` says otherwise."""
     configuration = make_configuration(registration, alpn, credential or Credential.client(), settings)
     return Connection.connect(configuration.registration, configuration, host, port,
