@@ -8,6 +8,7 @@ from typing import Any, AsyncIterator, Callable, Iterator, Union
 
 from . import _native
 from ._bridge import NativeWaitable
+from ._buffers import BufferLike, c_buffer
 from ._msquic import ffi, lib
 from .addresses import Address, from_native, is_ip_literal, resolve, resolve_async
 from .configuration import STREAM_SCHEDULING, Configuration, decode_alpns
@@ -377,13 +378,13 @@ class Connection(NativeWaitable):
         round trip, which leaves room for stream data."""
         lib.pmq_conn_set_datagram_send_queue(self._conn, _queue_size(size))
 
-    def send_datagram(self, data: Any) -> None:
+    def send_datagram(self, data: BufferLike) -> None:
         """Send an unreliable datagram: every byte of ``data``, any bytes-like object
         (copied at once; may be empty). ValueError if larger than
         :attr:`max_datagram_size`; QuicError if the peer did not enable datagrams;
         :class:`DatagramQueueFull` while the send queue is full (see
         :meth:`set_datagram_send_queue_size`): nothing is queued then."""
-        buffer, nbytes = _byte_buffer(data)
+        buffer, nbytes = c_buffer(data)
         info = self._refresh()
         if info.flags & (_SHUTTING_DOWN | lib.PMQ_CONN_SHUTDOWN_COMPLETE):
             raise self._closed_error()
@@ -550,20 +551,6 @@ def _queue_size(size: int) -> int:
         raise ValueError(f"size must be an int from 1 to {1 << 20}, not {size!r}")
     return size
 
-
-def _byte_buffer(data: Any) -> tuple[Any, int]:
-    """A cffi view of every byte of a bytes-like object, and its size in bytes (not
-    len(): a memoryview of 4-byte ints or a 2-D one has more bytes than items).
-    A non-contiguous buffer is copied first."""
-    if isinstance(data, bytes):
-        return ffi.from_buffer(data), len(data)
-    try:
-        view = memoryview(data)
-    except TypeError:
-        raise TypeError(f"data must be a bytes-like object, not {type(data).__name__}") from None
-    if not view.c_contiguous:
-        data = view.tobytes()
-    return ffi.from_buffer(data), view.nbytes
 
 
 def _check_endpoint(host: str, port: int) -> None:
