@@ -48,6 +48,8 @@ struct pmq_conn {
     pmq_obj obj;               /* must stay first */
     pmq_guard guard;
     int started;
+    int starting;              /* pmq_conn_start is between its checks and ConnectionStart */
+    int abandoned_starting;    /* abandoned meanwhile: the start finishes the abandon */
     int py_released;
     pmq_listener *listener;    /* while in a listener's backlog */
     pmq_conn_info info;
@@ -507,6 +509,13 @@ QUIC_STATUS pmq_conn_open(HQUIC registration, pmq_conn **out)
 static void close_unstarted(pmq_conn *c)
 {
     pthread_mutex_lock(&c->obj.lock);
+    if (c->starting) {
+        /* Another thread is inside SetParam/ConnectionStart on this handle (a
+         * cancelled connect_async): closing it now would free it under them. */
+        c->abandoned_starting = 1;
+        pthread_mutex_unlock(&c->obj.lock);
+        return;
+    }
     HQUIC handle = c->guard.handle;
     c->guard.handle = NULL;
     c->guard.final = 1;
@@ -523,14 +532,20 @@ QUIC_STATUS pmq_conn_start(pmq_conn *c, HQUIC configuration, const pmq_addr *rem
                            uint16_t port)
 {
     QUIC_ADDR addr;
-    if (c->started || c->guard.handle == NULL) {
-        return QUIC_STATUS_INVALID_STATE;
-    }
     if (server_name == NULL || (remote != NULL && !pmq_addr_to_quic(&addr, remote))) {
         return QUIC_STATUS_INVALID_PARAMETER;
     }
-    /* Not started yet: no callback can close the handle under us. */
+    pthread_mutex_lock(&c->obj.lock);
+    if (c->started || c->starting || c->guard.handle == NULL) {
+        pthread_mutex_unlock(&c->obj.lock);
+        return QUIC_STATUS_INVALID_STATE;
+    }
+    /* Not started yet: no callback can close the handle under us, and
+     * close_unstarted leaves it to us while `starting` is set. */
+    c->starting = 1;
+    c->started_us = pmq_now_us();
     HQUIC handle = c->guard.handle;
+    pthread_mutex_unlock(&c->obj.lock);
     QUIC_STATUS status = QUIC_STATUS_SUCCESS;
     QUIC_ADDRESS_FAMILY family = QUIC_ADDRESS_FAMILY_UNSPEC;
     if (remote != NULL) {
@@ -539,13 +554,17 @@ QUIC_STATUS pmq_conn_start(pmq_conn *c, HQUIC configuration, const pmq_addr *rem
         family = remote->family;
     }
     if (QUIC_SUCCEEDED(status)) {
-        c->started_us = pmq_now_us();
         status = pmq_api->ConnectionStart(handle, configuration, family, server_name, port);
     }
+    pthread_mutex_lock(&c->obj.lock);
+    c->starting = 0;
+    c->started = QUIC_SUCCEEDED(status);
+    int abandoned = c->abandoned_starting;
+    pthread_mutex_unlock(&c->obj.lock);
     if (QUIC_FAILED(status)) {
         close_unstarted(c);
-    } else {
-        c->started = 1;
+    } else if (abandoned) {
+        pmq_conn_shutdown(c, 0); /* what the abandon would have done to a started connection */
     }
     return status;
 }

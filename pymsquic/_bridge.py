@@ -53,7 +53,12 @@ class _LoopBridge:
             ref = objects.get(self._ids[i])
             obj = ref() if ref is not None else None
             if obj is not None:
-                obj._native_changed()
+                try:
+                    obj._native_changed()
+                except Exception as exc:  # one object's failure must not strand the rest of the batch
+                    asyncio.get_running_loop().call_exception_handler(
+                        {"message": "pymsquic: error while handling a native event", "exception": exc,
+                         "object": obj})
 
 
 _bridges: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge]" = weakref.WeakKeyDictionary()

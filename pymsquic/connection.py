@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from typing import Any, AsyncIterator, Callable, Iterator, Union
 
@@ -131,8 +132,10 @@ class Connection(NativeWaitable):
         if not configuration.credential.is_client:
             raise ValueError("a client connection needs a Credential.client(...) configuration")
         out = _native.scratch.conn
-        _native.check(lib.pmq_conn_open(registration.handle, out), "ConnectionOpen")
-        conn = cls(out[0], registration, configuration, blocking)
+        status = lib.pmq_conn_open(registration.handle, out)
+        native = out[0]  # at once: any Python call in between may reuse this thread's scratch
+        _native.check(status, "ConnectionOpen")
+        conn = cls(native, registration, configuration, blocking)
         # Not started yet: recorded here, applied by msquic's worker at CONNECTED.
         lib.pmq_conn_set_stream_scheduling(conn._conn, configuration.settings.stream_scheduling_scheme)
         return conn
@@ -282,11 +285,12 @@ class Connection(NativeWaitable):
         a shutdown began (:meth:`shutdown`, :meth:`close`, the peer)."""
         out = _native.scratch.stream
         status = lib.pmq_stream_open(self._conn, bool(unidirectional), out)
+        native = out[0]  # at once: any Python call in between may reuse this thread's scratch
         if failed(status):
             if self.close_reason is not None:
                 raise self._closed_error()
             raise QuicError("StreamOpen failed", status)
-        return self._wrap_stream(out[0], self.blocking if blocking is None else blocking)
+        return self._wrap_stream(native, self.blocking if blocking is None else blocking)
 
     def _try_accept_stream(self, blocking: bool) -> AnyStream | None:
         out = _native.scratch.stream
@@ -487,32 +491,32 @@ class Connection(NativeWaitable):
     def close_gracefully(self, linger: float = 5.0, error_code: int = 0) -> None:
         """Let streams finish sending, shut down with ``error_code`` (unless a
         shutdown came first), wait for msquic to finish, release. Each wait is
-        bounded by ``linger`` seconds. Blocking."""
+        bounded by ``linger`` seconds. Blocking. Interrupted (Ctrl-C), it still
+        shuts down with ``error_code`` and releases the connection."""
         try:
-            self.wait_sent(linger)
-        except TimeoutError:
-            pass
-        self.shutdown(error_code)
-        try:
-            self.wait_closed(linger)
-        except TimeoutError:
-            pass
-        self.close()
+            with contextlib.suppress(TimeoutError):
+                self.wait_sent(linger)
+            self.shutdown(error_code)
+            with contextlib.suppress(TimeoutError):
+                self.wait_closed(linger)
+        finally:
+            self.shutdown(error_code)  # nothing if done above; never a later 0 (item 5)
+            self.close()
 
     async def close_gracefully_async(self, linger: float = 5.0, error_code: int = 0) -> None:
-        """asyncio :meth:`close_gracefully`."""
+        """asyncio :meth:`close_gracefully`. Cancelled, it still shuts down with
+        ``error_code`` and releases the connection."""
         try:
-            if self._all_sent() is None:  # no waiting machinery when nothing is left to send
-                await self.wait_sent_async(linger)
-        except TimeoutError:
-            pass
-        self.shutdown(error_code)
-        try:
-            if self._closed_now() is None:
-                await self.wait_closed_async(linger)
-        except TimeoutError:
-            pass
-        self.close()
+            with contextlib.suppress(TimeoutError):
+                if self._all_sent() is None:  # no waiting machinery when nothing is left to send
+                    await self.wait_sent_async(linger)
+            self.shutdown(error_code)
+            with contextlib.suppress(TimeoutError):
+                if self._closed_now() is None:
+                    await self.wait_closed_async(linger)
+        finally:
+            self.shutdown(error_code)  # nothing if done above; never a later 0 (item 5)
+            self.close()
 
     def __enter__(self) -> "Connection":
         return self
