@@ -60,6 +60,7 @@ def ensure_open() -> None:
 
 
 def is_torn_down() -> bool:
+    """True once the exit teardown ran: msquic is gone, nothing may call it."""
     return _torn_down
 
 

@@ -131,6 +131,7 @@ class _StreamCore(NativeWaitable):
 
     @property
     def is_unidirectional(self) -> bool:
+        """True for a stream that carries data one way only (from its opener)."""
         return bool(self._state().flags & lib.PMQ_STREAM_UNIDIRECTIONAL)
 
     @property
@@ -150,6 +151,7 @@ class _StreamCore(NativeWaitable):
 
     @property
     def write_limit(self) -> int:
+        """The bytes in flight above which ``drain()`` waits (see :meth:`set_write_limit`)."""
         return int(self._state().send_limit)
 
     def set_write_limit(self, limit: int | None) -> None:
@@ -570,6 +572,7 @@ class BlockingStream(_StreamCore):
         _native.wait_blocking(self._native_obj, self._drained, timeout, "drain()")
 
     def wait_closed(self, timeout: float | None = None) -> None:
+        """Block until the stream is shut down in both directions (and our data acknowledged)."""
         _native.wait_blocking(self._native_obj, self._closed_now, timeout, "wait_closed()")
 
     def __iter__(self) -> Iterator[bytes]:
