@@ -370,6 +370,9 @@ extern "Python+C" int pmq_py_listener_hook(uint64_t hook_id, uint32_t event, con
 """
 
 SANITIZE = sanitize_mode()
+# PYMSQUIC_DEBUG_MAGIC=1 (debugging only, off by default): the native layer aborts with a
+# message when a released stream/connection is used, or a callback comes for another handle.
+DEBUG_MAGIC_FLAGS = ["-DPMQ_DEBUG_MAGIC"] if os.environ.get("PYMSQUIC_DEBUG_MAGIC", "") not in ("", "0") else []
 
 ffibuilder = FFI()
 ffibuilder.cdef(MSQUIC_CDEF + STATUS_CDEF + project_cdef() + GLUE_CDEF)
@@ -382,7 +385,8 @@ ffibuilder.set_source(
     f'static const char *const pmq_build_sanitize = "PYMSQUIC_SANITIZE={SANITIZE or "none"}";\n',
     sources=NATIVE_SOURCES,
     include_dirs=[str(NATIVE)],
-    extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wno-unused-function", *sanitize_flags(SANITIZE)],
+    extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wno-unused-function", *sanitize_flags(SANITIZE),
+                        *DEBUG_MAGIC_FLAGS],
     extra_link_args=["-Wl,-rpath,$ORIGIN", "-l:libmsquic.so.2", "-lpthread", *sanitize_flags(SANITIZE)],
 )
 

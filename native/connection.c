@@ -111,6 +111,7 @@ pmq_conn_info *pmq_conn_info_ptr(pmq_conn *c) { return &c->info; }
 
 uint32_t pmq_conn_flags(pmq_conn *c)
 {
+    PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
     uint32_t flags = c->info.flags;
     pthread_mutex_unlock(&c->obj.lock);
@@ -119,6 +120,7 @@ uint32_t pmq_conn_flags(pmq_conn *c)
 
 int pmq_conn_all_sent(pmq_conn *c)
 {
+    PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
     int done = c->info.streams_sending == 0 || (c->info.flags & PMQ_CONN_SHUTDOWN_COMPLETE);
     pthread_mutex_unlock(&c->obj.lock);
@@ -127,6 +129,7 @@ int pmq_conn_all_sent(pmq_conn *c)
 
 void pmq_conn_get_info(pmq_conn *c, pmq_conn_info *out)
 {
+    PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
     *out = c->info;
     pthread_mutex_unlock(&c->obj.lock);
@@ -386,6 +389,7 @@ static void apply_pending_scheduling(pmq_conn *c, HQUIC handle)
 static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONNECTION_EVENT *event)
 {
     pmq_conn *c = context;
+    PMQ_CHECK_CALLBACK(&c->obj, handle);
     pmq_callback_enter();
     switch (event->Type) {
     case QUIC_CONNECTION_EVENT_CONNECTED:
@@ -469,7 +473,9 @@ pmq_conn *pmq_conn_new_accepted(pmq_listener *listener, const QUIC_NEW_CONNECTIO
 
 QUIC_STATUS pmq_conn_adopt(pmq_conn *c, HQUIC handle, HQUIC configuration)
 {
+    PMQ_CHECK(&c->obj);
     c->guard.handle = handle;
+    PMQ_SET_HANDLE(&c->obj, handle);
     c->started = 1;
     pmq_api->SetCallbackHandler(handle, (void *)conn_callback, c);
     return pmq_api->ConnectionSetConfiguration(handle, configuration);
@@ -479,6 +485,7 @@ void pmq_conn_discard_refused(pmq_conn *c) { conn_free_unused(c); }
 
 void pmq_conn_leave_listener(pmq_conn *c)
 {
+    PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
     pmq_listener *l = c->listener;
     c->listener = NULL;
@@ -501,6 +508,7 @@ QUIC_STATUS pmq_conn_open(HQUIC registration, pmq_conn **out)
         conn_free_unused(c);
         return status;
     }
+    PMQ_SET_HANDLE(&c->obj, c->guard.handle);
     *out = c;
     return status;
 }
@@ -531,6 +539,7 @@ static void close_unstarted(pmq_conn *c)
 QUIC_STATUS pmq_conn_start(pmq_conn *c, HQUIC configuration, const pmq_addr *remote, const char *server_name,
                            uint16_t port)
 {
+    PMQ_CHECK(&c->obj);
     QUIC_ADDR addr;
     if (server_name == NULL || (remote != NULL && !pmq_addr_to_quic(&addr, remote))) {
         return QUIC_STATUS_INVALID_PARAMETER;
@@ -571,6 +580,7 @@ QUIC_STATUS pmq_conn_start(pmq_conn *c, HQUIC configuration, const pmq_addr *rem
 
 QUIC_STATUS pmq_conn_shutdown(pmq_conn *c, uint64_t error_code)
 {
+    PMQ_CHECK(&c->obj);
     /* Only the first shutdown may reach msquic: it queues shutdowns at the FRONT
      * of the connection's work, so a later one (a graceful close's 0) would be
      * processed first and its code would be the one the peer sees. */
@@ -595,6 +605,7 @@ QUIC_STATUS pmq_conn_shutdown(pmq_conn *c, uint64_t error_code)
 
 void pmq_conn_registration_closing(pmq_conn *c)
 {
+    PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
     if (!(c->info.flags & (PMQ_CONN_SHUTDOWN_BY_APP | PMQ_CONN_SHUTDOWN_BY_PEER | PMQ_CONN_SHUTDOWN_BY_TRANSPORT |
                            PMQ_CONN_SHUTDOWN_COMPLETE))) {
@@ -607,6 +618,7 @@ void pmq_conn_registration_closing(pmq_conn *c)
 
 void pmq_conn_abandon(pmq_conn *c)
 {
+    PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
     int started = c->started;
     int alive = c->guard.handle != NULL && !(c->info.flags & PMQ_CONN_SHUTDOWN_BY_APP);
@@ -629,6 +641,7 @@ void pmq_conn_abandon(pmq_conn *c)
 
 void pmq_conn_release(pmq_conn *c)
 {
+    PMQ_CHECK(&c->obj);
     pmq_conn_abandon(c);
     pmq_obj_unref(&c->obj);
 }
@@ -646,6 +659,7 @@ static int takes_streams_locked(pmq_conn *c)
 
 QUIC_STATUS pmq_stream_open(pmq_conn *c, int unidirectional, pmq_stream **out)
 {
+    PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
     HQUIC handle = takes_streams_locked(c) ? pmq_guard_enter_locked(&c->guard) : NULL;
     pthread_mutex_unlock(&c->obj.lock);
@@ -677,6 +691,7 @@ QUIC_STATUS pmq_stream_open(pmq_conn *c, int unidirectional, pmq_stream **out)
 
 void pmq_conn_forget_unstarted(pmq_conn *c, pmq_stream *s)
 {
+    PMQ_CHECK(&c->obj);
     /* Usually at or near the head: a stream is started by its first write. */
     pthread_mutex_lock(&c->obj.lock);
     pmq_stream *prev = NULL;
@@ -695,6 +710,7 @@ void pmq_conn_forget_unstarted(pmq_conn *c, pmq_stream *s)
 
 void pmq_conn_stream_sending(pmq_conn *c, int delta)
 {
+    PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
     c->info.streams_sending += delta;
     if (c->info.streams_sending == 0) {
@@ -705,6 +721,7 @@ void pmq_conn_stream_sending(pmq_conn *c, int delta)
 
 int pmq_conn_accept_stream(pmq_conn *c, pmq_stream **out)
 {
+    PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
     pmq_stream *s = c->streams_head;
     int result;
@@ -728,6 +745,7 @@ int pmq_conn_accept_stream(pmq_conn *c, pmq_stream **out)
 
 QUIC_STATUS pmq_conn_send_datagram(pmq_conn *c, const uint8_t *data, size_t len)
 {
+    PMQ_CHECK(&c->obj);
     if (len > UINT16_MAX) {
         return QUIC_STATUS_INVALID_PARAMETER;
     }
@@ -766,6 +784,7 @@ QUIC_STATUS pmq_conn_send_datagram(pmq_conn *c, const uint8_t *data, size_t len)
 
 pmq_datagram *pmq_conn_pop_datagram(pmq_conn *c)
 {
+    PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
     datagram_block *d = c->dgram_head;
     if (d != NULL) {
@@ -783,6 +802,7 @@ void pmq_datagram_free(pmq_datagram *datagram) { free(datagram); /* first member
 
 void pmq_conn_set_datagram_queue(pmq_conn *c, uint32_t capacity)
 {
+    PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
     c->dgram_capacity = capacity > 0 ? capacity : 1;
     pthread_mutex_unlock(&c->obj.lock);
@@ -790,6 +810,7 @@ void pmq_conn_set_datagram_queue(pmq_conn *c, uint32_t capacity)
 
 void pmq_conn_set_datagram_send_queue(pmq_conn *c, uint32_t capacity)
 {
+    PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
     c->dgram_send_capacity = capacity > 0 ? capacity : 1;
     pmq_obj_changed_locked(&c->obj);
@@ -798,6 +819,7 @@ void pmq_conn_set_datagram_send_queue(pmq_conn *c, uint32_t capacity)
 
 QUIC_STATUS pmq_conn_get_stats(pmq_conn *c, pmq_conn_stats *out)
 {
+    PMQ_CHECK(&c->obj);
     HQUIC handle = c->started ? pmq_guard_enter(&c->obj, &c->guard) : NULL;
     if (handle == NULL) {
         return QUIC_STATUS_INVALID_STATE;
@@ -833,6 +855,7 @@ QUIC_STATUS pmq_conn_get_stats(pmq_conn *c, pmq_conn_stats *out)
 
 uint32_t pmq_conn_peer_certificate(pmq_conn *c, uint8_t *dst, uint32_t cap)
 {
+    PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
     uint32_t len = c->info.peer_certificate_len;
     if (dst != NULL && c->peer_cert != NULL) {
@@ -844,6 +867,7 @@ uint32_t pmq_conn_peer_certificate(pmq_conn *c, uint8_t *dst, uint32_t cap)
 
 QUIC_STATUS pmq_conn_set_stream_scheduling(pmq_conn *c, uint32_t scheme)
 {
+    PMQ_CHECK(&c->obj);
     if (scheme != PMQ_SCHEDULING_FIFO && scheme != PMQ_SCHEDULING_ROUND_ROBIN) {
         return QUIC_STATUS_INVALID_PARAMETER;
     }
@@ -867,6 +891,7 @@ QUIC_STATUS pmq_conn_set_stream_scheduling(pmq_conn *c, uint32_t scheme)
 
 uint32_t pmq_conn_stream_scheduling(pmq_conn *c)
 {
+    PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
     uint32_t scheme = c->stream_scheduling;
     pthread_mutex_unlock(&c->obj.lock);

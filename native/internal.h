@@ -18,7 +18,27 @@ struct pmq_obj {
     /* The waker's ready list; guarded by the waker's lock. */
     pmq_obj *ready_next;
     int in_ready;
+#ifdef PMQ_DEBUG_MAGIC
+    uint32_t magic;           /* PMQ_MAGIC_LIVE while alive, poisoned before destroy */
+    void *debug_handle;       /* the msquic handle this object was given, never cleared */
+#endif
 };
+
+/* Opt-in use-after-free canary: PYMSQUIC_DEBUG_MAGIC=1 at build time. */
+#ifdef PMQ_DEBUG_MAGIC
+#define PMQ_MAGIC_LIVE 0x51c0ffeeu
+#define PMQ_MAGIC_DEAD 0xdeadbeefu
+void pmq_obj_check(const pmq_obj *obj, const char *where);
+void pmq_obj_check_handle(const pmq_obj *obj, void *handle, const char *where);
+#define PMQ_CHECK(obj) pmq_obj_check((obj), __func__)
+/* In a callback: the object must be alive and be the one made for this handle. */
+#define PMQ_CHECK_CALLBACK(obj, handle) pmq_obj_check_handle((obj), (handle), __func__)
+#define PMQ_SET_HANDLE(obj, handle) ((obj)->debug_handle = (handle))
+#else
+#define PMQ_CHECK(obj) ((void)0)
+#define PMQ_CHECK_CALLBACK(obj, handle) ((void)0)
+#define PMQ_SET_HANDLE(obj, handle) ((void)0)
+#endif
 
 /*
  * A msquic handle that Python may call on while a worker may close it. Python

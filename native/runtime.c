@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -327,15 +328,49 @@ void pmq_obj_init(pmq_obj *obj, int refs, void (*destroy)(pmq_obj *))
     pthread_condattr_destroy(&attr);
     atomic_init(&obj->refs, refs);
     obj->destroy = destroy;
+#ifdef PMQ_DEBUG_MAGIC
+    obj->magic = PMQ_MAGIC_LIVE;
+#endif
 }
 
-void pmq_obj_ref(pmq_obj *obj) { atomic_fetch_add(&obj->refs, 1); }
+#ifdef PMQ_DEBUG_MAGIC
+void pmq_obj_check(const pmq_obj *obj, const char *where)
+{
+    uint32_t magic = __atomic_load_n(&obj->magic, __ATOMIC_RELAXED);
+    int refs = atomic_load(&((pmq_obj *)obj)->refs);
+    if (magic != PMQ_MAGIC_LIVE || refs <= 0) {
+        fprintf(stderr, "pymsquic: %s: object %p is not alive (magic 0x%08x, refs %d)\n", where, (void *)obj,
+                magic, refs);
+        abort();
+    }
+}
+
+void pmq_obj_check_handle(const pmq_obj *obj, void *handle, const char *where)
+{
+    pmq_obj_check(obj, where);
+    if (obj->debug_handle != handle) {
+        fprintf(stderr, "pymsquic: %s: object %p was made for handle %p, called for handle %p\n", where,
+                (void *)obj, obj->debug_handle, handle);
+        abort();
+    }
+}
+#endif
+
+void pmq_obj_ref(pmq_obj *obj)
+{
+    PMQ_CHECK(obj);
+    atomic_fetch_add(&obj->refs, 1);
+}
 
 void pmq_obj_unref(pmq_obj *obj)
 {
+    PMQ_CHECK(obj);
     if (atomic_fetch_sub(&obj->refs, 1) != 1) {
         return;
     }
+#ifdef PMQ_DEBUG_MAGIC
+    __atomic_store_n(&obj->magic, PMQ_MAGIC_DEAD, __ATOMIC_RELAXED);
+#endif
     if (obj->waker != NULL) {
         waker_unref(obj->waker);
     }

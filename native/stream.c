@@ -121,6 +121,7 @@ pmq_stream *pmq_stream_get_next(pmq_stream *s) { return s->next; }
 
 void pmq_stream_get_state(pmq_stream *s, pmq_stream_state *out)
 {
+    PMQ_CHECK(&s->obj);
     pthread_mutex_lock(&s->obj.lock);
     *out = s->st;
     pthread_mutex_unlock(&s->obj.lock);
@@ -268,6 +269,7 @@ static uint64_t next_chunk_locked(pmq_stream *s, const uint8_t **data)
 
 int pmq_stream_peek(pmq_stream *s, const uint8_t **data, uint64_t *len)
 {
+    PMQ_CHECK(&s->obj);
     int status = begin_read(s);
     if (status >= 0) {
         return status;
@@ -282,6 +284,7 @@ int pmq_stream_peek(pmq_stream *s, const uint8_t **data, uint64_t *len)
 
 void pmq_stream_consume(pmq_stream *s, uint64_t n)
 {
+    PMQ_CHECK(&s->obj);
     pthread_mutex_lock(&s->obj.lock);
     if (!s->peeking) {
         pthread_mutex_unlock(&s->obj.lock);
@@ -303,6 +306,7 @@ void pmq_stream_consume(pmq_stream *s, uint64_t n)
 
 int pmq_stream_read_into(pmq_stream *s, uint8_t *dst, uint64_t cap, uint64_t *copied)
 {
+    PMQ_CHECK(&s->obj);
     *copied = 0;
     int status = begin_read(s);
     if (status >= 0) {
@@ -460,6 +464,7 @@ static void set_flag(pmq_stream *s, uint32_t flag, uint64_t *code_field, uint64_
 static QUIC_STATUS QUIC_API stream_callback(HQUIC handle, void *context, QUIC_STREAM_EVENT *event)
 {
     pmq_stream *s = context;
+    PMQ_CHECK_CALLBACK(&s->obj, handle);
     QUIC_STATUS status = QUIC_STATUS_SUCCESS;
     pmq_callback_enter();
     switch (event->Type) {
@@ -537,6 +542,7 @@ pmq_stream *pmq_stream_new_peer(pmq_conn *conn, HQUIC handle, int unidirectional
         return NULL;
     }
     s->guard.handle = handle;
+    PMQ_SET_HANDLE(&s->obj, handle);
     uint32_t size = sizeof(s->st.id);
     if (QUIC_SUCCEEDED(pmq_api->GetParam(handle, QUIC_PARAM_STREAM_ID, &size, &s->st.id))) {
         s->st.flags |= PMQ_STREAM_ID_KNOWN; /* inline: we are on the connection's worker */
@@ -562,6 +568,7 @@ void pmq_stream_refuse(HQUIC handle)
 
 void pmq_stream_abort_unaccepted(pmq_stream *s)
 {
+    PMQ_CHECK(&s->obj);
     pmq_stream_shutdown(s, QUIC_STREAM_SHUTDOWN_FLAG_ABORT, 0);
     pmq_obj_unref(&s->obj);
 }
@@ -579,6 +586,7 @@ QUIC_STATUS pmq_stream_open_on(pmq_conn *conn, HQUIC connection, int unidirectio
         stream_discard(s);
         return status;
     }
+    PMQ_SET_HANDLE(&s->obj, s->guard.handle);
     /* Started by the first send (QUIC_SEND_FLAG_START saves a queued operation),
      * or by pmq_stream_ensure_started before anything else needs it. */
     s->needs_start = 1;
@@ -621,6 +629,7 @@ static void end_unstarted_finish(pmq_stream *s, HQUIC to_close, int done_sending
 
 void pmq_stream_end_unstarted(pmq_stream *s)
 {
+    PMQ_CHECK(&s->obj);
     pthread_mutex_lock(&s->obj.lock);
     int pending = s->needs_start; /* else a start was taken: msquic ends the stream */
     s->needs_start = 0;
@@ -654,6 +663,7 @@ static void start_now(pmq_stream *s, HQUIC handle)
 
 void pmq_stream_ensure_started(pmq_stream *s)
 {
+    PMQ_CHECK(&s->obj);
     pthread_mutex_lock(&s->obj.lock);
     int start = take_start_locked(s);
     HQUIC handle = start ? s->guard.handle : NULL;
@@ -671,6 +681,7 @@ void pmq_stream_ensure_started(pmq_stream *s)
 
 QUIC_STATUS pmq_stream_write(pmq_stream *s, const uint8_t *data, size_t len, int fin)
 {
+    PMQ_CHECK(&s->obj);
     send_block *block = NULL;
     if (len > 0) {
         if (len > UINT32_MAX) {
@@ -726,6 +737,7 @@ QUIC_STATUS pmq_stream_write(pmq_stream *s, const uint8_t *data, size_t len, int
 
 QUIC_STATUS pmq_stream_shutdown(pmq_stream *s, uint32_t flags, uint64_t error_code)
 {
+    PMQ_CHECK(&s->obj);
     pmq_stream_ensure_started(s); /* msquic reports shutdowns of started streams only */
     HQUIC handle = pmq_guard_enter(&s->obj, &s->guard);
     if (handle == NULL) {
@@ -765,6 +777,7 @@ QUIC_STATUS pmq_stream_shutdown(pmq_stream *s, uint32_t flags, uint64_t error_co
 
 void pmq_stream_set_send_limit(pmq_stream *s, uint64_t limit)
 {
+    PMQ_CHECK(&s->obj);
     pthread_mutex_lock(&s->obj.lock);
     s->send_limit_fixed = limit != 0;
     if (limit != 0) {
@@ -776,6 +789,7 @@ void pmq_stream_set_send_limit(pmq_stream *s, uint64_t limit)
 
 void pmq_stream_abandon(pmq_stream *s)
 {
+    PMQ_CHECK(&s->obj);
     pthread_mutex_lock(&s->obj.lock);
     uint32_t f = s->st.flags;
     pthread_mutex_unlock(&s->obj.lock);
@@ -798,6 +812,7 @@ void pmq_stream_abandon(pmq_stream *s)
 
 void pmq_stream_release(pmq_stream *s)
 {
+    PMQ_CHECK(&s->obj);
     /* Python holds no reference, so no read is between peek and consume: end a
      * peek left open, or its guard use would keep the handle open for ever. */
     pmq_stream_consume(s, 0);
@@ -807,6 +822,7 @@ void pmq_stream_release(pmq_stream *s)
 
 QUIC_STATUS pmq_stream_set_priority(pmq_stream *s, uint16_t priority)
 {
+    PMQ_CHECK(&s->obj);
     HQUIC handle = pmq_guard_enter(&s->obj, &s->guard);
     if (handle == NULL) {
         return QUIC_STATUS_INVALID_STATE;
@@ -818,6 +834,7 @@ QUIC_STATUS pmq_stream_set_priority(pmq_stream *s, uint16_t priority)
 
 QUIC_STATUS pmq_stream_get_priority(pmq_stream *s, uint16_t *out)
 {
+    PMQ_CHECK(&s->obj);
     HQUIC handle = pmq_guard_enter(&s->obj, &s->guard);
     if (handle == NULL) {
         return QUIC_STATUS_INVALID_STATE;
