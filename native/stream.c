@@ -820,27 +820,27 @@ void pmq_stream_release(pmq_stream *s)
     pmq_obj_unref(&s->obj);
 }
 
-QUIC_STATUS pmq_stream_set_priority(pmq_stream *s, uint16_t priority)
+/* A stream parameter read or written through the guard (both wait for the
+ * connection's worker: never from a hook). */
+static QUIC_STATUS guarded_param(pmq_stream *s, int set, uint32_t param, void *buffer, uint32_t size)
 {
     PMQ_CHECK(&s->obj);
     HQUIC handle = pmq_guard_enter(&s->obj, &s->guard);
     if (handle == NULL) {
         return QUIC_STATUS_INVALID_STATE;
     }
-    QUIC_STATUS status = pmq_api->SetParam(handle, QUIC_PARAM_STREAM_PRIORITY, sizeof(priority), &priority);
+    QUIC_STATUS status = set ? pmq_api->SetParam(handle, param, size, buffer)
+                             : pmq_api->GetParam(handle, param, &size, buffer);
     pmq_guard_leave(&s->obj, &s->guard, stream_close_handle);
     return status;
 }
 
+QUIC_STATUS pmq_stream_set_priority(pmq_stream *s, uint16_t priority)
+{
+    return guarded_param(s, 1, QUIC_PARAM_STREAM_PRIORITY, &priority, sizeof(priority));
+}
+
 QUIC_STATUS pmq_stream_get_priority(pmq_stream *s, uint16_t *out)
 {
-    PMQ_CHECK(&s->obj);
-    HQUIC handle = pmq_guard_enter(&s->obj, &s->guard);
-    if (handle == NULL) {
-        return QUIC_STATUS_INVALID_STATE;
-    }
-    uint32_t size = sizeof(*out);
-    QUIC_STATUS status = pmq_api->GetParam(handle, QUIC_PARAM_STREAM_PRIORITY, &size, out);
-    pmq_guard_leave(&s->obj, &s->guard, stream_close_handle);
-    return status;
+    return guarded_param(s, 0, QUIC_PARAM_STREAM_PRIORITY, out, sizeof(*out));
 }
