@@ -1,20 +1,37 @@
 """pymsquic: Python binding to Microsoft's msquic.
 
-Layers, bottom up: ``pymsquic._msquic`` (cffi module over libmsquic and the C
-trampolines in native/), ``_native`` (library lifetime, blocking waits, hooks),
-``_bridge`` (asyncio wake-ups), then the API: :class:`Registration`,
-:class:`Configuration` (with :class:`Settings` and :class:`Credential`),
-:class:`Listener`, :class:`Connection`, :class:`Stream`/:class:`BlockingStream`,
-and the high-level :func:`serve`/:func:`connect` (asyncio) and
-:mod:`pymsquic.sync` (threads).
+Two worlds with the same names: :mod:`pymsquic.asyncio` (coroutines) and
+:mod:`pymsquic.sync` (threads), each with ``serve``, ``connect``, ``Server``,
+``Listener``, ``Connection`` and ``Stream``. ``pymsquic.serve`` and
+``pymsquic.connect`` are the asyncio ones. What does not wait is here, shared
+by both: :class:`Registration`, :class:`Configuration` (with :class:`Settings`
+and :class:`Credential`), the errors, the statistics records,
+:func:`msquic_version`.
+
+Layers, bottom up: ``native/`` (C trampolines on msquic's threads),
+``pymsquic._msquic`` (the cffi module), ``_native`` (library lifetime,
+blocking waits, hooks), ``_core`` (state and non-blocking steps), then
+``asyncio`` and ``sync``.
 """
 
 from __future__ import annotations
 
-from . import _native, sync
+from . import _native, asyncio, sync
+from ._core.connection import ConnectionStats
+from ._core.listener import (
+    ListenerState,
+    ListenerStats,
+    NewConnectionHook,
+    NewConnectionInfo,
+    StopCompleteHook,
+    retry_memory_limit,
+    set_retry_memory_limit,
+)
+from ._core.server import DEFAULT_SETTINGS
 from ._msquic import ffi, lib
+from .addresses import Address
+from .asyncio import connect, serve
 from .configuration import Configuration, Credential, Settings
-from .connection import Connection, ConnectionStats
 from .errors import (
     EXCEPTION_ERROR_CODE,
     AlreadyStarted,
@@ -32,17 +49,7 @@ from .errors import (
     StreamStopped,
     status_name,
 )
-from .listener import (
-    Listener,
-    ListenerState,
-    ListenerStats,
-    NewConnectionInfo,
-    retry_memory_limit,
-    set_retry_memory_limit,
-)
 from .registration import Registration, default_registration
-from .server import DEFAULT_SETTINGS, Server, connect, serve
-from .stream import BlockingStream, Stream, StreamProtocol
 
 __version__ = "0.1.0"
 
@@ -58,11 +65,10 @@ def msquic_version() -> str:
 
 
 __all__ = [
-    "DEFAULT_SETTINGS", "EXCEPTION_ERROR_CODE", "AlreadyStarted", "BlockingStream", "Configuration", "Connection",
-    "ConnectionClosed", "ConnectionStats", "Credential", "DatagramQueueFull", "Failed", "Finished",
-    "ForkedProcessError", "HookContextError",
-    "ListenError", "Listener", "ListenerState", "ListenerStats", "NewConnectionInfo", "NotStarted",
-    "QuicError", "Registration", "Server", "Settings", "Stream", "StreamError", "StreamReset",
-    "StreamProtocol", "StreamStopped", "connect", "default_registration", "msquic_version", "retry_memory_limit", "serve",
+    "DEFAULT_SETTINGS", "EXCEPTION_ERROR_CODE", "Address", "AlreadyStarted", "Configuration", "ConnectionClosed",
+    "ConnectionStats", "Credential", "DatagramQueueFull", "Failed", "Finished", "ForkedProcessError",
+    "HookContextError", "ListenError", "ListenerState", "ListenerStats", "NewConnectionHook", "NewConnectionInfo",
+    "NotStarted", "QuicError", "Registration", "Settings", "StopCompleteHook", "StreamError", "StreamReset",
+    "StreamStopped", "asyncio", "connect", "default_registration", "msquic_version", "retry_memory_limit", "serve",
     "set_retry_memory_limit", "status_name", "sync",
 ]

@@ -11,12 +11,11 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from . import msquic_version
+from .asyncio import Connection, Stream, connect, serve
 from .configuration import Credential
-from .connection import Connection
-from .server import connect, serve
-from .stream import Stream
 
 ALPN = "pymsquic-demo"
 
@@ -24,7 +23,7 @@ ALPN = "pymsquic-demo"
 async def echo(conn: Connection) -> None:
     async def datagrams() -> None:
         while True:
-            conn.send_datagram(await conn.receive_datagram_async())
+            conn.send_datagram(await conn.receive_datagram())
 
     async def echo_stream(stream: Stream) -> None:
         async for chunk in stream:
@@ -57,7 +56,8 @@ async def round_trip(stream: Stream, payload: bytes) -> bool:
     return received.digest() == hashlib.sha256(payload).digest()
 
 
-async def run_demo(clients: int = 4, streams: int = 4, megabytes: int = 16, host: str = "127.0.0.1") -> dict:
+async def run_demo(clients: int = 4, streams: int = 4, megabytes: int = 16,
+                   host: str = "127.0.0.1") -> dict[str, Any]:
     """Run the demo and return its figures (also printed)."""
     print(f"pymsquic demo on msquic {msquic_version()}")
     credential = Credential.self_signed(("localhost", host))
@@ -65,7 +65,7 @@ async def run_demo(clients: int = 4, streams: int = 4, megabytes: int = 16, host
         ca_file = Path(tmp) / "demo-ca.pem"
         ca_file.write_bytes(credential.certificate_pem or b"")
         client_credential = Credential.client(ca_file=ca_file)  # verifies the server
-        async with await serve(echo, host, 0, alpn=ALPN, credential=credential) as server:
+        async with serve(echo, host, 0, alpn=ALPN, credential=credential) as server:
             port = server.addresses[0][1]
             print(f"echo server on {host}:{port} (ALPN {ALPN!r}, self-signed certificate)")
 
@@ -73,19 +73,19 @@ async def run_demo(clients: int = 4, streams: int = 4, megabytes: int = 16, host
             for i in range(clients):
                 start = time.perf_counter()
                 async with connect(host, port, alpn=ALPN, credential=client_credential,
-                                   server_name="localhost", timeout=10) as conn:
+                                   server_name="localhost") as conn:
                     handshakes.append((time.perf_counter() - start) * 1000)
                 print(f"  client {i + 1}: verified handshake in {handshakes[-1]:.2f} ms")
 
-            async with connect(host, port, alpn=ALPN, credential=client_credential, server_name="localhost",
-                               timeout=10) as conn:
+            async with connect(host, port, alpn=ALPN, credential=client_credential,
+                               server_name="localhost") as conn:
                 datagram_ok = False
                 for _ in range(20):  # datagrams are unreliable: retry a few times
                     conn.send_datagram(b"hello, datagram")
                     try:
-                        datagram_ok = await conn.receive_datagram_async(timeout=0.25) == b"hello, datagram"
+                        datagram_ok = await asyncio.wait_for(conn.receive_datagram(), 0.25) == b"hello, datagram"
                         break
-                    except TimeoutError:
+                    except asyncio.TimeoutError:  # not TimeoutError before 3.11
                         pass
                 print(f"  datagram echoed: {datagram_ok}")
 

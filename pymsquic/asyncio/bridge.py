@@ -1,4 +1,4 @@
-"""asyncio bridge: one eventfd per event loop, written by msquic's threads.
+"""How asyncio waits for msquic: one eventfd per event loop, written by msquic's threads.
 
 Native objects attached to a loop's waker report each change by queueing
 their id and, when the list turns non-empty, writing the eventfd. The loop's
@@ -13,8 +13,8 @@ import time
 import weakref
 from typing import Any, Callable, TypeVar
 
-from ._msquic import ffi, lib
-from ._native import check_not_forked
+from .._msquic import ffi, lib
+from .._native import check_not_forked
 
 T = TypeVar("T")
 
@@ -29,7 +29,7 @@ class _LoopBridge:
         self._waker = ffi.gc(waker, lib.pmq_waker_release)
         self._ids = ffi.new("uint64_t[]", _DRAIN_BATCH)
         self._next_id = 1
-        # id -> weak reference; entries leave when their object goes (NativeWaitable.__del__).
+        # id -> weak reference to the object attached under that id.
         self._objects: dict[int, weakref.ref[NativeWaitable]] = {}
         self._fd = lib.pmq_waker_fd(waker)
         # The loop holds the bridge through this reader; when the loop is collected,
@@ -39,12 +39,11 @@ class _LoopBridge:
     def attach(self, obj: "NativeWaitable") -> None:
         obj_id = self._next_id
         self._next_id += 1
-        self._objects[obj_id] = weakref.ref(obj)
-        obj._bridge_slot = (self, obj_id)
+        objects = self._objects
+        # The entry leaves with its object; the native side may still report the
+        # id once, which then finds nothing.
+        objects[obj_id] = weakref.ref(obj, lambda _ref: objects.pop(obj_id, None))
         lib.pmq_obj_attach(obj._native_obj, self._waker, obj_id)
-
-    def forget(self, obj_id: int) -> None:
-        self._objects.pop(obj_id, None)
 
     def _on_readable(self) -> None:
         n = lib.pmq_waker_drain(self._waker, self._ids, _DRAIN_BATCH)
@@ -72,26 +71,19 @@ def bridge_for(loop: asyncio.AbstractEventLoop) -> _LoopBridge:
 
 
 class NativeWaitable:
-    """Mixin for Python objects backed by a native pmq_obj.
+    """Mixin for asyncio objects backed by a native pmq_obj (``_native_obj``).
 
-    ``_wait_blocking``/``_wait_async`` re-run a non-blocking check each time the
-    native object changes. The check must take what it returns atomically (an
-    accept pops a connection in C), so a cancelled or timed-out wait loses nothing.
+    ``_wait`` re-runs a non-blocking check each time the native object
+    changes. The check must take what it returns atomically (an accept pops a
+    connection in C), so a cancelled wait loses nothing. Subclasses call
+    ``_init_waitable()`` in ``__init__``.
     """
 
     _native_obj: Any  # pmq_obj *
-    _bridge_slot: "tuple[_LoopBridge, int] | None" = None
 
-    def _init_waitable(self, native_obj: Any) -> None:
-        self._native_obj = native_obj
+    def _init_waitable(self) -> None:
         self._waiters: list[asyncio.Future[None]] = []
         self._attached_loop: asyncio.AbstractEventLoop | None = None
-        self._bridge_slot = None
-
-    def _forget_bridge(self) -> None:
-        slot = self._bridge_slot
-        if slot is not None:
-            slot[0].forget(slot[1])
 
     def _native_changed(self) -> None:
         """Called on the loop when the native object changed; protocols override it."""
@@ -101,7 +93,6 @@ class NativeWaitable:
     def _attach_to_running_loop(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
         loop = loop or asyncio.get_running_loop()
         if self._attached_loop is not loop:
-            self._forget_bridge()
             bridge_for(loop).attach(self)
             self._attached_loop = loop
 
@@ -120,7 +111,9 @@ class NativeWaitable:
             if not fut.done():
                 fut.set_result(None)
 
-    async def _wait_async(self, check_ready: Callable[[], T | None], timeout: float | None, what: str) -> T:
+    async def _wait(self, check_ready: Callable[[], T | None], what: str, timeout: float | None = None) -> T:
+        """Until ``check_ready()`` returns non-None. ``timeout`` is for pymsquic's
+        own bounded waits (open timeout, linger); callers use asyncio.timeout()."""
         # Attach to the loop's waker only when about to wait; the loop below
         # checks again after attaching, so no change between can be missed.
         check_not_forked(what)

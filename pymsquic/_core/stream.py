@@ -1,35 +1,44 @@
-"""QUIC streams: :class:`Stream` for asyncio and :class:`BlockingStream` for threads.
+"""The stream state and the non-blocking steps both worlds share.
 
-Both wrap the same native stream; only the waiting differs. Received bytes are
-copied once, straight out of msquic's buffers. Unread data stays with msquic,
-which stops delivery and flow-controls the peer, so a slow reader bounds memory.
-Writes are copied once and queued at once; ``drain()`` waits while more than the
-send limit (msquic's ideal send buffer size, or ``set_write_limit``) is in flight.
+:class:`StreamCore` wraps one native stream: its state, writes (which never
+wait), and reads of what is there now. :mod:`pymsquic.asyncio.stream` and
+:mod:`pymsquic.sync.stream` add only the waiting. Received bytes are copied
+once, straight out of msquic's buffers. Unread data stays with msquic, which
+stops delivery and flow-controls the peer, so a slow reader bounds memory.
+Writes are copied once and queued at once; ``drain()`` waits while more than
+the send limit (msquic's ideal send buffer size, or ``set_write_limit``) is in
+flight.
+
+A read that needs several waits (``readexactly``, ``readuntil``, ``read()``
+until FIN) is a generator here: it yields each time it must wait, and the world
+drives it. If the wait raises (cancelled, timed out, interrupted), the world
+closes the generator, and what it had gathered goes back in front of the
+stream (``_pushback``), which every read path takes from first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import operator
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, Generator, Iterable
 
-from . import _native
-from ._bridge import NativeWaitable
-from ._buffers import BufferLike, c_buffer
-from ._msquic import ffi, lib
-from .errors import QuicError, StreamError, StreamReset, StreamStopped, failed
+from .. import _native
+from .._buffers import BufferLike, c_buffer
+from .._msquic import ffi, lib
+from ..errors import EXCEPTION_ERROR_CODE, QuicError, StreamError, StreamReset, StreamStopped, failed
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from .connection import ConnectionCore
 
-BytesLike = BufferLike  # any object with the buffer protocol; every byte of it is sent
-
-_READ_ALL_CHUNK = 1 << 20
-_V = TypeVar("_V", bound="_StreamCore")
+READ_CHUNK = 1 << 20  # what iteration and read() until FIN take per step
+DEFAULT_LIMIT = 1 << 16  # readuntil()'s default bound, as asyncio's StreamReader
 _MAX_WRITE = 0xFFFFFFFF  # one QUIC_BUFFER
 
+#: A read in steps: yields whenever it must wait for the stream, returns the result.
+ReadSteps = Generator[None, None, bytes]
 
-def _count(n: object, what: str) -> int:
+
+def count(n: object, what: str) -> int:
     """A byte count argument: an int (or index-like), never a bool or a float.
     Checked before any native state is touched."""
     if isinstance(n, bool):
@@ -46,7 +55,7 @@ class _GiveBack:
 
     __slots__ = ("_stream", "_chunks")
 
-    def __init__(self, stream: "_StreamCore", chunks: "list[bytes]") -> None:
+    def __init__(self, stream: "StreamCore", chunks: "list[bytes]") -> None:
         self._stream = stream
         self._chunks = chunks
 
@@ -66,55 +75,23 @@ def _joined(chunks: "list[bytes]", n: int) -> bytes:
     return data
 
 
-class StreamProtocol:
-    """Callbacks for a stream, run on the event loop: asyncio.Protocol's shape,
-    without a task or a future per stream. See Connection.set_stream_protocol."""
+class StreamCore:
+    """What a stream is and does without waiting; see the module docstring."""
 
-    def connection_made(self, stream: "Stream") -> None:
-        """The stream is ready; keep ``stream`` to write to it."""
-
-    def data_received(self, data: bytes) -> None:
-        """Bytes arrived (never empty)."""
-
-    def eof_received(self) -> None:
-        """The peer finished its side (FIN)."""
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        """The stream is over: ``exc`` is None when it ended cleanly, else why
-        (StreamReset, ConnectionClosed, ...)."""
-
-
-class _StreamCore(NativeWaitable):
-    _owner = True  # False on a view (blocking()/asyncio()): the original releases
-    _origin: "_StreamCore | None" = None  # on a view: the original, kept alive
-    _protocol: "StreamProtocol | None" = None
-
-    def __init__(self, native: Any, connection: "Connection") -> None:
+    def __init__(self, native: Any, connection: "ConnectionCore") -> None:
         # Internal: wrap a pmq_stream * whose Python reference we now own.
         self._stream = native
-        self._init_waitable(lib.pmq_stream_obj(native))
-        self.connection = connection
-        # Bytes a cancelled or failed multi-step read had taken and not returned:
-        # every read path takes them first. Mutated in place only, so that the
-        # views (blocking()/asyncio()) share it.
+        self._native_obj = lib.pmq_stream_obj(native)
+        self._connection = connection
+        # Bytes a cancelled or failed read in steps had taken and not returned:
+        # every read path takes them first.
         self._pushback = bytearray()
 
     def __del__(self) -> None:
         # Not a weakref finalizer: streams are the hottest objects, and the
         # release never blocks (see _native.release_now_or_later).
-        if self._owner and hasattr(self, "_stream"):
-            self._forget_bridge()
+        if hasattr(self, "_stream"):
             _native.release_now_or_later(lib.pmq_stream_release, self._stream)
-
-    def _view(self, cls: "type[_V]") -> "_V":
-        # The other API over the same native stream (sharing its lifetime; the
-        # pushback buffer is shared too, being the same bytearray).
-        other = cls.__new__(cls)
-        other.__dict__.update(self.__dict__)
-        other._init_waitable(self._native_obj)
-        other._owner = False
-        other._origin = self  # the original releases the native stream: keep it alive
-        return other
 
     # ---- state ---------------------------------------------------------------
 
@@ -162,14 +139,14 @@ class _StreamCore(NativeWaitable):
         lib.pmq_stream_set_send_limit(self._stream, limit or 0)
 
     def _failure(self, status: int) -> QuicError:
-        local = self.connection._registration_closed()  # not "reset by peer" after our own close
+        local = self._connection._registration_closed()  # not "reset by peer" after our own close
         if local is not None:
             return local
         st = self._state()
         if status == lib.PMQ_READ_RESET:
             return StreamReset(f"stream reset by peer with error {st.reset_code}", st.reset_code)
         if st.flags & lib.PMQ_STREAM_CONN_SHUTDOWN:
-            reason = self.connection.close_reason
+            reason = self._connection.close_reason
             if reason is not None:
                 return reason
         if st.flags & lib.PMQ_STREAM_STOP_SENDING_SENT:
@@ -188,23 +165,70 @@ class _StreamCore(NativeWaitable):
             chunks.clear()
 
     def _gather_ready(self, chunks: "list[bytes]", n: int, got: int) -> int:
-        """One step of a read of ``n`` bytes (n < 0: until FIN) that has ``got``
-        bytes in ``chunks``: append what is readable now. Returns the new count,
-        or -1 once the read is complete (n bytes, or FIN). On an exception the
-        chunks go back in front of the stream."""
-        try:
-            while n < 0 or got < n:
-                chunk = self._read_now(_READ_ALL_CHUNK if n < 0 else n - got)
+        """Append what is readable now to a read of ``n`` bytes (n < 0: until
+        FIN) that has ``got`` bytes in ``chunks``. Returns the new count, or -1
+        once the read is complete (n bytes, or FIN)."""
+        while n < 0 or got < n:
+            chunk = self._read_now(READ_CHUNK if n < 0 else n - got)
+            if chunk is None:
+                return got
+            if not chunk:
+                return -1
+            chunks.append(chunk)
+            got += len(chunk)
+        return -1
+
+    def _read_steps(self, n: int) -> ReadSteps:
+        """``readexactly(n)``, or with n < 0 ``read()`` until FIN, in steps."""
+        chunks: list[bytes] = []
+        with _GiveBack(self, chunks):
+            got = self._gather_ready(chunks, n, 0)
+            while got >= 0:
+                yield
+                got = self._gather_ready(chunks, n, got)
+        return _joined(chunks, n)
+
+    def _readuntil_steps(self, separator: bytes, limit: int) -> ReadSteps:
+        """``readuntil(separator)`` in steps, asyncio's semantics: the bytes up
+        to and including ``separator``; IncompleteReadError with what came
+        (consumed) at FIN; LimitOverrunError, consuming nothing, when more than
+        ``limit`` bytes come without it, or it ends beyond ``limit``."""
+        buffer = bytearray()
+        chunks: list[bytes] = [buffer]  # type: ignore[list-item]  # a bytearray joins as well
+        searched = 0
+        with _GiveBack(self, chunks):
+            while True:
+                found = buffer.find(separator, searched)
+                if found >= 0:
+                    end = found + len(separator)
+                    if end > limit:
+                        raise asyncio.LimitOverrunError(
+                            f"separator is found, but chunk is longer than limit ({limit})", found)
+                    self._pushback[:0] = buffer[end:]
+                    chunks.clear()
+                    return bytes(buffer[:end])
+                if len(buffer) > limit:
+                    raise asyncio.LimitOverrunError(f"separator is not found, and chunk exceed the limit ({limit})",
+                                                    len(buffer))
+                searched = max(0, len(buffer) - len(separator) + 1)
+                chunk = self._read_now(READ_CHUNK)
                 if chunk is None:
-                    return got
-                if not chunk:
-                    return -1
-                chunks.append(chunk)
-                got += len(chunk)
-            return -1
-        except BaseException:
-            self._unread(chunks)
-            raise
+                    yield
+                elif chunk:
+                    buffer += chunk
+                else:  # FIN first: the partial is handed over, and so consumed
+                    chunks.clear()
+                    raise asyncio.IncompleteReadError(bytes(buffer), None)
+
+    def _readline_steps(self, limit: int) -> ReadSteps:
+        """``readline()`` in steps: a line, or what is left at FIN; ValueError
+        (nothing consumed) for a line longer than ``limit``."""
+        try:
+            return (yield from self._readuntil_steps(b"\n", limit))
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+        except asyncio.LimitOverrunError as exc:
+            raise ValueError(exc.args[0]) from None
 
     def _readable(self) -> bool | None:
         """True when a read would not wait (data, FIN or an error to report);
@@ -284,7 +308,7 @@ class _StreamCore(NativeWaitable):
 
     # ---- writing ------------------------------------------------------------------
 
-    def write(self, data: BytesLike, fin: bool = False) -> None:
+    def write(self, data: BufferLike, fin: bool = False) -> None:
         """Queue ``data`` (copied at once) and, with ``fin``, end the stream after it.
         Never blocks; use ``drain()`` to wait for the send buffer to empty.
 
@@ -305,14 +329,14 @@ class _StreamCore(NativeWaitable):
             raise self._write_failure(status)
 
     def _write_failure(self, status: int) -> QuicError:
-        local = self.connection._registration_closed()  # not "stopped" after our own close
+        local = self._connection._registration_closed()  # not "stopped" after our own close
         if local is not None:
             return local
         st = self._state()
         if st.flags & lib.PMQ_STREAM_STOP_SENDING_RECEIVED:
             return StreamStopped(f"peer asked to stop sending with error {st.stop_sending_code}",
                                  st.stop_sending_code)
-        reason = self.connection.close_reason
+        reason = self._connection.close_reason
         if reason is not None:
             return reason
         if st.flags & lib.PMQ_STREAM_FIN_SENT:
@@ -323,7 +347,7 @@ class _StreamCore(NativeWaitable):
             return StreamError("cannot write to the peer's unidirectional stream")
         return StreamError("cannot write to the stream", status)
 
-    def writelines(self, lines: Iterable[BytesLike]) -> None:
+    def writelines(self, lines: Iterable[BufferLike]) -> None:
         """Write each buffer of ``lines`` (any iterable). All are checked first:
         a TypeError leaves nothing of them written."""
         for cdata, nbytes in [c_buffer(data) for data in lines]:
@@ -334,7 +358,8 @@ class _StreamCore(NativeWaitable):
         self.write(b"", fin=True)
 
     def reset(self, error_code: int = 0) -> None:
-        """Abort sending (RESET_STREAM with ``error_code``); unsent data is dropped."""
+        """Abort sending (RESET_STREAM with ``error_code``); unsent data is dropped.
+        Writing after it raises :class:`~pymsquic.StreamError`."""
         self._shutdown(lib.QUIC_STREAM_SHUTDOWN_FLAG_ABORT_SEND, error_code)
 
     def stop_sending(self, error_code: int = 0) -> None:
@@ -351,7 +376,7 @@ class _StreamCore(NativeWaitable):
     def _drained(self) -> bool | None:
         st = self._state()
         if st.flags & (lib.PMQ_STREAM_STOP_SENDING_RECEIVED | lib.PMQ_STREAM_SEND_INCOMPLETE):
-            local = self.connection._registration_closed()  # not "stopped" after our own close
+            local = self._connection._registration_closed()  # not "stopped" after our own close
             if local is not None:
                 raise local
         if st.flags & lib.PMQ_STREAM_STOP_SENDING_RECEIVED:
@@ -366,8 +391,8 @@ class _StreamCore(NativeWaitable):
     def _undelivered(self, flags: int) -> QuicError:
         # Why written data will not reach the peer (see drain()).
         if flags & lib.PMQ_STREAM_RESET_SENT:
-            return StreamError("the stream was reset (reset() or close()): written data was not delivered")
-        reason = self.connection.close_reason
+            return StreamError("the stream was reset (reset() or abort()): written data was not delivered")
+        reason = self._connection.close_reason
         if reason is not None:
             return reason
         return StreamError("the stream was aborted: written data was not delivered")
@@ -398,10 +423,51 @@ class _StreamCore(NativeWaitable):
         if failed(status):
             raise self._failure(status)
 
+    def _open_directions(self) -> tuple[bool, bool]:
+        """Whether our sending and the peer's sending to us are still going on."""
+        flags = self._state().flags
+        if flags & lib.PMQ_STREAM_SHUTDOWN_COMPLETE:
+            return False, False
+        uni = flags & lib.PMQ_STREAM_UNIDIRECTIONAL
+        local = flags & lib.PMQ_STREAM_LOCAL
+        sending = not flags & (lib.PMQ_STREAM_FIN_SENT | lib.PMQ_STREAM_RESET_SENT) and not (uni and not local)
+        receiving = not flags & (lib.PMQ_STREAM_FIN_RECEIVED | lib.PMQ_STREAM_RESET_RECEIVED |
+                                 lib.PMQ_STREAM_STOP_SENDING_SENT) and not (uni and local)
+        return sending, receiving
+
+    def at_eof(self) -> bool:
+        """True once the peer finished its side and every byte of it was read."""
+        return not self._pushback and bool(self._state().flags & lib.PMQ_STREAM_FIN_RECEIVED)
+
     def close(self) -> None:
-        """Done with the stream: the directions still open are aborted (a finished
-        send side is left to complete)."""
-        lib.pmq_stream_abandon(self._stream)
+        """Finish gracefully, like ``StreamWriter.close()``: our side ends with a
+        FIN after the data written (which is still delivered), and if the peer
+        is still sending, it is asked to stop (STOP_SENDING with 0). Never
+        waits; ``wait_closed()`` waits for the end. See :meth:`abort`."""
+        sending, receiving = self._open_directions()
+        if sending:
+            try:
+                self._write_c(ffi.NULL, 0, True)
+            except QuicError:  # the stream or its connection ended meanwhile: nothing left to finish
+                pass
+        if receiving:
+            self.stop_sending(0)
+
+    def abort(self, error_code: int = 0) -> None:
+        """Reset both ways: RESET_STREAM (unsent data dropped) and STOP_SENDING,
+        each with ``error_code``, on the directions still open."""
+        sending, receiving = self._open_directions()
+        flags = (lib.QUIC_STREAM_SHUTDOWN_FLAG_ABORT_SEND if sending else 0) | (
+            lib.QUIC_STREAM_SHUTDOWN_FLAG_ABORT_RECEIVE if receiving else 0)
+        if flags:
+            self._shutdown(flags, error_code)
+
+    def _exit(self, exc_type: type | None) -> None:
+        """Leaving ``with``/``async with``: close, or abort when left by an exception."""
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort(EXCEPTION_ERROR_CODE)
 
     def __repr__(self) -> str:
         st = self._state()
@@ -411,183 +477,3 @@ class _StreamCore(NativeWaitable):
         return f"<{type(self).__name__} id={self.id} {kind} {side} {state}>"
 
 
-class Stream(_StreamCore):
-    """A QUIC stream for asyncio, shaped like asyncio's StreamReader/StreamWriter."""
-
-    def _set_protocol(self, protocol: StreamProtocol) -> None:
-        self._protocol = protocol
-        self._eof_delivered = False
-        self.connection._protocol_streams.add(self)  # only weak references lead here otherwise
-        protocol.connection_made(self)
-        self._attach_to_running_loop()
-        self._native_changed()
-
-    def _lose(self, protocol: StreamProtocol, exc: Exception | None) -> None:
-        self._protocol = None
-        self.connection._protocol_streams.discard(self)
-        protocol.connection_lost(exc)
-
-    def _native_changed(self) -> None:
-        protocol = self._protocol
-        if protocol is None:
-            super()._native_changed()
-            return
-        try:
-            while not self._eof_delivered:
-                data = self._read_now(_READ_ALL_CHUNK)
-                if data is None:
-                    break
-                if data:
-                    protocol.data_received(data)
-                else:
-                    self._eof_delivered = True
-                    protocol.eof_received()
-            if self._state().flags & lib.PMQ_STREAM_SHUTDOWN_COMPLETE:
-                self._lose(protocol, None)
-        except QuicError as exc:
-            self._lose(protocol, exc)
-        if self._waiters:  # drain() and wait_closed() still work
-            self._wake_waiters()
-
-    async def read(self, n: int = -1) -> bytes:
-        """Up to ``n`` bytes (at least one, b"" at FIN); ``n=-1`` reads until FIN.
-
-        Cancelling a read loses nothing: bytes not returned (also those a read
-        until FIN had gathered) stay for the next read. Raises StreamReset if the
-        peer reset the stream, TypeError if ``n`` is not an int.
-        """
-        n = _count(n, "read()")
-        if n < 0:
-            return await self._read_until(-1, "read()")
-        if n == 0:
-            return b""
-        data = self._read_now(n)  # no coroutine when data is there
-        if data is None:
-            data = await self._wait_async(lambda: self._read_now(n), None, "read()")
-        return data
-
-    async def readexactly(self, n: int) -> bytes:
-        """Exactly ``n`` bytes; asyncio.IncompleteReadError (with ``partial``, which
-        is then consumed) if FIN comes first. Cancelled, it loses nothing: what it
-        had gathered stays for the next read."""
-        n = _count(n, "readexactly()")
-        if n < 0:
-            raise ValueError(f"readexactly() needs n >= 0, not {n}")
-        return await self._read_until(n, "readexactly()")
-
-    async def _read_until(self, n: int, what: str) -> bytes:
-        chunks: list[bytes] = []
-        got = self._gather_ready(chunks, n, 0)  # no waiting machinery when all is there
-        if got >= 0:
-            with _GiveBack(self, chunks):
-                while got >= 0:
-                    await self._wait_async(self._readable, None, what)
-                    got = self._gather_ready(chunks, n, got)
-        return _joined(chunks, n)
-
-    async def readinto(self, buffer: Any) -> int:
-        """Read into a writable, C-contiguous buffer; returns the byte count, 0 at FIN."""
-        n = self._readinto_now(buffer)
-        if n is None:
-            n = await self._wait_async(lambda: self._readinto_now(buffer), None, "readinto()")
-        return n
-
-    async def drain(self) -> None:
-        """Wait until the bytes in flight fall to the write limit.
-
-        Raises once written data can no longer be delivered: StreamStopped (the
-        peer sent STOP_SENDING), the connection's ConnectionClosed (it closed
-        first), or StreamError (the stream was reset, closed or aborted), like
-        asyncio's drain() raising ConnectionResetError.
-        """
-        if self._drained() is None:
-            await self._wait_async(self._drained, None, "drain()")
-
-    async def wait_closed(self, timeout: float | None = None) -> None:
-        """Wait until the stream is shut down in both directions (and our data acknowledged)."""
-        if self._closed_now() is None:
-            await self._wait_async(self._closed_now, timeout, "wait_closed()")
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self
-
-    async def __anext__(self) -> bytes:
-        chunk = await self.read(_READ_ALL_CHUNK)  # never b"" before FIN
-        if not chunk:
-            raise StopAsyncIteration
-        return chunk
-
-    def blocking(self) -> "BlockingStream":
-        """The same stream with the blocking API."""
-        return self._view(BlockingStream)
-
-
-class BlockingStream(_StreamCore):
-    """A QUIC stream for threads: the names of :class:`Stream`, blocking with timeouts
-    (GIL released while waiting)."""
-
-    def read(self, n: int = -1, timeout: float | None = None) -> bytes:
-        """Up to ``n`` bytes (at least one, b"" at FIN); ``n=-1`` reads until FIN.
-
-        ``timeout`` bounds the whole call. A timeout (or any exception) loses
-        nothing: bytes a read until FIN had gathered stay for the next read.
-        """
-        n = _count(n, "read()")
-        if n < 0:
-            return self._read_until(-1, timeout, "read()")
-        if n == 0:
-            return b""
-        return _native.wait_blocking(self._native_obj, lambda: self._read_now(n), timeout, "read()")
-
-    def readexactly(self, n: int, timeout: float | None = None) -> bytes:
-        """Exactly ``n`` bytes within ``timeout`` seconds for the whole call.
-
-        If FIN comes first: asyncio.IncompleteReadError with ``partial`` (a
-        subclass of EOFError, as raised here before). On TimeoutError the bytes
-        gathered so far stay for the next read.
-        """
-        n = _count(n, "readexactly()")
-        if n < 0:
-            raise ValueError(f"readexactly() needs n >= 0, not {n}")
-        return self._read_until(n, timeout, "readexactly()")
-
-    def _read_until(self, n: int, timeout: float | None, what: str) -> bytes:
-        # Stream._read_until's steps, with one deadline for all of them.
-        deadline = _native.Deadline(timeout)
-        chunks: list[bytes] = []
-        got = self._gather_ready(chunks, n, 0)
-        with _GiveBack(self, chunks):
-            while got >= 0:
-                _native.wait_until(self._native_obj, self._readable, deadline, what)
-                got = self._gather_ready(chunks, n, got)
-        return _joined(chunks, n)
-
-    def readinto(self, buffer: Any, timeout: float | None = None) -> int:
-        """Read into a writable, C-contiguous buffer; returns the byte count, 0 at FIN."""
-        return _native.wait_blocking(self._native_obj, lambda: self._readinto_now(buffer), timeout, "readinto()")
-
-    def drain(self, timeout: float | None = None) -> None:
-        """Wait until the bytes in flight fall to the write limit; raises as
-        :meth:`Stream.drain` does when written data can no longer be delivered."""
-        _native.wait_blocking(self._native_obj, self._drained, timeout, "drain()")
-
-    def wait_closed(self, timeout: float | None = None) -> None:
-        """Block until the stream is shut down in both directions (and our data acknowledged)."""
-        _native.wait_blocking(self._native_obj, self._closed_now, timeout, "wait_closed()")
-
-    def __iter__(self) -> Iterator[bytes]:
-        while True:
-            chunk = self.read(_READ_ALL_CHUNK)
-            if not chunk:
-                return
-            yield chunk
-
-    def asyncio(self) -> Stream:
-        """The same stream with the asyncio API."""
-        return self._view(Stream)
-
-    def __enter__(self) -> "BlockingStream":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -1,23 +1,39 @@
-"""Connection: a QUIC connection, accepted by a Listener or opened as a client."""
+"""The connection state and the non-blocking steps both worlds share.
+
+:class:`ConnectionCore` wraps one native connection: its state, opening
+streams, sending datagrams, starting a shutdown, and the checks the worlds'
+waits re-run (a stream to accept, a datagram to receive, connected, all sent,
+closed). :mod:`pymsquic.asyncio.connection` and :mod:`pymsquic.sync.connection`
+add only the waiting, the client's ``connect`` and the context managers.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
-from typing import Any, AsyncIterator, Callable, Iterator, Union
+import itertools
+import logging
+from typing import Any, Callable, ClassVar, Generator, MutableMapping
 
-from . import _native
-from ._bridge import NativeWaitable
-from ._buffers import BufferLike, c_buffer
-from ._msquic import ffi, lib
-from .addresses import Address, from_native, is_ip_literal, resolve, resolve_async
-from .configuration import STREAM_SCHEDULING, Configuration, decode_alpns
-from .errors import EXCEPTION_ERROR_CODE, ConnectionClosed, DatagramQueueFull, QuicError, failed
-from .registration import Registration
-from .stream import BlockingStream, Stream, StreamProtocol
+from .. import _native
+from .._buffers import BufferLike, c_buffer
+from .._msquic import ffi, lib
+from ..addresses import Address, from_native, is_ip_literal
+from ..configuration import STREAM_SCHEDULING, Configuration, decode_alpns
+from ..errors import EXCEPTION_ERROR_CODE, ConnectionClosed, DatagramQueueFull, QuicError, failed
+from ..registration import Registration
+from .stream import StreamCore
 
-AnyStream = Union[Stream, BlockingStream]
+logger = logging.getLogger("pymsquic")
+_connection_ids = itertools.count(1)
+
+
+class ConnectionLogger(logging.LoggerAdapter):  # type: ignore[type-arg]  # generic only in typeshed
+    """``logging.getLogger("pymsquic")`` with the connection's id in front of each
+    message, and as ``connection_id`` on each record (for filters and formatters)."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(kwargs.get("extra") or {}), **(self.extra or {})}
+        return f"[conn {(self.extra or {})['connection_id']}] {msg}", kwargs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,115 +57,68 @@ class ConnectionStats:
     handshake_us: int
 
 
-class Connection(NativeWaitable):
-    """A QUIC connection.
+class ConnectionCore:
+    """What a connection is and does without waiting; see the module docstring."""
 
-    Server side, :meth:`Listener.accept` returns connections whose handshake is
-    complete. Client side, :meth:`connect` / :meth:`connect_async` open one and
-    wait for the handshake. The handle is released by msquic's own shutdown: call
-    :meth:`shutdown` or :meth:`close` (or use ``with``/``async with``).
+    #: The world's stream class, for the streams this connection hands out.
+    _stream_class: ClassVar[type[StreamCore]]
 
-    A connection made by a blocking call (``connect``, ``Listener.accept``) hands
-    out :class:`BlockingStream` objects; one made by an asyncio call hands out
-    :class:`Stream` objects. ``open_stream(blocking=...)`` overrides that.
-
-    Only the first shutdown (:meth:`shutdown`, :meth:`close`, a graceful close,
-    ``Registration.close()``) reaches the wire: its error code is the one the
-    peer sees. Leaving ``with``/``async with`` by an exception closes with
-    :data:`~pymsquic.EXCEPTION_ERROR_CODE` instead of 0.
-    """
-
-    def __init__(self, native: Any, registration: Registration, configuration: Configuration,
-                 blocking: bool = False) -> None:
+    def __init__(self, native: Any, registration: Registration, configuration: Configuration) -> None:
         # Internal: wrap a pmq_conn * whose Python reference we now own.
         self._conn = native
-        self._init_waitable(lib.pmq_conn_obj(native))
+        self._native_obj = lib.pmq_conn_obj(native)
         self.registration = registration
         self.configuration = configuration
-        self.blocking = blocking
-        self._closed = False
-        self._stream_protocol: Callable[[], StreamProtocol] | None = None
-        self._protocol_streams: set[Stream] = set()  # streams run by protocols, until connection_lost
+        self._released = False
+        #: Seconds :meth:`close` waits for data to be delivered and the shutdown
+        #: to complete before it cuts the connection off (``close_timeout=`` of
+        #: ``connect``/``serve``).
+        self.close_timeout: float = 5.0
+        self.id = next(_connection_ids)
+        #: This connection's logger: "pymsquic", with ``[conn <id>]`` in front.
+        self.logger = ConnectionLogger(logger, {"connection_id": self.id})
         registration._track_connection(self)
 
     def __del__(self) -> None:
         # close() only abandons; the native struct goes with the Python object.
         if hasattr(self, "_conn"):
-            self._forget_bridge()
             registration = getattr(self, "registration", None)  # None if __init__ failed early
             if registration is not None:
                 registration._forget_connection(self)
             _native.release_now_or_later(lib.pmq_conn_release, self._conn)
 
-    # ---- client ----------------------------------------------------------
+    # ---- client ----------------------------------------------------------------
 
     @classmethod
-    def connect(cls, registration: Registration, configuration: Configuration, host: str, port: int, *,
-                server_name: str | None = None, timeout: float | None = None) -> "Connection":
-        """Open a connection to ``host:port`` and wait for its handshake (blocking).
-
-        ``server_name`` (SNI, and the name the certificate must carry) defaults
-        to ``host``. Raises ConnectionClosed if the handshake fails (refused,
-        ALPN mismatch, bad certificate, timeout) and TimeoutError after ``timeout``.
-        """
-        _native.forbid_in_callback("Connection.connect()")
-        _check_endpoint(host, port)
-        conn = cls._open(registration, configuration, blocking=True)
-        try:
-            direct = is_ip_literal(host) and server_name in (None, host)
-            conn._start(configuration, host, port, server_name, None if direct else resolve(host, port))
-            conn.wait_connected(timeout)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    @classmethod
-    async def connect_async(cls, registration: Registration, configuration: Configuration, host: str,
-                            port: int, *, server_name: str | None = None,
-                            timeout: float | None = None) -> "Connection":
-        """Like :meth:`connect`, for asyncio: never blocks the event loop."""
-        _check_endpoint(host, port)
-        conn = cls._open(registration, configuration, blocking=False)
-        try:
-            if is_ip_literal(host) and server_name in (None, host):
-                conn._start(configuration, host, port, server_name, None)  # non-blocking
-            else:
-                remote = await resolve_async(host, port)
-                # Setting the address waits for a msquic worker: not on the loop's thread.
-                await asyncio.get_running_loop().run_in_executor(None, conn._start, configuration, host, port,
-                                                                 server_name, remote)
-            await conn.wait_connected_async(timeout)
-        except BaseException:
-            conn.close()
-            raise
-        return conn
-
-    @classmethod
-    def _open(cls, registration: Registration, configuration: Configuration, blocking: bool) -> "Connection":
+    def _open_client(cls, configuration: Configuration) -> Any:
+        """A new, unstarted client connection of this class."""
         if not isinstance(configuration, Configuration):
             raise TypeError(f"configuration must be a Configuration, not {type(configuration).__name__}")
         if not configuration.credential.is_client:
             raise ValueError("a client connection needs a Credential.client(...) configuration")
+        registration = configuration.registration
         out = _native.scratch.conn
         status = lib.pmq_conn_open(registration.handle, out)
         native = out[0]  # at once: any Python call in between may reuse this thread's scratch
         _native.check(status, "ConnectionOpen")
-        conn = cls(native, registration, configuration, blocking)
+        conn = cls(native, registration, configuration)
         # Not started yet: recorded here, applied by msquic's worker at CONNECTED.
         lib.pmq_conn_set_stream_scheduling(conn._conn, configuration.settings.stream_scheduling_scheme)
         return conn
 
-    def _start(self, configuration: Configuration, host: str, port: int, server_name: str | None,
-               remote: Any) -> None:
+    def _start(self, host: str, port: int, server_name: str | None, remote: Any) -> None:
         """Start the handshake. With ``remote`` None, ``host`` is an IP literal that
         msquic takes as the address (and sends no SNI): this never blocks."""
         sni = server_name or host
         name = sni.encode() if is_ip_literal(sni) else sni.encode("idna")
-        status = lib.pmq_conn_start(self._conn, configuration.handle, remote if remote is not None else ffi.NULL,
-                                    name, port)
+        status = lib.pmq_conn_start(self._conn, self.configuration.handle,
+                                    remote if remote is not None else ffi.NULL, name, port)
         if failed(status):
             raise QuicError("ConnectionStart failed", status)
+
+    def _log_connected(self) -> None:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("handshake done: %s, alpn %s", self.remote_address, self.alpn)
 
     # ---- state -------------------------------------------------------------
 
@@ -275,14 +244,14 @@ class Connection(NativeWaitable):
 
     # ---- streams ---------------------------------------------------------------
 
-    def _wrap_stream(self, native: Any, blocking: bool) -> AnyStream:
-        return (BlockingStream if blocking else Stream)(native, self)
+    def _closed_cleanly(self, exc: ConnectionClosed) -> bool:
+        """Whether iteration over incoming streams ends quietly on ``exc``: after
+        a shutdown by either application with error code 0 (or by this side,
+        whatever its code), not after a transport error or an idle timeout."""
+        return exc.by_app or (exc.by_peer and exc.error_code == 0)
 
-    def open_stream(self, unidirectional: bool = False, *, blocking: bool | None = None) -> AnyStream:
-        """Open a stream (never blocks: data written before the peer allows the
-        stream is queued). Returns a BlockingStream on a blocking connection,
-        else a Stream, unless ``blocking`` says otherwise. ConnectionClosed once
-        a shutdown began (:meth:`shutdown`, :meth:`close`, the peer)."""
+    def _open_stream(self, unidirectional: bool) -> Any:
+        """A new local stream of the world's class (never blocks)."""
         out = _native.scratch.stream
         status = lib.pmq_stream_open(self._conn, bool(unidirectional), out)
         native = out[0]  # at once: any Python call in between may reuse this thread's scratch
@@ -290,68 +259,18 @@ class Connection(NativeWaitable):
             if self.close_reason is not None:
                 raise self._closed_error()
             raise QuicError("StreamOpen failed", status)
-        return self._wrap_stream(native, self.blocking if blocking is None else blocking)
+        return self._stream_class(native, self)
 
-    def _try_accept_stream(self, blocking: bool) -> AnyStream | None:
+    def _try_accept_stream(self) -> Any:
+        """The next peer stream, None if there is none yet; ConnectionClosed once
+        the connection is shutting down and none is left."""
         out = _native.scratch.stream
         result = lib.pmq_conn_accept_stream(self._conn, out)
         if result == lib.PMQ_ACCEPT_OK:
-            return self._wrap_stream(out[0], blocking)
+            return self._stream_class(out[0], self)
         if result == lib.PMQ_ACCEPT_EMPTY:
             return None
         raise self._closed_error()
-
-    def accept_stream(self, timeout: float | None = None) -> BlockingStream:
-        """Wait for the next stream the peer opens (blocking). ConnectionClosed once
-        the connection is shutting down and no stream is left."""
-        return _native.wait_blocking(self._native_obj, lambda: self._try_accept_stream(True), timeout,
-                                     "accept_stream()")  # type: ignore[return-value]
-
-    async def accept_stream_async(self, timeout: float | None = None) -> Stream:
-        """asyncio :meth:`accept_stream`. Cancelling it never loses a stream."""
-        stream = self._try_accept_stream(False)
-        if stream is None:
-            stream = await self._wait_async(lambda: self._try_accept_stream(False), timeout, "accept_stream_async()")
-        return stream  # type: ignore[return-value]
-
-    def __iter__(self) -> Iterator[BlockingStream]:
-        """Peer streams, blocking, until the connection closes."""
-        while True:
-            try:
-                yield self.accept_stream()
-            except ConnectionClosed:
-                return
-
-    def set_stream_protocol(self, factory: "Callable[[], StreamProtocol]") -> None:
-        """Handle the streams the peer opens with callbacks instead of tasks: each gets
-        ``factory()``, a :class:`StreamProtocol` run on this event loop. Cheaper per
-        stream than ``async for stream in conn`` when there are many small ones."""
-        self._stream_protocol = factory
-        self._attach_to_running_loop()
-        self._native_changed()
-
-    def _native_changed(self) -> None:
-        factory = self._stream_protocol
-        if factory is not None:
-            while True:
-                try:
-                    stream = self._try_accept_stream(False)
-                except ConnectionClosed:
-                    break
-                if stream is None:
-                    break
-                stream._set_protocol(factory())  # type: ignore[union-attr]
-        if self._waiters:
-            self._wake_waiters()
-
-    def __aiter__(self) -> AsyncIterator[Stream]:
-        return self
-
-    async def __anext__(self) -> Stream:
-        try:
-            return await self.accept_stream_async()
-        except ConnectionClosed:
-            raise StopAsyncIteration from None
 
     # ---- datagrams -----------------------------------------------------------------
 
@@ -415,14 +334,6 @@ class Connection(NativeWaitable):
             raise self._closed_error()
         return None
 
-    def receive_datagram(self, timeout: float | None = None) -> bytes:
-        """The oldest received datagram (blocking)."""
-        return _native.wait_blocking(self._native_obj, self._try_receive_datagram, timeout, "receive_datagram()")
-
-    async def receive_datagram_async(self, timeout: float | None = None) -> bytes:
-        """asyncio :meth:`receive_datagram`."""
-        return await self._wait_async(self._try_receive_datagram, timeout, "receive_datagram_async()")
-
     # ---- waiting -------------------------------------------------------------
 
     def _connected_or_raise(self) -> bool | None:
@@ -438,35 +349,8 @@ class Connection(NativeWaitable):
     def _closed_now(self) -> bool | None:
         return True if self._flags() & lib.PMQ_CONN_SHUTDOWN_COMPLETE else None
 
-    def wait_connected(self, timeout: float | None = None) -> None:
-        """Block until the handshake completes; ConnectionClosed if it fails."""
-        _native.wait_blocking(self._native_obj, self._connected_or_raise, timeout, "wait_connected()")
-
-    async def wait_connected_async(self, timeout: float | None = None) -> None:
-        """Wait until the handshake completes; ConnectionClosed if it fails."""
-        await self._wait_async(self._connected_or_raise, timeout, "wait_connected_async()")
-
     def _all_sent(self) -> bool | None:
         return True if lib.pmq_conn_all_sent(self._conn) else None
-
-    def wait_sent(self, timeout: float | None = None) -> None:
-        """Block until every stream has finished sending (FIN or reset acknowledged).
-
-        Shutting a connection down ends its streams at once; wait here first
-        so that a response written just before is not cut off."""
-        _native.wait_blocking(self._native_obj, self._all_sent, timeout, "wait_sent()")
-
-    async def wait_sent_async(self, timeout: float | None = None) -> None:
-        """asyncio :meth:`wait_sent`."""
-        await self._wait_async(self._all_sent, timeout, "wait_sent_async()")
-
-    def wait_closed(self, timeout: float | None = None) -> None:
-        """Block until msquic finished shutting the connection down."""
-        _native.wait_blocking(self._native_obj, self._closed_now, timeout, "wait_closed()")
-
-    async def wait_closed_async(self, timeout: float | None = None) -> None:
-        """Wait until msquic finished shutting the connection down."""
-        await self._wait_async(self._closed_now, timeout, "wait_closed_async()")
 
     # ---- closing -------------------------------------------------------------
 
@@ -481,56 +365,25 @@ class Connection(NativeWaitable):
             raise ValueError(f"error_code {error_code} is not a 62-bit unsigned int")
         lib.pmq_conn_shutdown(self._conn, error_code)  # a closed connection has nothing to shut down
 
-    def close(self) -> None:
-        """Shut down (if still up) and release the connection at once. Does not
-        block; stream data not yet sent is cut off (see :meth:`close_gracefully`)."""
-        if not self._closed:
-            self._closed = True
+    def _close_steps(self, error_code: int) -> Generator[Callable[[], bool | None], None, None]:
+        """``close()`` in steps: yields each check the world waits for (bounded
+        by ``close_timeout``; a timeout moves on). Closed early (cancelled,
+        interrupted), it still shuts down with ``error_code`` and releases."""
+        try:
+            yield self._all_sent  # a shutdown would cut off what streams still send
+            self.shutdown(error_code)
+            yield self._closed_now
+        finally:
+            self.shutdown(error_code)  # nothing if done above: never a later 0
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Shut down (if still up) and let go of the connection at once: what
+        every close ends with. Never blocks; stream data not yet sent is cut off."""
+        if not self._released:
+            self._released = True
             lib.pmq_conn_abandon(self._conn)
-
-    def close_gracefully(self, linger: float = 5.0, error_code: int = 0) -> None:
-        """Let streams finish sending, shut down with ``error_code`` (unless a
-        shutdown came first), wait for msquic to finish, release. Each wait is
-        bounded by ``linger`` seconds. Blocking. Interrupted (Ctrl-C), it still
-        shuts down with ``error_code`` and releases the connection."""
-        try:
-            with contextlib.suppress(TimeoutError):
-                self.wait_sent(linger)
-            self.shutdown(error_code)
-            with contextlib.suppress(TimeoutError):
-                self.wait_closed(linger)
-        finally:
-            self.shutdown(error_code)  # nothing if done above; never a later 0 (item 5)
-            self.close()
-
-    async def close_gracefully_async(self, linger: float = 5.0, error_code: int = 0) -> None:
-        """asyncio :meth:`close_gracefully`. Cancelled, it still shuts down with
-        ``error_code`` and releases the connection."""
-        try:
-            with contextlib.suppress(TimeoutError):
-                if self._all_sent() is None:  # no waiting machinery when nothing is left to send
-                    await self.wait_sent_async(linger)
-            self.shutdown(error_code)
-            with contextlib.suppress(TimeoutError):
-                if self._closed_now() is None:
-                    await self.wait_closed_async(linger)
-        finally:
-            self.shutdown(error_code)  # nothing if done above; never a later 0 (item 5)
-            self.close()
-
-    def __enter__(self) -> "Connection":
-        return self
-
-    def __exit__(self, exc_type: type | None, *exc: object) -> None:
-        """Close gracefully: with 0, or EXCEPTION_ERROR_CODE when leaving by an exception."""
-        self.close_gracefully(error_code=exit_error_code(exc_type))
-
-    async def __aenter__(self) -> "Connection":
-        return self
-
-    async def __aexit__(self, exc_type: type | None, *exc: object) -> None:
-        """Close gracefully: with 0, or EXCEPTION_ERROR_CODE when leaving by an exception."""
-        await self.close_gracefully_async(error_code=exit_error_code(exc_type))
+            self.logger.debug("closed: %s", self.close_reason or "shutting down")
 
     def __repr__(self) -> str:
         if self.is_closed:
@@ -539,7 +392,7 @@ class Connection(NativeWaitable):
             state = "connected"
         else:
             state = "connecting" if not self._flags() & _SHUTTING_DOWN else "shutting down"
-        return f"<Connection {state} remote={self.remote_address} alpn={self.alpn}>"
+        return f"<{type(self).__name__} {state} remote={self.remote_address} alpn={self.alpn}>"
 
 
 _SHUTTING_DOWN = lib.PMQ_CONN_SHUTDOWN_BY_PEER | lib.PMQ_CONN_SHUTDOWN_BY_TRANSPORT | lib.PMQ_CONN_SHUTDOWN_BY_APP
@@ -556,8 +409,7 @@ def _queue_size(size: int) -> int:
     return size
 
 
-
-def _check_endpoint(host: str, port: int) -> None:
+def check_endpoint(host: str, port: int) -> None:
     if not isinstance(host, str) or not host:
         raise TypeError(f"host must be a non-empty str, not {host!r}")
     if isinstance(port, bool) or not isinstance(port, int):

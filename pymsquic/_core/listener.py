@@ -1,25 +1,35 @@
-"""Listener: accepts incoming QUIC connections, blocking or with asyncio."""
+"""The listener state and the non-blocking steps both worlds share.
+
+:class:`ListenerCore` opens and starts a native listener, takes a connection
+whose handshake completed (never waiting), starts a stop, and runs the
+low-level hooks. :mod:`pymsquic.asyncio.listener` and
+:mod:`pymsquic.sync.listener` add the waiting. The records a listener reports
+(:class:`ListenerState`, :class:`ListenerStats`, :class:`NewConnectionInfo`)
+and msquic's process-wide retry limit are world-independent and exported at
+the top of the package.
+"""
 
 from __future__ import annotations
 
 import enum
 import logging
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, Callable, ClassVar
 
-from . import _native
-from ._bridge import NativeWaitable
-from ._msquic import ffi, lib
-from .addresses import Address, AddressLike, any_address, from_native, resolve, split_host_port
-from .configuration import AlpnLike, Configuration, decode_alpns, encode_alpns
-from .connection import Connection
-from .errors import AlreadyStarted, Failed, Finished, NotStarted, failed
-from .registration import Registration
+from .. import _native
+from .._msquic import ffi, lib
+from ..addresses import Address, AddressLike, any_address, from_native, resolve, split_host_port
+from ..configuration import AlpnLike, Configuration, decode_alpns, encode_alpns
+from ..errors import AlreadyStarted, Failed, Finished, NotStarted, failed
+from ..registration import Registration
+from .connection import ConnectionCore
 
 logger = logging.getLogger("pymsquic")
 
 
 class ListenerState(enum.Enum):
+    """Where a listener is in its life (``Listener.state``)."""
+
     OPEN = "open"                            # created, not started
     START_COMPLETE = "start_complete"        # listening
     SHUTDOWN = "shutdown"                    # stop requested, STOP_COMPLETE pending
@@ -49,7 +59,7 @@ class NewConnectionInfo:
 
 @dataclass(frozen=True)
 class ListenerStats:
-    """What became of the connections that reached a listener (``Listener.stats``).
+    """What became of the connections that reached a listener (``Listener.stats()``).
 
     Every connection msquic offers the listener is counted once as refused
     (``refused_*``) or, when its handshake ends, as ``accepted`` (completed and
@@ -76,11 +86,15 @@ class ListenerStats:
 #: at roughly 35 KB per handshake by msquic's own estimate).
 DEFAULT_MAX_HANDSHAKES = 1024
 
+#: ``on_new_connection``: runs on a msquic thread; returning False refuses the connection.
 NewConnectionHook = Callable[[NewConnectionInfo], "bool | None"]
+#: ``on_stop_complete``: runs on a msquic thread when a stop completes.
 StopCompleteHook = Callable[[], None]
 
+_REFUSALS = ("refused_backlog", "refused_hook", "refused_handshakes", "refused_other")
 
-class Listener(NativeWaitable):
+
+class ListenerCore:
     """Accepts QUIC connections on a local address.
 
     ``backlog`` bounds the connections whose handshake completed and that wait
@@ -114,6 +128,9 @@ class Listener(NativeWaitable):
     :class:`~pymsquic.errors.HookContextError`.
     """
 
+    #: The world's connection class, for the connections this listener hands out.
+    _connection_class: ClassVar[type[ConnectionCore]]
+
     def __init__(self, registration: Registration, configuration: Configuration, *, backlog: int = 128,
                  backlog_timeout: float = 10.0, max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
                  on_new_connection: NewConnectionHook | None = None,
@@ -146,7 +163,8 @@ class Listener(NativeWaitable):
             "ListenerOpen",
         )
         self._listener = out[0]
-        self._init_waitable(lib.pmq_listener_obj(self._listener))
+        self._native_obj = lib.pmq_listener_obj(self._listener)
+        self._refusals_logged = 0
         # close() only closes; the native struct is freed once Python lets go of it.
         self._releaser = _native.Releaser(self, _close_and_release, self._listener)
         registration._listeners.add(self)
@@ -180,8 +198,8 @@ class Listener(NativeWaitable):
     def state(self) -> ListenerState:
         return _STATES[lib.pmq_listener_state(self._listener)]
 
-    @property
     def stats(self) -> ListenerStats:
+        """What became of the connections that reached the listener so far."""
         native = ffi.new("pmq_listener_stats *")
         lib.pmq_listener_get_stats(self._listener, native)
         return ListenerStats(accepted=native.accepted, refused_backlog=native.refused_backlog,
@@ -189,85 +207,48 @@ class Listener(NativeWaitable):
                              expired=native.expired, queued=native.queued, handshakes=native.handshakes,
                              refused_handshakes=native.refused_handshakes, failed=native.failed)
 
-    # ---- accept ------------------------------------------------------------------
+    # ---- accept and stop (non-blocking steps) ---------------------------------------
 
-    def _try_accept(self, blocking: bool) -> Connection | None:
+    def _try_accept(self) -> Any:
+        """The next connection whose handshake completed, None if there is none
+        yet; NotStarted before start(), Finished once stopped and drained."""
         out = _native.scratch.conn
         result = lib.pmq_listener_accept(self._listener, out)
+        if logger.isEnabledFor(logging.DEBUG):
+            self._log_refusals()
         if result == lib.PMQ_ACCEPT_OK:
-            return Connection(out[0], self.registration, self.configuration, blocking)
+            conn: ConnectionCore = self._connection_class(out[0], self.registration, self.configuration)
+            conn._log_connected()
+            return conn
         if result == lib.PMQ_ACCEPT_EMPTY:
             return None
         if result == lib.PMQ_ACCEPT_NOT_STARTED:
             raise NotStarted("accept() before start()")
         raise Finished("listener is stopped and no connection is left")
 
-    def accept(self, timeout: float | None = None) -> Connection:
-        """Wait for the next connection whose handshake completed (blocking, GIL released).
-
-        Raises NotStarted before start(), Finished once stopped and drained,
-        TimeoutError after ``timeout`` seconds.
-        """
-        return _native.wait_blocking(self._native_obj, lambda: self._try_accept(True), timeout, "accept()")
-
-    async def accept_async(self, timeout: float | None = None) -> Connection:
-        """asyncio :meth:`accept`. Cancelling it never loses a connection."""
-        conn = self._try_accept(False)
-        if conn is None:
-            conn = await self._wait_async(lambda: self._try_accept(False), timeout, "accept_async()")
-        return conn
-
-    def __iter__(self) -> Iterator[Connection]:
-        """Blocking iteration over accepted connections, until the listener stops."""
-        while True:
-            try:
-                yield self.accept()
-            except Finished:
-                return
-
-    def __aiter__(self) -> AsyncIterator[Connection]:
-        return self
-
-    async def __anext__(self) -> Connection:
-        try:
-            return await self.accept_async()
-        except Finished:
-            raise StopAsyncIteration from None
-
-    # ---- stop and close ----------------------------------------------------------
+    def _log_refusals(self) -> None:
+        # msquic's threads refuse connections without Python: report them here,
+        # when Python next looks (each accept, and the stop).
+        stats = self.stats()
+        counts = {name: getattr(stats, name) for name in _REFUSALS}
+        total = sum(counts.values())
+        if total > self._refusals_logged:
+            logger.debug("listener %s refused %d connection(s) (totals: %s)", self.local_address,
+                         total - self._refusals_logged, ", ".join(f"{k}={v}" for k, v in counts.items() if v))
+            self._refusals_logged = total
 
     def _stop_settled(self) -> bool | None:
         # pmq_listener_stop only acts on a started listener, so calling it again
         # while another thread's stop is in flight is harmless.
-        return True if lib.pmq_listener_stop(self._listener) in _STOPPED else None
+        settled = lib.pmq_listener_stop(self._listener) in _STOPPED
+        if settled and logger.isEnabledFor(logging.DEBUG):
+            self._log_refusals()
+        return True if settled else None
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop listening and wait for msquic's STOP_COMPLETE. Safe from any thread,
-        more than once. Accepted connections keep running; queued ones can still
-        be accepted."""
-        _native.wait_blocking(self._native_obj, self._stop_settled, timeout, "stop()")
-
-    async def stop_async(self, timeout: float | None = None) -> None:
-        """asyncio :meth:`stop`."""
-        await self._wait_async(self._stop_settled, timeout, "stop_async()")
-
-    def close(self) -> None:
+    def _release(self) -> None:
         """Stop if needed and release the listener; connections still queued are shut down."""
         _native.forbid_in_callback("Listener.close()")
         lib.pmq_listener_close(self._listener)
-
-    def __enter__(self) -> "Listener":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    async def __aenter__(self) -> "Listener":
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop_async()
-        self.close()
 
     # ---- hooks (msquic thread) -----------------------------------------------------
 
@@ -285,7 +266,7 @@ class Listener(NativeWaitable):
             return False
 
     def __repr__(self) -> str:
-        return f"<Listener {self.state.value} {self.local_address} alpn={list(self.configuration.alpns)}>"
+        return f"<{type(self).__name__} {self.state.value} {self.local_address} alpn={list(self.configuration.alpns)}>"
 
 
 def _new_connection_info(info: Any) -> NewConnectionInfo:

@@ -1,0 +1,206 @@
+"""asyncio connections: :class:`Connection` and :func:`connect`.
+
+Everything but the waiting is in :class:`pymsquic._core.connection.ConnectionCore`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any, AsyncIterator, Generator
+
+from .._core.connection import ConnectionCore, check_endpoint, exit_error_code
+from .._core.server import client_configuration
+from ..addresses import is_ip_literal, resolve_async
+from ..configuration import AlpnLike, Configuration, Credential, Settings
+from ..errors import ConnectionClosed
+from ..registration import Registration
+from .bridge import NativeWaitable
+from .stream import Stream, StreamProtocolFactory
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+#: How long :func:`connect` waits for the handshake by default, as websockets does.
+DEFAULT_OPEN_TIMEOUT = 10.0
+
+
+class Connection(ConnectionCore, NativeWaitable):
+    """A QUIC connection for asyncio.
+
+    :func:`connect` opens one; a server's handler (:func:`serve`) or
+    :meth:`Listener.accept` gets one whose handshake is complete. Streams:
+    :meth:`open_stream`, :meth:`accept_stream` or ``async for stream in
+    connection``, or :meth:`set_stream_protocol` for callbacks. Datagrams:
+    :meth:`send_datagram`, :meth:`receive_datagram`.
+
+    :meth:`shutdown` starts a shutdown; ``await close()`` lets streams finish
+    sending, shuts down and waits (up to :attr:`close_timeout` seconds), then
+    releases the connection; ``async with`` does that on the way out. Only the
+    first shutdown reaches the wire: its error code is the one the peer sees.
+    Leaving ``async with`` by an exception closes with
+    :data:`~pymsquic.EXCEPTION_ERROR_CODE` instead of 0. Cancelling any wait
+    loses nothing (a stream or datagram not returned stays queued).
+    """
+
+    _stream_class = Stream
+
+    def __init__(self, native: Any, registration: Registration, configuration: Configuration) -> None:
+        super().__init__(native, registration, configuration)
+        self._init_waitable()
+        self._stream_protocol: StreamProtocolFactory | None = None
+        self._protocol_streams: set[Stream] = set()  # streams run by protocols, until connection_lost
+
+    # ---- streams ---------------------------------------------------------------
+
+    def open_stream(self, unidirectional: bool = False) -> Stream:
+        """Open a stream (never waits: data written before the peer allows the
+        stream is queued). :class:`~pymsquic.ConnectionClosed` once a shutdown began."""
+        return self._open_stream(unidirectional)  # type: ignore[no-any-return]
+
+    async def accept_stream(self) -> Stream:
+        """The next stream the peer opens. :class:`~pymsquic.ConnectionClosed`
+        once the connection is shutting down and no stream is left."""
+        stream: Stream | None = self._try_accept_stream()
+        if stream is None:
+            stream = await self._wait(self._try_accept_stream, "accept_stream()")
+        return stream
+
+    def __aiter__(self) -> AsyncIterator[Stream]:
+        return self
+
+    async def __anext__(self) -> Stream:
+        """The next peer stream. The iteration ends once the connection is closed
+        cleanly (error code 0 from the peer, or closed here); it raises the
+        :class:`~pymsquic.ConnectionClosed` of a transport error or idle timeout."""
+        try:
+            return await self.accept_stream()
+        except ConnectionClosed as exc:
+            if self._closed_cleanly(exc):
+                raise StopAsyncIteration from None
+            raise
+
+    def set_stream_protocol(self, factory: StreamProtocolFactory) -> None:
+        """Handle the streams the peer opens with callbacks instead of tasks: each
+        gets ``factory()``, a :class:`StreamProtocol` run on this event loop.
+        Cheaper per stream than ``async for stream in connection`` when there are
+        many small ones. Call it from a coroutine on the connection's loop."""
+        self._stream_protocol = factory
+        self._attach_to_running_loop()
+        self._native_changed()
+
+    def _native_changed(self) -> None:
+        factory = self._stream_protocol
+        if factory is not None:
+            while True:
+                try:
+                    stream = self._try_accept_stream()
+                except ConnectionClosed:
+                    break
+                if stream is None:
+                    break
+                stream._set_protocol(factory())
+        if self._waiters:
+            self._wake_waiters()
+
+    # ---- datagrams ---------------------------------------------------------------
+
+    async def receive_datagram(self) -> bytes:
+        """The oldest datagram received and not yet taken."""
+        return await self._wait(self._try_receive_datagram, "receive_datagram()")
+
+    # ---- waiting and closing ----------------------------------------------------------
+
+    async def wait_sent(self) -> None:
+        """Wait until every stream has finished sending (FIN or reset acknowledged).
+
+        A shutdown ends the streams at once; :meth:`close` waits here first so
+        that a response written just before is not cut off."""
+        if self._all_sent() is None:
+            await self._wait(self._all_sent, "wait_sent()")
+
+    async def wait_closed(self) -> None:
+        """Wait until msquic finished shutting the connection down."""
+        if self._closed_now() is None:
+            await self._wait(self._closed_now, "wait_closed()")
+
+    async def close(self, error_code: int = 0) -> None:
+        """Close gracefully: let streams finish sending, shut down with
+        ``error_code`` (unless a shutdown came first), wait for msquic to finish,
+        release. :attr:`close_timeout` bounds the whole; then the connection is
+        cut off. Cancelled, it still shuts down with ``error_code`` and releases."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.close_timeout
+        steps = self._close_steps(error_code)
+        try:
+            for check in steps:
+                if check() is None:  # no waiting machinery when there is nothing to wait for
+                    with contextlib.suppress(TimeoutError):
+                        await self._wait(check, "close()", deadline - loop.time())
+        finally:
+            steps.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """Close gracefully: with 0, or EXCEPTION_ERROR_CODE when left by an exception."""
+        await self.close(exit_error_code(exc_type))
+
+
+class connect:
+    """Connect to a QUIC server: ``async with connect(...) as connection`` or
+    ``connection = await connect(...)``.
+
+    Give ``alpn`` (with ``credential``, ``settings``, ``registration`` as
+    needed) or a client :class:`~pymsquic.Configuration`. The server's
+    certificate is verified unless the credential says otherwise (default
+    ``Credential.client()``: the system CA store). ``server_name`` (SNI, and the
+    name the certificate must carry) defaults to ``host``. The handshake must
+    complete within ``open_timeout`` seconds (None: no limit), else
+    TimeoutError. A failed handshake raises a
+    :class:`~pymsquic.ConnectionClosed` subclass saying why (refused, TLS alert,
+    ALPN mismatch, ...); an unknown host raises :class:`socket.gaierror`.
+    Leaving ``async with`` closes the connection gracefully (see
+    :meth:`Connection.close`; ``close_timeout`` bounds it).
+    """
+
+    def __init__(self, host: str, port: int, *, alpn: AlpnLike | None = None, credential: Credential | None = None,
+                 settings: Settings | None = None, configuration: Configuration | None = None,
+                 server_name: str | None = None, registration: Registration | None = None,
+                 open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0) -> None:
+        check_endpoint(host, port)
+        self._configuration = client_configuration(configuration, registration, alpn, credential, settings)
+        self._host, self._port, self._server_name = host, port, server_name
+        self._open_timeout, self._close_timeout = open_timeout, close_timeout
+        self._connection: Connection | None = None
+
+    async def _connect(self) -> Connection:
+        conn: Connection = Connection._open_client(self._configuration)
+        conn.close_timeout = self._close_timeout
+        host, port, server_name = self._host, self._port, self._server_name
+        try:
+            if is_ip_literal(host) and server_name in (None, host):
+                conn._start(host, port, server_name, None)  # never blocks
+            else:
+                remote = await resolve_async(host, port)
+                # Setting the address waits for a msquic worker: not on the loop's thread.
+                await asyncio.get_running_loop().run_in_executor(None, conn._start, host, port, server_name, remote)
+            await conn._wait(conn._connected_or_raise, "connect()", self._open_timeout)
+        except BaseException:
+            conn._abandon()
+            raise
+        conn._log_connected()
+        return conn
+
+    def __await__(self) -> Generator[Any, None, Connection]:
+        return self._connect().__await__()
+
+    async def __aenter__(self) -> Connection:
+        self._connection = await self._connect()
+        return self._connection
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        assert self._connection is not None
+        await self._connection.close(exit_error_code(exc_type))
+

@@ -1,0 +1,68 @@
+"""asyncio listeners: :class:`Listener`.
+
+Everything but the waiting is in :class:`pymsquic._core.listener.ListenerCore`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+from .._core.listener import ListenerCore
+from ..errors import Finished
+from .bridge import NativeWaitable
+from .connection import Connection
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+
+class Listener(ListenerCore, NativeWaitable):
+    __doc__ = (ListenerCore.__doc__ or "") + """
+    asyncio: ``await accept()`` or ``async for connection in listener`` (ends
+    quietly once the listener is stopped and drained); ``await stop()``;
+    ``await close()``; ``async with listener:`` closes on the way out.
+    Cancelling an accept never loses a connection.
+    """
+
+    _connection_class = Connection
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._init_waitable()
+
+    async def accept(self) -> Connection:
+        """The next connection whose handshake completed.
+
+        :class:`~pymsquic.NotStarted` before :meth:`start`,
+        :class:`~pymsquic.Finished` once stopped and no connection is left.
+        """
+        conn: Connection | None = self._try_accept()
+        if conn is None:
+            conn = await self._wait(self._try_accept, "accept()")
+        return conn
+
+    def __aiter__(self) -> AsyncIterator[Connection]:
+        return self
+
+    async def __anext__(self) -> Connection:
+        try:
+            return await self.accept()
+        except Finished:
+            raise StopAsyncIteration from None
+
+    async def stop(self) -> None:
+        """Stop listening and wait for msquic's STOP_COMPLETE. Safe more than once.
+        Accepted connections keep running; queued ones can still be accepted."""
+        if self._stop_settled() is None:
+            await self._wait(self._stop_settled, "stop()")
+
+    async def close(self) -> None:
+        """Stop, then release the listener; connections still queued are shut down."""
+        await self.stop()
+        self._release()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

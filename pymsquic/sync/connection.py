@@ -1,0 +1,148 @@
+"""Blocking connections: :class:`Connection` and :func:`connect`.
+
+Everything but the waiting is in :class:`pymsquic._core.connection.ConnectionCore`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
+
+from .. import _native
+from .._core.connection import ConnectionCore, check_endpoint, exit_error_code
+from .._core.server import client_configuration
+from ..addresses import is_ip_literal, resolve
+from ..configuration import AlpnLike, Configuration, Credential, Settings
+from ..errors import ConnectionClosed
+from ..registration import Registration
+from .stream import Stream
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+T = TypeVar("T")
+
+#: How long :func:`connect` waits for the handshake by default, as websockets does.
+DEFAULT_OPEN_TIMEOUT = 10.0
+
+
+class Connection(ConnectionCore):
+    """A QUIC connection for threads.
+
+    :func:`connect` opens one; a server's handler (:func:`serve`) or
+    :meth:`Listener.accept` gets one whose handshake is complete. Streams:
+    :meth:`open_stream`, :meth:`accept_stream` or ``for stream in
+    connection``. Datagrams: :meth:`send_datagram`, :meth:`receive_datagram`.
+    Every wait takes ``timeout`` (seconds for the whole call, None for ever)
+    and releases the GIL; a TimeoutError loses nothing.
+
+    :meth:`shutdown` starts a shutdown; :meth:`close` lets streams finish
+    sending, shuts down and waits (up to :attr:`close_timeout` seconds), then
+    releases the connection; ``with`` does that on the way out. Only the first
+    shutdown reaches the wire: its error code is the one the peer sees. Leaving
+    ``with`` by an exception closes with :data:`~pymsquic.EXCEPTION_ERROR_CODE`
+    instead of 0.
+    """
+
+    _stream_class = Stream
+
+    def _wait(self, check_ready: Callable[[], T | None], timeout: float | None, what: str) -> T:
+        return _native.wait_blocking(self._native_obj, check_ready, timeout, what)
+
+    # ---- streams ---------------------------------------------------------------
+
+    def open_stream(self, unidirectional: bool = False) -> Stream:
+        """Open a stream (never waits: data written before the peer allows the
+        stream is queued). :class:`~pymsquic.ConnectionClosed` once a shutdown began."""
+        return self._open_stream(unidirectional)  # type: ignore[no-any-return]
+
+    def accept_stream(self, timeout: float | None = None) -> Stream:
+        """The next stream the peer opens. :class:`~pymsquic.ConnectionClosed`
+        once the connection is shutting down and no stream is left."""
+        return self._wait(self._try_accept_stream, timeout, "accept_stream()")  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[Stream]:
+        """Peer streams until the connection is closed cleanly (error code 0 from
+        the peer, or closed here); raises the :class:`~pymsquic.ConnectionClosed`
+        of a transport error or idle timeout."""
+        while True:
+            try:
+                yield self.accept_stream()
+            except ConnectionClosed as exc:
+                if self._closed_cleanly(exc):
+                    return
+                raise
+
+    # ---- datagrams ---------------------------------------------------------------
+
+    def receive_datagram(self, timeout: float | None = None) -> bytes:
+        """The oldest datagram received and not yet taken."""
+        return self._wait(self._try_receive_datagram, timeout, "receive_datagram()")
+
+    # ---- waiting and closing ----------------------------------------------------------
+
+    def wait_sent(self, timeout: float | None = None) -> None:
+        """Wait until every stream has finished sending (FIN or reset acknowledged).
+
+        A shutdown ends the streams at once; :meth:`close` waits here first so
+        that a response written just before is not cut off."""
+        self._wait(self._all_sent, timeout, "wait_sent()")
+
+    def wait_closed(self, timeout: float | None = None) -> None:
+        """Wait until msquic finished shutting the connection down."""
+        self._wait(self._closed_now, timeout, "wait_closed()")
+
+    def close(self, error_code: int = 0) -> None:
+        """Close gracefully: let streams finish sending, shut down with
+        ``error_code`` (unless a shutdown came first), wait for msquic to finish,
+        release. :attr:`close_timeout` bounds the whole; then the connection is
+        cut off. Interrupted (Ctrl-C), it still shuts down with ``error_code``
+        and releases."""
+        deadline = _native.Deadline(self.close_timeout)
+        steps = self._close_steps(error_code)
+        try:
+            for check in steps:
+                with contextlib.suppress(TimeoutError):
+                    _native.wait_until(self._native_obj, check, deadline, "close()")
+        finally:
+            steps.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        """Close gracefully: with 0, or EXCEPTION_ERROR_CODE when left by an exception."""
+        self.close(exit_error_code(exc_type))
+
+
+def connect(host: str, port: int, *, alpn: AlpnLike | None = None, credential: Credential | None = None,
+            settings: Settings | None = None, configuration: Configuration | None = None,
+            server_name: str | None = None, registration: Registration | None = None,
+            open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0) -> Connection:
+    """Connect to a QUIC server and return the connection once its handshake
+    completed; ``with connect(...) as connection:`` closes it on the way out.
+
+    Give ``alpn`` (with ``credential``, ``settings``, ``registration`` as
+    needed) or a client :class:`~pymsquic.Configuration`. The server's
+    certificate is verified unless the credential says otherwise (default
+    ``Credential.client()``: the system CA store). ``server_name`` (SNI, and the
+    name the certificate must carry) defaults to ``host``. The handshake must
+    complete within ``open_timeout`` seconds (None: no limit), else
+    TimeoutError. A failed handshake raises a
+    :class:`~pymsquic.ConnectionClosed` subclass saying why (refused, TLS alert,
+    ALPN mismatch, ...); an unknown host raises :class:`socket.gaierror`.
+    """
+    _native.forbid_in_callback("connect()")
+    check_endpoint(host, port)
+    conn: Connection = Connection._open_client(client_configuration(configuration, registration, alpn,
+                                                                    credential, settings))
+    conn.close_timeout = close_timeout
+    try:
+        direct = is_ip_literal(host) and server_name in (None, host)
+        conn._start(host, port, server_name, None if direct else resolve(host, port))
+        conn._wait(conn._connected_or_raise, open_timeout, "connect()")
+    except BaseException:
+        conn._abandon()
+        raise
+    conn._log_connected()
+    return conn

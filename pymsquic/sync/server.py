@@ -1,0 +1,135 @@
+"""Blocking servers: :func:`serve` and :class:`Server`, shaped like
+``socketserver.ThreadingMixIn``: ``handler(connection)`` runs in a thread per
+connection."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Callable
+
+from .. import _native
+from .._core.connection import exit_error_code
+from .._core.server import ServerCore, chosen_configuration, log_handler_failure, logger, start_listener
+from ..configuration import AlpnLike, Configuration, Credential, Settings
+from ..errors import EXCEPTION_ERROR_CODE
+from ..registration import Registration
+from .connection import Connection
+from .listener import Listener
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+#: What :func:`serve` runs for each connection, in a thread of its own.
+Handler = Callable[[Connection], Any]
+
+
+class Server(ServerCore):
+    """A QUIC server running ``handler(connection)`` in a thread per connection.
+
+    :meth:`serve_forever` accepts in the calling thread until :meth:`shutdown`
+    (from another thread) or :meth:`close`. ``with server:`` closes it on the
+    way out.
+    """
+
+    listener: Listener
+
+    def __init__(self, handler: Handler, listener: Listener, close_timeout: float) -> None:
+        super().__init__(listener, close_timeout)
+        self._handler = handler
+        self._lock = threading.Lock()  # _connections and _threads: the accepting thread and handlers
+        self._threads: set[threading.Thread] = set()
+
+    def serve_forever(self) -> None:
+        """Accept connections until the server is shut down or closed."""
+        for conn in self.listener:
+            thread = threading.Thread(target=self._run_handler, args=(conn,),
+                                      name=f"pymsquic-handler-{conn.id}", daemon=True)
+            with self._lock:
+                self._threads.add(thread)
+                self._handler_started(conn)
+            try:
+                thread.start()
+            except RuntimeError:  # at interpreter exit: "can't create new thread at interpreter shutdown"
+                logger.warning("cannot start a handler thread for %s; closing it", conn.remote_address)
+                with self._lock:
+                    self._threads.discard(thread)
+                    self._connections.discard(conn)
+                conn.shutdown(EXCEPTION_ERROR_CODE)
+                conn._abandon()
+
+    def _run_handler(self, conn: Connection) -> None:
+        failure: type[BaseException] | None = None  # a handler that fails closes with EXCEPTION_ERROR_CODE
+        try:
+            self._handler(conn)
+        except Exception as exc:
+            failure = type(exc)
+            log_handler_failure(conn)
+        except BaseException as exc:  # SystemExit, KeyboardInterrupt: close the same way, then go on
+            failure = type(exc)
+            raise
+        finally:
+            with self._lock:
+                self._connections.discard(conn)
+                self._threads.discard(threading.current_thread())
+            conn.close(exit_error_code(failure))
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting: :meth:`serve_forever` returns once the connections that
+        completed their handshake before are handed out. Open connections go on."""
+        self.listener.stop(timeout)
+
+    def close(self, grace: float = 0.0, timeout: float | None = None) -> None:
+        """Stop accepting; after ``grace`` seconds, shut down the connections whose
+        handlers still run (they see :class:`~pymsquic.ConnectionClosed`); wait for
+        the handler threads; release the listener.
+
+        ``timeout`` bounds the whole call: TimeoutError if handler threads still
+        run then (the listener is released all the same).
+        """
+        deadline = _native.Deadline(timeout)
+        try:
+            self.listener.stop(deadline.remaining())
+            self._join(_native.Deadline(grace if timeout is None else min(grace, timeout)))
+            with self._lock:
+                self._shut_down_connections()
+            left = self._join(deadline)
+        finally:
+            self.listener.close()
+        if left:
+            raise TimeoutError(f"Server.close() timed out after {timeout} s with {left} handler(s) still running")
+
+    def _join(self, deadline: _native.Deadline) -> int:
+        """Join handler threads until ``deadline``; how many still run."""
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(deadline.remaining())
+        return sum(thread.is_alive() for thread in threads)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.close(timeout=self.close_timeout * 2)
+        except TimeoutError as timeout:  # leaving the block is not to fail, nor to hide its exception
+            logger.warning("%s", timeout)
+
+
+def serve(handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | None = None,
+          credential: Credential | None = None, settings: Settings | None = None,
+          configuration: Configuration | None = None, registration: Registration | None = None,
+          backlog: int = 128, close_timeout: float = 5.0) -> Server:
+    """Listen on ``host:port``; :meth:`Server.serve_forever` then runs
+    ``handler(connection)`` in a thread per connection.
+
+    Give ``alpn`` and ``credential`` (with ``settings``, ``registration`` as
+    needed) or a server :class:`~pymsquic.Configuration`. ``settings`` defaults
+    to :data:`~pymsquic.DEFAULT_SETTINGS`. ``host`` None or ``""`` listens on
+    every local address; port 0 picks a free port (see
+    :attr:`Server.addresses`). The connection is closed gracefully when the
+    handler returns (error code 0) or raises
+    (:data:`~pymsquic.EXCEPTION_ERROR_CODE`); ``close_timeout`` bounds that close.
+    """
+    configuration = chosen_configuration(configuration, registration, alpn, credential, settings, None)
+    return Server(handler, start_listener(Listener, host, port, configuration, backlog), close_timeout)
