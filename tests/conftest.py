@@ -41,10 +41,24 @@ def client_config(registration: pymsquic.Registration) -> pymsquic.Configuration
 
 
 @pytest.fixture
-def listener(registration: pymsquic.Registration, server_config: pymsquic.Configuration) -> Iterator[pymsquic.Listener]:
-    with pymsquic.Listener(registration, server_config) as lst:
+def listener(registration: pymsquic.Registration,
+             server_config: pymsquic.Configuration) -> Iterator[pymsquic.sync.Listener]:
+    """A started blocking listener on 127.0.0.1."""
+    with pymsquic.sync.Listener(registration, server_config) as lst:
         lst.start(ALPN, ("127.0.0.1", 0))
         yield lst
+
+
+@pytest.fixture
+def async_listener(registration: pymsquic.Registration,
+                   server_config: pymsquic.Configuration) -> Iterator[pymsquic.asyncio.Listener]:
+    """A started asyncio listener on 127.0.0.1 (use it inside the test's asyncio.run)."""
+    lst = pymsquic.asyncio.Listener(registration, server_config)
+    try:
+        lst.start(ALPN, ("127.0.0.1", 0))
+        yield lst
+    finally:
+        asyncio.run(lst.close())
 
 
 class RecordingProtocol(QuicConnectionProtocol):
