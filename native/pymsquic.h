@@ -35,7 +35,8 @@ typedef struct pmq_addr {
 } pmq_addr;
 
 /* Settings copied into QUIC_SETTINGS; only fields whose PMQ_SET_* bit is in
- * `set` are applied, the rest keep msquic's defaults. */
+ * `set` are applied, the rest keep msquic's defaults. Read back
+ * (pmq_configuration_get_settings), `set` says which fields msquic has as set. */
 typedef struct pmq_settings {
     uint64_t set;
     uint64_t idle_timeout_ms;
@@ -262,6 +263,11 @@ void pmq_obj_attach(pmq_obj *obj, pmq_waker *waker, uint64_t id);
 QUIC_STATUS pmq_configuration_open(HQUIC registration, const uint8_t *alpn_list, size_t alpn_len,
                                    const pmq_settings *settings, const pmq_credential *credential,
                                    HQUIC *configuration);
+/* msquic's view of the configuration's settings (GetParam of
+ * QUIC_PARAM_CONFIGURATION_SETTINGS): every field holds the value msquic uses,
+ * its default where nothing was set; `set` has the PMQ_SET_* bits of the
+ * fields msquic reports as set. Answered inline, never blocks. */
+QUIC_STATUS pmq_configuration_get_settings(HQUIC configuration, pmq_settings *out);
 
 /* ---- listener ---------------------------------------------------------- */
 
