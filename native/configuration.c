@@ -61,7 +61,7 @@ static void read_settings(pmq_settings *out, const QUIC_SETTINGS *s)
 #undef REPORT
 }
 
-static QUIC_STATUS pmq_settings_read(HQUIC handle, uint32_t param, pmq_settings *out)
+QUIC_STATUS pmq_settings_read(HQUIC handle, uint32_t param, pmq_settings *out)
 {
     QUIC_SETTINGS s;
     uint32_t size = sizeof(s);

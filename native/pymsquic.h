@@ -334,6 +334,11 @@ void pmq_datagram_free(pmq_datagram *datagram);
 void pmq_conn_set_datagram_queue(pmq_conn *conn, uint32_t capacity);
 /* Blocks briefly (msquic's worker answers); never call it from a hook. */
 QUIC_STATUS pmq_conn_get_stats(pmq_conn *conn, pmq_conn_stats *out);
+/* msquic's view of the connection's settings (QUIC_PARAM_CONN_SETTINGS), as
+ * pmq_configuration_get_settings. Blocks like pmq_conn_get_stats (a worker
+ * round trip from other threads); never call it from a hook. INVALID_STATE
+ * before the start and once closed. */
+QUIC_STATUS pmq_conn_get_settings(pmq_conn *conn, pmq_settings *out);
 /* Copies up to cap bytes of the peer's DER certificate; returns its length. */
 uint32_t pmq_conn_peer_certificate(pmq_conn *conn, uint8_t *dst, uint32_t cap);
 /* PMQ_SCHEDULING_*. Before the start it is recorded and applied at CONNECTED,

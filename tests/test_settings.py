@@ -11,8 +11,9 @@ from typing import Any, Iterator
 
 import pytest
 
+import pymsquic
 from pymsquic import Configuration, Credential, QuicError, Registration, Settings
-from pymsquic._msquic import lib
+from pymsquic._msquic import ffi, lib
 
 ALPN = "pymsquic-settings"
 
@@ -165,3 +166,45 @@ def test_read_settings_of_a_closed_configuration_raises(registration: Registrati
     with pytest.raises(QuicError, match="closed"):
         conf.read_settings()
 
+
+
+def connection_settings(conn: pymsquic.Connection, only_set: bool = False) -> Settings:
+    """msquic's view of a connection's settings (QUIC_PARAM_CONN_SETTINGS).
+
+    Through the native layer: Connection has no public method for it yet (the
+    connection classes are being reshaped for issue 8; ``_conn`` is their native
+    pmq_conn). It blocks for a worker round trip, as stats() does.
+    """
+    out = ffi.new("pmq_settings *")
+    status = lib.pmq_conn_get_settings(conn._conn, out)
+    if (status & 0xFFFFFFFF) != lib.QUIC_STATUS_SUCCESS:
+        raise QuicError("reading the connection's settings", status)
+    return Settings._from_native(out, only_set)
+
+
+def test_connections_use_their_configurations_settings(registration: Registration) -> None:
+    # Each side's connection takes msquic's copy of its own configuration's
+    # settings: what read_settings() shows is what a connection runs with.
+    server_settings = Settings(idle_timeout_ms=12_345, peer_bidi_stream_count=5, datagram_receive_enabled=True)
+    client_settings = Settings(keep_alive_interval_ms=1_500, initial_rtt_ms=100, congestion_control="bbr")
+    with Configuration(registration, ALPN, Credential.self_signed(), server_settings) as server_config, \
+            configure(registration, client_settings) as client_config, \
+            pymsquic.Listener(registration, server_config) as listener:
+        listener.start(ALPN, ("127.0.0.1", 0))
+        with pymsquic.Connection.connect(registration, client_config, "127.0.0.1", listener.local_address[1],
+                                         timeout=10) as client:
+            server = listener.accept(timeout=10)
+            try:
+                assert connection_settings(client, only_set=True) == client_settings
+                assert connection_settings(client) == client_config.read_settings()
+                assert connection_settings(server, only_set=True) == server_settings
+                assert connection_settings(server) == server_config.read_settings()
+                client.shutdown(0)
+                client.wait_closed(timeout=10)
+                # The handle is gone once closed: a clear error, not a use after free.
+                with pytest.raises(QuicError) as caught:
+                    connection_settings(client)
+                assert caught.value.status == lib.QUIC_STATUS_INVALID_STATE
+                server.wait_closed(timeout=10)
+            finally:
+                server.close()
