@@ -32,6 +32,55 @@ static void fill_settings(QUIC_SETTINGS *s, const pmq_settings *in)
 #undef APPLY
 }
 
+/* The inverse of fill_settings: every value msquic reports (its defaults where
+ * nothing was set), with the PMQ_SET_* bit only where msquic's IsSet bit is on. */
+static void read_settings(pmq_settings *out, const QUIC_SETTINGS *s)
+{
+    memset(out, 0, sizeof(*out));
+#define REPORT(bit, field, target)     \
+    out->target = s->field;            \
+    if (s->IsSet.field) {              \
+        out->set |= (bit);             \
+    }
+    REPORT(PMQ_SET_IDLE_TIMEOUT, IdleTimeoutMs, idle_timeout_ms)
+    REPORT(PMQ_SET_HANDSHAKE_IDLE_TIMEOUT, HandshakeIdleTimeoutMs, handshake_idle_timeout_ms)
+    REPORT(PMQ_SET_KEEP_ALIVE_INTERVAL, KeepAliveIntervalMs, keep_alive_interval_ms)
+    REPORT(PMQ_SET_DISCONNECT_TIMEOUT, DisconnectTimeoutMs, disconnect_timeout_ms)
+    REPORT(PMQ_SET_STREAM_RECV_WINDOW, StreamRecvWindowDefault, stream_recv_window_default)
+    REPORT(PMQ_SET_CONN_FLOW_CONTROL_WINDOW, ConnFlowControlWindow, conn_flow_control_window)
+    REPORT(PMQ_SET_MAX_ACK_DELAY, MaxAckDelayMs, max_ack_delay_ms)
+    REPORT(PMQ_SET_INITIAL_RTT, InitialRttMs, initial_rtt_ms)
+    REPORT(PMQ_SET_PEER_BIDI_STREAM_COUNT, PeerBidiStreamCount, peer_bidi_stream_count)
+    REPORT(PMQ_SET_PEER_UNIDI_STREAM_COUNT, PeerUnidiStreamCount, peer_unidi_stream_count)
+    REPORT(PMQ_SET_CONGESTION_CONTROL, CongestionControlAlgorithm, congestion_control)
+    REPORT(PMQ_SET_DATAGRAM_RECEIVE_ENABLED, DatagramReceiveEnabled, datagram_receive_enabled)
+    REPORT(PMQ_SET_SEND_BUFFERING_ENABLED, SendBufferingEnabled, send_buffering_enabled)
+    REPORT(PMQ_SET_PACING_ENABLED, PacingEnabled, pacing_enabled)
+    REPORT(PMQ_SET_MIGRATION_ENABLED, MigrationEnabled, migration_enabled)
+    REPORT(PMQ_SET_SERVER_RESUMPTION_LEVEL, ServerResumptionLevel, server_resumption_level)
+#undef REPORT
+}
+
+QUIC_STATUS pmq_settings_read(HQUIC handle, uint32_t param, pmq_settings *out)
+{
+    QUIC_SETTINGS s;
+    uint32_t size = sizeof(s);
+    memset(&s, 0, sizeof(s));
+    QUIC_STATUS status = pmq_api->GetParam(handle, param, &size, &s);
+    if (QUIC_FAILED(status)) {
+        return status;
+    }
+    read_settings(out, &s);
+    return status;
+}
+
+QUIC_STATUS pmq_configuration_get_settings(HQUIC configuration, pmq_settings *out)
+{
+    /* Configuration parameters are answered inline, on this thread: no worker
+     * round trip, so any thread (also a callback) may ask. */
+    return pmq_settings_read(configuration, QUIC_PARAM_CONFIGURATION_SETTINGS, out);
+}
+
 static QUIC_STATUS load_credential(HQUIC configuration, const pmq_credential *in)
 {
     QUIC_CREDENTIAL_CONFIG cred;

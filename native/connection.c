@@ -853,6 +853,18 @@ QUIC_STATUS pmq_conn_get_stats(pmq_conn *c, pmq_conn_stats *out)
     return status;
 }
 
+QUIC_STATUS pmq_conn_get_settings(pmq_conn *c, pmq_settings *out)
+{
+    PMQ_CHECK(&c->obj);
+    HQUIC handle = c->started ? pmq_guard_enter(&c->obj, &c->guard) : NULL;
+    if (handle == NULL) {
+        return QUIC_STATUS_INVALID_STATE;
+    }
+    QUIC_STATUS status = pmq_settings_read(handle, QUIC_PARAM_CONN_SETTINGS, out);
+    pmq_guard_leave(&c->obj, &c->guard, conn_close_handle);
+    return status;
+}
+
 uint32_t pmq_conn_peer_certificate(pmq_conn *c, uint8_t *dst, uint32_t cap)
 {
     PMQ_CHECK(&c->obj);

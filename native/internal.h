@@ -83,6 +83,8 @@ void pmq_deadline(struct timespec *ts, uint64_t in_ms);
 
 void pmq_addr_from_quic(pmq_addr *out, const QUIC_ADDR *in);
 int pmq_addr_to_quic(QUIC_ADDR *out, const pmq_addr *in);
+/* GetParam of a QUIC_SETTINGS parameter (configuration or connection) into a flat record. */
+QUIC_STATUS pmq_settings_read(HQUIC handle, uint32_t param, pmq_settings *out);
 /* Splits a TLS wire-format ALPN list into buffers pointing into it. */
 int pmq_alpn_split(const uint8_t *list, size_t len, QUIC_BUFFER *out, uint32_t max, uint32_t *count);
 

@@ -35,7 +35,8 @@ typedef struct pmq_addr {
 } pmq_addr;
 
 /* Settings copied into QUIC_SETTINGS; only fields whose PMQ_SET_* bit is in
- * `set` are applied, the rest keep msquic's defaults. */
+ * `set` are applied, the rest keep msquic's defaults. Read back
+ * (pmq_configuration_get_settings), `set` says which fields msquic has as set. */
 typedef struct pmq_settings {
     uint64_t set;
     uint64_t idle_timeout_ms;
@@ -262,6 +263,11 @@ void pmq_obj_attach(pmq_obj *obj, pmq_waker *waker, uint64_t id);
 QUIC_STATUS pmq_configuration_open(HQUIC registration, const uint8_t *alpn_list, size_t alpn_len,
                                    const pmq_settings *settings, const pmq_credential *credential,
                                    HQUIC *configuration);
+/* msquic's view of the configuration's settings (GetParam of
+ * QUIC_PARAM_CONFIGURATION_SETTINGS): every field holds the value msquic uses,
+ * its default where nothing was set; `set` has the PMQ_SET_* bits of the
+ * fields msquic reports as set. Answered inline, never blocks. */
+QUIC_STATUS pmq_configuration_get_settings(HQUIC configuration, pmq_settings *out);
 
 /* ---- listener ---------------------------------------------------------- */
 
@@ -328,6 +334,11 @@ void pmq_datagram_free(pmq_datagram *datagram);
 void pmq_conn_set_datagram_queue(pmq_conn *conn, uint32_t capacity);
 /* Blocks briefly (msquic's worker answers); never call it from a hook. */
 QUIC_STATUS pmq_conn_get_stats(pmq_conn *conn, pmq_conn_stats *out);
+/* msquic's view of the connection's settings (QUIC_PARAM_CONN_SETTINGS), as
+ * pmq_configuration_get_settings. Blocks like pmq_conn_get_stats (a worker
+ * round trip from other threads); never call it from a hook. INVALID_STATE
+ * before the start and once closed. */
+QUIC_STATUS pmq_conn_get_settings(pmq_conn *conn, pmq_settings *out);
 /* Copies up to cap bytes of the peer's DER certificate; returns its length. */
 uint32_t pmq_conn_peer_certificate(pmq_conn *conn, uint8_t *dst, uint32_t cap);
 /* PMQ_SCHEDULING_*. Before the start it is recorded and applied at CONNECTED,

@@ -153,6 +153,25 @@ class Settings:
             native.congestion_control = _CONGESTION[self.congestion_control]
         return native
 
+    @classmethod
+    def _from_native(cls, native: Any, only_set: bool) -> "Settings":
+        """The inverse of _to_native for a record msquic filled (pmq_configuration_get_settings)."""
+        values: dict[str, Any] = {}
+        for name, (bit, _) in _SETTING_FIELDS.items():
+            if not only_set or native.set & bit:
+                values[name] = int(getattr(native, name))
+        for name, bit in _SETTING_FLAGS.items():
+            if not only_set or native.set & bit:
+                values[name] = bool(getattr(native, name))
+        if not only_set or native.set & lib.PMQ_SET_CONGESTION_CONTROL:
+            algorithm = int(native.congestion_control)
+            names = {number: name for name, number in _CONGESTION.items()}
+            if algorithm not in names:
+                raise QuicError(f"msquic reports congestion control algorithm {algorithm}, "
+                                "which pymsquic does not know")
+            values["congestion_control"] = names[algorithm]
+        return cls(**values)
+
 
 @dataclasses.dataclass(frozen=True)
 class Credential:
@@ -362,6 +381,27 @@ class Configuration:
         if not self._releaser.alive:
             raise QuicError("configuration is closed")
         return self._handle
+
+    def read_settings(self, *, only_set: bool = False) -> Settings:
+        """msquic's view of this configuration's settings, read back with GetParam.
+
+        Each field msquic has holds the value msquic uses: the one given in
+        ``settings`` or, for a field left None there, msquic's default (e.g.
+        ``idle_timeout_ms`` 30000, ``handshake_idle_timeout_ms`` 10000,
+        ``peer_bidi_stream_count`` 0). With ``only_set=True`` the fields msquic
+        reports as not set stay None instead, so the result equals
+        ``settings`` apart from pymsquic-only fields.
+
+        ``stream_scheduling`` is pymsquic's own: it is applied to each
+        connection (QUIC_PARAM_CONN_STREAM_SCHEDULING_SCHEME), msquic's
+        configuration has no such setting, so it is always None here; the
+        value given is in ``self.settings``. Raises :class:`QuicError` once
+        the configuration is closed.
+        """
+        native = ffi.new("pmq_settings *")
+        # Answered inline by msquic (no worker round trip), so no lock is at stake.
+        _native.check(lib.pmq_configuration_get_settings(self.handle, native), "reading the settings back")
+        return Settings._from_native(native, only_set)
 
     @property
     def closed(self) -> bool:
