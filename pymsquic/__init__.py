@@ -17,20 +17,27 @@ from .configuration import Configuration, Credential, Settings
 from .connection import Connection, ConnectionStats
 from .errors import (
     EXCEPTION_ERROR_CODE,
+    AlpnMismatch,
     AlreadyStarted,
     ConnectionClosed,
+    ConnectionRefused,
     DatagramQueueFull,
     Failed,
     Finished,
     ForkedProcessError,
+    HandshakeError,
     HookContextError,
+    IdleTimeout,
     ListenError,
     NotStarted,
     QuicError,
     StreamError,
     StreamReset,
     StreamStopped,
+    Unreachable,
+    VersionNegotiationError,
     status_name,
+    tls_alert_name,
 )
 from .listener import (
     Listener,
@@ -58,11 +65,12 @@ def msquic_version() -> str:
 
 
 __all__ = [
-    "DEFAULT_SETTINGS", "EXCEPTION_ERROR_CODE", "AlreadyStarted", "BlockingStream", "Configuration", "Connection",
-    "ConnectionClosed", "ConnectionStats", "Credential", "DatagramQueueFull", "Failed", "Finished",
-    "ForkedProcessError", "HookContextError",
-    "ListenError", "Listener", "ListenerState", "ListenerStats", "NewConnectionInfo", "NotStarted",
-    "QuicError", "Registration", "Server", "Settings", "Stream", "StreamError", "StreamReset",
-    "StreamProtocol", "StreamStopped", "connect", "default_registration", "msquic_version", "retry_memory_limit", "serve",
-    "set_retry_memory_limit", "status_name", "sync",
+    "AlpnMismatch", "AlreadyStarted", "BlockingStream", "Configuration", "Connection", "ConnectionClosed",
+    "ConnectionRefused", "ConnectionStats", "Credential", "DEFAULT_SETTINGS", "DatagramQueueFull",
+    "EXCEPTION_ERROR_CODE", "Failed", "Finished", "ForkedProcessError", "HandshakeError",
+    "HookContextError", "IdleTimeout", "ListenError", "Listener", "ListenerState", "ListenerStats",
+    "NewConnectionInfo", "NotStarted", "QuicError", "Registration", "Server", "Settings", "Stream",
+    "StreamError", "StreamProtocol", "StreamReset", "StreamStopped", "Unreachable",
+    "VersionNegotiationError", "connect", "default_registration", "msquic_version", "retry_memory_limit",
+    "serve", "set_retry_memory_limit", "status_name", "sync", "tls_alert_name",
 ]

@@ -13,7 +13,7 @@ from ._buffers import BufferLike, c_buffer
 from ._msquic import ffi, lib
 from .addresses import Address, from_native, is_ip_literal, resolve, resolve_async
 from .configuration import STREAM_SCHEDULING, Configuration, decode_alpns
-from .errors import EXCEPTION_ERROR_CODE, ConnectionClosed, DatagramQueueFull, QuicError, failed
+from .errors import EXCEPTION_ERROR_CODE, ConnectionClosed, DatagramQueueFull, QuicError, failed, transport_closed
 from .registration import Registration
 from .stream import BlockingStream, Stream, StreamProtocol
 
@@ -215,8 +215,7 @@ class Connection(NativeWaitable):
             return ConnectionClosed(f"closed by peer with application error {info.error_code}",
                                     by_peer=True, error_code=info.error_code)
         if flags & lib.PMQ_CONN_SHUTDOWN_BY_TRANSPORT:
-            return ConnectionClosed("closed by the transport", status=info.transport_status,
-                                    by_transport=True, error_code=info.error_code)
+            return transport_closed(info.transport_status, info.error_code)
         if flags & lib.PMQ_CONN_SHUTDOWN_BY_APP:
             return ConnectionClosed(f"closed locally with application error {info.local_error_code}",
                                     by_app=True, error_code=info.local_error_code)
