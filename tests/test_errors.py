@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import socket
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -81,6 +82,19 @@ def test_refused(registration, server_config) -> None:
     assert info.value.by_transport and info.value.status_name == "CONNECTION_REFUSED"
     assert isinstance(info.value, pymsquic.ConnectionClosed) and isinstance(info.value, pymsquic.QuicError)
     assert not isinstance(info.value, OSError)
+
+
+def test_refused_when_the_backlog_is_full(registration, server_config) -> None:
+    with pymsquic.Listener(registration, server_config, backlog=1) as lst:
+        lst.start(ALPN, ("127.0.0.1", 0))
+        with connect(lst.local_address[1], registration):
+            deadline = time.monotonic() + 10
+            while lst.stats.queued < 1 and time.monotonic() < deadline:  # the server's side completes last
+                time.sleep(0.01)
+            with pytest.raises(pymsquic.ConnectionRefused):
+                connect(lst.local_address[1], registration)
+            lst.accept(timeout=10).close()
+    assert lst.stats.refused_backlog == 1
 
 
 def test_idle_timeout_after_the_handshake(registration, listener) -> None:
@@ -164,6 +178,18 @@ def test_certificate_expired(registration, tmp_path, expired: bool) -> None:
         with pytest.raises(pymsquic.HandshakeError) as info:
             connect(lst.local_address[1], registration, credential=trusting, server_name="localhost")
     assert (info.value.alert, info.value.alert_name) == (45, "certificate_expired")
+
+
+def test_client_certificate_required(registration, server_credential) -> None:
+    """In TLS 1.3 the server checks the client's certificate after the client's handshake
+    is done: the alert may end connect() or, a moment later, the connection it returned."""
+    config = pymsquic.Configuration(registration, ALPN, server_credential.requiring_client_auth())
+    with pymsquic.Listener(registration, config) as lst:
+        lst.start(ALPN, ("127.0.0.1", 0))
+        with pytest.raises(pymsquic.HandshakeError) as info:
+            with connect(lst.local_address[1], registration) as conn:
+                conn.accept_stream(timeout=30)
+    assert (info.value.alert, info.value.alert_name) == (116, "certificate_required")
 
 
 def test_alpn_mismatch(registration, listener) -> None:
