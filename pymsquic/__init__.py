@@ -34,20 +34,27 @@ from .asyncio import connect, serve
 from .configuration import Configuration, Credential, Settings
 from .errors import (
     EXCEPTION_ERROR_CODE,
+    AlpnMismatch,
     AlreadyStarted,
     ConnectionClosed,
+    ConnectionRefused,
     DatagramQueueFull,
     Failed,
     Finished,
     ForkedProcessError,
+    HandshakeError,
     HookContextError,
+    IdleTimeout,
     ListenError,
     NotStarted,
     QuicError,
     StreamError,
     StreamReset,
     StreamStopped,
+    Unreachable,
+    VersionNegotiationError,
     status_name,
+    tls_alert_name,
 )
 from .registration import Registration, default_registration
 
@@ -65,10 +72,11 @@ def msquic_version() -> str:
 
 
 __all__ = [
-    "DEFAULT_SETTINGS", "EXCEPTION_ERROR_CODE", "Address", "AlreadyStarted", "Configuration", "ConnectionClosed",
-    "ConnectionStats", "Credential", "DatagramQueueFull", "Failed", "Finished", "ForkedProcessError",
-    "HookContextError", "ListenError", "ListenerState", "ListenerStats", "NewConnectionHook", "NewConnectionInfo",
-    "NotStarted", "QuicError", "Registration", "Settings", "StopCompleteHook", "StreamError", "StreamReset",
-    "StreamStopped", "asyncio", "connect", "default_registration", "msquic_version", "retry_memory_limit", "serve",
-    "set_retry_memory_limit", "status_name", "sync",
+    "DEFAULT_SETTINGS", "EXCEPTION_ERROR_CODE", "Address", "AlpnMismatch", "AlreadyStarted", "Configuration",
+    "ConnectionClosed", "ConnectionRefused", "ConnectionStats", "Credential", "DatagramQueueFull", "Failed",
+    "Finished", "ForkedProcessError", "HandshakeError", "HookContextError", "IdleTimeout", "ListenError",
+    "ListenerState", "ListenerStats", "NewConnectionHook", "NewConnectionInfo", "NotStarted", "QuicError",
+    "Registration", "Settings", "StopCompleteHook", "StreamError", "StreamReset", "StreamStopped", "Unreachable",
+    "VersionNegotiationError", "asyncio", "connect", "default_registration", "msquic_version",
+    "retry_memory_limit", "serve", "set_retry_memory_limit", "status_name", "sync", "tls_alert_name",
 ]

@@ -52,7 +52,8 @@ def is_ip_literal(host: str) -> bool:
 
 
 def resolve(host: str, port: int, *, passive: bool = False) -> Any:
-    """Resolve host (an IP literal or a name) to a ``pmq_addr *`` (first UDP result)."""
+    """Resolve host (an IP literal or a name) to a ``pmq_addr *`` (first UDP result).
+    ``socket.gaierror`` when the name does not resolve."""
     if is_ip_literal(host):
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         return from_sockaddr(family, (host, port, 0, 0))
@@ -60,7 +61,7 @@ def resolve(host: str, port: int, *, passive: bool = False) -> Any:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=flags)
     except socket.gaierror as exc:
-        raise ValueError(f"cannot resolve host {host!r}: {exc}") from None
+        raise _unresolved(host, exc) from None
     return from_sockaddr(infos[0][0], infos[0][4])
 
 
@@ -71,8 +72,14 @@ async def resolve_async(host: str, port: int) -> Any:
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except socket.gaierror as exc:
-        raise ValueError(f"cannot resolve host {host!r}: {exc}") from None
+        raise _unresolved(host, exc) from None
     return from_sockaddr(infos[0][0], infos[0][4])
+
+
+def _unresolved(host: str, exc: socket.gaierror) -> socket.gaierror:
+    """A DNS failure stays an OSError (``socket.gaierror``, its ``errno`` an EAI_* code
+    callers may test) and names the host, which getaddrinfo's message leaves out."""
+    return socket.gaierror(exc.errno, f"cannot resolve host {host!r}: {exc.strerror}")
 
 
 def from_sockaddr(family: int, sockaddr: tuple) -> Any:

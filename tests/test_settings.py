@@ -168,20 +168,6 @@ def test_read_settings_of_a_closed_configuration_raises(registration: Registrati
 
 
 
-def connection_settings(conn: pymsquic.Connection, only_set: bool = False) -> Settings:
-    """msquic's view of a connection's settings (QUIC_PARAM_CONN_SETTINGS).
-
-    Through the native layer: Connection has no public method for it yet (the
-    connection classes are being reshaped for issue 8; ``_conn`` is their native
-    pmq_conn). It blocks for a worker round trip, as stats() does.
-    """
-    out = ffi.new("pmq_settings *")
-    status = lib.pmq_conn_get_settings(conn._conn, out)
-    if (status & 0xFFFFFFFF) != lib.QUIC_STATUS_SUCCESS:
-        raise QuicError("reading the connection's settings", status)
-    return Settings._from_native(out, only_set)
-
-
 def test_connections_use_their_configurations_settings(registration: Registration) -> None:
     # Each side's connection takes msquic's copy of its own configuration's
     # settings: what read_settings() shows is what a connection runs with.
@@ -189,22 +175,20 @@ def test_connections_use_their_configurations_settings(registration: Registratio
     client_settings = Settings(keep_alive_interval_ms=1_500, initial_rtt_ms=100, congestion_control="bbr")
     with Configuration(registration, ALPN, Credential.self_signed(), server_settings) as server_config, \
             configure(registration, client_settings) as client_config, \
-            pymsquic.Listener(registration, server_config) as listener:
+            pymsquic.sync.Listener(registration, server_config) as listener:
         listener.start(ALPN, ("127.0.0.1", 0))
-        with pymsquic.Connection.connect(registration, client_config, "127.0.0.1", listener.local_address[1],
-                                         timeout=10) as client:
+        with pymsquic.sync.connect("127.0.0.1", listener.local_address[1], configuration=client_config) as client:
             server = listener.accept(timeout=10)
             try:
-                assert connection_settings(client, only_set=True) == client_settings
-                assert connection_settings(client) == client_config.read_settings()
-                assert connection_settings(server, only_set=True) == server_settings
-                assert connection_settings(server) == server_config.read_settings()
+                assert client.read_settings(only_set=True) == client_settings
+                assert client.read_settings() == client_config.read_settings()
+                assert server.read_settings(only_set=True) == server_settings
+                assert server.read_settings() == server_config.read_settings()
                 client.shutdown(0)
                 client.wait_closed(timeout=10)
                 # The handle is gone once closed: a clear error, not a use after free.
-                with pytest.raises(QuicError) as caught:
-                    connection_settings(client)
-                assert caught.value.status == lib.QUIC_STATUS_INVALID_STATE
+                with pytest.raises(pymsquic.ConnectionClosed):
+                    client.read_settings()
                 server.wait_closed(timeout=10)
             finally:
-                server.close()
+                server._abandon()

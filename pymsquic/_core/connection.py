@@ -18,8 +18,8 @@ from .. import _native
 from .._buffers import BufferLike, c_buffer
 from .._msquic import ffi, lib
 from ..addresses import Address, from_native, is_ip_literal
-from ..configuration import STREAM_SCHEDULING, Configuration, decode_alpns
-from ..errors import EXCEPTION_ERROR_CODE, ConnectionClosed, DatagramQueueFull, QuicError, failed
+from ..configuration import STREAM_SCHEDULING, Configuration, Settings, decode_alpns
+from ..errors import EXCEPTION_ERROR_CODE, ConnectionClosed, DatagramQueueFull, QuicError, failed, transport_closed
 from ..registration import Registration
 from .stream import StreamCore
 
@@ -184,8 +184,7 @@ class ConnectionCore:
             return ConnectionClosed(f"closed by peer with application error {info.error_code}",
                                     by_peer=True, error_code=info.error_code)
         if flags & lib.PMQ_CONN_SHUTDOWN_BY_TRANSPORT:
-            return ConnectionClosed("closed by the transport", status=info.transport_status,
-                                    by_transport=True, error_code=info.error_code)
+            return transport_closed(info.transport_status, info.error_code)
         if flags & lib.PMQ_CONN_SHUTDOWN_BY_APP:
             return ConnectionClosed(f"closed locally with application error {info.local_error_code}",
                                     by_app=True, error_code=info.local_error_code)
@@ -214,6 +213,19 @@ class ConnectionCore:
         if failed(status):
             raise self._closed_error()
         return ConnectionStats(**{f.name: getattr(out, f.name) for f in dataclasses.fields(ConnectionStats)})
+
+    def read_settings(self, *, only_set: bool = False) -> Settings:
+        """msquic's view of the settings this connection runs with
+        (QUIC_PARAM_CONN_SETTINGS), as :meth:`Configuration.read_settings`.
+        Asks msquic's worker and waits for its answer, briefly;
+        ConnectionClosed once the connection is closed."""
+        _native.forbid_in_callback("Connection.read_settings()")
+        out = ffi.new("pmq_settings *")
+        status = lib.pmq_conn_get_settings(self._conn, out)
+        if failed(status):
+            raise self._closed_error() if status == lib.QUIC_STATUS_INVALID_STATE else \
+                QuicError("reading the connection's settings failed", status)
+        return Settings._from_native(out, only_set)
 
     @property
     def stream_scheduling(self) -> str:
