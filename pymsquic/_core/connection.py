@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-from typing import Any, Callable, ClassVar, Generator, MutableMapping
+from typing import TYPE_CHECKING, Any, Callable, Generator, Generic, MutableMapping, TypeVar
 
 from .. import _native
 from .._buffers import BufferLike, c_buffer
@@ -23,7 +23,11 @@ from ..errors import EXCEPTION_ERROR_CODE, ConnectionClosed, DatagramQueueFull, 
 from ..registration import Registration
 from .stream import StreamCore
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 logger = logging.getLogger("pymsquic")
+S = TypeVar("S", bound=StreamCore)  # the world's stream class
 _connection_ids = itertools.count(1)
 
 
@@ -57,11 +61,11 @@ class ConnectionStats:
     handshake_us: int
 
 
-class ConnectionCore:
+class ConnectionCore(Generic[S]):
     """What a connection is and does without waiting; see the module docstring."""
 
     #: The world's stream class, for the streams this connection hands out.
-    _stream_class: ClassVar[type[StreamCore]]
+    _stream_class: type[S]
 
     def __init__(self, native: Any, registration: Registration, configuration: Configuration) -> None:
         # Internal: wrap a pmq_conn * whose Python reference we now own.
@@ -90,7 +94,7 @@ class ConnectionCore:
     # ---- client ----------------------------------------------------------------
 
     @classmethod
-    def _open_client(cls, configuration: Configuration) -> Any:
+    def _open_client(cls, configuration: Configuration) -> Self:
         """A new, unstarted client connection of this class."""
         if not isinstance(configuration, Configuration):
             raise TypeError(f"configuration must be a Configuration, not {type(configuration).__name__}")
@@ -262,7 +266,7 @@ class ConnectionCore:
         whatever its code), not after a transport error or an idle timeout."""
         return exc.by_app or (exc.by_peer and exc.error_code == 0)
 
-    def _open_stream(self, unidirectional: bool) -> Any:
+    def _open_stream(self, unidirectional: bool) -> S:
         """A new local stream of the world's class (never blocks)."""
         out = _native.scratch.stream
         status = lib.pmq_stream_open(self._conn, bool(unidirectional), out)
@@ -273,7 +277,7 @@ class ConnectionCore:
             raise QuicError("StreamOpen failed", status)
         return self._stream_class(native, self)
 
-    def _try_accept_stream(self) -> Any:
+    def _try_accept_stream(self) -> S | None:
         """The next peer stream, None if there is none yet; ConnectionClosed once
         the connection is shutting down and none is left."""
         out = _native.scratch.stream

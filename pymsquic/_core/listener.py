@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, Generic, TypeVar
 
 from .. import _native
 from .._msquic import ffi, lib
@@ -91,10 +91,11 @@ NewConnectionHook = Callable[[NewConnectionInfo], "bool | None"]
 #: ``on_stop_complete``: runs on a msquic thread when a stop completes.
 StopCompleteHook = Callable[[], None]
 
+C = TypeVar("C", bound=ConnectionCore[Any])  # the world's connection class
 _REFUSALS = ("refused_backlog", "refused_hook", "refused_handshakes", "refused_other")
 
 
-class ListenerCore:
+class ListenerCore(Generic[C]):
     """Accepts QUIC connections on a local address.
 
     ``backlog`` bounds the connections whose handshake completed and that wait
@@ -129,7 +130,7 @@ class ListenerCore:
     """
 
     #: The world's connection class, for the connections this listener hands out.
-    _connection_class: ClassVar[type[ConnectionCore]]
+    _connection_class: type[C]
 
     def __init__(self, registration: Registration, configuration: Configuration, *, backlog: int = 128,
                  backlog_timeout: float = 10.0, max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
@@ -209,7 +210,7 @@ class ListenerCore:
 
     # ---- accept and stop (non-blocking steps) ---------------------------------------
 
-    def _try_accept(self) -> Any:
+    def _try_accept(self) -> C | None:
         """The next connection whose handshake completed, None if there is none
         yet; NotStarted before start(), Finished once stopped and drained."""
         out = _native.scratch.conn
@@ -217,7 +218,7 @@ class ListenerCore:
         if logger.isEnabledFor(logging.DEBUG):
             self._log_refusals()
         if result == lib.PMQ_ACCEPT_OK:
-            conn: ConnectionCore = self._connection_class(out[0], self.registration, self.configuration)
+            conn = self._connection_class(out[0], self.registration, self.configuration)
             conn._log_connected()
             return conn
         if result == lib.PMQ_ACCEPT_EMPTY:

@@ -6,7 +6,7 @@ tasks, :mod:`pymsquic.sync.server` in threads."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from ..addresses import Address
 from ..configuration import AlpnLike, Configuration, Credential, Settings, encode_alpns
@@ -15,6 +15,7 @@ from .connection import ConnectionCore
 from .listener import ListenerCore
 
 logger = logging.getLogger("pymsquic")
+L = TypeVar("L", bound=ListenerCore[Any])
 
 #: Settings for serve()/connect() when none are given: unlike msquic's defaults,
 #: the peer may open streams and send datagrams.
@@ -70,8 +71,8 @@ def client_configuration(configuration: Configuration | None, registration: Regi
     return chosen_configuration(configuration, registration, alpn, credential, settings, default)
 
 
-def start_listener(listener_class: type[ListenerCore], host: str | None, port: int,
-                   configuration: Configuration, backlog: int) -> Any:
+def start_listener(listener_class: type[L], host: str | None, port: int,
+                   configuration: Configuration, backlog: int) -> L:
     """A started listener of the world's class for ``serve()``."""
     listener = listener_class(configuration.registration, configuration, backlog=backlog)
     try:
@@ -85,7 +86,7 @@ def start_listener(listener_class: type[ListenerCore], host: str | None, port: i
 class ServerCore:
     """The listener and the connections whose handlers still run."""
 
-    def __init__(self, listener: ListenerCore, close_timeout: float) -> None:
+    def __init__(self, listener: ListenerCore[Any], close_timeout: float) -> None:
         self.listener = listener
         self.close_timeout = close_timeout
         self._connections: set[Any] = set()
@@ -96,7 +97,7 @@ class ServerCore:
         address = self.listener.local_address
         return [address] if address is not None else []
 
-    def _handler_started(self, conn: ConnectionCore) -> None:
+    def _handler_started(self, conn: ConnectionCore[Any]) -> None:
         conn.close_timeout = self.close_timeout
         self._connections.add(conn)
 
@@ -108,5 +109,5 @@ class ServerCore:
         return f"<{type(self).__name__} {self.addresses} connections={len(self._connections)}>"
 
 
-def log_handler_failure(conn: ConnectionCore) -> None:
+def log_handler_failure(conn: ConnectionCore[Any]) -> None:
     conn.logger.exception("connection handler failed for %s", conn.remote_address)

@@ -78,7 +78,7 @@ def _joined(chunks: "list[bytes]", n: int) -> bytes:
 class StreamCore:
     """What a stream is and does without waiting; see the module docstring."""
 
-    def __init__(self, native: Any, connection: "ConnectionCore") -> None:
+    def __init__(self, native: Any, connection: "ConnectionCore[Any]") -> None:
         # Internal: wrap a pmq_stream * whose Python reference we now own.
         self._stream = native
         self._native_obj = lib.pmq_stream_obj(native)

@@ -75,15 +75,14 @@ class NativeWaitable:
 
     ``_wait`` re-runs a non-blocking check each time the native object
     changes. The check must take what it returns atomically (an accept pops a
-    connection in C), so a cancelled wait loses nothing. Subclasses call
-    ``_init_waitable()`` in ``__init__``.
+    connection in C), so a cancelled wait loses nothing. Nothing to initialise:
+    an object gets its own list of waiters when it first waits (the shared
+    default is an immutable, empty tuple).
     """
 
     _native_obj: Any  # pmq_obj *
-
-    def _init_waitable(self) -> None:
-        self._waiters: list[asyncio.Future[None]] = []
-        self._attached_loop: asyncio.AbstractEventLoop | None = None
+    _waiters: "list[asyncio.Future[None]] | tuple[()]" = ()
+    _attached_loop: asyncio.AbstractEventLoop | None = None
 
     def _native_changed(self) -> None:
         """Called on the loop when the native object changed; protocols override it."""
@@ -126,7 +125,10 @@ class NativeWaitable:
             if result is not None:
                 return result
             fut = loop.create_future()
-            self._waiters.append(fut)
+            if self._waiters:
+                self._waiters.append(fut)  # non-empty: a list
+            else:
+                self._waiters = [fut]
             timer = None
             if deadline is not None:
                 remaining = deadline - time.monotonic()

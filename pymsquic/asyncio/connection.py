@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 DEFAULT_OPEN_TIMEOUT = 10.0
 
 
-class Connection(ConnectionCore, NativeWaitable):
+class Connection(ConnectionCore[Stream], NativeWaitable):
     """A QUIC connection for asyncio.
 
     :func:`connect` opens one; a server's handler (:func:`serve`) or
@@ -44,24 +44,20 @@ class Connection(ConnectionCore, NativeWaitable):
     """
 
     _stream_class = Stream
-
-    def __init__(self, native: Any, registration: Registration, configuration: Configuration) -> None:
-        super().__init__(native, registration, configuration)
-        self._init_waitable()
-        self._stream_protocol: StreamProtocolFactory | None = None
-        self._protocol_streams: set[Stream] = set()  # streams run by protocols, until connection_lost
+    _stream_protocol: StreamProtocolFactory | None = None
+    _protocol_streams: set[Stream]  # streams run by protocols, until connection_lost (set_stream_protocol)
 
     # ---- streams ---------------------------------------------------------------
 
     def open_stream(self, unidirectional: bool = False) -> Stream:
         """Open a stream (never waits: data written before the peer allows the
         stream is queued). :class:`~pymsquic.ConnectionClosed` once a shutdown began."""
-        return self._open_stream(unidirectional)  # type: ignore[no-any-return]
+        return self._open_stream(unidirectional)
 
     async def accept_stream(self) -> Stream:
         """The next stream the peer opens. :class:`~pymsquic.ConnectionClosed`
         once the connection is shutting down and no stream is left."""
-        stream: Stream | None = self._try_accept_stream()
+        stream = self._try_accept_stream()
         if stream is None:
             stream = await self._wait(self._try_accept_stream, "accept_stream()")
         return stream
@@ -85,6 +81,8 @@ class Connection(ConnectionCore, NativeWaitable):
         gets ``factory()``, a :class:`StreamProtocol` run on this event loop.
         Cheaper per stream than ``async for stream in connection`` when there are
         many small ones. Call it from a coroutine on the connection's loop."""
+        if self._stream_protocol is None:
+            self._protocol_streams = set()
         self._stream_protocol = factory
         self._attach_to_running_loop()
         self._native_changed()
@@ -176,7 +174,7 @@ class connect:
         self._connection: Connection | None = None
 
     async def _connect(self) -> Connection:
-        conn: Connection = Connection._open_client(self._configuration)
+        conn = Connection._open_client(self._configuration)
         conn.close_timeout = self._close_timeout
         host, port, server_name = self._host, self._port, self._server_name
         try:

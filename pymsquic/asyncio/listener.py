@@ -5,7 +5,7 @@ Everything but the waiting is in :class:`pymsquic._core.listener.ListenerCore`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 from .._core.listener import ListenerCore
 from ..errors import Finished
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 
-class Listener(ListenerCore, NativeWaitable):
+class Listener(ListenerCore[Connection], NativeWaitable):
     __doc__ = (ListenerCore.__doc__ or "") + """
     asyncio: ``await accept()`` or ``async for connection in listener`` (ends
     quietly once the listener is stopped and drained); ``await stop()``;
@@ -26,17 +26,13 @@ class Listener(ListenerCore, NativeWaitable):
 
     _connection_class = Connection
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._init_waitable()
-
     async def accept(self) -> Connection:
         """The next connection whose handshake completed.
 
         :class:`~pymsquic.NotStarted` before :meth:`start`,
         :class:`~pymsquic.Finished` once stopped and no connection is left.
         """
-        conn: Connection | None = self._try_accept()
+        conn = self._try_accept()
         if conn is None:
             conn = await self._wait(self._try_accept, "accept()")
         return conn

@@ -143,7 +143,7 @@ class serve:
         self._server: Server | None = None
 
     async def _create(self) -> Server:
-        listener: Listener = start_listener(Listener, self._host, self._port, self._configuration, self._backlog)
+        listener = start_listener(Listener, self._host, self._port, self._configuration, self._backlog)
         server = Server(self._handler, listener, self._close_timeout)
         if self._start_serving:
             await server.start_serving()

@@ -59,10 +59,6 @@ class Stream(StreamCore, NativeWaitable):
 
     _protocol: StreamProtocol | None = None
 
-    def __init__(self, native: Any, connection: Connection) -> None:
-        super().__init__(native, connection)
-        self._init_waitable()
-
     @property
     def connection(self) -> Connection:
         """The connection the stream belongs to."""

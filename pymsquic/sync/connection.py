@@ -26,7 +26,7 @@ T = TypeVar("T")
 DEFAULT_OPEN_TIMEOUT = 10.0
 
 
-class Connection(ConnectionCore):
+class Connection(ConnectionCore[Stream]):
     """A QUIC connection for threads.
 
     :func:`connect` opens one; a server's handler (:func:`serve`) or
@@ -54,12 +54,12 @@ class Connection(ConnectionCore):
     def open_stream(self, unidirectional: bool = False) -> Stream:
         """Open a stream (never waits: data written before the peer allows the
         stream is queued). :class:`~pymsquic.ConnectionClosed` once a shutdown began."""
-        return self._open_stream(unidirectional)  # type: ignore[no-any-return]
+        return self._open_stream(unidirectional)
 
     def accept_stream(self, timeout: float | None = None) -> Stream:
         """The next stream the peer opens. :class:`~pymsquic.ConnectionClosed`
         once the connection is shutting down and no stream is left."""
-        return self._wait(self._try_accept_stream, timeout, "accept_stream()")  # type: ignore[no-any-return]
+        return self._wait(self._try_accept_stream, timeout, "accept_stream()")
 
     def __iter__(self) -> Iterator[Stream]:
         """Peer streams until the connection is closed cleanly (error code 0 from
@@ -134,7 +134,7 @@ def connect(host: str, port: int, *, alpn: AlpnLike | None = None, credential: C
     """
     _native.forbid_in_callback("connect()")
     check_endpoint(host, port)
-    conn: Connection = Connection._open_client(client_configuration(configuration, registration, alpn,
+    conn = Connection._open_client(client_configuration(configuration, registration, alpn,
                                                                     credential, settings))
     conn.close_timeout = close_timeout
     try:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 
-class Listener(ListenerCore):
+class Listener(ListenerCore[Connection]):
     __doc__ = (ListenerCore.__doc__ or "") + """
     Blocking: ``accept(timeout)`` or ``for connection in listener`` (ends
     quietly once the listener is stopped and drained); ``stop(timeout)``;
@@ -33,8 +33,7 @@ class Listener(ListenerCore):
         :class:`~pymsquic.Finished` once stopped and no connection is left,
         TimeoutError after ``timeout`` seconds.
         """
-        return _native.wait_blocking(self._native_obj, self._try_accept, timeout,  # type: ignore[no-any-return]
-                                     "accept()")
+        return _native.wait_blocking(self._native_obj, self._try_accept, timeout, "accept()")
 
     def __iter__(self) -> Iterator[Connection]:
         while True:
