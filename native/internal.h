@@ -94,11 +94,33 @@ void pmq_conn_leave_listener(pmq_conn *conn);
 pmq_conn_info *pmq_conn_info_ptr(pmq_conn *conn);
 void pmq_listener_conn_changed(pmq_listener *listener);
 
+/*
+ * A connection's list of streams: its accept queue of peer streams, and its
+ * local streams msquic has not started yet. The list is linked through a field
+ * of the stream; stream.c owns that field and all the code that follows it
+ * (these functions), connection.c owns the lists. A stream is in at most one
+ * list. A list inside a pmq_conn is guarded by that connection's lock; a list
+ * taken out of it with pmq_stream_list_take belongs to the caller alone.
+ */
+typedef struct pmq_stream_list {
+    pmq_stream *head;
+    pmq_stream *tail;
+} pmq_stream_list;
+
+void pmq_stream_list_push_back(pmq_stream_list *list, pmq_stream *stream);
+void pmq_stream_list_push_front(pmq_stream_list *list, pmq_stream *stream);
+/* Unlinks and returns the first stream, or NULL if the list is empty. */
+pmq_stream *pmq_stream_list_pop(pmq_stream_list *list);
+/* Unlinks stream if it is in the list. */
+void pmq_stream_list_remove(pmq_stream_list *list, pmq_stream *stream);
+/* Empties the list and returns what it held. */
+pmq_stream_list pmq_stream_list_take(pmq_stream_list *list);
+/* Takes a reference to every stream in the list. */
+void pmq_stream_list_ref_all(const pmq_stream_list *list);
+
 /* Stream internals used by the connection. */
 pmq_stream *pmq_stream_new_peer(pmq_conn *conn, HQUIC handle, int unidirectional);
 void pmq_stream_refuse(HQUIC handle);
-void pmq_stream_set_next(pmq_stream *stream, pmq_stream *next);
-pmq_stream *pmq_stream_get_next(pmq_stream *stream);
 void pmq_stream_abort_unaccepted(pmq_stream *stream);
 QUIC_STATUS pmq_stream_open_on(pmq_conn *conn, HQUIC connection, int unidirectional, pmq_stream **out);
 /* A local stream was started: it leaves the connection's list of unstarted streams. */
