@@ -45,7 +45,11 @@ typedef struct send_datagram {
 } send_datagram;
 
 struct pmq_conn {
-    pmq_obj obj;               /* must stay first */
+    /* Must stay first. obj.lock guards the fields below (the stream lists
+     * included) and the link of each stream in them. Lock order (internal.h):
+     * may be taken with the listener's lock or one of its streams' locks held;
+     * under it only the waker's lock. */
+    pmq_obj obj;
     pmq_guard guard;
     int started;
     int starting;              /* pmq_conn_start is between its checks and ConnectionStart */

@@ -7,7 +7,35 @@
 
 #include "pymsquic.h"
 
+/*
+ * Lock order. Every native object (listener, connection, stream) has one
+ * mutex, pmq_obj.lock; a pmq_waker has its own. Where two are held at once,
+ * the first is taken before the second:
+ *
+ *     listener lock  ->  connection lock  ->  waker lock
+ *     stream lock    ->  connection lock  ->  waker lock
+ *
+ * - listener -> connection: the listener settles its handshakes under its lock
+ *   and reads each connection's flags (pmq_conn_flags). A connection never
+ *   calls into its listener with its own lock held (notify_listener runs after
+ *   the unlock).
+ * - stream -> connection: a stream taking its pending start leaves the
+ *   connection's unstarted list (take_start_locked -> pmq_conn_forget_unstarted).
+ *   A connection never takes a stream's lock with its own held.
+ * - any object -> waker: pmq_obj_changed_locked and pmq_obj_attach. The waker
+ *   lock is a leaf: nothing else is taken under it.
+ * - A listener and a stream are never locked together, nor two objects of one
+ *   kind. There is no global mutex (pmq_library_open/close are serialised by
+ *   their Python caller).
+ * - No native lock is held while calling into Python (the listener hooks take
+ *   the GIL), nor across a msquic call that may wait for one of our callbacks
+ *   (the Closes, ListenerStop, a connection's or stream's Get/SetParam). The one
+ *   msquic call made under a lock, the listener's GetParam in
+ *   pmq_listener_local_address, runs inline and waits for nothing.
+ */
 struct pmq_obj {
+    /* Guards this struct's seq, waker and waker_id and the fields of the
+     * object that embeds it (each says which). Order: see above. */
     pthread_mutex_t lock;
     pthread_cond_t cond;      /* broadcast on every change */
     uint64_t seq;             /* bumped on every change; guarded by lock */

@@ -32,7 +32,13 @@ typedef struct backlog_entry {
 } backlog_entry;
 
 struct pmq_listener {
-    pmq_obj obj;               /* must stay first */
+    /* Must stay first. obj.lock guards the fields below, except those set once
+     * at open (configuration, hook_id, hooks, the limits, stream_scheduling);
+     * reaper_cond waits on it. handle is read without it only while STARTING or
+     * stop_in_flight keeps pmq_listener_close from clearing it. Lock order
+     * (internal.h): taken with none of our locks held; under it a connection's
+     * lock (pmq_conn_flags in settle_handshakes_locked) and the waker's lock. */
+    pmq_obj obj;
     HQUIC handle;
     HQUIC configuration;
     uint32_t state;            /* PMQ_LISTENER_* */

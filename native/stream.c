@@ -31,7 +31,12 @@ typedef struct send_block {
 } send_block;
 
 struct pmq_stream {
-    pmq_obj obj;               /* must stay first */
+    /* Must stay first. obj.lock guards the fields below but next (guarded by
+     * the lock of the connection whose list holds the stream) and conn (set
+     * once); begin_read also peeks at needs_start atomically without it. Lock
+     * order (internal.h): taken with none of our locks held; under it the
+     * connection's lock (take_start_locked) and the waker's lock. */
+    pmq_obj obj;
     pmq_guard guard;
     /* Link in one of the connection's stream lists (internal.h): read and
      * written only by the pmq_stream_list functions below. */
