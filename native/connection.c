@@ -795,7 +795,9 @@ void pmq_conn_set_datagram_send_queue(pmq_conn *c, uint32_t capacity)
 QUIC_STATUS pmq_conn_get_stats(pmq_conn *c, pmq_conn_stats *out)
 {
     PMQ_CHECK(&c->obj);
-    HQUIC handle = c->started ? pmq_guard_enter(&c->obj, &c->guard) : NULL;
+    pthread_mutex_lock(&c->obj.lock); /* started too is written under it */
+    HQUIC handle = c->started ? pmq_guard_enter_locked(&c->guard) : NULL;
+    pthread_mutex_unlock(&c->obj.lock);
     if (handle == NULL) {
         return QUIC_STATUS_INVALID_STATE;
     }
