@@ -25,8 +25,8 @@
  * - any object -> waker: pmq_obj_changed_locked and pmq_obj_attach. The waker
  *   lock is a leaf: nothing else is taken under it.
  * - A listener and a stream are never locked together, nor two objects of one
- *   kind. There is no global mutex (pmq_library_open/close are serialised by
- *   their Python caller).
+ *   kind. There is no global mutex: pmq_library_open runs under a Python lock,
+ *   pmq_library_close once at exit.
  * - No native lock is held while calling into Python (the listener hooks take
  *   the GIL), nor across a msquic call that may wait for one of our callbacks
  *   (the Closes, ListenerStop, a connection's or stream's Get/SetParam). The one
