@@ -44,6 +44,8 @@ from .errors import (
     ForkedProcessError,
     HandshakeError,
     HookContextError,
+    IncompleteReadError,
+    LimitOverrunError,
     IdleTimeout,
     ListenError,
     NotStarted,
@@ -72,11 +74,12 @@ def msquic_version() -> str:
 
 
 __all__ = [
-    "DEFAULT_SETTINGS", "EXCEPTION_ERROR_CODE", "Address", "AlpnMismatch", "AlreadyStarted", "Configuration",
-    "ConnectionClosed", "ConnectionRefused", "ConnectionStats", "Credential", "DatagramQueueFull", "Failed",
-    "Finished", "ForkedProcessError", "HandshakeError", "HookContextError", "IdleTimeout", "ListenError",
-    "ListenerState", "ListenerStats", "NewConnectionHook", "NewConnectionInfo", "NotStarted", "QuicError",
-    "Registration", "Settings", "StopCompleteHook", "StreamError", "StreamReset", "StreamStopped", "Unreachable",
-    "VersionNegotiationError", "asyncio", "connect", "default_registration", "msquic_version",
-    "retry_memory_limit", "serve", "set_retry_memory_limit", "status_name", "sync", "tls_alert_name",
+    "Address", "AlpnMismatch", "AlreadyStarted", "Configuration", "ConnectionClosed", "ConnectionRefused",
+    "ConnectionStats", "Credential", "DEFAULT_SETTINGS", "DatagramQueueFull", "EXCEPTION_ERROR_CODE", "Failed",
+    "Finished", "ForkedProcessError", "HandshakeError", "HookContextError", "IdleTimeout", "IncompleteReadError",
+    "LimitOverrunError", "ListenError", "ListenerState", "ListenerStats", "NewConnectionHook", "NewConnectionInfo",
+    "NotStarted", "QuicError", "Registration", "Settings", "StopCompleteHook", "StreamError", "StreamReset",
+    "StreamStopped", "Unreachable", "VersionNegotiationError", "asyncio", "connect", "default_registration",
+    "msquic_version", "retry_memory_limit", "serve", "set_retry_memory_limit", "status_name", "sync",
+    "tls_alert_name",
 ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from typing import Any
 
 from ._msquic import lib
@@ -268,3 +270,18 @@ class HookContextError(RuntimeError):
 
     It would wait for the very thread it runs on; use the non-blocking calls there.
     """
+
+
+class IncompleteReadError(asyncio.IncompleteReadError):
+    """The stream ended (the peer's FIN) before ``readexactly()`` or
+    ``readuntil()`` had what it needed; ``partial`` holds what came (consumed).
+    Raised in both worlds; being an :class:`asyncio.IncompleteReadError` (an
+    EOFError), asyncio code catches it as it does for asyncio's streams, and
+    blocking code needs no asyncio import."""
+
+
+class LimitOverrunError(asyncio.LimitOverrunError):
+    """``readuntil()`` met ``limit`` bytes without the separator, or found it
+    beyond ``limit``; nothing was consumed. ``consumed`` is asyncio's hint of
+    how many bytes to skip. An :class:`asyncio.LimitOverrunError`, raised in
+    both worlds."""

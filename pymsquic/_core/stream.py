@@ -25,7 +25,16 @@ from typing import TYPE_CHECKING, Any, Generator, Iterable
 from .. import _native
 from .._buffers import BufferLike, c_buffer
 from .._msquic import ffi, lib
-from ..errors import EXCEPTION_ERROR_CODE, QuicError, StreamError, StreamReset, StreamStopped, failed
+from ..errors import (
+    EXCEPTION_ERROR_CODE,
+    IncompleteReadError,
+    LimitOverrunError,
+    QuicError,
+    StreamError,
+    StreamReset,
+    StreamStopped,
+    failed,
+)
 
 if TYPE_CHECKING:
     from .connection import ConnectionCore
@@ -71,7 +80,7 @@ def _joined(chunks: "list[bytes]", n: int) -> bytes:
     """The result of a read of ``n`` bytes (n < 0: until FIN) that gathered ``chunks``."""
     data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     if 0 <= n != len(data):
-        raise asyncio.IncompleteReadError(data, n)  # FIN first: the partial is handed over
+        raise IncompleteReadError(data, n)  # FIN first: the partial is handed over
     return data
 
 
@@ -202,13 +211,13 @@ class StreamCore:
                 if found >= 0:
                     end = found + len(separator)
                     if end > limit:
-                        raise asyncio.LimitOverrunError(
+                        raise LimitOverrunError(
                             f"separator is found, but chunk is longer than limit ({limit})", found)
                     self._pushback[:0] = buffer[end:]
                     chunks.clear()
                     return bytes(buffer[:end])
                 if len(buffer) > limit:
-                    raise asyncio.LimitOverrunError(f"separator is not found, and chunk exceed the limit ({limit})",
+                    raise LimitOverrunError(f"separator is not found, and chunk exceed the limit ({limit})",
                                                     len(buffer))
                 searched = max(0, len(buffer) - len(separator) + 1)
                 chunk = self._read_now(READ_CHUNK)
@@ -218,16 +227,16 @@ class StreamCore:
                     buffer += chunk
                 else:  # FIN first: the partial is handed over, and so consumed
                     chunks.clear()
-                    raise asyncio.IncompleteReadError(bytes(buffer), None)
+                    raise IncompleteReadError(bytes(buffer), None)
 
     def _readline_steps(self, limit: int) -> ReadSteps:
         """``readline()`` in steps: a line, or what is left at FIN; ValueError
         (nothing consumed) for a line longer than ``limit``."""
         try:
             return (yield from self._readuntil_steps(b"\n", limit))
-        except asyncio.IncompleteReadError as exc:
+        except IncompleteReadError as exc:
             return exc.partial
-        except asyncio.LimitOverrunError as exc:
+        except LimitOverrunError as exc:
             raise ValueError(exc.args[0]) from None
 
     def _readable(self) -> bool | None:

@@ -134,7 +134,8 @@ class NativeWaitable:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self._waiters.remove(fut)
-                    raise TimeoutError(f"{what} timed out after {timeout} s")
+                    # asyncio's class: what asyncio.wait_for() raises too (before 3.11 not the builtin)
+                    raise asyncio.TimeoutError(f"{what} timed out after {timeout} s")
                 timer = loop.call_later(remaining, _expire, fut)
             try:
                 await fut

@@ -133,7 +133,7 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
         try:
             for check in steps:
                 if check() is None:  # no waiting machinery when there is nothing to wait for
-                    with contextlib.suppress(TimeoutError):
+                    with contextlib.suppress(asyncio.TimeoutError):
                         await self._wait(check, "close()", deadline - loop.time())
         finally:
             steps.close()
@@ -156,7 +156,8 @@ class connect:
     ``Credential.client()``: the system CA store). ``server_name`` (SNI, and the
     name the certificate must carry) defaults to ``host``. The handshake must
     complete within ``open_timeout`` seconds (None: no limit), else
-    TimeoutError. A failed handshake raises a
+    :class:`asyncio.TimeoutError` (the builtin TimeoutError from 3.11 on; in
+    :mod:`pymsquic.sync`, the builtin). A failed handshake raises a
     :class:`~pymsquic.ConnectionClosed` subclass saying why (refused, TLS alert,
     ALPN mismatch, ...); an unknown host raises :class:`socket.gaierror`.
     Leaving ``async with`` closes the connection gracefully (see

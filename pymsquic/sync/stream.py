@@ -61,7 +61,7 @@ class Stream(StreamCore):
         return self._wait(lambda: self._read_now(n), timeout, "read()")
 
     def readexactly(self, n: int, timeout: float | None = None) -> bytes:
-        """Exactly ``n`` bytes; :class:`asyncio.IncompleteReadError` (its
+        """Exactly ``n`` bytes; :class:`~pymsquic.IncompleteReadError` (its
         ``partial`` then consumed) if FIN comes first."""
         n = count(n, "readexactly()")
         if n < 0:
@@ -71,8 +71,8 @@ class Stream(StreamCore):
     def readuntil(self, separator: bytes = b"\n", *, limit: int = DEFAULT_LIMIT,
                   timeout: float | None = None) -> bytes:
         """The bytes up to and including ``separator``, as
-        :meth:`asyncio.StreamReader.readuntil`: :class:`asyncio.IncompleteReadError`
-        at FIN (``partial`` consumed), :class:`asyncio.LimitOverrunError` when
+        :meth:`asyncio.StreamReader.readuntil`: :class:`~pymsquic.IncompleteReadError`
+        at FIN (``partial`` consumed), :class:`~pymsquic.LimitOverrunError` when
         ``limit`` bytes come without it (nothing is consumed then)."""
         if not separator:
             raise ValueError("separator must not be empty")
