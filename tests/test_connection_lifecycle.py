@@ -526,8 +526,9 @@ def test_sync_iteration_over_peer_streams_ends_quietly_only_on_a_clean_close(reg
     with pymsquic.sync.Listener(registration, idle_config) as lst:
         lst.start(ALPN, ("127.0.0.1", 0))
         client, server = sync_pair(registration, lst)
-        for i in range(2):
-            client.open_stream().write(b"%d" % i, fin=True)
+        streams = [client.open_stream() for _ in range(2)]  # kept: a collected stream is abandoned
+        for i, stream in enumerate(streams):
+            stream.write(b"%d" % i, fin=True)
         received: list[bytes] = []
         raised: BaseException | None = None
         try:
@@ -549,8 +550,9 @@ def test_async_iteration_over_peer_streams_ends_quietly_only_on_a_clean_close(re
         async with pymsquic.asyncio.Listener(registration, idle_config) as lst:
             lst.start(ALPN, ("127.0.0.1", 0))
             client, server = await async_pair(registration, lst)
-            for i in range(2):
-                client.open_stream().write(b"%d" % i, fin=True)
+            streams = [client.open_stream() for _ in range(2)]  # kept: a collected stream is abandoned
+            for i, stream in enumerate(streams):
+                stream.write(b"%d" % i, fin=True)
             received: list[bytes] = []
             raised: BaseException | None = None
 
@@ -589,7 +591,8 @@ def test_sync_close_delivers_what_was_written_just_before(registration, listener
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
-    client.open_stream().write(PAYLOAD, fin=True)
+    stream = client.open_stream()  # kept: the close, not a collected stream, must deliver it
+    stream.write(PAYLOAD, fin=True)
     client.close(APP_CODE)
     reader.join(60)
     assert "error" not in got, got["error"]
@@ -607,7 +610,8 @@ def test_async_close_delivers_what_was_written_just_before(registration, async_l
             return await stream.read()
 
         reader = asyncio.create_task(asyncio.wait_for(read(), 30))
-        client.open_stream().write(PAYLOAD, fin=True)
+        stream = client.open_stream()  # kept: the close, not a collected stream, must deliver it
+        stream.write(PAYLOAD, fin=True)
         await client.close(APP_CODE)
         data = await reader
         assert len(data) == len(PAYLOAD) and data == PAYLOAD
