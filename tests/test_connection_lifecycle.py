@@ -18,19 +18,20 @@ import sys
 import textwrap
 import threading
 import time
-from typing import Any, Iterator, Union
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from aioquic.asyncio import connect as aioquic_connect
+from conftest import ALPN, RecordingProtocol, aioquic_config
 
 import pymsquic
-from conftest import ALPN, RecordingProtocol, aioquic_config
 
 RUNS = 10  # the lost close code showed in 2-4 of 5 runs before the fix
 APP_CODE = 0x88
 EXCEPTION_CODE = getattr(pymsquic, "EXCEPTION_ERROR_CODE", None)
 
-AnyConnection = Union[pymsquic.sync.Connection, pymsquic.asyncio.Connection]
+AnyConnection = pymsquic.sync.Connection | pymsquic.asyncio.Connection
 
 
 class Boom(Exception):
@@ -586,7 +587,7 @@ def test_sync_close_delivers_what_was_written_just_before(registration, listener
     def read() -> None:
         try:
             got["data"] = server.accept_stream(timeout=10).read(timeout=30)
-        except BaseException as exc:  # reported by the assertion below
+        except Exception as exc:  # noqa: BLE001  # reported by the assertion below
             got["error"] = exc
 
     reader = threading.Thread(target=read, daemon=True)

@@ -15,16 +15,16 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from conftest import ALPN
 
 import pymsquic
-
-from conftest import ALPN
 
 
 def client_initial(port: int, alpn: str = ALPN) -> bytes:

@@ -10,8 +10,9 @@ import sys
 import textwrap
 from typing import Any
 
-import pymsquic
 from conftest import ALPN
+
+import pymsquic
 
 
 class Boom(Exception):
