@@ -45,7 +45,7 @@ async def serve(retry_memory_limit: float | None) -> None:
     if retry_memory_limit is not None:
         pymsquic.set_retry_memory_limit(retry_memory_limit)
 
-    async def echo(conn: pymsquic.Connection) -> None:
+    async def echo(conn: pymsquic.asyncio.Connection) -> None:
         async for stream in conn:
             stream.write(await stream.read(), fin=True)
 
@@ -54,7 +54,7 @@ async def serve(retry_memory_limit: float | None) -> None:
         print("ready", server.addresses[0][1], os.getpid(), flush=True)
         loop = asyncio.get_running_loop()
         while await loop.run_in_executor(None, sys.stdin.readline):  # "stats" until EOF
-            stats = server.listener.stats
+            stats = server.listener.stats()
             print(json.dumps({**stats.__dict__, "rss_kb": rss_kb(os.getpid())}), flush=True)
 
 
@@ -104,14 +104,15 @@ async def churn(server: ServerProcess, total: int, parallel: int, deadline: floa
     print(f"server RSS before churn: {server.stats()['rss_kb'] / 1024:.1f} MiB", flush=True)
 
     async def one() -> None:
-        conn = await pymsquic.Connection.connect_async(registration, config, "127.0.0.1", server.port, timeout=10)
+        conn = await pymsquic.asyncio.connect("127.0.0.1", server.port, configuration=config, open_timeout=10,
+                                              close_timeout=1.0)
         try:
             stream = conn.open_stream()
             stream.write(PAYLOAD, fin=True)
             if await asyncio.wait_for(stream.read(), 10) != PAYLOAD:
                 raise RuntimeError("echo mismatch")
         finally:
-            await conn.close_gracefully_async(1.0)
+            await conn.close()
 
     async def loop() -> None:
         nonlocal done, failures
@@ -153,7 +154,7 @@ async def timed_connect(port: int) -> float:
 
     start = time.monotonic()
     async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=pymsquic.Credential.client(verify=False),
-                                timeout=15) as conn:
+                                open_timeout=15) as conn:
         elapsed = time.monotonic() - start
         stream = conn.open_stream()
         stream.write(b"ping", fin=True)

@@ -1,30 +1,37 @@
-"""Connection lifecycle under misuse (issue 7, items 1 datagram part, 5, 6, 13, 14).
+"""Connection lifecycle under misuse (issue 7, items 1 datagram part, 5, 6, 13, 14), and
+the close and iteration semantics of issue 8.
 
 The close code the peer sees, handles that must be closed once, the datagram send
 bound, open_stream after close, errors after a local Registration.close(), empty
-datagrams, negotiated values after the peer left.
+datagrams, negotiated values after the peer left; iteration over peer streams
+ending quietly only on a clean close, the graceful close() and its bound, and
+connect()'s open timeout, in both worlds.
 """
 
 from __future__ import annotations
 
 import array
 import asyncio
+import socket
 import subprocess
 import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from aioquic.asyncio import connect as aioquic_connect
+from conftest import ALPN, RecordingProtocol, aioquic_config
 
 import pymsquic
-from conftest import ALPN, RecordingProtocol, aioquic_config
 
 RUNS = 10  # the lost close code showed in 2-4 of 5 runs before the fix
 APP_CODE = 0x88
 EXCEPTION_CODE = getattr(pymsquic, "EXCEPTION_ERROR_CODE", None)
+
+AnyConnection = pymsquic.sync.Connection | pymsquic.asyncio.Connection
 
 
 class Boom(Exception):
@@ -35,25 +42,25 @@ def client_credential() -> pymsquic.Credential:
     return pymsquic.Credential.client(verify=False)
 
 
-def assert_closed_by_peer(conn: pymsquic.Connection, code: int | None) -> None:
+def assert_closed_by_peer(conn: AnyConnection, code: int | None) -> None:
     """After wait_closed: the peer closed ``conn`` with ``code``; releases it."""
     reason = conn.close_reason
     assert reason is not None and reason.by_peer and reason.error_code == code, reason
-    conn.close()
+    conn._abandon()  # closed already: only the release is left, in either world
 
 
 # ---- item 5: only the first shutdown reaches msquic --------------------------------
 
-def test_async_with_connect_keeps_the_shutdown_code(registration, listener) -> None:
-    port = listener.local_address[1]
+def test_async_with_connect_keeps_the_shutdown_code(registration, async_listener) -> None:
+    port = async_listener.local_address[1]
 
     async def main() -> None:
         for _ in range(RUNS):
-            async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=client_credential(),
-                                        registration=registration, timeout=10) as conn:
-                server = await listener.accept_async(timeout=10)
+            async with pymsquic.asyncio.connect("127.0.0.1", port, alpn=ALPN, credential=client_credential(),
+                                                registration=registration, open_timeout=10) as conn:
+                server = await asyncio.wait_for(async_listener.accept(), 10)
                 conn.shutdown(APP_CODE)
-            await server.wait_closed_async(timeout=10)
+            await asyncio.wait_for(server.wait_closed(), 10)
             assert_closed_by_peer(server, APP_CODE)
 
     asyncio.run(main())
@@ -63,7 +70,7 @@ def test_with_sync_connect_keeps_the_shutdown_code(registration, listener) -> No
     port = listener.local_address[1]
     for _ in range(RUNS):
         with pymsquic.sync.connect("127.0.0.1", port, alpn=ALPN, credential=client_credential(),
-                                   registration=registration, timeout=10) as conn:
+                                   registration=registration, open_timeout=10) as conn:
             server = listener.accept(timeout=10)
             conn.shutdown(APP_CODE)
         server.wait_closed(timeout=10)
@@ -71,27 +78,28 @@ def test_with_sync_connect_keeps_the_shutdown_code(registration, listener) -> No
 
 
 def test_serve_handler_keeps_the_shutdown_code(server_credential) -> None:
-    async def handler(conn: pymsquic.Connection) -> None:
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
         conn.shutdown(APP_CODE)
 
     async def main() -> None:
-        async with await pymsquic.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=server_credential) as server:
+        async with pymsquic.asyncio.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=server_credential) as server:
             port = server.addresses[0][1]
             for _ in range(RUNS):
-                conn = await pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=client_credential(), timeout=10)
-                await conn.wait_closed_async(timeout=10)
+                conn = await pymsquic.asyncio.connect("127.0.0.1", port, alpn=ALPN, credential=client_credential(),
+                                                      open_timeout=10)
+                await asyncio.wait_for(conn.wait_closed(), 10)
                 assert_closed_by_peer(conn, APP_CODE)
 
     asyncio.run(main())
 
 
 def test_serve_handler_shutdown_code_seen_by_aioquic(server_credential) -> None:
-    async def handler(conn: pymsquic.Connection) -> None:
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
         await asyncio.sleep(0.05)  # let the aioquic client finish its handshake bookkeeping
         conn.shutdown(APP_CODE)
 
     async def main() -> None:
-        async with await pymsquic.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=server_credential) as server:
+        async with pymsquic.asyncio.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=server_credential) as server:
             port = server.addresses[0][1]
             for _ in range(RUNS):
                 protocols: list[RecordingProtocol] = []
@@ -110,30 +118,31 @@ def test_serve_handler_shutdown_code_seen_by_aioquic(server_credential) -> None:
 
 
 def test_sync_serve_handler_keeps_the_shutdown_code(server_credential) -> None:
-    def handler(conn: pymsquic.Connection) -> None:
+    def handler(conn: pymsquic.sync.Connection) -> None:
         conn.shutdown(APP_CODE)
 
     with pymsquic.sync.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=server_credential) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         port = server.addresses[0][1]
         for _ in range(RUNS):
-            conn = pymsquic.sync.connect("127.0.0.1", port, alpn=ALPN, credential=client_credential(), timeout=10)
+            conn = pymsquic.sync.connect("127.0.0.1", port, alpn=ALPN, credential=client_credential(),
+                                         open_timeout=10)
             conn.wait_closed(timeout=10)
             assert_closed_by_peer(conn, APP_CODE)
 
 
-def test_exception_in_async_with_closes_with_the_exception_code(registration, listener) -> None:
+def test_exception_in_async_with_closes_with_the_exception_code(registration, async_listener) -> None:
     assert EXCEPTION_CODE, "pymsquic.EXCEPTION_ERROR_CODE must be a non-zero application error code"
-    port = listener.local_address[1]
+    port = async_listener.local_address[1]
 
     async def main() -> None:
         for _ in range(3):
             with pytest.raises(Boom):
-                async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=client_credential(),
-                                            registration=registration, timeout=10):
-                    server = await listener.accept_async(timeout=10)
+                async with pymsquic.asyncio.connect("127.0.0.1", port, alpn=ALPN, credential=client_credential(),
+                                                    registration=registration, open_timeout=10):
+                    server = await asyncio.wait_for(async_listener.accept(), 10)
                     raise Boom()
-            await server.wait_closed_async(timeout=10)
+            await asyncio.wait_for(server.wait_closed(), 10)
             assert_closed_by_peer(server, EXCEPTION_CODE)
 
     asyncio.run(main())
@@ -145,7 +154,7 @@ def test_exception_in_with_closes_with_the_exception_code(registration, listener
     for _ in range(3):
         with pytest.raises(Boom):
             with pymsquic.sync.connect("127.0.0.1", port, alpn=ALPN, credential=client_credential(),
-                                       registration=registration, timeout=10):
+                                       registration=registration, open_timeout=10):
                 server = listener.accept(timeout=10)
                 raise Boom()
         server.wait_closed(timeout=10)
@@ -155,36 +164,39 @@ def test_exception_in_with_closes_with_the_exception_code(registration, listener
 def test_failing_handlers_close_with_the_exception_code(server_credential) -> None:
     assert EXCEPTION_CODE
 
-    async def handler(conn: pymsquic.Connection) -> None:
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
         raise Boom()
 
-    def sync_handler(conn: pymsquic.Connection) -> None:
+    def sync_handler(conn: pymsquic.sync.Connection) -> None:
         raise Boom()
 
     async def main() -> None:
-        async with await pymsquic.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=server_credential) as server:
-            conn = await pymsquic.connect("127.0.0.1", server.addresses[0][1], alpn=ALPN,
-                                          credential=client_credential(), timeout=10)
-            await conn.wait_closed_async(timeout=10)
+        async with pymsquic.asyncio.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=server_credential) as server:
+            conn = await pymsquic.asyncio.connect("127.0.0.1", server.addresses[0][1], alpn=ALPN,
+                                                  credential=client_credential(), open_timeout=10)
+            await asyncio.wait_for(conn.wait_closed(), 10)
             assert_closed_by_peer(conn, EXCEPTION_CODE)
 
     asyncio.run(main())
     with pymsquic.sync.serve(sync_handler, "127.0.0.1", 0, alpn=ALPN, credential=server_credential) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         conn = pymsquic.sync.connect("127.0.0.1", server.addresses[0][1], alpn=ALPN,
-                                     credential=client_credential(), timeout=10)
+                                     credential=client_credential(), open_timeout=10)
         conn.wait_closed(timeout=10)
         assert_closed_by_peer(conn, EXCEPTION_CODE)
 
 
 def test_second_shutdown_never_overrides_the_first(registration, listener, client_config) -> None:
     port = listener.local_address[1]
-    for _ in range(RUNS):
-        conn = pymsquic.Connection.connect(registration, client_config, "127.0.0.1", port, timeout=10)
+    for i in range(RUNS):
+        conn = pymsquic.sync.connect("127.0.0.1", port, configuration=client_config, open_timeout=10)
         server = listener.accept(timeout=10)
         conn.shutdown(APP_CODE)
         conn.shutdown(0)
-        conn.close()
+        if i % 2:
+            conn.close()  # the graceful close shuts down with 0 too: still not on the wire
+        else:
+            conn.close(5)
         server.wait_closed(timeout=10)
         assert server.close_reason is not None and server.close_reason.error_code == APP_CODE
         assert conn.close_reason is not None and conn.close_reason.error_code == APP_CODE
@@ -200,14 +212,18 @@ reg = pymsquic.Registration("unstarted")
 cred = pymsquic.Credential.self_signed()
 server_cfg = pymsquic.Configuration(reg, "u", cred, pymsquic.Settings(peer_bidi_stream_count=4))
 client_cfg = pymsquic.Configuration(reg, "u", pymsquic.Credential.client(verify=False))
-lst = pymsquic.Listener(reg, server_cfg)
+lst = pymsquic.sync.Listener(reg, server_cfg)
 lst.start("u", ("127.0.0.1", 0))
-conn = pymsquic.Connection.connect(reg, client_cfg, "127.0.0.1", lst.local_address[1], timeout=5)
+conn = pymsquic.sync.connect("127.0.0.1", lst.local_address[1], configuration=client_cfg, open_timeout=5)
 server = lst.accept(timeout=5)
 """
 
 HANG_SCENARIOS = {
     "opened_never_used": """
+        s = conn.open_stream()
+        conn._abandon()
+    """,
+    "opened_never_used_closed_gracefully": """
         s = conn.open_stream()
         conn.close()
     """,
@@ -217,7 +233,7 @@ HANG_SCENARIOS = {
             s.write("not bytes")
         except TypeError:
             pass
-        conn.close()
+        conn._abandon()
     """,
     "closed_by_the_peer": """
         s = conn.open_stream(unidirectional=True)
@@ -229,7 +245,7 @@ HANG_SCENARIOS = {
     """,
     "released_after_the_close": """
         s = conn.open_stream()
-        conn.close()
+        conn._abandon()
         conn.wait_closed(timeout=5)
         del s
     """,
@@ -257,7 +273,8 @@ def test_unstarted_stream_never_hangs_registration_close(name: str) -> None:
 
 
 def test_unstarted_stream_reports_the_connection_close(registration, listener, client_config) -> None:
-    conn = pymsquic.Connection.connect(registration, client_config, "127.0.0.1", listener.local_address[1], timeout=10)
+    conn = pymsquic.sync.connect("127.0.0.1", listener.local_address[1], configuration=client_config,
+                                 open_timeout=10)
     server = listener.accept(timeout=10)
     s = conn.open_stream()
     conn.shutdown(5)
@@ -273,10 +290,10 @@ def test_unstarted_stream_reports_the_connection_close(registration, listener, c
 
 # ---- items 1 (datagram part), 13, 14c: datagrams -------------------------------------
 
-def datagram_pair(registration, listener) -> tuple[pymsquic.Connection, pymsquic.Connection]:
+def datagram_pair(registration, listener) -> tuple[pymsquic.sync.Connection, pymsquic.sync.Connection]:
     cfg = pymsquic.Configuration(registration, ALPN, client_credential(),
                                  pymsquic.Settings(datagram_receive_enabled=True))
-    conn = pymsquic.Connection.connect(registration, cfg, "127.0.0.1", listener.local_address[1], timeout=10)
+    conn = pymsquic.sync.connect("127.0.0.1", listener.local_address[1], configuration=cfg, open_timeout=10)
     return conn, listener.accept(timeout=10)
 
 
@@ -284,7 +301,7 @@ def datagram_pair(registration, listener) -> tuple[pymsquic.Connection, pymsquic
 def dgram_listener(registration, server_credential):
     cfg = pymsquic.Configuration(registration, ALPN, server_credential,
                                  pymsquic.Settings(peer_bidi_stream_count=4, datagram_receive_enabled=True))
-    with pymsquic.Listener(registration, cfg) as lst:
+    with pymsquic.sync.Listener(registration, cfg) as lst:
         lst.start(ALPN, ("127.0.0.1", 0))
         yield lst
 
@@ -340,16 +357,16 @@ def rss_bytes() -> int:
 def test_datagram_flood_keeps_memory_bounded_and_streams_flowing(server_credential) -> None:
     payload = bytes(range(256)) * 4096  # 1 MiB
 
-    async def handler(conn: pymsquic.Connection) -> None:
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
         async for stream in conn:
             data = await stream.read()
             stream.write(len(data).to_bytes(8, "big"), fin=True)
-            await stream.wait_closed(timeout=30)
+            await asyncio.wait_for(stream.wait_closed(), 30)
 
     async def main() -> None:
         async with await pymsquic.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=server_credential) as server:
             async with pymsquic.connect("127.0.0.1", server.addresses[0][1], alpn=ALPN,
-                                        credential=client_credential(), timeout=10) as conn:
+                                        credential=client_credential(), open_timeout=10) as conn:
                 async def transfer() -> int:
                     stream = conn.open_stream()
                     stream.write(payload, fin=True)
@@ -380,13 +397,15 @@ def test_datagram_flood_keeps_memory_bounded_and_streams_flowing(server_credenti
 
 def test_open_stream_after_close_or_shutdown_raises(registration, listener, client_config) -> None:
     port = listener.local_address[1]
-    for i in range(2 * RUNS):
-        conn = pymsquic.Connection.connect(registration, client_config, "127.0.0.1", port, timeout=10)
+    for i in range(3 * RUNS):
+        conn = pymsquic.sync.connect("127.0.0.1", port, configuration=client_config, open_timeout=10)
         server = listener.accept(timeout=10)
-        if i % 2:
+        if i % 3 == 0:
             conn.shutdown(1)
-        else:
+        elif i % 3 == 1:
             conn.close()
+        else:
+            conn._abandon()
         with pytest.raises(pymsquic.ConnectionClosed):
             conn.open_stream()
         conn.close()
@@ -402,9 +421,10 @@ def test_errors_after_registration_close_say_it_was_closed_locally(server_creden
         server_cfg = pymsquic.Configuration(server_reg, ALPN, server_credential,
                                             pymsquic.Settings(peer_bidi_stream_count=4))
         client_cfg = pymsquic.Configuration(reg, ALPN, client_credential())
-        with pymsquic.Listener(server_reg, server_cfg) as lst:
+        with pymsquic.sync.Listener(server_reg, server_cfg) as lst:
             lst.start(ALPN, ("127.0.0.1", 0))
-            conn = pymsquic.Connection.connect(reg, client_cfg, "127.0.0.1", lst.local_address[1], timeout=10)
+            conn = pymsquic.sync.connect("127.0.0.1", lst.local_address[1], configuration=client_cfg,
+                                         open_timeout=10)
             server = lst.accept(timeout=10)
             stream = conn.open_stream()
             stream.write(b"x")
@@ -430,8 +450,8 @@ def test_errors_after_registration_close_say_it_was_closed_locally(server_creden
 def test_negotiated_values_stay_readable_after_a_quick_client_left(server_credential) -> None:
     seen: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
 
-    async def handler(conn: pymsquic.Connection) -> None:
-        await conn.wait_closed_async(timeout=10)  # the client is gone
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
+        await asyncio.wait_for(conn.wait_closed(), 10)  # the client is gone
         seen.put_nowait((conn.alpn, conn.server_name, conn.client_alpns, conn.remote_address))
 
     async def main() -> None:
@@ -441,10 +461,254 @@ def test_negotiated_values_stay_readable_after_a_quick_client_left(server_creden
                 async with aioquic_connect("127.0.0.1", port, configuration=aioquic_config()):
                     pass
                 conn = await pymsquic.connect("127.0.0.1", port, alpn=ALPN, server_name="localhost",
-                                              credential=client_credential(), timeout=10)
-                conn.close()
+                                              credential=client_credential(), open_timeout=10)
+                conn._abandon()  # leaves at once
             for _ in range(2 * RUNS):
                 alpn, server_name, client_alpns, remote = await asyncio.wait_for(seen.get(), 10)
                 assert alpn == ALPN and server_name == "localhost" and ALPN in client_alpns and remote
 
     asyncio.run(main())
+
+
+# ---- issue 8: iteration over peer streams ends quietly only on a clean close ----------
+
+IDLE_MS = 500
+ENDINGS = ("peer_closed_with_0", "peer_closed_with_a_code", "idle_timeout")
+
+
+@pytest.fixture
+def idle_config(registration, server_credential) -> pymsquic.Configuration:
+    # The idle timeout in effect is the smaller of the two sides'.
+    return pymsquic.Configuration(registration, ALPN, server_credential,
+                                  pymsquic.Settings(idle_timeout_ms=IDLE_MS, peer_bidi_stream_count=4))
+
+
+def sync_pair(registration: pymsquic.Registration, listener: pymsquic.sync.Listener,
+              **kwargs: Any) -> tuple[pymsquic.sync.Connection, pymsquic.sync.Connection]:
+    """A blocking client connected to ``listener``, and the server's side."""
+    client = pymsquic.sync.connect("127.0.0.1", listener.local_address[1], alpn=ALPN, credential=client_credential(),
+                                   registration=registration, open_timeout=10, **kwargs)
+    return client, listener.accept(timeout=10)
+
+
+async def async_pair(registration: pymsquic.Registration, listener: pymsquic.asyncio.Listener,
+                     **kwargs: Any) -> tuple[pymsquic.asyncio.Connection, pymsquic.asyncio.Connection]:
+    """An asyncio client connected to ``listener``, and the server's side."""
+    client = await pymsquic.asyncio.connect("127.0.0.1", listener.local_address[1], alpn=ALPN,
+                                            credential=client_credential(), registration=registration,
+                                            open_timeout=10, **kwargs)
+    return client, await asyncio.wait_for(listener.accept(), 10)
+
+
+def end_connection(client: AnyConnection, ending: str) -> None:
+    """What the client does once the server received its streams."""
+    if ending == "peer_closed_with_0":
+        client.shutdown(0)
+    elif ending == "peer_closed_with_a_code":
+        client.shutdown(APP_CODE)
+    # "idle_timeout": nothing more is sent, by either side
+
+
+def assert_iteration_ending(ending: str, received: list[bytes], raised: BaseException | None) -> None:
+    assert received == [b"0", b"1"]  # every stream the peer opened came first
+    if ending == "peer_closed_with_0":
+        assert raised is None, raised
+        return
+    assert isinstance(raised, pymsquic.ConnectionClosed), raised
+    if ending == "peer_closed_with_a_code":
+        assert raised.by_peer and raised.error_code == APP_CODE, raised
+    else:
+        assert raised.by_transport and raised.status_name == "CONNECTION_IDLE", raised
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_sync_iteration_over_peer_streams_ends_quietly_only_on_a_clean_close(registration, idle_config,
+                                                                            ending: str) -> None:
+    with pymsquic.sync.Listener(registration, idle_config) as lst:
+        lst.start(ALPN, ("127.0.0.1", 0))
+        client, server = sync_pair(registration, lst)
+        streams = [client.open_stream() for _ in range(2)]  # kept: a collected stream is abandoned
+        for i, stream in enumerate(streams):
+            stream.write(b"%d" % i, fin=True)
+        received: list[bytes] = []
+        raised: BaseException | None = None
+        try:
+            for stream in server:
+                received.append(stream.read(timeout=10))
+                if len(received) == 2:
+                    end_connection(client, ending)
+        except pymsquic.ConnectionClosed as exc:
+            raised = exc
+        assert_iteration_ending(ending, received, raised)
+        client.close()
+        server.close()
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_async_iteration_over_peer_streams_ends_quietly_only_on_a_clean_close(registration, idle_config,
+                                                                             ending: str) -> None:
+    async def main() -> None:
+        async with pymsquic.asyncio.Listener(registration, idle_config) as lst:
+            lst.start(ALPN, ("127.0.0.1", 0))
+            client, server = await async_pair(registration, lst)
+            streams = [client.open_stream() for _ in range(2)]  # kept: a collected stream is abandoned
+            for i, stream in enumerate(streams):
+                stream.write(b"%d" % i, fin=True)
+            received: list[bytes] = []
+            raised: BaseException | None = None
+
+            async def iterate() -> None:
+                async for stream in server:
+                    received.append(await stream.read())
+                    if len(received) == 2:
+                        end_connection(client, ending)
+
+            try:
+                await asyncio.wait_for(iterate(), 30)
+            except pymsquic.ConnectionClosed as exc:
+                raised = exc
+            assert_iteration_ending(ending, received, raised)
+            await client.close()
+            await server.close()
+
+    asyncio.run(main())
+
+
+# ---- issue 8: close() is graceful, and bounded by close_timeout ----------------------
+
+PAYLOAD = bytes(range(256)) * (16 << 10)  # 4 MiB: far more than one flight, cut off by an immediate close
+UNREAD = bytes(16 << 20)  # more than the peer's flow control lets through while it does not read
+
+
+def test_sync_close_delivers_what_was_written_just_before(registration, listener) -> None:
+    client, server = sync_pair(registration, listener)
+    got: dict[str, Any] = {}
+
+    def read() -> None:
+        try:
+            got["data"] = server.accept_stream(timeout=10).read(timeout=30)
+        except Exception as exc:  # noqa: BLE001  # reported by the assertion below
+            got["error"] = exc
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    stream = client.open_stream()  # kept: the close, not a collected stream, must deliver it
+    stream.write(PAYLOAD, fin=True)
+    client.close(APP_CODE)
+    reader.join(60)
+    assert "error" not in got, got["error"]
+    assert len(got["data"]) == len(PAYLOAD) and got["data"] == PAYLOAD
+    server.wait_closed(timeout=10)
+    assert_closed_by_peer(server, APP_CODE)
+
+
+def test_async_close_delivers_what_was_written_just_before(registration, async_listener) -> None:
+    async def main() -> None:
+        client, server = await async_pair(registration, async_listener)
+
+        async def read() -> bytes:
+            stream = await server.accept_stream()
+            return await stream.read()
+
+        reader = asyncio.create_task(asyncio.wait_for(read(), 30))
+        stream = client.open_stream()  # kept: the close, not a collected stream, must deliver it
+        stream.write(PAYLOAD, fin=True)
+        await client.close(APP_CODE)
+        data = await reader
+        assert len(data) == len(PAYLOAD) and data == PAYLOAD
+        await asyncio.wait_for(server.wait_closed(), 10)
+        assert_closed_by_peer(server, APP_CODE)
+
+    asyncio.run(main())
+
+
+def assert_closed_here_and_released(client: AnyConnection, code: int) -> None:
+    reason = client.close_reason
+    assert reason is not None and reason.by_app and reason.error_code == code, reason
+    assert client._released
+    with pytest.raises(pymsquic.ConnectionClosed):
+        client.open_stream()
+
+
+def test_sync_close_to_a_peer_that_does_not_read_is_bounded_by_close_timeout(registration, listener) -> None:
+    client, server = sync_pair(registration, listener, close_timeout=0.5)
+    stream = client.open_stream()  # kept: a collected stream is reset, and counts as sent
+    stream.write(UNREAD)  # the server never even accepts the stream
+    closer = threading.Thread(target=client.close, args=(APP_CODE,), daemon=True)
+    closer.start()
+    closer.join(60)  # a guard against a hang, far beyond the close_timeout
+    assert not closer.is_alive(), "close() did not return: it waited for data the peer never reads"
+    assert_closed_here_and_released(client, APP_CODE)
+    server.wait_closed(timeout=10)
+    assert_closed_by_peer(server, APP_CODE)
+
+
+def test_async_close_to_a_peer_that_does_not_read_is_bounded_by_close_timeout(registration, async_listener) -> None:
+    async def main() -> None:
+        client, server = await async_pair(registration, async_listener, close_timeout=0.5)
+        stream = client.open_stream()  # kept: a collected stream is reset, and counts as sent
+        stream.write(UNREAD)  # the server never even accepts the stream
+        await asyncio.wait_for(client.close(APP_CODE), 60)  # a guard against a hang, far beyond close_timeout
+        assert_closed_here_and_released(client, APP_CODE)
+        await asyncio.wait_for(server.wait_closed(), 10)
+        assert_closed_by_peer(server, APP_CODE)
+
+    asyncio.run(main())
+
+
+def test_cancelled_async_close_still_shuts_down_with_its_error_code(registration, async_listener) -> None:
+    async def main() -> None:
+        client, server = await async_pair(registration, async_listener)
+        stream = client.open_stream()  # kept: a collected stream is reset, and counts as sent
+        stream.write(UNREAD)  # the server never reads: close() waits for it to be sent
+        closing = asyncio.create_task(client.close(APP_CODE))
+        await asyncio.sleep(0)  # one loop turn: the task runs up to its first wait
+        assert not closing.done() and client.close_reason is None  # still waiting, before its shutdown
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await closing
+        assert_closed_here_and_released(client, APP_CODE)
+        await asyncio.wait_for(server.wait_closed(), 10)
+        assert_closed_by_peer(server, APP_CODE)
+
+    asyncio.run(main())
+
+
+# ---- issue 8: connect()'s open timeout --------------------------------------------
+
+@pytest.fixture
+def silent_udp_port() -> Iterator[tuple[socket.socket, int]]:
+    """A UDP socket on loopback that receives and never answers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock, sock.getsockname()[1]
+
+
+def assert_initial_received(sock: socket.socket) -> None:
+    # The connect did reach the silent socket: a QUIC long-header packet came.
+    sock.settimeout(10)
+    assert sock.recv(65536)[0] & 0x80
+
+
+def test_sync_connect_open_timeout(registration, silent_udp_port) -> None:
+    sock, port = silent_udp_port
+    with pytest.raises(TimeoutError):
+        pymsquic.sync.connect("127.0.0.1", port, alpn=ALPN, credential=client_credential(),
+                              registration=registration, open_timeout=0.5)
+    assert_initial_received(sock)
+
+
+def test_async_connect_open_timeout(registration, silent_udp_port) -> None:
+    sock, port = silent_udp_port
+
+    async def main() -> None:
+        with pytest.raises(TimeoutError):  # the builtin one, on 3.10 too
+            await pymsquic.asyncio.connect("127.0.0.1", port, alpn=ALPN, credential=client_credential(),
+                                           registration=registration, open_timeout=0.5)
+        with pytest.raises(TimeoutError):
+            async with pymsquic.asyncio.connect("127.0.0.1", port, alpn=ALPN, credential=client_credential(),
+                                                registration=registration, open_timeout=0.5):
+                pass
+
+    asyncio.run(main())
+    assert_initial_received(sock)

@@ -15,16 +15,16 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from conftest import ALPN
 
 import pymsquic
-
-from conftest import ALPN
 
 
 def client_initial(port: int, alpn: str = ALPN) -> bytes:
@@ -86,7 +86,7 @@ def connect_timed(registration: pymsquic.Registration, port: int, timeout: float
     """Connects a pymsquic client; returns how long the handshake took."""
     config = pymsquic.Configuration(registration, ALPN, pymsquic.Credential.client(verify=False))
     start = time.monotonic()
-    with pymsquic.Connection.connect(registration, config, "127.0.0.1", port, timeout=timeout):
+    with pymsquic.sync.connect("127.0.0.1", port, configuration=config, open_timeout=timeout):
         elapsed = time.monotonic() - start
     config.close()
     return elapsed
@@ -94,8 +94,8 @@ def connect_timed(registration: pymsquic.Registration, port: int, timeout: float
 
 @pytest.fixture
 def flood_listener(registration: pymsquic.Registration,
-                   server_config: pymsquic.Configuration) -> Iterator[pymsquic.Listener]:
-    with pymsquic.Listener(registration, server_config, backlog=128) as lst:
+                   server_config: pymsquic.Configuration) -> Iterator[pymsquic.sync.Listener]:
+    with pymsquic.sync.Listener(registration, server_config, backlog=128) as lst:
         lst.start(ALPN, ("127.0.0.1", 0))
         yield lst
 
@@ -105,7 +105,7 @@ def test_replayed_initial_flood_does_not_lock_out_a_client(registration, flood_l
     flood = Flood(client_initial(port), port, 300)  # more than the backlog
     try:
         flood.first_replies()
-        stats = flood_listener.stats
+        stats = flood_listener.stats()
         # Unfinished handshakes are not connections waiting for accept().
         assert stats.accepted == 0 and stats.queued == 0
         assert stats.handshakes > 128 and stats.refused_backlog == 0
@@ -114,32 +114,32 @@ def test_replayed_initial_flood_does_not_lock_out_a_client(registration, flood_l
               f"{stats.handshakes} flooded handshakes")
         conn = flood_listener.accept(timeout=5)
         conn.close()
-        assert flood_listener.stats.accepted == 1
+        assert flood_listener.stats().accepted == 1
     finally:
         flood.close()
 
 
-async def wait_for_stats(listener: pymsquic.Listener, done: Callable[[pymsquic.ListenerStats], bool],
+async def wait_for_stats(listener: pymsquic.sync.Listener, done: Callable[[pymsquic.ListenerStats], bool],
                          timeout: float = 20.0) -> pymsquic.ListenerStats:
-    """Polls listener.stats until done(stats) (stats have no event of their own)."""
+    """Polls listener.stats() until done(stats) (stats have no event of their own)."""
     deadline = time.monotonic() + timeout
-    while not done(listener.stats):
+    while not done(listener.stats()):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"stats stayed at {listener.stats}")
+            raise TimeoutError(f"stats stayed at {listener.stats()}")
         await asyncio.sleep(0.02)
-    return listener.stats
+    return listener.stats()
 
 
 def test_max_handshakes_bounds_handshakes_in_progress(registration, server_credential, never_retry) -> None:
     settings = pymsquic.Settings(handshake_idle_timeout_ms=1500, peer_bidi_stream_count=4)
     with pymsquic.Configuration(registration, ALPN, server_credential, settings) as config, \
-            pymsquic.Listener(registration, config, max_handshakes=20) as lst:
+            pymsquic.sync.Listener(registration, config, max_handshakes=20) as lst:
         lst.start(ALPN, ("127.0.0.1", 0))
         port = lst.local_address[1]
         flood = Flood(client_initial(port), port, 60)
         try:
             flood.first_replies()
-            stats = lst.stats
+            stats = lst.stats()
             assert stats.handshakes == 20 and stats.refused_handshakes == 40
             assert stats.accepted == 0 and stats.refused_backlog == 0
             # Documented: beyond max_handshakes a client is refused...
@@ -150,7 +150,7 @@ def test_max_handshakes_bounds_handshakes_in_progress(registration, server_crede
             assert stats.failed == 20 and stats.accepted == 0
             connect_timed(registration, port, timeout=5.0)
             lst.accept(timeout=5).close()
-            assert lst.stats.accepted == 1
+            assert lst.stats().accepted == 1
         finally:
             flood.close()
 
@@ -187,11 +187,11 @@ def test_stateless_retry_answers_a_flood_without_handshakes(registration, flood_
         replies = flood.first_replies()
         # A QUIC v1 Retry: long header, fixed bit, type 3.
         assert all(reply[0] & 0xF0 == 0xF0 for reply in replies)
-        assert flood_listener.stats.handshakes == 0
+        assert flood_listener.stats().handshakes == 0
         elapsed = connect_timed(registration, port, timeout=5.0)  # through a Retry
         print(f"legitimate client connected through a Retry in {elapsed * 1000:.1f} ms")
         flood_listener.accept(timeout=5).close()
-        stats = flood_listener.stats
+        stats = flood_listener.stats()
         assert stats.accepted == 1 and stats.handshakes == 0 and stats.failed == 0
     finally:
         flood.close()
@@ -207,11 +207,12 @@ def test_retry_memory_limit_round_trips_and_checks_its_argument(always_retry) ->
         pymsquic.set_retry_memory_limit("0.1")  # type: ignore[arg-type]
 
 
-def test_max_handshakes_is_checked(registration, server_config) -> None:
+@pytest.mark.parametrize("listener_class", [pymsquic.sync.Listener, pymsquic.asyncio.Listener])
+def test_max_handshakes_is_checked(registration, server_config, listener_class) -> None:
     with pytest.raises(ValueError):
-        pymsquic.Listener(registration, server_config, max_handshakes=0)
+        listener_class(registration, server_config, max_handshakes=0)
     with pytest.raises(TypeError):
-        pymsquic.Listener(registration, server_config, max_handshakes=1.5)  # type: ignore[arg-type]
+        listener_class(registration, server_config, max_handshakes=1.5)  # type: ignore[arg-type]
 
 
 # ---- fairness: one bulk stream beside small request/responses ----------------
@@ -220,10 +221,10 @@ FAIR_ALPN = "fairness"
 BLOCK = bytes(256 * 1024)
 
 
-async def fairness_handler(conn: pymsquic.Connection) -> None:
+async def fairness_handler(conn: pymsquic.asyncio.Connection) -> None:
     """b"D": write until the peer stops us; b"U": read until reset/FIN; b"E": echo to FIN."""
 
-    async def one(stream: pymsquic.Stream) -> None:
+    async def one(stream: pymsquic.asyncio.Stream) -> None:
         try:
             kind = await stream.readexactly(1)
             if kind == b"D":
@@ -249,9 +250,9 @@ async def small_exchanges_beside_bulk(port: int, directions: tuple[str, ...], co
     "upload"), then makes ``count`` 1 KiB request/responses one after the other
     on the same connection; returns their round-trip times."""
     async with pymsquic.connect("127.0.0.1", port, alpn=FAIR_ALPN, settings=settings,
-                                credential=pymsquic.Credential.client(verify=False), linger=1.0) as conn:
+                                credential=pymsquic.Credential.client(verify=False), close_timeout=1.0) as conn:
 
-        async def download(bulk: pymsquic.Stream, saturating: asyncio.Event) -> None:
+        async def download(bulk: pymsquic.asyncio.Stream, saturating: asyncio.Event) -> None:
             moved = 0
             bulk.write(b"D", fin=True)
             while chunk := await bulk.read(1 << 20):
@@ -259,7 +260,7 @@ async def small_exchanges_beside_bulk(port: int, directions: tuple[str, ...], co
                 if moved >= 8 << 20:
                     saturating.set()
 
-        async def upload(bulk: pymsquic.Stream, saturating: asyncio.Event) -> None:
+        async def upload(bulk: pymsquic.asyncio.Stream, saturating: asyncio.Event) -> None:
             moved = 0
             bulk.write(b"U")
             while True:
@@ -299,7 +300,7 @@ def run_fairness(directions: tuple[str, ...], count: int = 50, timeout: float = 
                  **kwargs: Any) -> list[float]:
     async def main() -> list[float]:
         async with await pymsquic.serve(fairness_handler, "127.0.0.1", 0, alpn=FAIR_ALPN,
-                                        credential=pymsquic.Credential.self_signed(), linger=1.0) as server:
+                                        credential=pymsquic.Credential.self_signed(), close_timeout=1.0) as server:
             port = server.addresses[0][1]
             return await asyncio.wait_for(small_exchanges_beside_bulk(port, directions, count, **kwargs), timeout)
 
@@ -325,7 +326,7 @@ def test_stream_priority_lets_small_requests_past_a_fifo_bulk_upload() -> None:
 def test_stream_scheduling_and_priority_api() -> None:
     seen: list[str] = []
 
-    async def handler(conn: pymsquic.Connection) -> None:
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
         seen.append(conn.stream_scheduling)
         async for stream in conn:
             stream.write(await stream.read(), fin=True)
@@ -381,11 +382,11 @@ def test_stop_ends_half_open_handshakes(registration, flood_listener, never_retr
     flood = Flood(client_initial(port), port, 50)
     try:
         flood.first_replies()
-        assert flood_listener.stats.handshakes == 50
+        assert flood_listener.stats().handshakes == 50
         flood_listener.stop()
         with pytest.raises(pymsquic.Finished):
             flood_listener.accept(timeout=3)
-        stats = flood_listener.stats
+        stats = flood_listener.stats()
         assert stats.handshakes == 0 and stats.refused_other == 50 and stats.accepted == 0
     finally:
         flood.close()

@@ -23,31 +23,31 @@ client_cfg = pymsquic.Configuration(reg, "life", pymsquic.Credential.client(veri
 
 SCENARIOS = {
     "listener_and_connections_left_open": """
-        lst = pymsquic.Listener(reg, server_cfg)
+        lst = pymsquic.sync.Listener(reg, server_cfg)
         lst.start("life", ("127.0.0.1", 0))
-        client = pymsquic.Connection.connect(reg, client_cfg, "127.0.0.1", lst.local_address[1], timeout=5)
+        client = pymsquic.sync.connect("127.0.0.1", lst.local_address[1], configuration=client_cfg, open_timeout=5)
         server = lst.accept(timeout=5)
-        queued = pymsquic.Connection.connect(reg, client_cfg, "127.0.0.1", lst.local_address[1], timeout=5)
+        queued = pymsquic.sync.connect("127.0.0.1", lst.local_address[1], configuration=client_cfg, open_timeout=5)
         print("ready", flush=True)
     """,
     "listener_garbage_collected": """
-        lst = pymsquic.Listener(reg, server_cfg)
+        lst = pymsquic.sync.Listener(reg, server_cfg)
         lst.start("life", ("127.0.0.1", 0))
         port = lst.local_address[1]
-        client = pymsquic.Connection.connect(reg, client_cfg, "127.0.0.1", port, timeout=5)
+        client = pymsquic.sync.connect("127.0.0.1", port, configuration=client_cfg, open_timeout=5)
         del lst
         gc.collect()
         # The collected listener was closed: the same port and ALPN can be listened on again.
-        again = pymsquic.Listener(reg, server_cfg)
+        again = pymsquic.sync.Listener(reg, server_cfg)
         again.start("life", ("127.0.0.1", port))
         print("ready", flush=True)
     """,
     "everything_garbage_collected_mid_handshake": """
-        lst = pymsquic.Listener(reg, server_cfg)
+        lst = pymsquic.sync.Listener(reg, server_cfg)
         lst.start("life", ("127.0.0.1", 0))
         async def main():
-            task = asyncio.ensure_future(pymsquic.Connection.connect_async(
-                reg, client_cfg, "127.0.0.1", lst.local_address[1]))
+            task = asyncio.ensure_future(pymsquic.asyncio.connect(
+                "127.0.0.1", lst.local_address[1], configuration=client_cfg))
             await asyncio.sleep(0)
             task.cancel()
         asyncio.run(main())
@@ -57,7 +57,7 @@ SCENARIOS = {
     """,
     "exit_from_a_thread_blocked_in_accept": """
         import threading
-        lst = pymsquic.Listener(reg, server_cfg)
+        lst = pymsquic.sync.Listener(reg, server_cfg)
         lst.start("life", ("127.0.0.1", 0))
         def accept():
             try:
@@ -68,11 +68,24 @@ SCENARIOS = {
         time.sleep(0.2)
         print("ready", flush=True)
     """,
+    "asyncio_listener_and_connections_left_open": """
+        async def main():
+            lst = pymsquic.asyncio.Listener(reg, server_cfg)
+            lst.start("life", ("127.0.0.1", 0))
+            client = await pymsquic.asyncio.connect("127.0.0.1", lst.local_address[1], configuration=client_cfg,
+                                                    open_timeout=5)
+            server = await asyncio.wait_for(lst.accept(), 5)
+            queued = await pymsquic.asyncio.connect("127.0.0.1", lst.local_address[1], configuration=client_cfg,
+                                                    open_timeout=5)
+            return lst, client, server, queued  # outlive the loop they were attached to
+        kept = asyncio.run(main())
+        print("ready", flush=True)
+    """,
     "hook_left_installed_at_exit": """
-        lst = pymsquic.Listener(reg, server_cfg, on_new_connection=lambda info: True,
-                                on_stop_complete=lambda: print("stopped", flush=True))
+        lst = pymsquic.sync.Listener(reg, server_cfg, on_new_connection=lambda info: True,
+                                     on_stop_complete=lambda: print("stopped", flush=True))
         lst.start("life", ("127.0.0.1", 0))
-        client = pymsquic.Connection.connect(reg, client_cfg, "127.0.0.1", lst.local_address[1], timeout=5)
+        client = pymsquic.sync.connect("127.0.0.1", lst.local_address[1], configuration=client_cfg, open_timeout=5)
         print("ready", flush=True)
     """,
 }

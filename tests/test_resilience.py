@@ -78,13 +78,13 @@ def test_server_keeps_serving_after_a_client_is_killed() -> None:
     fast_idle = pymsquic.Settings(peer_bidi_stream_count=8, idle_timeout_ms=1000)
     ended: asyncio.Queue[BaseException | None] = asyncio.Queue()
 
-    async def handler(conn: pymsquic.Connection) -> None:
-        stream = await conn.accept_stream_async()
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
+        stream = await conn.accept_stream()
         try:
             first = await stream.read(5)
             if first == b"hello":
                 stream.write(b"hello back", fin=True)
-                await stream.wait_closed(10)
+                await asyncio.wait_for(stream.wait_closed(), 10)
                 return
             async for _ in stream:
                 pass

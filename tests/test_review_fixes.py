@@ -10,8 +10,9 @@ import sys
 import textwrap
 from typing import Any
 
-import pymsquic
 from conftest import ALPN
+
+import pymsquic
 
 
 class Boom(Exception):
@@ -22,23 +23,23 @@ def client_credential() -> pymsquic.Credential:
     return pymsquic.Credential.client(verify=False)
 
 
-def test_cancelled_graceful_close_still_sends_the_exception_code(registration, listener) -> None:
-    port = listener.local_address[1]
+def test_cancelled_graceful_close_still_sends_the_exception_code(registration, async_listener) -> None:
+    port = async_listener.local_address[1]
 
     async def main() -> None:
-        holder: list[pymsquic.Connection] = []
+        holder: list[pymsquic.asyncio.Connection] = []
 
         async def client() -> None:
             async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=client_credential(),
-                                        registration=registration, timeout=10) as conn:
+                                        registration=registration, open_timeout=10) as conn:
                 stream = conn.open_stream()  # kept: a collected stream is reset, and counts as sent
                 stream.write(b"x" * (16 << 20))  # the server never reads: close waits in wait_sent
                 holder.append(conn)
                 raise Boom
 
         task = asyncio.create_task(client())
-        server = await listener.accept_async(timeout=10)
-        await server.accept_stream_async(timeout=10)  # the client is now inside its graceful close
+        server = await asyncio.wait_for(async_listener.accept(), 10)
+        await asyncio.wait_for(server.accept_stream(), 10)  # the client is now inside its graceful close
         task.cancel()
         try:
             await task
@@ -46,24 +47,24 @@ def test_cancelled_graceful_close_still_sends_the_exception_code(registration, l
             pass
         reason = holder[0].close_reason
         assert reason is not None and reason.by_app and reason.error_code == pymsquic.EXCEPTION_ERROR_CODE, reason
-        await server.wait_closed_async(timeout=10)
+        await asyncio.wait_for(server.wait_closed(), 10)
         seen = server.close_reason
         assert seen is not None and seen.by_peer and seen.error_code == pymsquic.EXCEPTION_ERROR_CODE, seen
-        server.close()
+        await server.close()
 
     asyncio.run(main())
 
 
-def test_one_failing_object_does_not_strand_the_rest_of_a_wakeup_batch(registration, listener) -> None:
-    port = listener.local_address[1]
+def test_one_failing_object_does_not_strand_the_rest_of_a_wakeup_batch(registration, async_listener) -> None:
+    port = async_listener.local_address[1]
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         errors: list[dict[str, Any]] = []
         loop.set_exception_handler(lambda _loop, context: errors.append(context))
         async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=client_credential(),
-                                    registration=registration, timeout=10) as conn:
-            server = await listener.accept_async(timeout=10)
+                                    registration=registration, open_timeout=10) as conn:
+            server = await asyncio.wait_for(async_listener.accept(), 10)
             first, second = conn.open_stream(), conn.open_stream()
             first._attach_to_running_loop()
             second._attach_to_running_loop()
@@ -79,7 +80,7 @@ def test_one_failing_object_does_not_strand_the_rest_of_a_wakeup_batch(registrat
             second.set_write_limit(2000)
             await asyncio.wait_for(woken.wait(), 10)
             assert any(isinstance(context.get("exception"), Boom) for context in errors), errors
-            server.close()
+            await server.close()
 
     asyncio.run(main())
 
@@ -93,7 +94,7 @@ CANCELLED_CONNECTS = textwrap.dedent("""
         for i in range(150):
             # "localhost" takes the path that starts the connection on an executor thread.
             task = asyncio.ensure_future(pymsquic.connect("localhost", port, alpn="cancel", credential=credential,
-                                                        timeout=5))
+                                                        open_timeout=5))
             for _ in range(i % 6):
                 await asyncio.sleep(0)
             task.cancel()
@@ -101,11 +102,11 @@ CANCELLED_CONNECTS = textwrap.dedent("""
                 conn = await task
             except (asyncio.CancelledError, pymsquic.ConnectionClosed, TimeoutError):
                 continue
-            await conn.close_gracefully_async()
+            await conn.close()
 
     async def run():
         async def handler(conn):
-            await conn.wait_closed_async()
+            await conn.wait_closed()
         async with await pymsquic.serve(handler, "127.0.0.1", 0, alpn="cancel",
                                         credential=pymsquic.Credential.self_signed()) as server:
             await main(server.addresses[0][1])

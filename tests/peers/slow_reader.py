@@ -17,8 +17,8 @@ def rss_kb() -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
 
 
-async def handler(conn: pymsquic.Connection) -> None:
-    stream = await conn.accept_stream_async()
+async def handler(conn: pymsquic.asyncio.Connection) -> None:
+    stream = await conn.accept_stream()
     digest = hashlib.sha256(await stream.readexactly(2**20))
     print("paused", rss_kb(), flush=True)
     loop = asyncio.get_running_loop()
@@ -26,7 +26,7 @@ async def handler(conn: pymsquic.Connection) -> None:
     async for chunk in stream:
         digest.update(chunk)
     stream.write(digest.hexdigest().encode(), fin=True)
-    await stream.wait_closed(30)
+    await asyncio.wait_for(stream.wait_closed(), 30)
     print("done", rss_kb(), flush=True)
 
 
