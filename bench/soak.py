@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import socket
@@ -45,17 +46,17 @@ async def serve(retry_memory_limit: float | None) -> None:
     if retry_memory_limit is not None:
         pymsquic.set_retry_memory_limit(retry_memory_limit)
 
-    async def echo(conn: pymsquic.Connection) -> None:
+    async def echo(conn: pymsquic.asyncio.Connection) -> None:
         async for stream in conn:
             stream.write(await stream.read(), fin=True)
 
-    async with await pymsquic.serve(echo, "127.0.0.1", 0, alpn=ALPN,
-                                    credential=pymsquic.Credential.self_signed()) as server:
+    async with pymsquic.asyncio.serve(echo, "127.0.0.1", 0, alpn=ALPN,
+                                      credential=pymsquic.Credential.self_signed()) as server:
         print("ready", server.addresses[0][1], os.getpid(), flush=True)
         loop = asyncio.get_running_loop()
         while await loop.run_in_executor(None, sys.stdin.readline):  # "stats" until EOF
-            stats = server.listener.stats
-            print(json.dumps({**stats.__dict__, "rss_kb": rss_kb(os.getpid())}), flush=True)
+            stats = server.listener.stats()
+            print(json.dumps({**dataclasses.asdict(stats), "rss_kb": rss_kb(os.getpid())}), flush=True)
 
 
 def rss_kb(pid: int) -> int:
@@ -104,14 +105,15 @@ async def churn(server: ServerProcess, total: int, parallel: int, deadline: floa
     print(f"server RSS before churn: {server.stats()['rss_kb'] / 1024:.1f} MiB", flush=True)
 
     async def one() -> None:
-        conn = await pymsquic.Connection.connect_async(registration, config, "127.0.0.1", server.port, timeout=10)
+        conn = await pymsquic.asyncio.connect("127.0.0.1", server.port, configuration=config, open_timeout=10,
+                                              close_timeout=1.0)
         try:
             stream = conn.open_stream()
             stream.write(PAYLOAD, fin=True)
             if await asyncio.wait_for(stream.read(), 10) != PAYLOAD:
                 raise RuntimeError("echo mismatch")
         finally:
-            await conn.close_gracefully_async(1.0)
+            await conn.close()
 
     async def loop() -> None:
         nonlocal done, failures
@@ -152,8 +154,8 @@ async def timed_connect(port: int) -> float:
     import pymsquic
 
     start = time.monotonic()
-    async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=pymsquic.Credential.client(verify=False),
-                                timeout=15) as conn:
+    async with pymsquic.asyncio.connect("127.0.0.1", port, alpn=ALPN,
+                                        credential=pymsquic.Credential.client(verify=False), open_timeout=15) as conn:
         elapsed = time.monotonic() - start
         stream = conn.open_stream()
         stream.write(b"ping", fin=True)
