@@ -422,28 +422,37 @@ def test_hook_that_raises_refuses_and_logs(registration, server_config, caplog) 
                for r in caplog.records)
 
 
-def test_blocking_call_inside_a_hook_raises_instead_of_deadlocking(registration, server_config) -> None:
+def test_blocking_call_inside_a_hook_raises_instead_of_deadlocking(world: World, registration,
+                                                                  server_config) -> None:
     errors: list[BaseException] = []
 
+    def waits(lst: Any) -> list[Callable[[], object]]:
+        """Calls that wait for the listener: for its msquic thread, in a hook.
+        (asyncio: a loop run in the hook; bounded, so a deadlock fails instead of hanging.)"""
+        if world is Blocking:
+            return [lst.stop, lambda: lst.accept(timeout=1)]
+        return [lambda: asyncio.run(asyncio.wait_for(lst.stop(), 5)),
+                lambda: asyncio.run(asyncio.wait_for(lst.accept(), 5))]
+
     def hook(info: pymsquic.NewConnectionInfo) -> bool:
-        try:
-            lst.stop()
-        except pymsquic.HookContextError as exc:
-            errors.append(exc)
-        try:
-            lst.accept(timeout=1)
-        except pymsquic.HookContextError as exc:
-            errors.append(exc)
+        for call in waits(lst):
+            try:
+                call()
+            except pymsquic.HookContextError as exc:
+                errors.append(exc)
         return True
 
-    with sync.Listener(registration, server_config, on_new_connection=hook) as lst:
-        lst.start(ALPN, ("127.0.0.1", 0))
+    lst = world.Listener(registration, server_config, on_new_connection=hook)
 
-        async def main() -> None:
-            conn, _ = await accept_during(Blocking, lst, lst.local_address[1])
-            await Blocking.close(conn)
+    async def main() -> None:
+        try:
+            lst.start(ALPN, ("127.0.0.1", 0))
+            conn, _ = await accept_during(world, lst, lst.local_address[1])
+            await world.close(conn)
+        finally:
+            await world.close(lst)
 
-        asyncio.run(main())
+    asyncio.run(main())
     assert len(errors) == 2
 
 
