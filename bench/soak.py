@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import socket
@@ -49,13 +50,13 @@ async def serve(retry_memory_limit: float | None) -> None:
         async for stream in conn:
             stream.write(await stream.read(), fin=True)
 
-    async with await pymsquic.serve(echo, "127.0.0.1", 0, alpn=ALPN,
-                                    credential=pymsquic.Credential.self_signed()) as server:
+    async with pymsquic.asyncio.serve(echo, "127.0.0.1", 0, alpn=ALPN,
+                                      credential=pymsquic.Credential.self_signed()) as server:
         print("ready", server.addresses[0][1], os.getpid(), flush=True)
         loop = asyncio.get_running_loop()
         while await loop.run_in_executor(None, sys.stdin.readline):  # "stats" until EOF
             stats = server.listener.stats()
-            print(json.dumps({**stats.__dict__, "rss_kb": rss_kb(os.getpid())}), flush=True)
+            print(json.dumps({**dataclasses.asdict(stats), "rss_kb": rss_kb(os.getpid())}), flush=True)
 
 
 def rss_kb(pid: int) -> int:
@@ -153,8 +154,8 @@ async def timed_connect(port: int) -> float:
     import pymsquic
 
     start = time.monotonic()
-    async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=pymsquic.Credential.client(verify=False),
-                                open_timeout=15) as conn:
+    async with pymsquic.asyncio.connect("127.0.0.1", port, alpn=ALPN,
+                                        credential=pymsquic.Credential.client(verify=False), open_timeout=15) as conn:
         elapsed = time.monotonic() - start
         stream = conn.open_stream()
         stream.write(b"ping", fin=True)

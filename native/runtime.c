@@ -534,6 +534,9 @@ void pmq_addr_from_quic(pmq_addr *out, const QUIC_ADDR *in)
         out->port = ntohs(in->Ipv6.sin6_port);
         out->scope_id = in->Ipv6.sin6_scope_id;
         memcpy(out->ip, &in->Ipv6.sin6_addr, 16);
+    } else if (in->Ip.sa_family == AF_UNSPEC) {
+        /* A wildcard listener's address: msquic fills in only the port it bound. */
+        out->port = ntohs(in->Ipv6.sin6_port);
     }
 }
 

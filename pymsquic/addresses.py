@@ -108,4 +108,6 @@ def from_native(addr: Any) -> Address | None:
         return socket.inet_ntop(socket.AF_INET, bytes(ffi.buffer(addr.ip, 4))), addr.port
     if addr.family == socket.AF_INET6:
         return socket.inet_ntop(socket.AF_INET6, bytes(ffi.buffer(addr.ip, 16))), addr.port
+    if addr.family == socket.AF_UNSPEC and addr.port:
+        return "", addr.port  # a wildcard listener: every local address, either family (as start() spells it)
     return None

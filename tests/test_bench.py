@@ -29,5 +29,6 @@ def test_harness_runs_each_workload_briefly(tmp_path: Path) -> None:
     assert rows[("pymsquic-asyncio", "rps")]["vs_native"] is not None
     assert rows[("pymsquic-asyncio", "rps")]["p99_ms"] > 0
     assert {m["impl"] for m in report["memory"]} == {"pymsquic-asyncio", "pymsquic-blocking", "aioquic"}
+    assert all(m["connections"] == 20 for m in report["memory"]), report["memory"]  # each held them all
     assert "| pymsquic asyncio | download |" in proc.stdout and report["machine"]["cores"]
     assert (tmp_path / "chart.png").stat().st_size > 1000

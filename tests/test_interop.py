@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,15 +24,15 @@ ALPN = "interop"
 
 # ---- aioquic client against a pymsquic.serve echo server -------------------------
 
-async def echo_handler(conn: pymsquic.Connection) -> None:
+async def echo_handler(conn: pymsquic.asyncio.Connection) -> None:
     """Echo bidi streams; answer a uni stream on a new uni stream; reverse datagrams;
     reset on request; report resets it sees on a uni stream."""
 
     async def datagrams() -> None:
         while True:
-            conn.send_datagram((await conn.receive_datagram_async())[::-1])
+            conn.send_datagram((await conn.receive_datagram())[::-1])
 
-    async def serve_stream(stream: pymsquic.Stream) -> None:
+    async def serve_stream(stream: pymsquic.asyncio.Stream) -> None:
         try:
             data = await stream.read()
         except pymsquic.StreamReset as exc:
@@ -45,7 +46,7 @@ async def echo_handler(conn: pymsquic.Connection) -> None:
             answer.write(b"uni:" + data, fin=True)
         else:
             stream.write(data, fin=True)
-        await stream.wait_closed(timeout=10)
+        await asyncio.wait_for(stream.wait_closed(), 10)
 
     dgram_task = asyncio.create_task(datagrams())
     tasks = set()
@@ -104,8 +105,7 @@ def client_config() -> QuicConfiguration:
 
 def test_aioquic_client_against_pymsquic_serve(server_credential) -> None:
     async def main() -> None:
-        async with await pymsquic.serve(echo_handler, "127.0.0.1", 0, alpn=ALPN,
-                                        credential=server_credential) as server:
+        async with pymsquic.serve(echo_handler, "127.0.0.1", 0, alpn=ALPN, credential=server_credential) as server:
             port = server.addresses[0][1]
             async with connect("127.0.0.1", port, configuration=client_config(),
                                create_protocol=EventLog) as client:
@@ -164,7 +164,12 @@ class AioquicEcho(QuicConnectionProtocol):
 
 @pytest.fixture
 def cert_files(tmp_path, server_credential):
-    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, pkcs12
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+        pkcs12,
+    )
 
     key, cert, _ = pkcs12.load_key_and_certificates(server_credential.pkcs12, None)
     (tmp_path / "cert.pem").write_bytes(cert.public_bytes(Encoding.PEM))
@@ -172,7 +177,69 @@ def cert_files(tmp_path, server_credential):
     return tmp_path / "cert.pem", tmp_path / "key.pem"
 
 
-def test_pymsquic_client_against_aioquic_server(cert_files) -> None:
+PAYLOADS = [bytes([65 + i]) * (20_000 * (i + 1)) for i in range(5)]
+
+
+def start_exchanges(conn: pymsquic.asyncio.Connection | pymsquic.sync.Connection) -> list[Any]:
+    """Check the handshake; send PAYLOADS on bidi streams (returned) and one
+    message on a uni stream (none of which waits, in either world)."""
+    assert conn.alpn == ALPN
+    assert conn.peer_certificate is not None
+    streams = [conn.open_stream() for _ in range(5)]
+    for stream, payload in zip(streams, PAYLOADS):
+        stream.write(payload, fin=True)
+    uni = conn.open_stream(unidirectional=True)
+    uni.write(b"to aioquic", fin=True)
+    return streams
+
+
+async def asyncio_client(port: int, certfile: Path) -> None:
+    credential = pymsquic.Credential.client(ca_file=certfile)  # verified, not skipped
+    async with pymsquic.asyncio.connect("127.0.0.1", port, alpn=ALPN, credential=credential,
+                                        server_name="localhost", open_timeout=10) as conn:
+        streams = start_exchanges(conn)
+        for stream, payload in zip(streams, PAYLOADS):
+            assert await asyncio.wait_for(stream.read(), 10) == payload
+        answer = await asyncio.wait_for(conn.accept_stream(), 10)
+        assert answer.is_unidirectional and not answer.is_local
+        assert await asyncio.wait_for(answer.read(), 10) == b"to aioquic"
+
+        for _ in range(50):  # datagrams are unreliable: retry until one comes back
+            conn.send_datagram(b"ping")
+            try:
+                assert await asyncio.wait_for(conn.receive_datagram(), 0.2) == b"gnip"
+                break
+            except (TimeoutError, asyncio.TimeoutError):
+                continue
+        else:
+            pytest.fail("no datagram came back")
+
+
+def sync_client(port: int, certfile: Path) -> None:
+    """What :func:`asyncio_client` does, with pymsquic.sync (run in a thread)."""
+    credential = pymsquic.Credential.client(ca_file=certfile)
+    with pymsquic.sync.connect("127.0.0.1", port, alpn=ALPN, credential=credential,
+                               server_name="localhost", open_timeout=10) as conn:
+        streams = start_exchanges(conn)
+        for stream, payload in zip(streams, PAYLOADS):
+            assert stream.read(timeout=10) == payload
+        answer = conn.accept_stream(timeout=10)
+        assert answer.is_unidirectional and not answer.is_local
+        assert answer.read(timeout=10) == b"to aioquic"
+
+        for _ in range(50):
+            conn.send_datagram(b"ping")
+            try:
+                assert conn.receive_datagram(timeout=0.2) == b"gnip"
+                break
+            except TimeoutError:
+                continue
+        else:
+            pytest.fail("no datagram came back")
+
+
+@pytest.mark.parametrize("world", ["asyncio", "sync"])
+def test_pymsquic_client_against_aioquic_server(cert_files, world: str) -> None:
     certfile, keyfile = cert_files
 
     async def main() -> None:
@@ -181,33 +248,10 @@ def test_pymsquic_client_against_aioquic_server(cert_files) -> None:
         server = await serve("127.0.0.1", 0, configuration=config, create_protocol=AioquicEcho)
         port = server._transport.get_extra_info("sockname")[1]
         try:
-            credential = pymsquic.Credential.client(ca_file=certfile)  # verified, not skipped
-            async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=credential,
-                                        server_name="localhost", timeout=10) as conn:
-                assert conn.alpn == ALPN
-                assert conn.peer_certificate is not None
-                streams = [conn.open_stream() for _ in range(5)]
-                payloads = [bytes([65 + i]) * (20_000 * (i + 1)) for i in range(5)]
-                for stream, payload in zip(streams, payloads):
-                    stream.write(payload, fin=True)
-                for stream, payload in zip(streams, payloads):
-                    assert await asyncio.wait_for(stream.read(), 10) == payload
-
-                uni = conn.open_stream(unidirectional=True)
-                uni.write(b"to aioquic", fin=True)
-                answer = await conn.accept_stream_async(timeout=10)
-                assert answer.is_unidirectional and not answer.is_local
-                assert await answer.read() == b"to aioquic"
-
-                for _ in range(50):  # datagrams are unreliable: retry until one comes back
-                    conn.send_datagram(b"ping")
-                    try:
-                        assert await conn.receive_datagram_async(timeout=0.2) == b"gnip"
-                        break
-                    except TimeoutError:
-                        continue
-                else:
-                    pytest.fail("no datagram came back")
+            if world == "asyncio":
+                await asyncio_client(port, certfile)
+            else:  # the blocking client in a thread, the aioquic server on this loop
+                await asyncio.get_running_loop().run_in_executor(None, sync_client, port, certfile)
         finally:
             server.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,9 +20,22 @@ def _clean_env() -> dict[str, str]:
     return env
 
 
+def _source_copy(dest: Path) -> Path:
+    """The checkout's source files (tracked, or new and not ignored), without its
+    build output: an in-place build/ would put stale modules into a wheel."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True, timeout=60).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        if (REPO / name).is_file():  # not a file deleted since its last commit
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest
+
+
 def test_wheel_bundles_libmsquic_and_loads_it_through_origin_rpath(tmp_path: Path) -> None:
+    source = _source_copy(tmp_path / "source")
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path / "dist"), str(REPO)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path / "dist"), str(source)],
         capture_output=True, text=True, timeout=900, env=_clean_env(),
     )
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
@@ -31,6 +45,10 @@ def test_wheel_bundles_libmsquic_and_loads_it_through_origin_rpath(tmp_path: Pat
     (wheel,) = (tmp_path / "dist").glob("pymsquic-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "pymsquic/libmsquic.so.2" in names
+    # Every module of the tree, the subpackages' too (pymsquic._core, .asyncio, .sync).
+    modules = {path.relative_to(REPO).as_posix() for path in (REPO / "pymsquic").rglob("*.py")}
+    assert {"pymsquic/_core/__init__.py", "pymsquic/asyncio/__init__.py", "pymsquic/sync/__init__.py"} <= modules
+    assert modules <= set(names), sorted(modules - set(names))
     assert any(n.startswith("pymsquic/_msquic") and n.endswith(".so") for n in names)
     assert "pymsquic/py.typed" in names
     assert not any("msquic.h" in n or n.endswith(".c") for n in names)
@@ -41,12 +59,15 @@ def test_wheel_bundles_libmsquic_and_loads_it_through_origin_rpath(tmp_path: Pat
     env = _clean_env()
     env["PYTHONPATH"] = str(site)
     probe = subprocess.run(
-        [sys.executable, "-c", "import pymsquic; print(pymsquic.__file__); print(pymsquic.msquic_version())"],
+        [sys.executable, "-c", "import pymsquic, pymsquic._core.stream, pymsquic.asyncio, pymsquic.sync; "
+         "print(pymsquic.__file__, pymsquic._core.stream.__file__, pymsquic.asyncio.__file__, "
+         "pymsquic.sync.__file__); print(pymsquic.msquic_version())"],
         capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
     )
     assert probe.returncode == 0, probe.stderr
-    module_file, version = probe.stdout.split()
-    assert module_file.startswith(str(site)) and version.startswith("2.5.")
+    *module_files, version = probe.stdout.split()
+    assert len(module_files) == 4 and all(f.startswith(str(site)) for f in module_files), module_files
+    assert version.startswith("2.5.")
     readelf = subprocess.run(["readelf", "-d", *site.glob("pymsquic/_msquic*.so")], capture_output=True, text=True)
     if readelf.returncode == 0:
         assert "$ORIGIN" in readelf.stdout and "libmsquic.so.2" in readelf.stdout
@@ -77,10 +98,11 @@ def test_sanitize_switch_instruments_the_extension_and_never_reuses_the_other_mo
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
         (tree / name).write_bytes((REPO / name).read_bytes())
     for folder in ("native", "pymsquic"):
-        (tree / folder).mkdir()
-        for source in (REPO / folder).glob("*.[chp]*"):
-            if source.suffix in (".c", ".h", ".py"):
-                (tree / folder / source.name).write_bytes(source.read_bytes())
+        for source in (REPO / folder).rglob("*.[chp]*"):  # pymsquic's subpackages too
+            if source.suffix in (".c", ".h", ".py") and "__pycache__" not in source.parts:
+                target = tree / source.relative_to(REPO)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(source.read_bytes())
 
     def built() -> tuple[Path, bytes]:
         (ext,) = (tree / "pymsquic").glob("_msquic*.so")

@@ -55,11 +55,16 @@ FORK_AFTER_USE = """
         s.write(data, fin=True)
         return s.read(timeout=10)
 
-    conn = sync.connect("127.0.0.1", port, alpn="fork", credential=client_cred, timeout=10)
+    conn = sync.connect("127.0.0.1", port, alpn="fork", credential=client_cred, open_timeout=10)
     assert round_trip(conn, b"before") == b"before"
     pending = conn.open_stream()  # a parent's stream with nothing to read yet
     pending.write(b"x")
-    pending_async = conn.open_stream(blocking=False)
+
+    async def aconnect():
+        return await pymsquic.asyncio.connect("127.0.0.1", port, alpn="fork", credential=client_cred)
+
+    aconn = asyncio.run(aconnect())
+    pending_async = aconn.open_stream()  # and an asyncio one
     pending_async.write(b"y")
 
     forked_at = time.monotonic()
@@ -76,7 +81,7 @@ FORK_AFTER_USE = """
             else:
                 print(f"child {name}: no error", flush=True)
         attempt("sync.connect", lambda: sync.connect("127.0.0.1", port, alpn="fork", credential=client_cred,
-                                                     timeout=5))
+                                                     open_timeout=5))
         attempt("Registration", lambda: pymsquic.Registration().close())
         attempt("parent stream read", lambda: pending.read(timeout=5))
         attempt("parent accept", lambda: server.listener.accept(timeout=5))
@@ -85,7 +90,11 @@ FORK_AFTER_USE = """
             pending.write(b"z")
         except pymsquic.QuicError as exc:
             print(f"child write: {type(exc).__name__}: {exc}", flush=True)
-        conn.close()  # closing the parent's objects in the child does nothing and never hangs
+        # Closing the parent's objects in the child does nothing and never hangs:
+        # a graceful close says why it cannot wait, the immediate one just returns.
+        attempt("graceful close", conn.close)
+        conn._abandon()
+        aconn._abandon()
         print("child exiting", flush=True)
         sys.exit(0)
     os.waitpid(pid, 0)
@@ -96,8 +105,10 @@ FORK_AFTER_USE = """
     pending_async.finish()
     assert asyncio.run(asyncio.wait_for(pending_async.read(), 10)) == b"y"
     assert round_trip(conn, b"after") == b"after"
-    with sync.connect("127.0.0.1", port, alpn="fork", credential=client_cred, timeout=10) as again:
+    asyncio.run(aconn.close())
+    with sync.connect("127.0.0.1", port, alpn="fork", credential=client_cred, open_timeout=10) as again:
         assert round_trip(again, b"new") == b"new"
+    conn.close()
     print("parent still works", flush=True)
 """
 
@@ -107,7 +118,8 @@ def test_fork_child_gets_clear_error_and_exits_at_once_parent_keeps_working() ->
     proc = run_python(FORK_AFTER_USE)
     out = proc.stdout
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for name in ("sync.connect", "Registration", "parent stream read", "parent stream async read", "parent accept"):
+    for name in ("sync.connect", "Registration", "parent stream read", "parent stream async read", "parent accept",
+                 "graceful close"):
         line = next((ln for ln in out.splitlines() if ln.startswith(f"child {name}:")), None)
         assert line is not None, out + proc.stderr
         assert "ForkedProcessError" in line and "fork" in line.split(": ", 2)[2], line
@@ -134,7 +146,7 @@ FORK_BEFORE_USE = """
         server = sync.serve(echo, "127.0.0.1", 0, alpn="fork", credential=pymsquic.Credential.self_signed())
         threading.Thread(target=server.serve_forever, daemon=True).start()
         with sync.connect("127.0.0.1", server.addresses[0][1], alpn="fork",
-                          credential=pymsquic.Credential.client(verify=False), timeout=10) as conn:
+                          credential=pymsquic.Credential.client(verify=False), open_timeout=10) as conn:
             s = conn.open_stream()
             s.write(b"child", fin=True)
             print("child echo", s.read(timeout=10), flush=True)
@@ -170,10 +182,10 @@ EXIT_WITH_HOOKS = """
     reg = pymsquic.Registration("exit")
     cfg = pymsquic.Configuration(reg, "exit", pymsquic.Credential.self_signed(), pymsquic.DEFAULT_SETTINGS)
     client_cfg = pymsquic.Configuration(reg, "exit", pymsquic.Credential.client(verify=False))
-    lst = pymsquic.Listener(reg, cfg, on_new_connection=lambda info: True,
-                            on_stop_complete=lambda: print("stopped", flush=True))
+    lst = pymsquic.sync.Listener(reg, cfg, on_new_connection=lambda info: True,
+                                 on_stop_complete=lambda: print("stopped", flush=True))
     lst.start("exit", ("127.0.0.1", 0))
-    client = pymsquic.Connection.connect(reg, client_cfg, "127.0.0.1", lst.local_address[1], timeout=5)
+    client = pymsquic.sync.connect("127.0.0.1", lst.local_address[1], configuration=client_cfg, open_timeout=5)
     print("ready", flush=True)
 """
 
@@ -224,7 +236,7 @@ def gated_echo(server_credential: pymsquic.Credential) -> Iterator[tuple[sync.Se
     """A blocking echo server that answers each stream only once the event is set."""
     gate = threading.Event()
 
-    def handler(conn: pymsquic.Connection) -> None:
+    def handler(conn: sync.Connection) -> None:
         for s in conn:
             data = s.read(timeout=10)
             assert gate.wait(10)
@@ -237,19 +249,25 @@ def gated_echo(server_credential: pymsquic.Credential) -> Iterator[tuple[sync.Se
         yield server, gate
     finally:
         gate.set()
-        server.close(5)
+        server.close(timeout=5)
         thread.join(5)
 
 
-def connect_to(server: sync.Server) -> pymsquic.Connection:
+def connect_to(server: sync.Server) -> sync.Connection:
     return sync.connect("127.0.0.1", server.addresses[0][1], alpn=ALPN,
-                        credential=pymsquic.Credential.client(verify=False), timeout=10)
+                        credential=pymsquic.Credential.client(verify=False), open_timeout=10)
+
+
+async def async_connect_to(server: sync.Server) -> pymsquic.asyncio.Connection:
+    return await pymsquic.asyncio.connect("127.0.0.1", server.addresses[0][1], alpn=ALPN,
+                                          credential=pymsquic.Credential.client(verify=False), open_timeout=10)
 
 
 def test_awaiting_one_object_from_two_loops_raises(gated_echo: tuple[sync.Server, threading.Event]) -> None:
     server, gate = gated_echo
-    with connect_to(server) as conn:
-        stream = conn.open_stream(blocking=False)
+    conn = asyncio.run(async_connect_to(server))  # its stream is awaited on two loops below
+    try:
+        stream = conn.open_stream()
         stream.write(b"two loops", fin=True)
         waiting = threading.Event()
         result: list[object] = []
@@ -268,6 +286,8 @@ def test_awaiting_one_object_from_two_loops_raises(gated_echo: tuple[sync.Server
         gate.set()
         thread.join(15)
         assert result == [b"two loops"]  # the first loop was not stalled
+    finally:
+        asyncio.run(conn.close())
 
 
 def test_blocking_wait_on_an_event_loop_thread_raises(gated_echo: tuple[sync.Server, threading.Event]) -> None:

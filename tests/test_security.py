@@ -7,7 +7,12 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, pkcs12
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    pkcs12,
+)
 
 import pymsquic
 
@@ -24,18 +29,18 @@ def write_pem_pair(directory: Path, name: str, hostnames: tuple[str, ...]) -> tu
     return cert_path, key_path, cert.public_bytes(Encoding.DER)
 
 
-async def hello(conn: pymsquic.Connection) -> None:
-    stream = await conn.accept_stream_async()
+async def hello(conn: pymsquic.asyncio.Connection) -> None:
+    stream = await conn.accept_stream()
     await stream.read()
     peer = conn.peer_certificate
     stream.write(b"client cert: " + (x509.load_der_x509_certificate(peer).subject.rfc4514_string().encode()
                                      if peer else b"none"), fin=True)
-    await stream.wait_closed(10)
+    await asyncio.wait_for(stream.wait_closed(), 10)
 
 
 async def exchange(port: int, credential: pymsquic.Credential) -> bytes:
     async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=credential, server_name="localhost",
-                                timeout=10) as conn:
+                                open_timeout=10) as conn:
         stream = conn.open_stream()
         stream.write(b"hi", fin=True)
         return await asyncio.wait_for(stream.read(), 10)
@@ -43,7 +48,7 @@ async def exchange(port: int, credential: pymsquic.Credential) -> bytes:
 
 def run(server_credential: pymsquic.Credential, client_credential: pymsquic.Credential) -> bytes:
     async def main() -> bytes:
-        async with await pymsquic.serve(hello, "127.0.0.1", 0, alpn=ALPN, credential=server_credential) as server:
+        async with pymsquic.serve(hello, "127.0.0.1", 0, alpn=ALPN, credential=server_credential) as server:
             return await exchange(server.addresses[0][1], client_credential)
 
     return asyncio.run(main())
@@ -68,7 +73,7 @@ def test_client_sees_the_server_certificate(tmp_path) -> None:
 
     async def main() -> bytes | None:
         server_credential = pymsquic.Credential.from_files(cert, key)
-        async with await pymsquic.serve(hello, "127.0.0.1", 0, alpn=ALPN, credential=server_credential) as server:
+        async with pymsquic.serve(hello, "127.0.0.1", 0, alpn=ALPN, credential=server_credential) as server:
             async with pymsquic.connect("127.0.0.1", server.addresses[0][1], alpn=ALPN, server_name="localhost",
                                         credential=pymsquic.Credential.client(ca_file=cert)) as conn:
                 return conn.peer_certificate

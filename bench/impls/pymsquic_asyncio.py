@@ -1,4 +1,4 @@
-"""pymsquic with asyncio, server and client: the binding as most users will use it."""
+"""pymsquic with asyncio (pymsquic.asyncio), server and client: the binding as most users will use it."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ REQUEST = HEADER.pack(RPS_DOWN) + b"u" * RPS_UP
 _SINK = bytearray(CHUNK)  # uploads are read and dropped: one buffer for every stream
 
 
-async def respond(stream: pymsquic.Stream) -> None:
+async def respond(stream: pymsquic.asyncio.Stream) -> None:
     try:
         n = HEADER.unpack(await stream.readexactly(8))[0]
         sink = _SINK
@@ -40,18 +40,21 @@ async def respond(stream: pymsquic.Stream) -> None:
         pass  # the client stopped reading (download) or went away
 
 
-async def handle(conn: pymsquic.Connection) -> None:
+async def handle(conn: pymsquic.asyncio.Connection) -> None:
     tasks = set()
-    async for stream in conn:
-        task = asyncio.create_task(respond(stream))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+    try:
+        async for stream in conn:
+            task = asyncio.create_task(respond(stream))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    except pymsquic.ConnectionClosed:
+        pass  # a client that exited without closing: its connection timed out
 
 
 async def server(port: int, cert: str, key: str) -> None:
     credential = pymsquic.Credential.from_files(cert, key)
-    async with await pymsquic.serve(handle, "127.0.0.1", port, alpn=ALPN, credential=credential,
-                                    settings=SETTINGS, backlog=4096, linger=0.5) as srv:
+    async with pymsquic.asyncio.serve(handle, "127.0.0.1", port, alpn=ALPN, credential=credential,
+                                      settings=SETTINGS, backlog=4096, close_timeout=0.5) as srv:
         print("ready", srv.addresses[0][1], flush=True)
         await asyncio.get_running_loop().run_in_executor(None, wait_for_stdin_close)
 
@@ -61,8 +64,8 @@ async def client(port: int, workload: str, duration: float) -> Result:
     config = pymsquic.Configuration(registration, ALPN, pymsquic.Credential.client(verify=False), CLIENT_SETTINGS)
     result = Result()
 
-    async def connect() -> pymsquic.Connection:
-        return await pymsquic.Connection.connect_async(registration, config, "127.0.0.1", port, timeout=10)
+    async def connect() -> pymsquic.asyncio.Connection:
+        return await pymsquic.asyncio.connect("127.0.0.1", port, configuration=config, open_timeout=10)
 
     if workload == "hps":
         clock = Clock(duration)
@@ -71,7 +74,7 @@ async def client(port: int, workload: str, duration: float) -> Result:
             while clock.running():
                 conn = await connect()
                 result.handshakes += 1
-                conn.close()
+                await conn.close()  # until msquic's SHUTDOWN_COMPLETE, as the native client waits
 
         await asyncio.gather(*(handshakes() for _ in range(HPS_PARALLEL)))
         return clock.finish(result)
@@ -79,8 +82,8 @@ async def client(port: int, workload: str, duration: float) -> Result:
     if workload == "idle":
         before = rss_kb()
         conns = []
-        for _ in range(IDLE_CONNECTIONS // 50):
-            conns += await asyncio.gather(*(connect() for _ in range(50)))
+        for start in range(0, IDLE_CONNECTIONS, 50):  # 50 handshakes at a time
+            conns += await asyncio.gather(*(connect() for _ in range(min(50, IDLE_CONNECTIONS - start))))
         result.connections, result.rss_delta_kb = len(conns), rss_kb() - before
         return result
 
@@ -120,11 +123,11 @@ async def client(port: int, workload: str, duration: float) -> Result:
 
         await asyncio.gather(*(requests() for _ in range(RPS_PARALLEL if workload == "rps" else 1)))
         clock.finish(result)
-    conn.close()
+    await conn.close()
     return result
 
 
-async def fairness(conn: pymsquic.Connection, duration: float, result: Result) -> None:
+async def fairness(conn: pymsquic.asyncio.Connection, duration: float, result: Result) -> None:
     """Requests one at a time beside a saturating download on the same connection.
     A request still waiting at the deadline counts with the time it waited so far."""
     started = asyncio.Event()
@@ -150,7 +153,7 @@ async def fairness(conn: pymsquic.Connection, duration: float, result: Result) -
     bulk.cancel()
 
 
-async def saturate(conn: pymsquic.Connection, started: asyncio.Event) -> None:
+async def saturate(conn: pymsquic.asyncio.Connection, started: asyncio.Event) -> None:
     """Reads a download stream for as long as the connection lasts."""
     stream = conn.open_stream()
     stream.write(HEADER.pack(FOREVER), fin=True)

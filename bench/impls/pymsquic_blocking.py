@@ -1,4 +1,4 @@
-"""pymsquic with the blocking API: a thread per connection and per stream (pooled)."""
+"""pymsquic with the blocking API (pymsquic.sync): a thread per connection and per stream (pooled)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class _Sink(threading.local):
 _SINK = _Sink()
 
 
-def respond(stream: pymsquic.BlockingStream) -> None:
+def respond(stream: pymsquic.sync.Stream) -> None:
     try:
         n = HEADER.unpack(stream.readexactly(8))[0]
         sink = _SINK.buffer
@@ -45,15 +45,18 @@ def respond(stream: pymsquic.BlockingStream) -> None:
         pass
 
 
-def handle(conn: pymsquic.Connection) -> None:
-    for stream in conn:
-        _pool.submit(respond, stream)
+def handle(conn: pymsquic.sync.Connection) -> None:
+    try:
+        for stream in conn:
+            _pool.submit(respond, stream)
+    except pymsquic.ConnectionClosed:
+        pass  # a client that exited without closing: its connection timed out
 
 
 def run_server(port: int, cert: str, key: str) -> None:
     credential = pymsquic.Credential.from_files(cert, key)
     with pymsquic.sync.serve(handle, "127.0.0.1", port, alpn=ALPN, credential=credential, settings=SETTINGS,
-                             backlog=4096, linger=0.5) as srv:
+                             backlog=4096, close_timeout=0.5) as srv:
         print("ready", srv.addresses[0][1], flush=True)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         wait_for_stdin_close()
@@ -65,8 +68,8 @@ def run_client(port: int, workload: str, duration: float) -> Result:
     result = Result()
     lock = threading.Lock()
 
-    def connect() -> pymsquic.Connection:
-        return pymsquic.Connection.connect(registration, config, "127.0.0.1", port, timeout=10)
+    def connect() -> pymsquic.sync.Connection:
+        return pymsquic.sync.connect("127.0.0.1", port, configuration=config, open_timeout=10)
 
     def in_threads(target, count: int) -> None:
         threads = [threading.Thread(target=target) for _ in range(count)]

@@ -14,7 +14,7 @@ import weakref
 from typing import Any, Callable, TypeVar
 
 from .._msquic import ffi, lib
-from .._native import check_not_forked
+from .._native import check_not_forked, forbid_in_callback
 
 T = TypeVar("T")
 
@@ -116,6 +116,7 @@ class NativeWaitable:
         # Attach to the loop's waker only when about to wait; the loop below
         # checks again after attaching, so no change between can be missed.
         check_not_forked(what)
+        forbid_in_callback(what)  # a loop run inside a hook would wait for the hook's own msquic thread
         loop = asyncio.get_running_loop()
         self._refuse_other_loop(loop, what)
         self._attach_to_running_loop(loop)

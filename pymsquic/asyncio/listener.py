@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, AsyncIterator
 
 from .._core.listener import ListenerCore
+from .._native import forbid_in_callback
 from ..errors import Finished
 from .bridge import NativeWaitable
 from .connection import Connection
@@ -49,6 +50,7 @@ class Listener(ListenerCore[Connection], NativeWaitable):
     async def stop(self) -> None:
         """Stop listening and wait for msquic's STOP_COMPLETE. Safe more than once.
         Accepted connections keep running; queued ones can still be accepted."""
+        forbid_in_callback("stop()")  # before the stop starts: refused in a hook, it does nothing, as in sync
         if self._stop_settled() is None:
             await self._wait(self._stop_settled, "stop()")
 
