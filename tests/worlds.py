@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Awaitable, Callable, Coroutine, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+from conftest import ALPN
 
 import pymsquic
-from conftest import ALPN
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 T = TypeVar("T")
 
@@ -65,7 +69,7 @@ class World:
 
 
 #: A handler written once: ``await handler(world, connection)``.
-Handler = Callable[[World, Any], Awaitable[None]]
+Handler = Callable[[World, Any], Coroutine[Any, Any, None]]
 
 
 class ServerHandle:
@@ -83,7 +87,7 @@ class ServerHandle:
     async def wait_closed(self, timeout: float = WAIT) -> None:
         raise NotImplementedError
 
-    async def __aenter__(self) -> ServerHandle:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -176,7 +180,7 @@ class SyncServerHandle(ServerHandle):
     def _close(self, grace: float) -> None:
         try:
             self.server.close(grace=grace, timeout=grace + WAIT)
-        except BaseException as exc:  # handed to wait_closed()
+        except BaseException as exc:  # noqa: BLE001  # handed to wait_closed()
             self._close_error = exc
 
     async def wait_closed(self, timeout: float = WAIT) -> None:
