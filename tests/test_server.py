@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
+import sys
+import textwrap
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -336,3 +339,33 @@ def test_sync_close_timeout_raises_while_a_handler_ignores_the_shutdown(registra
         release.set()
     server.close(timeout=WAIT)  # returns once the handler thread has finished
     assert not server._threads
+
+
+# ---- a registration closed under a serving asyncio server ----------------------------------
+
+REGISTRATION_CLOSED_UNDER_SERVER = textwrap.dedent("""
+    import asyncio
+    import pymsquic
+
+    async def handler(conn):
+        await conn.accept_stream()
+
+    async def main():
+        registration = pymsquic.Registration("closed-under-server")
+        credential = pymsquic.Credential.self_signed(("localhost",))
+        server = await pymsquic.asyncio.serve(handler, "127.0.0.1", 0, alpn="x", credential=credential,
+                                              registration=registration)
+        registration.close()  # releases the listener: it must not wait for it
+        print(server.listener.state.value)
+
+    asyncio.run(main())
+""")
+
+
+def test_closing_the_registration_releases_a_serving_asyncio_listener() -> None:
+    # A subprocess: a RegistrationClose that waits for a listener never released blocks in C, for ever.
+    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", REGISTRATION_CLOSED_UNDER_SERVER],
+                          check=False, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "shutdown_complete"
+    assert "never awaited" not in done.stderr
