@@ -45,6 +45,7 @@ struct pmq_stream {
     int sending;               /* counted in conn's streams_sending */
     pmq_stream_state st;
     int send_limit_fixed;
+    uint64_t ideal_send_limit;  /* msquic's last ideal send buffer size, for set_send_limit(0) */
     int needs_start;           /* opened locally; starts with the first send */
     /* Small receives, copied: msquic need not wait for Python to go on. */
     uint8_t *buf;
@@ -92,6 +93,7 @@ static pmq_stream *stream_new(pmq_conn *conn, uint32_t flags)
         s->rx = s->rx_inline;
         s->st.flags = flags;
         s->st.send_limit = DEFAULT_SEND_LIMIT;
+        s->ideal_send_limit = DEFAULT_SEND_LIMIT;
         s->conn = conn;
         pmq_obj_ref(pmq_conn_obj(conn));
         s->sending = !((flags & PMQ_STREAM_UNIDIRECTIONAL) && !(flags & PMQ_STREAM_LOCAL));
@@ -587,6 +589,7 @@ static QUIC_STATUS QUIC_API stream_callback(HQUIC handle, void *context, QUIC_ST
     }
     case QUIC_STREAM_EVENT_IDEAL_SEND_BUFFER_SIZE:
         pthread_mutex_lock(&s->obj.lock);
+        s->ideal_send_limit = event->IDEAL_SEND_BUFFER_SIZE.ByteCount; /* kept while a fixed limit applies */
         if (!s->send_limit_fixed) {
             uint64_t old = s->st.send_limit;
             s->st.send_limit = event->IDEAL_SEND_BUFFER_SIZE.ByteCount;
@@ -853,9 +856,7 @@ void pmq_stream_set_send_limit(pmq_stream *s, uint64_t limit)
     PMQ_CHECK(&s->obj);
     pthread_mutex_lock(&s->obj.lock);
     s->send_limit_fixed = limit != 0;
-    if (limit != 0) {
-        s->st.send_limit = limit;
-    }
+    s->st.send_limit = limit != 0 ? limit : s->ideal_send_limit;
     pmq_obj_changed_locked(&s->obj);
     pthread_mutex_unlock(&s->obj.lock);
 }

@@ -143,8 +143,11 @@ class StreamCore:
     def set_write_limit(self, limit: int | None) -> None:
         """Make ``drain()`` wait while more than ``limit`` bytes are in flight
         (None: follow msquic's ideal send buffer size)."""
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
-            raise ValueError(f"limit must be a positive int or None, not {limit!r}")
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, int):
+                raise TypeError(f"limit must be an int or None, not {type(limit).__name__}")
+            if not 0 < limit < 2**64:
+                raise ValueError(f"limit must be a positive 64-bit int or None, not {limit!r}")
         lib.pmq_stream_set_send_limit(self._stream, limit or 0)
 
     def _failure(self, status: int) -> QuicError:
