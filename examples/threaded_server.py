@@ -44,9 +44,8 @@ def main() -> None:
     with serve(echo, args.host, args.port, alpn=args.alpn, credential=credential) as server:
         host, port = server.addresses[0]
         print(f"listening on {host}:{port}", flush=True)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            # shutdown() waits for the listener to stop: not inside serve_forever() on this thread.
-            signal.signal(sig, lambda *_: threading.Thread(target=server.shutdown).start())
+        for sig in (signal.SIGINT, signal.SIGTERM):  # unlike socketserver's, shutdown() works from here
+            signal.signal(sig, lambda *_: server.shutdown())
         server.serve_forever()  # returns after shutdown(); leaving `with` closes the connections
     print("stopped", flush=True)
 
