@@ -20,7 +20,9 @@ from pymsquic.sync import Connection, Stream, serve
 
 
 def echo_stream(stream: Stream) -> None:
-    with stream:  # leaving it sends FIN after what was written
+    # Leaving `with stream` sends FIN after what was written; a ConnectionClosed
+    # (the client went, or the server is closing) just ends this thread.
+    with contextlib.suppress(ConnectionClosed), stream:
         for chunk in stream:  # until the peer's FIN
             stream.write(chunk)
             stream.drain(timeout=30)  # wait while the peer is slow to read

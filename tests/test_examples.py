@@ -107,6 +107,25 @@ def test_every_example_is_run() -> None:
     assert run == {path.name for path in EXAMPLES.glob("*.py") if not path.name.startswith("_")}
 
 
+# A client that keeps a stream open (no FIN) until the server closes the connection.
+HOLDING_CLIENT = """
+import sys
+from pymsquic import Credential
+from pymsquic.sync import connect
+
+credential = Credential.client(ca_file=sys.argv[2])
+with connect("127.0.0.1", int(sys.argv[1]), alpn="echo", credential=credential, server_name="localhost") as conn:
+    stream = conn.open_stream()
+    stream.write(b"half")
+    print(stream.read(4, timeout=10).decode(), flush=True)
+    for _ in conn:  # ends quietly when the server closes the connection with 0
+        pass
+    reason = conn.close_reason
+    assert reason is not None and reason.by_peer, reason
+    print("closed by the server with", reason.error_code, flush=True)
+"""
+
+
 def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
     """The process's next line of output, without waiting for ever on a hung server."""
     assert process.stdout is not None
@@ -117,20 +136,34 @@ def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
     return process.stdout.readline()
 
 
+def _start_server(script: str, ca: Path) -> tuple[subprocess.Popen[str], str]:
+    """The example server, started on a free port, and that port once it says it listens."""
+    server = subprocess.Popen([sys.executable, str(EXAMPLES / script), "--port", "0", "--ca-out", str(ca)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    line = _read_line(server, 30)
+    match = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
+    if not match:
+        server.kill()
+        raise AssertionError(line + server.communicate()[1])
+    return server, match.group(1)
+
+
+def _stop_server(server: subprocess.Popen[str], stop_signal: signal.Signals) -> None:
+    """Signal the server; it must exit with 0, saying nothing but "stopped"."""
+    server.send_signal(stop_signal)
+    out, err = server.communicate(timeout=30)
+    assert server.returncode == 0, err
+    assert out == "stopped\n" and err == ""
+
+
 @pytest.mark.parametrize("server_script, client_script, stop_signal", PAIRS,
                          ids=[f"{s[:-3]}+{c[:-3]}" for s, c, _ in PAIRS])
 def test_example_server_with_client(server_script: str, client_script: str, stop_signal: signal.Signals,
                                     tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
-    server = subprocess.Popen([sys.executable, str(EXAMPLES / server_script), "--port", "0", "--ca-out", str(ca)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    server, port = _start_server(server_script, ca)
     try:
-        line = _read_line(server, 30)
-        match = re.fullmatch(r"listening on 127\.0\.0\.1:(\d+)\n", line)
-        if not match:
-            server.kill()
-            raise AssertionError(line + server.communicate()[1])
-        client = subprocess.run([sys.executable, str(EXAMPLES / client_script), "--port", match.group(1),
+        client = subprocess.run([sys.executable, str(EXAMPLES / client_script), "--port", port,
                                  "--ca", str(ca), "--streams", "4"],
                                 check=False, capture_output=True, text=True, timeout=60, env=ENV)
         assert client.returncode == 0, client.stdout + client.stderr
@@ -139,10 +172,34 @@ def test_example_server_with_client(server_script: str, client_script: str, stop
             assert f": hello from stream {i}\n" in client.stdout
         assert "datagram: hello datagram\n" in client.stdout
         assert client.stdout.endswith("all echoes match\n")
-        server.send_signal(stop_signal)
-        out, err = server.communicate(timeout=30)
-        assert server.returncode == 0, err
-        assert out == "stopped\n" and err == ""
+        _stop_server(server, stop_signal)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
+
+
+@pytest.mark.parametrize("server_script", ["echo_server.py", "threaded_server.py", "protocol_server.py"])
+def test_example_server_stops_with_a_client_connected(server_script: str, tmp_path: Path) -> None:
+    # The server closes the connection it still has (code 0) and exits cleanly;
+    # the client's iteration over incoming streams ends quietly.
+    ca = tmp_path / "ca.pem"
+    script = tmp_path / "holding_client.py"
+    script.write_text(HOLDING_CLIENT)
+    server, port = _start_server(server_script, ca)
+    try:
+        client = subprocess.Popen([sys.executable, str(script), port, str(ca)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        try:
+            assert _read_line(client, 30) == "half\n"  # the server is in the middle of echoing
+            _stop_server(server, signal.SIGTERM)
+            out, err = client.communicate(timeout=30)
+            assert client.returncode == 0, err
+            assert out == "closed by the server with 0\n" and err == ""
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.communicate()
     finally:
         if server.poll() is None:
             server.kill()
