@@ -35,10 +35,25 @@ def readme_python_blocks(text: str) -> list[str]:
     return [m.group(1) for m in re.finditer(r"^```python[ \t]*\n(.*?)^```[ \t]*$", text, re.M | re.S)]
 
 
+def checkable(code: str) -> str:
+    """A block as mypy checks it. A fragment (first line ``# fragment``: an excerpt the examples
+    test does not run) becomes the body of a coroutine, on the same lines, so that it may use
+    ``await``/``async for``/``async with``; it declares what it takes from its context with
+    annotations (``conn: pymsquic.asyncio.Connection``)."""
+    first, _, rest = code.partition("\n")
+    if first.strip() != "# fragment":
+        return code
+    body = "".join(f"    {line}" if line.strip() else line for line in rest.splitlines(keepends=True))
+    return "async def _readme_fragment() -> None:  # fragment\n" + (body or "    pass\n")
+
+
 def test_readme_blocks_are_found() -> None:
     # Guards the extraction itself: a README without any block would make the mypy run vacuous.
-    text = "x\n```python\na = 1\n```\n```sh\nls\n```\n```python\n# fragment\nb: int = 2\n```\n"
-    assert readme_python_blocks(text) == ["a = 1\n", "# fragment\nb: int = 2\n"]
+    text = "x\n```python\na = 1\n```\n```sh\nls\n```\n```python\n# fragment\nb: int = 2\n\nc = b\n```\n"
+    blocks = readme_python_blocks(text)
+    assert blocks == ["a = 1\n", "# fragment\nb: int = 2\n\nc = b\n"]
+    assert checkable(blocks[0]) == blocks[0]
+    assert checkable(blocks[1]) == "async def _readme_fragment() -> None:  # fragment\n    b: int = 2\n\n    c = b\n"
     assert readme_python_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
 
 
@@ -57,7 +72,7 @@ def test_mypy_strict(tmp_path: Path) -> None:
     readme_files = []
     for i, code in enumerate(blocks, 1):
         path = tmp_path / f"README_block_{i}.py"
-        path.write_text(code, encoding="utf-8")
+        path.write_text(checkable(code), encoding="utf-8")
         readme_files.append(str(path))
     result = run_mypy([*MYPY_PATHS, *readme_files], tmp_path)
     report = (result.stdout + result.stderr).replace(f"{tmp_path}/", "")  # README_block_N: the N-th block
