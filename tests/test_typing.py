@@ -25,7 +25,7 @@ MYPY_PATHS = ["pymsquic", "examples"]
 
 def _require(module: str) -> None:
     if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not installed (it comes with the test extra: pip install -e '.[test]')")
+        pytest.skip(f"{module} is not installed (the test extra brings it; .ci/other-pythons' venvs go without)")
 
 
 # ---- the README's code ------------------------------------------------------------------------
