@@ -1,50 +1,49 @@
-"""asyncio QUIC echo client: sends messages on several streams and a datagram,
-checks the echoes, and prints what came back.
+"""asyncio QUIC echo client: sends a message on each of several streams at
+once and a datagram, checks the echoes, and prints what came back.
 
     python examples/echo_client.py --port 4433 --ca /tmp/echo-ca.pem
+
+Works with every server here: echo_server.py, threaded_server.py, protocol_server.py.
 """
 
-import argparse
+from __future__ import annotations
+
 import asyncio
 import sys
 
-import pymsquic
+from _cli import client_arguments
+
+from pymsquic.asyncio import Connection, connect
+
+
+async def round_trip(conn: Connection, message: bytes) -> bool:
+    stream = conn.open_stream()
+    stream.write(message, fin=True)
+    answer = await stream.read()  # until the server's FIN
+    print(f"stream {stream.id}: {answer.decode()}")
+    return answer == message
+
+
+async def datagram_round_trip(conn: Connection, message: bytes) -> bool:
+    for _ in range(20):  # datagrams may be lost: try a few times
+        conn.send_datagram(message)
+        try:
+            answer = await asyncio.wait_for(conn.receive_datagram(), 0.25)
+        except asyncio.TimeoutError:  # TimeoutError itself from Python 3.11 on
+            continue
+        print(f"datagram: {answer.decode()}")
+        return answer == message
+    return False
 
 
 async def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=4433)
-    parser.add_argument("--alpn", default="echo")
-    parser.add_argument("--ca", help="trust this CA certificate (PEM) for the server")
-    parser.add_argument("--insecure", action="store_true", help="skip certificate validation")
-    parser.add_argument("--streams", type=int, default=3)
-    args = parser.parse_args()
-
-    credential = pymsquic.Credential.client(verify=not args.insecure, ca_file=args.ca)
-    async with pymsquic.connect(args.host, args.port, alpn=args.alpn, credential=credential,
-                                server_name="localhost", timeout=10) as conn:
-        print(f"connected to {conn.remote_address[0]}:{conn.remote_address[1]} (alpn {conn.alpn})")
-
-        async def round_trip(i: int) -> bool:
-            message = f"hello from stream {i}".encode()
-            stream = conn.open_stream()
-            stream.write(message, fin=True)
-            answer = await stream.read()
-            print(f"stream {stream.id}: {answer.decode()}")
-            return answer == message
-
-        results = await asyncio.gather(*(round_trip(i) for i in range(args.streams)))
-        datagram_ok = False
-        for _ in range(20):  # datagrams may be lost: try a few times
-            conn.send_datagram(b"hello datagram")
-            try:
-                answer = await conn.receive_datagram_async(timeout=0.25)
-            except TimeoutError:
-                continue
-            print(f"datagram: {answer.decode()}")
-            datagram_ok = answer == b"hello datagram"
-            break
+    args, credential = client_arguments(__doc__)
+    async with connect(args.host, args.port, alpn=args.alpn, credential=credential,
+                       server_name="localhost") as conn:
+        print(f"connected to {conn.remote_address} (alpn {conn.alpn})")
+        messages = [f"hello from stream {i}".encode() for i in range(args.streams)]
+        results = await asyncio.gather(*(round_trip(conn, message) for message in messages))
+        datagram_ok = await datagram_round_trip(conn, b"hello datagram")
     ok = all(results) and datagram_ok
     print("all echoes match" if ok else "MISMATCH")
     return 0 if ok else 1

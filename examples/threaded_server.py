@@ -1,62 +1,53 @@
-"""Blocking QUIC echo server: a thread per connection and per stream, no asyncio.
+"""Blocking QUIC echo server, no asyncio: pymsquic.sync runs a thread per
+connection, and this handler starts one per stream.
 
     python examples/threaded_server.py --port 4433 --ca-out /tmp/echo-ca.pem
-    python examples/echo_client.py --port 4433 --ca /tmp/echo-ca.pem
+    python examples/sync_client.py --port 4433 --ca /tmp/echo-ca.pem
 
 Stops cleanly on Ctrl-C or SIGTERM.
 """
 
-import argparse
+from __future__ import annotations
+
+import contextlib
 import signal
 import threading
 
-import pymsquic
+from _cli import server_arguments
+
+from pymsquic import ConnectionClosed
+from pymsquic.sync import Connection, Stream, serve
 
 
-def echo_stream(stream: pymsquic.BlockingStream) -> None:
-    for chunk in stream:
-        stream.write(chunk)
-        stream.drain()
-    stream.finish()
-    stream.wait_closed(timeout=10)
+def echo_stream(stream: Stream) -> None:
+    with stream:  # leaving it sends FIN after what was written
+        for chunk in stream:  # until the peer's FIN
+            stream.write(chunk)
+            stream.drain(timeout=30)  # wait while the peer is slow to read
 
 
-def handle(conn: pymsquic.Connection) -> None:
-    def datagrams() -> None:
-        try:
-            while True:
-                conn.send_datagram(conn.receive_datagram())
-        except pymsquic.ConnectionClosed:
-            pass
+def echo_datagrams(conn: Connection) -> None:
+    with contextlib.suppress(ConnectionClosed):
+        while True:
+            conn.send_datagram(conn.receive_datagram())
 
-    threading.Thread(target=datagrams, daemon=True).start()
-    workers = []
-    for stream in conn:  # ends when the connection closes
-        worker = threading.Thread(target=echo_stream, args=(stream,), daemon=True)
-        worker.start()
-        workers.append(worker)
-    for worker in workers:
-        worker.join(10)
+
+def echo(conn: Connection) -> None:
+    """The connection handler, in a thread of its own, until the client closes."""
+    threading.Thread(target=echo_datagrams, args=(conn,), daemon=True).start()
+    for stream in conn:
+        threading.Thread(target=echo_stream, args=(stream,), daemon=True).start()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=4433)
-    parser.add_argument("--alpn", default="echo")
-    parser.add_argument("--ca-out", help="write the generated certificate here")
-    args = parser.parse_args()
-
-    credential = pymsquic.Credential.self_signed(("localhost", args.host))
-    if args.ca_out:
-        with open(args.ca_out, "wb") as out:
-            out.write(credential.certificate_pem or b"")
-    with pymsquic.sync.serve(handle, args.host, args.port, alpn=args.alpn, credential=credential) as server:
+    args, credential = server_arguments(__doc__)
+    with serve(echo, args.host, args.port, alpn=args.alpn, credential=credential) as server:
         host, port = server.addresses[0]
         print(f"listening on {host}:{port}", flush=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
+            # shutdown() waits for the listener to stop: not inside serve_forever() on this thread.
             signal.signal(sig, lambda *_: threading.Thread(target=server.shutdown).start())
-        server.serve_forever()
+        server.serve_forever()  # returns after shutdown(); leaving `with` closes the connections
     print("stopped", flush=True)
 
 
