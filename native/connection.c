@@ -45,21 +45,24 @@ typedef struct send_datagram {
 } send_datagram;
 
 struct pmq_conn {
-    pmq_obj obj;               /* must stay first */
+    /* Must stay first. obj.lock guards the fields below (the stream lists
+     * included) and the link of each stream in them. Lock order (internal.h):
+     * may be taken with the listener's lock or one of its streams' locks held;
+     * under it only the waker's lock. */
+    pmq_obj obj;
     pmq_guard guard;
     int started;
     int starting;              /* pmq_conn_start is between its checks and ConnectionStart */
     int abandoned_starting;    /* abandoned meanwhile: the start finishes the abandon */
     int py_released;
-    pmq_listener *listener;    /* while in a listener's backlog */
+    pmq_listener *listener;    /* referenced, while in that listener's lists (listener.c) */
     pmq_conn_info info;
-    pmq_stream *streams_head;  /* peer streams not yet accepted */
-    pmq_stream *streams_tail;
+    pmq_stream_list accept_queue;  /* peer streams not yet accepted, oldest first */
     datagram_block *dgram_head;
     datagram_block *dgram_tail;
     uint32_t dgram_capacity;
     uint32_t dgram_send_capacity;
-    pmq_stream *unstarted;     /* local streams not started yet, linked by their next */
+    pmq_stream_list unstarted; /* local streams not started yet, newest first */
     int streams_ended;         /* SHUTDOWN_COMPLETE took that list: no stream opens now */
     uint8_t *peer_cert;
     uint64_t started_us;
@@ -73,9 +76,8 @@ static void conn_close_handle(HQUIC handle) { pmq_api->ConnectionClose(handle); 
 static void conn_destroy(pmq_obj *obj)
 {
     pmq_conn *c = (pmq_conn *)obj;
-    while (c->streams_head != NULL) {
-        pmq_stream *s = c->streams_head;
-        c->streams_head = pmq_stream_get_next(s);
+    pmq_stream *s;
+    while ((s = pmq_stream_list_pop(&c->accept_queue)) != NULL) {
         pmq_obj_unref(pmq_stream_obj(s));
     }
     while (c->dgram_head != NULL) {
@@ -194,35 +196,31 @@ static void on_connected(pmq_conn *c, HQUIC handle, QUIC_CONNECTION_EVENT *event
 
 /* Takes the local streams msquic never started, referenced, for
  * end_unstarted_streams; no stream opens afterwards. */
-static pmq_stream *take_unstarted_locked(pmq_conn *c)
+static pmq_stream_list take_unstarted_locked(pmq_conn *c)
 {
-    pmq_stream *list = c->unstarted;
-    c->unstarted = NULL;
+    pmq_stream_list list = pmq_stream_list_take(&c->unstarted);
     c->streams_ended = 1;
-    for (pmq_stream *s = list; s != NULL; s = pmq_stream_get_next(s)) {
-        pmq_obj_ref(pmq_stream_obj(s)); /* a racing start may close it meanwhile */
-    }
+    pmq_stream_list_ref_all(&list); /* a racing start may close one meanwhile */
     return list;
 }
 
-static void end_unstarted_streams(pmq_stream *s)
+static void end_unstarted_streams(pmq_stream_list *list)
 {
-    while (s != NULL) {
-        pmq_stream *next = pmq_stream_get_next(s);
+    pmq_stream *s;
+    while ((s = pmq_stream_list_pop(list)) != NULL) {
         pmq_stream_end_unstarted(s); /* nothing if a start was taken meanwhile */
         pmq_obj_unref(pmq_stream_obj(s));
-        s = next;
     }
 }
 
 static void on_shutdown_complete(pmq_conn *c, QUIC_CONNECTION_EVENT *event)
 {
     pthread_mutex_lock(&c->obj.lock);
-    pmq_stream *unstarted = take_unstarted_locked(c);
+    pmq_stream_list unstarted = take_unstarted_locked(c);
     pthread_mutex_unlock(&c->obj.lock);
     /* Inline on this worker, and first: msquic ended the started streams before
      * this event too, so whoever sees the connection closed sees its streams closed. */
-    end_unstarted_streams(unstarted);
+    end_unstarted_streams(&unstarted);
 
     pthread_mutex_lock(&c->obj.lock);
     c->info.flags |= PMQ_CONN_SHUTDOWN_COMPLETE;
@@ -255,13 +253,7 @@ static void on_peer_stream_started(pmq_conn *c, QUIC_CONNECTION_EVENT *event)
     pthread_mutex_lock(&c->obj.lock);
     int unwanted = c->py_released;
     if (!unwanted) {
-        pmq_stream_set_next(s, NULL);
-        if (c->streams_tail != NULL) {
-            pmq_stream_set_next(c->streams_tail, s);
-        } else {
-            c->streams_head = s;
-        }
-        c->streams_tail = s;
+        pmq_stream_list_push_back(&c->accept_queue, s);
         c->info.streams_queued++;
         pmq_obj_changed_locked(&c->obj);
     }
@@ -623,14 +615,12 @@ void pmq_conn_abandon(pmq_conn *c)
     int started = c->started;
     int alive = c->guard.handle != NULL && !(c->info.flags & PMQ_CONN_SHUTDOWN_BY_APP);
     c->py_released = 1;
-    pmq_stream *unaccepted = c->streams_head;
-    c->streams_head = c->streams_tail = NULL;
+    pmq_stream_list unaccepted = pmq_stream_list_take(&c->accept_queue);
     c->info.streams_queued = 0;
     pthread_mutex_unlock(&c->obj.lock);
-    while (unaccepted != NULL) {
-        pmq_stream *next = pmq_stream_get_next(unaccepted);
-        pmq_stream_abort_unaccepted(unaccepted);
-        unaccepted = next;
+    pmq_stream *s;
+    while ((s = pmq_stream_list_pop(&unaccepted)) != NULL) {
+        pmq_stream_abort_unaccepted(s);
     }
     if (!started) {
         close_unstarted(c);
@@ -673,8 +663,7 @@ QUIC_STATUS pmq_stream_open(pmq_conn *c, int unidirectional, pmq_stream **out)
         pthread_mutex_lock(&c->obj.lock);
         int listed = takes_streams_locked(c);
         if (listed) {
-            pmq_stream_set_next(s, c->unstarted);
-            c->unstarted = s;
+            pmq_stream_list_push_front(&c->unstarted, s);
         }
         pthread_mutex_unlock(&c->obj.lock);
         if (listed) {
@@ -694,17 +683,7 @@ void pmq_conn_forget_unstarted(pmq_conn *c, pmq_stream *s)
     PMQ_CHECK(&c->obj);
     /* Usually at or near the head: a stream is started by its first write. */
     pthread_mutex_lock(&c->obj.lock);
-    pmq_stream *prev = NULL;
-    for (pmq_stream *i = c->unstarted; i != NULL; prev = i, i = pmq_stream_get_next(i)) {
-        if (i == s) {
-            if (prev != NULL) {
-                pmq_stream_set_next(prev, pmq_stream_get_next(s));
-            } else {
-                c->unstarted = pmq_stream_get_next(s);
-            }
-            break;
-        }
-    }
+    pmq_stream_list_remove(&c->unstarted, s);
     pthread_mutex_unlock(&c->obj.lock);
 }
 
@@ -723,13 +702,9 @@ int pmq_conn_accept_stream(pmq_conn *c, pmq_stream **out)
 {
     PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
-    pmq_stream *s = c->streams_head;
+    pmq_stream *s = pmq_stream_list_pop(&c->accept_queue);
     int result;
     if (s != NULL) {
-        c->streams_head = pmq_stream_get_next(s);
-        if (c->streams_head == NULL) {
-            c->streams_tail = NULL;
-        }
         c->info.streams_queued--;
         *out = s;
         result = PMQ_ACCEPT_OK;
@@ -820,7 +795,9 @@ void pmq_conn_set_datagram_send_queue(pmq_conn *c, uint32_t capacity)
 QUIC_STATUS pmq_conn_get_stats(pmq_conn *c, pmq_conn_stats *out)
 {
     PMQ_CHECK(&c->obj);
-    HQUIC handle = c->started ? pmq_guard_enter(&c->obj, &c->guard) : NULL;
+    pthread_mutex_lock(&c->obj.lock); /* started too is written under it */
+    HQUIC handle = c->started ? pmq_guard_enter_locked(&c->guard) : NULL;
+    pthread_mutex_unlock(&c->obj.lock);
     if (handle == NULL) {
         return QUIC_STATUS_INVALID_STATE;
     }

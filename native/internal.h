@@ -7,7 +7,35 @@
 
 #include "pymsquic.h"
 
+/*
+ * Lock order. Every native object (listener, connection, stream) has one
+ * mutex, pmq_obj.lock; a pmq_waker has its own. Where two are held at once,
+ * the first is taken before the second:
+ *
+ *     listener lock  ->  connection lock  ->  waker lock
+ *     stream lock    ->  connection lock  ->  waker lock
+ *
+ * - listener -> connection: the listener settles its handshakes under its lock
+ *   and reads each connection's flags (pmq_conn_flags). A connection never
+ *   calls into its listener with its own lock held (notify_listener runs after
+ *   the unlock).
+ * - stream -> connection: a stream taking its pending start leaves the
+ *   connection's unstarted list (take_start_locked -> pmq_conn_forget_unstarted).
+ *   A connection never takes a stream's lock with its own held.
+ * - any object -> waker: pmq_obj_changed_locked and pmq_obj_attach. The waker
+ *   lock is a leaf: nothing else is taken under it.
+ * - A listener and a stream are never locked together, nor two objects of one
+ *   kind. There is no global mutex: pmq_library_open runs under a Python lock,
+ *   pmq_library_close once at exit.
+ * - No native lock is held while calling into Python (the listener hooks take
+ *   the GIL), nor across a msquic call that may wait for one of our callbacks
+ *   (the Closes, ListenerStop, a connection's or stream's Get/SetParam). The one
+ *   msquic call made under a lock, the listener's GetParam in
+ *   pmq_listener_local_address, runs inline and waits for nothing.
+ */
 struct pmq_obj {
+    /* Guards this struct's seq, waker and waker_id and the fields of the
+     * object that embeds it (each says which). Order: see above. */
     pthread_mutex_t lock;
     pthread_cond_t cond;      /* broadcast on every change */
     uint64_t seq;             /* bumped on every change; guarded by lock */
@@ -96,11 +124,33 @@ void pmq_conn_leave_listener(pmq_conn *conn);
 pmq_conn_info *pmq_conn_info_ptr(pmq_conn *conn);
 void pmq_listener_conn_changed(pmq_listener *listener);
 
+/*
+ * A connection's list of streams: its accept queue of peer streams, and its
+ * local streams msquic has not started yet. The list is linked through a field
+ * of the stream; stream.c owns that field and all the code that follows it
+ * (these functions), connection.c owns the lists. A stream is in at most one
+ * list. A list inside a pmq_conn is guarded by that connection's lock; a list
+ * taken out of it with pmq_stream_list_take belongs to the caller alone.
+ */
+typedef struct pmq_stream_list {
+    pmq_stream *head;
+    pmq_stream *tail;
+} pmq_stream_list;
+
+void pmq_stream_list_push_back(pmq_stream_list *list, pmq_stream *stream);
+void pmq_stream_list_push_front(pmq_stream_list *list, pmq_stream *stream);
+/* Unlinks and returns the first stream, or NULL if the list is empty. */
+pmq_stream *pmq_stream_list_pop(pmq_stream_list *list);
+/* Unlinks stream if it is in the list. */
+void pmq_stream_list_remove(pmq_stream_list *list, pmq_stream *stream);
+/* Empties the list and returns what it held. */
+pmq_stream_list pmq_stream_list_take(pmq_stream_list *list);
+/* Takes a reference to every stream in the list. */
+void pmq_stream_list_ref_all(const pmq_stream_list *list);
+
 /* Stream internals used by the connection. */
 pmq_stream *pmq_stream_new_peer(pmq_conn *conn, HQUIC handle, int unidirectional);
 void pmq_stream_refuse(HQUIC handle);
-void pmq_stream_set_next(pmq_stream *stream, pmq_stream *next);
-pmq_stream *pmq_stream_get_next(pmq_stream *stream);
 void pmq_stream_abort_unaccepted(pmq_stream *stream);
 QUIC_STATUS pmq_stream_open_on(pmq_conn *conn, HQUIC connection, int unidirectional, pmq_stream **out);
 /* A local stream was started: it leaves the connection's list of unstarted streams. */

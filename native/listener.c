@@ -32,7 +32,13 @@ typedef struct backlog_entry {
 } backlog_entry;
 
 struct pmq_listener {
-    pmq_obj obj;               /* must stay first */
+    /* Must stay first. obj.lock guards the fields below, except those set once
+     * at open (configuration, hook_id, hooks, the limits, stream_scheduling);
+     * reaper_cond waits on it. handle is read without it only while STARTING or
+     * stop_in_flight keeps pmq_listener_close from clearing it. Lock order
+     * (internal.h): taken with none of our locks held; under it a connection's
+     * lock (pmq_conn_flags in settle_handshakes_locked) and the waker's lock. */
+    pmq_obj obj;
     HQUIC handle;
     HQUIC configuration;
     uint32_t state;            /* PMQ_LISTENER_* */
@@ -66,7 +72,19 @@ static void listener_destroy(pmq_obj *obj)
 
 pmq_obj *pmq_listener_obj(pmq_listener *l) { return &l->obj; }
 
-/* Removes entry i from the queue; caller holds the lock. */
+/* The two lists are arrays owned by this file: a connection holds no link,
+ * only a reference to its listener (see pmq_conn_leave_listener). All
+ * list functions are called with the lock held. */
+
+/* Appends a completed connection to the accept queue; the caller checked room. */
+static void queue_push(pmq_listener *l, pmq_conn *conn)
+{
+    l->queue[l->count].conn = conn;
+    l->queue[l->count].deadline_ms = pmq_now_ms() + l->backlog_timeout_ms;
+    l->count++;
+}
+
+/* Removes entry i from the queue. */
 static pmq_conn *queue_take(pmq_listener *l, uint32_t i)
 {
     pmq_conn *conn = l->queue[i].conn;
@@ -74,6 +92,9 @@ static pmq_conn *queue_take(pmq_listener *l, uint32_t i)
     l->count--;
     return conn;
 }
+
+/* Appends a handshake in progress; the caller checked room. */
+static void handshaking_push(pmq_listener *l, pmq_conn *conn) { l->handshaking[l->handshaking_count++] = conn; }
 
 static pmq_conn *handshaking_take(pmq_listener *l, uint32_t i)
 {
@@ -109,9 +130,7 @@ static uint32_t settle_handshakes_locked(pmq_listener *l, pmq_conn **drop)
         if (flags & PMQ_CONN_CONNECTED) {
             pmq_conn *conn = handshaking_take(l, i);
             if (l->count < l->backlog && l->state != PMQ_LISTENER_CLOSED) {
-                l->queue[l->count].conn = conn;
-                l->queue[l->count].deadline_ms = pmq_now_ms() + l->backlog_timeout_ms;
-                l->count++;
+                queue_push(l, conn);
                 l->stats.accepted++;
             } else {
                 l->stats.refused_backlog++; /* completed while the backlog was full */
@@ -223,7 +242,7 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
     l->reserved--;
     if (QUIC_SUCCEEDED(status)) {
         /* Its events come on this thread, after we return: it cannot have completed yet. */
-        l->handshaking[l->handshaking_count++] = conn;
+        handshaking_push(l, conn);
         pmq_obj_ref(&l->obj); /* the connection points back to us */
         pmq_obj_changed_locked(&l->obj);
     } else if (refused_by_hook) {

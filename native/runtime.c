@@ -190,6 +190,10 @@ void pmq_deadline(struct timespec *ts, uint64_t in_ms)
 /* ---- wakers ------------------------------------------------------------- */
 
 struct pmq_waker {
+    /* Guards head, tail, closed and the ready_next/in_ready of every object
+     * attached to this waker. A leaf (internal.h): taken with one object's
+     * lock held or none, and nothing is taken under it; objects leaving the
+     * list are unreferenced after it is released. */
     pthread_mutex_t lock;
     int fd;
     atomic_int refs;

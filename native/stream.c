@@ -31,9 +31,16 @@ typedef struct send_block {
 } send_block;
 
 struct pmq_stream {
-    pmq_obj obj;               /* must stay first */
+    /* Must stay first. obj.lock guards the fields below but next (guarded by
+     * the lock of the connection whose list holds the stream) and conn (set
+     * once); begin_read also peeks at needs_start atomically without it. Lock
+     * order (internal.h): taken with none of our locks held; under it the
+     * connection's lock (take_start_locked) and the waker's lock. */
+    pmq_obj obj;
     pmq_guard guard;
-    pmq_stream *next;          /* the connection's accept queue */
+    /* Link in one of the connection's stream lists (internal.h): read and
+     * written only by the pmq_stream_list functions below. */
+    pmq_stream *next;
     pmq_conn *conn;            /* referenced, for its count of sending streams */
     int sending;               /* counted in conn's streams_sending */
     pmq_stream_state st;
@@ -116,8 +123,74 @@ static int sending_done_locked(pmq_stream *s)
 }
 
 pmq_obj *pmq_stream_obj(pmq_stream *s) { return &s->obj; }
-void pmq_stream_set_next(pmq_stream *s, pmq_stream *next) { s->next = next; }
-pmq_stream *pmq_stream_get_next(pmq_stream *s) { return s->next; }
+
+/* ---- the connection's stream lists ---------------------------------------- */
+
+void pmq_stream_list_push_back(pmq_stream_list *list, pmq_stream *s)
+{
+    s->next = NULL;
+    if (list->tail != NULL) {
+        list->tail->next = s;
+    } else {
+        list->head = s;
+    }
+    list->tail = s;
+}
+
+void pmq_stream_list_push_front(pmq_stream_list *list, pmq_stream *s)
+{
+    s->next = list->head;
+    list->head = s;
+    if (list->tail == NULL) {
+        list->tail = s;
+    }
+}
+
+pmq_stream *pmq_stream_list_pop(pmq_stream_list *list)
+{
+    pmq_stream *s = list->head;
+    if (s != NULL) {
+        list->head = s->next;
+        if (list->head == NULL) {
+            list->tail = NULL;
+        }
+        s->next = NULL;
+    }
+    return s;
+}
+
+void pmq_stream_list_remove(pmq_stream_list *list, pmq_stream *s)
+{
+    pmq_stream *prev = NULL;
+    for (pmq_stream *i = list->head; i != NULL; prev = i, i = i->next) {
+        if (i == s) {
+            if (prev != NULL) {
+                prev->next = s->next;
+            } else {
+                list->head = s->next;
+            }
+            if (list->tail == s) {
+                list->tail = prev;
+            }
+            s->next = NULL;
+            return;
+        }
+    }
+}
+
+pmq_stream_list pmq_stream_list_take(pmq_stream_list *list)
+{
+    pmq_stream_list taken = *list;
+    list->head = list->tail = NULL;
+    return taken;
+}
+
+void pmq_stream_list_ref_all(const pmq_stream_list *list)
+{
+    for (pmq_stream *s = list->head; s != NULL; s = s->next) {
+        pmq_obj_ref(&s->obj);
+    }
+}
 
 void pmq_stream_get_state(pmq_stream *s, pmq_stream_state *out)
 {

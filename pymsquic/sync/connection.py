@@ -121,16 +121,7 @@ def connect(host: str, port: int, *, alpn: AlpnLike | None = None, credential: C
             open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0) -> Connection:
     """Connect to a QUIC server and return the connection once its handshake
     completed; ``with connect(...) as connection:`` closes it on the way out.
-
-    Give ``alpn`` (with ``credential``, ``settings``, ``registration`` as
-    needed) or a client :class:`~pymsquic.Configuration`. The server's
-    certificate is verified unless the credential says otherwise (default
-    ``Credential.client()``: the system CA store). ``server_name`` (SNI, and the
-    name the certificate must carry) defaults to ``host``. The handshake must
-    complete within ``open_timeout`` seconds (None: no limit), else
-    TimeoutError. A failed handshake raises a
-    :class:`~pymsquic.ConnectionClosed` subclass saying why (refused, TLS alert,
-    ALPN mismatch, ...); an unknown host raises :class:`socket.gaierror`.
+    The arguments, defaults and errors are those of :class:`pymsquic.asyncio.connect`.
     """
     _native.forbid_in_callback("connect()")
     check_endpoint(host, port)
