@@ -30,9 +30,11 @@ def _require(module: str) -> None:
 
 # ---- the README's code ------------------------------------------------------------------------
 
-def readme_python_blocks(text: str) -> list[str]:
-    """Every ```python block of a Markdown text, fragments (first line ``# fragment``) included."""
-    return [m.group(1) for m in re.finditer(r"^```python[ \t]*\n(.*?)^```[ \t]*$", text, re.M | re.S)]
+def readme_python_blocks(text: str) -> list[tuple[int, str]]:
+    """Every ```python block of a Markdown text, fragments (first line ``# fragment``) included,
+    as (the line number of its first line, its code)."""
+    return [(text.count("\n", 0, m.start(1)) + 1, m.group(1))
+            for m in re.finditer(r"^```python[ \t]*\n(.*?)^```[ \t]*$", text, re.M | re.S)]
 
 
 def checkable(code: str) -> str:
@@ -51,9 +53,9 @@ def test_readme_blocks_are_found() -> None:
     # Guards the extraction itself: a README without any block would make the mypy run vacuous.
     text = "x\n```python\na = 1\n```\n```sh\nls\n```\n```python\n# fragment\nb: int = 2\n\nc = b\n```\n"
     blocks = readme_python_blocks(text)
-    assert blocks == ["a = 1\n", "# fragment\nb: int = 2\n\nc = b\n"]
-    assert checkable(blocks[0]) == blocks[0]
-    assert checkable(blocks[1]) == "async def _readme_fragment() -> None:  # fragment\n    b: int = 2\n\n    c = b\n"
+    assert blocks == [(3, "a = 1\n"), (9, "# fragment\nb: int = 2\n\nc = b\n")]
+    assert checkable(blocks[0][1]) == blocks[0][1]
+    assert checkable(blocks[1][1]) == "async def _readme_fragment() -> None:  # fragment\n    b: int = 2\n\n    c = b\n"
     assert readme_python_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
 
 
@@ -70,12 +72,14 @@ def test_mypy_strict(tmp_path: Path) -> None:
     _require("mypy")
     blocks = readme_python_blocks((ROOT / "README.md").read_text(encoding="utf-8"))
     readme_files = []
-    for i, code in enumerate(blocks, 1):
-        path = tmp_path / f"README_block_{i}.py"
+    for line, code in blocks:
+        path = tmp_path / f"README_{line}.py"  # a fragment keeps its lines too (see checkable)
         path.write_text(checkable(code), encoding="utf-8")
         readme_files.append(str(path))
     result = run_mypy([*MYPY_PATHS, *readme_files], tmp_path)
-    report = (result.stdout + result.stderr).replace(f"{tmp_path}/", "")  # README_block_N: the N-th block
+    # Errors in the blocks point at the README's own lines.
+    report = re.sub(re.escape(f"{tmp_path}/") + r"README_(\d+)\.py:(\d+)",
+                    lambda m: f"README.md:{int(m.group(1)) + int(m.group(2)) - 1}", result.stdout + result.stderr)
     assert result.returncode == 0, f"mypy --strict:\n{report}"
 
 
