@@ -82,7 +82,7 @@ def _unresolved(host: str, exc: socket.gaierror) -> socket.gaierror:
     return socket.gaierror(exc.errno, f"cannot resolve host {host!r}: {exc.strerror}")
 
 
-def from_sockaddr(family: int, sockaddr: tuple) -> Any:
+def from_sockaddr(family: int, sockaddr: tuple[Any, ...]) -> Any:
     """A pmq_addr from a getaddrinfo result."""
     addr = ffi.new("pmq_addr *")
     addr.family = family

@@ -30,7 +30,8 @@ def registration() -> Iterator[pymsquic.Registration]:
 
 
 @pytest.fixture
-def server_config(registration: pymsquic.Registration, server_credential: pymsquic.Credential) -> pymsquic.Configuration:
+def server_config(registration: pymsquic.Registration,
+                  server_credential: pymsquic.Credential) -> pymsquic.Configuration:
     return pymsquic.Configuration(registration, ALPN, server_credential,
                                   pymsquic.Settings(idle_timeout_ms=10_000, peer_bidi_stream_count=4))
 

@@ -13,7 +13,7 @@ import pytest
 
 import pymsquic
 from pymsquic import Configuration, Credential, QuicError, Registration, Settings
-from pymsquic._msquic import ffi, lib
+from pymsquic._msquic import lib
 
 ALPN = "pymsquic-settings"
 

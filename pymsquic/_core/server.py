@@ -34,7 +34,7 @@ def make_configuration(registration: Registration | None, alpn: AlpnLike, creden
     key = (encode_alpns(alpn), credential, settings)
     with registration._lock:
         cache = registration._configuration_cache
-        configuration = cache.pop(key, None)
+        configuration: Configuration | None = cache.pop(key, None)
         if configuration is None or configuration.closed:
             configuration = Configuration(registration, alpn, credential, settings)
         cache[key] = configuration  # most recently used last
