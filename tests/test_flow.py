@@ -15,9 +15,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import pytest
-from worlds import WAIT, World, worlds
 
 import pymsquic
+
+from worlds import WAIT, World, worlds
 
 T = TypeVar("T")
 

@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from conftest import ALPN
 
 import pymsquic
+
+from conftest import ALPN
 
 
 def client_initial(port: int, alpn: str = ALPN) -> bytes:

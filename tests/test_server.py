@@ -20,6 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
+import pymsquic
+
 from conftest import ALPN
 from worlds import (
     WAIT,
@@ -30,8 +33,6 @@ from worlds import (
     round_trip,
     worlds,
 )
-
-import pymsquic
 
 ASYNC = AsyncioWorld()
 SYNC = SyncWorld()

@@ -19,9 +19,10 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
-from conftest import ALPN
 
 import pymsquic
+
+from conftest import ALPN
 
 if TYPE_CHECKING:
     from typing_extensions import Self

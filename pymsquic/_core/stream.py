@@ -18,7 +18,6 @@ stream (``_pushback``), which every read path takes from first.
 
 from __future__ import annotations
 
-import asyncio
 import operator
 from typing import TYPE_CHECKING, Any, Generator, Iterable
 
