@@ -118,7 +118,7 @@ def default_registration() -> Registration:
 def _close_registration(handle: Any, listeners: "weakref.WeakSet[Any]", configurations: "weakref.WeakSet[Any]",
                         connections: "weakref.WeakSet[Any]", lock: "threading.RLock") -> None:
     for listener in list(listeners):
-        listener.close()
+        listener._release()  # the world's close() may be a coroutine (asyncio); this never waits
     with lock:  # no connection is released meanwhile (see _forget_connection)
         for connection in list(connections):
             # The registration's shutdown is their first: errors then say "closed locally".
