@@ -18,10 +18,10 @@ SETTINGS = pymsquic.Settings(peer_bidi_stream_count=64, peer_unidi_stream_count=
 CLIENT = pymsquic.Credential.client(verify=False)
 
 
-async def sha_echo(conn: pymsquic.Connection) -> None:
+async def sha_echo(conn: pymsquic.asyncio.Connection) -> None:
     """Per stream: read all (hashing), answer with the same bytes and FIN."""
 
-    async def one(stream: pymsquic.Stream) -> None:
+    async def one(stream: pymsquic.asyncio.Stream) -> None:
         async for chunk in stream:
             stream.write(chunk)
             await stream.drain()
@@ -31,7 +31,7 @@ async def sha_echo(conn: pymsquic.Connection) -> None:
     await asyncio.gather(*tasks)
 
 
-async def pump(stream: pymsquic.Stream, seed: int, size: int) -> tuple[str, str]:
+async def pump(stream: pymsquic.asyncio.Stream, seed: int, size: int) -> tuple[str, str]:
     """Send ``size`` pseudo-random bytes and read the echo; return (sent, received) SHA-256."""
     rng = random.Random(seed)
     sent, received = hashlib.sha256(), hashlib.sha256()
@@ -56,9 +56,9 @@ async def pump(stream: pymsquic.Stream, seed: int, size: int) -> tuple[str, str]
 
 def run_echo_server(coro_factory, handler=sha_echo, settings=SETTINGS):
     async def main():
-        async with await pymsquic.serve(handler, "127.0.0.1", 0, alpn=ALPN,
-                                        credential=pymsquic.Credential.self_signed(),
-                                        settings=settings) as server:
+        async with pymsquic.serve(handler, "127.0.0.1", 0, alpn=ALPN,
+                                  credential=pymsquic.Credential.self_signed(),
+                                  settings=settings) as server:
             return await asyncio.wait_for(coro_factory(server.addresses[0][1]), 120)
 
     return asyncio.run(main())
@@ -87,13 +87,13 @@ def test_100_mib_over_10_connections_intact() -> None:
 
 
 def test_cancelled_read_loses_no_data() -> None:
-    async def handler(conn: pymsquic.Connection) -> None:
-        stream = await conn.accept_stream_async()
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
+        stream = await conn.accept_stream()
         await stream.read(1)  # the client's go-ahead
         stream.write(b"first part|")
         await asyncio.sleep(0.2)
         stream.write(b"second part", fin=True)
-        await stream.wait_closed(10)
+        await asyncio.wait_for(stream.wait_closed(), 10)
 
     async def client(port: int) -> bytes:
         async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
@@ -117,7 +117,7 @@ def test_cancelled_read_loses_no_data() -> None:
 
 
 def test_stream_semantics() -> None:
-    async def handler(conn: pymsquic.Connection) -> None:
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
         async for stream in conn:
             data = await stream.readexactly(4)
             if data == b"stop":
@@ -129,12 +129,12 @@ def test_stream_semantics() -> None:
                 stream.write(b"12345", fin=True)
             else:
                 stream.write(data.upper(), fin=True)
-            await stream.wait_closed(10)
+            await asyncio.wait_for(stream.wait_closed(), 10)
 
     async def client(port: int) -> None:
         async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
             s = conn.open_stream()
-            assert isinstance(s, pymsquic.Stream) and s.is_local and not s.is_unidirectional
+            assert isinstance(s, pymsquic.asyncio.Stream) and s.is_local and not s.is_unidirectional
             s.write(b"hello", fin=True)
             with pytest.raises(pymsquic.StreamError):
                 s.write(b"after fin")
@@ -170,12 +170,12 @@ def test_stream_semantics() -> None:
 
 
 def test_peer_reset_reaches_the_reader_with_its_code() -> None:
-    async def handler(conn: pymsquic.Connection) -> None:
-        stream = await conn.accept_stream_async()
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
+        stream = await conn.accept_stream()
         stream.write(b"partial answer")
         await asyncio.sleep(0.1)
         stream.reset(99)
-        await stream.wait_closed(10)
+        await asyncio.wait_for(stream.wait_closed(), 10)
 
     async def client(port: int) -> None:
         async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
@@ -190,15 +190,15 @@ def test_peer_reset_reaches_the_reader_with_its_code() -> None:
 
 
 def test_datagrams_queue_drops_the_oldest_and_counts() -> None:
-    async def handler(conn: pymsquic.Connection) -> None:
-        await conn.receive_datagram_async()  # the client's go-ahead
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
+        await conn.receive_datagram()  # the client's go-ahead
         for i in range(60):
             conn.send_datagram(f"dgram {i:03}".encode())
         # msquic sends queued datagrams ahead of stream data: once the client reads
         # this, every datagram that was not lost has arrived.
         done = conn.open_stream(unidirectional=True)
         done.write(b"sent", fin=True)
-        await conn.wait_closed_async(10)
+        await asyncio.wait_for(conn.wait_closed(), 10)
 
     async def client(port: int) -> None:
         async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
@@ -211,12 +211,12 @@ def test_datagrams_queue_drops_the_oldest_and_counts() -> None:
             with pytest.raises(TypeError):
                 conn.send_datagram("text")  # type: ignore[arg-type]
             conn.send_datagram(b"go")
-            assert await (await conn.accept_stream_async(timeout=10)).read() == b"sent"
+            assert await (await asyncio.wait_for(conn.accept_stream(), 10)).read() == b"sent"
             received = []
             while True:
                 try:
-                    received.append(await conn.receive_datagram_async(timeout=0.05))
-                except TimeoutError:
+                    received.append(await asyncio.wait_for(conn.receive_datagram(), 0.05))
+                except (TimeoutError, asyncio.TimeoutError):
                     break
             assert len(received) == 10 and conn.datagrams_dropped >= 40
             assert received == sorted(received) and received[-1] == b"dgram 059" or conn.datagrams_dropped > 50
@@ -239,9 +239,9 @@ def test_datagrams_refused_when_the_peer_did_not_enable_them() -> None:
 def test_blocking_streams_in_threads(registration, server_credential) -> None:
     config = pymsquic.Configuration(registration, ALPN, server_credential, SETTINGS)
 
-    def handler(conn: pymsquic.Connection) -> None:
+    def handler(conn: pymsquic.sync.Connection) -> None:
         for stream in conn:
-            assert isinstance(stream, pymsquic.BlockingStream)
+            assert isinstance(stream, pymsquic.sync.Stream)
             stream.write(stream.read()[::-1], fin=True)
             stream.wait_closed(10)
 
@@ -250,12 +250,12 @@ def test_blocking_streams_in_threads(registration, server_credential) -> None:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         port = server.addresses[0][1]
         with pymsquic.sync.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS,
-                                   registration=registration, timeout=10) as conn:
+                                   registration=registration, open_timeout=10) as conn:
             results = []
 
             def talk(i: int) -> None:
                 stream = conn.open_stream()
-                assert isinstance(stream, pymsquic.BlockingStream)
+                assert isinstance(stream, pymsquic.sync.Stream)
                 stream.write(f"message {i}".encode(), fin=True)
                 results.append(stream.read(timeout=10))
 
@@ -276,20 +276,20 @@ def test_blocking_streams_in_threads(registration, server_credential) -> None:
 def test_peer_error_code_and_idle_timeout_reach_python() -> None:
     short_idle = pymsquic.Settings(peer_bidi_stream_count=4, idle_timeout_ms=300)
 
-    async def handler(conn: pymsquic.Connection) -> None:
-        stream = await conn.accept_stream_async()
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
+        stream = await conn.accept_stream()
         if await stream.read() == b"close with 1234":
             conn.shutdown(1234)
-        await conn.wait_closed_async(10)
+        await asyncio.wait_for(conn.wait_closed(), 10)
 
     async def client(port: int) -> None:
         async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
             conn.open_stream().write(b"close with 1234", fin=True)
             with pytest.raises(pymsquic.ConnectionClosed) as info:
-                await conn.accept_stream_async(timeout=10)
+                await asyncio.wait_for(conn.accept_stream(), 10)
             assert info.value.by_peer and info.value.error_code == 1234
         async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=short_idle) as conn:
-            await conn.wait_closed_async(timeout=10)  # nobody says anything: idle timeout
+            await asyncio.wait_for(conn.wait_closed(), 10)  # nobody says anything: idle timeout
             reason = conn.close_reason
             assert reason.by_transport and reason.status_name == "CONNECTION_IDLE"
             with pytest.raises(pymsquic.ConnectionClosed):
@@ -313,8 +313,8 @@ def test_connection_stats() -> None:
 def test_stream_protocol_callbacks() -> None:
     events: list[tuple] = []
 
-    class Upper(pymsquic.StreamProtocol):
-        def connection_made(self, stream: pymsquic.Stream) -> None:
+    class Upper(pymsquic.asyncio.StreamProtocol):
+        def connection_made(self, stream: pymsquic.asyncio.Stream) -> None:
             self.stream, self.data = stream, b""
 
         def data_received(self, data: bytes) -> None:
@@ -327,9 +327,9 @@ def test_stream_protocol_callbacks() -> None:
         def connection_lost(self, exc: Exception | None) -> None:
             events.append(("lost", type(exc).__name__ if exc else None, getattr(exc, "error_code", None)))
 
-    async def handler(conn: pymsquic.Connection) -> None:
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
         conn.set_stream_protocol(Upper)
-        await conn.wait_closed_async(10)
+        await asyncio.wait_for(conn.wait_closed(), 10)
 
     async def client(port: int) -> list[bytes]:
         async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
