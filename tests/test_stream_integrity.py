@@ -28,29 +28,30 @@ CREDENTIAL = pymsquic.Credential.self_signed()
 GO = b"go"
 
 
-def run_async(handler: Callable[[pymsquic.Connection], Awaitable[None]],
+def run_async(handler: Callable[[pymsquic.asyncio.Connection], Awaitable[None]],
               client: Callable[[int], Awaitable[Any]]) -> Any:
     async def main() -> Any:
-        async with await pymsquic.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=CREDENTIAL,
-                                        settings=SETTINGS) as server:
+        async with pymsquic.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=CREDENTIAL,
+                                  settings=SETTINGS) as server:
             return await asyncio.wait_for(client(server.addresses[0][1]), 90)
 
     return asyncio.run(main())
 
 
 @contextlib.contextmanager
-def blocking_server(handler: Callable[[pymsquic.Connection], None]) -> Iterator[int]:
+def blocking_server(handler: Callable[[pymsquic.sync.Connection], None]) -> Iterator[int]:
     with pymsquic.sync.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=CREDENTIAL,
-                             settings=SETTINGS, linger=2.0) as server:
+                             settings=SETTINGS, close_timeout=2.0) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         yield server.addresses[0][1]
 
 
-def blocking_connect(port: int) -> pymsquic.Connection:
-    return pymsquic.sync.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS, timeout=10)
+def blocking_connect(port: int) -> pymsquic.sync.Connection:
+    return pymsquic.sync.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS,
+                                 open_timeout=10)
 
 
-async def echo_all(conn: pymsquic.Connection) -> None:
+async def echo_all(conn: pymsquic.asyncio.Connection) -> None:
     """Each stream: read until FIN, send it all back with FIN."""
     async for stream in conn:
         stream.write(await stream.read(), fin=True)
@@ -105,14 +106,14 @@ def test_write_and_writelines_send_every_byte_of_any_buffer() -> None:
 
 # ---- 2. cancelled / timed-out reads keep what they had collected ----------------------
 
-async def ten_go_ten(conn: pymsquic.Connection) -> None:
+async def ten_go_ten(conn: pymsquic.asyncio.Connection) -> None:
     """Each stream: 10 bytes, wait for the client's go, 10 more and FIN."""
 
-    async def one(stream: pymsquic.Stream) -> None:
+    async def one(stream: pymsquic.asyncio.Stream) -> None:
         stream.write(b"0123456789")
         assert await stream.readexactly(len(GO)) == GO
         stream.write(b"abcdefghij", fin=True)
-        await stream.wait_closed(10)
+        await asyncio.wait_for(stream.wait_closed(), 10)
 
     tasks = [asyncio.create_task(one(s)) async for s in conn]
     await asyncio.gather(*tasks)
@@ -150,7 +151,7 @@ def test_timed_out_readexactly_and_read_to_fin_keep_the_bytes_asyncio() -> None:
 
 
 def test_timed_out_readexactly_and_read_to_fin_keep_the_bytes_blocking() -> None:
-    def handler(conn: pymsquic.Connection) -> None:
+    def handler(conn: pymsquic.sync.Connection) -> None:
         for stream in conn:
             stream.write(b"0123456789")
             assert stream.readexactly(len(GO), timeout=10) == GO
@@ -171,7 +172,7 @@ def test_timed_out_readexactly_and_read_to_fin_keep_the_bytes_blocking() -> None
 
 
 def test_readexactly_at_fin_hands_back_the_partial_in_both_worlds() -> None:
-    async def handler(conn: pymsquic.Connection) -> None:
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
         async for stream in conn:
             await stream.read()
             stream.write(b"short", fin=True)
@@ -185,15 +186,17 @@ def test_readexactly_at_fin_hands_back_the_partial_in_both_worlds() -> None:
             assert info.value.partial == b"short" and info.value.expected == 10
             assert await s.read() == b""
 
-            def blocking() -> None:
-                b = conn.open_stream(blocking=True)
+        def blocking() -> None:
+            with blocking_connect(port) as conn:
+                b = conn.open_stream()
                 b.write(b"?", fin=True)
                 with pytest.raises(asyncio.IncompleteReadError) as info:
                     b.readexactly(10, timeout=10)
                 assert isinstance(info.value, EOFError)  # what it raised before
                 assert info.value.partial == b"short" and info.value.expected == 10
+                assert b.read(timeout=10) == b""
 
-            await asyncio.to_thread(blocking)
+        await asyncio.to_thread(blocking)
 
     run_async(handler, client)
 
@@ -205,11 +208,11 @@ def _payload(seed: int) -> bytes:
     return random.Random(seed).randbytes(SIZE)
 
 
-async def send_payload(conn: pymsquic.Connection) -> None:
+async def send_payload(conn: pymsquic.asyncio.Connection) -> None:
     """Each stream: the client names a seed; the server sends that payload in
     uneven chunks with FIN, draining, so data arrives over time."""
 
-    async def one(stream: pymsquic.Stream) -> None:
+    async def one(stream: pymsquic.asyncio.Stream) -> None:
         seed = int(await stream.read())
         data = _payload(seed)
         rng = random.Random(seed + 1)
@@ -220,7 +223,7 @@ async def send_payload(conn: pymsquic.Connection) -> None:
             await stream.drain()
             pos += n
         stream.finish()
-        await stream.wait_closed(30)
+        await asyncio.wait_for(stream.wait_closed(), 30)
 
     tasks = [asyncio.create_task(one(s)) async for s in conn]
     await asyncio.gather(*tasks)
@@ -337,7 +340,7 @@ def test_random_timeouts_during_a_transfer_lose_no_byte_blocking() -> None:
 
 # ---- 3. one deadline per blocking call ---------------------------------------------------
 
-def trickle(conn: pymsquic.Connection) -> None:
+def trickle(conn: pymsquic.sync.Connection) -> None:
     """One byte every 0.3 s (the pacing is the point of the test), then FIN."""
     for stream in conn:
         for byte in b"abcdefgh":
@@ -367,7 +370,7 @@ def test_blocking_timeout_is_one_deadline_per_call() -> None:
 
 # ---- 4. drain() raises when written data can no longer be delivered ---------------------
 
-async def hold_unread(conn: pymsquic.Connection) -> None:
+async def hold_unread(conn: pymsquic.asyncio.Connection) -> None:
     """Accept streams and never read them."""
     streams = [s async for s in conn]
     del streams
@@ -383,7 +386,7 @@ def test_drain_raises_when_the_connection_dies_with_data_unsent_asyncio() -> Non
             s.write(bytes(BIG))
             drain = asyncio.create_task(s.drain())
             await asyncio.sleep(0)  # the drain is waiting (the peer does not read)
-            conn.close()
+            conn._abandon()  # dropped at once (close() would wait for the data to be sent)
             with pytest.raises(pymsquic.ConnectionClosed):
                 await drain
             with pytest.raises(pymsquic.ConnectionClosed):
@@ -400,7 +403,7 @@ def test_drain_raises_when_the_connection_dies_with_data_unsent_asyncio() -> Non
 
 
 def test_drain_raises_when_the_connection_dies_with_data_unsent_blocking() -> None:
-    def handler(conn: pymsquic.Connection) -> None:
+    def handler(conn: pymsquic.sync.Connection) -> None:
         streams = list(conn)
         del streams
 
@@ -408,7 +411,7 @@ def test_drain_raises_when_the_connection_dies_with_data_unsent_blocking() -> No
         with blocking_connect(port) as conn:
             s = conn.open_stream()
             s.write(bytes(BIG))
-            closer = threading.Timer(0.2, conn.close)  # while drain() waits
+            closer = threading.Timer(0.2, conn._abandon)  # while drain() waits; dropped at once
             closer.start()
             with pytest.raises(pymsquic.ConnectionClosed):
                 s.drain(timeout=10)
@@ -418,7 +421,7 @@ def test_drain_raises_when_the_connection_dies_with_data_unsent_blocking() -> No
         with blocking_connect(port) as conn:
             s = conn.open_stream()
             s.write(bytes(BIG))
-            s.close()  # aborts the send side
+            s.abort()  # resets the send side (close() would finish gracefully)
             with pytest.raises(pymsquic.StreamError, match="not delivered"):
                 s.drain(timeout=10)
 
@@ -430,7 +433,7 @@ def test_drain_still_succeeds_when_everything_was_delivered() -> None:
             s.write(bytes(2**20), fin=True)
             await s.drain()
             assert len(await s.read()) == 2**20
-            await s.wait_closed(10)
+            await asyncio.wait_for(s.wait_closed(), 10)
             await s.drain()  # done and delivered: nothing to report
 
     run_async(echo_all, client)
@@ -439,12 +442,12 @@ def test_drain_still_succeeds_when_everything_was_delivered() -> None:
 # ---- 7. bad arguments are refused before any native state changes ------------------------
 
 def test_bad_read_arguments_leave_the_stream_usable() -> None:
-    async def handler(conn: pymsquic.Connection) -> None:
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
         async for stream in conn:
             await stream.read()
             stream.write(b"0123456789", fin=True)
 
-    async def check_async(s: pymsquic.Stream) -> None:
+    async def check_async(s: pymsquic.asyncio.Stream) -> None:
         await asyncio.wait_for(s.readexactly(1), 10)  # data is there
         for bad in (1.5, "3", None, b"x"):
             with pytest.raises(TypeError):
@@ -462,7 +465,13 @@ def test_bad_read_arguments_leave_the_stream_usable() -> None:
         assert await s.readexactly(0) == b""
         assert await asyncio.wait_for(s.read(), 10) == b"123456789"
 
-    def check_blocking(s: pymsquic.BlockingStream) -> None:
+    def check_blocking(port: int) -> None:
+        with blocking_connect(port) as conn:
+            s = conn.open_stream()
+            s.write(b"?", fin=True)
+            check_blocking_stream(s)
+
+    def check_blocking_stream(s: pymsquic.sync.Stream) -> None:
         assert s.readexactly(1, timeout=10) == b"0"
         for bad in (1.5, "3", None, True):
             with pytest.raises(TypeError):
@@ -480,9 +489,7 @@ def test_bad_read_arguments_leave_the_stream_usable() -> None:
             s = conn.open_stream()
             s.write(b"?", fin=True)
             await check_async(s)
-            b = conn.open_stream(blocking=True)
-            b.write(b"?", fin=True)
-            await asyncio.to_thread(check_blocking, b)
+        await asyncio.to_thread(check_blocking, port)
 
     run_async(handler, client)
 
@@ -509,8 +516,9 @@ def handler(conn):
 armed = False
 # Land only inside the read path (not in the test's own except clauses, nor in
 # finalizers, where an exception is only printed and a release skipped).
-READ_PATH = {"_read_now", "_read_until", "read", "readexactly", "wait_blocking", "wait_until",
-             "_take_pushback", "_unread", "want", "add", "result", "<lambda>", "remaining", "_state"}
+READ_PATH = {"read", "readexactly", "_wait", "_run", "_read_steps", "_gather_ready", "_read_now", "_readable",
+             "_joined", "_take_pushback", "_unread", "__exit__", "wait_blocking", "wait_until", "<lambda>",
+             "remaining", "_state", "count"}
 
 def interrupt(signum, frame):
     if armed and frame.f_code.co_name in READ_PATH and "pymsquic" in frame.f_code.co_filename:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import queue
 import random
 import threading
 import time
+from typing import Any, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -18,10 +21,10 @@ SETTINGS = pymsquic.Settings(peer_bidi_stream_count=64, peer_unidi_stream_count=
 CLIENT = pymsquic.Credential.client(verify=False)
 
 
-async def sha_echo(conn: pymsquic.Connection) -> None:
+async def sha_echo(conn: pymsquic.asyncio.Connection) -> None:
     """Per stream: read all (hashing), answer with the same bytes and FIN."""
 
-    async def one(stream: pymsquic.Stream) -> None:
+    async def one(stream: pymsquic.asyncio.Stream) -> None:
         async for chunk in stream:
             stream.write(chunk)
             await stream.drain()
@@ -31,7 +34,7 @@ async def sha_echo(conn: pymsquic.Connection) -> None:
     await asyncio.gather(*tasks)
 
 
-async def pump(stream: pymsquic.Stream, seed: int, size: int) -> tuple[str, str]:
+async def pump(stream: pymsquic.asyncio.Stream, seed: int, size: int) -> tuple[str, str]:
     """Send ``size`` pseudo-random bytes and read the echo; return (sent, received) SHA-256."""
     rng = random.Random(seed)
     sent, received = hashlib.sha256(), hashlib.sha256()
@@ -56,9 +59,9 @@ async def pump(stream: pymsquic.Stream, seed: int, size: int) -> tuple[str, str]
 
 def run_echo_server(coro_factory, handler=sha_echo, settings=SETTINGS):
     async def main():
-        async with await pymsquic.serve(handler, "127.0.0.1", 0, alpn=ALPN,
-                                        credential=pymsquic.Credential.self_signed(),
-                                        settings=settings) as server:
+        async with pymsquic.serve(handler, "127.0.0.1", 0, alpn=ALPN,
+                                  credential=pymsquic.Credential.self_signed(),
+                                  settings=settings) as server:
             return await asyncio.wait_for(coro_factory(server.addresses[0][1]), 120)
 
     return asyncio.run(main())
@@ -87,13 +90,13 @@ def test_100_mib_over_10_connections_intact() -> None:
 
 
 def test_cancelled_read_loses_no_data() -> None:
-    async def handler(conn: pymsquic.Connection) -> None:
-        stream = await conn.accept_stream_async()
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
+        stream = await conn.accept_stream()
         await stream.read(1)  # the client's go-ahead
         stream.write(b"first part|")
         await asyncio.sleep(0.2)
         stream.write(b"second part", fin=True)
-        await stream.wait_closed(10)
+        await asyncio.wait_for(stream.wait_closed(), 10)
 
     async def client(port: int) -> bytes:
         async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
@@ -117,7 +120,7 @@ def test_cancelled_read_loses_no_data() -> None:
 
 
 def test_stream_semantics() -> None:
-    async def handler(conn: pymsquic.Connection) -> None:
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
         async for stream in conn:
             data = await stream.readexactly(4)
             if data == b"stop":
@@ -129,12 +132,12 @@ def test_stream_semantics() -> None:
                 stream.write(b"12345", fin=True)
             else:
                 stream.write(data.upper(), fin=True)
-            await stream.wait_closed(10)
+            await asyncio.wait_for(stream.wait_closed(), 10)
 
     async def client(port: int) -> None:
         async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
             s = conn.open_stream()
-            assert isinstance(s, pymsquic.Stream) and s.is_local and not s.is_unidirectional
+            assert isinstance(s, pymsquic.asyncio.Stream) and s.is_local and not s.is_unidirectional
             s.write(b"hello", fin=True)
             with pytest.raises(pymsquic.StreamError):
                 s.write(b"after fin")
@@ -170,12 +173,12 @@ def test_stream_semantics() -> None:
 
 
 def test_peer_reset_reaches_the_reader_with_its_code() -> None:
-    async def handler(conn: pymsquic.Connection) -> None:
-        stream = await conn.accept_stream_async()
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
+        stream = await conn.accept_stream()
         stream.write(b"partial answer")
         await asyncio.sleep(0.1)
         stream.reset(99)
-        await stream.wait_closed(10)
+        await asyncio.wait_for(stream.wait_closed(), 10)
 
     async def client(port: int) -> None:
         async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
@@ -190,15 +193,15 @@ def test_peer_reset_reaches_the_reader_with_its_code() -> None:
 
 
 def test_datagrams_queue_drops_the_oldest_and_counts() -> None:
-    async def handler(conn: pymsquic.Connection) -> None:
-        await conn.receive_datagram_async()  # the client's go-ahead
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
+        await conn.receive_datagram()  # the client's go-ahead
         for i in range(60):
             conn.send_datagram(f"dgram {i:03}".encode())
         # msquic sends queued datagrams ahead of stream data: once the client reads
         # this, every datagram that was not lost has arrived.
         done = conn.open_stream(unidirectional=True)
         done.write(b"sent", fin=True)
-        await conn.wait_closed_async(10)
+        await asyncio.wait_for(conn.wait_closed(), 10)
 
     async def client(port: int) -> None:
         async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
@@ -211,12 +214,12 @@ def test_datagrams_queue_drops_the_oldest_and_counts() -> None:
             with pytest.raises(TypeError):
                 conn.send_datagram("text")  # type: ignore[arg-type]
             conn.send_datagram(b"go")
-            assert await (await conn.accept_stream_async(timeout=10)).read() == b"sent"
+            assert await (await asyncio.wait_for(conn.accept_stream(), 10)).read() == b"sent"
             received = []
             while True:
                 try:
-                    received.append(await conn.receive_datagram_async(timeout=0.05))
-                except TimeoutError:
+                    received.append(await asyncio.wait_for(conn.receive_datagram(), 0.05))
+                except (TimeoutError, asyncio.TimeoutError):
                     break
             assert len(received) == 10 and conn.datagrams_dropped >= 40
             assert received == sorted(received) and received[-1] == b"dgram 059" or conn.datagrams_dropped > 50
@@ -239,9 +242,9 @@ def test_datagrams_refused_when_the_peer_did_not_enable_them() -> None:
 def test_blocking_streams_in_threads(registration, server_credential) -> None:
     config = pymsquic.Configuration(registration, ALPN, server_credential, SETTINGS)
 
-    def handler(conn: pymsquic.Connection) -> None:
+    def handler(conn: pymsquic.sync.Connection) -> None:
         for stream in conn:
-            assert isinstance(stream, pymsquic.BlockingStream)
+            assert isinstance(stream, pymsquic.sync.Stream)
             stream.write(stream.read()[::-1], fin=True)
             stream.wait_closed(10)
 
@@ -250,12 +253,12 @@ def test_blocking_streams_in_threads(registration, server_credential) -> None:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         port = server.addresses[0][1]
         with pymsquic.sync.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS,
-                                   registration=registration, timeout=10) as conn:
+                                   registration=registration, open_timeout=10) as conn:
             results = []
 
             def talk(i: int) -> None:
                 stream = conn.open_stream()
-                assert isinstance(stream, pymsquic.BlockingStream)
+                assert isinstance(stream, pymsquic.sync.Stream)
                 stream.write(f"message {i}".encode(), fin=True)
                 results.append(stream.read(timeout=10))
 
@@ -276,20 +279,20 @@ def test_blocking_streams_in_threads(registration, server_credential) -> None:
 def test_peer_error_code_and_idle_timeout_reach_python() -> None:
     short_idle = pymsquic.Settings(peer_bidi_stream_count=4, idle_timeout_ms=300)
 
-    async def handler(conn: pymsquic.Connection) -> None:
-        stream = await conn.accept_stream_async()
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
+        stream = await conn.accept_stream()
         if await stream.read() == b"close with 1234":
             conn.shutdown(1234)
-        await conn.wait_closed_async(10)
+        await asyncio.wait_for(conn.wait_closed(), 10)
 
     async def client(port: int) -> None:
         async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
             conn.open_stream().write(b"close with 1234", fin=True)
             with pytest.raises(pymsquic.ConnectionClosed) as info:
-                await conn.accept_stream_async(timeout=10)
+                await asyncio.wait_for(conn.accept_stream(), 10)
             assert info.value.by_peer and info.value.error_code == 1234
         async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=short_idle) as conn:
-            await conn.wait_closed_async(timeout=10)  # nobody says anything: idle timeout
+            await asyncio.wait_for(conn.wait_closed(), 10)  # nobody says anything: idle timeout
             reason = conn.close_reason
             assert reason.by_transport and reason.status_name == "CONNECTION_IDLE"
             with pytest.raises(pymsquic.ConnectionClosed):
@@ -313,8 +316,8 @@ def test_connection_stats() -> None:
 def test_stream_protocol_callbacks() -> None:
     events: list[tuple] = []
 
-    class Upper(pymsquic.StreamProtocol):
-        def connection_made(self, stream: pymsquic.Stream) -> None:
+    class Upper(pymsquic.asyncio.StreamProtocol):
+        def connection_made(self, stream: pymsquic.asyncio.Stream) -> None:
             self.stream, self.data = stream, b""
 
         def data_received(self, data: bytes) -> None:
@@ -327,9 +330,9 @@ def test_stream_protocol_callbacks() -> None:
         def connection_lost(self, exc: Exception | None) -> None:
             events.append(("lost", type(exc).__name__ if exc else None, getattr(exc, "error_code", None)))
 
-    async def handler(conn: pymsquic.Connection) -> None:
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
         conn.set_stream_protocol(Upper)
-        await conn.wait_closed_async(10)
+        await asyncio.wait_for(conn.wait_closed(), 10)
 
     async def client(port: int) -> list[bytes]:
         async with pymsquic.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, settings=SETTINGS) as conn:
@@ -350,3 +353,241 @@ def test_stream_protocol_callbacks() -> None:
     lost = [e for e in events if e[0] == "lost"]
     assert lost.count(("lost", None, None)) == 20
     assert ("lost", "StreamReset", 5) in lost
+
+
+# ---- the stream API of both worlds: readuntil, readline, at_eof, close, abort, with ------------
+#
+# One test body for both worlds: the client side is the stream under test
+# (pymsquic.asyncio or pymsquic.sync) behind WorldStream; the peer is a
+# pymsquic.sync server in threads running a scenario the client names in its
+# first line, and reports what it saw through a queue.
+
+TIMEOUTS = (TimeoutError, asyncio.TimeoutError)  # asyncio.wait_for's differs from the builtin on 3.10
+
+
+class WorldStream:
+    """Either world's stream with the asyncio stream's awaitable waits, each
+    bounded by ``timeout=`` (10 s): a sync stream's wait is its own blocking
+    call with ``timeout=``, made in a worker thread (pymsquic refuses to block
+    an event loop's thread); an asyncio stream's is awaited under
+    asyncio.wait_for. ``async with`` is the stream's own ``async with`` or
+    ``with``. Every other attribute is the stream's own."""
+
+    WAITS = frozenset({"read", "readexactly", "readuntil", "readline", "readinto", "drain", "wait_closed"})
+
+    def __init__(self, stream: pymsquic.asyncio.Stream | pymsquic.sync.Stream) -> None:
+        self.stream = stream
+        self.is_sync = isinstance(stream, pymsquic.sync.Stream)
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self.stream, name)
+        if name not in self.WAITS:
+            return method
+
+        async def wait(*args: Any, timeout: float = 10.0, **kwargs: Any) -> Any:
+            if self.is_sync:
+                return await asyncio.to_thread(method, *args, timeout=timeout, **kwargs)
+            return await asyncio.wait_for(method(*args, **kwargs), timeout)
+
+        return wait
+
+    async def __aenter__(self) -> WorldStream:
+        if self.is_sync:
+            self.stream.__enter__()
+        else:
+            await self.stream.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self.is_sync:
+            self.stream.__exit__(*exc)
+        else:
+            await self.stream.__aexit__(*exc)
+
+
+def _echo(stream: pymsquic.sync.Stream, results: queue.Queue) -> None:
+    stream.write(stream.read(timeout=10), fin=True)  # one write: it arrives in one piece
+
+
+def _split(stream: pymsquic.sync.Stream, results: queue.Queue) -> None:
+    stream.write(b"xabc\r\n\r")
+    assert stream.readexactly(2, timeout=10) == b"go"
+    stream.write(b"\ndef", fin=True)
+
+
+def _read_to_the_end(stream: pymsquic.sync.Stream) -> tuple:
+    try:
+        data = stream.read(timeout=10)
+    except pymsquic.StreamReset as exc:
+        return ("reset", exc.error_code)
+    except Exception as exc:  # reported to the client's assertion, not lost in a handler thread
+        return (type(exc).__name__, str(exc))
+    return ("read", len(data), hashlib.sha256(data).hexdigest())
+
+
+def _write_until_stopped(stream: pymsquic.sync.Stream) -> tuple:
+    try:
+        for _ in range(10_000):  # the client does not read: flow control stops this long before
+            stream.write(bytes(4096))
+            stream.drain(timeout=5)
+    except pymsquic.StreamStopped as exc:
+        return ("stopped", exc.error_code)
+    except Exception as exc:
+        return (type(exc).__name__, str(exc))
+    return ("never stopped",)
+
+
+def _watch(stream: pymsquic.sync.Stream, results: queue.Queue) -> None:
+    """Keep our side open (it has sent something), report how the client's side
+    ended (all read, or reset), then write until the client stops us."""
+    stream.write(b"talk!")
+    results.put(_read_to_the_end(stream))
+    results.put(_write_until_stopped(stream))
+
+
+PEER_SCENARIOS = {b"echo\n": _echo, b"split\n": _split, b"watch\n": _watch}
+
+
+class World:
+    """A connection in one world to a peer running PEER_SCENARIOS."""
+
+    def __init__(self, name: str, port: int, results: queue.Queue) -> None:
+        self.name, self.port, self._results = name, port, results
+
+    def run(self, scenario: bytes, body: Callable[[WorldStream], Awaitable[None]]) -> None:
+        """Open a stream in this world, ask the peer for ``scenario``, run ``body`` with it."""
+        async def main() -> None:
+            async with contextlib.AsyncExitStack() as stack:
+                kwargs: dict[str, Any] = dict(alpn=ALPN, credential=CLIENT, settings=SETTINGS)
+                if self.name == "asyncio":
+                    conn = await stack.enter_async_context(pymsquic.asyncio.connect("127.0.0.1", self.port, **kwargs))
+                else:  # blocking calls, so in a worker thread
+                    conn = await asyncio.to_thread(pymsquic.sync.connect, "127.0.0.1", self.port, **kwargs)
+                    stack.push_async_callback(asyncio.to_thread, conn.close)
+                stream = WorldStream(conn.open_stream())
+                stream.write(scenario)
+                await body(stream)
+
+        asyncio.run(main())
+
+    async def peer_saw(self) -> tuple:
+        """The peer's next report."""
+        return await asyncio.to_thread(self._results.get, True, 20)
+
+
+@pytest.fixture(params=["asyncio", "sync"])
+def world(request: pytest.FixtureRequest, server_credential: pymsquic.Credential) -> Iterator[World]:
+    results: queue.Queue = queue.Queue()
+
+    def handler(conn: pymsquic.sync.Connection) -> None:
+        for stream in conn:
+            PEER_SCENARIOS[stream.readline(timeout=10)](stream, results)
+
+    with pymsquic.sync.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=server_credential,
+                             settings=SETTINGS) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        yield World(request.param, server.addresses[0][1], results)
+
+
+def test_readuntil_returns_through_the_separator_then_the_partial_at_fin(world: World) -> None:
+    async def body(s: WorldStream) -> None:
+        s.write(b"alpha\r\nbeta\r\nno separator", fin=True)
+        assert await s.readuntil(b"\r\n") == b"alpha\r\n"
+        assert await s.readuntil(b"\r\n") == b"beta\r\n"
+        with pytest.raises(asyncio.IncompleteReadError) as info:
+            await s.readuntil(b"\r\n")
+        assert info.value.partial == b"no separator" and info.value.expected is None
+        assert s.at_eof()  # the partial was consumed
+        assert await s.read() == b""
+
+    world.run(b"echo\n", body)
+
+
+@pytest.mark.parametrize("timed_out_first", [False, True], ids=["waiting", "after-a-timeout"])
+def test_readuntil_finds_a_separator_split_across_arrivals(world: World, timed_out_first: bool) -> None:
+    separator = b"\r\n\r\n"  # longer than 2: a search resumed one byte too late misses it
+
+    async def body(s: WorldStream) -> None:
+        assert await s.readexactly(1) == b"x"  # "xabc\r\n\r" came in one piece: the rest is here now
+        if timed_out_first:
+            # What the timed-out read gathered goes back in front of the stream:
+            # the next readuntil finds the separator's start there, its end on the wire.
+            with pytest.raises(TIMEOUTS):
+                await s.readuntil(separator, timeout=0.2)
+        s.write(b"go", fin=True)  # only now does the peer send the separator's last byte
+        assert await s.readuntil(separator) == b"abc\r\n\r\n"
+        assert await s.read() == b"def"
+
+    world.run(b"split\n", body)
+
+
+def test_readuntil_over_the_limit_leaves_the_data_unread(world: World) -> None:
+    async def body(s: WorldStream) -> None:
+        s.write(b"0123456789|tail\n", fin=True)
+        with pytest.raises(asyncio.LimitOverrunError) as info:
+            await s.readuntil(b"|", limit=4)  # found, but ends beyond the limit
+        assert info.value.consumed == 10
+        with pytest.raises(asyncio.LimitOverrunError):
+            await s.readuntil(b"#", limit=4)  # not found within the limit
+        with pytest.raises(ValueError):
+            await s.readline(limit=4)  # readline() says it as a ValueError
+        assert not s.at_eof()  # all of it arrived with the FIN, and none was read
+        assert await s.readuntil(b"|", limit=11) == b"0123456789|"
+        assert await s.readline() == b"tail\n"
+        assert await s.readline() == b"" and s.at_eof()
+
+    world.run(b"echo\n", body)
+
+
+def test_readline_and_at_eof(world: World) -> None:
+    async def body(s: WorldStream) -> None:
+        s.write(b"one\ntwo\n\nlast", fin=True)
+        assert not s.at_eof()
+        assert await s.readline() == b"one\n"
+        assert not s.at_eof()  # the FIN came with the data, but bytes are left
+        assert [await s.readline() for _ in range(3)] == [b"two\n", b"\n", b"last"]
+        assert s.at_eof()
+        assert await s.readline() == b"" and await s.read() == b""
+
+    world.run(b"echo\n", body)
+
+
+@pytest.mark.parametrize("how", ["close", "with"])
+def test_close_finishes_gracefully(world: World, how: str) -> None:
+    payload = random.Random(5).randbytes(3 * 2**20)
+
+    async def body(s: WorldStream) -> None:
+        assert await s.readexactly(5) == b"talk!"  # the peer is still sending to us
+        if how == "close":
+            s.write(payload)  # queued, far from delivered: close() must not drop it
+            s.close()
+        else:
+            async with s:
+                s.write(payload)
+        assert await world.peer_saw() == ("read", len(payload), hashlib.sha256(payload).hexdigest())
+        assert await world.peer_saw() == ("stopped", 0)  # asked to stop, with 0
+        await s.wait_closed()
+
+    world.run(b"watch\n", body)
+
+
+@pytest.mark.parametrize("how", ["abort", "exception"])
+def test_abort_resets_both_ways(world: World, how: str) -> None:
+    async def body(s: WorldStream) -> None:
+        assert await s.readexactly(5) == b"talk!"  # the peer is still sending to us
+        s.write(b"dropped or not")
+        if how == "abort":
+            s.abort(77)
+            code = 77
+        else:
+            with pytest.raises(KeyError):
+                async with s:
+                    raise KeyError("leaving the block by an exception")
+            code = pymsquic.EXCEPTION_ERROR_CODE
+        assert await world.peer_saw() == ("reset", code)
+        assert await world.peer_saw() == ("stopped", code)
+        with pytest.raises(pymsquic.StreamError):
+            s.write(b"after the abort")
+        await s.wait_closed()
+
+    world.run(b"watch\n", body)
