@@ -10,6 +10,7 @@ from typing import Any, Callable
 import pytest
 
 import pymsquic
+
 from conftest import ALPN
 
 

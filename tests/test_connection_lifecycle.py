@@ -23,9 +23,10 @@ from typing import Any
 
 import pytest
 from aioquic.asyncio import connect as aioquic_connect
-from conftest import ALPN, RecordingProtocol, aioquic_config
 
 import pymsquic
+
+from conftest import ALPN, RecordingProtocol, aioquic_config
 
 RUNS = 10  # the lost close code showed in 2-4 of 5 runs before the fix
 APP_CODE = 0x88

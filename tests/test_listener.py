@@ -14,11 +14,12 @@ from typing import Any, TypeVar
 
 import pytest
 from aioquic.quic.packet import QuicErrorCode
-from conftest import ALPN, RecordingProtocol, aioquic_handshake
 
 import pymsquic
 from pymsquic import sync
 from pymsquic.addresses import Address
+
+from conftest import ALPN, RecordingProtocol, aioquic_handshake
 
 T = TypeVar("T")
 AnyListener = sync.Listener | pymsquic.asyncio.Listener

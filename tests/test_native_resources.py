@@ -33,7 +33,7 @@ def test_loop_gone_with_a_change_still_queued_frees_its_waker_and_the_object(
 
         async def wait_briefly() -> None:  # attaches the listener to this loop's waker
             try:
-                await asyncio.wait_for(listener.accept(), 0.01)
+                await asyncio.wait_for(listener.accept(), 0.01)  # noqa: F821 (the del below confuses ruff)
             except (TimeoutError, asyncio.TimeoutError):
                 pass
 

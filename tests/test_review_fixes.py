@@ -10,9 +10,9 @@ import sys
 import textwrap
 from typing import Any
 
-from conftest import ALPN
-
 import pymsquic
+
+from conftest import ALPN
 
 
 class Boom(Exception):
