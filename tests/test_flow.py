@@ -9,6 +9,7 @@ thread reading each stream to its FIN, once the test lets it read.
 from __future__ import annotations
 
 import array
+import asyncio
 import logging
 import threading
 from collections.abc import Callable, Coroutine
@@ -238,3 +239,48 @@ def test_connection_logger_carries_the_connection_id(registration, listener, w: 
     # The close line says who closed and with which code.
     assert any("closed:" in m and "closed locally" in m and "error 7" in m for m in client), client
     assert any("closed:" in m and "closed by peer" in m and "error 7" in m for m in server), server
+
+
+def test_stream_protocol_pause_reading_holds_data_back_until_resumed(registration: pymsquic.Registration) -> None:
+    """A protocol that cannot keep up pauses its input: msquic then keeps the
+    bytes and flow-controls the sender, and resume_reading() delivers them all."""
+    class Pausing(pymsquic.asyncio.StreamProtocol):
+        def connection_made(self, stream: pymsquic.asyncio.Stream) -> None:
+            self.stream = stream
+            self.chunks: list[bytes] = []
+            self.eof = asyncio.get_running_loop().create_future()
+            protocols.append(self)
+
+        def data_received(self, data: bytes) -> None:
+            self.chunks.append(data)
+            self.stream.pause_reading()  # one chunk, then nothing until resumed
+
+        def eof_received(self) -> None:
+            self.eof.set_result(None)
+
+    protocols: list[Pausing] = []
+
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
+        conn.set_stream_protocol(Pausing)
+        await conn.wait_closed()
+
+    async def main() -> None:
+        async with pymsquic.asyncio.serve(handler, "127.0.0.1", 0, alpn="pause", registration=registration,
+                                          credential=pymsquic.Credential.self_signed()) as server:
+            async with pymsquic.asyncio.connect("127.0.0.1", server.addresses[0][1], alpn="pause",
+                                                registration=registration,
+                                                credential=pymsquic.Credential.client(verify=False)) as conn:
+                conn.open_stream().write(PAYLOAD, fin=True)
+                # Paused after its first chunk, the server takes no more: the stream's
+                # flow-control window stops the sender short of the 4 MiB.
+                with pytest.raises((TimeoutError, asyncio.TimeoutError)):
+                    await asyncio.wait_for(conn.wait_sent(), 0.5)
+                (protocol,) = protocols
+                held = b"".join(protocol.chunks)
+                assert 0 < len(held) < len(PAYLOAD)
+                protocol.data_received = protocol.chunks.append  # type: ignore[method-assign]  # no more pausing
+                protocol.stream.resume_reading()
+                await asyncio.wait_for(protocol.eof, WAIT)
+                assert b"".join(protocol.chunks) == PAYLOAD
+
+    asyncio.run(main())

@@ -58,6 +58,7 @@ class Stream(StreamCore, NativeWaitable):
     """
 
     _protocol: StreamProtocol | None = None
+    _reading_paused = False
 
     @property
     def connection(self) -> Connection:
@@ -162,6 +163,19 @@ class Stream(StreamCore, NativeWaitable):
 
     # ---- protocol mode ---------------------------------------------------------------
 
+    def pause_reading(self) -> None:
+        """Protocol mode: deliver no more ``data_received`` until
+        :meth:`resume_reading`, as ``asyncio.ReadTransport.pause_reading``.
+        Unread data stays with msquic, which flow-controls the peer; a protocol
+        whose writes pile up (see :attr:`bytes_in_flight`) can pause its input."""
+        self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        """Protocol mode: deliver what arrived meanwhile, and go on delivering."""
+        self._reading_paused = False
+        if self._protocol is not None:
+            self._native_changed()
+
     def _set_protocol(self, protocol: StreamProtocol) -> None:
         self._protocol = protocol
         self._eof_delivered = False
@@ -181,7 +195,7 @@ class Stream(StreamCore, NativeWaitable):
             super()._native_changed()
             return
         try:
-            while not self._eof_delivered:
+            while not self._eof_delivered and not self._reading_paused:
                 data = self._read_now(READ_CHUNK)
                 if data is None:
                     break
