@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, ClassVar
 
 from ._msquic import lib
 
@@ -85,6 +85,12 @@ class QuicError(Exception):
 class ListenError(QuicError):
     """A listener operation that cannot proceed; see the subclasses."""
 
+    # The subclasses, also spelled ListenError.NotStarted etc. (set below).
+    NotStarted: ClassVar[type[NotStarted]]
+    AlreadyStarted: ClassVar[type[AlreadyStarted]]
+    Finished: ClassVar[type[Finished]]
+    Failed: ClassVar[type[Failed]]
+
 
 class NotStarted(ListenError):
     """accept() on a listener that was never started."""
@@ -103,10 +109,10 @@ class Failed(ListenError):
 
 
 # The seed API names them ListenError.NotStarted etc.; keep both spellings.
-ListenError.NotStarted = NotStarted  # type: ignore[attr-defined]
-ListenError.AlreadyStarted = AlreadyStarted  # type: ignore[attr-defined]
-ListenError.Finished = Finished  # type: ignore[attr-defined]
-ListenError.Failed = Failed  # type: ignore[attr-defined]
+ListenError.NotStarted = NotStarted
+ListenError.AlreadyStarted = AlreadyStarted
+ListenError.Finished = Finished
+ListenError.Failed = Failed
 
 
 class ConnectionClosed(QuicError):

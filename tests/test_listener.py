@@ -243,7 +243,8 @@ def test_blocking_iteration_ends_when_stopped(listener: sync.Listener) -> None:
 def test_async_iteration_ends_when_stopped(async_listener: pymsquic.asyncio.Listener) -> None:
     async def main() -> list[pymsquic.asyncio.Connection]:
         iterating = asyncio.create_task(Async.drain(async_listener))
-        await asyncio.sleep(0.3)  # the iteration now waits in accept()
+        while not async_listener._waiters:  # until the iteration waits in accept()
+            await asyncio.sleep(0)
         assert not iterating.done()
         await async_listener.stop()
         return await asyncio.wait_for(iterating, 10)

@@ -71,9 +71,11 @@ def client_configuration(configuration: Configuration | None, registration: Regi
     return chosen_configuration(configuration, registration, alpn, credential, settings, default)
 
 
-def start_listener(listener_class: type[L], host: str | None, port: int,
+def start_listener(handler: object, listener_class: type[L], host: str | None, port: int,
                    configuration: Configuration, backlog: int) -> L:
-    """A started listener of the world's class for ``serve()``."""
+    """A started listener of the world's class for ``serve(handler, ...)``."""
+    if not callable(handler):  # else every connection would fail in its handler
+        raise TypeError(f"handler must be callable, not {type(handler).__name__}")
     listener = listener_class(configuration.registration, configuration, backlog=backlog)
     try:
         listener.start(configuration.alpns, (host or "", port))

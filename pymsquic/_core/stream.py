@@ -46,6 +46,24 @@ _MAX_WRITE = 0xFFFFFFFF  # one QUIC_BUFFER
 ReadSteps = Generator[None, None, bytes]
 
 
+def separator_and_limit(separator: object, limit: object) -> tuple[bytes, int]:
+    """``readuntil()``'s arguments, checked: a non-empty bytes-like separator
+    (not an int, which bytes() would turn into NUL bytes) and a positive limit."""
+    if isinstance(separator, int):
+        raise TypeError("readuntil(): separator must be a bytes-like object, not int")
+    try:
+        sep = memoryview(separator).tobytes()  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"readuntil(): separator must be a bytes-like object, not {type(separator).__name__}") \
+            from None
+    if not sep:
+        raise ValueError("readuntil(): separator must not be empty")
+    n = count(limit, "readuntil()")
+    if n < 1:
+        raise ValueError(f"readuntil(): limit must be at least 1, not {n}")
+    return sep, n
+
+
 def count(n: object, what: str) -> int:
     """A byte count argument: an int (or index-like), never a bool or a float.
     Checked before any native state is touched."""
@@ -204,6 +222,13 @@ class StreamCore:
         to and including ``separator``; IncompleteReadError with what came
         (consumed) at FIN; LimitOverrunError, consuming nothing, when more than
         ``limit`` bytes come without it, or it ends beyond ``limit``."""
+        pushback = self._pushback
+        if pushback:  # a line already taken in (readline() after readline()): cut it off in place
+            end = pushback.find(separator, 0, limit) + len(separator)
+            if end >= len(separator):
+                line = bytes(pushback[:end])
+                del pushback[:end]  # cheap at the front of a bytearray
+                return line
         buffer = bytearray()
         chunks: list[bytes] = [buffer]  # type: ignore[list-item]  # a bytearray joins as well
         searched = 0

@@ -1,4 +1,6 @@
-"""pymsquic for asyncio: coroutines that never block the event loop.
+"""pymsquic for asyncio: coroutines that never wait for the network on the
+event loop's thread (a few calls that ask msquic's worker for a value, such as
+``Connection.stats()`` or ``Stream.priority``, wait for it briefly).
 
 The same names as :mod:`pymsquic.sync`, with ``await``: :func:`serve`,
 :func:`connect`, :class:`Server`, :class:`Listener`, :class:`Connection`,

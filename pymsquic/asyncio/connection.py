@@ -154,10 +154,11 @@ class connect:
     needed) or a client :class:`~pymsquic.Configuration`. The server's
     certificate is verified unless the credential says otherwise (default
     ``Credential.client()``: the system CA store). ``server_name`` (SNI, and the
-    name the certificate must carry) defaults to ``host``. The handshake must
-    complete within ``open_timeout`` seconds (None: no limit), else
-    :class:`asyncio.TimeoutError` (the builtin TimeoutError from 3.11 on; in
-    :mod:`pymsquic.sync`, the builtin). A failed handshake raises a
+    name the certificate must carry) defaults to ``host``. The name lookup and
+    the handshake must complete within ``open_timeout`` seconds (None: no
+    limit), else :class:`asyncio.TimeoutError` (the builtin TimeoutError from
+    3.11 on; in :mod:`pymsquic.sync`, the builtin TimeoutError, and the lookup,
+    a blocking getaddrinfo, is not bounded). A failed handshake raises a
     :class:`~pymsquic.ConnectionClosed` subclass saying why (refused, TLS alert,
     ALPN mismatch, ...); an unknown host raises :class:`socket.gaierror`.
     Leaving ``async with`` closes the connection gracefully (see
@@ -178,14 +179,18 @@ class connect:
         conn = Connection._open_client(self._configuration)
         conn.close_timeout = self._close_timeout
         host, port, server_name = self._host, self._port, self._server_name
+        loop = asyncio.get_running_loop()
+        deadline = None if self._open_timeout is None else loop.time() + self._open_timeout
         try:
             if is_ip_literal(host) and server_name in (None, host):
                 conn._start(host, port, server_name, None)  # never blocks
             else:
-                remote = await resolve_async(host, port)
+                # open_timeout covers the name lookup too, as websockets' does.
+                remote = await asyncio.wait_for(resolve_async(host, port), self._open_timeout)
                 # Setting the address waits for a msquic worker: not on the loop's thread.
-                await asyncio.get_running_loop().run_in_executor(None, conn._start, host, port, server_name, remote)
-            await conn._wait(conn._connected_or_raise, "connect()", self._open_timeout)
+                await loop.run_in_executor(None, conn._start, host, port, server_name, remote)
+            await conn._wait(conn._connected_or_raise, "connect()",
+                             None if deadline is None else deadline - loop.time())
         except BaseException:
             conn._abandon()
             raise

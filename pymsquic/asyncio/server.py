@@ -52,7 +52,8 @@ class Server(ServerCore):
         """Accept until the server is closed. Cancelled, it closes the server
         and waits for that, then goes on cancelling."""
         await self.start_serving()
-        assert self._accepting is not None
+        if self._accepting is None:
+            raise RuntimeError(f"{self!r} is closed")
         try:
             await asyncio.shield(self._accepting)
         except asyncio.CancelledError:
@@ -83,23 +84,37 @@ class Server(ServerCore):
 
     def close(self, grace: float = 0.0) -> None:
         """Stop accepting; after ``grace`` seconds, shut down the connections whose
-        handlers still run (they see :class:`~pymsquic.ConnectionClosed`). Does
-        not wait: see :meth:`wait_closed`. Safe more than once."""
+        handlers still run (they see :class:`~pymsquic.ConnectionClosed`); a
+        handler still running ``close_timeout`` seconds later is cancelled. Does
+        not wait: see :meth:`wait_closed`. Safe more than once, and from a handler."""
         if self._closing is None:
-            self._closing = self._loop.create_task(self._close(grace), name="pymsquic-server-close")
+            caller = asyncio.current_task(self._loop)  # a handler closing its server is not waited for
+            self._closing = self._loop.create_task(self._close(grace, caller), name="pymsquic-server-close")
 
-    async def _close(self, grace: float) -> None:
+    async def _close(self, grace: float, caller: asyncio.Task[Any] | None) -> None:
         try:
             await self.listener.stop()
             if self._accepting is not None:  # drains what completed its handshake before the stop
                 await asyncio.gather(self._accepting, return_exceptions=True)
-            if grace > 0 and self._handlers:
-                await asyncio.wait(set(self._handlers), timeout=grace)
+            handlers = {task for task in self._handlers if task is not caller}
+            if grace > 0 and handlers:
+                await asyncio.wait(handlers, timeout=grace)
             self._shut_down_connections()
-            if self._handlers:
-                await asyncio.gather(*self._handlers, return_exceptions=True)
+            if handlers:
+                # Handlers see ConnectionClosed and close; one that ignores it for
+                # close_timeout is cancelled, so that the server's close ends.
+                _, pending = await asyncio.wait(handlers, timeout=self.close_timeout)
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*handlers, return_exceptions=True)
             await self.listener.close()
-        finally:
+        except asyncio.CancelledError:
+            self._closed.cancel()
+            raise
+        except BaseException as exc:  # wait_closed() raises it
+            self._closed.set_exception(exc)
+            raise
+        else:
             self._closed.set_result(None)
 
     async def wait_closed(self) -> None:
@@ -143,7 +158,7 @@ class serve:
         self._server: Server | None = None
 
     async def _create(self) -> Server:
-        listener = start_listener(Listener, self._host, self._port, self._configuration, self._backlog)
+        listener = start_listener(self._handler, Listener, self._host, self._port, self._configuration, self._backlog)
         server = Server(self._handler, listener, self._close_timeout)
         if self._start_serving:
             await server.start_serving()

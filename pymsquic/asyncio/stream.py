@@ -6,9 +6,10 @@ Everything but the waiting is in :class:`pymsquic._core.stream.StreamCore`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+from typing import TYPE_CHECKING, AsyncIterator, Callable
 
-from .._core.stream import DEFAULT_LIMIT, READ_CHUNK, ReadSteps, StreamCore, count
+from .._buffers import BufferLike
+from .._core.stream import DEFAULT_LIMIT, READ_CHUNK, ReadSteps, StreamCore, count, separator_and_limit
 from .._msquic import lib
 from ..errors import QuicError
 from .bridge import NativeWaitable
@@ -97,16 +98,14 @@ class Stream(StreamCore, NativeWaitable):
         :meth:`asyncio.StreamReader.readuntil`: :class:`~pymsquic.IncompleteReadError`
         at FIN (``partial`` consumed), :class:`~pymsquic.LimitOverrunError` when
         ``limit`` bytes come without it (nothing is consumed then)."""
-        if not separator:
-            raise ValueError("separator must not be empty")
-        return await self._run(self._readuntil_steps(bytes(separator), limit), "readuntil()")
+        return await self._run(self._readuntil_steps(*separator_and_limit(separator, limit)), "readuntil()")
 
     async def readline(self, *, limit: int = DEFAULT_LIMIT) -> bytes:
         """One line ending in ``b"\\n"``, or what is left at FIN (b"" at the end).
         ValueError when a line is longer than ``limit`` (it stays unread)."""
-        return await self._run(self._readline_steps(limit), "readline()")
+        return await self._run(self._readline_steps(separator_and_limit(b"\n", limit)[1]), "readline()")
 
-    async def readinto(self, buffer: Any) -> int:
+    async def readinto(self, buffer: BufferLike) -> int:
         """Read into a writable, C-contiguous buffer; returns the byte count, 0 at FIN."""
         n = self._readinto_now(buffer)
         if n is None:

@@ -36,26 +36,46 @@ class Server(ServerCore):
     def __init__(self, handler: Handler, listener: Listener, close_timeout: float) -> None:
         super().__init__(listener, close_timeout)
         self._handler = handler
-        self._lock = threading.Lock()  # _connections and _threads: the accepting thread and handlers
+        # _connections, _threads and _closing: shared by the accepting thread, the
+        # handlers and whoever closes.
+        self._lock = threading.Lock()
         self._threads: set[threading.Thread] = set()
+        self._serving = False
+        self._closing = False
+        self._closed = threading.Event()
+
+    def is_serving(self) -> bool:
+        """True while :meth:`serve_forever` accepts connections."""
+        return self._serving
 
     def serve_forever(self) -> None:
         """Accept connections until the server is shut down or closed."""
-        for conn in self.listener:
-            thread = threading.Thread(target=self._run_handler, args=(conn,),
-                                      name=f"pymsquic-handler-{conn.id}", daemon=True)
-            with self._lock:
+        self._serving = True
+        try:
+            for conn in self.listener:
+                self._start_handler(conn)
+        finally:
+            self._serving = False
+
+    def _start_handler(self, conn: Connection) -> None:
+        thread = threading.Thread(target=self._run_handler, args=(conn,),
+                                  name=f"pymsquic-handler-{conn.id}", daemon=True)
+        with self._lock:
+            refused = self._closing  # taken from the queue after close() shut the others down
+            if not refused:
                 self._threads.add(thread)
                 self._handler_started(conn)
+        if not refused:
             try:
                 thread.start()
+                return
             except RuntimeError:  # at interpreter exit: "can't create new thread at interpreter shutdown"
                 logger.warning("cannot start a handler thread for %s; closing it", conn.remote_address)
                 with self._lock:
                     self._threads.discard(thread)
                     self._connections.discard(conn)
-                conn.shutdown(EXCEPTION_ERROR_CODE)
-                conn._abandon()
+        conn.shutdown(0 if refused else EXCEPTION_ERROR_CODE)
+        conn._abandon()
 
     def _run_handler(self, conn: Connection) -> None:
         failure: type[BaseException] | None = None  # a handler that fails closes with EXCEPTION_ERROR_CODE
@@ -68,20 +88,25 @@ class Server(ServerCore):
             failure = type(exc)
             raise
         finally:
-            with self._lock:
+            with self._lock:  # before the close: the server's shutdown(0) must not take its code
                 self._connections.discard(conn)
-                self._threads.discard(threading.current_thread())
-            conn.close(exit_error_code(failure))
+            try:
+                conn.close(exit_error_code(failure))
+            finally:  # only now is the handler done: close() waits for what it still sends
+                with self._lock:
+                    self._threads.discard(threading.current_thread())
 
     def shutdown(self, timeout: float | None = None) -> None:
         """Stop accepting: :meth:`serve_forever` returns once the connections that
-        completed their handshake before are handed out. Open connections go on."""
+        completed their handshake before are handed out. Open connections go on.
+        Safe from any thread, a signal handler included."""
         self.listener.stop(timeout)
 
     def close(self, grace: float = 0.0, timeout: float | None = None) -> None:
         """Stop accepting; after ``grace`` seconds, shut down the connections whose
         handlers still run (they see :class:`~pymsquic.ConnectionClosed`); wait for
-        the handler threads; release the listener.
+        the handler threads, their connections' close included; release the
+        listener. Safe from a handler's own thread (it is not waited for).
 
         ``timeout`` bounds the whole call: TimeoutError if handler threads still
         run then (the listener is released all the same).
@@ -91,17 +116,25 @@ class Server(ServerCore):
             self.listener.stop(deadline.remaining())
             self._join(_native.Deadline(grace if timeout is None else min(grace, timeout)))
             with self._lock:
+                self._closing = True  # serve_forever shuts down what it still takes from the queue
                 self._shut_down_connections()
             left = self._join(deadline)
         finally:
             self.listener.close()
+            self._closed.set()
         if left:
             raise TimeoutError(f"Server.close() timed out after {timeout} s with {left} handler(s) still running")
 
+    def wait_closed(self, timeout: float | None = None) -> None:
+        """Wait until :meth:`close` has finished (called from another thread);
+        only waits, as :meth:`pymsquic.asyncio.Server.wait_closed` does."""
+        if not self._closed.wait(timeout):
+            raise TimeoutError(f"Server.wait_closed() timed out after {timeout} s")
+
     def _join(self, deadline: _native.Deadline) -> int:
-        """Join handler threads until ``deadline``; how many still run."""
+        """Join the other handler threads until ``deadline``; how many still run."""
         with self._lock:
-            threads = list(self._threads)
+            threads = list(self._threads - {threading.current_thread()})
         for thread in threads:
             thread.join(deadline.remaining())
         return sum(thread.is_alive() for thread in threads)
@@ -132,4 +165,4 @@ def serve(handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | Non
     (:data:`~pymsquic.EXCEPTION_ERROR_CODE`); ``close_timeout`` bounds that close.
     """
     configuration = chosen_configuration(configuration, registration, alpn, credential, settings, None)
-    return Server(handler, start_listener(Listener, host, port, configuration, backlog), close_timeout)
+    return Server(handler, start_listener(handler, Listener, host, port, configuration, backlog), close_timeout)

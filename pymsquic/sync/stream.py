@@ -7,10 +7,11 @@ Waits release the GIL; each call has one deadline for all of its waits.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from .. import _native
-from .._core.stream import DEFAULT_LIMIT, READ_CHUNK, ReadSteps, StreamCore, count
+from .._buffers import BufferLike
+from .._core.stream import DEFAULT_LIMIT, READ_CHUNK, ReadSteps, StreamCore, count, separator_and_limit
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -74,16 +75,14 @@ class Stream(StreamCore):
         :meth:`asyncio.StreamReader.readuntil`: :class:`~pymsquic.IncompleteReadError`
         at FIN (``partial`` consumed), :class:`~pymsquic.LimitOverrunError` when
         ``limit`` bytes come without it (nothing is consumed then)."""
-        if not separator:
-            raise ValueError("separator must not be empty")
-        return self._run(self._readuntil_steps(bytes(separator), limit), timeout, "readuntil()")
+        return self._run(self._readuntil_steps(*separator_and_limit(separator, limit)), timeout, "readuntil()")
 
     def readline(self, *, limit: int = DEFAULT_LIMIT, timeout: float | None = None) -> bytes:
         """One line ending in ``b"\\n"``, or what is left at FIN (b"" at the end).
         ValueError when a line is longer than ``limit`` (it stays unread)."""
-        return self._run(self._readline_steps(limit), timeout, "readline()")
+        return self._run(self._readline_steps(separator_and_limit(b"\n", limit)[1]), timeout, "readline()")
 
-    def readinto(self, buffer: Any, timeout: float | None = None) -> int:
+    def readinto(self, buffer: BufferLike, timeout: float | None = None) -> int:
         """Read into a writable, C-contiguous buffer; returns the byte count, 0 at FIN."""
         return self._wait(lambda: self._readinto_now(buffer), timeout, "readinto()")
 
