@@ -5,13 +5,22 @@ with serve(...)`` and ``await serve(...)``, wait_closed() only waiting. Both
 worlds: close(grace=...) letting a handler finish first, close() without grace
 shutting the handler's connection down, a failing handler closing with
 EXCEPTION_ERROR_CODE. sync: serve_forever() in a thread until shutdown(), and
-close(timeout) raising TimeoutError while a handler ignores the shutdown.
+close(timeout) raising TimeoutError while a handler ignores the shutdown,
+is_serving() and wait_closed(timeout).
+
+Closing completely (review of 6ef3d52): sync close() waits for a handler's
+connection to finish closing, and works from a handler; asyncio close() and
+wait_closed() from a handler, a handler ignoring its shutdown cancelled after
+close_timeout, serve_forever() on a closed server; serve() refuses a handler
+that is not callable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import random
 import subprocess
 import sys
 import textwrap
@@ -29,7 +38,6 @@ from worlds import (
     AsyncioWorld,
     SyncWorld,
     World,
-    client_credential,
     round_trip,
     worlds,
 )
@@ -284,9 +292,13 @@ def test_a_failing_handler_closes_with_the_exception_code(registration, server_c
 # ---- sync: serve_forever() in a thread, shutdown(), close(timeout) --------------------------
 
 def sync_serve(handler: Callable[[Any], Any], registration: pymsquic.Registration,
-               credential: pymsquic.Credential) -> pymsquic.sync.Server:
+               credential: pymsquic.Credential, **kwargs: Any) -> pymsquic.sync.Server:
     return pymsquic.sync.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=credential,
-                               registration=registration)
+                               registration=registration, **kwargs)
+
+
+def sync_client(server: pymsquic.sync.Server, registration: pymsquic.Registration) -> pymsquic.sync.Connection:
+    return SYNC.run(SYNC.connect(server.addresses[0][1], registration))  # type: ignore[no-any-return]
 
 
 def serving_thread(server: pymsquic.sync.Server) -> threading.Thread:
@@ -299,10 +311,8 @@ def test_sync_serve_forever_returns_after_shutdown_and_open_connections_go_on(re
                                                                                server_credential) -> None:
     recording = Recording()
     with sync_serve(lambda conn: SYNC.run(recording(SYNC, conn)), registration, server_credential) as server:
-        port = server.addresses[0][1]
         thread = serving_thread(server)
-        with pymsquic.sync.connect("127.0.0.1", port, alpn=ALPN, credential=client_credential(),
-                                   registration=registration) as conn:
+        with sync_client(server, registration) as conn:
             assert SYNC.run(round_trip(SYNC, conn, b"served")) == b"served"
             server.shutdown(timeout=WAIT)
             thread.join(WAIT)
@@ -326,8 +336,7 @@ def test_sync_close_timeout_raises_while_a_handler_ignores_the_shutdown(registra
     server = sync_serve(stubborn, registration, server_credential)
     thread = serving_thread(server)
     try:
-        with pymsquic.sync.connect("127.0.0.1", server.addresses[0][1], alpn=ALPN, credential=client_credential(),
-                                   registration=registration) as conn:
+        with sync_client(server, registration) as conn:
             assert entered.wait(WAIT)
             with pytest.raises(TimeoutError):
                 server.close(timeout=0.5)
@@ -340,6 +349,168 @@ def test_sync_close_timeout_raises_while_a_handler_ignores_the_shutdown(registra
         release.set()
     server.close(timeout=WAIT)  # returns once the handler thread has finished
     assert not server._threads
+
+
+# ---- closing completely: handlers still closing, a handler closing its server, a bad handler ----
+
+def test_sync_close_waits_for_a_handler_still_delivering_its_response(registration, server_credential) -> None:
+    payload = random.Random(8).randbytes(8 << 20)  # far beyond what the client takes in unread
+    handler_thread: list[threading.Thread] = []
+    returned = threading.Event()
+
+    def respond(conn: pymsquic.sync.Connection) -> None:
+        handler_thread.append(threading.current_thread())
+        conn.accept_stream(timeout=WAIT).write(payload, fin=True)  # queued: conn.close() delivers it
+        returned.set()
+
+    # close_timeout: the handler's conn.close() waits for the client to read, never gives up on it.
+    server = sync_serve(respond, registration, server_credential, close_timeout=3 * WAIT)
+    serving = serving_thread(server)
+    alive_when_closed: list[bool] = []
+
+    def close() -> None:
+        server.close(timeout=3 * WAIT)
+        alive_when_closed.append(handler_thread[0].is_alive())
+
+    with sync_client(server, registration) as conn:
+        stream = conn.open_stream()
+        stream.write(b"request")
+        assert returned.wait(WAIT)
+        closer = threading.Thread(target=close, name="test-server-close")
+        closer.start()
+        # A close() that does not wait for the handler's conn.close() returns now,
+        # while the response is still unread: give it the chance. (The one that
+        # waits cannot return before the client reads; the join merely times out.)
+        closer.join(2.0)
+        received = stream.read(timeout=WAIT)
+        closer.join(WAIT)
+    assert not closer.is_alive()
+    assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest(), len(received)
+    assert alive_when_closed == [False]  # close() returned only after the handler's thread ended
+    serving.join(WAIT)
+    assert not serving.is_alive()
+
+
+def test_sync_close_from_a_handler(registration, server_credential) -> None:
+    outcome: list[str] = []
+
+    def quit_command(conn: pymsquic.sync.Connection) -> None:
+        try:
+            server.close(timeout=WAIT)  # its own thread is not waited for
+        except BaseException as exc:
+            outcome.append(f"{type(exc).__name__}: {exc}")
+        else:
+            outcome.append("closed")
+
+    server = sync_serve(quit_command, registration, server_credential)
+    serving = serving_thread(server)
+    with sync_client(server, registration) as conn:
+        SYNC.run(closed_by_peer(SYNC, conn, 0))  # the close shut the handler's own connection down
+    serving.join(WAIT)
+    assert not serving.is_alive()
+    assert_closed(server)
+    server.close(timeout=WAIT)  # joins the handler's thread
+    assert outcome == ["closed"]
+
+
+def test_asyncio_close_and_wait_closed_from_a_handler(registration, server_credential) -> None:
+    async def main() -> None:
+        closed_in_handler = asyncio.Event()
+
+        async def quit_command(conn: pymsquic.asyncio.Connection) -> None:
+            server.close()
+            await server.wait_closed()  # the close does not wait for this handler: no deadlock
+            closed_in_handler.set()
+
+        server = await asyncio_serve(quit_command, registration, server_credential)
+        conn = await ASYNC.connect(server.addresses[0][1], registration)
+        await asyncio.wait_for(closed_in_handler.wait(), WAIT)
+        await asyncio.wait_for(server.wait_closed(), WAIT)
+        assert_closed(server)
+        await closed_by_peer(ASYNC, conn, 0)
+
+    asyncio.run(main())
+
+
+def test_asyncio_wait_closed_cancels_a_handler_that_ignores_its_shutdown(registration,
+                                                                        server_credential) -> None:
+    async def main() -> None:
+        started = asyncio.Event()
+        cancelled: list[bool] = []
+
+        async def stubborn(conn: pymsquic.asyncio.Connection) -> None:
+            started.set()
+            try:
+                await asyncio.Event().wait()  # ignores the connection and its shutdown
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+        server = await asyncio_serve(stubborn, registration, server_credential, close_timeout=0.5)
+        conn = await ASYNC.connect(server.addresses[0][1], registration)
+        await asyncio.wait_for(started.wait(), WAIT)
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), WAIT)  # close_timeout after the shutdown
+        assert cancelled == [True]
+        assert_closed(server)
+        await closed_by_peer(ASYNC, conn, 0)
+
+    asyncio.run(main())
+
+
+def test_asyncio_serve_forever_on_a_closed_server_raises(registration, server_credential) -> None:
+    async def main() -> None:
+        server = await asyncio_serve(asyncio_echo(Recording()), registration, server_credential,
+                                     start_serving=False)
+        server.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            await asyncio.wait_for(server.serve_forever(), WAIT)
+        await asyncio.wait_for(server.wait_closed(), WAIT)
+        assert_closed(server)
+
+    asyncio.run(main())
+
+
+def test_sync_is_serving_and_wait_closed(registration, server_credential) -> None:
+    recording = Recording()
+    server = sync_serve(lambda conn: SYNC.run(recording(SYNC, conn)), registration, server_credential)
+    assert not server.is_serving()
+    serving = serving_thread(server)
+    with sync_client(server, registration) as conn:
+        assert SYNC.run(round_trip(SYNC, conn, b"served")) == b"served"  # a handler runs: serve_forever() serves
+        assert server.is_serving()
+        with pytest.raises(TimeoutError):
+            server.wait_closed(timeout=0.2)  # only waits: closes nothing
+        assert SYNC.run(round_trip(SYNC, conn, b"still serving")) == b"still serving"
+        closer = threading.Thread(target=server.close, kwargs={"timeout": WAIT}, name="test-server-close")
+        closer.start()
+        server.wait_closed(timeout=WAIT)
+        assert server.listener.state is pymsquic.ListenerState.SHUTDOWN_COMPLETE
+        closer.join(WAIT)
+        serving.join(WAIT)
+        assert not serving.is_alive() and not server.is_serving()
+    server.wait_closed(timeout=0)  # closed: returns at once
+    assert recording.outcomes == ["ConnectionClosed"]
+
+
+@pytest.mark.parametrize("form", ["sync", "await", "async with"])
+def test_serve_refuses_a_handler_that_is_not_callable(registration, server_credential, form: str) -> None:
+    # Each form closes what it made if serve() accepts None: a failure, not a leaked listener.
+    async def main() -> None:
+        with pytest.raises(TypeError, match="callable"):
+            if form == "await":
+                server = await asyncio_serve(None, registration, server_credential)  # type: ignore[arg-type]
+                server.close()
+                await server.wait_closed()
+            else:
+                async with asyncio_serve(None, registration, server_credential):  # type: ignore[arg-type]
+                    pass
+
+    if form == "sync":
+        with pytest.raises(TypeError, match="callable"):
+            sync_serve(None, registration, server_credential).close()  # type: ignore[arg-type]
+    else:
+        asyncio.run(main())
 
 
 # ---- a registration closed under a serving asyncio server ----------------------------------

@@ -504,21 +504,57 @@ def test_readuntil_returns_through_the_separator_then_the_partial_at_fin(world: 
 
 
 @pytest.mark.parametrize("timed_out_first", [False, True], ids=["waiting", "after-a-timeout"])
-def test_readuntil_finds_a_separator_split_across_arrivals(world: World, timed_out_first: bool) -> None:
+@pytest.mark.parametrize("method", ["readuntil", "readexactly"])
+def test_a_read_split_across_arrivals_gets_every_byte(world: World, method: str, timed_out_first: bool) -> None:
     separator = b"\r\n\r\n"  # longer than 2: a search resumed one byte too late misses it
 
     async def body(s: WorldStream) -> None:
+        def take(**timeout: float) -> Awaitable[bytes]:  # both end with the separator's last byte
+            return s.readuntil(separator, **timeout) if method == "readuntil" else s.readexactly(7, **timeout)
+
         assert await s.readexactly(1) == b"x"  # "xabc\r\n\r" came in one piece: the rest is here now
         if timed_out_first:
-            # What the timed-out read gathered goes back in front of the stream:
-            # the next readuntil finds the separator's start there, its end on the wire.
+            # What the timed-out (asyncio: cancelled) read gathered goes back in front
+            # of the stream: the next read finds it there, and the rest on the wire.
             with pytest.raises(TIMEOUTS):
-                await s.readuntil(separator, timeout=0.2)
+                await take(timeout=0.2)
         s.write(b"go", fin=True)  # only now does the peer send the separator's last byte
-        assert await s.readuntil(separator) == b"abc\r\n\r\n"
+        assert await take() == b"abc\r\n\r\n"
         assert await s.read() == b"def"
 
     world.run(b"split\n", body)
+
+
+def test_readuntil_refuses_a_separator_or_limit_of_the_wrong_kind(world: World) -> None:
+    async def body(s: WorldStream) -> None:
+        s.write(b"abc\0\0\0\0\0x\n", fin=True)
+        for separator in (5, "x"):  # 5 is not five NUL bytes
+            with pytest.raises(TypeError):
+                await s.readuntil(separator)
+        for limit, error in ((0, ValueError), (-1, ValueError), (True, TypeError), (1.5, TypeError)):
+            with pytest.raises(error):
+                await s.readuntil(b"x", limit=limit)
+        with pytest.raises(ValueError):
+            await s.readline(limit=0)
+        assert await s.readuntil(b"x") == b"abc\0\0\0\0\0x"  # none of it was consumed
+        assert await s.read() == b"\n"
+
+    world.run(b"echo\n", body)
+
+
+def test_readline_over_many_lines_taken_in_at_once(world: World) -> None:
+    # Short lines, one write: most readline() calls find their line in what an
+    # earlier one took in. Every seventh is empty.
+    lines = [b"\n" if i % 7 == 0 else b"line %d %s\n" % (i, b"-" * (i % 13)) for i in range(3000)]
+
+    async def body(s: WorldStream) -> None:
+        s.write(b"".join(lines) + b"no newline", fin=True)
+        got = [await s.readline() for _ in lines]
+        assert got == lines
+        assert await s.readline() == b"no newline"
+        assert await s.readline() == b"" and s.at_eof()
+
+    world.run(b"echo\n", body)
 
 
 def test_readuntil_over_the_limit_leaves_the_data_unread(world: World) -> None:
