@@ -98,7 +98,7 @@ def test_connect_times_out_against_a_silent_port(registration, client_config) ->
         assert time.monotonic() - start < 3
 
         async def main() -> None:
-            with pytest.raises(TimeoutError):
+            with pytest.raises(asyncio.TimeoutError):  # asyncio's class: not the builtin on 3.10
                 await pymsquic.asyncio.connect("127.0.0.1", silent.getsockname()[1], configuration=client_config,
                                                open_timeout=0.5)
 
