@@ -134,6 +134,7 @@ def cache_root() -> Path:
 class Msquic(NamedTuple):
     include_dir: Path
     library: Path  # the file to bundle as libmsquic.so.2
+    source: Path | None = None  # msquic's source tree (its licences), None for a prebuilt library
 
 
 def locate_msquic() -> Msquic:
@@ -148,7 +149,9 @@ def locate_msquic() -> Msquic:
             if not needed.is_file():
                 raise SystemExit(f"prebuilt libmsquic: {needed} does not exist")
         log(f"using prebuilt {ms.library}")
-        return ms
+        # PYMSQUIC_MSQUIC_SOURCE beside a prebuilt library only names its licence texts.
+        source = os.environ.get("PYMSQUIC_MSQUIC_SOURCE")
+        return ms._replace(source=Path(source).expanduser().resolve()) if source else ms
     source = os.environ.get("PYMSQUIC_MSQUIC_SOURCE")
     if source:
         return build_from_source(Path(source).expanduser().resolve(), origin=f"tree:{Path(source).resolve()}")
@@ -210,7 +213,7 @@ def build_from_source(source: Path, origin: str) -> Msquic:
         sort_keys=True,
     )
     prefix = cache_root() / f"{version}-{hashlib.sha256(key_material.encode()).hexdigest()[:12]}"
-    result = Msquic(prefix / "include", prefix / "lib" / "libmsquic.so.2")
+    result = Msquic(prefix / "include", prefix / "lib" / "libmsquic.so.2", source)
     stamp = prefix / ".complete"
     prefix.parent.mkdir(parents=True, exist_ok=True)
     with open(f"{prefix}.lock", "w") as lock:
@@ -387,8 +390,50 @@ ffibuilder.set_source(
     include_dirs=[str(NATIVE)],
     extra_compile_args=["-std=gnu11", "-O2", "-Wall", "-Wno-unused-function", *sanitize_flags(SANITIZE),
                         *DEBUG_MAGIC_FLAGS],
-    extra_link_args=["-Wl,-rpath,$ORIGIN", "-l:libmsquic.so.2", "-lpthread", *sanitize_flags(SANITIZE)],
+    # RUNPATH $ORIGIN alone finds the bundled libmsquic.so.2; -s strips the release build.
+    extra_link_args=["-Wl,-rpath,$ORIGIN", "-Wl,--enable-new-dtags", "-l:libmsquic.so.2", "-lpthread",
+                     *(sanitize_flags(SANITIZE) or ["-s"])],
 )
+
+# The licences of what the wheel bundles, copied from msquic's fetched source at build time.
+NOTICE_NAME = "THIRD_PARTY_NOTICES"
+NOTICE_LICENCES = [
+    ("msquic", "MIT", "LICENSE"),
+    ("quictls (OpenSSL fork, libcrypto/libssl linked into libmsquic)", "Apache-2.0",
+     "submodules/quictls/LICENSE.txt"),
+]
+
+
+def third_party_notice(source: Path) -> str:
+    """The notice for libmsquic.so.2: msquic's and quictls' licence texts from ``source``."""
+    parts = ["pymsquic bundles libmsquic.so.2, built from the following projects.\n"]
+    for name, spdx, relative in NOTICE_LICENCES:
+        path = source / relative
+        if not path.is_file():
+            raise SystemExit(f"licence text missing from msquic's source: {path}")
+        parts.append(f"\n{'=' * 78}\n{name} ({spdx}), from {relative}:\n{'=' * 78}\n\n{path.read_text()}")
+    return "".join(parts)
+
+
+def host_link_flag(flag: str) -> bool:
+    """A flag LDSHARED carries from the build host's Python: its lib folder as -L or rpath.
+
+    pyenv's LDSHARED has ``-L<prefix>/lib -Wl,-rpath,<prefix>/lib``; the rpath would
+    come before $ORIGIN in the extension's RUNPATH and auditwheel keeps it.
+    """
+    return flag.startswith(("-Wl,-rpath", "-Wl,-R", "-R")) or (flag.startswith("-L") and flag != "-L")
+
+
+def build_key(ms: Msquic) -> str:
+    """A hash of everything the extension is compiled from that build_ext's mtime check misses:
+    libmsquic's headers and library (another build may be older), the native sources, the flags."""
+    digest = hashlib.sha256()
+    files = sorted(ms.include_dir.rglob("*.h")) + [ms.library] + sorted(NATIVE.glob("*.[ch]"))
+    for path in files:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest.update(json.dumps([SANITIZE, DEBUG_MAGIC_FLAGS, ffibuilder._assigned_source[3]],
+                             sort_keys=True, default=str).encode())
+    return digest.hexdigest()
 
 
 class BuildExtWithMsquic(build_ext):
@@ -396,6 +441,7 @@ class BuildExtWithMsquic(build_ext):
 
     def run(self) -> None:
         ms = locate_msquic()
+        key = build_key(ms)
         for ext in self.extensions:
             ext.include_dirs.append(str(ms.include_dir))
             ext.library_dirs.append(str(ms.library.parent))
@@ -407,6 +453,11 @@ class BuildExtWithMsquic(build_ext):
                 log(f"rebuilding {ext.name}: it was built with PYMSQUIC_SANITIZE={built or 'unknown'}, "
                     f"this build is {SANITIZE or 'none'}")
                 self.force = True
+            stamp = self.key_stamp(ext.name)
+            if ext_file.exists() and not self.force and (not stamp.is_file() or stamp.read_text() != key):
+                log(f"rebuilding {ext.name}: libmsquic, its headers, native/ or the flags changed "
+                    "since it was built (or its stamp is missing)")
+                self.force = True
         if SANITIZE:
             log(f"PYMSQUIC_SANITIZE={SANITIZE}: native code built with {' '.join(sanitize_flags(SANITIZE))}")
         super().run()
@@ -415,6 +466,32 @@ class BuildExtWithMsquic(build_ext):
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ms.library, dest)
             log(f"bundled {ms.library} as {dest}")
+            notice = dest.parent / NOTICE_NAME
+            if ms.source is not None:
+                notice.write_text(third_party_notice(ms.source))
+                log(f"wrote {notice} from {ms.source}")
+            else:
+                log(f"no msquic source known for a prebuilt library: {notice} not written "
+                    "(set PYMSQUIC_MSQUIC_SOURCE to its source tree to ship its licences)")
+            stamp = self.key_stamp(ext.name)
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(key)
+
+    def key_stamp(self, name: str) -> Path:
+        """Where the build key of the extension built last from this tree is kept."""
+        # In build_temp, not beside the module, so that it stays out of the wheel; one per
+        # target file, as --inplace and a wheel build share build_temp.
+        target = hashlib.sha256(str(Path(self.get_ext_fullpath(name)).resolve()).encode()).hexdigest()[:12]
+        return Path(self.build_temp) / f"{name}-{target}.build-key"
+
+    def build_extensions(self) -> None:
+        # The extension's only RUNPATH is $ORIGIN: drop the host Python's lib folder from LDSHARED.
+        linker = list(self.compiler.linker_so)
+        kept = [flag for flag in linker if not host_link_flag(flag)]
+        if kept != linker:
+            log(f"link without the host's {' '.join(f for f in linker if host_link_flag(f))}")
+            self.compiler.set_executable("linker_so", kept)
+        super().build_extensions()
 
 
 if __name__ == "__main__":

@@ -13,4 +13,6 @@ from build_msquic import BuildExtWithMsquic  # noqa: E402
 setup(
     cffi_modules=["build_msquic.py:ffibuilder"],
     cmdclass={"build_ext": BuildExtWithMsquic},
+    # cffi builds the module against the limited API (_msquic.abi3.so): one wheel for 3.10+.
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )
