@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def test_wheel_bundles_libmsquic_and_loads_it_through_origin_rpath(tmp_path: Pat
     assert "libmsquic 2.5" in build.stdout + build.stderr
     assert "from cache" in build.stdout + build.stderr
     (wheel,) = (tmp_path / "dist").glob("pymsquic-*.whl")
+    # One wheel for every Python 3.10+: the module uses the limited API.
+    assert wheel.name.endswith("-cp310-abi3-linux_x86_64.whl"), wheel.name
     names = zipfile.ZipFile(wheel).namelist()
     assert "pymsquic/libmsquic.so.2" in names
     # Every module of the tree, the subpackages' too (pymsquic._core, .asyncio, .sync).
@@ -160,3 +163,71 @@ def test_instrumenting_libmsquic_too_is_opt_in_and_cached_apart(monkeypatch: pyt
     assert build_msquic.msquic_cmake_options("") == build_msquic.CMAKE_OPTIONS
     assert build_msquic.msquic_cmake_options("address")["QUIC_ENABLE_SANITIZERS"] == "ON"
     assert "-fsanitize=thread" in build_msquic.msquic_cmake_options("thread")["CMAKE_C_FLAGS"]
+
+
+def test_sdist_after_an_in_place_build_ships_sources_not_built_files(tmp_path: Path) -> None:
+    tree = _source_copy(tmp_path / "source")
+    # What an editable or --inplace build leaves in the tree (stand-ins: the sdist must not look inside).
+    for built in ("pymsquic/libmsquic.so.2", "pymsquic/_msquic.abi3.so", "pymsquic/THIRD_PARTY_NOTICES",
+                  "pymsquic/_msquic.c", "build/lib/pymsquic/_msquic.abi3.so", "native/runtime.o"):
+        (tree / built).parent.mkdir(parents=True, exist_ok=True)
+        (tree / built).write_bytes(b"built")
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path / "dist")], cwd=tree,
+                          capture_output=True, text=True, timeout=300, env=_clean_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (sdist,) = (tmp_path / "dist").glob("pymsquic-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    for needed in ("build_msquic.py", "CMakeLists.txt", "LICENSE", "README.md", "native/pymsquic.h",
+                   "native/internal.h", "pymsquic/py.typed", "pymsquic/_msquic.pyi"):
+        assert needed in names, needed
+    leaked = sorted(n for n in names if n.startswith("build/") or n.endswith((".so", ".so.2", ".o", "_msquic.c"))
+                    or "THIRD_PARTY_NOTICES" in n)
+    assert not leaked, leaked
+
+
+def _copy_msquic(dest: Path) -> tuple[Path, Path]:
+    """A copy of the cached libmsquic's headers and library, to change under the extension."""
+    sys.path.insert(0, str(REPO))
+    try:
+        import build_msquic
+    finally:
+        sys.path.remove(str(REPO))
+    ms = build_msquic.locate_msquic()
+    shutil.copytree(ms.include_dir, dest / "include")
+    (dest / "lib").mkdir()
+    shutil.copy2(ms.library, dest / "lib" / "libmsquic.so.2")
+    return dest / "include", dest / "lib" / "libmsquic.so.2"
+
+
+def test_extension_rebuilds_when_libmsquic_headers_change_even_with_older_mtimes(tmp_path: Path) -> None:
+    tree = _source_copy(tmp_path / "source")
+    include, library = _copy_msquic(tmp_path / "msquic")
+    env = _clean_env()
+    env.pop("PYMSQUIC_SANITIZE", None)
+    env.update(PYMSQUIC_MSQUIC_INCLUDE=str(include), PYMSQUIC_MSQUIC_LIBRARY=str(library))
+
+    def build() -> tuple[str, int]:
+        proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tree, env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        (ext,) = (tree / "pymsquic").glob("_msquic*.so")
+        return proc.stderr, ext.stat().st_mtime_ns
+
+    first_log, first = build()
+    again_log, again = build()
+    assert again == first and "rebuilding" not in again_log
+    # Another libmsquic build's header, older than the extension: mtimes alone would keep the module.
+    header = include / "msquic.h"
+    stat = header.stat()
+    header.write_text(header.read_text() + "\n/* another build */\n")
+    os.utime(header, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    changed_log, changed = build()
+    assert "rebuilding pymsquic._msquic" in changed_log and changed != first
+    # A native source edited with an old mtime (a checkout of another branch keeps none): rebuilt too.
+    source = tree / "native" / "internal.h"
+    stat = source.stat()
+    source.write_text(source.read_text() + "\n/* edited */\n")
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns - 10**12))
+    edited_log, edited = build()
+    assert "rebuilding pymsquic._msquic" in edited_log and edited != changed
