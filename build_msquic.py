@@ -93,6 +93,16 @@ def msquic_cmake_options(mode: str) -> dict[str, str]:
     return options
 
 
+def without_source_paths(options: dict[str, str], source: Path) -> dict[str, str]:
+    """``options`` plus compiler flags that write msquic's source folder as ``msquic`` into the
+    library (its asserts carry ``__FILE__``), so that no build-host path is baked in."""
+    result = dict(options)
+    remap = f"-ffile-prefix-map={source}=msquic"
+    for name in ("CMAKE_C_FLAGS", "CMAKE_CXX_FLAGS"):
+        result[name] = f"{result.get(name, '')} {remap}".strip()
+    return result
+
+
 def built_sanitize_mode(ext_file: Path) -> str | None:
     """The mode baked into an already built extension, None if unknown."""
     try:
@@ -206,7 +216,7 @@ def build_from_source(source: Path, origin: str) -> Msquic:
     if not (source / "submodules" / "quictls" / "Configure").is_file():
         raise SystemExit(f"{source} lacks submodules/quictls (run git submodule update --init)")
     version = source_version(source)
-    options = msquic_cmake_options(sanitize_mode())
+    options = without_source_paths(msquic_cmake_options(sanitize_mode()), source)
     key_material = json.dumps(
         {"origin": origin, "options": options, "layout": CACHE_LAYOUT,
          "superbuild": hashlib.sha256((HERE / "CMakeLists.txt").read_bytes()).hexdigest()},

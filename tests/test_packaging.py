@@ -231,3 +231,17 @@ def test_extension_rebuilds_when_libmsquic_headers_change_even_with_older_mtimes
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns - 10**12))
     edited_log, edited = build()
     assert "rebuilding pymsquic._msquic" in edited_log and edited != changed
+
+
+def test_libmsquic_build_maps_its_source_folder_out_of_the_library(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(REPO))
+    import build_msquic
+
+    source = Path("/home/builder/.cargo/registry/src/msquic-2.5.1")
+    plain = build_msquic.without_source_paths(build_msquic.CMAKE_OPTIONS, source)
+    assert plain["CMAKE_C_FLAGS"] == f"-ffile-prefix-map={source}=msquic"
+    assert plain["CMAKE_BUILD_TYPE"] == "Release"
+    # A ThreadSanitizer libmsquic keeps its own flags next to the mapping.
+    monkeypatch.setenv("PYMSQUIC_SANITIZE_MSQUIC", "1")
+    thread = build_msquic.without_source_paths(build_msquic.msquic_cmake_options("thread"), source)
+    assert thread["CMAKE_C_FLAGS"].startswith("-fsanitize=thread") and thread["CMAKE_C_FLAGS"].endswith("=msquic")

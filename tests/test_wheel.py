@@ -90,6 +90,12 @@ def test_wheel_is_one_stripped_abi3_manylinux_wheel_with_origin_runpath_and_lice
     lib = subprocess.run(["readelf", "-d", str(tmp_path / "pymsquic" / "libmsquic.so.2")], capture_output=True,
                          text=True, check=True).stdout
     assert "RUNPATH" not in lib and "RPATH" not in lib
+    # msquic's asserts name their source files: as msquic/src/..., not the build host's source folder.
+    # (quictls' MODULESDIR, under msquic's build folder, stays: msquic's CMake fixes quictls' --prefix.)
+    data = (tmp_path / "pymsquic" / "libmsquic.so.2").read_bytes()
+    assert b"msquic/src/core/" in data
+    assert not re.search(rb"/[^\0]*/src/(core|platform)/\w+\.[ch]\0", data.replace(b"\0msquic/src/", b"\0")), \
+        "libmsquic carries a build-host source path"
 
     licences = [n for n in names if ".dist-info/licenses/" in n and not n.endswith("/")]
     assert [n.rsplit("/", 1)[1] for n in licences] == ["LICENSE"]

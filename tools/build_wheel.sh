@@ -83,6 +83,9 @@ readelf -S "$EXT" | grep -q '\.symtab' && fail "extension not stripped"
 [ -f "$U/pymsquic/libmsquic.so.2" ] || fail "no bundled libmsquic.so.2"
 libpath=$(readelf -d "$U/pymsquic/libmsquic.so.2" | grep -E '\((RUNPATH|RPATH)\)' || true)
 [ -z "$libpath" ] || fail "libmsquic.so.2 carries $libpath"
+# msquic's __FILE__ names, mapped to msquic/src/... by build_msquic.py (quictls' MODULESDIR stays).
+hostpaths=$(strings "$U/pymsquic/libmsquic.so.2" | grep -E '^/.*/src/(core|platform)/[a-z_]+\.[ch]$' || true)
+[ -z "$hostpaths" ] || fail "libmsquic.so.2 carries build-host source paths: $(echo "$hostpaths" | head -2)"
 [ -f "$U"/pymsquic-*.dist-info/licenses/LICENSE ] || fail "no .dist-info/licenses/LICENSE"
 grep -q 'MIT License' "$U"/pymsquic-*.dist-info/licenses/LICENSE || fail "LICENSE is not the MIT text"
 NOTICE=$U/pymsquic/THIRD_PARTY_NOTICES
