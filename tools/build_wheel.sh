@@ -41,9 +41,13 @@ fi
 
 start=$SECONDS
 step "1/4 sdist"
-(cd "$ROOT" && git ls-files -z --cached --others --exclude-standard) | while IFS= read -r -d '' name; do
-    if [ -f "$ROOT/$name" ]; then mkdir -p "$WORK/src/$(dirname "$name")"; cp -p "$ROOT/$name" "$WORK/src/$name"; fi
-done
+if git -C "$ROOT" rev-parse --git-dir >/dev/null 2>&1; then
+    (cd "$ROOT" && git ls-files -z --cached --others --exclude-standard) | while IFS= read -r -d '' name; do
+        if [ -f "$ROOT/$name" ]; then mkdir -p "$WORK/src/$(dirname "$name")"; cp -p "$ROOT/$name" "$WORK/src/$name"; fi
+    done
+else  # not a checkout (an unpacked sdist, say): MANIFEST.in leaves built files out
+    cp -a "$ROOT" "$WORK/src" && rm -rf "$WORK/src/build" "$WORK/src/dist" "$WORK"/src/*.egg-info
+fi
 (cd "$WORK/src" && "$PY" setup.py -q sdist -d "$WORK/sdist" >"$WORK/sdist.log" 2>&1) || { cat "$WORK/sdist.log" >&2; fail "sdist"; }
 SDIST=$(ls "$WORK"/sdist/pymsquic-*.tar.gz)
 tar tzf "$SDIST" >"$WORK/sdist.list"
