@@ -9,6 +9,7 @@ import os
 import sys
 
 from . import __version__, msquic_version
+from .errors import QuicError
 
 DESCRIPTION = ("pymsquic: Python bindings to Microsoft's msquic. Debug QUIC with the serve and "
                "connect commands; run 'COMMAND --help' for a command's options.")
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             return asyncio.run(run_server(args.host, args.port, args.alpn, args.cert, args.key, args.directory))
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, QuicError) as exc:  # bad files or address, port in use
             print(f"pymsquic serve: {exc}", file=sys.stderr)
             return 1
     from .cli.connect import run_client

@@ -77,9 +77,9 @@ class ServeProcess:
             if text in line:
                 return line
 
-    def stop(self) -> None:
-        """SIGTERM, as a service manager would: it must stop cleanly."""
-        self.proc.send_signal(signal.SIGTERM)
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        """SIGTERM as a service manager sends, or SIGINT as Ctrl-C does: it must stop cleanly."""
+        self.proc.send_signal(signum)
         assert self.proc.wait(timeout=TIMEOUT) == 0, self.seen
         self.wait_for("stopped")
 
@@ -161,6 +161,28 @@ def test_demo_verbose(where: str) -> None:
     assert result.returncode == 0, result.stderr
     assert "server closed cleanly" in result.stdout.decode()
     assert "DEBUG:pymsquic" in result.stderr.decode()  # the verbose flag reached logging
+
+
+def test_serve_stops_on_ctrl_c() -> None:
+    server = ServeProcess("--alpn", ALPN)
+    try:
+        server.stop(signal.SIGINT)
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait(timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["connect", "nonexistent.invalid", "4433", "--alpn", ALPN], "cannot resolve host"),
+    (["serve", "--alpn", ALPN, "--cert", "/nonexistent.pem", "--key", "/nonexistent.pem"], "does not exist"),
+    (["serve", "--alpn", ALPN, "--cert", "/nonexistent.pem"], "--cert and --key go together"),
+])
+def test_bad_input_is_a_message_not_a_traceback(args: list[str], message: str) -> None:
+    result = run(*args)
+    assert result.returncode in (1, 2)  # 2: argparse's usage error
+    err = result.stderr.decode()
+    assert message in err and "Traceback" not in err, err
 
 
 # ---- pymsquic connect against pymsquic serve ---------------------------------------------

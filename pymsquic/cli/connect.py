@@ -101,7 +101,7 @@ async def run_client(host: str, port: int, alpn: str, *, insecure: bool = False,
     try:
         conn = await connect(host, port, alpn=alpn, credential=credential, server_name=server_name,
                              open_timeout=timeout)
-    except QuicError as exc:
+    except (QuicError, OSError) as exc:  # OSError: the name lookup failed
         report(f"connection to {host}:{port} failed: {exc}")
         return 1
     except asyncio.TimeoutError:
