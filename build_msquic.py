@@ -179,7 +179,7 @@ def fetch_crate() -> Path:
             """)
     )
     manifest = str(manifest_dir / "Cargo.toml")
-    log(f"fetching msquic {MSQUIC_CRATE_VERSION}'s source with cargo")
+    log(f"msquic {MSQUIC_CRATE_VERSION}'s source: cargo fetch (cached after the first time)")
     subprocess.run(["cargo", "fetch", "--quiet", "--manifest-path", manifest], check=True, env=tool_env())
     meta = subprocess.run(
         ["cargo", "metadata", "--format-version", "1", "--manifest-path", manifest],
