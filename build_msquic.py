@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -191,6 +192,7 @@ def fetch_crate() -> Path:
             """)
     )
     manifest = str(manifest_dir / "Cargo.toml")
+    log(f"msquic {MSQUIC_CRATE_VERSION}'s source: cargo fetch (cached after the first time)")
     subprocess.run(["cargo", "fetch", "--quiet", "--manifest-path", manifest], check=True, env=tool_env())
     meta = subprocess.run(
         ["cargo", "metadata", "--format-version", "1", "--manifest-path", manifest],
@@ -200,6 +202,41 @@ def fetch_crate() -> Path:
         if package["name"] == "msquic":
             return Path(package["manifest_path"]).parent
     raise SystemExit("cargo metadata did not list the msquic crate")
+
+
+# What the libmsquic build runs, and the Debian package that provides each. quictls's
+# Configure is a perl script; msquic is C and C++ (CMake checks for both compilers).
+BUILD_TOOLS = (
+    ("cmake", ("cmake",), "cmake"),
+    ("perl", ("perl",), "perl"),
+    ("a C compiler", ("CC", "cc", "gcc", "clang"), "gcc"),
+    ("a C++ compiler", ("CXX", "c++", "g++", "clang++"), "g++"),
+    ("make or ninja", ("make", "ninja"), "make"),
+)
+
+
+def check_build_tools() -> None:
+    """Stop with one line naming the Debian package of each tool missing for a source build.
+
+    Without this, a missing cmake is a bare ``FileNotFoundError`` and a missing perl an
+    error deep inside quictls's build log.  ``CC``/``CXX`` in the environment count as
+    the compilers when they name a program on PATH.
+    """
+    missing: list[tuple[str, str]] = []
+    for what, candidates, package in BUILD_TOOLS:
+        found = False
+        for name in candidates:
+            program = os.environ.get(name, "").split()[:1] if name in ("CC", "CXX") else [name]
+            if program and shutil.which(program[0]):
+                found = True
+                break
+        if not found:
+            missing.append((what, package))
+    if missing:
+        names = ", ".join(what for what, _ in missing)
+        packages = " ".join(dict.fromkeys(package for _, package in missing))
+        raise SystemExit(f"building libmsquic needs {names}, not found on PATH: "
+                         f"install it (Debian: apt-get install {packages}), or set PYMSQUIC_MSQUIC_LIBRARY")
 
 
 def source_version(source: Path) -> str:
@@ -231,21 +268,28 @@ def build_from_source(source: Path, origin: str) -> Msquic:
         if stamp.is_file() and result.library.is_file():
             log(f"libmsquic {version} from cache {prefix}")
             return result
-        log(f"building libmsquic {version} from {source} into {prefix}")
+        check_build_tools()
+        log(f"building libmsquic {version} from {source} into {prefix} "
+            "(once, then cached; `pip install -v` shows the compiler's progress)")
+        started = time.monotonic()
         shutil.rmtree(prefix, ignore_errors=True)
         build_dir = prefix / "build"
         generator = ["-G", "Ninja"] if shutil.which("ninja") else []
         defines = [f"-D{k}={v}" for k, v in options.items()]
+        log("1/3 configuring (cmake)")
         subprocess.run(
             ["cmake", "-S", str(HERE), "-B", str(build_dir), *generator, *defines,
              f"-DMSQUIC_SOURCE_DIR={source}", f"-DCMAKE_INSTALL_PREFIX={prefix}"],
             check=True, env=tool_env(),
         )
+        log(f"2/3 compiling quictls and msquic ({time.monotonic() - started:.0f} s so far)")
         subprocess.run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2)], check=True,
                        env=tool_env())
+        log(f"3/3 installing into {prefix} ({time.monotonic() - started:.0f} s so far)")
         subprocess.run(["cmake", "--install", str(build_dir)], check=True, env=tool_env())
         shutil.rmtree(build_dir)
         stamp.write_text(origin + "\n")
+        log(f"libmsquic {version} built in {time.monotonic() - started:.0f} s")
     return result
 
 
