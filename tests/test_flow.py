@@ -39,6 +39,7 @@ class Peer:
             self.reading.set()
         self.conn: pymsquic.sync.Connection | None = None
         self.received: list[bytes] = []
+        self.reads = threading.Semaphore(0)  # released once per stream read to its FIN
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="test-peer", daemon=True)
         self.thread.start()
@@ -51,17 +52,25 @@ class Peer:
                 for stream in conn:  # until the client closes with 0
                     assert self.reading.wait(WAIT)
                     self.received.append(stream.read(timeout=WAIT))
+                    self.reads.release()
         except BaseException as exc:  # noqa: BLE001  # reported by join()
             self.error = exc
 
     def client(self, w: World, registration: pymsquic.Registration,
-               body: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+               body: Callable[[Any], Coroutine[Any, Any, T]], reads: int = 1) -> T:
         """``await body(conn)`` with a client of world ``w`` connected to the peer;
-        the client is closed (gracefully, with 0) after it."""
+        the client is closed (gracefully, with 0) after it, once the peer has read
+        ``reads`` streams to their FIN. Not before: closing a QUIC connection
+        discards what the peer's msquic acknowledged but its application has not
+        read yet (see ``Connection.close()``)."""
         async def run() -> T:
             conn = await w.connect(self.port, registration)
             try:
-                return await body(conn)
+                result = await body(conn)
+                for _ in range(reads):  # blocks an event loop briefly: msquic's threads carry on
+                    if not self.reads.acquire(timeout=WAIT):
+                        raise TimeoutError(f"the peer read {len(self.received)} streams, not {reads}")
+                return result
             finally:
                 await w.call(conn.close)
 
@@ -201,7 +210,7 @@ def test_writelines_sends_every_byte_in_order(registration, listener, w: World) 
         failing.writelines(line for line in [b"only ", b"this"])
         failing.finish()
 
-    peer.client(w, registration, main)
+    peer.client(w, registration, main, reads=2)
     # Both streams, one after the other, the first of them complete and in order;
     # of the second, nothing that a TypeError stopped.
     assert peer.join() == [expected + PAYLOAD[:140_000], b"only this"]
@@ -221,7 +230,7 @@ def test_connection_logger_carries_the_connection_id(registration, listener, w: 
         conn.shutdown(7)
         return conn.id, server_conn.id
 
-    client_id, server_id = peer.client(w, registration, main)
+    client_id, server_id = peer.client(w, registration, main, reads=0)
     with pytest.raises(pymsquic.ConnectionClosed):  # closed with 7, not cleanly: the peer's iteration raises
         peer.join()
     assert client_id != server_id

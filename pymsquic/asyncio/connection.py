@@ -126,7 +126,12 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
         """Close gracefully: let streams finish sending, shut down with
         ``error_code`` (unless a shutdown came first), wait for msquic to finish,
         release. :attr:`close_timeout` bounds the whole; then the connection is
-        cut off. Cancelled, it still shuts down with ``error_code`` and releases."""
+        cut off. Cancelled, it still shuts down with ``error_code`` and releases.
+
+        "Finish sending" means the peer's msquic acknowledged every byte. What
+        its application has not read yet is discarded with the connection (QUIC
+        closes every stream with it): when the peer must have read the data, wait
+        for its answer (a reply, its FIN) before closing."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.close_timeout
         steps = self._close_steps(error_code)
