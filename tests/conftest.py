@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
@@ -19,6 +20,22 @@ ALPN = "pymsquic-test"
 @pytest.fixture(scope="session")
 def server_credential() -> pymsquic.Credential:
     return pymsquic.Credential.self_signed(("localhost", "127.0.0.1", "::1"))
+
+
+@pytest.fixture
+def cert_files(tmp_path: Path, server_credential: pymsquic.Credential) -> tuple[Path, Path]:
+    """The server credential as PEM certificate and key files, for aioquic servers."""
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+        pkcs12,
+    )
+
+    key, cert, _ = pkcs12.load_key_and_certificates(server_credential.pkcs12, None)
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    return tmp_path / "cert.pem", tmp_path / "key.pem"
 
 
 @pytest.fixture

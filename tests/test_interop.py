@@ -162,21 +162,6 @@ class AioquicEcho(QuicConnectionProtocol):
         self.transmit()
 
 
-@pytest.fixture
-def cert_files(tmp_path, server_credential):
-    from cryptography.hazmat.primitives.serialization import (
-        Encoding,
-        NoEncryption,
-        PrivateFormat,
-        pkcs12,
-    )
-
-    key, cert, _ = pkcs12.load_key_and_certificates(server_credential.pkcs12, None)
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    return tmp_path / "cert.pem", tmp_path / "key.pem"
-
-
 PAYLOADS = [bytes([65 + i]) * (20_000 * (i + 1)) for i in range(5)]
 
 
