@@ -18,6 +18,7 @@ that is not callable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import random
@@ -361,6 +362,11 @@ def test_sync_close_waits_for_a_handler_still_delivering_its_response(registrati
     def respond(conn: pymsquic.sync.Connection) -> None:
         handler_thread.append(threading.current_thread())
         conn.accept_stream(timeout=WAIT).write(payload, fin=True)  # queued: conn.close() delivers it
+        # And a stream the client reads only after the whole response: its flow
+        # control holds conn.close() back until then. Else the close could come
+        # while the client still reads, and QUIC's close discards what it has not
+        # taken yet (see Connection.close()); of this one, the client needs nothing.
+        conn.open_stream(unidirectional=True).write(bytes(4 << 20), fin=True)
         returned.set()
 
     # close_timeout: the handler's conn.close() waits for the client to read, never gives up on it.
@@ -383,6 +389,11 @@ def test_sync_close_waits_for_a_handler_still_delivering_its_response(registrati
         # waits cannot return before the client reads; the join merely times out.)
         closer.join(2.0)
         received = stream.read(timeout=WAIT)
+        assert handler_thread[0].is_alive()  # still closing: the unread tail holds the close back
+        tail = conn.accept_stream(timeout=WAIT)
+        with contextlib.suppress(pymsquic.ConnectionClosed):  # its own last bytes may be cut off by the close
+            while tail.read(1 << 20, timeout=WAIT):
+                pass
         closer.join(WAIT)
     assert not closer.is_alive()
     assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest(), len(received)
