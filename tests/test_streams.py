@@ -125,7 +125,7 @@ def test_stream_semantics() -> None:
             data = await stream.readexactly(4)
             if data == b"stop":
                 stream.stop_sending(21)
-                await asyncio.sleep(0.5)
+                stream.finish()  # the client's cue: msquic sends the STOP_SENDING ahead of this FIN
                 continue
             data += await stream.read()
             if data == b"exact":
@@ -155,7 +155,7 @@ def test_stream_semantics() -> None:
 
             s = conn.open_stream()
             s.write(b"stop")
-            await asyncio.sleep(0.3)
+            assert await s.read() == b""  # the server's FIN: its STOP_SENDING came before
             with pytest.raises(pymsquic.StreamStopped) as stopped:
                 s.write(b"more")
                 await s.drain()
@@ -315,6 +315,7 @@ def test_connection_stats() -> None:
 
 def test_stream_protocol_callbacks() -> None:
     events: list[tuple] = []
+    half_received, all_lost = asyncio.Event(), asyncio.Event()  # set by the server's protocols
 
     class Upper(pymsquic.asyncio.StreamProtocol):
         def connection_made(self, stream: pymsquic.asyncio.Stream) -> None:
@@ -322,6 +323,8 @@ def test_stream_protocol_callbacks() -> None:
 
         def data_received(self, data: bytes) -> None:
             self.data += data
+            if self.data == b"half":
+                half_received.set()
 
         def eof_received(self) -> None:
             events.append(("eof", self.data))
@@ -329,6 +332,8 @@ def test_stream_protocol_callbacks() -> None:
 
         def connection_lost(self, exc: Exception | None) -> None:
             events.append(("lost", type(exc).__name__ if exc else None, getattr(exc, "error_code", None)))
+            if sum(e[0] == "lost" for e in events) == 21:
+                all_lost.set()
 
     async def handler(conn: pymsquic.asyncio.Connection) -> None:
         conn.set_stream_protocol(Upper)
@@ -342,9 +347,11 @@ def test_stream_protocol_callbacks() -> None:
             answers = [await s.read() for s in streams]
             aborted = conn.open_stream()
             aborted.write(b"half")
-            await asyncio.sleep(0.1)
+            await asyncio.wait_for(half_received.wait(), 10)  # a reset now reaches a stream the server has
             aborted.reset(5)
-            await asyncio.sleep(0.3)
+            # Every stream ended on the server before the client closes: a close
+            # coming first would end the last ones with ConnectionClosed instead.
+            await asyncio.wait_for(all_lost.wait(), 10)
             return answers
 
     answers = run_echo_server(client, handler)
