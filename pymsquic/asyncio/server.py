@@ -142,7 +142,9 @@ class serve:
     free port (see :attr:`Server.addresses`). The connection is closed
     gracefully when the handler returns (error code 0, unless the handler shut
     it down itself) or raises (:data:`~pymsquic.EXCEPTION_ERROR_CODE`);
-    ``close_timeout`` bounds that close. With ``start_serving=False`` the
+    ``close_timeout`` bounds that close, which waits for the client's msquic
+    to acknowledge everything sent, not for the client to read it: see
+    :meth:`Connection.close`. With ``start_serving=False`` the
     server accepts only once :meth:`Server.start_serving` or
     :meth:`Server.serve_forever` is awaited.
     """

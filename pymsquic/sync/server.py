@@ -162,7 +162,9 @@ def serve(handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | Non
     every local address; port 0 picks a free port (see
     :attr:`Server.addresses`). The connection is closed gracefully when the
     handler returns (error code 0) or raises
-    (:data:`~pymsquic.EXCEPTION_ERROR_CODE`); ``close_timeout`` bounds that close.
+    (:data:`~pymsquic.EXCEPTION_ERROR_CODE`); ``close_timeout`` bounds that close,
+    which waits for the client's msquic to acknowledge everything sent, not for
+    the client to read it: see :meth:`Connection.close`.
     """
     configuration = chosen_configuration(configuration, registration, alpn, credential, settings, None)
     return Server(handler, start_listener(handler, Listener, host, port, configuration, backlog), close_timeout)
