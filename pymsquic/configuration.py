@@ -9,7 +9,7 @@ import os
 from typing import Any, Iterable, Sequence, Union
 
 from . import _native
-from ._core.certificates import VerifyCallback, VerifyLike, check_mode
+from ._core.certificates import VerifyCallback, VerifyLike, check_mode, verify_default
 from ._msquic import ffi, lib
 from .errors import QuicError
 from .registration import Registration
@@ -233,7 +233,9 @@ class Credential:
                certfile: str | os.PathLike[str] | None = None, keyfile: str | os.PathLike[str] | None = None,
                password: str | None = None) -> "Credential":
         """Client credential. Servers are verified against the system CA store, or
-        ``ca_file`` (a private CA); ``verify=False`` skips it (tests only).
+        ``ca_file`` (a private CA), and the certificate must be valid for the
+        server name (checked in Python, :func:`~pymsquic.server_name_matches`:
+        msquic 2.5.1 does not check it); ``verify=False`` skips both (tests only).
         ``certfile``/``keyfile`` present a client certificate (mutual TLS).
 
         ``verify`` may instead be a callable that decides in Python:
@@ -249,12 +251,13 @@ class Credential:
         """
         flags = lib.QUIC_CREDENTIAL_FLAG_CLIENT | _ca_flag(ca_file) | _PEER_CERTIFICATE_FLAGS
         callback: VerifyCallback | None = None
-        if callable(verify):
-            callback = verify
+        if verify is True or callable(verify):
+            # True: msquic's chain check plus the name check, in Python through the same deferred path.
+            callback = verify_default if verify is True else verify
             flags |= lib.PMQ_CRED_FLAG_DEFER_CERTIFICATE_VALIDATION
-        elif not isinstance(verify, bool):
+        elif verify is not False:
             raise TypeError(f"verify must be a bool or a callable, not {type(verify).__name__}")
-        elif not verify:
+        else:
             flags |= lib.QUIC_CREDENTIAL_FLAG_NO_CERTIFICATE_VALIDATION
         if (certfile is None) != (keyfile is None):
             raise ValueError("a client certificate needs both certfile and keyfile")

@@ -18,7 +18,6 @@ import pytest
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamDataReceived
-from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, pkcs12
 
 import pymsquic
@@ -509,6 +508,46 @@ def test_server_checks_pending_when_clients_leave_and_listener_closes(
         conn.close()
 
 
+def test_clients_leave_while_server_checks_run(tmp_path: Path, registration: pymsquic.Registration) -> None:
+    # Blocking clients in threads connect and shut down at once while the
+    # server's accept loop runs slow checks: checks meet connections in every
+    # state (still up, shut down by the peer, closed). None may crash or hang.
+    import concurrent.futures
+    import time
+
+    server_cert = make_cert(tmp_path, "localhost")
+    client_cert = make_cert(tmp_path, "client.example")
+    client = pymsquic.Credential.client(verify=False, certfile=client_cert.certfile, keyfile=client_cert.keyfile)
+    checks = []
+
+    def slow(check: pymsquic.CertificateCheck) -> bool:
+        checks.append(check)
+        time.sleep(0.002)  # a slow check: connections pile up behind it
+        return len(checks) % 4 != 0
+
+    def one(port: int) -> None:
+        conn = pymsquic.sync.connect("127.0.0.1", port, alpn=ALPN, credential=client, registration=registration,
+                                     server_name="localhost", open_timeout=WAIT)
+        conn.shutdown(5)
+        conn.close()
+
+    async def handler(conn: pymsquic.asyncio.Connection) -> None:
+        await conn.close()
+
+    async def main() -> None:
+        credential = server_cert.credential.requiring_client_auth(verify=slow)
+        async with pymsquic.asyncio.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=credential,
+                                          registration=registration) as server:
+            port = server.addresses[0][1]
+            loop = asyncio.get_running_loop()
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                await asyncio.gather(*(loop.run_in_executor(pool, one, port) for _ in range(150)))
+        stats = server.listener.stats()  # closed: every connection is counted once
+        assert stats.accepted + stats.failed + stats.refused_other == 150
+
+    asyncio.run(main())
+    assert len(checks) > 0
+
 def test_check_nobody_runs_ends_at_handshake_timeout(tmp_path: Path, registration: pymsquic.Registration) -> None:
     server_cert = make_cert(tmp_path, "localhost")
     client_cert = make_cert(tmp_path, "client.example")
@@ -549,3 +588,51 @@ def test_pinned_client_example_rejects_another_certificate(tmp_path: Path) -> No
     assert result.returncode == 2, result.stdout + result.stderr
     assert "refused: the server's certificate was rejected" in result.stdout
 
+
+
+# ---- verify=True: msquic's chain check plus the name check in Python ---------------------
+
+@worlds
+@pytest.mark.parametrize("asked", ["localhost", "LOCALHOST", "wrong.example", "127.0.0.2"])
+def test_default_verify_checks_the_name(w: World, asked: str, tmp_path: Path,
+                                        registration: pymsquic.Registration) -> None:
+    # msquic 2.5.1 verifies the chain but not the name (microsoft/msquic#6274).
+    server_cert = make_cert(tmp_path, "localhost", "127.0.0.1")
+    credential = pymsquic.Credential.client(ca_file=server_cert.certfile)  # verify=True
+
+    async def main() -> None:
+        server, port, peers = await aioquic_server(server_cert)
+        try:
+            connecting = run_world(w, lambda p: pymsquic_connect(w, p, registration, credential, asked), port)
+            if asked.lower() == "localhost":
+                assert await connecting == server_cert.der
+                return
+            with pytest.raises(pymsquic.HandshakeError) as raised:
+                await connecting
+            assert f"not valid for {asked!r}" in str(raised.value)
+            assert raised.value.alert_name == "bad_certificate"
+            await asyncio.wait_for(peers[0].ended.wait(), WAIT)
+            assert peers[0].terminated is not None
+            assert peers[0].terminated.error_code == CRYPTO_ERROR + BAD_CERTIFICATE
+        finally:
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_default_verify_untrusted_chain(tmp_path: Path, registration: pymsquic.Registration) -> None:
+    server_cert = make_cert(tmp_path, "localhost")
+    other = make_cert(tmp_path, "other.example")
+
+    async def main() -> None:
+        server, port, _ = await aioquic_server(server_cert)
+        try:
+            with pytest.raises(pymsquic.HandshakeError) as raised:
+                await pymsquic_connect(worlds_asyncio(), port, registration,
+                                       pymsquic.Credential.client(ca_file=other.certfile))
+            assert "chain did not verify (CERT_UNTRUSTED_ROOT)" in str(raised.value)
+            assert raised.value.alert_name == "unknown_ca"  # what msquic's own check answers
+        finally:
+            server.close()
+
+    asyncio.run(main())

@@ -91,7 +91,21 @@ def server_name_matches(certificate: bytes, server_name: str) -> bool:
 def verify_default(check: CertificateCheck) -> bool:
     """``verify=True``: msquic verified the chain, and the leaf is valid for the
     server name (which msquic 2.5.1 does not check: microsoft/msquic#6274)."""
-    return check.chain_verified and (check.server_name is None or server_name_matches(check.leaf, check.server_name))
+    return _default_refusal(check) is None
+
+
+def _default_refusal(check: CertificateCheck) -> tuple[str, int] | None:
+    """Why verify_default refuses, and the TLS alert msquic's own check would send."""
+    if not check.chain_verified:
+        return f"its chain did not verify ({check.chain_error})", _CHAIN_ALERTS.get(check.chain_error or "",
+                                                                                    BAD_CERTIFICATE)
+    if check.server_name is not None and not server_name_matches(check.leaf, check.server_name):
+        return f"it is not valid for {check.server_name!r}", BAD_CERTIFICATE
+    return None
+
+
+# What OpenSSL answers msquic's (non-deferred) chain errors with.
+_CHAIN_ALERTS = {"CERT_UNTRUSTED_ROOT": 48, "CERT_EXPIRED": 45}  # unknown_ca, certificate_expired
 
 
 def _chain(taken: Any) -> list[bytes]:
@@ -109,24 +123,30 @@ def _chain(taken: Any) -> list[bytes]:
 
 
 def run_check(native_conn: Any, taken: Any, verify: VerifyCallback | None, server_name: str | None,
-              log: logging.Logger | logging.LoggerAdapter) -> bool:  # type: ignore[type-arg]
+              log: logging.Logger | logging.LoggerAdapter) -> str | None:  # type: ignore[type-arg]
     """Run ``verify`` on a check taken from ``native_conn`` and complete it:
     accepted if it returns truthy; rejected (alert bad_certificate) if it
-    returns falsy or raises (logged on ``log``). Frees ``taken``."""
+    returns falsy or raises (logged on ``log``). Frees ``taken``. Returns
+    None if accepted, else why not."""
     try:
         status = taken.chain_status & 0xFFFFFFFF
         check = CertificateCheck(_chain(taken), server_name, None if status == 0 else status_name(status))
     finally:
         lib.pmq_cert_taken_clear(taken)
-    accepted = False
-    try:
-        accepted = bool(verify(check)) if verify is not None else False
-    except Exception:
-        log.exception("certificate check %r raised; rejecting the certificate", verify)
-    if not accepted:
-        log.info("certificate of %s rejected by %r", server_name or "the peer", verify)
-    lib.pmq_conn_cert_complete(native_conn, accepted, BAD_CERTIFICATE)
-    return accepted
+    refusal: tuple[str, int] | None = None
+    if verify is verify_default:
+        refusal = _default_refusal(check)
+    else:
+        try:
+            if not (verify is not None and verify(check)):
+                refusal = f"rejected by {verify!r}", BAD_CERTIFICATE
+        except Exception:
+            log.exception("certificate check %r raised; rejecting the certificate", verify)
+            refusal = f"rejected by {verify!r} (it raised)", BAD_CERTIFICATE
+    if refusal is not None:
+        log.info("certificate of %s refused: %s", server_name or "the peer", refusal[0])
+    lib.pmq_conn_cert_complete(native_conn, refusal is None, refusal[1] if refusal else BAD_CERTIFICATE)
+    return None if refusal is None else refusal[0]
 
 
 def check_mode(verify: object, require: bool) -> int:

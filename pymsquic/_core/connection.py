@@ -426,21 +426,20 @@ class ConnectionCore(Generic[S]):
     # ---- certificate checks in Python (pymsquic._core.certificates) ------------
 
     _sni: str | None = None
-    _certificate_rejected_here = False
+    _certificate_refusal: str | None = None
 
     def _run_certificate_check(self) -> None:
         """Runs the credential's ``verify`` callable on a check msquic deferred (client)."""
         taken = ffi.new("pmq_cert_taken *")
         if lib.pmq_conn_cert_take(self._conn, taken):
             verify = self.configuration.credential.verify
-            if not run_check(self._conn, taken, verify, self._sni, self.logger):
-                self._certificate_rejected_here = True
+            self._certificate_refusal = run_check(self._conn, taken, verify, self._sni, self.logger)
 
     def _certificate_rejected(self, reason: ConnectionClosed) -> ConnectionClosed:
         """The handshake error to raise: says so when our own check rejected the certificate."""
-        if not self._certificate_rejected_here:
+        if self._certificate_refusal is None or not isinstance(reason, HandshakeError):
             return reason
-        return HandshakeError(f"the server's certificate was rejected by {self.configuration.credential.verify!r}",
+        return HandshakeError(f"the server's certificate was rejected: {self._certificate_refusal}",
                               status=reason.status, by_transport=reason.by_transport, error_code=reason.error_code)
 
 
