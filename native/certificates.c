@@ -18,7 +18,12 @@
  * shutdown has begun, tested and called under the connection's lock: the
  * shutdown events set their flags under that lock, and the call only queues an
  * operation (it never waits), so it is safe to make with the lock held. A
- * connection shutting down needs no verdict; it is left alone.
+ * connection shutting down needs no verdict; it is left alone. What remains is
+ * a shutdown msquic decides (idle timeout) after the test, before our queued
+ * operation runs: narrow, and not seen. Observed on 2.5.1 without this test:
+ * no crash in 600 connect-and-shutdown cycles with server checks in flight (a
+ * late completion mostly finds the handle closed at SHUTDOWN_COMPLETE, which
+ * the guard refuses); the test costs nothing, so it stays.
  */
 #include <stdlib.h>
 #include <string.h>

@@ -305,12 +305,15 @@ class ListenerCore(Generic[C]):
                                                            len(self._configurations) - 1,
                                                            configuration.credential.cert_check_mode),
                           f"adding server name {name!r}")
+        self._checks_clients = any(c.credential.verify is not None for c in self._configurations)
         _native.check(lib.pmq_listener_set_default_name(self._listener, bool(refuse_unknown),
                                                         self.configuration.credential.cert_check_mode),
                       "setting the default server name")
 
     def _run_certificate_checks(self) -> None:
         """Runs the ``verify_client`` callables of connections still handshaking."""
+        if not self._checks_clients:  # else every accept would walk the handshakes for nothing
+            return
         conn = ffi.new("pmq_conn **")
         taken = ffi.new("pmq_cert_taken *")
         while lib.pmq_listener_cert_take(self._listener, conn, taken):
