@@ -21,6 +21,7 @@ from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEv
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, pkcs12
 
 import pymsquic
+from pymsquic._msquic import lib
 from pymsquic.configuration import generate_self_signed
 
 from conftest import ALPN
@@ -408,6 +409,26 @@ def test_server_name_check_per_name(named: dict[str, Cert], tmp_path: Path,
     assert list(peer_a.buffers.values()) == [b"ping"]
     assert peer_b.terminated is not None and peer_b.terminated.error_code == CRYPTO_ERROR + BAD_CERTIFICATE
 
+
+def test_listener_server_names_low_level(named: dict[str, Cert], registration: pymsquic.Registration) -> None:
+    # Listener(server_names=...): the accepted connection carries the configuration it got.
+    default = pymsquic.Configuration(registration, ALPN, named["default.example"].credential)
+    config_b = pymsquic.Configuration(registration, ALPN, named["b.example"].credential)
+    client = pymsquic.Credential.client(verify=False)
+    with pymsquic.sync.Listener(registration, default, server_names={"b.example": config_b}) as listener:
+        listener.start(ALPN, ("127.0.0.1", 0))
+        port = listener.local_address[1]  # type: ignore[index]
+        for asked, configuration in (("b.example", config_b), ("c.example", default)):
+            with pymsquic.sync.connect("127.0.0.1", port, alpn=ALPN, credential=client, registration=registration,
+                                       server_name=asked, open_timeout=WAIT) as conn:
+                accepted = listener.accept(timeout=WAIT)
+                assert accepted.configuration is configuration and accepted.server_name == asked
+                expected = "b.example" if configuration is config_b else "default.example"
+                assert conn.peer_certificate == named[expected].der
+                accepted.close()
+        # Names are fixed once started (NEW_CONNECTION reads the table without a lock).
+        assert lib.pmq_listener_add_server_name(listener._listener, b"d.example", config_b.handle, 9,
+                                                0) == lib.QUIC_STATUS_INVALID_STATE
 
 def test_server_names_bad_input(registration: pymsquic.Registration, named: dict[str, Cert]) -> None:
     cred = named["a.example"].credential
