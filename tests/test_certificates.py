@@ -569,6 +569,26 @@ def test_clients_leave_while_server_checks_run(tmp_path: Path, registration: pym
     asyncio.run(main())
     assert len(checks) > 0
 
+def test_interrupted_check_still_rejects(tmp_path: Path, registration: pymsquic.Registration) -> None:
+    # A KeyboardInterrupt in the callable leaves accept(), and the connection is
+    # rejected at once, not left to its handshake timeout.
+    server_cert = make_cert(tmp_path, "localhost")
+    client_cert = make_cert(tmp_path, "client.example")
+    config = pymsquic.Configuration(registration, ALPN,
+                                    server_cert.credential.requiring_client_auth(verify=Recorder(KeyboardInterrupt())))
+    client = pymsquic.Credential.client(verify=False, certfile=client_cert.certfile, keyfile=client_cert.keyfile)
+    with pymsquic.sync.Listener(registration, config) as listener:
+        listener.start(ALPN, ("127.0.0.1", 0))
+        conn = pymsquic.sync.connect("127.0.0.1", listener.local_address[1], alpn=ALPN,  # type: ignore[index]
+                                     credential=client, registration=registration, server_name="localhost",
+                                     open_timeout=WAIT)
+        with pytest.raises(KeyboardInterrupt):
+            listener.accept(timeout=WAIT)
+        conn.wait_closed(timeout=WAIT)
+        reason = conn.close_reason
+        assert isinstance(reason, pymsquic.HandshakeError) and reason.alert == BAD_CERTIFICATE, reason
+        conn.close()
+
 def test_check_nobody_runs_ends_at_handshake_timeout(tmp_path: Path, registration: pymsquic.Registration) -> None:
     server_cert = make_cert(tmp_path, "localhost")
     client_cert = make_cert(tmp_path, "client.example")

@@ -128,23 +128,27 @@ def run_check(native_conn: Any, taken: Any, verify: VerifyCallback | None, serve
     accepted if it returns truthy; rejected (alert bad_certificate) if it
     returns falsy or raises (logged on ``log``). Frees ``taken``. Returns
     None if accepted, else why not."""
-    refusal: tuple[str, int] | None = None
-    try:  # whatever happens, the check is completed: a taken check nobody completes stalls the handshake
+    # Completed whatever happens (KeyboardInterrupt included): a taken check nobody
+    # completes holds the handshake until its idle timeout.
+    refusal: tuple[str, int] | None = (f"{verify!r} was interrupted", BAD_CERTIFICATE)
+    try:
         status = taken.chain_status & 0xFFFFFFFF
         check = CertificateCheck(_chain(taken), server_name, None if status == 0 else status_name(status))
         lib.pmq_cert_taken_clear(taken)
         if verify is verify_default:
             refusal = _default_refusal(check)
-        elif not (verify is not None and verify(check)):
+        elif verify is not None and verify(check):
+            refusal = None
+        else:
             refusal = f"rejected by {verify!r}", BAD_CERTIFICATE
     except Exception:
         log.exception("certificate check %r raised; rejecting the certificate", verify)
         refusal = f"rejected by {verify!r} (it raised)", BAD_CERTIFICATE
     finally:
         lib.pmq_cert_taken_clear(taken)  # safe twice: it clears the record
-    if refusal is not None:
-        log.info("certificate of %s refused: %s", server_name or "the peer", refusal[0])
-    lib.pmq_conn_cert_complete(native_conn, refusal is None, refusal[1] if refusal else BAD_CERTIFICATE)
+        if refusal is not None:
+            log.info("certificate of %s refused: %s", server_name or "the peer", refusal[0])
+        lib.pmq_conn_cert_complete(native_conn, refusal is None, refusal[1] if refusal else BAD_CERTIFICATE)
     return None if refusal is None else refusal[0]
 
 
