@@ -247,7 +247,8 @@ class Credential:
         an exception (logged on the connection's logger), rejects: the server
         gets the TLS alert bad_certificate and ``connect`` raises
         :class:`~pymsquic.HandshakeError`. It runs in ``connect``, on the
-        thread (or event loop) that waits for the handshake, never on msquic's.
+        thread (or event loop) that waits for the handshake, never on msquic's:
+        keep it quick (on an event loop it holds up everything else).
         """
         flags = lib.QUIC_CREDENTIAL_FLAG_CLIENT | _ca_flag(ca_file) | _PEER_CERTIFICATE_FLAGS
         callback: VerifyCallback | None = None

@@ -443,6 +443,10 @@ def test_server_names_bad_input(registration: pymsquic.Registration, named: dict
     with pytest.raises(TypeError):
         pymsquic.sync.serve(lambda c: None, "127.0.0.1", 0, alpn=ALPN, credential=cred, default_credential=cred,
                             registration=registration)
+    configuration = pymsquic.Configuration(registration, ALPN, cred)
+    with pytest.raises(TypeError):
+        pymsquic.sync.serve(lambda c: None, "127.0.0.1", 0, credential={"a.example": cred},
+                            configuration=configuration)
 
 
 # ---- the name check msquic 2.5.1 lacks -----------------------------------------------------

@@ -98,6 +98,8 @@ def server_configurations(configuration: Configuration | None, registration: Reg
             raise TypeError("default_credential= goes with a mapping of server names to credentials")
         return ServerConfigurations(chosen_configuration(configuration, registration, alpn, credential,
                                                          settings, None))
+    if configuration is not None:
+        raise TypeError("give configuration= or a mapping of server names to credentials, not both")
     if not credential:
         raise ValueError("credential= maps no server name")
     by_name = {name: chosen_configuration(None, registration, alpn, cred, settings, None)
