@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import ssl
 import subprocess
 import sys
@@ -625,7 +626,7 @@ def test_pinned_client_example_rejects_another_certificate(tmp_path: Path) -> No
             return await asyncio.get_running_loop().run_in_executor(None, lambda: subprocess.run(
                 [sys.executable, str(REPO / "examples" / "pinned_client.py"), "--port", str(port), "--alpn", ALPN,
                  "--ca", str(other.certfile)], capture_output=True, text=True, timeout=60,
-                env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"}))
+                env={**os.environ, "PYTHONPATH": str(REPO)}))
         finally:
             server.close()
 
