@@ -303,6 +303,22 @@ def test_server_verify_client_certificate_from_aioquic(w: World, accept: bool, t
         assert peer.terminated is not None and peer.terminated.error_code == CRYPTO_ERROR + BAD_CERTIFICATE
 
 
+def test_server_verify_client_sees_chain_verified_with_ca_file(tmp_path: Path,
+                                                               registration: pymsquic.Registration) -> None:
+    server_cert = make_cert(tmp_path, "localhost")
+    client_cert = make_cert(tmp_path, "client.example")
+    recorder = Recorder(True)
+    credential = server_cert.credential.requiring_client_auth(ca_file=client_cert.certfile, verify=recorder)
+
+    async def main() -> AioquicPeer:
+        async with await serve_with(worlds_asyncio(), registration, credential=credential) as server:
+            return await aioquic_client(server.port, "localhost", client_cert)
+
+    peer = asyncio.run(main())
+    assert list(peer.buffers.values()) == [b"ping"]
+    [check] = recorder.checks
+    assert check.chain_verified and check.chain == [client_cert.der]
+
 @worlds
 def test_server_verify_client_raising_rejects(w: World, tmp_path: Path, caplog: Any,
                                               registration: pymsquic.Registration) -> None:
