@@ -69,6 +69,7 @@ struct pmq_conn {
     uint64_t handshake_us;
     uint32_t stream_scheduling;  /* PMQ_SCHEDULING_*, as last set */
     int scheduling_pending;      /* set before the start: apply at CONNECTED */
+    pmq_cert_check cert;         /* a certificate check in Python (certificates.c) */
 };
 
 static void conn_close_handle(HQUIC handle) { pmq_api->ConnectionClose(handle); }
@@ -86,6 +87,7 @@ static void conn_destroy(pmq_obj *obj)
         free(d);
     }
     free(c->peer_cert);
+    pmq_cert_free(&c->cert);
     free(c);
 }
 
@@ -382,6 +384,7 @@ static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONN
 {
     pmq_conn *c = context;
     PMQ_CHECK_CALLBACK(&c->obj, handle);
+    QUIC_STATUS status = QUIC_STATUS_SUCCESS;
     pmq_callback_enter();
     switch (event->Type) {
     case QUIC_CONNECTION_EVENT_CONNECTED:
@@ -419,12 +422,13 @@ static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONN
         break;
     case QUIC_CONNECTION_EVENT_PEER_CERTIFICATE_RECEIVED:
         on_peer_certificate(c, event);
+        status = pmq_cert_on_received(c, event);
         break;
     default:
         break;
     }
     pmq_callback_leave();
-    return QUIC_STATUS_SUCCESS;
+    return status;
 }
 
 /* ---- server side: created by the listener in NEW_CONNECTION ------------- */
@@ -885,4 +889,20 @@ uint32_t pmq_conn_stream_scheduling(pmq_conn *c)
     uint32_t scheme = c->stream_scheduling;
     pthread_mutex_unlock(&c->obj.lock);
     return scheme;
+}
+
+/* ---- for certificates.c ------------------------------------------------------ */
+
+pmq_cert_check *pmq_conn_cert(pmq_conn *c) { return &c->cert; }
+
+HQUIC pmq_conn_guard_enter_locked(pmq_conn *c) { return c->started ? pmq_guard_enter_locked(&c->guard) : NULL; }
+
+void pmq_conn_guard_leave(pmq_conn *c) { pmq_guard_leave(&c->obj, &c->guard, conn_close_handle); }
+
+void pmq_conn_notify_owner(pmq_conn *c)
+{
+    pthread_mutex_lock(&c->obj.lock);
+    pmq_listener *l = owning_listener(c);
+    pthread_mutex_unlock(&c->obj.lock);
+    notify_listener(l);
 }

@@ -162,4 +162,51 @@ void pmq_conn_stream_sending(pmq_conn *conn, int delta);
 
 #define PMQ_MAX_ALPNS 32
 
+/* ---- certificate checks in Python and certificates by server name ----------
+ * (certificates.c, sni.c). A connection's check is guarded by its lock. */
+enum { PMQ_CERT_NONE = 0, PMQ_CERT_PENDING = 1, PMQ_CERT_TAKEN = 2, PMQ_CERT_DONE = 3 };
+
+typedef struct pmq_cert_check {
+    uint32_t mode;             /* PMQ_CERT_CHECK_*, set before the handshake */
+    uint32_t tag;              /* the listener's configuration this connection got */
+    int state;                 /* PMQ_CERT_* */
+    QUIC_STATUS chain_status;  /* msquic's own verdict on the chain */
+    uint8_t *leaf;
+    uint32_t leaf_len;
+    uint8_t *chain;            /* PKCS#7 DER */
+    uint32_t chain_len;
+} pmq_cert_check;
+
+/* connection.c's side of certificates.c */
+pmq_cert_check *pmq_conn_cert(pmq_conn *conn);
+HQUIC pmq_conn_guard_enter_locked(pmq_conn *conn);
+void pmq_conn_guard_leave(pmq_conn *conn);
+/* Wakes the listener whose backlog holds conn, if any. */
+void pmq_conn_notify_owner(pmq_conn *conn);
+QUIC_STATUS pmq_cert_on_received(pmq_conn *conn, QUIC_CONNECTION_EVENT *event);
+void pmq_cert_free(pmq_cert_check *check);
+
+/* A listener's table of server names (sni.c); written only while the listener
+ * is idle, read without a lock in NEW_CONNECTION. */
+typedef struct pmq_sni_entry {
+    char *name;                /* lower case; "*.example" matches one label */
+    size_t len;
+    HQUIC configuration;
+    uint32_t tag;
+    uint32_t cert_mode;
+} pmq_sni_entry;
+
+typedef struct pmq_sni_table {
+    pmq_sni_entry *entries;
+    size_t count;
+    int refuse_unknown;        /* names not in the table are refused, not served the default */
+    uint32_t default_cert_mode;
+} pmq_sni_table;
+
+QUIC_STATUS pmq_sni_add(pmq_sni_table *table, const char *name, HQUIC configuration, uint32_t tag,
+                        uint32_t cert_mode);
+/* The entry for a ClientHello's server name; NULL: serve the default (or refuse). */
+const pmq_sni_entry *pmq_sni_lookup(const pmq_sni_table *table, const char *name, size_t len);
+void pmq_sni_free(pmq_sni_table *table);
+
 #endif

@@ -59,12 +59,14 @@ struct pmq_listener {
     int reaper_running;
     int reaper_quit;
     pthread_cond_t reaper_cond;
+    pmq_sni_table sni;         /* configurations by server name (sni.c); written only while IDLE */
 };
 
 static void listener_destroy(pmq_obj *obj)
 {
     pmq_listener *l = (pmq_listener *)obj;
     pthread_cond_destroy(&l->reaper_cond);
+    pmq_sni_free(&l->sni);
     free(l->queue);
     free(l->handshaking);
     free(l);
@@ -200,6 +202,20 @@ void pmq_listener_conn_changed(pmq_listener *l)
     } while (n == DROP_BATCH);
 }
 
+/* The configuration for the ClientHello's server name (sni.c), or NULL to refuse;
+ * sets the connection's certificate check mode and configuration tag. */
+static HQUIC choose_configuration(pmq_listener *l, pmq_conn *conn, const QUIC_NEW_CONNECTION_INFO *info)
+{
+    const pmq_sni_entry *entry = pmq_sni_lookup(&l->sni, info->ServerName, info->ServerNameLength);
+    if (entry == NULL && l->sni.refuse_unknown) {
+        return NULL;
+    }
+    pmq_cert_check *check = pmq_conn_cert(conn); /* no callback can run on it yet */
+    check->mode = entry != NULL ? entry->cert_mode : l->sni.default_cert_mode;
+    check->tag = entry != NULL ? entry->tag : 0;
+    return entry != NULL ? entry->configuration : l->configuration;
+}
+
 static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_NEW_CONNECTION_INFO *info)
 {
     pthread_mutex_lock(&l->obj.lock);
@@ -223,6 +239,7 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
 
     QUIC_STATUS status = QUIC_STATUS_SUCCESS;
     int refused_by_hook = 0;
+    HQUIC configuration = NULL;
     pmq_conn *conn = pmq_conn_new_accepted(l, info);
     if (conn == NULL) {
         status = QUIC_STATUS_OUT_OF_MEMORY;
@@ -230,8 +247,10 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
                !pmq_py_listener_hook(l->hook_id, PMQ_HOOK_NEW_CONNECTION, pmq_conn_info_ptr(conn))) {
         status = QUIC_STATUS_CONNECTION_REFUSED;
         refused_by_hook = 1;
+    } else if ((configuration = choose_configuration(l, conn, info)) == NULL) {
+        status = QUIC_STATUS_CONNECTION_REFUSED; /* a server name this listener does not serve */
     } else {
-        status = pmq_conn_adopt(conn, handle, l->configuration);
+        status = pmq_conn_adopt(conn, handle, configuration);
         if (QUIC_SUCCEEDED(status) && l->stream_scheduling != PMQ_SCHEDULING_FIFO) {
             /* On the connection's worker: SetParam runs inline, before any stream exists. */
             pmq_conn_set_stream_scheduling(conn, l->stream_scheduling);
@@ -519,4 +538,44 @@ QUIC_STATUS pmq_retry_memory_limit(int set, uint16_t *value)
     }
     uint32_t size = sizeof(*value);
     return pmq_api->GetParam(NULL, QUIC_PARAM_GLOBAL_RETRY_MEMORY_PERCENT, &size, value);
+}
+
+/* ---- certificate checks and server names (certificates.c, sni.c) ------------ */
+
+int pmq_listener_cert_take(pmq_listener *l, pmq_conn **out, pmq_cert_taken *taken)
+{
+    pthread_mutex_lock(&l->obj.lock);
+    pmq_conn *found = NULL;
+    for (uint32_t i = 0; i < l->handshaking_count && found == NULL; i++) {
+        if (pmq_conn_cert_take(l->handshaking[i], taken)) { /* listener -> connection lock order */
+            found = l->handshaking[i];
+            pmq_obj_ref(pmq_conn_obj(found));
+        }
+    }
+    pthread_mutex_unlock(&l->obj.lock);
+    *out = found;
+    return found != NULL;
+}
+
+QUIC_STATUS pmq_listener_add_server_name(pmq_listener *l, const char *name, HQUIC configuration, uint32_t tag,
+                                         uint32_t cert_mode)
+{
+    pthread_mutex_lock(&l->obj.lock);
+    QUIC_STATUS status = l->state == PMQ_LISTENER_IDLE ? pmq_sni_add(&l->sni, name, configuration, tag, cert_mode)
+                                                       : QUIC_STATUS_INVALID_STATE;
+    pthread_mutex_unlock(&l->obj.lock);
+    return status;
+}
+
+QUIC_STATUS pmq_listener_set_default_name(pmq_listener *l, int refuse_unknown, uint32_t cert_mode)
+{
+    pthread_mutex_lock(&l->obj.lock);
+    QUIC_STATUS status = QUIC_STATUS_INVALID_STATE;
+    if (l->state == PMQ_LISTENER_IDLE) {
+        l->sni.refuse_unknown = refuse_unknown != 0;
+        l->sni.default_cert_mode = cert_mode;
+        status = QUIC_STATUS_SUCCESS;
+    }
+    pthread_mutex_unlock(&l->obj.lock);
+    return status;
 }

@@ -376,6 +376,52 @@ void pmq_stream_release(pmq_stream *stream);
 QUIC_STATUS pmq_stream_set_priority(pmq_stream *stream, uint16_t priority);
 QUIC_STATUS pmq_stream_get_priority(pmq_stream *stream, uint16_t *out);
 
+/* ---- certificate checks in Python, certificates by server name (certificates.c, sni.c) ----
+ *
+ * With a check mode other than OFF the credential has msquic's
+ * DEFER_CERTIFICATE_VALIDATION: PEER_CERTIFICATE_RECEIVED copies the peer's
+ * certificate, chain and msquic's own verdict and returns PENDING; Python takes
+ * the check (never on msquic's thread) and completes it. */
+enum {
+    PMQ_CERT_CHECK_OFF = 0,
+    PMQ_CERT_CHECK_PYTHON = 1,          /* Python decides; no certificate at all is accepted (server) */
+    PMQ_CERT_CHECK_PYTHON_REQUIRE = 2   /* Python decides; no certificate is refused */
+};
+/* msquic's QUIC_CREDENTIAL_FLAG_DEFER_CERTIFICATE_VALIDATION (checked in certificates.c). */
+enum { PMQ_CRED_FLAG_DEFER_CERTIFICATE_VALIDATION = 32 };
+
+typedef struct pmq_cert_taken {
+    uint32_t tag;              /* the listener's configuration (0: its default) */
+    QUIC_STATUS chain_status;  /* 0 if msquic verified the chain, else its error */
+    uint32_t leaf_len;
+    uint32_t chain_len;
+    uint8_t *leaf;             /* DER; owned by this record until pmq_cert_taken_clear */
+    uint8_t *chain;            /* PKCS#7 DER of the chain msquic built */
+} pmq_cert_taken;
+
+/* Client: the check mode, before pmq_conn_start. */
+void pmq_conn_set_cert_check(pmq_conn *conn, uint32_t mode);
+/* Takes the connection's waiting check: 1 and `out` filled, or 0 if none waits.
+ * A taken check must be completed with pmq_conn_cert_complete. */
+int pmq_conn_cert_take(pmq_conn *conn, pmq_cert_taken *out);
+void pmq_cert_taken_clear(pmq_cert_taken *taken);
+/* Accept (alert ignored) or reject with a TLS alert. Accepting a connection that
+ * is shutting down does nothing (msquic 2.5.1 crashes on it: issue 6138). */
+QUIC_STATUS pmq_conn_cert_complete(pmq_conn *conn, int accept, uint16_t alert);
+/* The listener configuration tag the connection got in NEW_CONNECTION. */
+uint32_t pmq_conn_config_tag(pmq_conn *conn);
+/* Server: a check waiting on a connection still in the handshake list, taken as
+ * pmq_conn_cert_take does; *conn is referenced: complete, then pmq_conn_cert_done. */
+int pmq_listener_cert_take(pmq_listener *listener, pmq_conn **conn, pmq_cert_taken *out);
+void pmq_conn_cert_done(pmq_conn *conn);
+/* Before start: serve `configuration` to clients asking for `name` (ASCII,
+ * case-insensitive; "*.example.com" matches one label), tagged `tag` (> 0). */
+QUIC_STATUS pmq_listener_add_server_name(pmq_listener *listener, const char *name, HQUIC configuration,
+                                         uint32_t tag, uint32_t cert_mode);
+/* Before start: refuse names not in the table (1) or serve them the listener's
+ * configuration (0), whose check mode is cert_mode. */
+QUIC_STATUS pmq_listener_set_default_name(pmq_listener *listener, int refuse_unknown, uint32_t cert_mode);
+
 /* CFFI-END */
 
 /* Declared for cffi in build_msquic.py (a global and an extern "Python+C"). */

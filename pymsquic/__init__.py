@@ -17,6 +17,7 @@ blocking waits, hooks), ``_core`` (state and non-blocking steps), then
 from __future__ import annotations
 
 from . import _native, asyncio, sync
+from ._core.certificates import CertificateCheck, VerifyCallback, server_name_matches
 from ._core.connection import ConnectionStats
 from ._core.listener import (
     ListenerState,
@@ -83,3 +84,4 @@ __all__ = [
     "msquic_version", "retry_memory_limit", "serve", "set_retry_memory_limit", "status_name", "sync",
     "tls_alert_name",
 ]
+__all__ += ["CertificateCheck", "VerifyCallback", "server_name_matches"]  # certificate checks in Python

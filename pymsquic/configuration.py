@@ -9,6 +9,7 @@ import os
 from typing import Any, Iterable, Sequence, Union
 
 from . import _native
+from ._core.certificates import VerifyCallback, VerifyLike, check_mode, verify_default
 from ._msquic import ffi, lib
 from .errors import QuicError
 from .registration import Registration
@@ -185,6 +186,11 @@ class Credential:
     pkcs12: bytes | None = None
     ca_file: str | None = None
     certificate_pem: bytes | None = None  # the certificate, when known (self_signed)
+    #: The callable that checks the peer's certificate in Python (``verify=``,
+    #: ``verify_client=``), or None for msquic's own check.
+    verify: VerifyCallback | None = None
+    #: Server with ``verify``: refuse clients that send no certificate.
+    require_client_certificate: bool = False
 
     @property
     def is_client(self) -> bool:
@@ -193,44 +199,74 @@ class Credential:
     @classmethod
     def from_files(cls, certfile: str | os.PathLike[str], keyfile: str | os.PathLike[str],
                    password: str | None = None, *, require_client_auth: bool = False,
-                   ca_file: str | os.PathLike[str] | None = None) -> "Credential":
+                   ca_file: str | os.PathLike[str] | None = None,
+                   verify_client: VerifyCallback | None = None) -> "Credential":
         """Server credential from PEM certificate and key files (key optionally encrypted).
 
         ``require_client_auth`` asks clients for a certificate (mutual TLS),
-        verified against ``ca_file`` (or the system store)."""
-        return cls(lib.PMQ_CRED_FILES, _server_flags(require_client_auth, ca_file),
+        verified against ``ca_file`` (or the system store). ``verify_client``
+        checks client certificates in Python instead (see :meth:`client`'s
+        ``verify``): clients are asked for one, and with ``require_client_auth``
+        a client sending none is refused (else accepted without a call)."""
+        return cls(lib.PMQ_CRED_FILES, _server_flags(require_client_auth, ca_file, verify_client),
                    cert_file=_existing(certfile, "certfile"), key_file=_existing(keyfile, "keyfile"),
-                   password=_password(password), ca_file=_optional_file(ca_file))
+                   password=_password(password), ca_file=_optional_file(ca_file),
+                   verify=verify_client, require_client_certificate=require_client_auth)
 
     @classmethod
     def from_pkcs12(cls, data: bytes, password: str | None = None, *,
                     require_client_auth: bool = False,
-                    ca_file: str | os.PathLike[str] | None = None) -> "Credential":
-        """Server credential from an in-memory PKCS#12 blob (certificate chain and key)."""
+                    ca_file: str | os.PathLike[str] | None = None,
+                    verify_client: VerifyCallback | None = None) -> "Credential":
+        """Server credential from an in-memory PKCS#12 blob (certificate chain and key);
+        the options are those of :meth:`from_files`."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"PKCS#12 data must be bytes, not {type(data).__name__}")
         if not data:
             raise ValueError("PKCS#12 data is empty")
-        return cls(lib.PMQ_CRED_PKCS12, _server_flags(require_client_auth, ca_file), pkcs12=bytes(data),
-                   password=_password(password), ca_file=_optional_file(ca_file))
+        return cls(lib.PMQ_CRED_PKCS12, _server_flags(require_client_auth, ca_file, verify_client),
+                   pkcs12=bytes(data), password=_password(password), ca_file=_optional_file(ca_file),
+                   verify=verify_client, require_client_certificate=require_client_auth)
 
     @classmethod
-    def client(cls, verify: bool = True, ca_file: str | os.PathLike[str] | None = None, *,
+    def client(cls, verify: VerifyLike = True, ca_file: str | os.PathLike[str] | None = None, *,
                certfile: str | os.PathLike[str] | None = None, keyfile: str | os.PathLike[str] | None = None,
                password: str | None = None) -> "Credential":
         """Client credential. Servers are verified against the system CA store, or
-        ``ca_file`` (a private CA); ``verify=False`` skips it (tests only).
-        ``certfile``/``keyfile`` present a client certificate (mutual TLS)."""
+        ``ca_file`` (a private CA), and the certificate must be valid for the
+        server name (checked in Python, :func:`~pymsquic.server_name_matches`:
+        msquic 2.5.1 does not check it); ``verify=False`` skips both (tests only).
+        ``certfile``/``keyfile`` present a client certificate (mutual TLS).
+
+        ``verify`` may instead be a callable that decides in Python:
+        ``verify(check)`` gets a :class:`~pymsquic.CertificateCheck` (the
+        server's chain as DER, leaf first, the server name, and whether msquic
+        verified the chain against ``ca_file`` or the system store) and returns
+        truthy to accept. It alone decides, after msquic's own chain check:
+        pinning a self-signed certificate by its fingerprint works. Falsy, or
+        an exception (logged on the connection's logger), rejects: the server
+        gets the TLS alert bad_certificate and ``connect`` raises
+        :class:`~pymsquic.HandshakeError`. It runs in ``connect``, on the
+        thread (or event loop) that waits for the handshake, never on msquic's:
+        keep it quick (on an event loop it holds up everything else).
+        """
         flags = lib.QUIC_CREDENTIAL_FLAG_CLIENT | _ca_flag(ca_file) | _PEER_CERTIFICATE_FLAGS
-        if not verify:
+        callback: VerifyCallback | None = None
+        if verify is True or callable(verify):
+            # True: msquic's chain check plus the name check, in Python through the same deferred path.
+            callback = verify_default if verify is True else verify
+            flags |= lib.PMQ_CRED_FLAG_DEFER_CERTIFICATE_VALIDATION
+        elif verify is not False:
+            raise TypeError(f"verify must be a bool or a callable, not {type(verify).__name__}")
+        else:
             flags |= lib.QUIC_CREDENTIAL_FLAG_NO_CERTIFICATE_VALIDATION
         if (certfile is None) != (keyfile is None):
             raise ValueError("a client certificate needs both certfile and keyfile")
         if certfile is not None and keyfile is not None:
             return cls(lib.PMQ_CRED_FILES, flags, cert_file=_existing(certfile, "certfile"),
                        key_file=_existing(keyfile, "keyfile"), password=_password(password),
-                       ca_file=_optional_file(ca_file))
-        return cls(lib.PMQ_CRED_NONE, flags, ca_file=_optional_file(ca_file))
+                       ca_file=_optional_file(ca_file), verify=callback)
+        return cls(lib.PMQ_CRED_NONE, flags, ca_file=_optional_file(ca_file), verify=callback)
 
     @classmethod
     def self_signed(cls, hostnames: Iterable[str] = ("localhost", "127.0.0.1"), *,
@@ -243,12 +279,25 @@ class Credential:
         certificate_pem, pkcs12 = generate_self_signed(tuple(hostnames), days)
         return cls(lib.PMQ_CRED_PKCS12, 0, pkcs12=pkcs12, certificate_pem=certificate_pem)
 
-    def requiring_client_auth(self, ca_file: str | os.PathLike[str] | None = None) -> "Credential":
-        """This server credential, also asking clients for certificates (mutual TLS)."""
+    def requiring_client_auth(self, ca_file: str | os.PathLike[str] | None = None, *,
+                              verify: VerifyCallback | None = None, required: bool = True) -> "Credential":
+        """This server credential, also asking clients for certificates (mutual TLS).
+
+        ``verify`` checks them in Python (as ``verify_client`` of
+        :meth:`from_files`); ``required=False`` (only with ``verify``) also
+        accepts clients that send none."""
         if self.is_client:
             raise ValueError("requiring_client_auth() is for server credentials")
-        return dataclasses.replace(self, flags=self.flags | _server_flags(True, ca_file),
-                                   ca_file=_optional_file(ca_file))
+        if not required and verify is None:
+            raise ValueError("required=False needs verify=")
+        return dataclasses.replace(self, flags=self.flags | _server_flags(required, ca_file, verify),
+                                   ca_file=_optional_file(ca_file), verify=verify,
+                                   require_client_certificate=required)
+
+    @property
+    def cert_check_mode(self) -> int:
+        """The native PMQ_CERT_CHECK_* mode of this credential."""
+        return check_mode(self.verify, self.require_client_certificate or self.is_client)
 
     def _to_native(self, keep: list[Any]) -> Any:
         native = ffi.new("pmq_credential *")
@@ -294,7 +343,14 @@ _PEER_CERTIFICATE_FLAGS = (lib.QUIC_CREDENTIAL_FLAG_INDICATE_CERTIFICATE_RECEIVE
                            | lib.QUIC_CREDENTIAL_FLAG_USE_PORTABLE_CERTIFICATES)
 
 
-def _server_flags(require_client_auth: bool, ca_file: object) -> int:
+def _server_flags(require_client_auth: bool, ca_file: object, verify: object = None) -> int:
+    if verify is not None:
+        if not callable(verify):
+            raise TypeError(f"verify_client must be callable, not {type(verify).__name__}")
+        # Asks for a certificate (msquic's REQUIRE_CLIENT_AUTHENTICATION); deferred,
+        # a client sending none is decided by the check mode (certificates.c).
+        return (lib.QUIC_CREDENTIAL_FLAG_REQUIRE_CLIENT_AUTHENTICATION | _ca_flag(ca_file) | _PEER_CERTIFICATE_FLAGS
+                | lib.PMQ_CRED_FLAG_DEFER_CERTIFICATE_VALIDATION)
     if not require_client_auth:
         return _ca_flag(ca_file)
     return lib.QUIC_CREDENTIAL_FLAG_REQUIRE_CLIENT_AUTHENTICATION | _ca_flag(ca_file) | _PEER_CERTIFICATE_FLAGS

@@ -30,6 +30,7 @@ PAIRS = [
     ("threaded_server.py", "echo_client.py", signal.SIGTERM),
     ("protocol_server.py", "echo_client.py", signal.SIGTERM),
     ("protocol_server.py", "sync_client.py", signal.SIGINT),
+    ("echo_server.py", "pinned_client.py", signal.SIGINT),
 ]
 
 

@@ -19,8 +19,17 @@ from .._buffers import BufferLike, c_buffer
 from .._msquic import ffi, lib
 from ..addresses import Address, from_native, is_ip_literal
 from ..configuration import STREAM_SCHEDULING, Configuration, Settings, decode_alpns
-from ..errors import EXCEPTION_ERROR_CODE, ConnectionClosed, DatagramQueueFull, QuicError, failed, transport_closed
+from ..errors import (
+    EXCEPTION_ERROR_CODE,
+    ConnectionClosed,
+    DatagramQueueFull,
+    HandshakeError,
+    QuicError,
+    failed,
+    transport_closed,
+)
 from ..registration import Registration
+from .certificates import run_check
 from .stream import StreamCore
 
 if TYPE_CHECKING:
@@ -108,12 +117,14 @@ class ConnectionCore(Generic[S]):
         conn = cls(native, registration, configuration)
         # Not started yet: recorded here, applied by msquic's worker at CONNECTED.
         lib.pmq_conn_set_stream_scheduling(conn._conn, configuration.settings.stream_scheduling_scheme)
+        lib.pmq_conn_set_cert_check(conn._conn, configuration.credential.cert_check_mode)
         return conn
 
     def _start(self, host: str, port: int, server_name: str | None, remote: Any) -> None:
         """Start the handshake. With ``remote`` None, ``host`` is an IP literal that
         msquic takes as the address (and sends no SNI): this never blocks."""
         sni = server_name or host
+        self._sni = sni
         name = sni.encode() if is_ip_literal(sni) else sni.encode("idna")
         status = lib.pmq_conn_start(self._conn, self.configuration.handle,
                                     remote if remote is not None else ffi.NULL, name, port)
@@ -353,13 +364,14 @@ class ConnectionCore(Generic[S]):
     # ---- waiting -------------------------------------------------------------
 
     def _connected_or_raise(self) -> bool | None:
+        self._run_certificate_check()
         flags = self._flags()
         if flags & lib.PMQ_CONN_CONNECTED:
             return True
         if flags & (_SHUTTING_DOWN | lib.PMQ_CONN_SHUTDOWN_COMPLETE):
             reason = self.close_reason
             assert reason is not None
-            raise reason
+            raise self._certificate_rejected(reason)
         return None
 
     def _closed_now(self) -> bool | None:
@@ -409,6 +421,26 @@ class ConnectionCore(Generic[S]):
         else:
             state = "connecting" if not self._flags() & _SHUTTING_DOWN else "shutting down"
         return f"<{type(self).__name__} {state} remote={self.remote_address} alpn={self.alpn}>"
+
+
+    # ---- certificate checks in Python (pymsquic._core.certificates) ------------
+
+    _sni: str | None = None
+    _certificate_refusal: str | None = None
+
+    def _run_certificate_check(self) -> None:
+        """Runs the credential's ``verify`` callable on a check msquic deferred (client)."""
+        taken = ffi.new("pmq_cert_taken *")
+        if lib.pmq_conn_cert_take(self._conn, taken):
+            verify = self.configuration.credential.verify
+            self._certificate_refusal = run_check(self._conn, taken, verify, self._sni, self.logger)
+
+    def _certificate_rejected(self, reason: ConnectionClosed) -> ConnectionClosed:
+        """The handshake error to raise: says so when our own check rejected the certificate."""
+        if self._certificate_refusal is None or not isinstance(reason, HandshakeError):
+            return reason
+        return HandshakeError(f"the server's certificate was rejected: {self._certificate_refusal}",
+                              status=reason.status, by_transport=reason.by_transport, error_code=reason.error_code)
 
 
 _SHUTTING_DOWN = lib.PMQ_CONN_SHUTDOWN_BY_PEER | lib.PMQ_CONN_SHUTDOWN_BY_TRANSPORT | lib.PMQ_CONN_SHUTDOWN_BY_APP

@@ -14,7 +14,7 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Mapping, TypeVar
 
 from .. import _native
 from .._msquic import ffi, lib
@@ -22,6 +22,7 @@ from ..addresses import Address, AddressLike, any_address, from_native, resolve,
 from ..configuration import AlpnLike, Configuration, decode_alpns, encode_alpns
 from ..errors import AlreadyStarted, Failed, Finished, NotStarted, failed
 from ..registration import Registration
+from .certificates import run_check
 from .connection import ConnectionCore
 
 logger = logging.getLogger("pymsquic")
@@ -127,6 +128,18 @@ class ListenerCore(Generic[C]):
     A hook must be quick and must not block: it holds up every connection on
     its thread. Blocking pymsquic calls made inside a hook raise
     :class:`~pymsquic.errors.HookContextError`.
+
+    ``server_names`` maps server names to configurations (one credential each,
+    the same ALPN and settings as ``configuration``): a client asking for one
+    of them (SNI; ASCII or IDNA, case-insensitive; ``"*.example.com"`` matches
+    one more label) gets that configuration's certificate, chosen in C as the
+    connection arrives. Other clients get ``configuration``, or are refused
+    with ``refuse_unknown_names=True``.
+
+    A credential's ``verify_client`` callable (client certificates checked in
+    Python) runs in :meth:`accept` (and a server's accept loop), while the
+    connection is still handshaking: keep accepting, or the handshake of a
+    connection whose check nobody runs ends at the handshake idle timeout.
     """
 
     #: The world's connection class, for the connections this listener hands out.
@@ -135,7 +148,9 @@ class ListenerCore(Generic[C]):
     def __init__(self, registration: Registration, configuration: Configuration, *, backlog: int = 128,
                  backlog_timeout: float = 10.0, max_handshakes: int = DEFAULT_MAX_HANDSHAKES,
                  on_new_connection: NewConnectionHook | None = None,
-                 on_stop_complete: StopCompleteHook | None = None) -> None:
+                 on_stop_complete: StopCompleteHook | None = None,
+                 server_names: Mapping[str, Configuration] | None = None,
+                 refuse_unknown_names: bool = False) -> None:
         if not isinstance(registration, Registration):
             raise TypeError(f"registration must be a Registration, not {type(registration).__name__}")
         if not isinstance(configuration, Configuration):
@@ -169,6 +184,8 @@ class ListenerCore(Generic[C]):
         # close() only closes; the native struct is freed once Python lets go of it.
         self._releaser = _native.Releaser(self, _close_and_release, self._listener)
         registration._listeners.add(self)
+        self._configurations = [configuration]  # by native tag: 0 is the default
+        self._set_server_names(server_names or {}, refuse_unknown_names)
 
     # ---- start and addresses -------------------------------------------------
 
@@ -213,12 +230,14 @@ class ListenerCore(Generic[C]):
     def _try_accept(self) -> C | None:
         """The next connection whose handshake completed, None if there is none
         yet; NotStarted before start(), Finished once stopped and drained."""
+        self._run_certificate_checks()
         out = _native.scratch.conn
         result = lib.pmq_listener_accept(self._listener, out)
         if logger.isEnabledFor(logging.DEBUG):
             self._log_refusals()
         if result == lib.PMQ_ACCEPT_OK:
-            conn = self._connection_class(out[0], self.registration, self.configuration)
+            configuration = self._configurations[lib.pmq_conn_config_tag(out[0])]
+            conn = self._connection_class(out[0], self.registration, configuration)
             conn._log_connected()
             return conn
         if result == lib.PMQ_ACCEPT_EMPTY:
@@ -266,6 +285,46 @@ class ListenerCore(Generic[C]):
                              lib.PMQ_HOOK_NEW_CONNECTION else "on_stop_complete raised")
             return False
 
+    # ---- server names and certificate checks -----------------------------------------
+
+    def _set_server_names(self, server_names: Mapping[str, Configuration], refuse_unknown: bool) -> None:
+        if not isinstance(server_names, Mapping):
+            raise TypeError(f"server_names must be a mapping, not {type(server_names).__name__}")
+        if refuse_unknown and not server_names:
+            raise ValueError("refuse_unknown_names=True needs server_names")
+        for name, configuration in server_names.items():
+            if not isinstance(configuration, Configuration):
+                raise TypeError(f"server_names[{name!r}] must be a Configuration, not {type(configuration).__name__}")
+            if configuration.credential.is_client:
+                raise ValueError(f"server_names[{name!r}] needs a server credential")
+            if configuration.registration is not self.registration:
+                raise ValueError(f"server_names[{name!r}] belongs to another registration")
+            wire = encode_server_name(name)
+            self._configurations.append(configuration)  # kept alive as long as the listener
+            _native.check(lib.pmq_listener_add_server_name(self._listener, wire, configuration.handle,
+                                                           len(self._configurations) - 1,
+                                                           configuration.credential.cert_check_mode),
+                          f"adding server name {name!r}")
+        self._checks_clients = any(c.credential.verify is not None for c in self._configurations)
+        _native.check(lib.pmq_listener_set_default_name(self._listener, bool(refuse_unknown),
+                                                        self.configuration.credential.cert_check_mode),
+                      "setting the default server name")
+
+    def _run_certificate_checks(self) -> None:
+        """Runs the ``verify_client`` callables of connections still handshaking."""
+        if not self._checks_clients:  # else every accept would walk the handshakes for nothing
+            return
+        conn = ffi.new("pmq_conn **")
+        taken = ffi.new("pmq_cert_taken *")
+        while lib.pmq_listener_cert_take(self._listener, conn, taken):
+            try:
+                info = ffi.new("pmq_conn_info *")
+                lib.pmq_conn_get_info(conn[0], info)
+                credential = self._configurations[taken.tag].credential
+                run_check(conn[0], taken, credential.verify, _new_connection_info(info).server_name, logger)
+            finally:
+                lib.pmq_conn_cert_done(conn[0])
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.state.value} {self.local_address} alpn={list(self.configuration.alpns)}>"
 
@@ -278,6 +337,20 @@ def _new_connection_info(info: Any) -> NewConnectionInfo:
         server_name=server_name or None,
         client_alpns=decode_alpns(bytes(ffi.buffer(info.client_alpn, info.client_alpn_len))),
     )
+
+
+def encode_server_name(name: str) -> bytes:
+    """A server name as the table in C compares it: ASCII (IDNA), one wildcard label at most."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"server names must be non-empty str, not {name!r}")
+    wildcard = name.startswith("*.")
+    try:
+        wire = ("*." if wildcard else "").encode() + (name[2:] if wildcard else name).encode("idna")
+    except UnicodeError as exc:
+        raise ValueError(f"server name {name!r} is not a valid host name: {exc}") from None
+    if len(wire) > 255 or b"*" in wire[1:]:
+        raise ValueError(f"server name {name!r}: at most 255 bytes, and '*' only as a whole first label")
+    return wire
 
 
 def _check_count(name: str, value: object) -> None:

@@ -5,8 +5,9 @@ tasks, :mod:`pymsquic.sync.server` in threads."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Any, TypeVar
+from typing import Any, Mapping, TypeVar, Union
 
 from ..addresses import Address
 from ..configuration import AlpnLike, Configuration, Credential, Settings, encode_alpns
@@ -71,12 +72,56 @@ def client_configuration(configuration: Configuration | None, registration: Regi
     return chosen_configuration(configuration, registration, alpn, credential, settings, default)
 
 
+#: ``credential=`` of serve(): one credential, or server names mapped to credentials.
+ServerCredential = Union[Credential, Mapping[str, Credential]]
+
+
+@dataclasses.dataclass
+class ServerConfigurations:
+    """What serve() listens with: the default configuration and, for a
+    credential per server name, one configuration per name."""
+
+    default: Configuration
+    by_name: dict[str, Configuration] = dataclasses.field(default_factory=dict)
+    refuse_unknown: bool = False
+
+
+def server_configurations(configuration: Configuration | None, registration: Registration | None,
+                          alpn: AlpnLike | None, credential: ServerCredential | None, settings: Settings | None,
+                          default_credential: Credential | None) -> ServerConfigurations:
+    """serve()'s configurations. With a mapping of server names to credentials,
+    each name gets a configuration of its own (same ALPN and settings); a client
+    asking for another name (or none) gets ``default_credential``, or is refused
+    if there is none."""
+    if not isinstance(credential, Mapping):
+        if default_credential is not None:
+            raise TypeError("default_credential= goes with a mapping of server names to credentials")
+        return ServerConfigurations(chosen_configuration(configuration, registration, alpn, credential,
+                                                         settings, None))
+    if configuration is not None:
+        raise TypeError("give configuration= or a mapping of server names to credentials, not both")
+    if not credential:
+        raise ValueError("credential= maps no server name")
+    by_name = {name: chosen_configuration(None, registration, alpn, cred, settings, None)
+               for name, cred in credential.items()}
+    if default_credential is not None:
+        default = chosen_configuration(configuration, registration, alpn, default_credential, settings, None)
+    else:  # the listener needs one; names it does not know are refused before it is used
+        default = next(iter(by_name.values()))
+    return ServerConfigurations(default, by_name, refuse_unknown=default_credential is None)
+
+
 def start_listener(handler: object, listener_class: type[L], host: str | None, port: int,
-                   configuration: Configuration, backlog: int) -> L:
+                   configuration: Configuration | ServerConfigurations, backlog: int) -> L:
     """A started listener of the world's class for ``serve(handler, ...)``."""
     if not callable(handler):  # else every connection would fail in its handler
         raise TypeError(f"handler must be callable, not {type(handler).__name__}")
-    listener = listener_class(configuration.registration, configuration, backlog=backlog)
+    if not isinstance(configuration, ServerConfigurations):
+        configuration = ServerConfigurations(configuration)
+    listener = listener_class(configuration.default.registration, configuration.default, backlog=backlog,
+                              server_names=configuration.by_name,
+                              refuse_unknown_names=configuration.refuse_unknown)
+    configuration = configuration.default
     try:
         listener.start(configuration.alpns, (host or "", port))
     except BaseException:

@@ -7,7 +7,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator
 
 from .._core.connection import exit_error_code
-from .._core.server import ServerCore, chosen_configuration, log_handler_failure, start_listener
+from .._core.server import ServerCore, ServerCredential, log_handler_failure, server_configurations, start_listener
 from ..configuration import AlpnLike, Configuration, Credential, Settings
 from ..registration import Registration
 from .connection import Connection
@@ -136,7 +136,11 @@ class serve:
     connection: ``async with serve(...) as server`` or ``server = await serve(...)``.
 
     Give ``alpn`` and ``credential`` (with ``settings``, ``registration`` as
-    needed) or a server :class:`~pymsquic.Configuration`. ``settings`` defaults
+    needed) or a server :class:`~pymsquic.Configuration`. ``credential`` may
+    map server names to credentials (``{"a.example": cred_a, "b.example":
+    cred_b}``): each client gets the certificate of the name it asks for
+    (SNI, case-insensitive, ``"*.example"`` for one label), others get
+    ``default_credential``, or are refused without one. ``settings`` defaults
     to :data:`~pymsquic.DEFAULT_SETTINGS` (peers may open streams, datagrams
     on). ``host`` None or ``""`` listens on every local address; port 0 picks a
     free port (see :attr:`Server.addresses`). The connection is closed
@@ -150,11 +154,13 @@ class serve:
     """
 
     def __init__(self, handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | None = None,
-                 credential: Credential | None = None, settings: Settings | None = None,
+                 credential: ServerCredential | None = None, settings: Settings | None = None,
                  configuration: Configuration | None = None, registration: Registration | None = None,
-                 backlog: int = 128, close_timeout: float = 5.0, start_serving: bool = True) -> None:
+                 backlog: int = 128, close_timeout: float = 5.0, start_serving: bool = True,
+                 default_credential: Credential | None = None) -> None:
         self._handler = handler
-        self._configuration = chosen_configuration(configuration, registration, alpn, credential, settings, None)
+        self._configuration = server_configurations(configuration, registration, alpn, credential, settings,
+                                                   default_credential)
         self._host, self._port, self._backlog = host, port, backlog
         self._close_timeout, self._start_serving = close_timeout, start_serving
         self._server: Server | None = None

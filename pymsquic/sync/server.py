@@ -9,7 +9,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .. import _native
 from .._core.connection import exit_error_code
-from .._core.server import ServerCore, chosen_configuration, log_handler_failure, logger, start_listener
+from .._core.server import (
+    ServerCore,
+    ServerCredential,
+    log_handler_failure,
+    logger,
+    server_configurations,
+    start_listener,
+)
 from ..configuration import AlpnLike, Configuration, Credential, Settings
 from ..errors import EXCEPTION_ERROR_CODE
 from ..registration import Registration
@@ -150,14 +157,19 @@ class Server(ServerCore):
 
 
 def serve(handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | None = None,
-          credential: Credential | None = None, settings: Settings | None = None,
+          credential: ServerCredential | None = None, settings: Settings | None = None,
           configuration: Configuration | None = None, registration: Registration | None = None,
-          backlog: int = 128, close_timeout: float = 5.0) -> Server:
+          backlog: int = 128, close_timeout: float = 5.0,
+          default_credential: Credential | None = None) -> Server:
     """Listen on ``host:port``; :meth:`Server.serve_forever` then runs
     ``handler(connection)`` in a thread per connection.
 
     Give ``alpn`` and ``credential`` (with ``settings``, ``registration`` as
-    needed) or a server :class:`~pymsquic.Configuration`. ``settings`` defaults
+    needed) or a server :class:`~pymsquic.Configuration`. ``credential`` may
+    map server names to credentials (``{"a.example": cred_a, "b.example":
+    cred_b}``): each client gets the certificate of the name it asks for
+    (SNI, case-insensitive, ``"*.example"`` for one label), others get
+    ``default_credential``, or are refused without one. ``settings`` defaults
     to :data:`~pymsquic.DEFAULT_SETTINGS`. ``host`` None or ``""`` listens on
     every local address; port 0 picks a free port (see
     :attr:`Server.addresses`). The connection is closed gracefully when the
@@ -166,5 +178,6 @@ def serve(handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | Non
     which waits for the client's msquic to acknowledge everything sent, not for
     the client to read it: see :meth:`Connection.close`.
     """
-    configuration = chosen_configuration(configuration, registration, alpn, credential, settings, None)
-    return Server(handler, start_listener(handler, Listener, host, port, configuration, backlog), close_timeout)
+    configurations = server_configurations(configuration, registration, alpn, credential, settings,
+                                           default_credential)
+    return Server(handler, start_listener(handler, Listener, host, port, configurations, backlog), close_timeout)
