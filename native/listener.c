@@ -59,12 +59,14 @@ struct pmq_listener {
     int reaper_running;
     int reaper_quit;
     pthread_cond_t reaper_cond;
+    pmq_keylog *keylog;        /* referenced; set before the start (pmq_listener_set_keylog) */
 };
 
 static void listener_destroy(pmq_obj *obj)
 {
     pmq_listener *l = (pmq_listener *)obj;
     pthread_cond_destroy(&l->reaper_cond);
+    pmq_keylog_release(l->keylog);
     free(l->queue);
     free(l->handshaking);
     free(l);
@@ -219,6 +221,8 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
         return QUIC_STATUS_CONNECTION_REFUSED;
     }
     l->reserved++;
+    pmq_keylog *keylog = l->keylog;
+    pmq_keylog_ref(keylog); /* a concurrent pmq_listener_set_keylog may drop the listener's */
     pthread_mutex_unlock(&l->obj.lock);
 
     QUIC_STATUS status = QUIC_STATUS_SUCCESS;
@@ -231,6 +235,9 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
         status = QUIC_STATUS_CONNECTION_REFUSED;
         refused_by_hook = 1;
     } else {
+        if (keylog != NULL) {
+            pmq_conn_keylog_accepted(conn, handle, keylog);
+        }
         status = pmq_conn_adopt(conn, handle, l->configuration);
         if (QUIC_SUCCEEDED(status) && l->stream_scheduling != PMQ_SCHEDULING_FIFO) {
             /* On the connection's worker: SetParam runs inline, before any stream exists. */
@@ -256,6 +263,7 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
         /* Refusing: msquic frees the connection and calls us no more. */
         pmq_conn_discard_refused(conn);
     }
+    pmq_keylog_release(keylog);
     return status;
 }
 
@@ -519,4 +527,14 @@ QUIC_STATUS pmq_retry_memory_limit(int set, uint16_t *value)
     }
     uint32_t size = sizeof(*value);
     return pmq_api->GetParam(NULL, QUIC_PARAM_GLOBAL_RETRY_MEMORY_PERCENT, &size, value);
+}
+
+void pmq_listener_set_keylog(pmq_listener *l, pmq_keylog *keylog)
+{
+    pmq_keylog_ref(keylog);
+    pthread_mutex_lock(&l->obj.lock);
+    pmq_keylog *old = l->keylog;
+    l->keylog = keylog;
+    pthread_mutex_unlock(&l->obj.lock);
+    pmq_keylog_release(old);
 }

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 
 from ..addresses import Address
 from ..configuration import AlpnLike, Configuration, Credential, Settings, encode_alpns
+from ..keylog import KeyLogLike
 from ..registration import Registration, default_registration
 from .connection import ConnectionCore
 from .listener import ListenerCore
@@ -72,11 +73,11 @@ def client_configuration(configuration: Configuration | None, registration: Regi
 
 
 def start_listener(handler: object, listener_class: type[L], host: str | None, port: int,
-                   configuration: Configuration, backlog: int) -> L:
+                   configuration: Configuration, backlog: int, keylog_file: KeyLogLike | None = None) -> L:
     """A started listener of the world's class for ``serve(handler, ...)``."""
     if not callable(handler):  # else every connection would fail in its handler
         raise TypeError(f"handler must be callable, not {type(handler).__name__}")
-    listener = listener_class(configuration.registration, configuration, backlog=backlog)
+    listener = listener_class(configuration.registration, configuration, backlog=backlog, keylog_file=keylog_file)
     try:
         listener.start(configuration.alpns, (host or "", port))
     except BaseException:

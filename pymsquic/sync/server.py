@@ -12,6 +12,7 @@ from .._core.connection import exit_error_code
 from .._core.server import ServerCore, chosen_configuration, log_handler_failure, logger, start_listener
 from ..configuration import AlpnLike, Configuration, Credential, Settings
 from ..errors import EXCEPTION_ERROR_CODE
+from ..keylog import KeyLogLike
 from ..registration import Registration
 from .connection import Connection
 from .listener import Listener
@@ -152,7 +153,7 @@ class Server(ServerCore):
 def serve(handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | None = None,
           credential: Credential | None = None, settings: Settings | None = None,
           configuration: Configuration | None = None, registration: Registration | None = None,
-          backlog: int = 128, close_timeout: float = 5.0) -> Server:
+          backlog: int = 128, close_timeout: float = 5.0, keylog_file: KeyLogLike | None = None) -> Server:
     """Listen on ``host:port``; :meth:`Server.serve_forever` then runs
     ``handler(connection)`` in a thread per connection.
 
@@ -163,6 +164,10 @@ def serve(handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | Non
     :attr:`Server.addresses`). The connection is closed gracefully when the
     handler returns (error code 0) or raises
     (:data:`~pymsquic.EXCEPTION_ERROR_CODE`); ``close_timeout`` bounds that close.
+    ``keylog_file`` (a path or a :class:`~pymsquic.KeyLog`; default:
+    ``SSLKEYLOGFILE``'s file) gets every connection's TLS secrets, which decrypt
+    its traffic: see :mod:`pymsquic.keylog`.
     """
     configuration = chosen_configuration(configuration, registration, alpn, credential, settings, None)
-    return Server(handler, start_listener(handler, Listener, host, port, configuration, backlog), close_timeout)
+    return Server(handler, start_listener(handler, Listener, host, port, configuration, backlog, keylog_file),
+                  close_timeout)
