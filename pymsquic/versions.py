@@ -71,9 +71,15 @@ def _read(getter: Any, *args: Any) -> tuple[int, ...] | None:
 def set_server_versions(versions: Iterable[int] | None) -> None:
     """The QUIC versions this process's servers accept, most preferred first
     (msquic's QUIC_PARAM_GLOBAL_VERSION_SETTINGS); None restores msquic's
-    defaults (v2, v1 and two older drafts). A client's first packet in another
-    version gets a Version Negotiation packet listing these. Process-wide:
-    every listener, from its next handshake on."""
+    default list (v2, v1 and two older drafts). A client's first packet in
+    another version gets a Version Negotiation packet listing these; a client
+    that offers several compatible ones is moved to the first of this list
+    (RFC 9368). Process-wide: every listener, from its next handshake on.
+
+    msquic turns its version negotiation extension on with the first call and
+    has no way to turn it off again, also with None: from then on msquic
+    clients of this process announce their versions too, and two msquic peers
+    with default settings end up in v2 instead of v1."""
     _native.ensure_open()
     chosen = () if versions is None else check_versions(versions)
     array = ffi.new("uint32_t[]", list(chosen) or [0])

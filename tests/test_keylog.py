@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from aioquic.asyncio import QuicConnectionProtocol, connect, serve
+from aioquic.asyncio import connect, serve
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import QuicEvent, StreamDataReceived
+from aioquic_peers import Client, Echo, server_port, write_cert_files
 
 import pymsquic
 
@@ -42,43 +42,6 @@ LABELS = {"CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
 
 # ---- aioquic peers -----------------------------------------------------------------
 
-class Echo(QuicConnectionProtocol):
-    """aioquic server side: echo each bidi stream back with FIN."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.buffers: dict[int, bytearray] = {}
-
-    def quic_event_received(self, event: QuicEvent) -> None:
-        if isinstance(event, StreamDataReceived):
-            self.buffers.setdefault(event.stream_id, bytearray()).extend(event.data)
-            if event.end_stream:
-                self._quic.send_stream_data(event.stream_id, bytes(self.buffers[event.stream_id]), end_stream=True)
-                self.transmit()
-
-
-class Client(QuicConnectionProtocol):
-    """aioquic client side: one request, its answer once the FIN came."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.answer = bytearray()
-        self.done = asyncio.Event()
-
-    def quic_event_received(self, event: QuicEvent) -> None:
-        if isinstance(event, StreamDataReceived):
-            self.answer.extend(event.data)
-            if event.end_stream:
-                self.done.set()
-
-    async def request(self, data: bytes) -> bytes:
-        stream_id = self._quic.get_next_available_stream_id()
-        self._quic.send_stream_data(stream_id, data, end_stream=True)
-        self.transmit()
-        await asyncio.wait_for(self.done.wait(), 10)
-        return bytes(self.answer)
-
-
 async def echo_handler(conn: pymsquic.asyncio.Connection) -> None:
     async for stream in conn:
         stream.write(await stream.read(), fin=True)
@@ -87,12 +50,7 @@ async def echo_handler(conn: pymsquic.asyncio.Connection) -> None:
 
 @pytest.fixture
 def cert_files(tmp_path: Path, server_credential: pymsquic.Credential) -> tuple[Path, Path]:
-    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, pkcs12
-
-    key, cert, _ = pkcs12.load_key_and_certificates(server_credential.pkcs12, None)
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    return tmp_path / "cert.pem", tmp_path / "key.pem"
+    return write_cert_files(tmp_path, server_credential)
 
 
 def aioquic_server_config(cert_files: tuple[Path, Path], secrets: Any = None) -> QuicConfiguration:
@@ -104,10 +62,6 @@ def aioquic_server_config(cert_files: tuple[Path, Path], secrets: Any = None) ->
 def aioquic_client_config(secrets: Any = None) -> QuicConfiguration:
     return QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE,
                              server_name="localhost", secrets_log_file=secrets)
-
-
-def server_port(server: Any) -> int:
-    return int(server._transport.get_extra_info("sockname")[1])
 
 
 async def pymsquic_client_exchange(port: int, keylog_file: Any) -> None:
