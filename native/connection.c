@@ -931,7 +931,10 @@ QUIC_STATUS pmq_conn_set_keylog(pmq_conn *c, pmq_keylog *keylog)
 
 void pmq_conn_keylog_accepted(pmq_conn *c, HQUIC handle, pmq_keylog *keylog)
 {
-    /* In NEW_CONNECTION, before the handshake goes on: nothing else sees c yet. */
+    /* In NEW_CONNECTION, before the handshake goes on: nothing else sees c yet.
+     * Should the accept then fail, msquic drops the pointer unused: a refused
+     * connection never starts TLS, and msquic copies the ClientRandom only into
+     * connections whose accept succeeded (ExternalOwner, see QuicCryptoProcessData). */
     c->tls = pmq_tls_new(keylog);
     if (c->tls != NULL) {
         pmq_tls_attach(c->tls, handle); /* inline on this worker */
