@@ -231,6 +231,8 @@ def test_bad_keylog_path(tmp_path: Path, server_credential: pymsquic.Credential,
     with pytest.raises(FileNotFoundError):
         pymsquic.sync.serve(lambda conn: None, "127.0.0.1", 0, alpn=ALPN, credential=server_credential,
                             keylog_file=missing)
+    with pytest.raises(FileNotFoundError):
+        asyncio.run(pymsquic_client_exchange(9, missing))
     with pytest.raises(TypeError):
         pymsquic.KeyLog(3)  # type: ignore[arg-type]
     # A bad SSLKEYLOGFILE is logged and ignored: connections still work.
@@ -265,6 +267,15 @@ def _cannot(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"CI=true but the capture test cannot run: {reason}")
     pytest.skip(reason)
+
+
+def test_no_capture_skips_locally_but_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception):
+        _cannot("no permission")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        _cannot("no permission")
 
 
 class Capture:

@@ -423,10 +423,10 @@ class ConnectionCore(Generic[S]):
 
     def _set_keylog(self, keylog_file: KeyLogLike | None) -> None:
         """Before the start: where this client connection's TLS secrets go."""
-        log = resolve_keylog(keylog_file)
-        if log is None:
-            return
         try:
+            log = resolve_keylog(keylog_file)  # OSError for a keylog_file that cannot be opened
+            if log is None:
+                return
             _native.check(lib.pmq_conn_set_keylog(self._conn, native_keylog(log)), "setting the key log")
         except BaseException:
             self._abandon()
