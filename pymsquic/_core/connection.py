@@ -227,7 +227,8 @@ class ConnectionCore(Generic[S]):
 
     def read_settings(self, *, only_set: bool = False) -> Settings:
         """msquic's view of the settings this connection runs with
-        (QUIC_PARAM_CONN_SETTINGS), as :meth:`Configuration.read_settings`.
+        (QUIC_PARAM_CONN_SETTINGS), as :meth:`Configuration.read_settings`
+        (``versions`` stays None: :attr:`quic_version` is the one negotiated).
         Asks msquic's worker and waits for its answer, briefly;
         ConnectionClosed once the connection is closed."""
         _native.forbid_in_callback("Connection.read_settings()")
