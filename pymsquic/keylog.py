@@ -12,45 +12,53 @@ lines of concurrent connections (and processes) never interleave.
 before or after: use it for debugging only, keep it private (pymsquic creates
 it with mode 0600) and delete it afterwards.
 
-Where the secrets go: ``keylog_file=`` of ``connect()`` and ``serve()`` (a
-path or a :class:`KeyLog`) or, when that is not given, the file named by the
-``SSLKEYLOGFILE`` environment variable, as curl, browsers and aioquic do. A key
-log that cannot be written never fails a connection: the failure is logged
-(logger ``pymsquic``). An explicit ``keylog_file`` that cannot be opened raises
-:class:`OSError` at once; an ``SSLKEYLOGFILE`` that cannot be opened is logged
-and ignored.
+Where the secrets go: ``keylog_file=`` of ``connect()`` and ``serve()`` (a path,
+a file object open for appending or a :class:`KeyLog`) or, when that is not
+given, the file named by the ``SSLKEYLOGFILE`` environment variable, as curl,
+browsers and aioquic do. A key log that cannot be written never fails a
+connection: the failure is logged (logger ``pymsquic``). An explicit
+``keylog_file`` that cannot be opened raises :class:`OSError` at once; an
+``SSLKEYLOGFILE`` that cannot be opened is logged and ignored.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import threading
-from typing import Any, Union
+from typing import IO, Any, Union
 
 from . import _native
 from ._msquic import ffi, lib
 
 logger = logging.getLogger("pymsquic")
 
-#: What ``keylog_file=`` accepts.
-KeyLogLike = Union[str, "os.PathLike[str]", "KeyLog"]
+#: What ``keylog_file=`` accepts: a path, an open file (append mode) or a KeyLog.
+KeyLogLike = Union[str, "os.PathLike[str]", "IO[Any]", "KeyLog"]
 
 
 class KeyLog:
     """An open NSS key log file that connections append their TLS secrets to.
 
     ``KeyLog(path)`` opens ``path`` for appending (created with mode 0600);
-    :class:`OSError` if it cannot be opened. Pass it as ``keylog_file=`` to
-    share one open file between many ``connect()`` calls. Connections keep the
-    file open until they end, also after :meth:`close`.
+    :class:`OSError` if it cannot be opened. ``KeyLog(file)`` writes to a file
+    object opened in append mode (``open(path, "a")`` or ``"ab"``), through a
+    duplicate of its descriptor: the lines go straight to the file, past the
+    object's own buffer; anything without a file descriptor (``io.StringIO``)
+    raises :class:`TypeError`, another mode :class:`ValueError`. Pass a KeyLog
+    as ``keylog_file=`` to share one open file between many ``connect()``
+    calls. Connections keep the file open until they end, also after
+    :meth:`close`.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        if not isinstance(path, (str, os.PathLike)):
-            raise TypeError(f"keylog_file must be a path or a KeyLog, not {type(path).__name__}")
-        self.path = os.fspath(path)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    def __init__(self, path: str | os.PathLike[str] | IO[Any]) -> None:
+        if isinstance(path, (str, os.PathLike)):
+            self.path = os.fspath(path)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        else:
+            fd = _duplicate(path)
+            self.path = str(getattr(path, "name", f"<fd {fd}>"))
         native = lib.pmq_keylog_new(fd)
         if native == ffi.NULL:
             os.close(fd)
@@ -90,6 +98,27 @@ class KeyLog:
 
     def __repr__(self) -> str:
         return f"<KeyLog {self.path!r} written={self.written} failures={self.failures}>"
+
+
+def _duplicate(file: object) -> int:
+    """A descriptor of its own for an open file object in append mode."""
+    fileno = getattr(file, "fileno", None)
+    if not callable(fileno):
+        raise TypeError(f"keylog_file must be a path, a KeyLog or a file opened for appending, "
+                        f"not {type(file).__name__}")
+    try:
+        fd = int(fileno())
+    except (OSError, ValueError) as exc:  # io.UnsupportedOperation is both
+        raise TypeError(f"keylog_file {file!r} has no file descriptor: pymsquic writes the lines "
+                        "from msquic's threads, straight to a file") from exc
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    if not flags & os.O_APPEND or flags & os.O_ACCMODE == os.O_RDONLY:
+        # Only appends keep the lines of concurrent writers whole and in one piece.
+        raise ValueError(f"keylog_file {file!r} must be open for appending (mode 'a' or 'ab')")
+    flush = getattr(file, "flush", None)
+    if callable(flush):
+        flush()  # what the caller wrote before comes first
+    return os.dup(fd)  # close-on-exec, as os.dup makes it
 
 
 _env_lock = threading.Lock()

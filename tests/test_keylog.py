@@ -12,6 +12,7 @@ connection, which needs no capture.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import os
 import re
@@ -176,6 +177,32 @@ def test_sync_connect_keylog_and_keylog_object(tmp_path: Path, server_credential
     check_lines(lines_of(client_keys), 3)
     assert sorted(lines_of(client_keys)) == sorted(lines_of(server_keys))
     assert (os.stat(client_keys).st_mode & 0o777) == 0o600  # secrets: owner only
+
+
+def test_keylog_file_object(tmp_path: Path, cert_files: tuple[Path, Path]) -> None:
+    """An open file in append mode: what the caller wrote stays first, the lines follow."""
+    ours, theirs = tmp_path / "pymsquic.keys", tmp_path / "aioquic.keys"
+
+    async def main(keylog_file: Any) -> None:
+        with open(theirs, "w") as secrets:
+            server = await serve("127.0.0.1", 0, configuration=aioquic_server_config(cert_files, secrets),
+                                 create_protocol=Echo)
+            try:
+                await pymsquic_client_exchange(server_port(server), keylog_file)
+            finally:
+                server.close()
+
+    with open(ours, "a") as file:
+        file.write("# written by the test\n")  # buffered: KeyLog flushes it first
+        asyncio.run(main(file))
+    lines = lines_of(ours)
+    assert lines[0] == "# written by the test"
+    check_lines(lines[1:], 1)
+    assert set(lines[1:]) == set(lines_of(theirs))
+    with open(ours, "w") as file, pytest.raises(ValueError, match="appending"):
+        pymsquic.KeyLog(file)
+    with pytest.raises(TypeError, match="file descriptor"):
+        pymsquic.KeyLog(io.StringIO())
 
 
 def test_sslkeylogfile_both_sides_concurrent(tmp_path: Path, server_credential: pymsquic.Credential,

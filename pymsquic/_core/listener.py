@@ -131,8 +131,8 @@ class ListenerCore(Generic[C]):
     its thread. Blocking pymsquic calls made inside a hook raise
     :class:`~pymsquic.errors.HookContextError`.
 
-    ``keylog_file`` (a path or a :class:`~pymsquic.KeyLog`; default: the file
-    named by ``SSLKEYLOGFILE``) gets the TLS secrets of every accepted
+    ``keylog_file`` (a path, a file open for appending or a :class:`~pymsquic.KeyLog`;
+    default: the file named by ``SSLKEYLOGFILE``) gets the TLS secrets of every accepted
     connection: see :mod:`pymsquic.keylog`, and mind that it decrypts them.
     """
 

@@ -169,9 +169,9 @@ class connect:
     ALPN mismatch, ...); an unknown host raises :class:`socket.gaierror`.
     Leaving ``async with`` closes the connection gracefully (see
     :meth:`Connection.close`; ``close_timeout`` bounds it). ``keylog_file``
-    (a path or a :class:`~pymsquic.KeyLog`; default: ``SSLKEYLOGFILE``'s file)
-    gets the connection's TLS secrets, which decrypt its traffic: see
-    :mod:`pymsquic.keylog`.
+    (a path, a file open for appending or a :class:`~pymsquic.KeyLog`; default:
+    ``SSLKEYLOGFILE``'s file) gets the connection's TLS secrets, which decrypt
+    its traffic: see :mod:`pymsquic.keylog`.
     """
 
     def __init__(self, host: str, port: int, *, alpn: AlpnLike | None = None, credential: Credential | None = None,

@@ -145,9 +145,10 @@ class serve:
     it down itself) or raises (:data:`~pymsquic.EXCEPTION_ERROR_CODE`);
     ``close_timeout`` bounds that close. With ``start_serving=False`` the
     server accepts only once :meth:`Server.start_serving` or
-    :meth:`Server.serve_forever` is awaited. ``keylog_file`` (a path or a
-    :class:`~pymsquic.KeyLog`; default: ``SSLKEYLOGFILE``'s file) gets every
-    connection's TLS secrets, which decrypt its traffic: see :mod:`pymsquic.keylog`.
+    :meth:`Server.serve_forever` is awaited. ``keylog_file`` (a path, a file
+    open for appending or a :class:`~pymsquic.KeyLog`; default:
+    ``SSLKEYLOGFILE``'s file) gets every connection's TLS secrets, which decrypt
+    its traffic: see :mod:`pymsquic.keylog`.
     """
 
     def __init__(self, handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | None = None,

@@ -164,9 +164,9 @@ def serve(handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | Non
     :attr:`Server.addresses`). The connection is closed gracefully when the
     handler returns (error code 0) or raises
     (:data:`~pymsquic.EXCEPTION_ERROR_CODE`); ``close_timeout`` bounds that close.
-    ``keylog_file`` (a path or a :class:`~pymsquic.KeyLog`; default:
-    ``SSLKEYLOGFILE``'s file) gets every connection's TLS secrets, which decrypt
-    its traffic: see :mod:`pymsquic.keylog`.
+    ``keylog_file`` (a path, a file open for appending or a
+    :class:`~pymsquic.KeyLog`; default: ``SSLKEYLOGFILE``'s file) gets every
+    connection's TLS secrets, which decrypt its traffic: see :mod:`pymsquic.keylog`.
     """
     configuration = chosen_configuration(configuration, registration, alpn, credential, settings, None)
     return Server(handler, start_listener(handler, Listener, host, port, configuration, backlog, keylog_file),
