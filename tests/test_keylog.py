@@ -82,6 +82,17 @@ async def aioquic_client_exchange(port: int, secrets: Any = None) -> None:
         assert await client.request(MARKER) == MARKER
 
 
+async def client_to_aioquic_server(cert_files: tuple[Path, Path], keylog_file: Any, theirs: Path) -> None:
+    """pymsquic client (keylog_file) -> aioquic server writing its own key log to ``theirs``."""
+    with open(theirs, "w") as secrets:
+        server = await serve("127.0.0.1", 0, configuration=aioquic_server_config(cert_files, secrets),
+                             create_protocol=Echo)
+        try:
+            await pymsquic_client_exchange(server_port(server), keylog_file)
+        finally:
+            server.close()
+
+
 def lines_of(path: Path) -> list[str]:
     return path.read_text().splitlines()
 
@@ -104,16 +115,7 @@ def check_lines(lines: list[str], connections: int) -> None:
 def test_client_lines_match_aioquic_server(tmp_path: Path, cert_files: tuple[Path, Path]) -> None:
     ours, theirs = tmp_path / "pymsquic.keys", tmp_path / "aioquic.keys"
 
-    async def main() -> None:
-        with open(theirs, "w") as secrets:
-            server = await serve("127.0.0.1", 0, configuration=aioquic_server_config(cert_files, secrets),
-                                 create_protocol=Echo)
-            try:
-                await pymsquic_client_exchange(server_port(server), ours)
-            finally:
-                server.close()
-
-    asyncio.run(main())
+    asyncio.run(client_to_aioquic_server(cert_files, ours, theirs))
     check_lines(lines_of(ours), 1)
     assert set(lines_of(ours)) == set(lines_of(theirs))
 
@@ -183,18 +185,9 @@ def test_keylog_file_object(tmp_path: Path, cert_files: tuple[Path, Path]) -> No
     """An open file in append mode: what the caller wrote stays first, the lines follow."""
     ours, theirs = tmp_path / "pymsquic.keys", tmp_path / "aioquic.keys"
 
-    async def main(keylog_file: Any) -> None:
-        with open(theirs, "w") as secrets:
-            server = await serve("127.0.0.1", 0, configuration=aioquic_server_config(cert_files, secrets),
-                                 create_protocol=Echo)
-            try:
-                await pymsquic_client_exchange(server_port(server), keylog_file)
-            finally:
-                server.close()
-
     with open(ours, "a") as file:
         file.write("# written by the test\n")  # buffered: KeyLog flushes it first
-        asyncio.run(main(file))
+        asyncio.run(client_to_aioquic_server(cert_files, file, theirs))
     lines = lines_of(ours)
     assert lines[0] == "# written by the test"
     check_lines(lines[1:], 1)
