@@ -76,12 +76,24 @@ def set_server_versions(versions: Iterable[int] | None) -> None:
     that offers several compatible ones is moved to the first of this list
     (RFC 9368). Process-wide: every listener, from its next handshake on.
 
+    Call it at start-up, before any listener starts: msquic 2.5.1 replaces
+    the list without a lock, while its threads may be reading it for a
+    handshake. A started listener makes it raise :class:`RuntimeError`.
+
     msquic turns its version negotiation extension on with the first call and
     has no way to turn it off again, also with None: from then on msquic
     clients of this process announce their versions too, and two msquic peers
     with default settings end up in v2 instead of v1."""
+    from ._core.listener import ListenerState  # not at the top: it imports this module's users
+
     _native.ensure_open()
     chosen = () if versions is None else check_versions(versions)
+    listening = [listener for registration in list(_native._registrations)
+                 for listener in list(registration._listeners)
+                 if listener.state in (ListenerState.START_COMPLETE, ListenerState.SHUTDOWN)]
+    if listening:
+        raise RuntimeError(f"set_server_versions() while {len(listening)} listener(s) run: msquic 2.5.1 "
+                           "changes the list under their handshakes; call it before starting them")
     array = ffi.new("uint32_t[]", list(chosen) or [0])
     _native.check(lib.pmq_global_set_versions(array, len(chosen)), "setting the server's QUIC versions")
 

@@ -150,6 +150,16 @@ def test_server_versions_read_back(server_versions: None) -> None:
     assert pymsquic.server_versions() is None
 
 
+def test_server_versions_refused_while_listening(server_credential: pymsquic.Credential,
+                                                 server_versions: None) -> None:
+    with pymsquic.sync.serve(lambda conn: None, "127.0.0.1", 0, alpn=ALPN, credential=server_credential):
+        with pytest.raises(RuntimeError, match="listener"):
+            pymsquic.set_server_versions([QUIC_V1])
+    assert pymsquic.server_versions() is None
+    pymsquic.set_server_versions([QUIC_V1])  # once it stopped
+    assert pymsquic.server_versions() == (QUIC_V1,)
+
+
 # ---- v2 negotiated with aioquic, both ways ------------------------------------------------
 
 def test_pymsquic_client_v2_with_aioquic_server(cert_files: tuple[Path, Path]) -> None:
