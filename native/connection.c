@@ -70,6 +70,8 @@ struct pmq_conn {
     uint32_t stream_scheduling;  /* PMQ_SCHEDULING_*, as last set */
     int scheduling_pending;      /* set before the start: apply at CONNECTED */
     pmq_cert_check cert;         /* a certificate check in Python (certificates.c) */
+    pmq_tls *tls;                /* key log: set before the start, then the worker's (tls.c) */
+    pmq_handshake_info handshake;  /* copied at CONNECTED */
 };
 
 static void conn_close_handle(HQUIC handle) { pmq_api->ConnectionClose(handle); }
@@ -88,6 +90,7 @@ static void conn_destroy(pmq_obj *obj)
     }
     free(c->peer_cert);
     pmq_cert_free(&c->cert);
+    pmq_tls_free(c->tls);
     free(c);
 }
 
@@ -105,6 +108,7 @@ static pmq_conn *conn_new(void)
 
 static void conn_free_unused(pmq_conn *c)
 {
+    pmq_tls_free(c->tls);
     pthread_cond_destroy(&c->obj.cond);
     pthread_mutex_destroy(&c->obj.lock);
     free(c);
@@ -380,6 +384,17 @@ static void apply_pending_scheduling(pmq_conn *c, HQUIC handle)
     }
 }
 
+/* Before on_connected sets CONNECTED: whoever sees it sees the facts too. */
+static void tls_connected(pmq_conn *c, HQUIC handle)
+{
+    pmq_handshake_info info;
+    pmq_handshake_info_read(handle, &info);
+    pmq_tls_write(c->tls);
+    pthread_mutex_lock(&c->obj.lock);
+    c->handshake = info;
+    pthread_mutex_unlock(&c->obj.lock);
+}
+
 static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONNECTION_EVENT *event)
 {
     pmq_conn *c = context;
@@ -389,6 +404,7 @@ static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONN
     switch (event->Type) {
     case QUIC_CONNECTION_EVENT_CONNECTED:
         apply_pending_scheduling(c, handle);
+        tls_connected(c, handle);
         on_connected(c, handle, event);
         break;
     case QUIC_CONNECTION_EVENT_SHUTDOWN_INITIATED_BY_TRANSPORT:
@@ -399,6 +415,7 @@ static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONN
         set_flag(c, PMQ_CONN_SHUTDOWN_BY_PEER, 0, event->SHUTDOWN_INITIATED_BY_PEER.ErrorCode);
         break;
     case QUIC_CONNECTION_EVENT_SHUTDOWN_COMPLETE:
+        pmq_tls_write(c->tls); /* a handshake that failed: what secrets it got */
         on_shutdown_complete(c, event);
         break;
     case QUIC_CONNECTION_EVENT_PEER_STREAM_STARTED:
@@ -550,6 +567,7 @@ QUIC_STATUS pmq_conn_start(pmq_conn *c, HQUIC configuration, const pmq_addr *rem
     c->starting = 1;
     c->started_us = pmq_now_us();
     HQUIC handle = c->guard.handle;
+    pmq_tls *tls = c->tls;
     pthread_mutex_unlock(&c->obj.lock);
     QUIC_STATUS status = QUIC_STATUS_SUCCESS;
     QUIC_ADDRESS_FAMILY family = QUIC_ADDRESS_FAMILY_UNSPEC;
@@ -557,6 +575,9 @@ QUIC_STATUS pmq_conn_start(pmq_conn *c, HQUIC configuration, const pmq_addr *rem
         /* Waits for a worker round trip: only needed when the SNI differs from the address. */
         status = pmq_api->SetParam(handle, QUIC_PARAM_CONN_REMOTE_ADDRESS, sizeof(addr), &addr);
         family = remote->family;
+    }
+    if (QUIC_SUCCEEDED(status) && tls != NULL) {
+        pmq_tls_attach(tls, handle); /* waits for a worker; a failure is the key log's, not ours */
     }
     if (QUIC_SUCCEEDED(status)) {
         status = pmq_api->ConnectionStart(handle, configuration, family, server_name, port);
@@ -905,4 +926,45 @@ void pmq_conn_notify_owner(pmq_conn *c)
     pmq_listener *l = owning_listener(c);
     pthread_mutex_unlock(&c->obj.lock);
     notify_listener(l);
+}
+
+/* ---- key log and handshake facts (the rest is in tls.c) ------------------------- */
+
+QUIC_STATUS pmq_conn_set_keylog(pmq_conn *c, pmq_keylog *keylog)
+{
+    PMQ_CHECK(&c->obj);
+    pmq_tls *tls = keylog != NULL ? pmq_tls_new(keylog) : NULL;
+    if (keylog != NULL && tls == NULL) {
+        return QUIC_STATUS_OUT_OF_MEMORY;
+    }
+    pthread_mutex_lock(&c->obj.lock);
+    int late = c->started || c->starting || c->guard.handle == NULL;
+    pmq_tls *old = NULL;
+    if (!late) {
+        old = c->tls;
+        c->tls = tls;
+    }
+    pthread_mutex_unlock(&c->obj.lock);
+    pmq_tls_free(late ? tls : old);
+    return late ? QUIC_STATUS_INVALID_STATE : QUIC_STATUS_SUCCESS;
+}
+
+void pmq_conn_keylog_accepted(pmq_conn *c, HQUIC handle, pmq_keylog *keylog)
+{
+    /* In NEW_CONNECTION, before the handshake goes on: nothing else sees c yet.
+     * Should the accept then fail, msquic drops the pointer unused: a refused
+     * connection never starts TLS, and msquic copies the ClientRandom only into
+     * connections whose accept succeeded (ExternalOwner, see QuicCryptoProcessData). */
+    c->tls = pmq_tls_new(keylog);
+    if (c->tls != NULL) {
+        pmq_tls_attach(c->tls, handle); /* inline on this worker */
+    }
+}
+
+void pmq_conn_get_handshake_info(pmq_conn *c, pmq_handshake_info *out)
+{
+    PMQ_CHECK(&c->obj);
+    pthread_mutex_lock(&c->obj.lock);
+    *out = c->handshake;
+    pthread_mutex_unlock(&c->obj.lock);
 }

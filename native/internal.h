@@ -208,5 +208,18 @@ QUIC_STATUS pmq_sni_add(pmq_sni_table *table, const char *name, HQUIC configurat
 /* The entry for a ClientHello's server name; NULL: serve the default (or refuse). */
 const pmq_sni_entry *pmq_sni_lookup(const pmq_sni_table *table, const char *name, size_t len);
 void pmq_sni_free(pmq_sni_table *table);
+/* native/tls.c: a connection's TLS secrets and key log (see there). */
+typedef struct pmq_tls pmq_tls;
+void pmq_keylog_ref(pmq_keylog *keylog);
+pmq_tls *pmq_tls_new(pmq_keylog *keylog);
+void pmq_tls_free(pmq_tls *tls);
+/* QUIC_PARAM_CONN_TLS_SECRETS: before ConnectionStart, or inside NEW_CONNECTION. */
+QUIC_STATUS pmq_tls_attach(pmq_tls *tls, HQUIC connection);
+/* Appends the key log lines once (tls may be NULL); on msquic's worker. */
+void pmq_tls_write(pmq_tls *tls);
+/* On the connection's worker (GetParam runs inline there). */
+void pmq_handshake_info_read(HQUIC connection, pmq_handshake_info *out);
+/* The listener's side of accepting with a key log (connection.c). */
+void pmq_conn_keylog_accepted(pmq_conn *conn, HQUIC handle, pmq_keylog *keylog);
 
 #endif

@@ -60,6 +60,7 @@ struct pmq_listener {
     int reaper_quit;
     pthread_cond_t reaper_cond;
     pmq_sni_table sni;         /* configurations by server name (sni.c); written only while IDLE */
+    pmq_keylog *keylog;        /* referenced; set before the start (pmq_listener_set_keylog) */
 };
 
 static void listener_destroy(pmq_obj *obj)
@@ -67,6 +68,7 @@ static void listener_destroy(pmq_obj *obj)
     pmq_listener *l = (pmq_listener *)obj;
     pthread_cond_destroy(&l->reaper_cond);
     pmq_sni_free(&l->sni);
+    pmq_keylog_release(l->keylog);
     free(l->queue);
     free(l->handshaking);
     free(l);
@@ -235,6 +237,8 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
         return QUIC_STATUS_CONNECTION_REFUSED;
     }
     l->reserved++;
+    pmq_keylog *keylog = l->keylog;
+    pmq_keylog_ref(keylog); /* a concurrent pmq_listener_set_keylog may drop the listener's */
     pthread_mutex_unlock(&l->obj.lock);
 
     QUIC_STATUS status = QUIC_STATUS_SUCCESS;
@@ -250,6 +254,9 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
     } else if ((configuration = choose_configuration(l, conn, info)) == NULL) {
         status = QUIC_STATUS_CONNECTION_REFUSED; /* a server name this listener does not serve */
     } else {
+        if (keylog != NULL) {
+            pmq_conn_keylog_accepted(conn, handle, keylog);
+        }
         status = pmq_conn_adopt(conn, handle, configuration);
         if (QUIC_SUCCEEDED(status) && l->stream_scheduling != PMQ_SCHEDULING_FIFO) {
             /* On the connection's worker: SetParam runs inline, before any stream exists. */
@@ -275,6 +282,7 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
         /* Refusing: msquic frees the connection and calls us no more. */
         pmq_conn_discard_refused(conn);
     }
+    pmq_keylog_release(keylog);
     return status;
 }
 
@@ -578,4 +586,14 @@ QUIC_STATUS pmq_listener_set_default_name(pmq_listener *l, int refuse_unknown, u
     }
     pthread_mutex_unlock(&l->obj.lock);
     return status;
+}
+
+void pmq_listener_set_keylog(pmq_listener *l, pmq_keylog *keylog)
+{
+    pmq_keylog_ref(keylog);
+    pthread_mutex_lock(&l->obj.lock);
+    pmq_keylog *old = l->keylog;
+    l->keylog = keylog;
+    pthread_mutex_unlock(&l->obj.lock);
+    pmq_keylog_release(old);
 }

@@ -421,6 +421,45 @@ QUIC_STATUS pmq_listener_add_server_name(pmq_listener *listener, const char *nam
 /* Before start: refuse names not in the table (1) or serve them the listener's
  * configuration (0), whose check mode is cert_mode. */
 QUIC_STATUS pmq_listener_set_default_name(pmq_listener *listener, int refuse_unknown, uint32_t cert_mode);
+/* ---- TLS key log, QUIC versions, handshake facts (native/tls.c) -------- */
+
+/* NSS key log (SSLKEYLOGFILE format) appended to one file. Anyone holding it
+ * can decrypt the traffic of the connections it logs. */
+typedef struct pmq_keylog pmq_keylog;
+/* Takes ownership of fd (opened O_WRONLY|O_APPEND); NULL when out of memory
+ * (the caller still owns fd then). */
+pmq_keylog *pmq_keylog_new(int fd);
+/* Drops the caller's reference; connections keep theirs until they end. */
+void pmq_keylog_release(pmq_keylog *keylog);
+/* Connections whose lines could not be written, and the errno of the last failure. */
+uint64_t pmq_keylog_failures(pmq_keylog *keylog, int *last_errno);
+/* Connections whose lines were written. */
+uint64_t pmq_keylog_written(pmq_keylog *keylog);
+/* Before pmq_conn_start: log this client connection's secrets to keylog (the
+ * start then waits for a msquic worker round trip). INVALID_STATE once started. */
+QUIC_STATUS pmq_conn_set_keylog(pmq_conn *conn, pmq_keylog *keylog);
+/* Before pmq_listener_start: log the secrets of every connection it accepts. */
+void pmq_listener_set_keylog(pmq_listener *listener, pmq_keylog *keylog);
+
+/* What the handshake settled, copied at CONNECTED (zeros before). */
+typedef struct pmq_handshake_info {
+    uint32_t quic_version;  /* 0x00000001 v1, 0x6b3343cf v2 */
+    uint32_t tls_version;   /* QUIC_TLS_PROTOCOL_1_3 = 0x3000 */
+    uint32_t cipher_suite;  /* IANA number: 0x1301, 0x1302, 0x1303 */
+    uint32_t tls_group;     /* IANA number (29 x25519, 23 secp256r1...), 0 unknown */
+    uint32_t known;         /* 1 once the TLS facts were read */
+} pmq_handshake_info;
+void pmq_conn_get_handshake_info(pmq_conn *conn, pmq_handshake_info *out);
+
+/* QUIC versions (host order) as msquic's three version lists, all equal.
+ * count 0 restores msquic's defaults. A configuration's list is what a client
+ * offers and accepts; a server's is process-wide (msquic decides it before a
+ * connection or a configuration exists). get: *count is the capacity of out
+ * on entry, the number written on return (0: msquic's defaults). */
+QUIC_STATUS pmq_configuration_set_versions(HQUIC configuration, const uint32_t *versions, uint32_t count);
+QUIC_STATUS pmq_configuration_get_versions(HQUIC configuration, uint32_t *out, uint32_t *count);
+QUIC_STATUS pmq_global_set_versions(const uint32_t *versions, uint32_t count);
+QUIC_STATUS pmq_global_get_versions(uint32_t *out, uint32_t *count);
 
 /* CFFI-END */
 

@@ -59,7 +59,9 @@ from .errors import (
     status_name,
     tls_alert_name,
 )
+from .keylog import KeyLog
 from .registration import Registration, default_registration
+from .versions import QUIC_V1, QUIC_V2, HandshakeInfo, server_versions, set_server_versions
 
 __version__ = "0.1.0"
 
@@ -83,5 +85,7 @@ __all__ = [
     "StreamStopped", "Unreachable", "VersionNegotiationError", "asyncio", "connect", "default_registration",
     "msquic_version", "retry_memory_limit", "serve", "set_retry_memory_limit", "status_name", "sync",
     "tls_alert_name",
+    # TLS key log, QUIC versions and handshake facts
+    "HandshakeInfo", "KeyLog", "QUIC_V1", "QUIC_V2", "server_versions", "set_server_versions",
 ]
 __all__ += ["CertificateCheck", "VerifyCallback", "server_name_matches"]  # certificate checks in Python

@@ -13,6 +13,7 @@ from ._core.certificates import VerifyCallback, VerifyLike, check_mode, verify_d
 from ._msquic import ffi, lib
 from .errors import QuicError
 from .registration import Registration
+from .versions import apply_versions, check_versions, configuration_versions
 
 AlpnLike = Union[str, bytes, Sequence[Union[str, bytes]]]
 
@@ -94,6 +95,15 @@ class Settings:
     connection (QUIC_PARAM_CONN_STREAM_SCHEDULING_SCHEME), not a msquic setting;
     ``Connection.stream_scheduling`` changes it later, and ``Stream.priority``
     puts streams ahead of others whatever the scheme.
+
+    ``versions`` are the QUIC versions a client offers and accepts, most
+    preferred first: e.g. ``(pymsquic.QUIC_V2, pymsquic.QUIC_V1)`` starts in v2
+    and can fall back to v1; ``(pymsquic.QUIC_V1,)`` refuses v2. None keeps
+    msquic's default (start in v1, move to v2 if the server prefers it). An
+    unknown version raises ValueError. Client configurations only: msquic
+    2.5.1 decides a server's versions process-wide
+    (:func:`pymsquic.set_server_versions`). ``Connection.quic_version`` tells
+    which one a connection negotiated.
     """
 
     idle_timeout_ms: int | None = None
@@ -113,6 +123,7 @@ class Settings:
     migration_enabled: bool | None = None
     server_resumption_level: int | None = None
     stream_scheduling: str | None = None  # "round_robin" (None) or "fifo"
+    versions: tuple[int, ...] | None = None  # QUIC versions, most preferred first (client)
 
     def __post_init__(self) -> None:
         for name, (_, largest) in _SETTING_FIELDS.items():
@@ -131,6 +142,8 @@ class Settings:
             raise ValueError(f"Settings.congestion_control must be one of {sorted(_CONGESTION)}")
         if self.stream_scheduling is not None and self.stream_scheduling not in STREAM_SCHEDULING:
             raise ValueError(f"Settings.stream_scheduling must be one of {sorted(STREAM_SCHEDULING)}")
+        if self.versions is not None:  # a tuple (hashable: Settings key the configuration cache)
+            object.__setattr__(self, "versions", check_versions(self.versions, "Settings.versions"))
 
     @property
     def stream_scheduling_scheme(self) -> int:
@@ -415,6 +428,9 @@ class Configuration:
             settings = Settings()
         elif not isinstance(settings, Settings):
             raise TypeError(f"settings must be a Settings, not {type(settings).__name__}")
+        if settings.versions is not None and not credential.is_client:
+            raise ValueError("Settings.versions is for clients: msquic 2.5.1 decides a server's QUIC versions "
+                             "process-wide, with pymsquic.set_server_versions()")
         self.registration = registration
         self.alpn_wire = encode_alpns(alpn)
         self.alpns = decode_alpns(self.alpn_wire)
@@ -429,6 +445,12 @@ class Configuration:
         _native.check(status, "loading the configuration")
         self._handle = handle[0]
         self._releaser = _native.Releaser(self, lib.pmq_api.ConfigurationClose, self._handle)
+        if settings.versions is not None:
+            try:
+                apply_versions(self._handle, settings.versions)
+            except BaseException:
+                self._releaser()
+                raise
         registration._configurations.add(self)
 
     @property
@@ -457,7 +479,9 @@ class Configuration:
         native = ffi.new("pmq_settings *")
         # Answered inline by msquic (no worker round trip), so no lock is at stake.
         _native.check(lib.pmq_configuration_get_settings(self.handle, native), "reading the settings back")
-        return Settings._from_native(native, only_set)
+        settings = Settings._from_native(native, only_set)
+        versions = configuration_versions(self.handle)  # None: msquic's defaults
+        return settings if versions is None else dataclasses.replace(settings, versions=versions)
 
     @property
     def closed(self) -> bool:

@@ -37,6 +37,7 @@ MSQUIC_DEFAULTS: dict[str, Any] = {
     "pacing_enabled": True,                    # QUIC_DEFAULT_SEND_PACING
     "migration_enabled": True,                 # QUIC_DEFAULT_MIGRATION_ENABLED
     "server_resumption_level": 0,              # QUIC_DEFAULT_SERVER_RESUMPTION_LEVEL (no resume)
+    "versions": None,                          # no QUIC_VERSION_SETTINGS: msquic's default list
 }
 
 # One value per msquic-backed field that msquic accepts and that differs from its
@@ -58,6 +59,7 @@ NON_DEFAULT: dict[str, Any] = {
     "pacing_enabled": False,
     "migration_enabled": False,
     "server_resumption_level": 2,              # QUIC_SERVER_RESUME_AND_ZERORTT
+    "versions": (pymsquic.QUIC_V2, pymsquic.QUIC_V1),  # QUIC_PARAM_CONFIGURATION_VERSION_SETTINGS
 }
 
 # pymsquic's own fields: not msquic configuration settings, so GetParam cannot

@@ -28,7 +28,11 @@ from ..errors import (
     failed,
     transport_closed,
 )
+from ..keylog import KeyLog, KeyLogLike
+from ..keylog import native as native_keylog
+from ..keylog import resolve as resolve_keylog
 from ..registration import Registration
+from ..versions import HandshakeInfo
 from .certificates import run_check
 from .stream import StreamCore
 
@@ -103,8 +107,9 @@ class ConnectionCore(Generic[S]):
     # ---- client ----------------------------------------------------------------
 
     @classmethod
-    def _open_client(cls, configuration: Configuration) -> Self:
-        """A new, unstarted client connection of this class."""
+    def _open_client(cls, configuration: Configuration, keylog_file: KeyLogLike | None = None) -> Self:
+        """A new, unstarted client connection of this class; its TLS secrets go to
+        ``keylog_file`` (else ``SSLKEYLOGFILE``'s file, see :mod:`pymsquic.keylog`)."""
         if not isinstance(configuration, Configuration):
             raise TypeError(f"configuration must be a Configuration, not {type(configuration).__name__}")
         if not configuration.credential.is_client:
@@ -118,6 +123,7 @@ class ConnectionCore(Generic[S]):
         # Not started yet: recorded here, applied by msquic's worker at CONNECTED.
         lib.pmq_conn_set_stream_scheduling(conn._conn, configuration.settings.stream_scheduling_scheme)
         lib.pmq_conn_set_cert_check(conn._conn, configuration.credential.cert_check_mode)
+        conn._set_keylog(keylog_file)
         return conn
 
     def _start(self, host: str, port: int, server_name: str | None, remote: Any) -> None:
@@ -132,6 +138,7 @@ class ConnectionCore(Generic[S]):
             raise QuicError("ConnectionStart failed", status)
 
     def _log_connected(self) -> None:
+        self._report_keylog()
         if self.logger.isEnabledFor(logging.DEBUG):
             self.logger.debug("handshake done: %s, alpn %s", self.remote_address, self.alpn)
 
@@ -231,7 +238,8 @@ class ConnectionCore(Generic[S]):
 
     def read_settings(self, *, only_set: bool = False) -> Settings:
         """msquic's view of the settings this connection runs with
-        (QUIC_PARAM_CONN_SETTINGS), as :meth:`Configuration.read_settings`.
+        (QUIC_PARAM_CONN_SETTINGS), as :meth:`Configuration.read_settings`
+        (``versions`` stays None: :attr:`quic_version` is the one negotiated).
         Asks msquic's worker and waits for its answer, briefly;
         ConnectionClosed once the connection is closed."""
         _native.forbid_in_callback("Connection.read_settings()")
@@ -421,6 +429,48 @@ class ConnectionCore(Generic[S]):
         else:
             state = "connecting" if not self._flags() & _SHUTTING_DOWN else "shutting down"
         return f"<{type(self).__name__} {state} remote={self.remote_address} alpn={self.alpn}>"
+
+    # ---- TLS key log and handshake facts (pymsquic.keylog, pymsquic.versions) ----------
+
+    _keylog: KeyLog | None = None
+
+    def _set_keylog(self, keylog_file: KeyLogLike | None) -> None:
+        """Before the start: where this client connection's TLS secrets go."""
+        try:
+            log = resolve_keylog(keylog_file)  # OSError for a keylog_file that cannot be opened
+            if log is None:
+                return
+            _native.check(lib.pmq_conn_set_keylog(self._conn, native_keylog(log)), "setting the key log")
+        except BaseException:
+            self._abandon()
+            raise
+        self._keylog = log  # keeps Python's side open as long as the connection
+
+    @property
+    def _start_blocks(self) -> bool:
+        """Whether :meth:`_start` waits for a msquic worker even for an IP literal
+        (a key log is handed to msquic before the start)."""
+        return self._keylog is not None
+
+    def _report_keylog(self) -> None:
+        if self._keylog is not None:
+            self._keylog._report_failures()
+
+    @property
+    def handshake_info(self) -> HandshakeInfo | None:
+        """What the handshake settled: QUIC version, TLS version, cipher suite and
+        key exchange group (:class:`~pymsquic.HandshakeInfo`), copied by msquic's
+        worker when the handshake completed; None before (and if it never did)."""
+        out = ffi.new("pmq_handshake_info *")
+        lib.pmq_conn_get_handshake_info(self._conn, out)
+        return HandshakeInfo._from_native(out)
+
+    @property
+    def quic_version(self) -> int | None:
+        """The negotiated QUIC version (:data:`~pymsquic.QUIC_V1`, :data:`~pymsquic.QUIC_V2`),
+        None before the handshake completed."""
+        info = self.handshake_info
+        return None if info is None else info.quic_version
 
 
     # ---- certificate checks in Python (pymsquic._core.certificates) ------------

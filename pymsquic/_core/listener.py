@@ -21,6 +21,9 @@ from .._msquic import ffi, lib
 from ..addresses import Address, AddressLike, any_address, from_native, resolve, split_host_port
 from ..configuration import AlpnLike, Configuration, decode_alpns, encode_alpns
 from ..errors import AlreadyStarted, Failed, Finished, NotStarted, failed
+from ..keylog import KeyLogLike
+from ..keylog import native as native_keylog
+from ..keylog import resolve as resolve_keylog
 from ..registration import Registration
 from .certificates import run_check
 from .connection import ConnectionCore
@@ -140,6 +143,10 @@ class ListenerCore(Generic[C]):
     Python) runs in :meth:`accept` (and a server's accept loop), while the
     connection is still handshaking: keep accepting, or the handshake of a
     connection whose check nobody runs ends at the handshake idle timeout.
+
+    ``keylog_file`` (a path, a file open for appending or a :class:`~pymsquic.KeyLog`;
+    default: the file named by ``SSLKEYLOGFILE``) gets the TLS secrets of every accepted
+    connection: see :mod:`pymsquic.keylog`, and mind that it decrypts them.
     """
 
     #: The world's connection class, for the connections this listener hands out.
@@ -150,7 +157,7 @@ class ListenerCore(Generic[C]):
                  on_new_connection: NewConnectionHook | None = None,
                  on_stop_complete: StopCompleteHook | None = None,
                  server_names: Mapping[str, Configuration] | None = None,
-                 refuse_unknown_names: bool = False) -> None:
+                 refuse_unknown_names: bool = False, keylog_file: KeyLogLike | None = None) -> None:
         if not isinstance(registration, Registration):
             raise TypeError(f"registration must be a Registration, not {type(registration).__name__}")
         if not isinstance(configuration, Configuration):
@@ -164,6 +171,8 @@ class ListenerCore(Generic[C]):
         for name, hook in (("on_new_connection", on_new_connection), ("on_stop_complete", on_stop_complete)):
             if hook is not None and not callable(hook):
                 raise TypeError(f"{name} must be callable")
+        # Before anything native: an unopenable keylog_file raises OSError here.
+        self._keylog = resolve_keylog(keylog_file)
         self.registration = registration
         self.configuration = configuration
         self.on_new_connection = on_new_connection
@@ -180,6 +189,8 @@ class ListenerCore(Generic[C]):
         )
         self._listener = out[0]
         self._native_obj = lib.pmq_listener_obj(self._listener)
+        if self._keylog is not None:  # accepted connections' TLS secrets (pymsquic.keylog)
+            lib.pmq_listener_set_keylog(self._listener, native_keylog(self._keylog))
         self._refusals_logged = 0
         # close() only closes; the native struct is freed once Python lets go of it.
         self._releaser = _native.Releaser(self, _close_and_release, self._listener)
@@ -238,6 +249,7 @@ class ListenerCore(Generic[C]):
         if result == lib.PMQ_ACCEPT_OK:
             configuration = self._configurations[lib.pmq_conn_config_tag(out[0])]
             conn = self._connection_class(out[0], self.registration, configuration)
+            conn._keylog = self._keylog  # its write failures are logged with the connection's
             conn._log_connected()
             return conn
         if result == lib.PMQ_ACCEPT_EMPTY:

@@ -11,6 +11,7 @@ from typing import Any, Mapping, TypeVar, Union
 
 from ..addresses import Address
 from ..configuration import AlpnLike, Configuration, Credential, Settings, encode_alpns
+from ..keylog import KeyLogLike
 from ..registration import Registration, default_registration
 from .connection import ConnectionCore
 from .listener import ListenerCore
@@ -112,7 +113,8 @@ def server_configurations(configuration: Configuration | None, registration: Reg
 
 
 def start_listener(handler: object, listener_class: type[L], host: str | None, port: int,
-                   configuration: Configuration | ServerConfigurations, backlog: int) -> L:
+                   configuration: Configuration | ServerConfigurations, backlog: int,
+                   keylog_file: KeyLogLike | None = None) -> L:
     """A started listener of the world's class for ``serve(handler, ...)``."""
     if not callable(handler):  # else every connection would fail in its handler
         raise TypeError(f"handler must be callable, not {type(handler).__name__}")
@@ -120,7 +122,7 @@ def start_listener(handler: object, listener_class: type[L], host: str | None, p
         configuration = ServerConfigurations(configuration)
     listener = listener_class(configuration.default.registration, configuration.default, backlog=backlog,
                               server_names=configuration.by_name,
-                              refuse_unknown_names=configuration.refuse_unknown)
+                              refuse_unknown_names=configuration.refuse_unknown, keylog_file=keylog_file)
     configuration = configuration.default
     try:
         listener.start(configuration.alpns, (host or "", port))

@@ -14,6 +14,7 @@ from .._core.server import client_configuration
 from ..addresses import is_ip_literal, resolve_async
 from ..configuration import AlpnLike, Configuration, Credential, Settings
 from ..errors import ConnectionClosed
+from ..keylog import KeyLogLike
 from ..registration import Registration
 from .bridge import NativeWaitable
 from .stream import Stream, StreamProtocolFactory
@@ -167,27 +168,32 @@ class connect:
     :class:`~pymsquic.ConnectionClosed` subclass saying why (refused, TLS alert,
     ALPN mismatch, ...); an unknown host raises :class:`socket.gaierror`.
     Leaving ``async with`` closes the connection gracefully (see
-    :meth:`Connection.close`; ``close_timeout`` bounds it).
+    :meth:`Connection.close`; ``close_timeout`` bounds it). ``keylog_file``
+    (a path, a file open for appending or a :class:`~pymsquic.KeyLog`; default:
+    ``SSLKEYLOGFILE``'s file) gets the connection's TLS secrets, which decrypt
+    its traffic: see :mod:`pymsquic.keylog`.
     """
 
     def __init__(self, host: str, port: int, *, alpn: AlpnLike | None = None, credential: Credential | None = None,
                  settings: Settings | None = None, configuration: Configuration | None = None,
                  server_name: str | None = None, registration: Registration | None = None,
-                 open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0) -> None:
+                 open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0,
+                 keylog_file: KeyLogLike | None = None) -> None:
         check_endpoint(host, port)
+        self._keylog_file = keylog_file
         self._configuration = client_configuration(configuration, registration, alpn, credential, settings)
         self._host, self._port, self._server_name = host, port, server_name
         self._open_timeout, self._close_timeout = open_timeout, close_timeout
         self._connection: Connection | None = None
 
     async def _connect(self) -> Connection:
-        conn = Connection._open_client(self._configuration)
+        conn = Connection._open_client(self._configuration, self._keylog_file)
         conn.close_timeout = self._close_timeout
         host, port, server_name = self._host, self._port, self._server_name
         loop = asyncio.get_running_loop()
         deadline = None if self._open_timeout is None else loop.time() + self._open_timeout
         try:
-            if is_ip_literal(host) and server_name in (None, host):
+            if is_ip_literal(host) and server_name in (None, host) and not conn._start_blocks:
                 conn._start(host, port, server_name, None)  # never blocks
             else:
                 # open_timeout covers the name lookup too, as websockets' does.

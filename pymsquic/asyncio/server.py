@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator
 from .._core.connection import exit_error_code
 from .._core.server import ServerCore, ServerCredential, log_handler_failure, server_configurations, start_listener
 from ..configuration import AlpnLike, Configuration, Credential, Settings
+from ..keylog import KeyLogLike
 from ..registration import Registration
 from .connection import Connection
 from .listener import Listener
@@ -150,23 +151,28 @@ class serve:
     to acknowledge everything sent, not for the client to read it: see
     :meth:`Connection.close`. With ``start_serving=False`` the
     server accepts only once :meth:`Server.start_serving` or
-    :meth:`Server.serve_forever` is awaited.
+    :meth:`Server.serve_forever` is awaited. ``keylog_file`` (a path, a file
+    open for appending or a :class:`~pymsquic.KeyLog`; default:
+    ``SSLKEYLOGFILE``'s file) gets every connection's TLS secrets, which decrypt
+    its traffic: see :mod:`pymsquic.keylog`.
     """
 
     def __init__(self, handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | None = None,
                  credential: ServerCredential | None = None, settings: Settings | None = None,
                  configuration: Configuration | None = None, registration: Registration | None = None,
                  backlog: int = 128, close_timeout: float = 5.0, start_serving: bool = True,
-                 default_credential: Credential | None = None) -> None:
+                 default_credential: Credential | None = None, keylog_file: KeyLogLike | None = None) -> None:
         self._handler = handler
         self._configuration = server_configurations(configuration, registration, alpn, credential, settings,
                                                    default_credential)
         self._host, self._port, self._backlog = host, port, backlog
         self._close_timeout, self._start_serving = close_timeout, start_serving
+        self._keylog_file = keylog_file
         self._server: Server | None = None
 
     async def _create(self) -> Server:
-        listener = start_listener(self._handler, Listener, self._host, self._port, self._configuration, self._backlog)
+        listener = start_listener(self._handler, Listener, self._host, self._port, self._configuration, self._backlog,
+                                  self._keylog_file)
         server = Server(self._handler, listener, self._close_timeout)
         if self._start_serving:
             await server.start_serving()

@@ -14,6 +14,7 @@ from .._core.server import client_configuration
 from ..addresses import is_ip_literal, resolve
 from ..configuration import AlpnLike, Configuration, Credential, Settings
 from ..errors import ConnectionClosed
+from ..keylog import KeyLogLike
 from ..registration import Registration
 from .stream import Stream
 
@@ -123,7 +124,8 @@ class Connection(ConnectionCore[Stream]):
 def connect(host: str, port: int, *, alpn: AlpnLike | None = None, credential: Credential | None = None,
             settings: Settings | None = None, configuration: Configuration | None = None,
             server_name: str | None = None, registration: Registration | None = None,
-            open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0) -> Connection:
+            open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0,
+            keylog_file: KeyLogLike | None = None) -> Connection:
     """Connect to a QUIC server and return the connection once its handshake
     completed; ``with connect(...) as connection:`` closes it on the way out.
     The arguments, defaults and errors are those of :class:`pymsquic.asyncio.connect`.
@@ -131,7 +133,7 @@ def connect(host: str, port: int, *, alpn: AlpnLike | None = None, credential: C
     _native.forbid_in_callback("connect()")
     check_endpoint(host, port)
     conn = Connection._open_client(client_configuration(configuration, registration, alpn,
-                                                                    credential, settings))
+                                                                    credential, settings), keylog_file)
     conn.close_timeout = close_timeout
     try:
         direct = is_ip_literal(host) and server_name in (None, host)

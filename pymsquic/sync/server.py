@@ -19,6 +19,7 @@ from .._core.server import (
 )
 from ..configuration import AlpnLike, Configuration, Credential, Settings
 from ..errors import EXCEPTION_ERROR_CODE
+from ..keylog import KeyLogLike
 from ..registration import Registration
 from .connection import Connection
 from .listener import Listener
@@ -160,7 +161,7 @@ def serve(handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | Non
           credential: ServerCredential | None = None, settings: Settings | None = None,
           configuration: Configuration | None = None, registration: Registration | None = None,
           backlog: int = 128, close_timeout: float = 5.0,
-          default_credential: Credential | None = None) -> Server:
+          default_credential: Credential | None = None, keylog_file: KeyLogLike | None = None) -> Server:
     """Listen on ``host:port``; :meth:`Server.serve_forever` then runs
     ``handler(connection)`` in a thread per connection.
 
@@ -177,7 +178,11 @@ def serve(handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | Non
     (:data:`~pymsquic.EXCEPTION_ERROR_CODE`); ``close_timeout`` bounds that close,
     which waits for the client's msquic to acknowledge everything sent, not for
     the client to read it: see :meth:`Connection.close`.
+    ``keylog_file`` (a path, a file open for appending or a
+    :class:`~pymsquic.KeyLog`; default: ``SSLKEYLOGFILE``'s file) gets every
+    connection's TLS secrets, which decrypt its traffic: see :mod:`pymsquic.keylog`.
     """
     configurations = server_configurations(configuration, registration, alpn, credential, settings,
                                            default_credential)
-    return Server(handler, start_listener(handler, Listener, host, port, configurations, backlog), close_timeout)
+    return Server(handler, start_listener(handler, Listener, host, port, configurations, backlog, keylog_file),
+                  close_timeout)
