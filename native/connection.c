@@ -420,6 +420,12 @@ static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONN
     case QUIC_CONNECTION_EVENT_PEER_CERTIFICATE_RECEIVED:
         on_peer_certificate(c, event);
         break;
+    case QUIC_CONNECTION_EVENT_PEER_ADDRESS_CHANGED: /* SUCCESS accepts the new path */
+        pmq_conn_address_changed(c, event->PEER_ADDRESS_CHANGED.Address, 1);
+        break;
+    case QUIC_CONNECTION_EVENT_LOCAL_ADDRESS_CHANGED:
+        pmq_conn_address_changed(c, event->LOCAL_ADDRESS_CHANGED.Address, 0);
+        break;
     default:
         break;
     }
@@ -885,4 +891,61 @@ uint32_t pmq_conn_stream_scheduling(pmq_conn *c)
     uint32_t scheme = c->stream_scheduling;
     pthread_mutex_unlock(&c->obj.lock);
     return scheme;
+}
+
+/* ---- parameters for statistics.c and transport.c ------------------------------ */
+
+int pmq_conn_is_started(pmq_conn *c)
+{
+    PMQ_CHECK(&c->obj);
+    pthread_mutex_lock(&c->obj.lock);
+    int started = c->started;
+    pthread_mutex_unlock(&c->obj.lock);
+    return started;
+}
+
+uint64_t pmq_conn_handshake_us(pmq_conn *c)
+{
+    PMQ_CHECK(&c->obj);
+    pthread_mutex_lock(&c->obj.lock);
+    uint64_t us = (c->info.flags & PMQ_CONN_CONNECTED) ? c->handshake_us : 0;
+    pthread_mutex_unlock(&c->obj.lock);
+    return us;
+}
+
+QUIC_STATUS pmq_conn_param(pmq_conn *c, int set, uint32_t param, uint32_t *size, void *buffer)
+{
+    PMQ_CHECK(&c->obj);
+    pthread_mutex_lock(&c->obj.lock);
+    int before_start = !c->started;
+    HQUIC handle = NULL;
+    if (before_start) {
+        /* As pmq_conn_start does: while `starting`, close_unstarted leaves the
+         * handle to us, and no callback can close an unstarted one. */
+        if (!c->starting && c->guard.handle != NULL) {
+            c->starting = 1;
+            handle = c->guard.handle;
+        }
+    } else {
+        handle = pmq_guard_enter_locked(&c->guard);
+    }
+    pthread_mutex_unlock(&c->obj.lock);
+    if (handle == NULL) {
+        return QUIC_STATUS_INVALID_STATE;
+    }
+    QUIC_STATUS status = set ? pmq_api->SetParam(handle, param, *size, buffer)
+                             : pmq_api->GetParam(handle, param, size, buffer);
+    if (!before_start) {
+        pmq_guard_leave(&c->obj, &c->guard, conn_close_handle);
+        return status;
+    }
+    pthread_mutex_lock(&c->obj.lock);
+    c->starting = 0;
+    int abandoned = c->abandoned_starting;
+    c->abandoned_starting = 0;
+    pthread_mutex_unlock(&c->obj.lock);
+    if (abandoned) {
+        close_unstarted(c); /* what the abandon meant to do meanwhile */
+    }
+    return status;
 }

@@ -162,4 +162,20 @@ void pmq_conn_stream_sending(pmq_conn *conn, int delta);
 
 #define PMQ_MAX_ALPNS 32
 
+/* Statistics and transport (statistics.c, transport.c, and their hooks in
+ * connection.c, listener.c, configuration.c). */
+/* Get (set 0) or SetParam (set 1) on the connection's handle, kept open for the
+ * call: before the start (as pmq_conn_start keeps it) or while it lives.
+ * Blocks for a worker round trip; never from a callback. */
+QUIC_STATUS pmq_conn_param(pmq_conn *conn, int set, uint32_t param, uint32_t *size, void *buffer);
+int pmq_conn_is_started(pmq_conn *conn);
+/* Handshake duration measured by pymsquic, 0 until connected. */
+uint64_t pmq_conn_handshake_us(pmq_conn *conn);
+/* In a PEER_ (peer 1) or LOCAL_ADDRESS_CHANGED callback: record the address. */
+void pmq_conn_address_changed(pmq_conn *conn, const QUIC_ADDR *address, int peer);
+/* GetParam on the listener's handle (answered inline); INVALID_STATE once closed. */
+QUIC_STATUS pmq_listener_get_param(pmq_listener *listener, uint32_t param, uint32_t *size, void *buffer);
+void pmq_transport_fill_settings(QUIC_SETTINGS *s, const pmq_settings *in);
+void pmq_transport_read_settings(pmq_settings *out, const QUIC_SETTINGS *s);
+
 #endif

@@ -59,6 +59,7 @@ from .errors import (
     tls_alert_name,
 )
 from .registration import Registration, default_registration
+from .statistics import perf_counters
 
 __version__ = "0.1.0"
 
@@ -80,6 +81,6 @@ __all__ = [
     "LimitOverrunError", "ListenError", "ListenerState", "ListenerStats", "NewConnectionHook", "NewConnectionInfo",
     "NotStarted", "QuicError", "Registration", "Settings", "StopCompleteHook", "StreamError", "StreamReset",
     "StreamStopped", "Unreachable", "VersionNegotiationError", "asyncio", "connect", "default_registration",
-    "msquic_version", "retry_memory_limit", "serve", "set_retry_memory_limit", "status_name", "sync",
+    "msquic_version", "perf_counters", "retry_memory_limit", "serve", "set_retry_memory_limit", "status_name", "sync",
     "tls_alert_name",
 ]

@@ -9,9 +9,9 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any, AsyncIterator, Generator
 
-from .._core.connection import ConnectionCore, check_endpoint, exit_error_code
+from .._core.connection import ConnectionCore, check_endpoint, exit_error_code, local_address_native
 from .._core.server import client_configuration
-from ..addresses import is_ip_literal, resolve_async
+from ..addresses import Address, AddressLike, is_ip_literal, resolve_async
 from ..configuration import AlpnLike, Configuration, Credential, Settings
 from ..errors import ConnectionClosed
 from ..registration import Registration
@@ -143,6 +143,12 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
         finally:
             steps.close()
 
+    async def wait_peer_address_change(self, seen: int = 0) -> Address:
+        """Wait until the peer's address changed more than ``seen`` times (see
+        :attr:`peer_address_changes`; 0: the first change) and return the new
+        remote address. ConnectionClosed if the connection ends first."""
+        return await self._wait(lambda: self._peer_address_changed(seen), "wait_peer_address_change()")
+
     async def __aenter__(self) -> Self:
         return self
 
@@ -166,6 +172,8 @@ class connect:
     a blocking getaddrinfo, is not bounded). A failed handshake raises a
     :class:`~pymsquic.ConnectionClosed` subclass saying why (refused, TLS alert,
     ALPN mismatch, ...); an unknown host raises :class:`socket.gaierror`.
+    ``local_addr=(ip, port)`` sends from that local address (port 0: any);
+    :meth:`Connection.migrate` moves a connected client to another.
     Leaving ``async with`` closes the connection gracefully (see
     :meth:`Connection.close`; ``close_timeout`` bounds it).
     """
@@ -173,8 +181,12 @@ class connect:
     def __init__(self, host: str, port: int, *, alpn: AlpnLike | None = None, credential: Credential | None = None,
                  settings: Settings | None = None, configuration: Configuration | None = None,
                  server_name: str | None = None, registration: Registration | None = None,
-                 open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0) -> None:
+                 open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0,
+                 local_addr: AddressLike | None = None) -> None:
         check_endpoint(host, port)
+        if local_addr is not None:
+            local_address_native(local_addr)  # bad input fails here, not in the task
+        self._local_addr = local_addr
         self._configuration = client_configuration(configuration, registration, alpn, credential, settings)
         self._host, self._port, self._server_name = host, port, server_name
         self._open_timeout, self._close_timeout = open_timeout, close_timeout
@@ -187,6 +199,9 @@ class connect:
         loop = asyncio.get_running_loop()
         deadline = None if self._open_timeout is None else loop.time() + self._open_timeout
         try:
+            if self._local_addr is not None:
+                # Setting the address waits for a msquic worker: not on the loop's thread.
+                await loop.run_in_executor(None, conn._set_local_address, self._local_addr)
             if is_ip_literal(host) and server_name in (None, host):
                 conn._start(host, port, server_name, None)  # never blocks
             else:
