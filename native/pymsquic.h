@@ -68,13 +68,11 @@ typedef struct pmq_settings {
     uint32_t stream_recv_window_bidi_remote_default;
     uint32_t stream_recv_window_unidi_default;
     uint32_t tls_client_max_send_buffer;
-    uint32_t tls_server_max_send_buffer;
     uint16_t minimum_mtu;
     uint16_t maximum_mtu;
     uint8_t mtu_discovery_missing_probe_count;
     uint8_t ecn_enabled;
     uint8_t grease_quic_bit_enabled;
-    uint8_t hystart_enabled;
 } pmq_settings;
 
 enum {
@@ -453,7 +451,10 @@ typedef struct pmq_listener_msquic_stats {
     uint64_t binding_packets_dropped;
 } pmq_listener_msquic_stats;
 
-/* pmq_settings.transport_set bits */
+/* pmq_settings.transport_set bits. Not here: HyStartEnabled and
+ * TlsServerMaxSendBuffer, which msquic 2.5.1 never applies from a
+ * QUIC_SETTINGS (QuicSettingApply skips the one and copies
+ * TlsClientMaxSendBuffer twice instead of the other). */
 enum {
     PMQ_TSET_MAX_BYTES_PER_KEY = 1,
     PMQ_TSET_MTU_DISCOVERY_SEARCH_COMPLETE_TIMEOUT = 2,
@@ -465,13 +466,11 @@ enum {
     PMQ_TSET_STREAM_RECV_WINDOW_BIDI_REMOTE = 128,
     PMQ_TSET_STREAM_RECV_WINDOW_UNIDI = 256,
     PMQ_TSET_TLS_CLIENT_MAX_SEND_BUFFER = 512,
-    PMQ_TSET_TLS_SERVER_MAX_SEND_BUFFER = 1024,
     PMQ_TSET_MINIMUM_MTU = 2048,
     PMQ_TSET_MAXIMUM_MTU = 4096,
     PMQ_TSET_MTU_DISCOVERY_MISSING_PROBE_COUNT = 8192,
     PMQ_TSET_ECN_ENABLED = 16384,
-    PMQ_TSET_GREASE_QUIC_BIT_ENABLED = 32768,
-    PMQ_TSET_HYSTART_ENABLED = 65536
+    PMQ_TSET_GREASE_QUIC_BIT_ENABLED = 32768
 };
 
 /* All of QUIC_PARAM_CONN_STATISTICS_V2. Blocks briefly (a worker round trip);

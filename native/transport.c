@@ -22,7 +22,6 @@
       stream_recv_window_bidi_remote_default)                                                        \
     X(PMQ_TSET_STREAM_RECV_WINDOW_UNIDI, StreamRecvWindowUnidiDefault, stream_recv_window_unidi_default) \
     X(PMQ_TSET_TLS_CLIENT_MAX_SEND_BUFFER, TlsClientMaxSendBuffer, tls_client_max_send_buffer)       \
-    X(PMQ_TSET_TLS_SERVER_MAX_SEND_BUFFER, TlsServerMaxSendBuffer, tls_server_max_send_buffer)       \
     X(PMQ_TSET_MINIMUM_MTU, MinimumMtu, minimum_mtu)                                                 \
     X(PMQ_TSET_MAXIMUM_MTU, MaximumMtu, maximum_mtu)                                                 \
     X(PMQ_TSET_MTU_DISCOVERY_MISSING_PROBE_COUNT, MtuDiscoveryMissingProbeCount,                     \
@@ -31,8 +30,7 @@
 /* The on/off ones (bitfields in QUIC_SETTINGS) */
 #define TRANSPORT_FLAGS(X)                                                                           \
     X(PMQ_TSET_ECN_ENABLED, EcnEnabled, ecn_enabled)                                                 \
-    X(PMQ_TSET_GREASE_QUIC_BIT_ENABLED, GreaseQuicBitEnabled, grease_quic_bit_enabled)               \
-    X(PMQ_TSET_HYSTART_ENABLED, HyStartEnabled, hystart_enabled)
+    X(PMQ_TSET_GREASE_QUIC_BIT_ENABLED, GreaseQuicBitEnabled, grease_quic_bit_enabled)
 
 void pmq_transport_fill_settings(QUIC_SETTINGS *s, const pmq_settings *in)
 {

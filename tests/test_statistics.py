@@ -104,16 +104,21 @@ class AioquicEcho(QuicConnectionProtocol):
                 self.transmit()
 
 
-@pytest.fixture
-def cert_files(tmp_path: Path, server_credential: pymsquic.Credential) -> tuple[Path, Path]:
+def write_cert_files(folder: Path, credential: pymsquic.Credential) -> tuple[Path, Path]:
+    """A self-signed server credential as PEM certificate and key files (for aioquic)."""
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, pkcs12
 
-    assert server_credential.pkcs12 is not None
-    key, cert, _ = pkcs12.load_key_and_certificates(server_credential.pkcs12, None)
+    assert credential.pkcs12 is not None
+    key, cert, _ = pkcs12.load_key_and_certificates(credential.pkcs12, None)
     assert key is not None and cert is not None
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    return tmp_path / "cert.pem", tmp_path / "key.pem"
+    (folder / "cert.pem").write_bytes(cert.public_bytes(Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    return folder / "cert.pem", folder / "key.pem"
+
+
+@pytest.fixture
+def cert_files(tmp_path: Path, server_credential: pymsquic.Credential) -> tuple[Path, Path]:
+    return write_cert_files(tmp_path, server_credential)
 
 
 async def aioquic_server(cert_files: tuple[Path, Path]) -> tuple[Any, int]:
