@@ -177,7 +177,7 @@ class Settings:
     stream_recv_window_bidi_local_default: int | None = None   # powers of two; each
     stream_recv_window_bidi_remote_default: int | None = None  # defaults to stream_recv_window_default
     stream_recv_window_unidi_default: int | None = None
-    tls_client_max_send_buffer: int | None = None        # TLS handshake bytes a client buffers [4096]
+    tls_client_max_send_buffer: int | None = None        # TLS handshake bytes a client buffers [8192]
 
     def __post_init__(self) -> None:
         for name, (_, largest) in _SETTING_FIELDS.items():

@@ -461,11 +461,22 @@ class ConnectionCore(Generic[S]):
         there, validates the new path with the server and carries on; streams
         and data in flight are not disturbed. :attr:`local_address` follows.
 
-        Client side only, once connected (QuicError otherwise), and the server
-        must allow migration (``Settings.migration_enabled``, msquic's default
-        on; pymsquic servers and aioquic do). Waits briefly for msquic's worker."""
+        Client side only, and once msquic has the handshake confirmed: the
+        server's HANDSHAKE_DONE arrives about one round trip after ``connect``
+        returns, so any answer from the server proves it; before, and on a
+        server, QuicError (INVALID_STATE). The server must allow migration
+        (``Settings.migration_enabled``, msquic's default on; pymsquic servers
+        and aioquic do). Waits briefly for msquic's worker."""
         _native.forbid_in_callback("Connection.migrate()")
-        self._set_local_address(local_addr)
+        local_address_native(local_addr)  # bad input: ValueError/TypeError first
+        try:
+            self._set_local_address(local_addr)
+        except QuicError as exc:
+            if exc.status != lib.QUIC_STATUS_INVALID_STATE or self.close_reason is not None:
+                raise
+            raise QuicError("migrate() needs a client connection whose handshake is confirmed "
+                            "(the server's HANDSHAKE_DONE, about one round trip after connect)",
+                            exc.status) from None
         self.logger.info("migrated to local address %s", self.local_address)
 
     @property
