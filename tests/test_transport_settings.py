@@ -5,8 +5,10 @@ server told of a peer's new address, against pymsquic and aioquic peers."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import ssl
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -310,12 +312,18 @@ def test_migrate_is_refused_on_a_server_connection_and_with_bad_addresses(
 
 
 def test_aioquic_client_rebinding_to_a_new_socket(registration: pymsquic.Registration,
-                                                  server_credential: pymsquic.Credential) -> None:
+                                                  server_credential: pymsquic.Credential,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
     """NAT rebinding as an independent peer does it: aioquic's client goes on
-    from a new UDP socket; pymsquic's server follows and says so."""
+    from a new UDP socket; pymsquic's server follows and says so (the wait, the
+    callback on the loop, the log)."""
     changes: list[Any] = []
+    called: list[tuple[Any, bool]] = []
+    caplog.set_level(logging.INFO, logger="pymsquic")
 
     async def handler(conn: pymsquic.asyncio.Connection) -> None:
+        loop_thread = threading.get_ident()
+        conn.set_peer_address_callback(lambda new: called.append((new, threading.get_ident() == loop_thread)))
         async for stream in conn:
             data = await stream.read()
             if data == b"where am I?":
@@ -352,3 +360,7 @@ def test_aioquic_client_rebinding_to_a_new_socket(registration: pymsquic.Registr
     assert new_port != old_port
     assert answer == f"127.0.0.1:{new_port}".encode()
     assert changes == [(("127.0.0.1", new_port), ("127.0.0.1", new_port), 1)]
+    assert called == [(("127.0.0.1", new_port), True)]  # once, on the loop's thread
+    logged = [r.getMessage() for r in caplog.records if "peer address changed" in r.getMessage()]
+    assert len(logged) == 1  # once, by whichever noticed first
+    assert logged[0].endswith(f"peer address changed to ('127.0.0.1', {new_port}) (change 1)")

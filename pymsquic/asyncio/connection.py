@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any, AsyncIterator, Generator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Generator
 
 from .._core.connection import ConnectionCore, check_endpoint, exit_error_code, local_address_native
 from .._core.server import client_configuration
-from ..addresses import Address, AddressLike, is_ip_literal, resolve_async
+from ..addresses import Address, AddressLike, from_native, is_ip_literal, resolve_async
 from ..configuration import AlpnLike, Configuration, Credential, Settings
 from ..errors import ConnectionClosed
 from ..registration import Registration
@@ -46,6 +46,8 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
     _stream_class = Stream
     _stream_protocol: StreamProtocolFactory | None = None
     _protocol_streams: set[Stream]  # streams run by protocols, until connection_lost (set_stream_protocol)
+    _peer_address_callback: Callable[[Address], object] | None = None
+    _peer_address_seen = 0  # changes the callback was run for
 
     # ---- streams ---------------------------------------------------------------
 
@@ -88,6 +90,8 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
         self._native_changed()
 
     def _native_changed(self) -> None:
+        if self._peer_address_callback is not None:
+            self._run_peer_address_callback()
         factory = self._stream_protocol
         if factory is not None:
             while True:
@@ -142,6 +146,33 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
                         await self._wait(check, "close()", deadline - loop.time())
         finally:
             steps.close()
+
+    def set_peer_address_callback(self, callback: Callable[[Address], object] | None) -> None:
+        """Run ``callback(new_remote_address)`` on this event loop whenever the
+        peer's address changes from now on (NAT rebinding, or the peer migrated;
+        see :attr:`peer_address_changes`); None stops it. Never on msquic's
+        thread; several changes between two turns of the loop make one call.
+        An exception it raises is logged and dropped. Call it from a coroutine
+        on the connection's loop."""
+        self._peer_address_seen = self.peer_address_changes
+        self._peer_address_callback = callback
+        if callback is not None:
+            self._attach_to_running_loop()
+
+    def _run_peer_address_callback(self) -> None:
+        callback = self._peer_address_callback
+        info = self._refresh()
+        count = int(info.peer_address_changes)
+        if callback is None or count <= self._peer_address_seen:
+            return
+        self._peer_address_seen = count
+        self._log_address_changes(count)
+        address = from_native(info.remote)
+        assert address is not None
+        try:
+            callback(address)
+        except Exception:  # a callback's bug must not break the loop's dispatch
+            self.logger.exception("peer address callback failed")
 
     async def wait_peer_address_change(self, seen: int = 0) -> Address:
         """Wait until the peer's address changed more than ``seen`` times (see
