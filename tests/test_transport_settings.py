@@ -311,11 +311,13 @@ def test_migrate_is_refused_on_a_server_connection_and_with_bad_addresses(
     asyncio.run(main())
 
 
-def test_aioquic_client_rebinding_to_a_new_socket(registration: pymsquic.Registration,
-                                                  server_credential: pymsquic.Credential,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("new_cid", [False, True], ids=["rebinding", "migration-with-new-cid"])
+def test_aioquic_client_moving_to_a_new_socket(registration: pymsquic.Registration,
+                                               server_credential: pymsquic.Credential,
+                                               caplog: pytest.LogCaptureFixture, new_cid: bool) -> None:
     """NAT rebinding as an independent peer does it: aioquic's client goes on
-    from a new UDP socket; pymsquic's server follows and says so (the wait, the
+    from a new UDP socket (with its old connection id, or a new one as in a
+    deliberate migration); pymsquic's server follows and says so (the wait, the
     callback on the loop, the log)."""
     changes: list[Any] = []
     called: list[tuple[Any, bool]] = []
@@ -352,6 +354,8 @@ def test_aioquic_client_rebinding_to_a_new_socket(registration: pymsquic.Registr
                     lambda: client, sock=sock)
                 new_port = new_transport.get_extra_info("sockname")[1]
                 old_transport.close()
+                if new_cid:
+                    client.change_connection_id()
                 answer = await client.request(b"where am I?")
                 assert await client.request(b"still here") == b"still here"
                 return old_port, new_port, answer
