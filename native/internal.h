@@ -175,6 +175,8 @@ uint64_t pmq_conn_handshake_us(pmq_conn *conn);
 void pmq_conn_address_changed(pmq_conn *conn, const QUIC_ADDR *address, int peer);
 /* GetParam on the listener's handle (answered inline); INVALID_STATE once closed. */
 QUIC_STATUS pmq_listener_get_param(pmq_listener *listener, uint32_t param, uint32_t *size, void *buffer);
+/* Get/SetParam on the stream's handle, guarded (stream.c's guarded_param). */
+QUIC_STATUS pmq_stream_param(pmq_stream *stream, int set, uint32_t param, void *buffer, uint32_t size);
 void pmq_transport_fill_settings(QUIC_SETTINGS *s, const pmq_settings *in);
 void pmq_transport_read_settings(pmq_settings *out, const QUIC_SETTINGS *s);
 

@@ -451,6 +451,20 @@ typedef struct pmq_listener_msquic_stats {
     uint64_t binding_packets_dropped;
 } pmq_listener_msquic_stats;
 
+/* msquic's QUIC_STREAM_STATISTICS, field for field (a memcpy fills it): µs a
+ * stream spent unable to send, by cause; the conn_* ones count the
+ * connection's blocks since the stream started. */
+typedef struct pmq_stream_stats {
+    uint64_t conn_blocked_by_scheduling_us;
+    uint64_t conn_blocked_by_pacing_us;
+    uint64_t conn_blocked_by_amplification_prot_us;
+    uint64_t conn_blocked_by_congestion_control_us;
+    uint64_t conn_blocked_by_flow_control_us;
+    uint64_t stream_blocked_by_id_flow_control_us;
+    uint64_t stream_blocked_by_flow_control_us;
+    uint64_t stream_blocked_by_app_us;
+} pmq_stream_stats;
+
 /* pmq_settings.transport_set bits. Not here: HyStartEnabled and
  * TlsServerMaxSendBuffer, which msquic 2.5.1 never applies from a
  * QUIC_SETTINGS (QuicSettingApply skips the one and copies
@@ -481,6 +495,9 @@ QUIC_STATUS pmq_listener_get_msquic_stats(pmq_listener *listener, pmq_listener_m
 /* QUIC_PARAM_GLOBAL_PERF_COUNTERS: the first `count` counters, in the order of
  * msquic's QUIC_PERFORMANCE_COUNTERS. Needs the library open; never blocks. */
 QUIC_STATUS pmq_perf_counters(int64_t *out, uint32_t count);
+/* QUIC_PARAM_STREAM_STATISTICS. Blocks briefly (a worker round trip); never
+ * from a hook. INVALID_STATE before the stream started and once closed. */
+QUIC_STATUS pmq_stream_get_stats(pmq_stream *stream, pmq_stream_stats *out);
 uint32_t pmq_perf_counter_count(void);
 /* The enum name of counter `index` without QUIC_PERF_COUNTER_ ("" if unknown). */
 const char *pmq_perf_counter_name(uint32_t index);

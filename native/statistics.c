@@ -6,6 +6,7 @@
  * struct, so the copy is done here, field by field, from one list (STATS_V2)
  * that names each pmq field with its msquic source: the compiler checks every
  * pair, and Python reads the record by the field names of its dataclass. */
+#include <stddef.h>
 #include <string.h>
 
 #include "internal.h"
@@ -72,6 +73,32 @@ QUIC_STATUS pmq_conn_get_stats_v2(pmq_conn *conn, pmq_conn_stats_v2 *out)
     }
     pmq_stats_v2_copy(out, &stats);
     out->handshake_us = pmq_conn_handshake_us(conn);
+    return status;
+}
+
+/* pmq_stream_stats mirrors QUIC_STREAM_STATISTICS exactly: plain uint64_t fields. */
+#define SAME_FIELD(flat, quic)                                                              \
+    _Static_assert(offsetof(pmq_stream_stats, flat) == offsetof(QUIC_STREAM_STATISTICS, quic), \
+                   #flat " must mirror " #quic);
+SAME_FIELD(conn_blocked_by_scheduling_us, ConnBlockedBySchedulingUs)
+SAME_FIELD(conn_blocked_by_pacing_us, ConnBlockedByPacingUs)
+SAME_FIELD(conn_blocked_by_amplification_prot_us, ConnBlockedByAmplificationProtUs)
+SAME_FIELD(conn_blocked_by_congestion_control_us, ConnBlockedByCongestionControlUs)
+SAME_FIELD(conn_blocked_by_flow_control_us, ConnBlockedByFlowControlUs)
+SAME_FIELD(stream_blocked_by_id_flow_control_us, StreamBlockedByIdFlowControlUs)
+SAME_FIELD(stream_blocked_by_flow_control_us, StreamBlockedByFlowControlUs)
+SAME_FIELD(stream_blocked_by_app_us, StreamBlockedByAppUs)
+#undef SAME_FIELD
+_Static_assert(sizeof(pmq_stream_stats) == sizeof(QUIC_STREAM_STATISTICS), "pmq_stream_stats must mirror msquic's");
+
+QUIC_STATUS pmq_stream_get_stats(pmq_stream *stream, pmq_stream_stats *out)
+{
+    QUIC_STREAM_STATISTICS stats;
+    memset(&stats, 0, sizeof(stats));
+    QUIC_STATUS status = pmq_stream_param(stream, 0, QUIC_PARAM_STREAM_STATISTICS, &stats, sizeof(stats));
+    if (QUIC_SUCCEEDED(status)) {
+        memcpy(out, &stats, sizeof(*out));
+    }
     return status;
 }
 

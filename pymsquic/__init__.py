@@ -59,7 +59,7 @@ from .errors import (
     tls_alert_name,
 )
 from .registration import Registration, default_registration
-from .statistics import perf_counters
+from .statistics import StreamStats, perf_counters
 
 __version__ = "0.1.0"
 
@@ -80,7 +80,8 @@ __all__ = [
     "Finished", "ForkedProcessError", "HandshakeError", "HookContextError", "IdleTimeout", "IncompleteReadError",
     "LimitOverrunError", "ListenError", "ListenerState", "ListenerStats", "NewConnectionHook", "NewConnectionInfo",
     "NotStarted", "QuicError", "Registration", "Settings", "StopCompleteHook", "StreamError", "StreamReset",
-    "StreamStopped", "Unreachable", "VersionNegotiationError", "asyncio", "connect", "default_registration",
+    "StreamStats", "StreamStopped", "Unreachable", "VersionNegotiationError", "asyncio", "connect",
+    "default_registration",
     "msquic_version", "perf_counters", "retry_memory_limit", "serve", "set_retry_memory_limit", "status_name", "sync",
     "tls_alert_name",
 ]

@@ -1,4 +1,5 @@
-"""msquic's process-wide performance counters (QUIC_PARAM_GLOBAL_PERF_COUNTERS).
+"""msquic's process-wide performance counters (QUIC_PARAM_GLOBAL_PERF_COUNTERS)
+and a stream's statistics (:class:`StreamStats`).
 
 Per-connection and per-listener numbers are ``Connection.stats()``
 (:class:`~pymsquic.ConnectionStats`) and ``Listener.stats()``
@@ -7,8 +8,34 @@ Per-connection and per-listener numbers are ``Connection.stats()``
 
 from __future__ import annotations
 
+import dataclasses
+
 from . import _native
 from ._msquic import ffi, lib
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamStats:
+    """Where a stream's sending waited (``Stream.stats()``, msquic's
+    QUIC_STREAM_STATISTICS), in µs since it started: ``stream_*`` the stream's
+    own blocks (``stream_blocked_by_app_us``: nothing written to send;
+    ``stream_blocked_by_flow_control_us``: the peer's stream window was full;
+    ``stream_blocked_by_id_flow_control_us``: the peer's stream count limit),
+    ``conn_*`` its connection's (scheduling, pacing, anti-amplification,
+    congestion control, connection flow control) while the stream was open."""
+
+    conn_blocked_by_scheduling_us: int
+    conn_blocked_by_pacing_us: int
+    conn_blocked_by_amplification_prot_us: int
+    conn_blocked_by_congestion_control_us: int
+    conn_blocked_by_flow_control_us: int
+    stream_blocked_by_id_flow_control_us: int
+    stream_blocked_by_flow_control_us: int
+    stream_blocked_by_app_us: int
+
+    @classmethod
+    def _from_native(cls, native: object) -> "StreamStats":
+        return cls(**{f.name: int(getattr(native, f.name)) for f in dataclasses.fields(cls)})
 
 
 def perf_counters() -> dict[str, int]:

@@ -120,10 +120,20 @@ def cert_files(tmp_path: Path, server_credential: pymsquic.Credential) -> tuple[
     return write_cert_files(tmp_path, server_credential)
 
 
-async def aioquic_server(cert_files: tuple[Path, Path]) -> tuple[Any, int]:
-    config = QuicConfiguration(is_client=False, alpn_protocols=[ALPN])
+class AioquicStreamingEcho(QuicConnectionProtocol):
+    """Echo stream data as it arrives, FIN with FIN."""
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived):
+            self._quic.send_stream_data(event.stream_id, event.data, end_stream=event.end_stream)
+            self.transmit()
+
+
+async def aioquic_server(cert_files: tuple[Path, Path], protocol: type[QuicConnectionProtocol] = AioquicEcho,
+                         **options: Any) -> tuple[Any, int]:
+    config = QuicConfiguration(is_client=False, alpn_protocols=[ALPN], **options)
     config.load_cert_chain(str(cert_files[0]), str(cert_files[1]))
-    server = await serve("127.0.0.1", 0, configuration=config, create_protocol=AioquicEcho)
+    server = await serve("127.0.0.1", 0, configuration=config, create_protocol=protocol)
     return server, server._transport.get_extra_info("sockname")[1]
 
 
@@ -221,3 +231,43 @@ def test_perf_counters_names_every_counter_of_the_enum() -> None:
     counters = pymsquic.perf_counters()
     assert list(counters) == names  # the enum's order, every one
     assert all(isinstance(v, int) and v >= 0 for v in counters.values())
+
+
+# ---- a stream's statistics ------------------------------------------------------------
+
+@pytest.mark.parametrize("window", [2048, 1 << 20])
+def test_stream_stats_show_the_peers_flow_control(cert_files: tuple[Path, Path], window: int) -> None:
+    """aioquic's per-stream window (max_stream_data) decides whether msquic's
+    sender ever waits for stream credit: a 2 KiB window blocks a 100 kB stream at
+    least a round trip; a 1 MiB one never does."""
+    payload = PAYLOAD[:100_000]
+
+    async def main() -> pymsquic.StreamStats:
+        server, port = await aioquic_server(cert_files, AioquicStreamingEcho, max_stream_data=window)
+        try:
+            async with pymsquic.asyncio.connect("127.0.0.1", port, alpn=ALPN,
+                                                credential=pymsquic.Credential.client(verify=False)) as conn:
+                stream = conn.open_stream()
+                with pytest.raises(pymsquic.StreamError, match="not started"):
+                    stream.stats()
+                stream.write(payload)  # no FIN: the stream (and its statistics) stays
+                assert await asyncio.wait_for(stream.readexactly(len(payload)), 20) == payload
+                # Every byte came back, so every byte was sent: the sender waits for the app now.
+                stats = stream.stats()
+                stream.finish()
+                assert await asyncio.wait_for(stream.read(), 20) == b""
+                await asyncio.wait_for(stream.wait_closed(), 20)
+                with pytest.raises(pymsquic.StreamError, match="closed"):
+                    stream.stats()  # gone with the stream
+                return stats
+        finally:
+            server.close()
+
+    stats = asyncio.run(main())
+    assert all(isinstance(v, int) and v >= 0 for v in dataclasses.asdict(stats).values())
+    if window < len(payload):
+        assert stats.stream_blocked_by_flow_control_us > 0
+    else:
+        assert stats.stream_blocked_by_flow_control_us == 0
+    assert stats.stream_blocked_by_id_flow_control_us == 0  # aioquic allows 128 streams
+    assert stats.stream_blocked_by_app_us > 0  # since its last byte went out
