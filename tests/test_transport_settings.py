@@ -368,3 +368,20 @@ def test_aioquic_client_moving_to_a_new_socket(registration: pymsquic.Registrati
     logged = [r.getMessage() for r in caplog.records if "peer address changed" in r.getMessage()]
     assert len(logged) == 1  # once, by whichever noticed first
     assert logged[0].endswith(f"peer address changed to ('127.0.0.1', {new_port}) (change 1)")
+
+
+@worlds
+def test_local_addr_already_in_use_is_a_clear_error(w: World, registration: pymsquic.Registration,
+                                                    server_credential: pymsquic.Credential) -> None:
+    async def handler(w: World, conn: Any) -> None:
+        await w.wait(conn.wait_closed)
+
+    async def body() -> None:
+        async with await w.serve(handler, registration, server_credential) as server:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as busy:
+                busy.bind(("127.0.0.1", 0))
+                with pytest.raises(pymsquic.ConnectionClosed) as caught:
+                    await w.connect(server.port, registration, local_addr=busy.getsockname())
+                assert caught.value.status_name == "ADDRESS_IN_USE"
+
+    w.run(body())
