@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -385,3 +386,79 @@ def test_local_addr_already_in_use_is_a_clear_error(w: World, registration: pyms
                 assert caught.value.status_name == "ADDRESS_IN_USE"
 
     w.run(body())
+
+
+class TosProxy(threading.Thread):
+    """A UDP relay between a client and a server that records the IP TOS byte
+    (DSCP << 2 | ECN) of each packet the client sends: what is on the wire."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        super().__init__(name="test-tos-proxy", daemon=True)
+        self.target = target
+        self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.front.setsockopt(socket.IPPROTO_IP, socket.IP_RECVTOS, 1)
+        self.front.bind(("127.0.0.1", 0))
+        self.back = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.back.bind(("127.0.0.1", 0))
+        self.port: int = self.front.getsockname()[1]
+        self.client: Any = None
+        self.tos: list[int] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            ready, _, _ = select.select([self.front, self.back], [], [], 0.05)
+            if self.front in ready:
+                data, ancillary, _, self.client = self.front.recvmsg(65536, socket.CMSG_SPACE(4))
+                self.tos += [value[0] for level, kind, value in ancillary
+                             if level == socket.IPPROTO_IP and kind == socket.IP_TOS]
+                self.back.sendto(data, self.target)
+            if self.back in ready:
+                data = self.back.recv(65536)
+                if self.client is not None:
+                    self.front.sendto(data, self.client)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.join()
+        self.front.close()
+        self.back.close()
+
+
+@worlds
+def test_dscp_and_ecn_marks_are_on_the_wire(w: World, registration: pymsquic.Registration,
+                                            server_credential: pymsquic.Credential) -> None:
+    async def handler(w: World, conn: Any) -> None:
+        while True:
+            try:
+                stream = await w.wait(conn.accept_stream)
+            except pymsquic.ConnectionClosed:
+                return
+            stream.write(await w.wait(stream.read, -1), fin=True)
+
+    async def body() -> tuple[list[int], list[int]]:
+        async with await w.serve(handler, registration, server_credential) as server:
+            proxy = TosProxy(("127.0.0.1", server.port))
+            proxy.start()
+            try:
+                conn = await w.connect(proxy.port, registration, settings=pymsquic.Settings(ecn_enabled=True))
+                try:
+                    assert await round_trip(w, conn, b"default") == b"default"
+                    before = list(proxy.tos)
+                    conn.dscp = 46
+                    # The request went through the proxy before its answer came back.
+                    assert await round_trip(w, conn, b"expedited") == b"expedited"
+                    return before, proxy.tos[len(before):]
+                finally:
+                    await w.call(conn.close)
+            finally:
+                proxy.close()
+
+    before, after = w.run(body())
+    assert before and after
+    assert {tos >> 2 for tos in before} == {0}
+    # Packets sent before the change may still reach the proxy after it (ACKs);
+    # from the first one marked on, every packet carries DSCP 46 (EF).
+    dscps = [tos >> 2 for tos in after]
+    assert 46 in dscps and set(dscps[dscps.index(46):]) == {46} and set(dscps) <= {0, 46}
+    assert any(tos & 3 == 2 for tos in before + after)  # ECT(0): ecn_enabled marks packets
