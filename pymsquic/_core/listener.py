@@ -208,14 +208,21 @@ class ListenerCore(Generic[C]):
         """What became of the connections that reached the listener so far."""
         native = ffi.new("pmq_listener_stats *")
         lib.pmq_listener_get_stats(self._listener, native)
-        msquic = ffi.new("pmq_listener_msquic_stats *")
-        lib.pmq_listener_get_msquic_stats(self._listener, msquic)  # zeros once closed
+        msquic = self._msquic_stats()
         return ListenerStats(accepted=native.accepted, refused_backlog=native.refused_backlog,
                              refused_hook=native.refused_hook, refused_other=native.refused_other,
                              expired=native.expired, queued=native.queued, handshakes=native.handshakes,
                              refused_handshakes=native.refused_handshakes, failed=native.failed,
                              msquic_accepted=msquic.total_accepted, msquic_rejected=msquic.total_rejected,
                              binding_packets_dropped=msquic.binding_packets_dropped)
+
+    def _msquic_stats(self) -> Any:
+        """msquic's QUIC_LISTENER_STATISTICS now, or once closed the last ones read
+        (``close()`` reads them just before it releases the handle)."""
+        native = ffi.new("pmq_listener_msquic_stats *")
+        if not failed(lib.pmq_listener_get_msquic_stats(self._listener, native)):
+            self._msquic_stats_kept = native
+        return getattr(self, "_msquic_stats_kept", native)
 
     # ---- accept and stop (non-blocking steps) ---------------------------------------
 
@@ -258,6 +265,7 @@ class ListenerCore(Generic[C]):
     def _release(self) -> None:
         """Stop if needed and release the listener; connections still queued are shut down."""
         _native.forbid_in_callback("Listener.close()")
+        self._msquic_stats()  # msquic's counters go with its handle: keep the last
         lib.pmq_listener_close(self._listener)
 
     # ---- hooks (msquic thread) -----------------------------------------------------
