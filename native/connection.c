@@ -69,6 +69,8 @@ struct pmq_conn {
     uint64_t handshake_us;
     uint32_t stream_scheduling;  /* PMQ_SCHEDULING_*, as last set */
     int scheduling_pending;      /* set before the start: apply at CONNECTED */
+    int have_final_stats;        /* final_stats holds the numbers at SHUTDOWN_COMPLETE */
+    pmq_conn_stats_v2 final_stats;
 };
 
 static void conn_close_handle(HQUIC handle) { pmq_api->ConnectionClose(handle); }
@@ -396,6 +398,7 @@ static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONN
         set_flag(c, PMQ_CONN_SHUTDOWN_BY_PEER, 0, event->SHUTDOWN_INITIATED_BY_PEER.ErrorCode);
         break;
     case QUIC_CONNECTION_EVENT_SHUTDOWN_COMPLETE:
+        pmq_conn_keep_final_stats(c, handle); /* statistics.c: the handle closes next */
         on_shutdown_complete(c, event);
         break;
     case QUIC_CONNECTION_EVENT_PEER_STREAM_STARTED:
@@ -948,4 +951,25 @@ QUIC_STATUS pmq_conn_param(pmq_conn *c, int set, uint32_t param, uint32_t *size,
         close_unstarted(c); /* what the abandon meant to do meanwhile */
     }
     return status;
+}
+
+void pmq_conn_set_final_stats(pmq_conn *c, const pmq_conn_stats_v2 *stats)
+{
+    PMQ_CHECK(&c->obj);
+    pthread_mutex_lock(&c->obj.lock);
+    c->final_stats = *stats;
+    c->have_final_stats = 1;
+    pthread_mutex_unlock(&c->obj.lock);
+}
+
+int pmq_conn_get_final_stats(pmq_conn *c, pmq_conn_stats_v2 *out)
+{
+    PMQ_CHECK(&c->obj);
+    pthread_mutex_lock(&c->obj.lock);
+    int have = c->have_final_stats;
+    if (have) {
+        *out = c->final_stats;
+    }
+    pthread_mutex_unlock(&c->obj.lock);
+    return have;
 }

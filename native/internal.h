@@ -169,6 +169,11 @@ void pmq_conn_stream_sending(pmq_conn *conn, int delta);
  * Blocks for a worker round trip; never from a callback. */
 QUIC_STATUS pmq_conn_param(pmq_conn *conn, int set, uint32_t param, uint32_t *size, void *buffer);
 int pmq_conn_is_started(pmq_conn *conn);
+/* The statistics at SHUTDOWN_COMPLETE, kept for pmq_conn_get_stats_v2 once the
+ * handle is closed: keep_final_stats reads them in that callback (inline). */
+void pmq_conn_keep_final_stats(pmq_conn *conn, HQUIC handle);
+void pmq_conn_set_final_stats(pmq_conn *conn, const pmq_conn_stats_v2 *stats);
+int pmq_conn_get_final_stats(pmq_conn *conn, pmq_conn_stats_v2 *out);
 /* Handshake duration measured by pymsquic, 0 until connected. */
 uint64_t pmq_conn_handshake_us(pmq_conn *conn);
 /* In a PEER_ (peer 1) or LOCAL_ADDRESS_CHANGED callback: record the address. */

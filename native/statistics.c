@@ -67,13 +67,32 @@ QUIC_STATUS pmq_conn_get_stats_v2(pmq_conn *conn, pmq_conn_stats_v2 *out)
     QUIC_STATISTICS_V2 stats;
     uint32_t size = sizeof(stats);
     memset(&stats, 0, sizeof(stats));
-    QUIC_STATUS status = pmq_conn_param(conn, 0, QUIC_PARAM_CONN_STATISTICS_V2, &size, &stats);
+    QUIC_STATUS status = QUIC_STATUS_INVALID_STATE;
+    if (pmq_conn_is_started(conn)) { /* msquic answers nothing useful before */
+        status = pmq_conn_param(conn, 0, QUIC_PARAM_CONN_STATISTICS_V2, &size, &stats);
+    }
     if (QUIC_FAILED(status)) {
-        return status;
+        /* Closed: the numbers SHUTDOWN_COMPLETE kept, if it came. */
+        return pmq_conn_get_final_stats(conn, out) ? QUIC_STATUS_SUCCESS : status;
     }
     pmq_stats_v2_copy(out, &stats);
     out->handshake_us = pmq_conn_handshake_us(conn);
     return status;
+}
+
+void pmq_conn_keep_final_stats(pmq_conn *conn, HQUIC handle)
+{
+    QUIC_STATISTICS_V2 stats;
+    uint32_t size = sizeof(stats);
+    memset(&stats, 0, sizeof(stats));
+    /* On the connection's own worker: GetParam runs inline, waits for nothing. */
+    if (QUIC_FAILED(pmq_api->GetParam(handle, QUIC_PARAM_CONN_STATISTICS_V2, &size, &stats))) {
+        return;
+    }
+    pmq_conn_stats_v2 kept;
+    pmq_stats_v2_copy(&kept, &stats);
+    kept.handshake_us = pmq_conn_handshake_us(conn);
+    pmq_conn_set_final_stats(conn, &kept);
 }
 
 /* pmq_stream_stats mirrors QUIC_STREAM_STATISTICS exactly: plain uint64_t fields. */

@@ -137,18 +137,20 @@ async def aioquic_server(cert_files: tuple[Path, Path], protocol: type[QuicConne
     return server, server._transport.get_extra_info("sockname")[1]
 
 
-def sync_exchange(port: int) -> pymsquic.ConnectionStats:
+def sync_exchange(port: int) -> tuple[pymsquic.ConnectionStats, pymsquic.ConnectionStats]:
     with pymsquic.sync.connect("127.0.0.1", port, alpn=ALPN, credential=pymsquic.Credential.client(verify=False),
                                open_timeout=10) as conn:
         stream = conn.open_stream()
         stream.write(PAYLOAD, fin=True)
         assert stream.read(timeout=20) == PAYLOAD
-        return conn.stats()
+        stats = conn.stats()
+    assert conn.is_closed
+    return stats, conn.stats()
 
 
 @pytest.mark.parametrize("world", ["asyncio", "sync"])
 def test_client_stats_after_a_transfer_with_aioquic(cert_files: tuple[Path, Path], world: str) -> None:
-    async def main() -> pymsquic.ConnectionStats:
+    async def main() -> tuple[pymsquic.ConnectionStats, pymsquic.ConnectionStats]:
         AioquicEcho.received = 0
         server, port = await aioquic_server(cert_files)
         try:
@@ -159,13 +161,19 @@ def test_client_stats_after_a_transfer_with_aioquic(cert_files: tuple[Path, Path
                 stream = conn.open_stream()
                 stream.write(PAYLOAD, fin=True)
                 assert await asyncio.wait_for(stream.read(), 20) == PAYLOAD
-                return conn.stats()
+                stats = conn.stats()
+            assert conn.is_closed
+            return stats, conn.stats()
         finally:
             server.close()
 
-    stats = asyncio.run(main())
+    stats, final = asyncio.run(main())
     assert AioquicEcho.received == len(PAYLOAD)  # what the peer says it got
     check_transfer_stats(stats, sent=len(PAYLOAD), received=len(PAYLOAD), client=True)
+    # Closed, stats() gives the numbers msquic had at the end: the same stream
+    # bytes, the close's own packets on top.
+    check_transfer_stats(final, sent=len(PAYLOAD), received=len(PAYLOAD), client=True)
+    assert final.packets_sent > stats.packets_sent and final.correlation_id == stats.correlation_id
 
 
 # ---- an aioquic client and a pymsquic server ------------------------------------------

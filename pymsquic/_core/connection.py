@@ -241,9 +241,12 @@ class ConnectionCore(Generic[S]):
         return ffi.buffer(buf, n)[:]
 
     def stats(self) -> ConnectionStats:
-        """msquic's counters for this connection (RTT, bytes, packets, losses).
+        """msquic's counters for this connection (RTT, bytes, packets, losses):
+        every field of QUIC_STATISTICS_V2, see :class:`ConnectionStats`.
 
-        Asks msquic's worker and waits for its answer, briefly."""
+        Asks msquic's worker and waits for its answer, briefly. Once closed, the
+        final numbers, taken as msquic finished the connection;
+        ConnectionClosed if it never started."""
         _native.forbid_in_callback("Connection.stats()")
         out = ffi.new("pmq_conn_stats_v2 *")
         status = lib.pmq_conn_get_stats_v2(self._conn, out)
