@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import select
+import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -252,13 +257,45 @@ def test_ecn_enabled_on_both_sides_makes_the_path_ecn_capable(registration: pyms
 
 # ---- migration and the server told of it --------------------------------------------
 
+#: msquic 2.5.1 can abort the process on a client migration (see Connection.migrate):
+#: a datagram that reached the old socket and is processed after the switch makes a
+#: path whose route still names that socket, freed with the old binding; the next
+#: send on that path hits msquic's bugcheck (SocketSend: TxQueueLock on freed memory).
+#: Observed in about 1 run in 15 on loopback. The scenario therefore runs in a child
+#: process, so an abort fails one attempt instead of killing the whole test run.
+MIGRATION_CHILD = "PYMSQUIC_TEST_MIGRATION_CHILD"
+MIGRATION_ATTEMPTS = 4
+
+
 @worlds
-def test_client_migrates_and_server_sees_the_new_address(w: World, registration: pymsquic.Registration,
-                                                         server_credential: pymsquic.Credential) -> None:
+def test_client_migrates_and_server_sees_the_new_address(w: World) -> None:
+    test = f"{__file__}::test_migration_in_this_process[{w.name}]"
+    aborts = []
+    for _ in range(MIGRATION_ATTEMPTS):
+        child = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test],
+                               env={**os.environ, MIGRATION_CHILD: "1"}, capture_output=True, text=True,
+                               timeout=120)
+        if child.returncode == 0 and "1 passed" in child.stdout:
+            break
+        # SIGABRT is msquic's bugcheck (above); anything else is a real failure here.
+        assert child.returncode == -signal.SIGABRT, child.stdout + child.stderr
+        aborts.append(child.stderr[-2000:])
+    else:
+        pytest.fail(f"msquic aborted in all {MIGRATION_ATTEMPTS} attempts:\n" + "\n".join(aborts))
+    if aborts:
+        warnings.warn(f"msquic 2.5.1 aborted {len(aborts)} migration attempt(s) (known msquic bug)", stacklevel=1)
+
+
+@worlds
+def test_migration_in_this_process(w: World, registration: pymsquic.Registration,
+                                   server_credential: pymsquic.Credential) -> None:
+    if os.environ.get(MIGRATION_CHILD) != "1":
+        pytest.skip("run in a child process by test_client_migrates_and_server_sees_the_new_address")
     async def handler(w: World, conn: Any) -> None:
         first = await w.wait(conn.accept_stream)
-        first.write(await w.wait(first.read, -1), fin=True)
-        assert conn.peer_address_changes == 0
+        request = await w.wait(first.read, -1)
+        assert conn.peer_address_changes == 0  # the client migrates once answered
+        first.write(request, fin=True)
         second = await w.wait(conn.accept_stream)
         request = await w.wait(second.read, -1)
         new = await w.wait(conn.wait_peer_address_change)  # the first change

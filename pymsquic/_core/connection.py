@@ -469,7 +469,14 @@ class ConnectionCore(Generic[S]):
         returns, so any answer from the server proves it; before, and on a
         server, QuicError (INVALID_STATE). The server must allow migration
         (``Settings.migration_enabled``, msquic's default on; pymsquic servers
-        and aioquic do). Waits briefly for msquic's worker."""
+        and aioquic do). Waits briefly for msquic's worker.
+
+        Caution, msquic 2.5.1 bug: a datagram that reached the old socket and
+        is processed after the switch leaves msquic a path whose route names
+        that socket, freed with the old binding; the next send on it aborts the
+        process (observed in about 1 migration in 15 on loopback, with the peer
+        still sending). Until pymsquic builds an msquic without it, migrate
+        while the peer is quiet, and not in a process that must not die."""
         _native.forbid_in_callback("Connection.migrate()")
         local_address_native(local_addr)  # bad input: ValueError/TypeError first
         try:
