@@ -30,6 +30,7 @@ static void fill_settings(QUIC_SETTINGS *s, const pmq_settings *in)
     APPLY(PMQ_SET_MIGRATION_ENABLED, MigrationEnabled, in->migration_enabled != 0)
     APPLY(PMQ_SET_SERVER_RESUMPTION_LEVEL, ServerResumptionLevel, in->server_resumption_level & 3)
 #undef APPLY
+    pmq_transport_fill_settings(s, in);
 }
 
 /* The inverse of fill_settings: every value msquic reports (its defaults where
@@ -59,6 +60,7 @@ static void read_settings(pmq_settings *out, const QUIC_SETTINGS *s)
     REPORT(PMQ_SET_MIGRATION_ENABLED, MigrationEnabled, migration_enabled)
     REPORT(PMQ_SET_SERVER_RESUMPTION_LEVEL, ServerResumptionLevel, server_resumption_level)
 #undef REPORT
+    pmq_transport_read_settings(out, s);
 }
 
 QUIC_STATUS pmq_settings_read(HQUIC handle, uint32_t param, pmq_settings *out)

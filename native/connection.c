@@ -72,6 +72,8 @@ struct pmq_conn {
     pmq_cert_check cert;         /* a certificate check in Python (certificates.c) */
     pmq_tls *tls;                /* key log: set before the start, then the worker's (tls.c) */
     pmq_handshake_info handshake;  /* copied at CONNECTED */
+    int have_final_stats;        /* final_stats holds the numbers at SHUTDOWN_COMPLETE */
+    pmq_conn_stats_v2 final_stats;
 };
 
 static void conn_close_handle(HQUIC handle) { pmq_api->ConnectionClose(handle); }
@@ -416,6 +418,7 @@ static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONN
         break;
     case QUIC_CONNECTION_EVENT_SHUTDOWN_COMPLETE:
         pmq_tls_write(c->tls); /* a handshake that failed: what secrets it got */
+        pmq_conn_keep_final_stats(c, handle); /* statistics.c: the handle closes next */
         on_shutdown_complete(c, event);
         break;
     case QUIC_CONNECTION_EVENT_PEER_STREAM_STARTED:
@@ -440,6 +443,12 @@ static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONN
     case QUIC_CONNECTION_EVENT_PEER_CERTIFICATE_RECEIVED:
         on_peer_certificate(c, event);
         status = pmq_cert_on_received(c, event);
+        break;
+    case QUIC_CONNECTION_EVENT_PEER_ADDRESS_CHANGED: /* SUCCESS accepts the new path */
+        pmq_conn_address_changed(c, event->PEER_ADDRESS_CHANGED.Address, 1);
+        break;
+    case QUIC_CONNECTION_EVENT_LOCAL_ADDRESS_CHANGED:
+        pmq_conn_address_changed(c, event->LOCAL_ADDRESS_CHANGED.Address, 0);
         break;
     default:
         break;
@@ -967,4 +976,81 @@ void pmq_conn_get_handshake_info(pmq_conn *c, pmq_handshake_info *out)
     pthread_mutex_lock(&c->obj.lock);
     *out = c->handshake;
     pthread_mutex_unlock(&c->obj.lock);
+}
+/* ---- parameters for statistics.c and transport.c ------------------------------ */
+
+int pmq_conn_is_started(pmq_conn *c)
+{
+    PMQ_CHECK(&c->obj);
+    pthread_mutex_lock(&c->obj.lock);
+    int started = c->started;
+    pthread_mutex_unlock(&c->obj.lock);
+    return started;
+}
+
+uint64_t pmq_conn_handshake_us(pmq_conn *c)
+{
+    PMQ_CHECK(&c->obj);
+    pthread_mutex_lock(&c->obj.lock);
+    uint64_t us = (c->info.flags & PMQ_CONN_CONNECTED) ? c->handshake_us : 0;
+    pthread_mutex_unlock(&c->obj.lock);
+    return us;
+}
+
+QUIC_STATUS pmq_conn_param(pmq_conn *c, int set, uint32_t param, uint32_t *size, void *buffer)
+{
+    PMQ_CHECK(&c->obj);
+    pthread_mutex_lock(&c->obj.lock);
+    int before_start = !c->started;
+    HQUIC handle = NULL;
+    if (before_start) {
+        /* As pmq_conn_start does: while `starting`, close_unstarted leaves the
+         * handle to us, and no callback can close an unstarted one. */
+        if (!c->starting && c->guard.handle != NULL) {
+            c->starting = 1;
+            handle = c->guard.handle;
+        }
+    } else {
+        handle = pmq_guard_enter_locked(&c->guard);
+    }
+    pthread_mutex_unlock(&c->obj.lock);
+    if (handle == NULL) {
+        return QUIC_STATUS_INVALID_STATE;
+    }
+    QUIC_STATUS status = set ? pmq_api->SetParam(handle, param, *size, buffer)
+                             : pmq_api->GetParam(handle, param, size, buffer);
+    if (!before_start) {
+        pmq_guard_leave(&c->obj, &c->guard, conn_close_handle);
+        return status;
+    }
+    pthread_mutex_lock(&c->obj.lock);
+    c->starting = 0;
+    int abandoned = c->abandoned_starting;
+    c->abandoned_starting = 0;
+    pthread_mutex_unlock(&c->obj.lock);
+    if (abandoned) {
+        close_unstarted(c); /* what the abandon meant to do meanwhile */
+    }
+    return status;
+}
+
+void pmq_conn_set_final_stats(pmq_conn *c, const pmq_conn_stats_v2 *stats)
+{
+    PMQ_CHECK(&c->obj);
+    pthread_mutex_lock(&c->obj.lock);
+    c->final_stats = *stats;
+    c->have_final_stats = 1;
+    pthread_mutex_unlock(&c->obj.lock);
+}
+
+int pmq_conn_get_final_stats(pmq_conn *c, pmq_conn_stats_v2 *out)
+{
+    PMQ_CHECK(&c->obj);
+    pthread_mutex_lock(&c->obj.lock);
+    int have = c->have_final_stats;
+    if (have) {
+        *out = c->final_stats;
+    }
+    pthread_mutex_unlock(&c->obj.lock);
+    return have;
 }

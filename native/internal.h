@@ -221,5 +221,27 @@ void pmq_tls_write(pmq_tls *tls);
 void pmq_handshake_info_read(HQUIC connection, pmq_handshake_info *out);
 /* The listener's side of accepting with a key log (connection.c). */
 void pmq_conn_keylog_accepted(pmq_conn *conn, HQUIC handle, pmq_keylog *keylog);
+/* Statistics and transport (statistics.c, transport.c, and their hooks in
+ * connection.c, listener.c, configuration.c). */
+/* Get (set 0) or SetParam (set 1) on the connection's handle, kept open for the
+ * call: before the start (as pmq_conn_start keeps it) or while it lives.
+ * Blocks for a worker round trip; never from a callback. */
+QUIC_STATUS pmq_conn_param(pmq_conn *conn, int set, uint32_t param, uint32_t *size, void *buffer);
+int pmq_conn_is_started(pmq_conn *conn);
+/* The statistics at SHUTDOWN_COMPLETE, kept for pmq_conn_get_stats_v2 once the
+ * handle is closed: keep_final_stats reads them in that callback (inline). */
+void pmq_conn_keep_final_stats(pmq_conn *conn, HQUIC handle);
+void pmq_conn_set_final_stats(pmq_conn *conn, const pmq_conn_stats_v2 *stats);
+int pmq_conn_get_final_stats(pmq_conn *conn, pmq_conn_stats_v2 *out);
+/* Handshake duration measured by pymsquic, 0 until connected. */
+uint64_t pmq_conn_handshake_us(pmq_conn *conn);
+/* In a PEER_ (peer 1) or LOCAL_ADDRESS_CHANGED callback: record the address. */
+void pmq_conn_address_changed(pmq_conn *conn, const QUIC_ADDR *address, int peer);
+/* GetParam on the listener's handle (answered inline); INVALID_STATE once closed. */
+QUIC_STATUS pmq_listener_get_param(pmq_listener *listener, uint32_t param, uint32_t *size, void *buffer);
+/* Get/SetParam on the stream's handle, guarded (stream.c's guarded_param). */
+QUIC_STATUS pmq_stream_param(pmq_stream *stream, int set, uint32_t param, void *buffer, uint32_t size);
+void pmq_transport_fill_settings(QUIC_SETTINGS *s, const pmq_settings *in);
+void pmq_transport_read_settings(pmq_settings *out, const QUIC_SETTINGS *s);
 
 #endif

@@ -453,6 +453,18 @@ QUIC_STATUS pmq_listener_local_address(pmq_listener *l, pmq_addr *out)
     return status;
 }
 
+QUIC_STATUS pmq_listener_get_param(pmq_listener *l, uint32_t param, uint32_t *size, void *buffer)
+{
+    pthread_mutex_lock(&l->obj.lock);
+    QUIC_STATUS status = QUIC_STATUS_INVALID_STATE;
+    if (l->handle != NULL && l->state != PMQ_LISTENER_CLOSED) {
+        /* Inline, as in pmq_listener_local_address: our lock keeps the handle open. */
+        status = pmq_api->GetParam(l->handle, param, size, buffer);
+    }
+    pthread_mutex_unlock(&l->obj.lock);
+    return status;
+}
+
 int pmq_listener_accept(pmq_listener *l, pmq_conn **out)
 {
     pthread_mutex_lock(&l->obj.lock);

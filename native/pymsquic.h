@@ -55,6 +55,24 @@ typedef struct pmq_settings {
     uint8_t pacing_enabled;
     uint8_t migration_enabled;
     uint8_t server_resumption_level;
+    /* Transport settings (native/transport.c): applied where their PMQ_TSET_*
+     * bit is in transport_set, reported there when msquic has them as set. */
+    uint64_t transport_set;
+    uint64_t max_bytes_per_key;
+    uint64_t mtu_discovery_search_complete_timeout_us;
+    uint32_t send_idle_timeout_ms;
+    uint32_t initial_window_packets;
+    uint32_t dest_cid_update_idle_timeout_ms;
+    uint32_t stream_recv_buffer_default;
+    uint32_t stream_recv_window_bidi_local_default;
+    uint32_t stream_recv_window_bidi_remote_default;
+    uint32_t stream_recv_window_unidi_default;
+    uint32_t tls_client_max_send_buffer;
+    uint16_t minimum_mtu;
+    uint16_t maximum_mtu;
+    uint8_t mtu_discovery_missing_probe_count;
+    uint8_t ecn_enabled;
+    uint8_t grease_quic_bit_enabled;
 } pmq_settings;
 
 enum {
@@ -112,6 +130,8 @@ typedef struct pmq_conn_info {
     uint32_t streams_queued;        /* peer streams waiting for accept_stream */
     uint32_t streams_sending;       /* streams whose send side is not finished yet */
     uint32_t peer_certificate_len;  /* DER bytes, with a credential that asks for it */
+    uint64_t peer_address_changes;  /* PEER_ADDRESS_CHANGED events (NAT rebinding, migration) */
+    uint64_t local_address_changes; /* migrations of this side (pmq_conn_set_local_address) */
 } pmq_conn_info;
 
 enum {
@@ -460,6 +480,119 @@ QUIC_STATUS pmq_configuration_set_versions(HQUIC configuration, const uint32_t *
 QUIC_STATUS pmq_configuration_get_versions(HQUIC configuration, uint32_t *out, uint32_t *count);
 QUIC_STATUS pmq_global_set_versions(const uint32_t *versions, uint32_t count);
 QUIC_STATUS pmq_global_get_versions(uint32_t *out, uint32_t *count);
+/* ---- statistics and transport (native/statistics.c, native/transport.c) ---- */
+
+/* Every field of QUIC_STATISTICS_V2 (msquic 2.5), named as in Python's
+ * ConnectionStats; handshake_us is pymsquic's own measure. */
+typedef struct pmq_conn_stats_v2 {
+    uint64_t correlation_id;
+    uint8_t version_negotiation;
+    uint8_t stateless_retry;
+    uint8_t resumption_attempted;
+    uint8_t resumption_succeeded;
+    uint8_t grease_bit_negotiated;
+    uint8_t ecn_capable;
+    uint8_t encryption_offloaded;
+    uint32_t rtt_us;
+    uint32_t min_rtt_us;
+    uint32_t max_rtt_us;
+    uint64_t timing_start_us;
+    uint64_t timing_initial_flight_end_us;
+    uint64_t timing_handshake_flight_end_us;
+    uint32_t handshake_client_flight1_bytes;
+    uint32_t handshake_server_flight1_bytes;
+    uint32_t handshake_client_flight2_bytes;
+    uint16_t path_mtu;
+    uint64_t packets_sent;
+    uint64_t packets_retransmittable;
+    uint64_t packets_lost;
+    uint64_t packets_spurious_lost;
+    uint64_t bytes_sent;
+    uint64_t stream_bytes_sent;
+    uint32_t congestion_events;
+    uint32_t persistent_congestion_events;
+    uint64_t packets_received;
+    uint64_t packets_reordered;
+    uint64_t packets_dropped;
+    uint64_t packets_duplicate;
+    uint64_t bytes_received;
+    uint64_t stream_bytes_received;
+    uint64_t decryption_failures;
+    uint64_t ack_frames_received;
+    uint32_t key_updates;
+    uint32_t congestion_window;
+    uint32_t dest_cid_updates;
+    uint32_t ecn_congestion_events;
+    uint8_t handshake_hop_limit_ttl;
+    uint32_t rtt_variance_us;
+    uint64_t handshake_us;
+} pmq_conn_stats_v2;
+
+/* msquic's QUIC_LISTENER_STATISTICS. */
+typedef struct pmq_listener_msquic_stats {
+    uint64_t total_accepted;
+    uint64_t total_rejected;
+    uint64_t binding_packets_dropped;
+} pmq_listener_msquic_stats;
+
+/* msquic's QUIC_STREAM_STATISTICS, field for field (a memcpy fills it): µs a
+ * stream spent unable to send, by cause; the conn_* ones count the
+ * connection's blocks since the stream started. */
+typedef struct pmq_stream_stats {
+    uint64_t conn_blocked_by_scheduling_us;
+    uint64_t conn_blocked_by_pacing_us;
+    uint64_t conn_blocked_by_amplification_prot_us;
+    uint64_t conn_blocked_by_congestion_control_us;
+    uint64_t conn_blocked_by_flow_control_us;
+    uint64_t stream_blocked_by_id_flow_control_us;
+    uint64_t stream_blocked_by_flow_control_us;
+    uint64_t stream_blocked_by_app_us;
+} pmq_stream_stats;
+
+/* pmq_settings.transport_set bits. Not here: HyStartEnabled and
+ * TlsServerMaxSendBuffer, which msquic 2.5.1 never applies from a
+ * QUIC_SETTINGS (QuicSettingApply skips the one and copies
+ * TlsClientMaxSendBuffer twice instead of the other). */
+enum {
+    PMQ_TSET_MAX_BYTES_PER_KEY = 1,
+    PMQ_TSET_MTU_DISCOVERY_SEARCH_COMPLETE_TIMEOUT = 2,
+    PMQ_TSET_SEND_IDLE_TIMEOUT = 4,
+    PMQ_TSET_INITIAL_WINDOW_PACKETS = 8,
+    PMQ_TSET_DEST_CID_UPDATE_IDLE_TIMEOUT = 16,
+    PMQ_TSET_STREAM_RECV_BUFFER_DEFAULT = 32,
+    PMQ_TSET_STREAM_RECV_WINDOW_BIDI_LOCAL = 64,
+    PMQ_TSET_STREAM_RECV_WINDOW_BIDI_REMOTE = 128,
+    PMQ_TSET_STREAM_RECV_WINDOW_UNIDI = 256,
+    PMQ_TSET_TLS_CLIENT_MAX_SEND_BUFFER = 512,
+    PMQ_TSET_MINIMUM_MTU = 2048,
+    PMQ_TSET_MAXIMUM_MTU = 4096,
+    PMQ_TSET_MTU_DISCOVERY_MISSING_PROBE_COUNT = 8192,
+    PMQ_TSET_ECN_ENABLED = 16384,
+    PMQ_TSET_GREASE_QUIC_BIT_ENABLED = 32768
+};
+
+/* All of QUIC_PARAM_CONN_STATISTICS_V2. Blocks briefly (a worker round trip);
+ * never call it from a hook. INVALID_STATE before the start and once closed. */
+QUIC_STATUS pmq_conn_get_stats_v2(pmq_conn *conn, pmq_conn_stats_v2 *out);
+/* QUIC_PARAM_LISTENER_STATS; answered inline. INVALID_STATE once closed. */
+QUIC_STATUS pmq_listener_get_msquic_stats(pmq_listener *listener, pmq_listener_msquic_stats *out);
+/* QUIC_PARAM_GLOBAL_PERF_COUNTERS: the first `count` counters, in the order of
+ * msquic's QUIC_PERFORMANCE_COUNTERS. Needs the library open; never blocks. */
+QUIC_STATUS pmq_perf_counters(int64_t *out, uint32_t count);
+/* QUIC_PARAM_STREAM_STATISTICS. Blocks briefly (a worker round trip); never
+ * from a hook. INVALID_STATE before the stream started and once closed. */
+QUIC_STATUS pmq_stream_get_stats(pmq_stream *stream, pmq_stream_stats *out);
+uint32_t pmq_perf_counter_count(void);
+/* The enum name of counter `index` without QUIC_PERF_COUNTER_ ("" if unknown). */
+const char *pmq_perf_counter_name(uint32_t index);
+
+/* QUIC_PARAM_CONN_LOCAL_ADDRESS. Before the start: the client's local address.
+ * On a connected client: migrates to it (msquic opens a socket there and
+ * validates the new path). Blocks briefly (a worker round trip); never from a
+ * hook. INVALID_STATE on a server, during the handshake and once closed. */
+QUIC_STATUS pmq_conn_set_local_address(pmq_conn *conn, const pmq_addr *address);
+/* QUIC_PARAM_CONN_SEND_DSCP (0-63), get or set. Blocks like the above. */
+QUIC_STATUS pmq_conn_dscp(pmq_conn *conn, int set, uint8_t *value);
 
 /* CFFI-END */
 

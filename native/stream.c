@@ -918,3 +918,8 @@ QUIC_STATUS pmq_stream_get_priority(pmq_stream *s, uint16_t *out)
 {
     return guarded_param(s, 0, QUIC_PARAM_STREAM_PRIORITY, out, sizeof(*out));
 }
+
+QUIC_STATUS pmq_stream_param(pmq_stream *s, int set, uint32_t param, void *buffer, uint32_t size)
+{
+    return guarded_param(s, set, param, buffer, size);
+}

@@ -61,6 +61,7 @@ from .errors import (
 )
 from .keylog import KeyLog
 from .registration import Registration, default_registration
+from .statistics import StreamStats, perf_counters
 from .versions import QUIC_V1, QUIC_V2, HandshakeInfo, server_versions, set_server_versions
 
 __version__ = "0.1.0"
@@ -82,8 +83,9 @@ __all__ = [
     "Finished", "ForkedProcessError", "HandshakeError", "HookContextError", "IdleTimeout", "IncompleteReadError",
     "LimitOverrunError", "ListenError", "ListenerState", "ListenerStats", "NewConnectionHook", "NewConnectionInfo",
     "NotStarted", "QuicError", "Registration", "Settings", "StopCompleteHook", "StreamError", "StreamReset",
-    "StreamStopped", "Unreachable", "VersionNegotiationError", "asyncio", "connect", "default_registration",
-    "msquic_version", "retry_memory_limit", "serve", "set_retry_memory_limit", "status_name", "sync",
+    "StreamStats", "StreamStopped", "Unreachable", "VersionNegotiationError", "asyncio", "connect",
+    "default_registration",
+    "msquic_version", "perf_counters", "retry_memory_limit", "serve", "set_retry_memory_limit", "status_name", "sync",
     "tls_alert_name",
     # TLS key log, QUIC versions and handshake facts
     "HandshakeInfo", "KeyLog", "QUIC_V1", "QUIC_V2", "server_versions", "set_server_versions",

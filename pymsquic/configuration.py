@@ -78,6 +78,51 @@ _SETTING_FLAGS = {
     "migration_enabled": lib.PMQ_SET_MIGRATION_ENABLED,
 }
 
+# Transport settings (native/transport.c), in pmq_settings.transport_set:
+# field -> (PMQ_TSET_* bit, smallest, largest, must be a power of two)
+_TRANSPORT_FIELDS = {
+    "max_bytes_per_key": (lib.PMQ_TSET_MAX_BYTES_PER_KEY, 1, 0x4000000000, False),
+    "mtu_discovery_search_complete_timeout_us": (lib.PMQ_TSET_MTU_DISCOVERY_SEARCH_COMPLETE_TIMEOUT, 0, 2**62 - 1,
+                                                 False),
+    "send_idle_timeout_ms": (lib.PMQ_TSET_SEND_IDLE_TIMEOUT, 0, 2**32 - 1, False),
+    "initial_window_packets": (lib.PMQ_TSET_INITIAL_WINDOW_PACKETS, 1, 2**32 - 1, False),
+    "dest_cid_update_idle_timeout_ms": (lib.PMQ_TSET_DEST_CID_UPDATE_IDLE_TIMEOUT, 0, 2**32 - 1, False),
+    "stream_recv_buffer_default": (lib.PMQ_TSET_STREAM_RECV_BUFFER_DEFAULT, 4096, 2**31, False),
+    "stream_recv_window_bidi_local_default": (lib.PMQ_TSET_STREAM_RECV_WINDOW_BIDI_LOCAL, 1, 2**31, True),
+    "stream_recv_window_bidi_remote_default": (lib.PMQ_TSET_STREAM_RECV_WINDOW_BIDI_REMOTE, 1, 2**31, True),
+    "stream_recv_window_unidi_default": (lib.PMQ_TSET_STREAM_RECV_WINDOW_UNIDI, 1, 2**31, True),
+    "tls_client_max_send_buffer": (lib.PMQ_TSET_TLS_CLIENT_MAX_SEND_BUFFER, 0, 2**32 - 1, False),
+    # msquic's bounds: an IPv6 packet that holds a 1200-byte QUIC Initial, and Ethernet's 1500.
+    "minimum_mtu": (lib.PMQ_TSET_MINIMUM_MTU, 1248, 1500, False),
+    "maximum_mtu": (lib.PMQ_TSET_MAXIMUM_MTU, 1248, 1500, False),
+    "mtu_discovery_missing_probe_count": (lib.PMQ_TSET_MTU_DISCOVERY_MISSING_PROBE_COUNT, 1, 255, False),
+}
+_TRANSPORT_FLAGS = {
+    "ecn_enabled": lib.PMQ_TSET_ECN_ENABLED,
+    "grease_quic_bit_enabled": lib.PMQ_TSET_GREASE_QUIC_BIT_ENABLED,
+}
+
+
+def _check_transport_settings(settings: "Settings") -> None:
+    """Settings.__post_init__ for the transport fields: TypeError or ValueError naming the field."""
+    for name, (_, smallest, largest, power_of_two) in _TRANSPORT_FIELDS.items():
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"Settings.{name} must be an int, not {type(value).__name__}")
+        if not smallest <= value <= largest:
+            raise ValueError(f"Settings.{name}={value} is out of range {smallest}-{largest}")
+        if power_of_two and value & (value - 1):
+            raise ValueError(f"Settings.{name}={value} must be a power of two")
+    for name in _TRANSPORT_FLAGS:
+        value = getattr(settings, name)
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"Settings.{name} must be a bool, not {type(value).__name__}")
+    low, high = settings.minimum_mtu, settings.maximum_mtu
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"Settings.minimum_mtu={low} is above Settings.maximum_mtu={high}")
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
@@ -104,6 +149,10 @@ class Settings:
     2.5.1 decides a server's versions process-wide
     (:func:`pymsquic.set_server_versions`). ``Connection.quic_version`` tells
     which one a connection negotiated.
+    The fields from ``ecn_enabled`` on pass through to msquic's QUIC_SETTINGS
+    as they are (ECN, congestion window, MTU discovery bounds, key updates,
+    stream receive windows); each comment gives msquic's default.
+    ``read_settings()`` on a Configuration or a Connection reads them back.
     """
 
     idle_timeout_ms: int | None = None
@@ -124,6 +173,22 @@ class Settings:
     server_resumption_level: int | None = None
     stream_scheduling: str | None = None  # "round_robin" (None) or "fifo"
     versions: tuple[int, ...] | None = None  # QUIC versions, most preferred first (client)
+    # Transport: ECN, congestion, MTU discovery, keys and buffers (msquic's defaults in brackets).
+    ecn_enabled: bool | None = None                      # send ECN-capable packets, react to marks [False]
+    initial_window_packets: int | None = None            # initial congestion window, in packets [10]
+    send_idle_timeout_ms: int | None = None              # idle time that resets the congestion window [1000]
+    minimum_mtu: int | None = None                       # path MTU to start from, 1248-1500 [1288]
+    maximum_mtu: int | None = None                       # largest MTU discovery probes, 1248-1500 [1500]
+    mtu_discovery_search_complete_timeout_us: int | None = None  # wait before searching again [600 s]
+    mtu_discovery_missing_probe_count: int | None = None  # lost probes that end a search [3]
+    max_bytes_per_key: int | None = None                 # bytes before a key update, <= 2**38 [2**38]
+    dest_cid_update_idle_timeout_ms: int | None = None   # idle time after which a new peer CID is used [20000]
+    grease_quic_bit_enabled: bool | None = None          # grease the QUIC bit (RFC 9287) [False]
+    stream_recv_buffer_default: int | None = None        # initial receive buffer per stream, >= 4096 [4096]
+    stream_recv_window_bidi_local_default: int | None = None   # powers of two; each
+    stream_recv_window_bidi_remote_default: int | None = None  # defaults to stream_recv_window_default
+    stream_recv_window_unidi_default: int | None = None
+    tls_client_max_send_buffer: int | None = None        # TLS handshake bytes a client buffers [8192]
 
     def __post_init__(self) -> None:
         for name, (_, largest) in _SETTING_FIELDS.items():
@@ -144,6 +209,7 @@ class Settings:
             raise ValueError(f"Settings.stream_scheduling must be one of {sorted(STREAM_SCHEDULING)}")
         if self.versions is not None:  # a tuple (hashable: Settings key the configuration cache)
             object.__setattr__(self, "versions", check_versions(self.versions, "Settings.versions"))
+        _check_transport_settings(self)
 
     @property
     def stream_scheduling_scheme(self) -> int:
@@ -165,6 +231,11 @@ class Settings:
         if self.congestion_control is not None:
             native.set |= lib.PMQ_SET_CONGESTION_CONTROL
             native.congestion_control = _CONGESTION[self.congestion_control]
+        for name, bit in [(n, v[0]) for n, v in _TRANSPORT_FIELDS.items()] + list(_TRANSPORT_FLAGS.items()):
+            value = getattr(self, name)
+            if value is not None:
+                native.transport_set |= bit
+                setattr(native, name, int(value))
         return native
 
     @classmethod
@@ -184,6 +255,12 @@ class Settings:
                 raise QuicError(f"msquic reports congestion control algorithm {algorithm}, "
                                 "which pymsquic does not know")
             values["congestion_control"] = names[algorithm]
+        for name, (bit, *_) in _TRANSPORT_FIELDS.items():
+            if not only_set or native.transport_set & bit:
+                values[name] = int(getattr(native, name))
+        for name, bit in _TRANSPORT_FLAGS.items():
+            if not only_set or native.transport_set & bit:
+                values[name] = bool(getattr(native, name))
         return cls(**values)
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator, Generic, MutableMapp
 from .. import _native
 from .._buffers import BufferLike, c_buffer
 from .._msquic import ffi, lib
-from ..addresses import Address, from_native, is_ip_literal
+from ..addresses import Address, AddressLike, from_native, is_ip_literal, resolve, split_host_port
 from ..configuration import STREAM_SCHEDULING, Configuration, Settings, decode_alpns
 from ..errors import (
     EXCEPTION_ERROR_CODE,
@@ -55,7 +55,13 @@ class ConnectionLogger(logging.LoggerAdapter):  # type: ignore[type-arg]  # gene
 
 @dataclasses.dataclass(frozen=True)
 class ConnectionStats:
-    """Counters msquic keeps for a connection (``Connection.stats()``)."""
+    """Counters msquic keeps for a connection (``Connection.stats()``): every
+    field of msquic's QUIC_STATISTICS_V2, plus ``handshake_us``, pymsquic's
+    own measure of the handshake. Times ending in ``_us`` are microseconds
+    (``timing_*_us`` are msquic's monotonic clock, comparable with each other
+    only); ``packets_*`` count QUIC packets (several may share a UDP datagram),
+    ``bytes_*`` UDP payload bytes, ``stream_bytes_*`` stream payload bytes.
+    """
 
     rtt_us: int
     min_rtt_us: int
@@ -72,6 +78,33 @@ class ConnectionStats:
     stream_bytes_sent: int
     stream_bytes_received: int
     handshake_us: int
+    # The rest of QUIC_STATISTICS_V2 (defaults only so that older constructions still work).
+    correlation_id: int = 0                  # msquic's id of the connection, as in its traces
+    version_negotiation: bool = False        # a Version Negotiation took place
+    stateless_retry: bool = False            # the server asked for a Retry
+    resumption_attempted: bool = False
+    resumption_succeeded: bool = False
+    grease_bit_negotiated: bool = False      # both sides grease the QUIC bit (RFC 9287)
+    ecn_capable: bool = False                # the path carries ECN marks
+    encryption_offloaded: bool = False
+    timing_start_us: int = 0
+    timing_initial_flight_end_us: int = 0    # all of the peer's Initial packets processed
+    timing_handshake_flight_end_us: int = 0  # all of the peer's Handshake packets processed
+    handshake_client_flight1_bytes: int = 0  # TLS bytes of each handshake flight
+    handshake_server_flight1_bytes: int = 0
+    handshake_client_flight2_bytes: int = 0
+    packets_retransmittable: int = 0         # sent packets that carried retransmittable frames
+    packets_spurious_lost: int = 0           # suspected lost, then acknowledged after all
+    persistent_congestion_events: int = 0
+    packets_reordered: int = 0               # received with a packet number below the highest seen
+    packets_dropped: int = 0                 # received and dropped (duplicates included)
+    packets_duplicate: int = 0
+    decryption_failures: int = 0
+    ack_frames_received: int = 0
+    key_updates: int = 0
+    dest_cid_updates: int = 0                # times the destination connection id changed
+    ecn_congestion_events: int = 0           # congestion events caused by ECN marks
+    handshake_hop_limit_ttl: int = 0         # TTL / hop limit of the handshake's first packet
 
 
 class ConnectionCore(Generic[S]):
@@ -226,15 +259,19 @@ class ConnectionCore(Generic[S]):
         return ffi.buffer(buf, n)[:]
 
     def stats(self) -> ConnectionStats:
-        """msquic's counters for this connection (RTT, bytes, packets, losses).
+        """msquic's counters for this connection (RTT, bytes, packets, losses):
+        every field of QUIC_STATISTICS_V2, see :class:`ConnectionStats`.
 
-        Asks msquic's worker and waits for its answer, briefly."""
+        Asks msquic's worker and waits for its answer, briefly. Once closed, the
+        final numbers, taken as msquic finished the connection;
+        ConnectionClosed if it never started."""
         _native.forbid_in_callback("Connection.stats()")
-        out = ffi.new("pmq_conn_stats *")
-        status = lib.pmq_conn_get_stats(self._conn, out)
+        out = ffi.new("pmq_conn_stats_v2 *")
+        status = lib.pmq_conn_get_stats_v2(self._conn, out)
         if failed(status):
             raise self._closed_error()
-        return ConnectionStats(**{f.name: getattr(out, f.name) for f in dataclasses.fields(ConnectionStats)})
+        values: dict[str, Any] = {name: kind(getattr(out, name)) for name, kind in _STATS_FIELDS}
+        return ConnectionStats(**values)
 
     def read_settings(self, *, only_set: bool = False) -> Settings:
         """msquic's view of the settings this connection runs with
@@ -492,6 +529,81 @@ class ConnectionCore(Generic[S]):
         return HandshakeError(f"the server's certificate was rejected: {self._certificate_refusal}",
                               status=reason.status, by_transport=reason.by_transport, error_code=reason.error_code)
 
+    # ---- addresses, migration, DSCP (native/transport.c) ------------------------
+
+    def _set_local_address(self, local_addr: AddressLike) -> None:
+        """QUIC_PARAM_CONN_LOCAL_ADDRESS before the start: the address the client
+        sends from. Waits for msquic's worker, briefly. (Set on a live connection
+        it would migrate, which msquic 2.5.1 can abort on: not offered.)"""
+        status = lib.pmq_conn_set_local_address(self._conn, local_address_native(local_addr))
+        if failed(status):
+            if self.close_reason is not None:
+                raise self._closed_error()
+            raise QuicError(f"setting the local address to {local_addr!r} failed", status)
+
+    @property
+    def peer_address_changes(self) -> int:
+        """How often the peer's address changed (NAT rebinding, or the peer
+        migrated): msquic validated the new path and moved the connection to it.
+        :attr:`remote_address` is the newest one; ``wait_peer_address_change``
+        waits for the next."""
+        count = int(self._refresh().peer_address_changes)
+        self._log_address_changes(count)
+        return count
+
+    @property
+    def dscp(self) -> int:
+        """The DSCP value (0-63) of the packets this connection sends
+        (QUIC_PARAM_CONN_SEND_DSCP; 0 by default). Setting it waits briefly
+        for msquic's worker and applies to the next packets."""
+        _native.forbid_in_callback("Connection.dscp")
+        value = ffi.new("uint8_t *")
+        status = lib.pmq_conn_dscp(self._conn, 0, value)
+        if failed(status):
+            raise self._closed_error()
+        return int(value[0])
+
+    @dscp.setter
+    def dscp(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"dscp must be an int, not {type(value).__name__}")
+        if not 0 <= value <= 63:
+            raise ValueError(f"dscp must be 0-63, not {value}")
+        _native.forbid_in_callback("setting Connection.dscp")
+        status = lib.pmq_conn_dscp(self._conn, 1, ffi.new("uint8_t *", value))
+        if failed(status):
+            raise self._closed_error() if self.close_reason is not None else \
+                QuicError("setting the DSCP value failed", status)
+
+    def _peer_address_changed(self, seen: int) -> Address | None:
+        """The wait check of ``wait_peer_address_change``: the remote address once
+        more than ``seen`` changes happened; ConnectionClosed once closed."""
+        info = self._refresh()
+        count = int(info.peer_address_changes)
+        if count > seen:
+            self._log_address_changes(count)
+            return from_native(info.remote)
+        if info.flags & (_SHUTTING_DOWN | lib.PMQ_CONN_SHUTDOWN_COMPLETE):
+            raise self._closed_error()
+        return None
+
+    def _log_address_changes(self, count: int) -> None:
+        # Logged by whoever notices first, in Python: msquic's thread never runs Python.
+        if count > getattr(self, "_address_changes_logged", 0):
+            self._address_changes_logged = count
+            self.logger.info("peer address changed to %s (change %d)", self.remote_address, count)
+
+
+def local_address_native(local_addr: AddressLike) -> Any:
+    """A client's local address (IP literal and port) as a pmq_addr; no DNS."""
+    host, port = split_host_port(local_addr)
+    if host is None or not is_ip_literal(host):
+        raise ValueError(f"local_addr must be (ip, port) with an IP address, not {local_addr!r}")
+    return resolve(host, port)
+
+
+# ConnectionStats field -> its type (bool or int), read from pmq_conn_stats_v2 by name.
+_STATS_FIELDS = tuple((f.name, bool if f.default is False else int) for f in dataclasses.fields(ConnectionStats))
 
 _SHUTTING_DOWN = lib.PMQ_CONN_SHUTDOWN_BY_PEER | lib.PMQ_CONN_SHUTDOWN_BY_TRANSPORT | lib.PMQ_CONN_SHUTDOWN_BY_APP
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Mapping, TypeVar
 
 from .. import _native
@@ -83,6 +83,11 @@ class ListenerStats:
     handshakes: int = 0      # handshakes in progress now
     refused_handshakes: int = 0  # refused because max_handshakes handshakes were in progress
     failed: int = 0          # the handshake failed or timed out
+    # msquic's own QUIC_LISTENER_STATISTICS (msquic counts NEW_CONNECTION's answer, not
+    # the handshake's end). Not compared by ==: they are msquic's view of the same events.
+    msquic_accepted: int = field(default=0, compare=False)   # NEW_CONNECTION accepted
+    msquic_rejected: int = field(default=0, compare=False)   # NEW_CONNECTION refused
+    binding_packets_dropped: int = field(default=0, compare=False)  # dropped by the listener's UDP binding
 
 
 #: Handshakes in progress a listener allows by default: well above what msquic's
@@ -231,10 +236,21 @@ class ListenerCore(Generic[C]):
         """What became of the connections that reached the listener so far."""
         native = ffi.new("pmq_listener_stats *")
         lib.pmq_listener_get_stats(self._listener, native)
+        msquic = self._msquic_stats()
         return ListenerStats(accepted=native.accepted, refused_backlog=native.refused_backlog,
                              refused_hook=native.refused_hook, refused_other=native.refused_other,
                              expired=native.expired, queued=native.queued, handshakes=native.handshakes,
-                             refused_handshakes=native.refused_handshakes, failed=native.failed)
+                             refused_handshakes=native.refused_handshakes, failed=native.failed,
+                             msquic_accepted=msquic.total_accepted, msquic_rejected=msquic.total_rejected,
+                             binding_packets_dropped=msquic.binding_packets_dropped)
+
+    def _msquic_stats(self) -> Any:
+        """msquic's QUIC_LISTENER_STATISTICS now, or once closed the last ones read
+        (``close()`` reads them just before it releases the handle)."""
+        native = ffi.new("pmq_listener_msquic_stats *")
+        if not failed(lib.pmq_listener_get_msquic_stats(self._listener, native)):
+            self._msquic_stats_kept = native
+        return getattr(self, "_msquic_stats_kept", native)
 
     # ---- accept and stop (non-blocking steps) ---------------------------------------
 
@@ -280,6 +296,7 @@ class ListenerCore(Generic[C]):
     def _release(self) -> None:
         """Stop if needed and release the listener; connections still queued are shut down."""
         _native.forbid_in_callback("Listener.close()")
+        self._msquic_stats()  # msquic's counters go with its handle: keep the last
         lib.pmq_listener_close(self._listener)
 
     # ---- hooks (msquic thread) -----------------------------------------------------

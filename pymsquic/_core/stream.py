@@ -34,6 +34,7 @@ from ..errors import (
     StreamStopped,
     failed,
 )
+from ..statistics import StreamStats
 
 if TYPE_CHECKING:
     from .connection import ConnectionCore
@@ -511,5 +512,22 @@ class StreamCore:
         side = "local" if st.flags & lib.PMQ_STREAM_LOCAL else "peer"
         state = "closed" if st.flags & lib.PMQ_STREAM_SHUTDOWN_COMPLETE else "open"
         return f"<{type(self).__name__} id={self.id} {kind} {side} {state}>"
+
+    def stats(self) -> StreamStats:
+        """Where this stream's sending waited, and why (msquic's
+        QUIC_STREAM_STATISTICS). Asks msquic's worker and waits for its answer,
+        briefly. StreamError before the stream started (its first write) and
+        once it is closed."""
+        _native.forbid_in_callback("Stream.stats()")
+        out = ffi.new("pmq_stream_stats *")
+        status = lib.pmq_stream_get_stats(self._stream, out)
+        if failed(status):
+            flags = self._state().flags
+            if not flags & (lib.PMQ_STREAM_ID_KNOWN | lib.PMQ_STREAM_SHUTDOWN_COMPLETE):
+                raise StreamError("the stream has not started yet (nothing was written)", status)
+            if flags & lib.PMQ_STREAM_SHUTDOWN_COMPLETE and not flags & lib.PMQ_STREAM_CONN_SHUTDOWN:
+                raise StreamError("the stream is closed: its statistics went with it", status)
+            raise self._failure(status)
+        return StreamStats._from_native(out)
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any, AsyncIterator, Generator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Generator
 
-from .._core.connection import ConnectionCore, check_endpoint, exit_error_code
+from .._core.connection import ConnectionCore, check_endpoint, exit_error_code, local_address_native
 from .._core.server import client_configuration
-from ..addresses import is_ip_literal, resolve_async
+from ..addresses import Address, AddressLike, from_native, is_ip_literal, resolve_async
 from ..configuration import AlpnLike, Configuration, Credential, Settings
 from ..errors import ConnectionClosed
 from ..keylog import KeyLogLike
@@ -47,6 +47,8 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
     _stream_class = Stream
     _stream_protocol: StreamProtocolFactory | None = None
     _protocol_streams: set[Stream]  # streams run by protocols, until connection_lost (set_stream_protocol)
+    _peer_address_callback: Callable[[Address], object] | None = None
+    _peer_address_seen = 0  # changes the callback was run for
 
     # ---- streams ---------------------------------------------------------------
 
@@ -89,6 +91,8 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
         self._native_changed()
 
     def _native_changed(self) -> None:
+        if self._peer_address_callback is not None:
+            self._run_peer_address_callback()
         factory = self._stream_protocol
         if factory is not None:
             while True:
@@ -144,6 +148,39 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
         finally:
             steps.close()
 
+    def set_peer_address_callback(self, callback: Callable[[Address], object] | None) -> None:
+        """Run ``callback(new_remote_address)`` on this event loop whenever the
+        peer's address changes from now on (NAT rebinding, or the peer migrated;
+        see :attr:`peer_address_changes`); None stops it. Never on msquic's
+        thread; several changes between two turns of the loop make one call.
+        An exception it raises is logged and dropped. Call it from a coroutine
+        on the connection's loop."""
+        self._peer_address_seen = self.peer_address_changes
+        self._peer_address_callback = callback
+        if callback is not None:
+            self._attach_to_running_loop()
+
+    def _run_peer_address_callback(self) -> None:
+        callback = self._peer_address_callback
+        info = self._refresh()
+        count = int(info.peer_address_changes)
+        if callback is None or count <= self._peer_address_seen:
+            return
+        self._peer_address_seen = count
+        self._log_address_changes(count)
+        address = from_native(info.remote)
+        assert address is not None
+        try:
+            callback(address)
+        except Exception:  # a callback's bug must not break the loop's dispatch
+            self.logger.exception("peer address callback failed")
+
+    async def wait_peer_address_change(self, seen: int = 0) -> Address:
+        """Wait until the peer's address changed more than ``seen`` times (see
+        :attr:`peer_address_changes`; 0: the first change) and return the new
+        remote address. ConnectionClosed if the connection ends first."""
+        return await self._wait(lambda: self._peer_address_changed(seen), "wait_peer_address_change()")
+
     async def __aenter__(self) -> Self:
         return self
 
@@ -167,6 +204,7 @@ class connect:
     a blocking getaddrinfo, is not bounded). A failed handshake raises a
     :class:`~pymsquic.ConnectionClosed` subclass saying why (refused, TLS alert,
     ALPN mismatch, ...); an unknown host raises :class:`socket.gaierror`.
+    ``local_addr=(ip, port)`` sends from that local address (port 0: any).
     Leaving ``async with`` closes the connection gracefully (see
     :meth:`Connection.close`; ``close_timeout`` bounds it). ``keylog_file``
     (a path, a file open for appending or a :class:`~pymsquic.KeyLog`; default:
@@ -178,9 +216,12 @@ class connect:
                  settings: Settings | None = None, configuration: Configuration | None = None,
                  server_name: str | None = None, registration: Registration | None = None,
                  open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0,
-                 keylog_file: KeyLogLike | None = None) -> None:
+                 keylog_file: KeyLogLike | None = None, local_addr: AddressLike | None = None) -> None:
         check_endpoint(host, port)
         self._keylog_file = keylog_file
+        if local_addr is not None:
+            local_address_native(local_addr)  # bad input fails here, not in the task
+        self._local_addr = local_addr
         self._configuration = client_configuration(configuration, registration, alpn, credential, settings)
         self._host, self._port, self._server_name = host, port, server_name
         self._open_timeout, self._close_timeout = open_timeout, close_timeout
@@ -193,6 +234,9 @@ class connect:
         loop = asyncio.get_running_loop()
         deadline = None if self._open_timeout is None else loop.time() + self._open_timeout
         try:
+            if self._local_addr is not None:
+                # Setting the address waits for a msquic worker: not on the loop's thread.
+                await loop.run_in_executor(None, conn._set_local_address, self._local_addr)
             if is_ip_literal(host) and server_name in (None, host) and not conn._start_blocks:
                 conn._start(host, port, server_name, None)  # never blocks
             else:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 from .. import _native
 from .._core.connection import ConnectionCore, check_endpoint, exit_error_code
 from .._core.server import client_configuration
-from ..addresses import is_ip_literal, resolve
+from ..addresses import Address, AddressLike, is_ip_literal, resolve
 from ..configuration import AlpnLike, Configuration, Credential, Settings
 from ..errors import ConnectionClosed
 from ..keylog import KeyLogLike
@@ -113,6 +113,12 @@ class Connection(ConnectionCore[Stream]):
         finally:
             steps.close()
 
+    def wait_peer_address_change(self, seen: int = 0, timeout: float | None = None) -> Address:
+        """Wait until the peer's address changed more than ``seen`` times (see
+        :attr:`peer_address_changes`; 0: the first change) and return the new
+        remote address. ConnectionClosed if the connection ends first."""
+        return self._wait(lambda: self._peer_address_changed(seen), timeout, "wait_peer_address_change()")
+
     def __enter__(self) -> Self:
         return self
 
@@ -125,7 +131,7 @@ def connect(host: str, port: int, *, alpn: AlpnLike | None = None, credential: C
             settings: Settings | None = None, configuration: Configuration | None = None,
             server_name: str | None = None, registration: Registration | None = None,
             open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0,
-            keylog_file: KeyLogLike | None = None) -> Connection:
+            keylog_file: KeyLogLike | None = None, local_addr: AddressLike | None = None) -> Connection:
     """Connect to a QUIC server and return the connection once its handshake
     completed; ``with connect(...) as connection:`` closes it on the way out.
     The arguments, defaults and errors are those of :class:`pymsquic.asyncio.connect`.
@@ -136,6 +142,8 @@ def connect(host: str, port: int, *, alpn: AlpnLike | None = None, credential: C
                                                                     credential, settings), keylog_file)
     conn.close_timeout = close_timeout
     try:
+        if local_addr is not None:
+            conn._set_local_address(local_addr)
         direct = is_ip_literal(host) and server_name in (None, host)
         conn._start(host, port, server_name, None if direct else resolve(host, port))
         conn._wait(conn._connected_or_raise, open_timeout, "connect()")
