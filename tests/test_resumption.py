@@ -444,18 +444,19 @@ def test_aioquic_client_resumes_with_pymsquic_server(registration, server_creden
             first = await aioquic_session(a.addresses[0][1], None, b"first", tickets)
             assert first.handshake is not None and not first.handshake.session_resumed
             assert tickets and tickets[0].max_early_data_size  # msquic's ticket allows 0-RTT
-            # resumed with 0-RTT: accepted
-            second = await aioquic_session(a.addresses[0][1], tickets[0], PAYLOAD, [])
-            assert second.handshake is not None
-            assert second.handshake.session_resumed and second.handshake.early_data_accepted
+            # resumed with 0-RTT: accepted; and again with the same ticket (a replay:
+            # msquic 2.5.1 keeps no record of used tickets)
+            for _ in range(3):
+                second = await aioquic_session(a.addresses[0][1], tickets[0], PAYLOAD, [])
+                assert second.handshake is not None
+                assert second.handshake.session_resumed and second.handshake.early_data_accepted
             # a server without the key: no resumption, 0-RTT rejected, every byte still echoed
             third = await aioquic_session(b.addresses[0][1], tickets[0], PAYLOAD, [])
             assert third.handshake is not None
             assert not third.handshake.session_resumed and not third.handshake.early_data_accepted
-        assert [c["resumed"] for c in seen.connections] == [False, True, False]
-        assert seen.connections[1]["app_data"] == b"aioquic's app data"
-        assert seen.connections[1]["early_streams"] == 1
-        assert seen.connections[2]["early_streams"] == 0
+        assert [c["resumed"] for c in seen.connections] == [False, True, True, True, False]
+        assert [c["app_data"] for c in seen.connections[1:4]] == [b"aioquic's app data"] * 3
+        assert [c["early_streams"] for c in seen.connections] == [0, 1, 1, 1, 0]
 
     asyncio.run(main())
 
@@ -566,12 +567,22 @@ def test_pymsquic_client_resumes_with_aioquic_server(registration, cert_files) -
             second, _ = await session(got[-1], True)
             assert second.session_resumed and second.early_data_accepted is True
             assert EchoServer.instances[1].handshake.early_data_accepted  # aioquic's TLS took the early data
+            # Data written right after connect() goes in 0-RTT packets when msquic's worker
+            # takes it before sending the first flight, else in 1-RTT (see README): a race
+            # each connection wins about half the time on loopback. Without
+            # QUIC_SEND_FLAG_ALLOW_0_RTT it never does.
+            for _ in range(30):
+                await session(got[-1], True)
+                if EchoServer.instances[-1].early_bytes > 0:
+                    break
+            else:
+                pytest.fail("no early data reached the server in 30 connections")
             # the server lost its tickets: full handshake, 0-RTT rejected, nothing lost
             lost["keys"] = True
             third, _ = await session(got[-1], True)
             assert not third.session_resumed and third.early_data_accepted is False
-            assert not EchoServer.instances[2].handshake.early_data_accepted
-            assert EchoServer.instances[2].early_bytes == 0
+            assert not EchoServer.instances[-1].handshake.early_data_accepted
+            assert EchoServer.instances[-1].early_bytes == 0
         finally:
             server.close()
 
