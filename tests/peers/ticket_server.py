@@ -71,8 +71,12 @@ def main() -> None:
                 with conn:
                     handler(conn)
 
-        threading.Thread(target=serve, daemon=True).start()
+        serving = threading.Thread(target=serve)
+        serving.start()
         done.wait()  # the test closes stdin to stop us
+        go.set()  # a handshake still held goes on
+        lst.stop(timeout=20)  # the iteration ends once the connections left are handled
+        serving.join(20)
 
 
 if __name__ == "__main__":
