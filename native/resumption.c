@@ -18,6 +18,16 @@
  * that resumes and still refuses early data would be misreported; nothing is
  * lost either way, as msquic resends rejected 0-RTT data in 1-RTT packets
  * (QuicLossDetectionOnZeroRttRejected).
+ *
+ * Which data msquic 2.5.1 sends as 0-RTT (read in its source, seen on the wire
+ * with aioquic's qlog): a stream's data goes in 0-RTT packets only if it was
+ * queued before the worker sent the first flight; queued later, it waits for
+ * the handshake (QuicSendCanSendFlagsNow refuses a flush while streams wait).
+ * And an opening stream's data goes in 0-RTT with or without
+ * QUIC_SEND_FLAG_ALLOW_0_RTT (QuicStreamCanSendNow lets an opening stream send,
+ * and the frame writer does not bound it by the 0-RTT-allowed offset): the flag
+ * is set as the API asks, but only pymsquic's connect (which returns before the
+ * handshake only with early_data) keeps unwanted data out of 0-RTT.
  */
 #include <stdlib.h>
 #include <string.h>
