@@ -715,3 +715,79 @@ server.close()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "refused True"
+
+
+class Relay:
+    """A UDP relay on 127.0.0.1 whose upstream can be switched: what a load
+    balancer does when it sends a client's packets to another machine."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream = ("127.0.0.1", upstream_port)
+        self.client: Any = None
+        self.front: Any = None
+        self.back: Any = None
+
+    async def start(self) -> int:
+        loop = asyncio.get_running_loop()
+        relay = self
+
+        class Front(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                relay.client = addr
+                relay.back.sendto(data, relay.upstream)
+
+        class Back(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                if relay.client is not None:
+                    relay.front.sendto(data, relay.client)
+
+        self.front, _ = await loop.create_datagram_endpoint(Front, local_addr=("127.0.0.1", 0))
+        self.back, _ = await loop.create_datagram_endpoint(Back, local_addr=("127.0.0.1", 0))
+        return int(self.front.get_extra_info("sockname")[1])
+
+    def close(self) -> None:
+        self.front.close()
+        self.back.close()
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-reset-key", "other-reset-key"])
+def test_fleet_stateless_reset_key(shared: bool, registration) -> None:
+    """A client's packets rerouted to another server process: with the same
+    stateless-reset key that server's reset ends the connection at once; with
+    another key the client cannot trust the reset and waits for its idle timeout."""
+    key = os.urandom(32)
+    a = ServerProcess("a", None, "--reset-key", key.hex())
+    b = ServerProcess("b", None, "--reset-key", (key if shared else os.urandom(32)).hex())
+
+    async def main() -> pymsquic.ConnectionClosed:
+        relay = Relay(a.port)
+        port = await relay.start()
+        try:
+            conn = await pymsquic.asyncio.connect(
+                "127.0.0.1", port, alpn=FLEET_ALPN, credential=client_credential(), registration=registration,
+                settings=Settings(idle_timeout_ms=3000, peer_bidi_stream_count=4))
+            stream = conn.open_stream()
+            stream.write(b"to a", fin=True)
+            assert json.loads(await asyncio.wait_for(stream.read(), WAIT))["server"] == "a"
+            relay.upstream = ("127.0.0.1", b.port)  # the load balancer loses track: b gets the packets
+            stream = conn.open_stream()
+            stream.write(b"to b", fin=True)
+            with pytest.raises(pymsquic.ConnectionClosed):
+                await asyncio.wait_for(stream.read(), WAIT)
+            await conn.close()
+            reason = conn.close_reason
+            assert reason is not None
+            return reason
+        finally:
+            relay.close()
+
+    try:
+        reason = asyncio.run(main())
+    finally:
+        a.stop()
+        b.stop()
+    if shared:
+        assert reason.by_transport and reason.status == pymsquic.lib.QUIC_STATUS_ABORTED  # msquic: a reset
+        assert not isinstance(reason, pymsquic.IdleTimeout)
+    else:
+        assert isinstance(reason, pymsquic.IdleTimeout)
