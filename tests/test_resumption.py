@@ -73,7 +73,10 @@ def echo_handler(seen: Seen, app_data: bytes | None):
                 stream = await w.wait(conn.accept_stream)
             except pymsquic.ConnectionClosed:
                 return
-            stream.write(await w.wait(stream.read, -1), fin=True)
+            data = await w.wait(stream.read, -1)
+            if data == b"another ticket":
+                conn.send_resumption_ticket(b"second")
+            stream.write(data, fin=True)
             record["early_streams"] = conn.early_data_streams  # opened by now
 
     return handler
@@ -117,11 +120,17 @@ class TicketBox:
         self._event.set()
 
     async def first(self) -> bytes:
-        if isinstance(self._event, asyncio.Event):
-            await asyncio.wait_for(self._event.wait(), WAIT)
-        else:
-            assert self._event.wait(WAIT), "no session ticket came"
+        await self.wait_for(1)
         return self.tickets[0]
+
+    async def wait_for(self, n: int) -> None:
+        """Until ``n`` tickets came (the event is set after each append)."""
+        while len(self.tickets) < n:
+            if isinstance(self._event, asyncio.Event):
+                await asyncio.wait_for(self._event.wait(), WAIT)
+            else:
+                assert self._event.wait(WAIT), f"{len(self.tickets)} session tickets came, not {n}"
+            self._event.clear()
 
 
 async def round_trip(w: World, conn: Any, data: bytes) -> bytes:
@@ -153,14 +162,22 @@ def test_resumption_with_app_data(w: World, registration, server_credential) -> 
             assert box.in_callback == {0}
             expected = {"MainThread"} if w.name == "asyncio" else {"pymsquic-session-tickets"}
             assert box.threads == expected
+            # a ticket sent long after the handshake reaches the callback too
+            later = TicketBox(w)
+            conn = await w.connect(server.port, registration, on_session_ticket=later)
+            await later.wait_for(1)
+            assert await round_trip(w, conn, b"another ticket") == b"another ticket"
+            await later.wait_for(2)
+            assert later.tickets[1] != later.tickets[0] and conn.session_ticket == later.tickets[1]
+            await w.call(conn.close)
             conn = await w.connect(server.port, registration, session_ticket=ticket)
             assert conn.session_resumed
             assert conn.early_data_accepted is False  # resumed, but no early data asked for
             assert await round_trip(w, conn, b"again") == b"again"
             await w.call(conn.close)
-        assert [c["resumed"] for c in seen.connections] == [False, True]
+        assert [c["resumed"] for c in seen.connections] == [False, False, True]
         assert seen.connections[0]["app_data"] is None
-        assert seen.connections[1]["app_data"] == b"user=42"
+        assert seen.connections[2]["app_data"] == b"user=42"
 
     w.run(body())
 
