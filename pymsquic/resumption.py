@@ -159,9 +159,9 @@ def set_load_balancing_mode(mode: str) -> None:
     server's IPv4 address (or the low 4 bytes of its IPv6 address) as its
     server id, in the clear, so that a CID-aware load balancer routes each
     packet, also after the client's address changed, to the server that owns
-    the connection. msquic 2.5.1 lets this be set only before the library is in
-    use (before the first registration, so before any connection or
-    listener): call it first thing. Changing it later raises
+    the connection. msquic 2.5.1 lets this be changed only until it opens its
+    first socket (the first listener started or connection made in the
+    process): call it first thing. Changing it later raises
     :class:`~pymsquic.QuicError` (INVALID_STATE)."""
     if mode not in LOAD_BALANCING_MODES:
         raise ValueError(f"mode must be one of {sorted(LOAD_BALANCING_MODES)}, not {mode!r}")
@@ -285,9 +285,12 @@ class ResumptionMixin:
 
         msquic 2.5.1 does not report TLS's early-data status: pymsquic reads
         "accepted" as "0-RTT was attempted and the session resumed", which is
-        what msquic's and aioquic's servers do. Either way no byte is lost:
-        msquic resends rejected early data in 1-RTT packets, so this tells
-        only whether the data arrived one round trip early."""
+        what msquic's and aioquic's servers do (a TLS server may also resume
+        and refuse early data: that would read as accepted). It does not say
+        that the data travelled in 0-RTT packets either: msquic sends only data
+        queued before its first flight as 0-RTT (README). Either way no byte is
+        lost: msquic resends rejected early data in 1-RTT packets, so this
+        tells at most whether the data arrived one round trip early."""
         value = lib.pmq_conn_early_data_accepted(self._conn)
         return None if value < 0 else bool(value)
 
