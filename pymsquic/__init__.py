@@ -61,6 +61,13 @@ from .errors import (
 )
 from .keylog import KeyLog
 from .registration import Registration, default_registration
+from .resumption import (
+    ResumptionLevel,
+    TicketKey,
+    load_balancing_mode,
+    set_load_balancing_mode,
+    set_stateless_reset_key,
+)
 from .statistics import StreamStats, perf_counters
 from .versions import QUIC_V1, QUIC_V2, HandshakeInfo, server_versions, set_server_versions
 
@@ -89,5 +96,7 @@ __all__ = [
     "tls_alert_name",
     # TLS key log, QUIC versions and handshake facts
     "HandshakeInfo", "KeyLog", "QUIC_V1", "QUIC_V2", "server_versions", "set_server_versions",
+    # resumption, 0-RTT and fleets (pymsquic.resumption)
+    "ResumptionLevel", "TicketKey", "load_balancing_mode", "set_load_balancing_mode", "set_stateless_reset_key",
 ]
 __all__ += ["CertificateCheck", "VerifyCallback", "server_name_matches"]  # certificate checks in Python

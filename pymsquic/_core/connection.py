@@ -32,6 +32,7 @@ from ..keylog import KeyLog, KeyLogLike
 from ..keylog import native as native_keylog
 from ..keylog import resolve as resolve_keylog
 from ..registration import Registration
+from ..resumption import ResumptionMixin
 from ..versions import HandshakeInfo
 from .certificates import run_check
 from .stream import StreamCore
@@ -107,7 +108,7 @@ class ConnectionStats:
     handshake_hop_limit_ttl: int = 0         # TTL / hop limit of the handshake's first packet
 
 
-class ConnectionCore(Generic[S]):
+class ConnectionCore(ResumptionMixin, Generic[S]):
     """What a connection is and does without waiting; see the module docstring."""
 
     #: The world's stream class, for the streams this connection hands out.

@@ -13,6 +13,7 @@ from ..addresses import Address
 from ..configuration import AlpnLike, Configuration, Credential, Settings, encode_alpns
 from ..keylog import KeyLogLike
 from ..registration import Registration, default_registration
+from ..resumption import TicketKeys
 from .connection import ConnectionCore
 from .listener import ListenerCore
 
@@ -89,24 +90,34 @@ class ServerConfigurations:
 
 def server_configurations(configuration: Configuration | None, registration: Registration | None,
                           alpn: AlpnLike | None, credential: ServerCredential | None, settings: Settings | None,
-                          default_credential: Credential | None) -> ServerConfigurations:
+                          default_credential: Credential | None,
+                          ticket_keys: TicketKeys | None = None) -> ServerConfigurations:
     """serve()'s configurations. With a mapping of server names to credentials,
     each name gets a configuration of its own (same ALPN and settings); a client
     asking for another name (or none) gets ``default_credential``, or is refused
-    if there is none."""
+    if there is none. With ``ticket_keys`` each configuration is a new one, not
+    a cached one that other listeners may share with other keys."""
+    def make(configuration: Configuration | None, credential: Credential | None) -> Configuration:
+        if ticket_keys is None:
+            return chosen_configuration(configuration, registration, alpn, credential, settings, None)
+        if configuration is not None:
+            raise TypeError("give ticket_keys to Configuration(...), not beside configuration=")
+        if alpn is None or credential is None:
+            raise TypeError("a server needs alpn= and credential= (or configuration=)")
+        return Configuration(registration or default_registration(), alpn, credential,
+                             DEFAULT_SETTINGS if settings is None else settings, ticket_keys=ticket_keys)
+
     if not isinstance(credential, Mapping):
         if default_credential is not None:
             raise TypeError("default_credential= goes with a mapping of server names to credentials")
-        return ServerConfigurations(chosen_configuration(configuration, registration, alpn, credential,
-                                                         settings, None))
+        return ServerConfigurations(make(configuration, credential))
     if configuration is not None:
         raise TypeError("give configuration= or a mapping of server names to credentials, not both")
     if not credential:
         raise ValueError("credential= maps no server name")
-    by_name = {name: chosen_configuration(None, registration, alpn, cred, settings, None)
-               for name, cred in credential.items()}
+    by_name = {name: make(None, cred) for name, cred in credential.items()}
     if default_credential is not None:
-        default = chosen_configuration(configuration, registration, alpn, default_credential, settings, None)
+        default = make(None, default_credential)
     else:  # the listener needs one; names it does not know are refused before it is used
         default = next(iter(by_name.values()))
     return ServerConfigurations(default, by_name, refuse_unknown=default_credential is None)

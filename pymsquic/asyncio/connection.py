@@ -16,6 +16,7 @@ from ..configuration import AlpnLike, Configuration, Credential, Settings
 from ..errors import ConnectionClosed
 from ..keylog import KeyLogLike
 from ..registration import Registration
+from ..resumption import SessionTicketHandler, check_resumption_args
 from .bridge import NativeWaitable
 from .stream import Stream, StreamProtocolFactory
 
@@ -93,6 +94,7 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
     def _native_changed(self) -> None:
         if self._peer_address_callback is not None:
             self._run_peer_address_callback()
+        self._deliver_tickets()  # on_session_ticket, on this loop
         factory = self._stream_protocol
         if factory is not None:
             while True:
@@ -188,6 +190,13 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
         """Close gracefully: with 0, or EXCEPTION_ERROR_CODE when left by an exception."""
         await self.close(exit_error_code(exc_type))
 
+    async def wait_handshake(self) -> None:
+        """Wait until the handshake completed; raise what :func:`connect` would
+        have raised if it failed. For a connection that :func:`connect` returned
+        early (``early_data=True`` with a ticket); returns at once otherwise."""
+        if self._connected_or_raise() is None:
+            await self._wait(self._connected_or_raise, "wait_handshake()")
+
 
 class connect:
     """Connect to a QUIC server: ``async with connect(...) as connection`` or
@@ -210,14 +219,37 @@ class connect:
     (a path, a file open for appending or a :class:`~pymsquic.KeyLog`; default:
     ``SSLKEYLOGFILE``'s file) gets the connection's TLS secrets, which decrypt
     its traffic: see :mod:`pymsquic.keylog`.
+
+    Resumption: ``session_ticket`` (bytes from an earlier connection's
+    :attr:`Connection.session_ticket` or ``on_session_ticket``) resumes that
+    session: a shorter handshake, :attr:`Connection.session_resumed` tells
+    whether the server took it (else a full handshake is made; a ticket msquic
+    cannot decode raises ValueError). ``on_session_ticket(ticket)`` is called
+    with every ticket the server sends, also long after the handshake, always
+    on this event loop (never on msquic's threads); an exception it raises is
+    logged. With ``early_data=True`` and a ticket, ``connect`` returns as soon
+    as the connection is started, before the handshake: streams opened and
+    written then go out as 0-RTT data, in the client's first flight. Await
+    :meth:`Connection.wait_handshake` for the handshake's outcome (the open
+    timeout does not apply then; msquic's handshake idle timeout does);
+    :attr:`Connection.early_data_accepted` then says whether the server took
+    the early data. Rejected early data is not lost: msquic sends it again
+    after the handshake. Datagrams cannot be sent before the handshake.
+
+    0-RTT data can be replayed by an attacker (the server may see it twice, or
+    on two servers of a fleet): send early only what is safe to repeat.
     """
 
     def __init__(self, host: str, port: int, *, alpn: AlpnLike | None = None, credential: Credential | None = None,
                  settings: Settings | None = None, configuration: Configuration | None = None,
                  server_name: str | None = None, registration: Registration | None = None,
                  open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0,
-                 keylog_file: KeyLogLike | None = None, local_addr: AddressLike | None = None) -> None:
+                 keylog_file: KeyLogLike | None = None, local_addr: AddressLike | None = None,
+                 session_ticket: bytes | None = None, early_data: bool = False,
+                 on_session_ticket: SessionTicketHandler | None = None) -> None:
         check_endpoint(host, port)
+        check_resumption_args(session_ticket, early_data, on_session_ticket)
+        self._resumption = (session_ticket, early_data, on_session_ticket)
         self._keylog_file = keylog_file
         if local_addr is not None:
             local_address_native(local_addr)  # bad input fails here, not in the task
@@ -237,13 +269,21 @@ class connect:
             if self._local_addr is not None:
                 # Setting the address waits for a msquic worker: not on the loop's thread.
                 await loop.run_in_executor(None, conn._set_local_address, self._local_addr)
+            early = conn._prepare_resumption(*self._resumption)
+            if self._resumption[2] is not None:
+                conn._attach_to_running_loop(loop)  # tickets wake this loop from now on
             if is_ip_literal(host) and server_name in (None, host) and not conn._start_blocks:
+                if self._resumption[0] is not None:
+                    # Setting the ticket waits for a msquic worker: not on the loop's thread.
+                    await loop.run_in_executor(None, conn._apply_resumption)
                 conn._start(host, port, server_name, None)  # never blocks
             else:
                 # open_timeout covers the name lookup too, as websockets' does.
                 remote = await asyncio.wait_for(resolve_async(host, port), self._open_timeout)
-                # Setting the address waits for a msquic worker: not on the loop's thread.
-                await loop.run_in_executor(None, conn._start, host, port, server_name, remote)
+                # Setting the address (and a ticket) waits for a msquic worker: not on the loop's thread.
+                await loop.run_in_executor(None, conn._start_resuming, host, port, server_name, remote)
+            if early:
+                return conn  # 0-RTT: the handshake goes on (wait_handshake)
             await conn._wait(conn._connected_or_raise, "connect()",
                              None if deadline is None else deadline - loop.time())
         except BaseException:

@@ -11,6 +11,7 @@ from .._core.server import ServerCore, ServerCredential, log_handler_failure, se
 from ..configuration import AlpnLike, Configuration, Credential, Settings
 from ..keylog import KeyLogLike
 from ..registration import Registration
+from ..resumption import TicketKeys
 from .connection import Connection
 from .listener import Listener
 
@@ -154,17 +155,22 @@ class serve:
     :meth:`Server.serve_forever` is awaited. ``keylog_file`` (a path, a file
     open for appending or a :class:`~pymsquic.KeyLog`; default:
     ``SSLKEYLOGFILE``'s file) gets every connection's TLS secrets, which decrypt
-    its traffic: see :mod:`pymsquic.keylog`.
+    its traffic: see :mod:`pymsquic.keylog`. ``ticket_keys``
+    (:class:`~pymsquic.TicketKey`) are the session-ticket keys this server
+    shares with others, so that each resumes the others' sessions; resumption
+    needs ``Settings.server_resumption_level`` and a ticket sent by the handler
+    (``connection.send_resumption_ticket()``).
     """
 
     def __init__(self, handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | None = None,
                  credential: ServerCredential | None = None, settings: Settings | None = None,
                  configuration: Configuration | None = None, registration: Registration | None = None,
                  backlog: int = 128, close_timeout: float = 5.0, start_serving: bool = True,
-                 default_credential: Credential | None = None, keylog_file: KeyLogLike | None = None) -> None:
+                 default_credential: Credential | None = None, keylog_file: KeyLogLike | None = None,
+                 ticket_keys: TicketKeys | None = None) -> None:
         self._handler = handler
         self._configuration = server_configurations(configuration, registration, alpn, credential, settings,
-                                                   default_credential)
+                                                   default_credential, ticket_keys)
         self._host, self._port, self._backlog = host, port, backlog
         self._close_timeout, self._start_serving = close_timeout, start_serving
         self._keylog_file = keylog_file

@@ -21,6 +21,7 @@ from ..configuration import AlpnLike, Configuration, Credential, Settings
 from ..errors import EXCEPTION_ERROR_CODE
 from ..keylog import KeyLogLike
 from ..registration import Registration
+from ..resumption import TicketKeys
 from .connection import Connection
 from .listener import Listener
 
@@ -161,7 +162,8 @@ def serve(handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | Non
           credential: ServerCredential | None = None, settings: Settings | None = None,
           configuration: Configuration | None = None, registration: Registration | None = None,
           backlog: int = 128, close_timeout: float = 5.0,
-          default_credential: Credential | None = None, keylog_file: KeyLogLike | None = None) -> Server:
+          default_credential: Credential | None = None, keylog_file: KeyLogLike | None = None,
+          ticket_keys: TicketKeys | None = None) -> Server:
     """Listen on ``host:port``; :meth:`Server.serve_forever` then runs
     ``handler(connection)`` in a thread per connection.
 
@@ -181,8 +183,9 @@ def serve(handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | Non
     ``keylog_file`` (a path, a file open for appending or a
     :class:`~pymsquic.KeyLog`; default: ``SSLKEYLOGFILE``'s file) gets every
     connection's TLS secrets, which decrypt its traffic: see :mod:`pymsquic.keylog`.
+    ``ticket_keys`` as in :class:`pymsquic.asyncio.serve`.
     """
     configurations = server_configurations(configuration, registration, alpn, credential, settings,
-                                           default_credential)
+                                           default_credential, ticket_keys)
     return Server(handler, start_listener(handler, Listener, host, port, configurations, backlog, keylog_file),
                   close_timeout)
