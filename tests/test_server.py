@@ -424,6 +424,56 @@ def test_sync_close_from_a_handler(registration, server_credential) -> None:
     assert outcome == ["closed"]
 
 
+def test_sync_close_while_a_handler_thread_is_being_started(registration, server_credential,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """close() joins the handler threads it finds; one added but not started yet
+    made it raise "cannot join thread before it is started". The join here runs
+    in another thread at the worst moment: between the handler thread's creation
+    and its start."""
+    joined: list[str] = []
+    joiners: list[threading.Thread] = []
+    real_start = threading.Thread.start
+
+    def start_after_a_join(thread: threading.Thread) -> None:
+        if thread.name.startswith("pymsquic-handler-"):
+            entering = threading.Event()
+
+            def join() -> None:
+                entering.set()
+                try:
+                    server._join(pymsquic._native.Deadline(WAIT))
+                    joined.append("joined")
+                except BaseException as exc:  # noqa: BLE001  # the regression: RuntimeError
+                    joined.append(f"{type(exc).__name__}: {exc}")
+
+            joiner = threading.Thread(target=join)
+            real_start(joiner)
+            assert entering.wait(WAIT)
+            # Without the fix the join fails at once; with it, it waits for the lock
+            # this start holds: either way, give it the moment it needs to show which.
+            joiner.join(0.5)
+            real_start(thread)
+            joiners.append(joiner)  # with the fix, it joins once this start released the lock
+        else:
+            real_start(thread)
+
+    def handler(conn: pymsquic.sync.Connection) -> None:
+        stream = conn.accept_stream(timeout=WAIT)
+        stream.write(stream.read(timeout=WAIT), fin=True)
+
+    server = sync_serve(handler, registration, server_credential)
+    serving = serving_thread(server)
+    monkeypatch.setattr(threading.Thread, "start", start_after_a_join)
+    with sync_client(server, registration) as conn:
+        assert SYNC.run(round_trip(SYNC, conn, b"started")) == b"started"
+    monkeypatch.undo()
+    for joiner in joiners:
+        joiner.join(WAIT)
+    server.close(timeout=WAIT)
+    serving.join(WAIT)
+    assert joined == ["joined"]
+
+
 def test_asyncio_close_and_wait_closed_from_a_handler(registration, server_credential) -> None:
     async def main() -> None:
         closed_in_handler = asyncio.Event()

@@ -72,16 +72,16 @@ class Server(ServerCore):
         with self._lock:
             refused = self._closing  # taken from the queue after close() shut the others down
             if not refused:
-                self._threads.add(thread)
+                # Started under the lock: close() joins what it finds in _threads, and
+                # joining a thread not started yet raises. start() only waits for the
+                # thread to begin; the handler takes the lock when it ends.
                 self._handler_started(conn)
-        if not refused:
-            try:
-                thread.start()
-                return
-            except RuntimeError:  # at interpreter exit: "can't create new thread at interpreter shutdown"
-                logger.warning("cannot start a handler thread for %s; closing it", conn.remote_address)
-                with self._lock:
-                    self._threads.discard(thread)
+                try:
+                    thread.start()
+                    self._threads.add(thread)
+                    return
+                except RuntimeError:  # at interpreter exit: "can't create new thread at interpreter shutdown"
+                    logger.warning("cannot start a handler thread for %s; closing it", conn.remote_address)
                     self._connections.discard(conn)
         conn.shutdown(0 if refused else EXCEPTION_ERROR_CODE)
         conn._abandon()
