@@ -65,31 +65,48 @@ class KeyLog:
             raise MemoryError("cannot allocate a key log")
         self._native = native
         self._reported = 0
+        self._final: tuple[int, int] | None = None  # (written, failures) saved by close()
         self._lock = threading.Lock()
         self._releaser = _native.Releaser(self, lib.pmq_keylog_release, native)
 
     @property
     def written(self) -> int:
-        """How many connections have written their lines here."""
-        return int(lib.pmq_keylog_written(self._native))
+        """How many connections have written their lines here (until :meth:`close`)."""
+        with self._lock:
+            if self._final is not None:
+                return self._final[0]
+            return int(lib.pmq_keylog_written(self._native))
 
     @property
     def failures(self) -> int:
-        """How many connections could not write their lines here."""
-        return int(lib.pmq_keylog_failures(self._native, ffi.NULL))
+        """How many connections could not write their lines here (until :meth:`close`)."""
+        with self._lock:
+            if self._final is not None:
+                return self._final[1]
+            return int(lib.pmq_keylog_failures(self._native, ffi.NULL))
 
     def _report_failures(self) -> None:
         """Log write failures not logged yet (the native layer only counts them)."""
         err = ffi.new("int *")
-        failures = int(lib.pmq_keylog_failures(self._native, err))
         with self._lock:
+            if self._final is not None:
+                return  # closed: the native counters may be freed
+            failures = int(lib.pmq_keylog_failures(self._native, err))
             new, self._reported = failures - self._reported, failures
         if new > 0:
             logger.warning("key log %s: %d connection(s) could not write their TLS secrets: %s",
                            self.path, new, os.strerror(err[0]))
 
     def close(self) -> None:
-        """Let go of the file; connections that use it keep it open until they end."""
+        """Let go of the file; connections that use it keep it open until they end.
+
+        The counts stop here: the native counters are freed once the last
+        connection ends, so :attr:`written` and :attr:`failures` then give the
+        values they had at close."""
+        with self._lock:
+            if self._final is None:
+                self._final = (int(lib.pmq_keylog_written(self._native)),
+                               int(lib.pmq_keylog_failures(self._native, ffi.NULL)))
         self._releaser()
 
     @property

@@ -242,6 +242,28 @@ def test_unwritable_keylog_never_breaks_the_connection(tmp_path: Path, cert_file
     assert any("could not write their TLS secrets" in r.getMessage() for r in caplog.records)
 
 
+def test_closed_keylog_keeps_its_counts(tmp_path: Path, cert_files: tuple[Path, Path],
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """After close() the native counters are gone (freed once no connection holds
+    them): written, failures and repr give the counts saved at close, and a late
+    failure report does nothing, never a read of freed memory."""
+    keylog = pymsquic.KeyLog(tmp_path / "keys")
+    asyncio.run(client_to_aioquic_server(cert_files, keylog, tmp_path / "aioquic.keys"))
+    assert keylog.written == 1 and keylog.failures == 0
+    keylog.close()
+    # Reuse the freed block: the native struct's size class, many times.
+    filler = [pymsquic.KeyLog(tmp_path / f"filler{i}") for i in range(8)]
+    assert keylog.closed
+    assert keylog.written == 1 and keylog.failures == 0
+    assert "written=1 failures=0" in repr(keylog)
+    with caplog.at_level(logging.WARNING, logger="pymsquic"):
+        keylog._report_failures()
+    assert not caplog.records
+    keylog.close()  # twice is fine
+    for other in filler:
+        other.close()
+
+
 def test_bad_keylog_path(tmp_path: Path, server_credential: pymsquic.Credential,
                          monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     missing = tmp_path / "no" / "such" / "dir" / "keys"
