@@ -398,7 +398,7 @@ static void tls_connected(pmq_conn *c, HQUIC handle)
 {
     pmq_handshake_info info;
     pmq_handshake_info_read(handle, &info);
-    pmq_tls_write(c->tls);
+    pmq_tls_connected(c->tls);
     pthread_mutex_lock(&c->obj.lock);
     c->handshake = info;
     pthread_mutex_unlock(&c->obj.lock);

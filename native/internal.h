@@ -217,6 +217,8 @@ void pmq_tls_free(pmq_tls *tls);
 QUIC_STATUS pmq_tls_attach(pmq_tls *tls, HQUIC connection);
 /* Appends the key log lines once (tls may be NULL); on msquic's worker. */
 void pmq_tls_write(pmq_tls *tls);
+/* At CONNECTED: pmq_tls_write, and a failure (ENODATA) if the 1-RTT secrets are missing. */
+void pmq_tls_connected(pmq_tls *tls);
 /* On the connection's worker (GetParam runs inline there). */
 void pmq_handshake_info_read(HQUIC connection, pmq_handshake_info *out);
 /* The listener's side of accepting with a key log (connection.c). */

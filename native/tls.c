@@ -192,6 +192,25 @@ void pmq_tls_write(pmq_tls *t)
     }
 }
 
+void pmq_tls_connected(pmq_tls *t)
+{
+    if (t == NULL || t->logged || t->keylog == NULL) {
+        return;
+    }
+    /* A handshake that completed has its 1-RTT secrets, unless msquic did not
+     * hand them over: after a Version Negotiation packet a client restarts its
+     * handshake with a new TLS context, copying the connection's secrets
+     * pointer, which msquic 2.5.1 already cleared (crypto.c, once it read the
+     * first ClientRandom). Write what there is, and count the missing lines
+     * as a failure (ENODATA: Python says why) rather than log nothing silently. */
+    int missing = !t->secrets.IsSet.ClientTrafficSecret0;
+    pmq_tls_write(t);
+    if (missing) {
+        t->logged = 1;
+        count_failure(t->keylog, ENODATA);
+    }
+}
+
 /* ---- handshake facts ------------------------------------------------------------- */
 
 void pmq_handshake_info_read(HQUIC connection, pmq_handshake_info *out)

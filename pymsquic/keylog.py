@@ -19,10 +19,16 @@ browsers and aioquic do. A key log that cannot be written never fails a
 connection: the failure is logged (logger ``pymsquic``). An explicit
 ``keylog_file`` that cannot be opened raises :class:`OSError` at once; an
 ``SSLKEYLOGFILE`` that cannot be opened is logged and ignored.
+
+msquic 2.5.1 loses the secrets of a client connection that restarts its
+handshake after a Version Negotiation packet (``Settings(versions=...)``
+offering a version the server does not speak first): such a connection
+writes no lines, and counts and logs a failure saying so.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -94,8 +100,12 @@ class KeyLog:
             failures = int(lib.pmq_keylog_failures(self._native, err))
             new, self._reported = failures - self._reported, failures
         if new > 0:
+            # ENODATA: the handshake completed but msquic never filled the secrets
+            # (msquic 2.5.1 loses them when a client restarts after Version Negotiation).
+            why = ("msquic did not hand over the secrets (version negotiation?)" if err[0] == errno.ENODATA
+                   else os.strerror(err[0]))
             logger.warning("key log %s: %d connection(s) could not write their TLS secrets: %s",
-                           self.path, new, os.strerror(err[0]))
+                           self.path, new, why)
 
     def close(self) -> None:
         """Let go of the file; connections that use it keep it open until they end.

@@ -264,6 +264,36 @@ def test_closed_keylog_keeps_its_counts(tmp_path: Path, cert_files: tuple[Path, 
         other.close()
 
 
+def test_secrets_lost_to_version_negotiation_are_a_failure(tmp_path: Path, cert_files: tuple[Path, Path],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A client offering v2 first to a v1-only aioquic server restarts its handshake
+    after Version Negotiation; msquic 2.5.1 then no longer hands over the secrets.
+    The connection works; the missing lines are a counted and logged failure."""
+    keylog = pymsquic.KeyLog(tmp_path / "keys")
+
+    async def main() -> None:
+        config = aioquic_server_config(cert_files)
+        config.supported_versions = [pymsquic.QUIC_V1]
+        server = await serve("127.0.0.1", 0, configuration=config, create_protocol=Echo)
+        try:
+            async with pymsquic.asyncio.connect(
+                    "127.0.0.1", server_port(server), alpn=ALPN, keylog_file=keylog, open_timeout=10,
+                    credential=pymsquic.Credential.client(verify=False),
+                    settings=pymsquic.Settings(versions=(pymsquic.QUIC_V2, pymsquic.QUIC_V1))) as conn:
+                assert conn.quic_version == pymsquic.QUIC_V1
+                stream = conn.open_stream()
+                stream.write(MARKER, fin=True)
+                assert await asyncio.wait_for(stream.read(), 10) == MARKER
+        finally:
+            server.close()
+
+    with caplog.at_level(logging.WARNING, logger="pymsquic"):
+        asyncio.run(main())
+    assert keylog.failures == 1 and keylog.written == 0
+    assert any("did not hand over" in r.getMessage() for r in caplog.records)
+    keylog.close()
+
+
 def test_bad_keylog_path(tmp_path: Path, server_credential: pymsquic.Credential,
                          monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     missing = tmp_path / "no" / "such" / "dir" / "keys"
