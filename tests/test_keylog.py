@@ -65,11 +65,11 @@ def aioquic_client_config(secrets: Any = None) -> QuicConfiguration:
                              server_name="localhost", secrets_log_file=secrets)
 
 
-async def pymsquic_client_exchange(port: int, keylog_file: Any) -> None:
+async def pymsquic_client_exchange(port: int, keylog_file: Any, settings: pymsquic.Settings | None = None) -> None:
     """pymsquic client (with keylog_file) sends MARKER to an echo server on port."""
     async with pymsquic.asyncio.connect("127.0.0.1", port, alpn=ALPN, keylog_file=keylog_file,
                                         credential=pymsquic.Credential.client(verify=False),
-                                        open_timeout=10) as conn:
+                                        settings=settings, open_timeout=10) as conn:
         stream = conn.open_stream()
         stream.write(MARKER, fin=True)
         assert await asyncio.wait_for(stream.read(), 10) == MARKER
@@ -91,6 +91,20 @@ async def client_to_aioquic_server(cert_files: tuple[Path, Path], keylog_file: A
             await pymsquic_client_exchange(server_port(server), keylog_file)
         finally:
             server.close()
+
+
+async def client_to_plain_aioquic_server(cert_files: tuple[Path, Path], keylog_file: Any,
+                                         versions: list[int] | None = None,
+                                         settings: pymsquic.Settings | None = None) -> None:
+    """pymsquic client (keylog_file, settings) -> aioquic server speaking ``versions``."""
+    config = aioquic_server_config(cert_files)
+    if versions is not None:
+        config.supported_versions = versions
+    server = await serve("127.0.0.1", 0, configuration=config, create_protocol=Echo)
+    try:
+        await pymsquic_client_exchange(server_port(server), keylog_file, settings)
+    finally:
+        server.close()
 
 
 def lines_of(path: Path) -> list[str]:
@@ -229,15 +243,8 @@ def test_unwritable_keylog_never_breaks_the_connection(tmp_path: Path, cert_file
         pytest.skip("no /dev/full")
     keylog = pymsquic.KeyLog("/dev/full")
 
-    async def main() -> None:
-        server = await serve("127.0.0.1", 0, configuration=aioquic_server_config(cert_files), create_protocol=Echo)
-        try:
-            await pymsquic_client_exchange(server_port(server), keylog)
-        finally:
-            server.close()
-
     with caplog.at_level(logging.WARNING, logger="pymsquic"):
-        asyncio.run(main())
+        asyncio.run(client_to_plain_aioquic_server(cert_files, keylog))
     assert keylog.failures == 1 and keylog.written == 0
     assert any("could not write their TLS secrets" in r.getMessage() for r in caplog.records)
 
@@ -271,24 +278,9 @@ def test_secrets_lost_to_version_negotiation_are_a_failure(tmp_path: Path, cert_
     The connection works; the missing lines are a counted and logged failure."""
     keylog = pymsquic.KeyLog(tmp_path / "keys")
 
-    async def main() -> None:
-        config = aioquic_server_config(cert_files)
-        config.supported_versions = [pymsquic.QUIC_V1]
-        server = await serve("127.0.0.1", 0, configuration=config, create_protocol=Echo)
-        try:
-            async with pymsquic.asyncio.connect(
-                    "127.0.0.1", server_port(server), alpn=ALPN, keylog_file=keylog, open_timeout=10,
-                    credential=pymsquic.Credential.client(verify=False),
-                    settings=pymsquic.Settings(versions=(pymsquic.QUIC_V2, pymsquic.QUIC_V1))) as conn:
-                assert conn.quic_version == pymsquic.QUIC_V1
-                stream = conn.open_stream()
-                stream.write(MARKER, fin=True)
-                assert await asyncio.wait_for(stream.read(), 10) == MARKER
-        finally:
-            server.close()
-
+    v2_first = pymsquic.Settings(versions=(pymsquic.QUIC_V2, pymsquic.QUIC_V1))
     with caplog.at_level(logging.WARNING, logger="pymsquic"):
-        asyncio.run(main())
+        asyncio.run(client_to_plain_aioquic_server(cert_files, keylog, [pymsquic.QUIC_V1], v2_first))
     assert keylog.failures == 1 and keylog.written == 0
     assert any("did not hand over" in r.getMessage() for r in caplog.records)
     keylog.close()
