@@ -169,10 +169,23 @@ def test_server_versions_read_back() -> None:
 @in_child_process
 def test_server_versions_refused_while_listening(server_credential: pymsquic.Credential) -> None:
     with pymsquic.sync.serve(lambda conn: None, "127.0.0.1", 0, alpn=ALPN, credential=server_credential):
-        with pytest.raises(RuntimeError, match="listener"):
+        with pytest.raises(RuntimeError, match="configuration"):
             pymsquic.set_server_versions([QUIC_V1])
     assert pymsquic.server_versions() is None
     pymsquic.set_server_versions([QUIC_V1])  # once it stopped
+    assert pymsquic.server_versions() == (QUIC_V1,)
+
+
+@in_child_process
+def test_server_versions_refused_while_a_configuration_is_open(registration: pymsquic.Registration) -> None:
+    # msquic re-copies every configuration's version list without a lock while
+    # workers copy it for new connections: only at start-up, before any.
+    conf = pymsquic.Configuration(registration, ALPN, CLIENT)
+    with pytest.raises(RuntimeError, match="1 configuration"):
+        pymsquic.set_server_versions([QUIC_V1])
+    assert pymsquic.server_versions() is None
+    conf.close()
+    pymsquic.set_server_versions([QUIC_V1])
     assert pymsquic.server_versions() == (QUIC_V1,)
 
 
