@@ -32,6 +32,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import threading
 from typing import IO, Any, Union
 
@@ -52,7 +53,8 @@ class KeyLog:
     object opened in append mode (``open(path, "a")`` or ``"ab"``), through a
     duplicate of its descriptor: the lines go straight to the file, past the
     object's own buffer; anything without a file descriptor (``io.StringIO``)
-    raises :class:`TypeError`, another mode :class:`ValueError`. Pass a KeyLog
+    raises :class:`TypeError`, another mode :class:`ValueError`, and so does a
+    FIFO, pipe or socket (a slow reader would block msquic's threads). Pass a KeyLog
     as ``keylog_file=`` to share one open file between many ``connect()``
     calls. Connections keep the file open until they end, also after
     :meth:`close`.
@@ -61,10 +63,15 @@ class KeyLog:
     def __init__(self, path: str | os.PathLike[str] | IO[Any]) -> None:
         if isinstance(path, (str, os.PathLike)):
             self.path = os.fspath(path)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            fd = _open(self.path)
         else:
             fd = _duplicate(path)
             self.path = str(getattr(path, "name", f"<fd {fd}>"))
+        try:
+            _check_kind(fd, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
         native = lib.pmq_keylog_new(fd)
         if native == ffi.NULL:
             os.close(fd)
@@ -125,6 +132,27 @@ class KeyLog:
 
     def __repr__(self) -> str:
         return f"<KeyLog {self.path!r} written={self.written} failures={self.failures}>"
+
+
+def _open(path: str) -> int:
+    """``path`` opened for appending (created 0600), without blocking on a FIFO."""
+    try:
+        # O_NONBLOCK: a FIFO without a reader fails (ENXIO) instead of blocking the caller.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise ValueError(f"key log {path!r} must be a regular file, not a FIFO or socket") from exc
+        raise
+    os.set_blocking(fd, True)  # a regular file's writes never wait anyway
+    return fd
+
+
+def _check_kind(fd: int, name: str) -> None:
+    """Refuse what write() can block on (FIFOs, pipes, sockets): msquic's workers write.
+    Character devices (/dev/null, a terminal) are let through."""
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+        raise ValueError(f"key log {name!r} must be a regular file, not a FIFO, pipe or socket")
 
 
 def _duplicate(file: object) -> int:

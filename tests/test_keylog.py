@@ -286,6 +286,23 @@ def test_secrets_lost_to_version_negotiation_are_a_failure(tmp_path: Path, cert_
     keylog.close()
 
 
+def test_fifo_keylog_is_refused(tmp_path: Path) -> None:
+    """A FIFO would block open() (no reader: the event loop) or write() (a slow
+    reader: msquic's workers): refused, with or without a reader, never a hang."""
+    fifo = tmp_path / "keys.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that a plain open() would not block
+    try:
+        with pytest.raises(ValueError, match="regular file"):
+            pymsquic.KeyLog(fifo)
+        with open(fifo, "a") as file, pytest.raises(ValueError, match="regular file"):
+            pymsquic.KeyLog(file)
+    finally:
+        os.close(reader)
+    with pytest.raises(ValueError, match="regular file"):
+        pymsquic.KeyLog(fifo)  # no reader now
+
+
 def test_bad_keylog_path(tmp_path: Path, server_credential: pymsquic.Credential,
                          monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     missing = tmp_path / "no" / "such" / "dir" / "keys"
