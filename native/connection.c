@@ -1046,6 +1046,10 @@ QUIC_STATUS pmq_conn_param(pmq_conn *c, int set, uint32_t param, uint32_t *size,
     pthread_mutex_lock(&c->obj.lock);
     int before_start = !c->started;
     HQUIC handle = NULL;
+    if (!before_start && set == PMQ_PARAM_SET_BEFORE_START) {
+        pthread_mutex_unlock(&c->obj.lock);
+        return QUIC_STATUS_INVALID_STATE; /* checked under the lock: no start in between */
+    }
     if (before_start) {
         /* As pmq_conn_start does: while `starting`, close_unstarted leaves the
          * handle to us, and no callback can close an unstarted one. */

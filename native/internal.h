@@ -227,7 +227,9 @@ void pmq_conn_keylog_accepted(pmq_conn *conn, HQUIC handle, pmq_keylog *keylog);
  * connection.c, listener.c, configuration.c). */
 /* Get (set 0) or SetParam (set 1) on the connection's handle, kept open for the
  * call: before the start (as pmq_conn_start keeps it) or while it lives.
+ * PMQ_PARAM_SET_BEFORE_START sets only before the start (INVALID_STATE after).
  * Blocks for a worker round trip; never from a callback. */
+#define PMQ_PARAM_SET_BEFORE_START 2
 QUIC_STATUS pmq_conn_param(pmq_conn *conn, int set, uint32_t param, uint32_t *size, void *buffer);
 int pmq_conn_is_started(pmq_conn *conn);
 /* The statistics at SHUTDOWN_COMPLETE, kept for pmq_conn_get_stats_v2 once the

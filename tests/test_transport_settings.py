@@ -180,6 +180,12 @@ def test_connection_reads_back_settings_and_local_address_with_aioquic(
                 conn.dscp = 64
             with pytest.raises(TypeError, match="dscp"):
                 conn.dscp = "46"
+            # Set on a started connection msquic would migrate (and 2.5.1 can abort
+            # then): the native layer refuses, the connection stays where it is.
+            with pytest.raises(pymsquic.QuicError) as refused:
+                conn._set_local_address(("127.0.0.1", free_udp_port()))
+            assert refused.value.status == pymsquic._msquic.lib.QUIC_STATUS_INVALID_STATE
+            assert conn.local_address == ("127.0.0.1", local_port)
             return conn.read_settings(), conn.local_address, conn.stats().path_mtu
         finally:
             await w.call(conn.close)
