@@ -86,6 +86,10 @@ def test_default_transport_settings_are_msquic_defaults(registration: pymsquic.R
     ("max_bytes_per_key", 1 << 40, ValueError),
     ("stream_recv_window_unidi_default", 3000, ValueError),  # not a power of two
     ("stream_recv_buffer_default", 1024, ValueError),
+    ("stream_recv_buffer_default", 6000, ValueError),  # msquic wants a power of two
+    ("stream_recv_buffer_default", 1 << 17, ValueError),  # above the default stream window (64 KiB)
+    ("initial_window_packets", 2**32 - 1, ValueError),  # times the packet size wraps msquic's uint32
+    ("mtu_discovery_search_complete_timeout_us", 0, ValueError),  # would search again on every send
     ("mtu_discovery_missing_probe_count", 256, ValueError),
     ("send_idle_timeout_ms", -1, ValueError),
     ("congestion_control", "reno", ValueError),
@@ -93,6 +97,16 @@ def test_default_transport_settings_are_msquic_defaults(registration: pymsquic.R
 def test_bad_values_name_the_setting(name: str, value: Any, error: type[Exception]) -> None:
     with pytest.raises(error, match=name):
         pymsquic.Settings(**{name: value})
+
+
+def test_stream_recv_buffer_fits_the_stream_windows() -> None:
+    # msquic allocates it per stream up front and asserts it fits the stream's window.
+    pymsquic.Settings(stream_recv_buffer_default=1 << 17, stream_recv_window_default=1 << 17)
+    with pytest.raises(ValueError, match="stream_recv_window_unidi_default"):
+        pymsquic.Settings(stream_recv_buffer_default=1 << 17, stream_recv_window_default=1 << 17,
+                          stream_recv_window_unidi_default=1 << 16)
+    pymsquic.Settings(initial_window_packets=(2**32 - 1) // 1500)  # the largest allowed
+    pymsquic.Settings(mtu_discovery_search_complete_timeout_us=1_000_000)
 
 
 def test_mtu_bounds_must_be_in_order() -> None:
