@@ -182,9 +182,20 @@ void pmq_tls_write(pmq_tls *t)
     t->logged = 1;
     /* One write(): O_APPEND places it whole at the end (a regular file's
      * writes are serialised by the kernel), so connections never interleave. */
-    ssize_t done = write(t->keylog->fd, buf, len);
+    ssize_t done;
+    do {
+        done = write(t->keylog->fd, buf, len);
+    } while (done < 0 && errno == EINTR);
     int err = done < 0 ? errno : (size_t)done != len ? EIO : 0;
-    memset(buf, 0, sizeof(buf));
+    if (done > 0 && (size_t)done != len) {
+        /* Short (a full disk, a file size limit): end the broken line, so the
+         * next connection's lines start on their own; if it fails, nothing more to do. */
+        ssize_t ignored;
+        do {
+            ignored = write(t->keylog->fd, "\n", 1);
+        } while (ignored < 0 && errno == EINTR);
+    }
+    explicit_bzero(buf, sizeof(buf));
     if (err != 0) {
         count_failure(t->keylog, err);
     } else {
