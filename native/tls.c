@@ -96,6 +96,7 @@ void pmq_tls_free(pmq_tls *t)
 {
     if (t != NULL) {
         pmq_keylog_release(t->keylog);
+        explicit_bzero(&t->secrets, sizeof(t->secrets)); /* a memset before free() is optimised away */
         free(t);
     }
 }
@@ -180,6 +181,9 @@ void pmq_tls_write(pmq_tls *t)
         return;  /* nothing usable (yet): a handshake that failed early */
     }
     t->logged = 1;
+    /* Formatted: the secrets need not stay in memory for the connection's life
+     * (msquic sets none after the handshake; pmq_tls_connected read IsSet before). */
+    explicit_bzero(&t->secrets, sizeof(t->secrets));
     /* One write(): O_APPEND places it whole at the end (a regular file's
      * writes are serialised by the kernel), so connections never interleave. */
     ssize_t done;
