@@ -211,6 +211,8 @@ void pmq_sni_free(pmq_sni_table *table);
 /* native/tls.c: a connection's TLS secrets and key log (see there). */
 typedef struct pmq_tls pmq_tls;
 void pmq_keylog_ref(pmq_keylog *keylog);
+/* A connection that could not log its lines (errno err), e.g. out of memory. */
+void pmq_keylog_count_failure(pmq_keylog *keylog, int err);
 pmq_tls *pmq_tls_new(pmq_keylog *keylog);
 void pmq_tls_free(pmq_tls *tls);
 /* QUIC_PARAM_CONN_TLS_SECRETS: before ConnectionStart, or inside NEW_CONNECTION. */

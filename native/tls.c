@@ -107,6 +107,13 @@ static void count_failure(pmq_keylog *k, int err)
     atomic_fetch_add(&k->failures, 1);
 }
 
+void pmq_keylog_count_failure(pmq_keylog *k, int err)
+{
+    if (k != NULL) {
+        count_failure(k, err);
+    }
+}
+
 QUIC_STATUS pmq_tls_attach(pmq_tls *t, HQUIC connection)
 {
     QUIC_STATUS status =

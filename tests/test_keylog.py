@@ -249,6 +249,31 @@ def test_unwritable_keylog_never_breaks_the_connection(tmp_path: Path, cert_file
     assert any("could not write their TLS secrets" in r.getMessage() for r in caplog.records)
 
 
+def test_failed_handshake_write_failure_is_logged_at_once(cert_files: tuple[Path, Path],
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A client that rejects the server's certificate has the handshake secrets;
+    writing them fails (/dev/full) at SHUTDOWN_COMPLETE: logged when the failed
+    connect() returns, not at some later connection."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    keylog = pymsquic.KeyLog("/dev/full")
+
+    async def main() -> None:
+        server = await serve("127.0.0.1", 0, configuration=aioquic_server_config(cert_files), create_protocol=Echo)
+        try:
+            with pytest.raises(pymsquic.HandshakeError):
+                await pymsquic.asyncio.connect("127.0.0.1", server_port(server), alpn=ALPN, keylog_file=keylog,
+                                               credential=pymsquic.Credential.client(), open_timeout=10)
+        finally:
+            server.close()
+
+    with caplog.at_level(logging.WARNING, logger="pymsquic"):
+        asyncio.run(main())
+    assert keylog.failures == 1
+    assert any("could not write their TLS secrets" in r.getMessage() for r in caplog.records)
+    keylog.close()
+
+
 def test_closed_keylog_keeps_its_counts(tmp_path: Path, cert_files: tuple[Path, Path],
                                        caplog: pytest.LogCaptureFixture) -> None:
     """After close() the native counters are gone (freed once no connection holds
