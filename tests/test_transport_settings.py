@@ -10,6 +10,7 @@ import select
 import socket
 import ssl
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +272,26 @@ def test_ecn_enabled_on_both_sides_makes_the_path_ecn_capable(registration: pyms
 
 
 # ---- the server told of a peer's new address --------------------------------------------
+
+def test_open_timeout_bounds_the_local_addr_step() -> None:
+    """Setting local_addr runs on the loop's default executor: a busy one must
+    not hold connect() past open_timeout."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        release = threading.Event()
+        busy = loop.run_in_executor(None, release.wait)  # the only worker, taken
+        try:
+            with pytest.raises(asyncio.TimeoutError, match="connect"):
+                await asyncio.wait_for(pymsquic.asyncio.connect(
+                    "127.0.0.1", free_udp_port(), alpn=ALPN, credential=client_credential(),
+                    local_addr=("127.0.0.1", 0), open_timeout=0.5), WAIT)
+        finally:
+            release.set()
+            await busy
+
+    asyncio.run(main())
+
 
 def test_local_addr_refuses_what_is_not_an_ip_and_port() -> None:
     for bad, error in [(("localhost", 0), ValueError), (("127.0.0.1", 70000), ValueError),
