@@ -230,6 +230,9 @@ void pmq_conn_keylog_accepted(pmq_conn *conn, HQUIC handle, pmq_keylog *keylog);
 /* Get (set 0) or SetParam (set 1) on the connection's handle, kept open for the
  * call: before the start (as pmq_conn_start keeps it) or while it lives.
  * PMQ_PARAM_SET_BEFORE_START sets only before the start (INVALID_STATE after).
+ * Before the start it borrows pmq_conn_start's `starting` flag for the call, so
+ * a pmq_conn_start (or another pmq_conn_param) meanwhile gets INVALID_STATE
+ * instead of waiting: Python calls them one after the other, never at once.
  * Blocks for a worker round trip; never from a callback. */
 #define PMQ_PARAM_SET_BEFORE_START 2
 QUIC_STATUS pmq_conn_param(pmq_conn *conn, int set, uint32_t param, uint32_t *size, void *buffer);

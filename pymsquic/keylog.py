@@ -18,7 +18,9 @@ given, the file named by the ``SSLKEYLOGFILE`` environment variable, as curl,
 browsers and aioquic do. A key log that cannot be written never fails a
 connection: the failure is logged (logger ``pymsquic``). An explicit
 ``keylog_file`` that cannot be opened raises :class:`OSError` at once; an
-``SSLKEYLOGFILE`` that cannot be opened is logged and ignored.
+``SSLKEYLOGFILE`` that cannot be opened is logged and ignored, and remembered
+as such for the rest of the process (it is opened once per process, at the
+first connection): create the file's directory before, or restart.
 
 msquic 2.5.1 loses the secrets of a client connection that restarts its
 handshake after a Version Negotiation packet (``Settings(versions=...)``
