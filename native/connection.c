@@ -18,6 +18,7 @@
  * References: one for msquic (dropped when the handle closes) and one for the
  * owner, which is the listener's backlog until accept hands it to Python.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -398,7 +399,7 @@ static void tls_connected(pmq_conn *c, HQUIC handle)
 {
     pmq_handshake_info info;
     pmq_handshake_info_read(handle, &info);
-    pmq_tls_write(c->tls);
+    pmq_tls_connected(c->tls);
     pthread_mutex_lock(&c->obj.lock);
     c->handshake = info;
     pthread_mutex_unlock(&c->obj.lock);
@@ -424,10 +425,12 @@ static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONN
         pmq_resumption_on_resumed(c, event);
         break;
     case QUIC_CONNECTION_EVENT_SHUTDOWN_INITIATED_BY_TRANSPORT:
+        pmq_tls_write(c->tls); /* a failed handshake's secrets, counted before Python sees the flag */
         set_flag(c, PMQ_CONN_SHUTDOWN_BY_TRANSPORT, event->SHUTDOWN_INITIATED_BY_TRANSPORT.Status,
                  event->SHUTDOWN_INITIATED_BY_TRANSPORT.ErrorCode);
         break;
     case QUIC_CONNECTION_EVENT_SHUTDOWN_INITIATED_BY_PEER:
+        pmq_tls_write(c->tls); /* as above */
         set_flag(c, PMQ_CONN_SHUTDOWN_BY_PEER, 0, event->SHUTDOWN_INITIATED_BY_PEER.ErrorCode);
         break;
     case QUIC_CONNECTION_EVENT_SHUTDOWN_COMPLETE:
@@ -1010,6 +1013,8 @@ void pmq_conn_keylog_accepted(pmq_conn *c, HQUIC handle, pmq_keylog *keylog)
     c->tls = pmq_tls_new(keylog);
     if (c->tls != NULL) {
         pmq_tls_attach(c->tls, handle); /* inline on this worker */
+    } else {
+        pmq_keylog_count_failure(keylog, ENOMEM); /* not silently without its lines */
     }
 }
 
@@ -1046,6 +1051,10 @@ QUIC_STATUS pmq_conn_param(pmq_conn *c, int set, uint32_t param, uint32_t *size,
     pthread_mutex_lock(&c->obj.lock);
     int before_start = !c->started;
     HQUIC handle = NULL;
+    if (!before_start && set == PMQ_PARAM_SET_BEFORE_START) {
+        pthread_mutex_unlock(&c->obj.lock);
+        return QUIC_STATUS_INVALID_STATE; /* checked under the lock: no start in between */
+    }
     if (before_start) {
         /* As pmq_conn_start does: while `starting`, close_unstarted leaves the
          * handle to us, and no callback can close an unstarted one. */

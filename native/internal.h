@@ -211,12 +211,16 @@ void pmq_sni_free(pmq_sni_table *table);
 /* native/tls.c: a connection's TLS secrets and key log (see there). */
 typedef struct pmq_tls pmq_tls;
 void pmq_keylog_ref(pmq_keylog *keylog);
+/* A connection that could not log its lines (errno err), e.g. out of memory. */
+void pmq_keylog_count_failure(pmq_keylog *keylog, int err);
 pmq_tls *pmq_tls_new(pmq_keylog *keylog);
 void pmq_tls_free(pmq_tls *tls);
 /* QUIC_PARAM_CONN_TLS_SECRETS: before ConnectionStart, or inside NEW_CONNECTION. */
 QUIC_STATUS pmq_tls_attach(pmq_tls *tls, HQUIC connection);
 /* Appends the key log lines once (tls may be NULL); on msquic's worker. */
 void pmq_tls_write(pmq_tls *tls);
+/* At CONNECTED: pmq_tls_write, and a failure (ENODATA) if the 1-RTT secrets are missing. */
+void pmq_tls_connected(pmq_tls *tls);
 /* On the connection's worker (GetParam runs inline there). */
 void pmq_handshake_info_read(HQUIC connection, pmq_handshake_info *out);
 /* The listener's side of accepting with a key log (connection.c). */
@@ -225,7 +229,12 @@ void pmq_conn_keylog_accepted(pmq_conn *conn, HQUIC handle, pmq_keylog *keylog);
  * connection.c, listener.c, configuration.c). */
 /* Get (set 0) or SetParam (set 1) on the connection's handle, kept open for the
  * call: before the start (as pmq_conn_start keeps it) or while it lives.
+ * PMQ_PARAM_SET_BEFORE_START sets only before the start (INVALID_STATE after).
+ * Before the start it borrows pmq_conn_start's `starting` flag for the call, so
+ * a pmq_conn_start (or another pmq_conn_param) meanwhile gets INVALID_STATE
+ * instead of waiting: Python calls them one after the other, never at once.
  * Blocks for a worker round trip; never from a callback. */
+#define PMQ_PARAM_SET_BEFORE_START 2
 QUIC_STATUS pmq_conn_param(pmq_conn *conn, int set, uint32_t param, uint32_t *size, void *buffer);
 int pmq_conn_is_started(pmq_conn *conn);
 /* The statistics at SHUTDOWN_COMPLETE, kept for pmq_conn_get_stats_v2 once the

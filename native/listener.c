@@ -456,6 +456,11 @@ QUIC_STATUS pmq_listener_local_address(pmq_listener *l, pmq_addr *out)
 QUIC_STATUS pmq_listener_get_param(pmq_listener *l, uint32_t param, uint32_t *size, void *buffer)
 {
     pthread_mutex_lock(&l->obj.lock);
+    /* msquic reads Listener->Binding without a lock, and ListenerStart (on
+     * failure) and ListenerStop free it: wait until neither runs (as close does). */
+    while (l->state == PMQ_LISTENER_STARTING || l->stop_in_flight) {
+        pthread_cond_wait(&l->obj.cond, &l->obj.lock);
+    }
     QUIC_STATUS status = QUIC_STATUS_INVALID_STATE;
     if (l->handle != NULL && l->state != PMQ_LISTENER_CLOSED) {
         /* Inline, as in pmq_listener_local_address: our lock keeps the handle open. */

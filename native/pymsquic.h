@@ -131,7 +131,6 @@ typedef struct pmq_conn_info {
     uint32_t streams_sending;       /* streams whose send side is not finished yet */
     uint32_t peer_certificate_len;  /* DER bytes, with a credential that asks for it */
     uint64_t peer_address_changes;  /* PEER_ADDRESS_CHANGED events (NAT rebinding, migration) */
-    uint64_t local_address_changes; /* migrations of this side (pmq_conn_set_local_address) */
 } pmq_conn_info;
 
 enum {
@@ -586,10 +585,10 @@ uint32_t pmq_perf_counter_count(void);
 /* The enum name of counter `index` without QUIC_PERF_COUNTER_ ("" if unknown). */
 const char *pmq_perf_counter_name(uint32_t index);
 
-/* QUIC_PARAM_CONN_LOCAL_ADDRESS. Before the start: the client's local address.
- * On a connected client: migrates to it (msquic opens a socket there and
- * validates the new path). Blocks briefly (a worker round trip); never from a
- * hook. INVALID_STATE on a server, during the handshake and once closed. */
+/* QUIC_PARAM_CONN_LOCAL_ADDRESS before the start: the client's local address.
+ * INVALID_STATE once started (no migration: msquic 2.5.1 can abort on one),
+ * on a server and once closed. Blocks briefly (a worker round trip); never
+ * from a hook. */
 QUIC_STATUS pmq_conn_set_local_address(pmq_conn *conn, const pmq_addr *address);
 /* QUIC_PARAM_CONN_SEND_DSCP (0-63), get or set. Blocks like the above. */
 QUIC_STATUS pmq_conn_dscp(pmq_conn *conn, int set, uint8_t *value);

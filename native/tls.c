@@ -96,6 +96,7 @@ void pmq_tls_free(pmq_tls *t)
 {
     if (t != NULL) {
         pmq_keylog_release(t->keylog);
+        explicit_bzero(&t->secrets, sizeof(t->secrets)); /* a memset before free() is optimised away */
         free(t);
     }
 }
@@ -104,6 +105,13 @@ static void count_failure(pmq_keylog *k, int err)
 {
     atomic_store(&k->last_errno, err);
     atomic_fetch_add(&k->failures, 1);
+}
+
+void pmq_keylog_count_failure(pmq_keylog *k, int err)
+{
+    if (k != NULL) {
+        count_failure(k, err);
+    }
 }
 
 QUIC_STATUS pmq_tls_attach(pmq_tls *t, HQUIC connection)
@@ -180,15 +188,48 @@ void pmq_tls_write(pmq_tls *t)
         return;  /* nothing usable (yet): a handshake that failed early */
     }
     t->logged = 1;
+    /* Formatted: the secrets need not stay in memory for the connection's life
+     * (msquic sets none after the handshake; pmq_tls_connected read IsSet before). */
+    explicit_bzero(&t->secrets, sizeof(t->secrets));
     /* One write(): O_APPEND places it whole at the end (a regular file's
      * writes are serialised by the kernel), so connections never interleave. */
-    ssize_t done = write(t->keylog->fd, buf, len);
+    ssize_t done;
+    do {
+        done = write(t->keylog->fd, buf, len);
+    } while (done < 0 && errno == EINTR);
     int err = done < 0 ? errno : (size_t)done != len ? EIO : 0;
-    memset(buf, 0, sizeof(buf));
+    if (done > 0 && (size_t)done != len) {
+        /* Short (a full disk, a file size limit): end the broken line, so the
+         * next connection's lines start on their own; if it fails, nothing more to do. */
+        ssize_t ignored;
+        do {
+            ignored = write(t->keylog->fd, "\n", 1);
+        } while (ignored < 0 && errno == EINTR);
+    }
+    explicit_bzero(buf, sizeof(buf));
     if (err != 0) {
         count_failure(t->keylog, err);
     } else {
         atomic_fetch_add(&t->keylog->written, 1);
+    }
+}
+
+void pmq_tls_connected(pmq_tls *t)
+{
+    if (t == NULL || t->logged || t->keylog == NULL) {
+        return;
+    }
+    /* A handshake that completed has its 1-RTT secrets, unless msquic did not
+     * hand them over: after a Version Negotiation packet a client restarts its
+     * handshake with a new TLS context, copying the connection's secrets
+     * pointer, which msquic 2.5.1 already cleared (crypto.c, once it read the
+     * first ClientRandom). Write what there is, and count the missing lines
+     * as a failure (ENODATA: Python says why) rather than log nothing silently. */
+    int missing = !t->secrets.IsSet.ClientTrafficSecret0;
+    pmq_tls_write(t);
+    if (missing) {
+        t->logged = 1;
+        count_failure(t->keylog, ENODATA);
     }
 }
 

@@ -72,23 +72,10 @@ QUIC_STATUS pmq_conn_set_local_address(pmq_conn *conn, const pmq_addr *address)
         return QUIC_STATUS_INVALID_PARAMETER;
     }
     uint32_t size = sizeof(addr);
-    QUIC_STATUS status = pmq_conn_param(conn, 1, QUIC_PARAM_CONN_LOCAL_ADDRESS, &size, &addr);
-    if (QUIC_FAILED(status) || !pmq_conn_is_started(conn)) {
-        return status;
-    }
-    /* Migrated: msquic bound a new socket, whose port may have been 0. */
-    size = sizeof(addr);
-    int known = QUIC_SUCCEEDED(pmq_conn_param(conn, 0, QUIC_PARAM_CONN_LOCAL_ADDRESS, &size, &addr));
-    pmq_obj *obj = pmq_conn_obj(conn);
-    pthread_mutex_lock(&obj->lock);
-    pmq_conn_info *info = pmq_conn_info_ptr(conn);
-    if (known) {
-        pmq_addr_from_quic(&info->local, &addr);
-    }
-    info->local_address_changes++;
-    pmq_obj_changed_locked(obj);
-    pthread_mutex_unlock(&obj->lock);
-    return status;
+    /* Before the start only: on a started client msquic would migrate, and
+     * 2.5.1 can abort the process then (a datagram of the old socket handled
+     * after the switch uses its freed context). */
+    return pmq_conn_param(conn, PMQ_PARAM_SET_BEFORE_START, QUIC_PARAM_CONN_LOCAL_ADDRESS, &size, &addr);
 }
 
 void pmq_conn_address_changed(pmq_conn *conn, const QUIC_ADDR *address, int peer)

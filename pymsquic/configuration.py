@@ -82,12 +82,14 @@ _SETTING_FLAGS = {
 # field -> (PMQ_TSET_* bit, smallest, largest, must be a power of two)
 _TRANSPORT_FIELDS = {
     "max_bytes_per_key": (lib.PMQ_TSET_MAX_BYTES_PER_KEY, 1, 0x4000000000, False),
-    "mtu_discovery_search_complete_timeout_us": (lib.PMQ_TSET_MTU_DISCOVERY_SEARCH_COMPLETE_TIMEOUT, 0, 2**62 - 1,
-                                                 False),
+    # At least 1 s: msquic 2.5.1 starts a new search on every send after the timeout, 0 included.
+    "mtu_discovery_search_complete_timeout_us": (lib.PMQ_TSET_MTU_DISCOVERY_SEARCH_COMPLETE_TIMEOUT, 1_000_000,
+                                                 2**62 - 1, False),
     "send_idle_timeout_ms": (lib.PMQ_TSET_SEND_IDLE_TIMEOUT, 0, 2**32 - 1, False),
-    "initial_window_packets": (lib.PMQ_TSET_INITIAL_WINDOW_PACKETS, 1, 2**32 - 1, False),
+    # msquic multiplies it by the packet size (<= 1500) in a uint32: keep the product in range.
+    "initial_window_packets": (lib.PMQ_TSET_INITIAL_WINDOW_PACKETS, 1, (2**32 - 1) // 1500, False),
     "dest_cid_update_idle_timeout_ms": (lib.PMQ_TSET_DEST_CID_UPDATE_IDLE_TIMEOUT, 0, 2**32 - 1, False),
-    "stream_recv_buffer_default": (lib.PMQ_TSET_STREAM_RECV_BUFFER_DEFAULT, 4096, 2**31, False),
+    "stream_recv_buffer_default": (lib.PMQ_TSET_STREAM_RECV_BUFFER_DEFAULT, 4096, 2**31, True),
     "stream_recv_window_bidi_local_default": (lib.PMQ_TSET_STREAM_RECV_WINDOW_BIDI_LOCAL, 1, 2**31, True),
     "stream_recv_window_bidi_remote_default": (lib.PMQ_TSET_STREAM_RECV_WINDOW_BIDI_REMOTE, 1, 2**31, True),
     "stream_recv_window_unidi_default": (lib.PMQ_TSET_STREAM_RECV_WINDOW_UNIDI, 1, 2**31, True),
@@ -122,6 +124,29 @@ def _check_transport_settings(settings: "Settings") -> None:
     low, high = settings.minimum_mtu, settings.maximum_mtu
     if low is not None and high is not None and low > high:
         raise ValueError(f"Settings.minimum_mtu={low} is above Settings.maximum_mtu={high}")
+    _check_stream_recv_buffer(settings)
+
+
+_DEFAULT_STREAM_WINDOW = 0x10000  # QUIC_DEFAULT_STREAM_FC_WINDOW_SIZE
+
+
+def _check_stream_recv_buffer(settings: "Settings") -> None:
+    """msquic allocates stream_recv_buffer_default for every stream up front and
+    (debug builds) asserts it fits the stream's receive window: it must not
+    exceed any of the windows a stream can get."""
+    buffer = settings.stream_recv_buffer_default
+    if buffer is None:
+        return
+    default = settings.stream_recv_window_default
+    for name in ("stream_recv_window_bidi_local_default", "stream_recv_window_bidi_remote_default",
+                 "stream_recv_window_unidi_default"):
+        window = getattr(settings, name)
+        source = name
+        if window is None:  # follows stream_recv_window_default, else msquic's default
+            window, source = ((default, "stream_recv_window_default") if default is not None
+                              else (_DEFAULT_STREAM_WINDOW, "msquic's default stream window"))
+        if buffer > window:
+            raise ValueError(f"Settings.stream_recv_buffer_default={buffer} is above {source}={window}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,7 +215,7 @@ class Settings:
     stream_recv_window_bidi_local_default: int | None = None   # powers of two; each
     stream_recv_window_bidi_remote_default: int | None = None  # defaults to stream_recv_window_default
     stream_recv_window_unidi_default: int | None = None
-    tls_client_max_send_buffer: int | None = None        # TLS handshake bytes a client buffers [8192]
+    tls_client_max_send_buffer: int | None = None        # no effect in msquic 2.5.1 (read back only) [8192]
 
     def __post_init__(self) -> None:
         if self.server_resumption_level is not None:  # an int, a name or a ResumptionLevel

@@ -18,14 +18,23 @@ given, the file named by the ``SSLKEYLOGFILE`` environment variable, as curl,
 browsers and aioquic do. A key log that cannot be written never fails a
 connection: the failure is logged (logger ``pymsquic``). An explicit
 ``keylog_file`` that cannot be opened raises :class:`OSError` at once; an
-``SSLKEYLOGFILE`` that cannot be opened is logged and ignored.
+``SSLKEYLOGFILE`` that cannot be opened is logged and ignored, and remembered
+as such for the rest of the process (it is opened once per process, at the
+first connection): create the file's directory before, or restart.
+
+msquic 2.5.1 loses the secrets of a client connection that restarts its
+handshake after a Version Negotiation packet (``Settings(versions=...)``
+offering a version the server does not speak first): such a connection
+writes no lines, and counts and logs a failure saying so.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
+import stat
 import threading
 from typing import IO, Any, Union
 
@@ -46,7 +55,8 @@ class KeyLog:
     object opened in append mode (``open(path, "a")`` or ``"ab"``), through a
     duplicate of its descriptor: the lines go straight to the file, past the
     object's own buffer; anything without a file descriptor (``io.StringIO``)
-    raises :class:`TypeError`, another mode :class:`ValueError`. Pass a KeyLog
+    raises :class:`TypeError`, another mode :class:`ValueError`, and so does a
+    FIFO, pipe or socket (a slow reader would block msquic's threads). Pass a KeyLog
     as ``keylog_file=`` to share one open file between many ``connect()``
     calls. Connections keep the file open until they end, also after
     :meth:`close`.
@@ -55,41 +65,67 @@ class KeyLog:
     def __init__(self, path: str | os.PathLike[str] | IO[Any]) -> None:
         if isinstance(path, (str, os.PathLike)):
             self.path = os.fspath(path)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            fd = _open(self.path)
         else:
             fd = _duplicate(path)
             self.path = str(getattr(path, "name", f"<fd {fd}>"))
+        try:
+            _check_kind(fd, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
         native = lib.pmq_keylog_new(fd)
         if native == ffi.NULL:
             os.close(fd)
             raise MemoryError("cannot allocate a key log")
         self._native = native
         self._reported = 0
+        self._final: tuple[int, int] | None = None  # (written, failures) saved by close()
         self._lock = threading.Lock()
         self._releaser = _native.Releaser(self, lib.pmq_keylog_release, native)
 
     @property
     def written(self) -> int:
-        """How many connections have written their lines here."""
-        return int(lib.pmq_keylog_written(self._native))
+        """How many connections have written their lines here (until :meth:`close`)."""
+        with self._lock:
+            if self._final is not None:
+                return self._final[0]
+            return int(lib.pmq_keylog_written(self._native))
 
     @property
     def failures(self) -> int:
-        """How many connections could not write their lines here."""
-        return int(lib.pmq_keylog_failures(self._native, ffi.NULL))
+        """How many connections could not write their lines here (until :meth:`close`)."""
+        with self._lock:
+            if self._final is not None:
+                return self._final[1]
+            return int(lib.pmq_keylog_failures(self._native, ffi.NULL))
 
     def _report_failures(self) -> None:
         """Log write failures not logged yet (the native layer only counts them)."""
         err = ffi.new("int *")
-        failures = int(lib.pmq_keylog_failures(self._native, err))
         with self._lock:
+            if self._final is not None:
+                return  # closed: the native counters may be freed
+            failures = int(lib.pmq_keylog_failures(self._native, err))
             new, self._reported = failures - self._reported, failures
         if new > 0:
+            # ENODATA: the handshake completed but msquic never filled the secrets
+            # (msquic 2.5.1 loses them when a client restarts after Version Negotiation).
+            why = ("msquic did not hand over the secrets (version negotiation?)" if err[0] == errno.ENODATA
+                   else os.strerror(err[0]))
             logger.warning("key log %s: %d connection(s) could not write their TLS secrets: %s",
-                           self.path, new, os.strerror(err[0]))
+                           self.path, new, why)
 
     def close(self) -> None:
-        """Let go of the file; connections that use it keep it open until they end."""
+        """Let go of the file; connections that use it keep it open until they end.
+
+        The counts stop here: the native counters are freed once the last
+        connection ends, so :attr:`written` and :attr:`failures` then give the
+        values they had at close."""
+        with self._lock:
+            if self._final is None:
+                self._final = (int(lib.pmq_keylog_written(self._native)),
+                               int(lib.pmq_keylog_failures(self._native, ffi.NULL)))
         self._releaser()
 
     @property
@@ -98,6 +134,27 @@ class KeyLog:
 
     def __repr__(self) -> str:
         return f"<KeyLog {self.path!r} written={self.written} failures={self.failures}>"
+
+
+def _open(path: str) -> int:
+    """``path`` opened for appending (created 0600), without blocking on a FIFO."""
+    try:
+        # O_NONBLOCK: a FIFO without a reader fails (ENXIO) instead of blocking the caller.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ENXIO:
+            raise ValueError(f"key log {path!r} must be a regular file, not a FIFO or socket") from exc
+        raise
+    os.set_blocking(fd, True)  # a regular file's writes never wait anyway
+    return fd
+
+
+def _check_kind(fd: int, name: str) -> None:
+    """Refuse what write() can block on (FIFOs, pipes, sockets): msquic's workers write.
+    Character devices (/dev/null, a terminal) are let through."""
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+        raise ValueError(f"key log {name!r} must be a regular file, not a FIFO, pipe or socket")
 
 
 def _duplicate(file: object) -> int:

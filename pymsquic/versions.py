@@ -76,26 +76,49 @@ def set_server_versions(versions: Iterable[int] | None) -> None:
     that offers several compatible ones is moved to the first of this list
     (RFC 9368). Process-wide: every listener, from its next handshake on.
 
-    Call it at start-up, before any listener starts: msquic 2.5.1 replaces
-    the list without a lock, while its threads may be reading it for a
-    handshake. A started listener makes it raise :class:`RuntimeError`.
+    Call it at start-up, before any configuration is opened (connect() and
+    serve() open one each): msquic 2.5.1 frees and re-copies the version list
+    of every configuration without a list of its own, without a lock, while
+    its threads may be reading it for a handshake or copying it for a new
+    connection. An open :class:`~pymsquic.Configuration` or a connection not
+    yet released makes it raise :class:`RuntimeError` (the configurations
+    connect() and serve() keep for reuse are closed first when no connection
+    or listener uses them).
 
     msquic turns its version negotiation extension on with the first call and
     has no way to turn it off again, also with None: from then on msquic
     clients of this process announce their versions too, and two msquic peers
     with default settings end up in v2 instead of v1."""
-    from ._core.listener import ListenerState  # not at the top: it imports this module's users
-
     _native.ensure_open()
     chosen = () if versions is None else check_versions(versions)
-    listening = [listener for registration in list(_native._registrations)
-                 for listener in list(registration._listeners)
-                 if listener.state in (ListenerState.START_COMPLETE, ListenerState.SHUTDOWN)]
-    if listening:
-        raise RuntimeError(f"set_server_versions() while {len(listening)} listener(s) run: msquic 2.5.1 "
-                           "changes the list under their handshakes; call it before starting them")
+    registrations = list(_native._registrations)
+    connections = [c for r in registrations for c in list(r._connections)]
+    if not connections:
+        _close_idle_cached_configurations(registrations)
+    configurations = [c for r in registrations for c in list(r._configurations) if not c.closed]
+    if configurations or connections:
+        raise RuntimeError(f"set_server_versions() while {len(configurations)} configuration(s) and "
+                           f"{len(connections)} connection(s) exist: msquic 2.5.1 changes their version "
+                           "lists without a lock; call it at start-up, before any")
     array = ffi.new("uint32_t[]", list(chosen) or [0])
     _native.check(lib.pmq_global_set_versions(array, len(chosen)), "setting the server's QUIC versions")
+
+
+def _close_idle_cached_configurations(registrations: list[Any]) -> None:
+    """connect() and serve() keep their configurations for reuse; in a
+    registration without connections and running listeners nothing uses them:
+    close them, so that they do not stand in set_server_versions()' way."""
+    from ._core.listener import ListenerState  # not at the top: it imports this module's users
+
+    for registration in registrations:
+        with registration._lock:
+            if any(listener.state != ListenerState.SHUTDOWN_COMPLETE  # one not stopped may still use them
+                   for listener in list(registration._listeners)):
+                continue
+            idle = list(registration._configuration_cache.values())
+            registration._configuration_cache.clear()
+        for configuration in idle:
+            configuration.close()
 
 
 def server_versions() -> tuple[int, ...] | None:

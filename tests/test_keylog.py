@@ -65,11 +65,11 @@ def aioquic_client_config(secrets: Any = None) -> QuicConfiguration:
                              server_name="localhost", secrets_log_file=secrets)
 
 
-async def pymsquic_client_exchange(port: int, keylog_file: Any) -> None:
+async def pymsquic_client_exchange(port: int, keylog_file: Any, settings: pymsquic.Settings | None = None) -> None:
     """pymsquic client (with keylog_file) sends MARKER to an echo server on port."""
     async with pymsquic.asyncio.connect("127.0.0.1", port, alpn=ALPN, keylog_file=keylog_file,
                                         credential=pymsquic.Credential.client(verify=False),
-                                        open_timeout=10) as conn:
+                                        settings=settings, open_timeout=10) as conn:
         stream = conn.open_stream()
         stream.write(MARKER, fin=True)
         assert await asyncio.wait_for(stream.read(), 10) == MARKER
@@ -91,6 +91,20 @@ async def client_to_aioquic_server(cert_files: tuple[Path, Path], keylog_file: A
             await pymsquic_client_exchange(server_port(server), keylog_file)
         finally:
             server.close()
+
+
+async def client_to_plain_aioquic_server(cert_files: tuple[Path, Path], keylog_file: Any,
+                                         versions: list[int] | None = None,
+                                         settings: pymsquic.Settings | None = None) -> None:
+    """pymsquic client (keylog_file, settings) -> aioquic server speaking ``versions``."""
+    config = aioquic_server_config(cert_files)
+    if versions is not None:
+        config.supported_versions = versions
+    server = await serve("127.0.0.1", 0, configuration=config, create_protocol=Echo)
+    try:
+        await pymsquic_client_exchange(server_port(server), keylog_file, settings)
+    finally:
+        server.close()
 
 
 def lines_of(path: Path) -> list[str]:
@@ -229,17 +243,89 @@ def test_unwritable_keylog_never_breaks_the_connection(tmp_path: Path, cert_file
         pytest.skip("no /dev/full")
     keylog = pymsquic.KeyLog("/dev/full")
 
+    with caplog.at_level(logging.WARNING, logger="pymsquic"):
+        asyncio.run(client_to_plain_aioquic_server(cert_files, keylog))
+    assert keylog.failures == 1 and keylog.written == 0
+    assert any("could not write their TLS secrets" in r.getMessage() for r in caplog.records)
+
+
+def test_failed_handshake_write_failure_is_logged_at_once(cert_files: tuple[Path, Path],
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """A client that rejects the server's certificate has the handshake secrets;
+    writing them fails (/dev/full) at SHUTDOWN_COMPLETE: logged when the failed
+    connect() returns, not at some later connection."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    keylog = pymsquic.KeyLog("/dev/full")
+
     async def main() -> None:
         server = await serve("127.0.0.1", 0, configuration=aioquic_server_config(cert_files), create_protocol=Echo)
         try:
-            await pymsquic_client_exchange(server_port(server), keylog)
+            with pytest.raises(pymsquic.HandshakeError):
+                await pymsquic.asyncio.connect("127.0.0.1", server_port(server), alpn=ALPN, keylog_file=keylog,
+                                               credential=pymsquic.Credential.client(), open_timeout=10)
         finally:
             server.close()
 
     with caplog.at_level(logging.WARNING, logger="pymsquic"):
         asyncio.run(main())
-    assert keylog.failures == 1 and keylog.written == 0
+    assert keylog.failures == 1
     assert any("could not write their TLS secrets" in r.getMessage() for r in caplog.records)
+    keylog.close()
+
+
+def test_closed_keylog_keeps_its_counts(tmp_path: Path, cert_files: tuple[Path, Path],
+                                       caplog: pytest.LogCaptureFixture) -> None:
+    """After close() the native counters are gone (freed once no connection holds
+    them): written, failures and repr give the counts saved at close, and a late
+    failure report does nothing, never a read of freed memory."""
+    keylog = pymsquic.KeyLog(tmp_path / "keys")
+    asyncio.run(client_to_aioquic_server(cert_files, keylog, tmp_path / "aioquic.keys"))
+    assert keylog.written == 1 and keylog.failures == 0
+    keylog.close()
+    # Reuse the freed block: the native struct's size class, many times.
+    filler = [pymsquic.KeyLog(tmp_path / f"filler{i}") for i in range(8)]
+    assert keylog.closed
+    assert keylog.written == 1 and keylog.failures == 0
+    assert "written=1 failures=0" in repr(keylog)
+    with caplog.at_level(logging.WARNING, logger="pymsquic"):
+        keylog._report_failures()
+    assert not caplog.records
+    keylog.close()  # twice is fine
+    for other in filler:
+        other.close()
+
+
+def test_secrets_lost_to_version_negotiation_are_a_failure(tmp_path: Path, cert_files: tuple[Path, Path],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """A client offering v2 first to a v1-only aioquic server restarts its handshake
+    after Version Negotiation; msquic 2.5.1 then no longer hands over the secrets.
+    The connection works; the missing lines are a counted and logged failure."""
+    keylog = pymsquic.KeyLog(tmp_path / "keys")
+
+    v2_first = pymsquic.Settings(versions=(pymsquic.QUIC_V2, pymsquic.QUIC_V1))
+    with caplog.at_level(logging.WARNING, logger="pymsquic"):
+        asyncio.run(client_to_plain_aioquic_server(cert_files, keylog, [pymsquic.QUIC_V1], v2_first))
+    assert keylog.failures == 1 and keylog.written == 0
+    assert any("did not hand over" in r.getMessage() for r in caplog.records)
+    keylog.close()
+
+
+def test_fifo_keylog_is_refused(tmp_path: Path) -> None:
+    """A FIFO would block open() (no reader: the event loop) or write() (a slow
+    reader: msquic's workers): refused, with or without a reader, never a hang."""
+    fifo = tmp_path / "keys.fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # so that a plain open() would not block
+    try:
+        with pytest.raises(ValueError, match="regular file"):
+            pymsquic.KeyLog(fifo)
+        with open(fifo, "a") as file, pytest.raises(ValueError, match="regular file"):
+            pymsquic.KeyLog(file)
+    finally:
+        os.close(reader)
+    with pytest.raises(ValueError, match="regular file"):
+        pymsquic.KeyLog(fifo)  # no reader now
 
 
 def test_bad_keylog_path(tmp_path: Path, server_credential: pymsquic.Credential,

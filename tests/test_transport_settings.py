@@ -10,6 +10,7 @@ import select
 import socket
 import ssl
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,10 @@ def test_default_transport_settings_are_msquic_defaults(registration: pymsquic.R
     ("max_bytes_per_key", 1 << 40, ValueError),
     ("stream_recv_window_unidi_default", 3000, ValueError),  # not a power of two
     ("stream_recv_buffer_default", 1024, ValueError),
+    ("stream_recv_buffer_default", 6000, ValueError),  # msquic wants a power of two
+    ("stream_recv_buffer_default", 1 << 17, ValueError),  # above the default stream window (64 KiB)
+    ("initial_window_packets", 2**32 - 1, ValueError),  # times the packet size wraps msquic's uint32
+    ("mtu_discovery_search_complete_timeout_us", 0, ValueError),  # would search again on every send
     ("mtu_discovery_missing_probe_count", 256, ValueError),
     ("send_idle_timeout_ms", -1, ValueError),
     ("congestion_control", "reno", ValueError),
@@ -93,6 +98,16 @@ def test_default_transport_settings_are_msquic_defaults(registration: pymsquic.R
 def test_bad_values_name_the_setting(name: str, value: Any, error: type[Exception]) -> None:
     with pytest.raises(error, match=name):
         pymsquic.Settings(**{name: value})
+
+
+def test_stream_recv_buffer_fits_the_stream_windows() -> None:
+    # msquic allocates it per stream up front and asserts it fits the stream's window.
+    pymsquic.Settings(stream_recv_buffer_default=1 << 17, stream_recv_window_default=1 << 17)
+    with pytest.raises(ValueError, match="stream_recv_window_unidi_default"):
+        pymsquic.Settings(stream_recv_buffer_default=1 << 17, stream_recv_window_default=1 << 17,
+                          stream_recv_window_unidi_default=1 << 16)
+    pymsquic.Settings(initial_window_packets=(2**32 - 1) // 1500)  # the largest allowed
+    pymsquic.Settings(mtu_discovery_search_complete_timeout_us=1_000_000)
 
 
 def test_mtu_bounds_must_be_in_order() -> None:
@@ -180,6 +195,12 @@ def test_connection_reads_back_settings_and_local_address_with_aioquic(
                 conn.dscp = 64
             with pytest.raises(TypeError, match="dscp"):
                 conn.dscp = "46"
+            # Set on a started connection msquic would migrate (and 2.5.1 can abort
+            # then): the native layer refuses, the connection stays where it is.
+            with pytest.raises(pymsquic.QuicError) as refused:
+                conn._set_local_address(("127.0.0.1", free_udp_port()))
+            assert refused.value.status == pymsquic._msquic.lib.QUIC_STATUS_INVALID_STATE
+            assert conn.local_address == ("127.0.0.1", local_port)
             return conn.read_settings(), conn.local_address, conn.stats().path_mtu
         finally:
             await w.call(conn.close)
@@ -251,6 +272,26 @@ def test_ecn_enabled_on_both_sides_makes_the_path_ecn_capable(registration: pyms
 
 
 # ---- the server told of a peer's new address --------------------------------------------
+
+def test_open_timeout_bounds_the_local_addr_step() -> None:
+    """Setting local_addr runs on the loop's default executor: a busy one must
+    not hold connect() past open_timeout."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(max_workers=1))
+        release = threading.Event()
+        busy = loop.run_in_executor(None, release.wait)  # the only worker, taken
+        try:
+            with pytest.raises(asyncio.TimeoutError, match="connect"):
+                await asyncio.wait_for(pymsquic.asyncio.connect(
+                    "127.0.0.1", free_udp_port(), alpn=ALPN, credential=client_credential(),
+                    local_addr=("127.0.0.1", 0), open_timeout=0.5), WAIT)
+        finally:
+            release.set()
+            await busy
+
+    asyncio.run(main())
+
 
 def test_local_addr_refuses_what_is_not_an_ip_and_port() -> None:
     for bad, error in [(("localhost", 0), ValueError), (("127.0.0.1", 70000), ValueError),

@@ -5,10 +5,14 @@ aioquic saw it, version mismatches failing clearly."""
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 import ssl
+import subprocess
+import sys
 import threading
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import pytest
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
@@ -41,13 +45,24 @@ def cert_files(tmp_path: Path, server_credential: pymsquic.Credential) -> tuple[
     return write_cert_files(tmp_path, server_credential)
 
 
-@pytest.fixture
-def server_versions() -> Iterator[None]:
-    """Tests that change the process-wide server versions put msquic's defaults back."""
-    try:
-        yield
-    finally:
-        pymsquic.set_server_versions(None)
+IN_CHILD = "PYMSQUIC_TEST_VERSIONS_CHILD"
+
+
+def in_child_process(test: Callable[..., None]) -> Callable[..., None]:
+    """Run the test in a child pytest: set_server_versions() leaves msquic's
+    version negotiation extension on for the rest of its process (msquic peers
+    then meet in v2), which must not leak into the tests that follow."""
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        if os.environ.get(IN_CHILD):
+            test(*args, **kwargs)
+            return
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", f"{__file__}::{test.__name__}"],
+            env={**os.environ, IN_CHILD: "1"}, cwd=Path(__file__).parent.parent,
+            capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    return run
 
 
 async def against_aioquic_server(cert_files: tuple[Path, Path], settings: Settings | None,
@@ -137,7 +152,8 @@ def test_versions_setting_is_checked_and_read_back(registration: pymsquic.Regist
         pymsquic.Configuration(registration, ALPN, server_credential, Settings(versions=(QUIC_V1,)))
 
 
-def test_server_versions_read_back(server_versions: None) -> None:
+@in_child_process
+def test_server_versions_read_back() -> None:
     assert pymsquic.server_versions() is None
     pymsquic.set_server_versions([QUIC_V1])
     assert pymsquic.server_versions() == (QUIC_V1,)
@@ -150,13 +166,26 @@ def test_server_versions_read_back(server_versions: None) -> None:
     assert pymsquic.server_versions() is None
 
 
-def test_server_versions_refused_while_listening(server_credential: pymsquic.Credential,
-                                                 server_versions: None) -> None:
+@in_child_process
+def test_server_versions_refused_while_listening(server_credential: pymsquic.Credential) -> None:
     with pymsquic.sync.serve(lambda conn: None, "127.0.0.1", 0, alpn=ALPN, credential=server_credential):
-        with pytest.raises(RuntimeError, match="listener"):
+        with pytest.raises(RuntimeError, match="configuration"):
             pymsquic.set_server_versions([QUIC_V1])
     assert pymsquic.server_versions() is None
     pymsquic.set_server_versions([QUIC_V1])  # once it stopped
+    assert pymsquic.server_versions() == (QUIC_V1,)
+
+
+@in_child_process
+def test_server_versions_refused_while_a_configuration_is_open(registration: pymsquic.Registration) -> None:
+    # msquic re-copies every configuration's version list without a lock while
+    # workers copy it for new connections: only at start-up, before any.
+    conf = pymsquic.Configuration(registration, ALPN, CLIENT)
+    with pytest.raises(RuntimeError, match="1 configuration"):
+        pymsquic.set_server_versions([QUIC_V1])
+    assert pymsquic.server_versions() is None
+    conf.close()
+    pymsquic.set_server_versions([QUIC_V1])
     assert pymsquic.server_versions() == (QUIC_V1,)
 
 
@@ -214,8 +243,8 @@ def test_pymsquic_client_v2_only_against_v1_only_server(cert_files: tuple[Path, 
                                            [QuicProtocolVersion.VERSION_2]))
 
 
-def test_aioquic_v2_only_client_against_v1_only_pymsquic_server(server_credential: pymsquic.Credential,
-                                                                server_versions: None) -> None:
+@in_child_process
+def test_aioquic_v2_only_client_against_v1_only_pymsquic_server(server_credential: pymsquic.Credential) -> None:
     pymsquic.set_server_versions([QUIC_V1])
     with pytest.raises(ConnectionError):
         asyncio.run(pymsquic_server_exchange(server_credential, [QuicProtocolVersion.VERSION_2]))
@@ -224,8 +253,8 @@ def test_aioquic_v2_only_client_against_v1_only_pymsquic_server(server_credentia
     assert info.quic_version == QUIC_V1
 
 
-def test_pymsquic_v1_only_client_against_v2_only_pymsquic_server(server_credential: pymsquic.Credential,
-                                                                 server_versions: None) -> None:
+@in_child_process
+def test_pymsquic_v1_only_client_against_v2_only_pymsquic_server(server_credential: pymsquic.Credential) -> None:
     pymsquic.set_server_versions([QUIC_V2])
 
     async def main() -> None:
@@ -294,3 +323,17 @@ def test_handshake_info_before_and_after(server_credential: pymsquic.Credential)
             assert info.group is None and info.group_id == 0
 
     asyncio.run(main())
+
+
+def test_this_process_kept_msquic_defaults(server_credential: pymsquic.Credential) -> None:
+    """Last in the file: the set_server_versions() tests above left this process
+    as it was (msquic's version negotiation extension off), so two pymsquic peers
+    with default settings still meet in v1."""
+    async def main() -> int | None:
+        async with pymsquic.asyncio.serve(lambda conn: conn.wait_closed(), "127.0.0.1", 0, alpn=ALPN,
+                                          credential=server_credential) as server:
+            async with pymsquic.asyncio.connect("127.0.0.1", server.addresses[0][1], alpn=ALPN,
+                                                credential=CLIENT, open_timeout=10) as conn:
+                return conn.quic_version
+
+    assert asyncio.run(main()) == QUIC_V1

@@ -458,6 +458,7 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
             self._released = True
             lib.pmq_conn_abandon(self._conn)
             self.logger.debug("closed: %s", self.close_reason or "shutting down")
+            self._report_keylog()  # what SHUTDOWN_COMPLETE failed to write (a failed handshake's secrets)
 
     def __repr__(self) -> str:
         if self.is_closed:

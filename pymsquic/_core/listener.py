@@ -87,7 +87,9 @@ class ListenerStats:
     # the handshake's end). Not compared by ==: they are msquic's view of the same events.
     msquic_accepted: int = field(default=0, compare=False)   # NEW_CONNECTION accepted
     msquic_rejected: int = field(default=0, compare=False)   # NEW_CONNECTION refused
-    binding_packets_dropped: int = field(default=0, compare=False)  # dropped by the listener's UDP binding
+    # Dropped by the listener's UDP binding. Unreliable in msquic 2.5.1: it never
+    # initialises the binding's counter (heap garbage plus the drops), so no test checks it.
+    binding_packets_dropped: int = field(default=0, compare=False)
 
 
 #: Handshakes in progress a listener allows by default: well above what msquic's

@@ -265,23 +265,33 @@ class connect:
         host, port, server_name = self._host, self._port, self._server_name
         loop = asyncio.get_running_loop()
         deadline = None if self._open_timeout is None else loop.time() + self._open_timeout
+
+        async def off_loop(step: Callable[..., Any], *args: Any) -> None:
+            # A step that waits for a msquic worker, on the default executor (whose
+            # queue can be long): bounded by open_timeout like the rest of connect().
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                await asyncio.wait_for(loop.run_in_executor(None, step, *args), left)
+            except asyncio.TimeoutError:
+                raise asyncio.TimeoutError(f"connect() timed out after {self._open_timeout} s") from None
+
         try:
             if self._local_addr is not None:
                 # Setting the address waits for a msquic worker: not on the loop's thread.
-                await loop.run_in_executor(None, conn._set_local_address, self._local_addr)
+                await off_loop(conn._set_local_address, self._local_addr)
             early = conn._prepare_resumption(*self._resumption)
             if self._resumption[2] is not None:
                 conn._attach_to_running_loop(loop)  # tickets wake this loop from now on
             if is_ip_literal(host) and server_name in (None, host) and not conn._start_blocks:
                 if self._resumption[0] is not None:
                     # Setting the ticket waits for a msquic worker: not on the loop's thread.
-                    await loop.run_in_executor(None, conn._apply_resumption)
+                    await off_loop(conn._apply_resumption)
                 conn._start(host, port, server_name, None)  # never blocks
             else:
                 # open_timeout covers the name lookup too, as websockets' does.
                 remote = await asyncio.wait_for(resolve_async(host, port), self._open_timeout)
                 # Setting the address (and a ticket) waits for a msquic worker: not on the loop's thread.
-                await loop.run_in_executor(None, conn._start_resuming, host, port, server_name, remote)
+                await off_loop(conn._start_resuming, host, port, server_name, remote)
             if early:
                 return conn  # 0-RTT: the handshake goes on (wait_handshake)
             await conn._wait(conn._connected_or_raise, "connect()",
