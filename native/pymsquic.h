@@ -531,7 +531,7 @@ typedef struct pmq_conn_stats_v2 {
 typedef struct pmq_listener_msquic_stats {
     uint64_t total_accepted;
     uint64_t total_rejected;
-    uint64_t binding_packets_dropped;
+    /* Not BindingRecvDroppedPackets: msquic 2.5.1 never initialises it (heap garbage). */
 } pmq_listener_msquic_stats;
 
 /* msquic's QUIC_STREAM_STATISTICS, field for field (a memcpy fills it): µs a

@@ -131,7 +131,6 @@ QUIC_STATUS pmq_listener_get_msquic_stats(pmq_listener *listener, pmq_listener_m
     if (QUIC_SUCCEEDED(status)) {
         out->total_accepted = stats.TotalAcceptedConnections;
         out->total_rejected = stats.TotalRejectedConnections;
-        out->binding_packets_dropped = stats.BindingRecvDroppedPackets;
     }
     return status;
 }
