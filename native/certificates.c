@@ -66,7 +66,10 @@ QUIC_STATUS pmq_cert_on_received(pmq_conn *c, QUIC_CONNECTION_EVENT *event)
     uint32_t mode = k->mode;
     pthread_mutex_unlock(&obj->lock);
     if (mode == PMQ_CERT_CHECK_OFF) {
-        return QUIC_STATUS_SUCCESS; /* msquic checked it itself */
+        /* msquic checked it itself, and acted on it unless the credential deferred:
+         * a deferred failure nobody will look at is a rejection (fail closed). */
+        return QUIC_FAILED(event->PEER_CERTIFICATE_RECEIVED.DeferredStatus) ? QUIC_STATUS_BAD_CERTIFICATE
+                                                                            : QUIC_STATUS_SUCCESS;
     }
     /* With USE_PORTABLE_CERTIFICATES both are QUIC_BUFFERs of DER. */
     const QUIC_BUFFER *leaf = (const QUIC_BUFFER *)event->PEER_CERTIFICATE_RECEIVED.Certificate;

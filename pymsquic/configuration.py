@@ -205,6 +205,14 @@ class Credential:
     #: Server with ``verify``: refuse clients that send no certificate.
     require_client_certificate: bool = False
 
+    def __post_init__(self) -> None:
+        # msquic acts on its own chain check only without the deferral flag: a
+        # deferred credential without a callable would leave nobody to decide.
+        deferred = bool(self.flags & lib.PMQ_CRED_FLAG_DEFER_CERTIFICATE_VALIDATION)
+        if deferred != (self.verify is not None):
+            raise ValueError("a credential defers certificate validation exactly when it has a verify callable "
+                             f"(flags={self.flags:#x}, verify={self.verify!r})")
+
     @property
     def is_client(self) -> bool:
         return bool(self.flags & lib.QUIC_CREDENTIAL_FLAG_CLIENT)
@@ -303,7 +311,9 @@ class Credential:
             raise ValueError("requiring_client_auth() is for server credentials")
         if not required and verify is None:
             raise ValueError("required=False needs verify=")
-        return dataclasses.replace(self, flags=self.flags | _server_flags(required, ca_file, verify),
+        # Recomputed, not OR-ed: a previous verify_client's deferral must not outlive it.
+        flags = self.flags & ~_CLIENT_AUTH_FLAGS
+        return dataclasses.replace(self, flags=flags | _server_flags(required, ca_file, verify),
                                    ca_file=_optional_file(ca_file), verify=verify,
                                    require_client_certificate=required)
 
@@ -354,6 +364,12 @@ def _ca_flag(ca_file: object) -> int:
 # The peer's certificate is copied (as DER) for Connection.peer_certificate.
 _PEER_CERTIFICATE_FLAGS = (lib.QUIC_CREDENTIAL_FLAG_INDICATE_CERTIFICATE_RECEIVED
                            | lib.QUIC_CREDENTIAL_FLAG_USE_PORTABLE_CERTIFICATES)
+
+
+# What _server_flags may add: requiring_client_auth() clears them before recomputing.
+_CLIENT_AUTH_FLAGS = (lib.QUIC_CREDENTIAL_FLAG_REQUIRE_CLIENT_AUTHENTICATION
+                      | lib.QUIC_CREDENTIAL_FLAG_SET_CA_CERTIFICATE_FILE | _PEER_CERTIFICATE_FLAGS
+                      | lib.PMQ_CRED_FLAG_DEFER_CERTIFICATE_VALIDATION)
 
 
 def _server_flags(require_client_auth: bool, ca_file: object, verify: object = None) -> int:

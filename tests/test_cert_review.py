@@ -1,0 +1,72 @@
+"""Regression tests for the review of the certificate checks (issue 10): each
+test failed before its fix. Real msquic over loopback, aioquic as the peer."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import pytest
+from test_certificates import CRYPTO_ERROR, AioquicPeer, Recorder, aioquic_client, make_cert, serve_with, worlds_asyncio
+
+import pymsquic
+from pymsquic._msquic import lib
+
+BAD_CERTIFICATE = 42
+
+
+def client_with_certificate(tmp_path: Path, credential: pymsquic.Credential,
+                            registration: pymsquic.Registration) -> AioquicPeer:
+    """An aioquic client presenting a self-signed certificate to a pymsquic server of ``credential``."""
+    client_cert = make_cert(tmp_path, "client.example")
+
+    async def main() -> AioquicPeer:
+        async with await serve_with(worlds_asyncio(), registration, credential=credential) as server:
+            return await aioquic_client(server.port, "localhost", client_cert)
+
+    return asyncio.run(main())
+
+
+# ---- 1: a server credential never fails open ------------------------------------------
+
+def test_requiring_client_auth_without_verify_drops_the_deferral(tmp_path: Path,
+                                                                 registration: pymsquic.Registration) -> None:
+    """verify_client, then requiring_client_auth(ca_file) without verify: msquic's
+    own check against ca_file decides again (the deferral flag left behind
+    accepted any client certificate)."""
+    server_cert = make_cert(tmp_path, "localhost")
+    ca = make_cert(tmp_path, "ca.example")
+    first = pymsquic.Credential.from_files(server_cert.certfile, server_cert.keyfile, verify_client=Recorder(True))
+    credential = first.requiring_client_auth(ca_file=ca.certfile)
+    assert not credential.flags & lib.PMQ_CRED_FLAG_DEFER_CERTIFICATE_VALIDATION
+    peer = client_with_certificate(tmp_path, credential, registration)
+    assert not peer.buffers  # the handler never ran
+    assert peer.terminated is not None and peer.terminated.error_code != 0
+
+
+def test_deferral_flag_and_verify_go_together(tmp_path: Path) -> None:
+    server_cert = make_cert(tmp_path, "localhost")
+    deferred = pymsquic.Credential.from_files(server_cert.certfile, server_cert.keyfile, verify_client=Recorder())
+    with pytest.raises(ValueError, match="verify"):
+        dataclasses.replace(deferred, verify=None)
+    plain = pymsquic.Credential.from_files(server_cert.certfile, server_cert.keyfile)
+    with pytest.raises(ValueError, match="verify"):
+        dataclasses.replace(plain, verify=Recorder())
+    with pytest.raises(ValueError, match="verify"):
+        pymsquic.Credential(lib.PMQ_CRED_NONE, lib.QUIC_CREDENTIAL_FLAG_CLIENT
+                            | lib.PMQ_CRED_FLAG_DEFER_CERTIFICATE_VALIDATION)
+
+
+def test_native_check_off_with_deferred_failure_rejects(tmp_path: Path,
+                                                        registration: pymsquic.Registration) -> None:
+    """The C side fails closed on its own: a deferred credential whose check mode
+    is off (no callable) rejects a certificate msquic's chain check failed."""
+    server_cert = make_cert(tmp_path, "localhost")
+    credential = pymsquic.Credential.from_files(server_cert.certfile, server_cert.keyfile,
+                                                verify_client=Recorder(True))
+    object.__setattr__(credential, "verify", None)  # what __post_init__ refuses: only C stands in the way
+    assert credential.cert_check_mode == lib.PMQ_CERT_CHECK_OFF
+    peer = client_with_certificate(tmp_path, credential, registration)
+    assert not peer.buffers
+    assert peer.terminated is not None and peer.terminated.error_code == CRYPTO_ERROR + BAD_CERTIFICATE
