@@ -9,7 +9,7 @@ import os
 from typing import Any, Iterable, Sequence, Union
 
 from . import _native
-from ._core.certificates import VerifyCallback, VerifyLike, check_mode, verify_default
+from ._core.certificates import VerifyCallback, VerifyLike, check_mode, check_verify_callable, verify_default
 from ._msquic import ffi, lib
 from .errors import QuicError
 from .registration import Registration
@@ -263,16 +263,20 @@ class Credential:
         ``verify(check)`` gets a :class:`~pymsquic.CertificateCheck` (the
         server's chain as DER, leaf first, the server name, and whether msquic
         verified the chain against ``ca_file`` or the system store) and returns
-        truthy to accept. It alone decides, after msquic's own chain check:
-        pinning a self-signed certificate by its fingerprint works. Falsy, or
-        an exception (logged on the connection's logger), rejects: the server
+        True to accept. It alone decides, after msquic's own chain check:
+        pinning a self-signed certificate by its fingerprint works. Anything
+        but True (False, None, another object, an awaitable), or an exception
+        (logged on the connection's logger), rejects: the server
         gets the TLS alert bad_certificate and ``connect`` raises
         :class:`~pymsquic.HandshakeError`. It runs in ``connect``, on the
         thread (or event loop) that waits for the handshake, never on msquic's:
-        keep it quick (on an event loop it holds up everything else).
+        keep it quick (on an event loop it holds up everything else). An
+        ``async def`` function is refused (TypeError): it would never be awaited.
         """
         flags = lib.QUIC_CREDENTIAL_FLAG_CLIENT | _ca_flag(ca_file) | _PEER_CERTIFICATE_FLAGS
         callback: VerifyCallback | None = None
+        if callable(verify):
+            check_verify_callable(verify, "verify")
         if verify is True or callable(verify):
             # True: msquic's chain check plus the name check, in Python through the same deferred path.
             callback = verify_default if verify is True else verify
@@ -374,8 +378,7 @@ _CLIENT_AUTH_FLAGS = (lib.QUIC_CREDENTIAL_FLAG_REQUIRE_CLIENT_AUTHENTICATION
 
 def _server_flags(require_client_auth: bool, ca_file: object, verify: object = None) -> int:
     if verify is not None:
-        if not callable(verify):
-            raise TypeError(f"verify_client must be callable, not {type(verify).__name__}")
+        check_verify_callable(verify, "verify_client")
         # Asks for a certificate (msquic's REQUIRE_CLIENT_AUTHENTICATION); deferred,
         # a client sending none is decided by the check mode (certificates.c).
         return (lib.QUIC_CREDENTIAL_FLAG_REQUIRE_CLIENT_AUTHENTICATION | _ca_flag(ca_file) | _PEER_CERTIFICATE_FLAGS

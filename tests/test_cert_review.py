@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_certificates import CRYPTO_ERROR, AioquicPeer, Recorder, aioquic_client, make_cert, serve_with, worlds_asyncio
@@ -70,3 +73,60 @@ def test_native_check_off_with_deferred_failure_rejects(tmp_path: Path,
     peer = client_with_certificate(tmp_path, credential, registration)
     assert not peer.buffers
     assert peer.terminated is not None and peer.terminated.error_code == CRYPTO_ERROR + BAD_CERTIFICATE
+
+
+# ---- 2: only True accepts; async checks are refused -----------------------------------
+
+async def _async_check(check: pymsquic.CertificateCheck) -> bool:
+    return True
+
+
+class _AsyncCallable:
+    async def __call__(self, check: pymsquic.CertificateCheck) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("verify", [_async_check, _AsyncCallable()], ids=["function", "object"])
+def test_async_verify_is_refused_at_construction(verify: Any, tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="async"):
+        pymsquic.Credential.client(verify=verify)
+    server_cert = make_cert(tmp_path, "localhost")
+    with pytest.raises(TypeError, match="async"):
+        pymsquic.Credential.from_files(server_cert.certfile, server_cert.keyfile, verify_client=verify)
+    with pytest.raises(TypeError, match="async"):
+        server_cert.credential.requiring_client_auth(verify=verify)
+
+
+@pytest.mark.parametrize("answer", ["yes", 1, [0]], ids=repr)
+def test_only_true_accepts(answer: Any, tmp_path: Path, caplog: Any,
+                           registration: pymsquic.Registration) -> None:
+    server_cert = make_cert(tmp_path, "localhost")
+    recorder = Recorder(answer)
+    credential = server_cert.credential.requiring_client_auth(verify=recorder)
+    with caplog.at_level(logging.ERROR, logger="pymsquic"):
+        peer = client_with_certificate(tmp_path, credential, registration)
+    assert len(recorder.checks) == 1
+    assert not peer.buffers
+    assert peer.terminated is not None and peer.terminated.error_code == CRYPTO_ERROR + BAD_CERTIFICATE
+    assert any("not a bool" in r.getMessage() for r in caplog.records)
+
+
+def test_awaitable_result_is_refused_and_closed(tmp_path: Path, caplog: Any,
+                                                registration: pymsquic.Registration) -> None:
+    """A plain callable that returns a coroutine (an async check in disguise):
+    refused, and the coroutine closed, never left to warn 'never awaited'."""
+    server_cert = make_cert(tmp_path, "localhost")
+    made: list[Any] = []
+
+    def verify(check: pymsquic.CertificateCheck) -> Any:
+        made.append(_async_check(check))
+        return made[-1]
+
+    credential = server_cert.credential.requiring_client_auth(verify=verify)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with caplog.at_level(logging.ERROR, logger="pymsquic"):
+            peer = client_with_certificate(tmp_path, credential, registration)
+        assert len(made) == 1 and made[0].cr_frame is None  # closed
+    assert peer.terminated is not None and peer.terminated.error_code == CRYPTO_ERROR + BAD_CERTIFICATE
+    assert any("awaitable" in r.getMessage() for r in caplog.records)

@@ -12,6 +12,7 @@ the handshake (``connect``) or accepts connections (the listener's
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import ipaddress
 import logging
 from typing import Any, Callable, Union
@@ -20,7 +21,7 @@ from .._msquic import ffi, lib
 from ..errors import status_name
 
 #: ``verify=`` of :meth:`Credential.client` and ``verify_client=`` of the server
-#: credentials: gets a :class:`CertificateCheck`, returns truthy to accept.
+#: credentials: gets a :class:`CertificateCheck`, returns True to accept (anything else refuses).
 VerifyCallback = Callable[["CertificateCheck"], Any]
 VerifyLike = Union[bool, VerifyCallback]
 
@@ -125,8 +126,8 @@ def _chain(taken: Any) -> list[bytes]:
 def run_check(native_conn: Any, taken: Any, verify: VerifyCallback | None, server_name: str | None,
               log: logging.Logger | logging.LoggerAdapter) -> str | None:  # type: ignore[type-arg]
     """Run ``verify`` on a check taken from ``native_conn`` and complete it:
-    accepted if it returns truthy; rejected (alert bad_certificate) if it
-    returns falsy or raises (logged on ``log``). Frees ``taken``. Returns
+    accepted if it returns True; rejected (alert bad_certificate) if it
+    returns anything else or raises (logged on ``log``). Frees ``taken``. Returns
     None if accepted, else why not."""
     # Completed whatever happens (KeyboardInterrupt included): a taken check nobody
     # completes holds the handshake until its idle timeout.
@@ -137,7 +138,7 @@ def run_check(native_conn: Any, taken: Any, verify: VerifyCallback | None, serve
         lib.pmq_cert_taken_clear(taken)
         if verify is verify_default:
             refusal = _default_refusal(check)
-        elif verify is not None and verify(check):
+        elif verify is not None and _accepted(verify(check), verify, log):
             refusal = None
         else:
             refusal = f"rejected by {verify!r}", BAD_CERTIFICATE
@@ -150,6 +151,31 @@ def run_check(native_conn: Any, taken: Any, verify: VerifyCallback | None, serve
             log.info("certificate of %s refused: %s", server_name or "the peer", refusal[0])
         lib.pmq_conn_cert_complete(native_conn, refusal is None, refusal[1] if refusal else BAD_CERTIFICATE)
     return None if refusal is None else refusal[0]
+
+
+def _accepted(result: object, verify: VerifyCallback, log: logging.Logger | logging.LoggerAdapter) -> bool:  # type: ignore[type-arg]
+    """Only True accepts: a coroutine or another awaitable (an ``async`` check
+    nobody awaits) or any other object is a refusal, never truthiness."""
+    if result is True:
+        return True
+    if inspect.isawaitable(result):
+        close = getattr(result, "close", None)
+        if callable(close):
+            close()  # never awaited: no "coroutine was never awaited" warning later
+        log.error("certificate check %r returned an awaitable: checks run synchronously and must return "
+                  "True or False; rejecting the certificate", verify)
+    elif result is not False:
+        log.error("certificate check %r returned %r, not a bool; rejecting the certificate", verify, result)
+    return False
+
+
+def check_verify_callable(verify: object, what: str) -> None:
+    """TypeError unless ``verify`` is a plain (not ``async``) callable."""
+    if not callable(verify):
+        raise TypeError(f"{what} must be callable, not {type(verify).__name__}")
+    if inspect.iscoroutinefunction(verify) or inspect.iscoroutinefunction(getattr(verify, "__call__", None)):
+        raise TypeError(f"{what} must be a plain function returning True or False, not an async function: "
+                        "it runs synchronously during the handshake")
 
 
 def check_mode(verify: object, require: bool) -> int:
