@@ -173,7 +173,8 @@ def check_verify_callable(verify: object, what: str) -> None:
     """TypeError unless ``verify`` is a plain (not ``async``) callable."""
     if not callable(verify):
         raise TypeError(f"{what} must be callable, not {type(verify).__name__}")
-    if inspect.iscoroutinefunction(verify) or inspect.iscoroutinefunction(getattr(verify, "__call__", None)):
+    # An object whose __call__ is async is as much an async check as a function.
+    if inspect.iscoroutinefunction(verify) or inspect.iscoroutinefunction(type(verify).__call__):
         raise TypeError(f"{what} must be a plain function returning True or False, not an async function: "
                         "it runs synchronously during the handshake")
 
