@@ -11,7 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_certificates import CRYPTO_ERROR, AioquicPeer, Recorder, aioquic_client, make_cert, serve_with, worlds_asyncio
+from test_certificates import (
+    CRYPTO_ERROR,
+    AioquicPeer,
+    Recorder,
+    aioquic_client,
+    aioquic_server,
+    make_cert,
+    pymsquic_connect,
+    serve_with,
+    worlds_asyncio,
+)
 
 import pymsquic
 from pymsquic._msquic import lib
@@ -130,3 +140,24 @@ def test_awaitable_result_is_refused_and_closed(tmp_path: Path, caplog: Any,
         assert len(made) == 1 and made[0].cr_frame is None  # closed
     assert peer.terminated is not None and peer.terminated.error_code == CRYPTO_ERROR + BAD_CERTIFICATE
     assert any("awaitable" in r.getMessage() for r in caplog.records)
+
+
+# ---- 3: an internationalised name is checked as sent (IDNA) ------------------------------
+
+def test_default_verify_with_idna_server_name(tmp_path: Path, registration: pymsquic.Registration) -> None:
+    server_cert = make_cert(tmp_path, "xn--bcher-kva.example")  # bücher.example, as certificates hold it
+    recorder = Recorder(True)
+
+    async def main() -> None:
+        server, port, _ = await aioquic_server(server_cert)
+        try:
+            w = worlds_asyncio()
+            credential = pymsquic.Credential.client(ca_file=server_cert.certfile)  # verify=True
+            assert await pymsquic_connect(w, port, registration, credential, "bücher.example") == server_cert.der
+            await pymsquic_connect(w, port, registration, pymsquic.Credential.client(verify=recorder),
+                                   "Bücher.example")
+        finally:
+            server.close()
+
+    asyncio.run(main())
+    assert recorder.checks[0].server_name == "xn--bcher-kva.example"

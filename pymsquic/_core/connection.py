@@ -130,8 +130,8 @@ class ConnectionCore(Generic[S]):
         """Start the handshake. With ``remote`` None, ``host`` is an IP literal that
         msquic takes as the address (and sends no SNI): this never blocks."""
         sni = server_name or host
-        self._sni = sni
         name = sni.encode() if is_ip_literal(sni) else sni.encode("idna")
+        self._sni = name.decode("ascii")  # the name sent (IDNA): what the certificate's SANs hold
         status = lib.pmq_conn_start(self._conn, self.configuration.handle,
                                     remote if remote is not None else ffi.NULL, name, port)
         if failed(status):
