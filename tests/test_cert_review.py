@@ -161,3 +161,26 @@ def test_default_verify_with_idna_server_name(tmp_path: Path, registration: pyms
 
     asyncio.run(main())
     assert recorder.checks[0].server_name == "xn--bcher-kva.example"
+
+
+# ---- 5: the default check refuses a client check without a server name ---------------------
+
+def test_default_verify_without_server_name_refuses(tmp_path: Path) -> None:
+    from pymsquic._core.certificates import verify_default
+
+    cert = make_cert(tmp_path, "localhost")
+    assert verify_default(pymsquic.CertificateCheck([cert.der], "localhost"))
+    assert not verify_default(pymsquic.CertificateCheck([cert.der], None))
+
+
+# ---- 6: a wildcard needs at least two labels after "*." -------------------------------------
+
+@pytest.mark.parametrize("pattern, name, matches", [
+    ("*.com", "example.com", False),
+    ("*.com.", "example.com", False),
+    ("*.example.com", "a.example.com", True),
+    ("*.example.com", "example.com", False),
+    ("*.example.com", "a.b.example.com", False),
+])
+def test_wildcard_needs_two_labels(pattern: str, name: str, matches: bool, tmp_path: Path) -> None:
+    assert pymsquic.server_name_matches(make_cert(tmp_path, pattern).der, name) is matches

@@ -63,7 +63,7 @@ def server_name_matches(certificate: bytes, server_name: str) -> bool:
     """Whether a DER certificate is valid for ``server_name``: an IP literal
     against its IP address SANs, a host name against its DNS SANs (case-
     insensitive; a ``*.`` wildcard stands for exactly one whole left-most
-    label). The subject's common name is not used, as in Python's ssl."""
+    label, and needs two labels after it: ``*.com`` matches nothing). The subject's common name is not used, as in Python's ssl."""
     from cryptography import x509
 
     try:
@@ -82,7 +82,8 @@ def server_name_matches(certificate: bytes, server_name: str) -> bool:
         pattern = pattern.rstrip(".").lower()
         if pattern == name:
             return True
-        if pattern.startswith("*.") and "." in name:
+        # "*.com" would stand for a whole top-level domain: a wildcard needs two labels after it.
+        if pattern.startswith("*.") and "." in pattern[2:] and "." in name:
             label, rest = name.split(".", 1)
             if label and rest == pattern[2:] and "*" not in rest:
                 return True
@@ -91,7 +92,8 @@ def server_name_matches(certificate: bytes, server_name: str) -> bool:
 
 def verify_default(check: CertificateCheck) -> bool:
     """``verify=True``: msquic verified the chain, and the leaf is valid for the
-    server name (which msquic 2.5.1 does not check: microsoft/msquic#6274)."""
+    server name (which msquic 2.5.1 does not check: microsoft/msquic#6274).
+    Without a server name it refuses."""
     return _default_refusal(check) is None
 
 
@@ -100,7 +102,9 @@ def _default_refusal(check: CertificateCheck) -> tuple[str, int] | None:
     if not check.chain_verified:
         return f"its chain did not verify ({check.chain_error})", _CHAIN_ALERTS.get(check.chain_error or "",
                                                                                     BAD_CERTIFICATE)
-    if check.server_name is not None and not server_name_matches(check.leaf, check.server_name):
+    if check.server_name is None:  # nothing to check the name against: never a silent pass
+        return "there is no server name to check it against", BAD_CERTIFICATE
+    if not server_name_matches(check.leaf, check.server_name):
         return f"it is not valid for {check.server_name!r}", BAD_CERTIFICATE
     return None
 
