@@ -63,7 +63,8 @@ def server_name_matches(certificate: bytes, server_name: str) -> bool:
     """Whether a DER certificate is valid for ``server_name``: an IP literal
     against its IP address SANs, a host name against its DNS SANs (case-
     insensitive; a ``*.`` wildcard stands for exactly one whole left-most
-    label, and needs two labels after it: ``*.com`` matches nothing). The subject's common name is not used, as in Python's ssl."""
+    label, and needs two labels after it: ``*.com`` matches nothing). The
+    subject's common name is not used, as in Python's ssl."""
     from cryptography import x509
 
     try:
