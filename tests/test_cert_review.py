@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from test_certificates import (
     CRYPTO_ERROR,
+    WAIT,
     AioquicPeer,
     Recorder,
     aioquic_client,
@@ -25,6 +26,8 @@ from test_certificates import (
 
 import pymsquic
 from pymsquic._msquic import lib
+
+from conftest import ALPN
 
 BAD_CERTIFICATE = 42
 
@@ -184,3 +187,37 @@ def test_default_verify_without_server_name_refuses(tmp_path: Path) -> None:
 ])
 def test_wildcard_needs_two_labels(pattern: str, name: str, matches: bool, tmp_path: Path) -> None:
     assert pymsquic.server_name_matches(make_cert(tmp_path, pattern).der, name) is matches
+
+
+# ---- 8: a taken server check is completed whatever raises before the callable -------------
+
+def test_server_check_completed_when_preparing_it_raises(tmp_path: Path, registration: pymsquic.Registration,
+                                                         monkeypatch: Any) -> None:
+    """Fault injection: reading the connection's record raises before the
+    callable runs; the check is still completed (rejected at once), not left
+    to the handshake idle timeout (60 s here, beyond the test's wait)."""
+    import pymsquic._core.listener as core_listener
+
+    def broken(info: Any) -> Any:
+        raise KeyboardInterrupt
+
+    server_cert = make_cert(tmp_path, "localhost")
+    client_cert = make_cert(tmp_path, "client.example")
+    recorder = Recorder(True)
+    config = pymsquic.Configuration(registration, ALPN, server_cert.credential.requiring_client_auth(verify=recorder),
+                                    pymsquic.Settings(handshake_idle_timeout_ms=60_000))
+    client = pymsquic.Credential.client(verify=False, certfile=client_cert.certfile, keyfile=client_cert.keyfile)
+    with pymsquic.sync.Listener(registration, config) as listener:
+        listener.start(ALPN, ("127.0.0.1", 0))
+        conn = pymsquic.sync.connect("127.0.0.1", listener.local_address[1], alpn=ALPN,  # type: ignore[index]
+                                     credential=client, registration=registration, server_name="localhost",
+                                     open_timeout=WAIT)
+        monkeypatch.setattr(core_listener, "_new_connection_info", broken)
+        with pytest.raises(KeyboardInterrupt):
+            listener.accept(timeout=WAIT)
+        monkeypatch.undo()
+        conn.wait_closed(timeout=WAIT)
+        reason = conn.close_reason
+        assert isinstance(reason, pymsquic.HandshakeError) and reason.alert == BAD_CERTIFICATE, reason
+        assert recorder.checks == []
+        conn.close()

@@ -33,7 +33,7 @@ from ..keylog import native as native_keylog
 from ..keylog import resolve as resolve_keylog
 from ..registration import Registration
 from ..versions import HandshakeInfo
-from .certificates import run_check
+from .certificates import BAD_CERTIFICATE, run_check
 from .stream import StreamCore
 
 if TYPE_CHECKING:
@@ -482,8 +482,12 @@ class ConnectionCore(Generic[S]):
         """Runs the credential's ``verify`` callable on a check msquic deferred (client)."""
         taken = ffi.new("pmq_cert_taken *")
         if lib.pmq_conn_cert_take(self._conn, taken):
-            verify = self.configuration.credential.verify
-            self._certificate_refusal = run_check(self._conn, taken, verify, self._sni, self.logger)
+            try:
+                verify = self.configuration.credential.verify
+                self._certificate_refusal = run_check(self._conn, taken, verify, self._sni, self.logger)
+            finally:  # completed even if something raised before run_check (a no-op once it did)
+                lib.pmq_cert_taken_clear(taken)
+                lib.pmq_conn_cert_complete(self._conn, False, BAD_CERTIFICATE)
 
     def _certificate_rejected(self, reason: ConnectionClosed) -> ConnectionClosed:
         """The handshake error to raise: says so when our own check rejected the certificate."""

@@ -25,7 +25,7 @@ from ..keylog import KeyLogLike
 from ..keylog import native as native_keylog
 from ..keylog import resolve as resolve_keylog
 from ..registration import Registration
-from .certificates import run_check
+from .certificates import BAD_CERTIFICATE, run_check
 from .connection import ConnectionCore
 
 logger = logging.getLogger("pymsquic")
@@ -335,6 +335,10 @@ class ListenerCore(Generic[C]):
                 credential = self._configurations[taken.tag].credential
                 run_check(conn[0], taken, credential.verify, _new_connection_info(info).server_name, logger)
             finally:
+                # Whatever raised before run_check completed it (the lookup, an interrupt):
+                # rejected now, not left to the handshake idle timeout. A no-op once completed.
+                lib.pmq_cert_taken_clear(taken)
+                lib.pmq_conn_cert_complete(conn[0], False, BAD_CERTIFICATE)
                 lib.pmq_conn_cert_done(conn[0])
 
     def __repr__(self) -> str:
