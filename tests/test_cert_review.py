@@ -4,11 +4,12 @@ test failed before its fix. Real msquic over loopback, aioquic as the peer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from test_certificates import (
@@ -42,6 +43,32 @@ def client_with_certificate(tmp_path: Path, credential: pymsquic.Credential,
             return await aioquic_client(server.port, "localhost", client_cert)
 
     return asyncio.run(main())
+
+
+@contextlib.contextmanager
+def pending_client_check(tmp_path: Path, registration: pymsquic.Registration, verify: Any,
+                         ) -> Iterator[tuple[pymsquic.sync.Listener, pymsquic.sync.Connection]]:
+    """A sync listener whose credential checks client certificates with ``verify``,
+    and a client (with a certificate) whose check waits for the listener's accept.
+    The handshake idle timeout (60 s) is beyond the tests' waits."""
+    server_cert = make_cert(tmp_path, "localhost")
+    client_cert = make_cert(tmp_path, "client.example")
+    config = pymsquic.Configuration(registration, ALPN, server_cert.credential.requiring_client_auth(verify=verify),
+                                    pymsquic.Settings(handshake_idle_timeout_ms=60_000))
+    client = pymsquic.Credential.client(verify=False, certfile=client_cert.certfile, keyfile=client_cert.keyfile)
+    with pymsquic.sync.Listener(registration, config) as listener:
+        listener.start(ALPN, ("127.0.0.1", 0))
+        port = listener.local_address[1]  # type: ignore[index]
+        with pymsquic.sync.connect("127.0.0.1", port, alpn=ALPN, credential=client, registration=registration,
+                                   server_name="localhost", open_timeout=WAIT) as conn:
+            yield listener, conn
+
+
+def assert_rejected(conn: pymsquic.sync.Connection) -> None:
+    """The server rejected the client's certificate (alert bad_certificate), at once."""
+    conn.wait_closed(timeout=WAIT)
+    reason = conn.close_reason
+    assert isinstance(reason, pymsquic.HandshakeError) and reason.alert == BAD_CERTIFICATE, reason
 
 
 # ---- 1: a server credential never fails open ------------------------------------------
@@ -201,23 +228,11 @@ def test_server_check_completed_when_preparing_it_raises(tmp_path: Path, registr
     def broken(info: Any) -> Any:
         raise KeyboardInterrupt
 
-    server_cert = make_cert(tmp_path, "localhost")
-    client_cert = make_cert(tmp_path, "client.example")
     recorder = Recorder(True)
-    config = pymsquic.Configuration(registration, ALPN, server_cert.credential.requiring_client_auth(verify=recorder),
-                                    pymsquic.Settings(handshake_idle_timeout_ms=60_000))
-    client = pymsquic.Credential.client(verify=False, certfile=client_cert.certfile, keyfile=client_cert.keyfile)
-    with pymsquic.sync.Listener(registration, config) as listener:
-        listener.start(ALPN, ("127.0.0.1", 0))
-        conn = pymsquic.sync.connect("127.0.0.1", listener.local_address[1], alpn=ALPN,  # type: ignore[index]
-                                     credential=client, registration=registration, server_name="localhost",
-                                     open_timeout=WAIT)
+    with pending_client_check(tmp_path, registration, recorder) as (listener, conn):
         monkeypatch.setattr(core_listener, "_new_connection_info", broken)
         with pytest.raises(KeyboardInterrupt):
             listener.accept(timeout=WAIT)
         monkeypatch.undo()
-        conn.wait_closed(timeout=WAIT)
-        reason = conn.close_reason
-        assert isinstance(reason, pymsquic.HandshakeError) and reason.alert == BAD_CERTIFICATE, reason
-        assert recorder.checks == []
-        conn.close()
+        assert_rejected(conn)
+    assert recorder.checks == []
