@@ -264,7 +264,10 @@ class Credential:
         server's chain as DER, leaf first, the server name, and whether msquic
         verified the chain against ``ca_file`` or the system store) and returns
         True to accept. It alone decides, after msquic's own chain check:
-        pinning a self-signed certificate by its fingerprint works. Anything
+        pinning a self-signed certificate by its fingerprint works. It replaces
+        the default check, the name check too: a callable that wants the chain
+        and the name checked returns ``check.chain_verified and
+        check.name_matches()`` (and its own conditions). Anything
         but True (False, None, another object, an awaitable), or an exception
         (logged on the connection's logger), rejects: the server
         gets the TLS alert bad_certificate and ``connect`` raises

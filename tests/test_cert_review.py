@@ -236,3 +236,29 @@ def test_server_check_completed_when_preparing_it_raises(tmp_path: Path, registr
         monkeypatch.undo()
         assert_rejected(conn)
     assert recorder.checks == []
+
+
+# ---- 4: a custom callable keeps the name check with check.name_matches() ------------------
+
+def test_name_matches_in_a_custom_callable(tmp_path: Path, registration: pymsquic.Registration) -> None:
+    server_cert = make_cert(tmp_path, "localhost")
+    seen: list[bool] = []
+
+    def verify(check: pymsquic.CertificateCheck) -> bool:
+        seen.append(check.name_matches())
+        return check.chain_verified and seen[-1]
+
+    async def main() -> None:
+        server, port, _ = await aioquic_server(server_cert)
+        try:
+            credential = pymsquic.Credential.client(verify=verify, ca_file=server_cert.certfile)
+            w = worlds_asyncio()
+            assert await pymsquic_connect(w, port, registration, credential, "localhost") == server_cert.der
+            with pytest.raises(pymsquic.HandshakeError, match="rejected"):
+                await pymsquic_connect(w, port, registration, credential, "other.example")
+        finally:
+            server.close()
+
+    asyncio.run(main())
+    assert seen == [True, False]
+    assert not pymsquic.CertificateCheck([server_cert.der], None).name_matches()

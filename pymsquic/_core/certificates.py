@@ -58,6 +58,12 @@ class CertificateCheck:
         """True if msquic verified the chain against the trusted CAs."""
         return self.chain_error is None
 
+    def name_matches(self) -> bool:
+        """Whether the leaf is valid for :attr:`server_name` (:func:`server_name_matches`);
+        False without a server name. A client's custom ``verify`` callable replaces
+        the default check, name check included: call this to keep it."""
+        return self.server_name is not None and server_name_matches(self.leaf, self.server_name)
+
 
 def server_name_matches(certificate: bytes, server_name: str) -> bool:
     """Whether a DER certificate is valid for ``server_name``: an IP literal
@@ -105,7 +111,7 @@ def _default_refusal(check: CertificateCheck) -> tuple[str, int] | None:
                                                                                     BAD_CERTIFICATE)
     if check.server_name is None:  # nothing to check the name against: never a silent pass
         return "there is no server name to check it against", BAD_CERTIFICATE
-    if not server_name_matches(check.leaf, check.server_name):
+    if not check.name_matches():
         return f"it is not valid for {check.server_name!r}", BAD_CERTIFICATE
     return None
 
