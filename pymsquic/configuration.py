@@ -228,7 +228,9 @@ class Credential:
         verified against ``ca_file`` (or the system store). ``verify_client``
         checks client certificates in Python instead (see :meth:`client`'s
         ``verify``): clients are asked for one, and with ``require_client_auth``
-        a client sending none is refused (else accepted without a call)."""
+        a client sending none is refused (else accepted without a call): then
+        ``Settings.server_resumption_level`` must stay 0, as msquic 2.5.1
+        reports no certificate on a resumed handshake."""
         return cls(lib.PMQ_CRED_FILES, _server_flags(require_client_auth, ca_file, verify_client),
                    cert_file=_existing(certfile, "certfile"), key_file=_existing(keyfile, "keyfile"),
                    password=_password(password), ca_file=_optional_file(ca_file),
@@ -432,6 +434,18 @@ def generate_self_signed(hostnames: tuple[str, ...], days: int) -> tuple[bytes, 
     return cert.public_bytes(serialization.Encoding.PEM), blob
 
 
+def _check_resumption(credential: Credential, settings: Settings) -> None:
+    """ValueError for session resumption on a server whose ``verify_client`` requires a
+    certificate: msquic 2.5.1 reports no client certificate on a resumed handshake
+    (no PEER_CERTIFICATE_RECEIVED), so every resumed client would be refused."""
+    if (not credential.is_client and credential.verify is not None and credential.require_client_certificate
+            and (settings.server_resumption_level or 0) > 0):
+        raise ValueError("Settings.server_resumption_level > 0 cannot go with a verify_client that requires a "
+                         "client certificate: msquic 2.5.1 reports no certificate on a resumed handshake, so "
+                         "resumed clients could not be checked; use server_resumption_level=0, or "
+                         "required=False (then a resumed client is accepted without a check)")
+
+
 class Configuration:
     """ALPN ids, settings and a credential, loaded into msquic for one registration.
 
@@ -453,6 +467,7 @@ class Configuration:
         if settings.versions is not None and not credential.is_client:
             raise ValueError("Settings.versions is for clients: msquic 2.5.1 decides a server's QUIC versions "
                              "process-wide, with pymsquic.set_server_versions()")
+        _check_resumption(credential, settings)
         self.registration = registration
         self.alpn_wire = encode_alpns(alpn)
         self.alpns = decode_alpns(self.alpn_wire)

@@ -262,3 +262,19 @@ def test_name_matches_in_a_custom_callable(tmp_path: Path, registration: pymsqui
     asyncio.run(main())
     assert seen == [True, False]
     assert not pymsquic.CertificateCheck([server_cert.der], None).name_matches()
+
+
+# ---- 9: resumption and required client-certificate checks do not mix --------------------
+
+def test_resumption_with_required_client_checks_is_refused(tmp_path: Path,
+                                                           registration: pymsquic.Registration) -> None:
+    server_cert = make_cert(tmp_path, "localhost")
+    required = server_cert.credential.requiring_client_auth(verify=Recorder())
+    with pytest.raises(ValueError, match="resum.*certificate"):
+        pymsquic.Configuration(registration, ALPN, required, pymsquic.Settings(server_resumption_level=1))
+    with pytest.raises(ValueError, match="server_resumption_level"):
+        pymsquic.Configuration(registration, ALPN, required, pymsquic.Settings(server_resumption_level=2))
+    # Without resumption, or with checks that accept a client without certificate, it loads.
+    pymsquic.Configuration(registration, ALPN, required, pymsquic.Settings(server_resumption_level=0)).close()
+    optional = server_cert.credential.requiring_client_auth(verify=Recorder(), required=False)
+    pymsquic.Configuration(registration, ALPN, optional, pymsquic.Settings(server_resumption_level=2)).close()
