@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import ipaddress
@@ -536,3 +537,14 @@ class Configuration:
 
     def __repr__(self) -> str:
         return f"<Configuration alpn={list(self.alpns)} {self.credential!r}>"
+
+    _loaded_by: Configuration | None = None  # a view's (_for_verify) owner of the handle
+
+    def _for_verify(self, credential: Credential) -> "Configuration":
+        """This loaded configuration for ``credential``, which differs from ours only
+        by its verify callable: the same msquic handle (closing either closes it),
+        checks run with ``credential.verify``."""
+        view = copy.copy(self)
+        view.credential = credential
+        view._loaded_by = self  # the handle's owner: its collection would release the handle
+        return view

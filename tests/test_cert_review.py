@@ -278,3 +278,50 @@ def test_resumption_with_required_client_checks_is_refused(tmp_path: Path,
     pymsquic.Configuration(registration, ALPN, required, pymsquic.Settings(server_resumption_level=0)).close()
     optional = server_cert.credential.requiring_client_auth(verify=Recorder(), required=False)
     pymsquic.Configuration(registration, ALPN, optional, pymsquic.Settings(server_resumption_level=2)).close()
+
+
+# ---- 10: the configuration cache and verify callables ---------------------------------------
+
+class _Unhashable:
+    """A verify callable with __eq__ and so no __hash__ (like a plain dataclass)."""
+
+    def __init__(self, answer: bool) -> None:
+        self.answer = answer
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Unhashable) and other.answer == self.answer
+
+    def __call__(self, check: pymsquic.CertificateCheck) -> bool:
+        return self.answer
+
+
+def test_cache_takes_closures_and_unhashable_callables(tmp_path: Path,
+                                                       registration: pymsquic.Registration) -> None:
+    from pymsquic._core.server import make_configuration
+
+    def pinned(answer: bool) -> pymsquic.Credential:
+        return pymsquic.Credential.client(verify=lambda check: answer)  # a new closure each call
+
+    first, second = (make_configuration(registration, ALPN, pinned(a), None) for a in (True, False))
+    assert first.handle == second.handle  # loaded once
+    assert second.credential.verify is not first.credential.verify
+    unhashable = make_configuration(registration, ALPN, pymsquic.Credential.client(verify=_Unhashable(True)), None)
+    assert unhashable.handle == first.handle
+
+    # Each connection is checked by its own callable, though they share msquic's configuration.
+    server_cert = make_cert(tmp_path, "localhost")
+
+    async def main() -> None:
+        server, port, _ = await aioquic_server(server_cert)
+        try:
+            w = worlds_asyncio()
+            await pymsquic_connect(w, port, registration, pymsquic.Credential.client(verify=_Unhashable(True)))
+            with pytest.raises(pymsquic.HandshakeError, match="rejected"):
+                await pymsquic_connect(w, port, registration, pymsquic.Credential.client(verify=_Unhashable(False)))
+            await pymsquic_connect(w, port, registration, pinned(True))
+            with pytest.raises(pymsquic.HandshakeError, match="rejected"):
+                await pymsquic_connect(w, port, registration, pinned(False))
+        finally:
+            server.close()
+
+    asyncio.run(main())
