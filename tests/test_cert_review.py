@@ -325,3 +325,34 @@ def test_cache_takes_closures_and_unhashable_callables(tmp_path: Path,
             server.close()
 
     asyncio.run(main())
+
+
+# ---- 12: the server name table is normalised and checked before the listener opens --------
+
+@pytest.mark.parametrize("bad", ["*", "*.", "*.com", "a b.example", "a/b.example", "a..example", "-a.example",
+                                 "a.*.example", "."], ids=repr)
+def test_bad_server_names_refused(bad: str, registration: pymsquic.Registration, tmp_path: Path) -> None:
+    config = pymsquic.Configuration(registration, ALPN, make_cert(tmp_path, "a.example").credential)
+    with pytest.raises(ValueError, match="server name"):
+        pymsquic.sync.Listener(registration, config, server_names={bad: config})
+
+
+def test_duplicate_server_names_refused(registration: pymsquic.Registration, tmp_path: Path) -> None:
+    config = pymsquic.Configuration(registration, ALPN, make_cert(tmp_path, "a.example").credential)
+    with pytest.raises(ValueError, match="same name"):
+        pymsquic.sync.Listener(registration, config, server_names={"a.example": config, "A.Example.": config})
+
+
+def test_server_name_with_trailing_dot_and_capitals_is_found(registration: pymsquic.Registration,
+                                                             tmp_path: Path) -> None:
+    default = pymsquic.Configuration(registration, ALPN, make_cert(tmp_path, "default.example").credential)
+    named = make_cert(tmp_path, "a.example")
+    config = pymsquic.Configuration(registration, ALPN, named.credential)
+    client = pymsquic.Credential.client(verify=False)
+    with pymsquic.sync.Listener(registration, default, server_names={"A.Example.": config}) as listener:
+        listener.start(ALPN, ("127.0.0.1", 0))
+        port = listener.local_address[1]  # type: ignore[index]
+        with pymsquic.sync.connect("127.0.0.1", port, alpn=ALPN, credential=client, registration=registration,
+                                   server_name="a.example", open_timeout=WAIT) as conn:
+            assert conn.peer_certificate == named.der
+            listener.accept(timeout=WAIT).close()

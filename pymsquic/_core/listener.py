@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Generic, Mapping, TypeVar
 
@@ -134,8 +135,9 @@ class ListenerCore(Generic[C]):
 
     ``server_names`` maps server names to configurations (one credential each,
     the same ALPN and settings as ``configuration``): a client asking for one
-    of them (SNI; ASCII or IDNA, case-insensitive; ``"*.example.com"`` matches
-    one more label) gets that configuration's certificate, chosen in C as the
+    of them (SNI; ASCII or IDNA, case-insensitive, a trailing dot ignored;
+    ``"*.example.com"`` matches one more label; a name that is not a host name,
+    or the same name twice, raises ValueError) gets that configuration's certificate, chosen in C as the
     connection arrives. Other clients get ``configuration``, or are refused
     with ``refuse_unknown_names=True``.
 
@@ -171,7 +173,9 @@ class ListenerCore(Generic[C]):
         for name, hook in (("on_new_connection", on_new_connection), ("on_stop_complete", on_stop_complete)):
             if hook is not None and not callable(hook):
                 raise TypeError(f"{name} must be callable")
-        # Before anything native: an unopenable keylog_file raises OSError here.
+        # Before anything native: an unopenable keylog_file raises OSError here,
+        # a bad server name table ValueError/TypeError.
+        names = checked_server_names(server_names or {}, refuse_unknown_names, registration)
         self._keylog = resolve_keylog(keylog_file)
         self.registration = registration
         self.configuration = configuration
@@ -196,7 +200,7 @@ class ListenerCore(Generic[C]):
         self._releaser = _native.Releaser(self, _close_and_release, self._listener)
         registration._listeners.add(self)
         self._configurations = [configuration]  # by native tag: 0 is the default
-        self._set_server_names(server_names or {}, refuse_unknown_names)
+        self._set_server_names(names, refuse_unknown_names)
 
     # ---- start and addresses -------------------------------------------------
 
@@ -299,24 +303,13 @@ class ListenerCore(Generic[C]):
 
     # ---- server names and certificate checks -----------------------------------------
 
-    def _set_server_names(self, server_names: Mapping[str, Configuration], refuse_unknown: bool) -> None:
-        if not isinstance(server_names, Mapping):
-            raise TypeError(f"server_names must be a mapping, not {type(server_names).__name__}")
-        if refuse_unknown and not server_names:
-            raise ValueError("refuse_unknown_names=True needs server_names")
-        for name, configuration in server_names.items():
-            if not isinstance(configuration, Configuration):
-                raise TypeError(f"server_names[{name!r}] must be a Configuration, not {type(configuration).__name__}")
-            if configuration.credential.is_client:
-                raise ValueError(f"server_names[{name!r}] needs a server credential")
-            if configuration.registration is not self.registration:
-                raise ValueError(f"server_names[{name!r}] belongs to another registration")
-            wire = encode_server_name(name)
+    def _set_server_names(self, names: list[tuple[bytes, Configuration]], refuse_unknown: bool) -> None:
+        for wire, configuration in names:
             self._configurations.append(configuration)  # kept alive as long as the listener
             _native.check(lib.pmq_listener_add_server_name(self._listener, wire, configuration.handle,
                                                            len(self._configurations) - 1,
                                                            configuration.credential.cert_check_mode),
-                          f"adding server name {name!r}")
+                          f"adding server name {wire.decode()!r}")
         self._checks_clients = any(c.credential.verify is not None for c in self._configurations)
         _native.check(lib.pmq_listener_set_default_name(self._listener, bool(refuse_unknown),
                                                         self.configuration.credential.cert_check_mode),
@@ -355,17 +348,56 @@ def _new_connection_info(info: Any) -> NewConnectionInfo:
     )
 
 
+def checked_server_names(server_names: Mapping[str, Configuration], refuse_unknown: bool,
+                         registration: Registration) -> list[tuple[bytes, Configuration]]:
+    """The server name table as C gets it (:func:`encode_server_name`), every entry
+    checked: TypeError/ValueError before anything native is opened."""
+    if not isinstance(server_names, Mapping):
+        raise TypeError(f"server_names must be a mapping, not {type(server_names).__name__}")
+    if refuse_unknown and not server_names:
+        raise ValueError("refuse_unknown_names=True needs server_names")
+    names: dict[bytes, str] = {}
+    table = []
+    for name, configuration in server_names.items():
+        if not isinstance(configuration, Configuration):
+            raise TypeError(f"server_names[{name!r}] must be a Configuration, not {type(configuration).__name__}")
+        if configuration.credential.is_client:
+            raise ValueError(f"server_names[{name!r}] needs a server credential")
+        if configuration.registration is not registration:
+            raise ValueError(f"server_names[{name!r}] belongs to another registration")
+        wire = encode_server_name(name)
+        if wire in names:  # the C table would silently keep the first
+            raise ValueError(f"server names {names[wire]!r} and {name!r} are the same name")
+        names[wire] = name
+        table.append((wire, configuration))
+    return table
+
+
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?")
+
+
 def encode_server_name(name: str) -> bytes:
-    """A server name as the table in C compares it: ASCII (IDNA), one wildcard label at most."""
+    """A server name as the table in C compares it: ASCII (IDNA), lower case, without
+    a trailing dot (C drops the client's), host name labels, and at most one ``*``:
+    a whole first label followed by two more (``*.example.com``, not ``*.com``)."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"server names must be non-empty str, not {name!r}")
     wildcard = name.startswith("*.")
+    host = name[2:] if wildcard else name
+    host = host[:-1] if host.endswith(".") else host  # "example.com." is example.com
     try:
-        wire = ("*." if wildcard else "").encode() + (name[2:] if wildcard else name).encode("idna")
+        ascii_host = host.encode("idna").decode("ascii").lower()
     except UnicodeError as exc:
         raise ValueError(f"server name {name!r} is not a valid host name: {exc}") from None
-    if len(wire) > 255 or b"*" in wire[1:]:
-        raise ValueError(f"server name {name!r}: at most 255 bytes, and '*' only as a whole first label")
+    labels = ascii_host.split(".")
+    if not all(_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"server name {name!r} is not a host name (letters, digits, '-' in dot-separated labels; "
+                         "'*' only as a whole first label)")
+    if wildcard and len(labels) < 2:
+        raise ValueError(f"server name {name!r}: a wildcard needs two labels after '*.' ('*.example.com')")
+    wire = ("*." if wildcard else "").encode() + ascii_host.encode()
+    if len(wire) > 255:
+        raise ValueError(f"server name {name!r} is longer than 255 bytes")
     return wire
 
 
