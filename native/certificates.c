@@ -102,6 +102,7 @@ QUIC_STATUS pmq_cert_on_received(pmq_conn *c, QUIC_CONNECTION_EVENT *event)
 void pmq_conn_set_cert_check(pmq_conn *c, uint32_t mode)
 {
     pmq_obj *obj = pmq_conn_obj(c);
+    PMQ_CHECK(obj);
     pthread_mutex_lock(&obj->lock);
     pmq_conn_cert(c)->mode = mode;
     pthread_mutex_unlock(&obj->lock);
@@ -110,6 +111,7 @@ void pmq_conn_set_cert_check(pmq_conn *c, uint32_t mode)
 uint32_t pmq_conn_config_tag(pmq_conn *c)
 {
     pmq_obj *obj = pmq_conn_obj(c);
+    PMQ_CHECK(obj);
     pthread_mutex_lock(&obj->lock);
     uint32_t tag = pmq_conn_cert(c)->tag;
     pthread_mutex_unlock(&obj->lock);
@@ -119,6 +121,7 @@ uint32_t pmq_conn_config_tag(pmq_conn *c)
 int pmq_conn_cert_take(pmq_conn *c, pmq_cert_taken *out)
 {
     pmq_obj *obj = pmq_conn_obj(c);
+    PMQ_CHECK(obj);
     pmq_cert_check *k = pmq_conn_cert(c);
     pthread_mutex_lock(&obj->lock);
     int taken = k->state == PMQ_CERT_PENDING;
@@ -147,6 +150,7 @@ void pmq_cert_taken_clear(pmq_cert_taken *taken)
 QUIC_STATUS pmq_conn_cert_complete(pmq_conn *c, int accept, uint16_t alert)
 {
     pmq_obj *obj = pmq_conn_obj(c);
+    PMQ_CHECK(obj);
     pmq_cert_check *k = pmq_conn_cert(c);
     if (!accept && alert > QUIC_TLS_ALERT_CODE_MAX) {
         return QUIC_STATUS_INVALID_PARAMETER;
@@ -174,4 +178,8 @@ QUIC_STATUS pmq_conn_cert_complete(pmq_conn *c, int accept, uint16_t alert)
     return status;
 }
 
-void pmq_conn_cert_done(pmq_conn *c) { pmq_obj_unref(pmq_conn_obj(c)); }
+void pmq_conn_cert_done(pmq_conn *c)
+{
+    PMQ_CHECK(pmq_conn_obj(c));
+    pmq_obj_unref(pmq_conn_obj(c));
+}

@@ -7,6 +7,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -356,3 +359,48 @@ def test_server_name_with_trailing_dot_and_capitals_is_found(registration: pymsq
                                    server_name="a.example", open_timeout=WAIT) as conn:
             assert conn.peer_certificate == named.der
             listener.accept(timeout=WAIT).close()
+
+
+# ---- 15: the certificate entry points check their object (PYMSQUIC_DEBUG_MAGIC builds) -------
+
+_USE_AFTER_RELEASE = """
+import pymsquic
+from pymsquic._msquic import ffi, lib
+reg = pymsquic.Registration("magic")
+out = ffi.new("pmq_conn **")
+assert lib.pmq_conn_open(reg.handle, out) == 0
+conn = out[0]
+lib.pmq_conn_release(conn)  # gone: the next call must abort, not read freed memory
+lib.{call}
+print("no abort")
+"""
+
+
+@pytest.mark.parametrize("call", ["pmq_conn_config_tag(conn)", "pmq_conn_set_cert_check(conn, 0)",
+                                  "pmq_conn_cert_take(conn, ffi.new('pmq_cert_taken *'))",
+                                  "pmq_conn_cert_complete(conn, 1, 0)"])
+def test_certificate_entry_points_check_their_object(call: str, magic_build: Path) -> None:
+    result = subprocess.run([sys.executable, "-c", _USE_AFTER_RELEASE.format(call=call)], cwd=magic_build,
+                            env={**os.environ, "PYTHONPATH": str(magic_build)}, capture_output=True, text=True,
+                            timeout=30)  # without the check: a hang on the freed lock
+    name = call.split("(")[0]
+    assert result.returncode != 0 and f"{name}: object" in result.stderr and "is not alive" in result.stderr, (
+        result.stdout, result.stderr)
+
+
+@pytest.fixture(scope="module")
+def magic_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This checkout built with PYMSQUIC_DEBUG_MAGIC=1, in a copy (libmsquic comes from the cache)."""
+    import shutil
+
+    repo = Path(__file__).resolve().parent.parent
+    copy = tmp_path_factory.mktemp("magic")
+    for name in ("setup.py", "build_msquic.py", "CMakeLists.txt", "pyproject.toml", "MANIFEST.in", "LICENSE",
+                 "README.md"):
+        shutil.copy(repo / name, copy / name)
+    shutil.copytree(repo / "native", copy / "native")
+    shutil.copytree(repo / "pymsquic", copy / "pymsquic",
+                    ignore=shutil.ignore_patterns("*.so", "*.so.*", "__pycache__", "THIRD_PARTY_NOTICES"))
+    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--force"], cwd=copy, check=True,
+                   env={**os.environ, "PYMSQUIC_DEBUG_MAGIC": "1"}, capture_output=True, timeout=600)
+    return copy
