@@ -124,6 +124,12 @@ int pmq_conn_cert_take(pmq_conn *c, pmq_cert_taken *out)
     PMQ_CHECK(obj);
     pmq_cert_check *k = pmq_conn_cert(c);
     pthread_mutex_lock(&obj->lock);
+    if (k->state == PMQ_CERT_PENDING && (pmq_conn_info_ptr(c)->flags & SHUTTING_DOWN)) {
+        /* A connection shutting down needs no verdict (completing is skipped anyway):
+         * the callable is not run for it, and its copies go now. */
+        k->state = PMQ_CERT_DONE;
+        pmq_cert_free(k);
+    }
     int taken = k->state == PMQ_CERT_PENDING;
     if (taken) {
         k->state = PMQ_CERT_TAKEN;
