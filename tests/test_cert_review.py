@@ -404,3 +404,39 @@ def magic_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--force"], cwd=copy, check=True,
                    env={**os.environ, "PYMSQUIC_DEBUG_MAGIC": "1"}, capture_output=True, timeout=600)
     return copy
+
+
+# ---- 17: what the callable raised reaches the client's error; server logs say which handshake --
+
+def test_client_handshake_error_chains_the_callable_exception(tmp_path: Path,
+                                                              registration: pymsquic.Registration) -> None:
+    server_cert = make_cert(tmp_path, "localhost")
+    error = LookupError("no such pin")
+
+    async def main() -> None:
+        server, port, _ = await aioquic_server(server_cert)
+        try:
+            with pytest.raises(pymsquic.HandshakeError) as raised:
+                await pymsquic_connect(worlds_asyncio(), port, registration,
+                                       pymsquic.Credential.client(verify=Recorder(error)))
+            assert raised.value.__cause__ is error
+            assert "LookupError" in str(raised.value)
+        finally:
+            server.close()
+
+    asyncio.run(main())
+
+
+def test_server_check_log_names_the_handshake(tmp_path: Path, caplog: Any,
+                                              registration: pymsquic.Registration) -> None:
+    error = RuntimeError("checker broke")
+    with caplog.at_level(logging.ERROR, logger="pymsquic"):
+        with pending_client_check(tmp_path, registration, Recorder(error)) as (listener, conn):
+            while conn.close_reason is None:  # accept runs the check once it is pending; it rejects
+                with pytest.raises(TimeoutError):
+                    listener.accept(timeout=0.1)
+            assert_rejected(conn)
+            local = conn.local_address
+    [record] = [r for r in caplog.records if r.exc_info and r.exc_info[1] is error]
+    assert record.remote_address == local  # type: ignore[attr-defined]
+    assert f"handshake from {local}" in record.getMessage()

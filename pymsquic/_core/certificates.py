@@ -15,7 +15,7 @@ import dataclasses
 import inspect
 import ipaddress
 import logging
-from typing import Any, Callable, Union
+from typing import Any, Callable, NamedTuple, Union
 
 from .._msquic import ffi, lib
 from ..errors import status_name
@@ -134,8 +134,24 @@ def _chain(taken: Any) -> list[bytes]:
     return chain
 
 
+class Refusal(NamedTuple):
+    """Why a check refused a certificate, and the exception the callable raised, if any."""
+
+    reason: str
+    error: BaseException | None = None
+
+
+class HandshakeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]  # generic only in typeshed
+    """The logger of a server's check: the connection has no id before it is accepted,
+    so its records say where it comes from (in front, and as ``remote_address``)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs.setdefault("extra", {}).update(self.extra or {})
+        return f"[handshake from {(self.extra or {})['remote_address']}] {msg}", kwargs
+
+
 def run_check(native_conn: Any, taken: Any, verify: VerifyCallback | None, server_name: str | None,
-              log: logging.Logger | logging.LoggerAdapter) -> str | None:  # type: ignore[type-arg]
+              log: logging.Logger | logging.LoggerAdapter) -> Refusal | None:  # type: ignore[type-arg]
     """Run ``verify`` on a check taken from ``native_conn`` and complete it:
     accepted if it returns True; rejected (alert bad_certificate) if it
     returns anything else or raises (logged on ``log``). Frees ``taken``. Returns
@@ -143,6 +159,7 @@ def run_check(native_conn: Any, taken: Any, verify: VerifyCallback | None, serve
     # Completed whatever happens (KeyboardInterrupt included): a taken check nobody
     # completes holds the handshake until its idle timeout.
     refusal: tuple[str, int] | None = (f"{verify!r} was interrupted", BAD_CERTIFICATE)
+    error: BaseException | None = None
     try:
         status = taken.chain_status & 0xFFFFFFFF
         check = CertificateCheck(_chain(taken), server_name, None if status == 0 else status_name(status))
@@ -153,15 +170,16 @@ def run_check(native_conn: Any, taken: Any, verify: VerifyCallback | None, serve
             refusal = None
         else:
             refusal = f"rejected by {verify!r}", BAD_CERTIFICATE
-    except Exception:
+    except Exception as exc:
         log.exception("certificate check %r raised; rejecting the certificate", verify)
-        refusal = f"rejected by {verify!r} (it raised)", BAD_CERTIFICATE
+        refusal = f"rejected by {verify!r} (it raised {type(exc).__name__})", BAD_CERTIFICATE
+        error = exc
     finally:
         lib.pmq_cert_taken_clear(taken)  # safe twice: it clears the record
         if refusal is not None:
             log.info("certificate of %s refused: %s", server_name or "the peer", refusal[0])
         lib.pmq_conn_cert_complete(native_conn, refusal is None, refusal[1] if refusal else BAD_CERTIFICATE)
-    return None if refusal is None else refusal[0]
+    return None if refusal is None else Refusal(refusal[0], error)
 
 
 def _accepted(result: object, verify: VerifyCallback, log: logging.Logger | logging.LoggerAdapter) -> bool:  # type: ignore[type-arg]

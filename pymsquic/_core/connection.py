@@ -33,7 +33,7 @@ from ..keylog import native as native_keylog
 from ..keylog import resolve as resolve_keylog
 from ..registration import Registration
 from ..versions import HandshakeInfo
-from .certificates import BAD_CERTIFICATE, run_check
+from .certificates import BAD_CERTIFICATE, Refusal, run_check
 from .stream import StreamCore
 
 if TYPE_CHECKING:
@@ -476,7 +476,7 @@ class ConnectionCore(Generic[S]):
     # ---- certificate checks in Python (pymsquic._core.certificates) ------------
 
     _sni: str | None = None
-    _certificate_refusal: str | None = None
+    _certificate_refusal: Refusal | None = None
 
     def _run_certificate_check(self) -> None:
         """Runs the credential's ``verify`` callable on a check msquic deferred (client)."""
@@ -493,8 +493,10 @@ class ConnectionCore(Generic[S]):
         """The handshake error to raise: says so when our own check rejected the certificate."""
         if self._certificate_refusal is None or not isinstance(reason, HandshakeError):
             return reason
-        return HandshakeError(f"the server's certificate was rejected: {self._certificate_refusal}",
-                              status=reason.status, by_transport=reason.by_transport, error_code=reason.error_code)
+        error = HandshakeError(f"the server's certificate was rejected: {self._certificate_refusal.reason}",
+                               status=reason.status, by_transport=reason.by_transport, error_code=reason.error_code)
+        error.__cause__ = self._certificate_refusal.error  # what the callable raised, if it did
+        return error
 
 
 _SHUTTING_DOWN = lib.PMQ_CONN_SHUTDOWN_BY_PEER | lib.PMQ_CONN_SHUTDOWN_BY_TRANSPORT | lib.PMQ_CONN_SHUTDOWN_BY_APP

@@ -26,7 +26,7 @@ from ..keylog import KeyLogLike
 from ..keylog import native as native_keylog
 from ..keylog import resolve as resolve_keylog
 from ..registration import Registration
-from .certificates import BAD_CERTIFICATE, run_check
+from .certificates import BAD_CERTIFICATE, HandshakeLogger, run_check
 from .connection import ConnectionCore
 
 logger = logging.getLogger("pymsquic")
@@ -326,7 +326,9 @@ class ListenerCore(Generic[C]):
                 info = ffi.new("pmq_conn_info *")
                 lib.pmq_conn_get_info(conn[0], info)
                 credential = self._configurations[taken.tag].credential
-                run_check(conn[0], taken, credential.verify, _new_connection_info(info).server_name, logger)
+                record = _new_connection_info(info)
+                log = HandshakeLogger(logger, {"remote_address": record.remote_address})
+                run_check(conn[0], taken, credential.verify, record.server_name, log)
             finally:
                 # Whatever raised before run_check completed it (the lookup, an interrupt):
                 # rejected now, not left to the handshake idle timeout. A no-op once completed.
