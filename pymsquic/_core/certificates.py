@@ -162,7 +162,9 @@ def run_check(native_conn: Any, taken: Any, verify: VerifyCallback | None, serve
     error: BaseException | None = None
     try:
         status = taken.chain_status & 0xFFFFFFFF
-        check = CertificateCheck(_chain(taken), server_name, None if status == 0 else status_name(status))
+        # The default check needs the leaf alone: no PKCS#7 parse of the chain (per handshake).
+        chain = [ffi.buffer(taken.leaf, taken.leaf_len)[:]] if verify is verify_default else _chain(taken)
+        check = CertificateCheck(chain, server_name, None if status == 0 else status_name(status))
         lib.pmq_cert_taken_clear(taken)
         if verify is verify_default:
             refusal = _default_refusal(check)
