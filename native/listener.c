@@ -247,6 +247,7 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
 
     QUIC_STATUS status = QUIC_STATUS_SUCCESS;
     int refused_by_hook = 0;
+    int refused_by_name = 0;
     HQUIC configuration = NULL;
     pmq_conn *conn = pmq_conn_new_accepted(l, info);
     if (conn == NULL) {
@@ -257,6 +258,7 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
         refused_by_hook = 1;
     } else if ((configuration = choose_configuration(l, conn, info)) == NULL) {
         status = QUIC_STATUS_CONNECTION_REFUSED; /* a server name this listener does not serve */
+        refused_by_name = 1;
     } else {
         if (keylog != NULL) {
             pmq_conn_keylog_accepted(conn, handle, keylog);
@@ -277,6 +279,8 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
         pmq_obj_changed_locked(&l->obj);
     } else if (refused_by_hook) {
         l->stats.refused_hook++;
+    } else if (refused_by_name) {
+        l->stats.refused_server_name++;
     } else {
         l->stats.refused_other++;
     }

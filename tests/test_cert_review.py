@@ -440,3 +440,19 @@ def test_server_check_log_names_the_handshake(tmp_path: Path, caplog: Any,
     [record] = [r for r in caplog.records if r.exc_info and r.exc_info[1] is error]
     assert record.remote_address == local  # type: ignore[attr-defined]
     assert f"handshake from {local}" in record.getMessage()
+
+
+# ---- 13: refusals for an unknown server name are counted as such -------------------------
+
+def test_refused_server_name_counted(registration: pymsquic.Registration, tmp_path: Path) -> None:
+    config = pymsquic.Configuration(registration, ALPN, make_cert(tmp_path, "a.example").credential)
+    client = pymsquic.Credential.client(verify=False)
+    with pymsquic.sync.Listener(registration, config, server_names={"a.example": config},
+                                refuse_unknown_names=True) as listener:
+        listener.start(ALPN, ("127.0.0.1", 0))
+        with pytest.raises(pymsquic.ConnectionRefused):
+            pymsquic.sync.connect("127.0.0.1", listener.local_address[1], alpn=ALPN,  # type: ignore[index]
+                                  credential=client, registration=registration, server_name="b.example",
+                                  open_timeout=WAIT)
+        stats = listener.stats()
+        assert stats.refused_server_name == 1 and stats.refused_other == 0

@@ -84,6 +84,7 @@ class ListenerStats:
     handshakes: int = 0      # handshakes in progress now
     refused_handshakes: int = 0  # refused because max_handshakes handshakes were in progress
     failed: int = 0          # the handshake failed or timed out
+    refused_server_name: int = 0  # asked for a server name not served (refuse_unknown_names=True)
 
 
 #: Handshakes in progress a listener allows by default: well above what msquic's
@@ -97,7 +98,7 @@ NewConnectionHook = Callable[[NewConnectionInfo], "bool | None"]
 StopCompleteHook = Callable[[], None]
 
 C = TypeVar("C", bound=ConnectionCore[Any])  # the world's connection class
-_REFUSALS = ("refused_backlog", "refused_hook", "refused_handshakes", "refused_other")
+_REFUSALS = ("refused_backlog", "refused_hook", "refused_handshakes", "refused_other", "refused_server_name")
 
 
 class ListenerCore(Generic[C]):
@@ -238,7 +239,8 @@ class ListenerCore(Generic[C]):
         return ListenerStats(accepted=native.accepted, refused_backlog=native.refused_backlog,
                              refused_hook=native.refused_hook, refused_other=native.refused_other,
                              expired=native.expired, queued=native.queued, handshakes=native.handshakes,
-                             refused_handshakes=native.refused_handshakes, failed=native.failed)
+                             refused_handshakes=native.refused_handshakes, failed=native.failed,
+                             refused_server_name=native.refused_server_name)
 
     # ---- accept and stop (non-blocking steps) ---------------------------------------
 
