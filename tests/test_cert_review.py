@@ -333,7 +333,7 @@ def test_cache_takes_closures_and_unhashable_callables(tmp_path: Path,
 # ---- 12: the server name table is normalised and checked before the listener opens --------
 
 @pytest.mark.parametrize("bad", ["*", "*.", "*.com", "a b.example", "a/b.example", "a..example", "-a.example",
-                                 "a.*.example", "."], ids=repr)
+                                 "a.*.example", ".", "a\x00b.example"], ids=repr)
 def test_bad_server_names_refused(bad: str, registration: pymsquic.Registration, tmp_path: Path) -> None:
     config = pymsquic.Configuration(registration, ALPN, make_cert(tmp_path, "a.example").credential)
     with pytest.raises(ValueError, match="server name"):
@@ -454,5 +454,9 @@ def test_refused_server_name_counted(registration: pymsquic.Registration, tmp_pa
             pymsquic.sync.connect("127.0.0.1", listener.local_address[1], alpn=ALPN,  # type: ignore[index]
                                   credential=client, registration=registration, server_name="b.example",
                                   open_timeout=WAIT)
+        # No server name at all (an IP literal sends no SNI): refused the same way.
+        with pytest.raises(pymsquic.ConnectionRefused):
+            pymsquic.sync.connect("127.0.0.1", listener.local_address[1], alpn=ALPN,  # type: ignore[index]
+                                  credential=client, registration=registration, open_timeout=WAIT)
         stats = listener.stats()
-        assert stats.refused_server_name == 1 and stats.refused_other == 0
+        assert stats.refused_server_name == 2 and stats.refused_other == 0
