@@ -22,7 +22,7 @@ from ..errors import status_name
 
 #: ``verify=`` of :meth:`Credential.client` and ``verify_client=`` of the server
 #: credentials: gets a :class:`CertificateCheck`, returns True to accept (anything else refuses).
-VerifyCallback = Callable[["CertificateCheck"], Any]
+VerifyCallback = Callable[["CertificateCheck"], bool]
 VerifyLike = Union[bool, VerifyCallback]
 
 #: The TLS alert a rejected certificate is answered with.
