@@ -460,3 +460,14 @@ def test_refused_server_name_counted(registration: pymsquic.Registration, tmp_pa
                                   credential=client, registration=registration, open_timeout=WAIT)
         stats = listener.stats()
         assert stats.refused_server_name == 2 and stats.refused_other == 0
+
+
+# ---- 14: a name's configuration must have the listener's ALPN -------------------------------
+
+def test_server_name_configuration_with_another_alpn_refused(registration: pymsquic.Registration,
+                                                             tmp_path: Path) -> None:
+    credential = make_cert(tmp_path, "a.example").credential
+    config = pymsquic.Configuration(registration, ALPN, credential)
+    other = pymsquic.Configuration(registration, "other-alpn", credential)
+    with pytest.raises(ValueError, match="ALPN"):
+        pymsquic.sync.Listener(registration, config, server_names={"a.example": other})

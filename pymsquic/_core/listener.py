@@ -135,7 +135,8 @@ class ListenerCore(Generic[C]):
     :class:`~pymsquic.errors.HookContextError`.
 
     ``server_names`` maps server names to configurations (one credential each,
-    the same ALPN and settings as ``configuration``): a client asking for one
+    the same ALPN as ``configuration``, else ValueError; each one's settings
+    apply to the connections it gets): a client asking for one
     of them (SNI; ASCII or IDNA, case-insensitive, a trailing dot ignored;
     ``"*.example.com"`` matches one more label; a name that is not a host name,
     or the same name twice, raises ValueError) gets that configuration's certificate, chosen in C as the
@@ -176,7 +177,7 @@ class ListenerCore(Generic[C]):
                 raise TypeError(f"{name} must be callable")
         # Before anything native: an unopenable keylog_file raises OSError here,
         # a bad server name table ValueError/TypeError.
-        names = checked_server_names(server_names or {}, refuse_unknown_names, registration)
+        names = checked_server_names(server_names or {}, refuse_unknown_names, configuration)
         self._keylog = resolve_keylog(keylog_file)
         self.registration = registration
         self.configuration = configuration
@@ -353,7 +354,7 @@ def _new_connection_info(info: Any) -> NewConnectionInfo:
 
 
 def checked_server_names(server_names: Mapping[str, Configuration], refuse_unknown: bool,
-                         registration: Registration) -> list[tuple[bytes, Configuration]]:
+                         default: Configuration) -> list[tuple[bytes, Configuration]]:
     """The server name table as C gets it (:func:`encode_server_name`), every entry
     checked: TypeError/ValueError before anything native is opened."""
     if not isinstance(server_names, Mapping):
@@ -367,8 +368,11 @@ def checked_server_names(server_names: Mapping[str, Configuration], refuse_unkno
             raise TypeError(f"server_names[{name!r}] must be a Configuration, not {type(configuration).__name__}")
         if configuration.credential.is_client:
             raise ValueError(f"server_names[{name!r}] needs a server credential")
-        if configuration.registration is not registration:
+        if configuration.registration is not default.registration:
             raise ValueError(f"server_names[{name!r}] belongs to another registration")
+        if configuration.alpns != default.alpns:  # the client's ALPN was matched against the listener's
+            raise ValueError(f"server_names[{name!r}] has ALPN {list(configuration.alpns)}, the listener's "
+                             f"configuration {list(default.alpns)}: they must be the same")
         wire = encode_server_name(name)
         if wire in names:  # the C table would silently keep the first
             raise ValueError(f"server names {names[wire]!r} and {name!r} are the same name")
