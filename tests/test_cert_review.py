@@ -117,6 +117,13 @@ def test_native_check_off_with_deferred_failure_rejects(tmp_path: Path,
     assert not peer.buffers
     assert peer.terminated is not None and peer.terminated.error_code == CRYPTO_ERROR + BAD_CERTIFICATE
 
+    async def without_certificate() -> AioquicPeer:
+        async with await serve_with(worlds_asyncio(), registration, credential=credential) as server:
+            return await aioquic_client(server.port, "localhost", None)
+
+    peer = asyncio.run(without_certificate())  # msquic's verdict: CERT_NO_CERT, a failure too
+    assert not peer.buffers and peer.terminated is not None and peer.terminated.error_code != 0
+
 
 # ---- 2: only True accepts; async checks are refused -----------------------------------
 
