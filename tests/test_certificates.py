@@ -150,7 +150,7 @@ async def aioquic_client(port: int, server_name: str = "localhost", client_cert:
 async def echo_handler(w: World, conn: Any) -> None:
     stream = await w.wait(conn.accept_stream)
     stream.write(await w.wait(stream.read), fin=True)
-    await w.wait(stream.wait_sent)
+    await w.wait(conn.wait_sent)  # Connection.wait_sent: streams have none
     await w.wait(conn.wait_closed)
 
 
