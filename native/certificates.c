@@ -66,7 +66,10 @@ QUIC_STATUS pmq_cert_on_received(pmq_conn *c, QUIC_CONNECTION_EVENT *event)
     uint32_t mode = k->mode;
     pthread_mutex_unlock(&obj->lock);
     if (mode == PMQ_CERT_CHECK_OFF) {
-        return QUIC_STATUS_SUCCESS; /* msquic checked it itself */
+        /* msquic checked it itself, and acted on it unless the credential deferred:
+         * a deferred failure nobody will look at is a rejection (fail closed). */
+        return QUIC_FAILED(event->PEER_CERTIFICATE_RECEIVED.DeferredStatus) ? QUIC_STATUS_BAD_CERTIFICATE
+                                                                            : QUIC_STATUS_SUCCESS;
     }
     /* With USE_PORTABLE_CERTIFICATES both are QUIC_BUFFERs of DER. */
     const QUIC_BUFFER *leaf = (const QUIC_BUFFER *)event->PEER_CERTIFICATE_RECEIVED.Certificate;
@@ -99,6 +102,7 @@ QUIC_STATUS pmq_cert_on_received(pmq_conn *c, QUIC_CONNECTION_EVENT *event)
 void pmq_conn_set_cert_check(pmq_conn *c, uint32_t mode)
 {
     pmq_obj *obj = pmq_conn_obj(c);
+    PMQ_CHECK(obj);
     pthread_mutex_lock(&obj->lock);
     pmq_conn_cert(c)->mode = mode;
     pthread_mutex_unlock(&obj->lock);
@@ -107,6 +111,7 @@ void pmq_conn_set_cert_check(pmq_conn *c, uint32_t mode)
 uint32_t pmq_conn_config_tag(pmq_conn *c)
 {
     pmq_obj *obj = pmq_conn_obj(c);
+    PMQ_CHECK(obj);
     pthread_mutex_lock(&obj->lock);
     uint32_t tag = pmq_conn_cert(c)->tag;
     pthread_mutex_unlock(&obj->lock);
@@ -116,8 +121,15 @@ uint32_t pmq_conn_config_tag(pmq_conn *c)
 int pmq_conn_cert_take(pmq_conn *c, pmq_cert_taken *out)
 {
     pmq_obj *obj = pmq_conn_obj(c);
+    PMQ_CHECK(obj);
     pmq_cert_check *k = pmq_conn_cert(c);
     pthread_mutex_lock(&obj->lock);
+    if (k->state == PMQ_CERT_PENDING && (pmq_conn_info_ptr(c)->flags & SHUTTING_DOWN)) {
+        /* A connection shutting down needs no verdict (completing is skipped anyway):
+         * the callable is not run for it, and its copies go now. */
+        k->state = PMQ_CERT_DONE;
+        pmq_cert_free(k);
+    }
     int taken = k->state == PMQ_CERT_PENDING;
     if (taken) {
         k->state = PMQ_CERT_TAKEN;
@@ -144,6 +156,7 @@ void pmq_cert_taken_clear(pmq_cert_taken *taken)
 QUIC_STATUS pmq_conn_cert_complete(pmq_conn *c, int accept, uint16_t alert)
 {
     pmq_obj *obj = pmq_conn_obj(c);
+    PMQ_CHECK(obj);
     pmq_cert_check *k = pmq_conn_cert(c);
     if (!accept && alert > QUIC_TLS_ALERT_CODE_MAX) {
         return QUIC_STATUS_INVALID_PARAMETER;
@@ -171,4 +184,8 @@ QUIC_STATUS pmq_conn_cert_complete(pmq_conn *c, int accept, uint16_t alert)
     return status;
 }
 
-void pmq_conn_cert_done(pmq_conn *c) { pmq_obj_unref(pmq_conn_obj(c)); }
+void pmq_conn_cert_done(pmq_conn *c)
+{
+    PMQ_CHECK(pmq_conn_obj(c));
+    pmq_obj_unref(pmq_conn_obj(c));
+}

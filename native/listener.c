@@ -212,9 +212,13 @@ static HQUIC choose_configuration(pmq_listener *l, pmq_conn *conn, const QUIC_NE
     if (entry == NULL && l->sni.refuse_unknown) {
         return NULL;
     }
-    pmq_cert_check *check = pmq_conn_cert(conn); /* no callback can run on it yet */
+    pmq_cert_check *check = pmq_conn_cert(conn);
+    /* Under the connection's lock like every other access to the check (listener ->
+     * connection is the lock order): no callback runs on it yet, but Python may read it. */
+    pthread_mutex_lock(&pmq_conn_obj(conn)->lock);
     check->mode = entry != NULL ? entry->cert_mode : l->sni.default_cert_mode;
     check->tag = entry != NULL ? entry->tag : 0;
+    pthread_mutex_unlock(&pmq_conn_obj(conn)->lock);
     return entry != NULL ? entry->configuration : l->configuration;
 }
 
@@ -243,6 +247,7 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
 
     QUIC_STATUS status = QUIC_STATUS_SUCCESS;
     int refused_by_hook = 0;
+    int refused_by_name = 0;
     HQUIC configuration = NULL;
     pmq_conn *conn = pmq_conn_new_accepted(l, info);
     if (conn == NULL) {
@@ -253,6 +258,7 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
         refused_by_hook = 1;
     } else if ((configuration = choose_configuration(l, conn, info)) == NULL) {
         status = QUIC_STATUS_CONNECTION_REFUSED; /* a server name this listener does not serve */
+        refused_by_name = 1;
     } else {
         if (keylog != NULL) {
             pmq_conn_keylog_accepted(conn, handle, keylog);
@@ -273,6 +279,8 @@ static QUIC_STATUS on_new_connection(pmq_listener *l, HQUIC handle, const QUIC_N
         pmq_obj_changed_locked(&l->obj);
     } else if (refused_by_hook) {
         l->stats.refused_hook++;
+    } else if (refused_by_name) {
+        l->stats.refused_server_name++;
     } else {
         l->stats.refused_other++;
     }
@@ -569,6 +577,7 @@ QUIC_STATUS pmq_retry_memory_limit(int set, uint16_t *value)
 
 int pmq_listener_cert_take(pmq_listener *l, pmq_conn **out, pmq_cert_taken *taken)
 {
+    PMQ_CHECK(&l->obj);
     pthread_mutex_lock(&l->obj.lock);
     pmq_conn *found = NULL;
     for (uint32_t i = 0; i < l->handshaking_count && found == NULL; i++) {
@@ -585,6 +594,7 @@ int pmq_listener_cert_take(pmq_listener *l, pmq_conn **out, pmq_cert_taken *take
 QUIC_STATUS pmq_listener_add_server_name(pmq_listener *l, const char *name, HQUIC configuration, uint32_t tag,
                                          uint32_t cert_mode)
 {
+    PMQ_CHECK(&l->obj);
     pthread_mutex_lock(&l->obj.lock);
     QUIC_STATUS status = l->state == PMQ_LISTENER_IDLE ? pmq_sni_add(&l->sni, name, configuration, tag, cert_mode)
                                                        : QUIC_STATUS_INVALID_STATE;
@@ -594,6 +604,7 @@ QUIC_STATUS pmq_listener_add_server_name(pmq_listener *l, const char *name, HQUI
 
 QUIC_STATUS pmq_listener_set_default_name(pmq_listener *l, int refuse_unknown, uint32_t cert_mode)
 {
+    PMQ_CHECK(&l->obj);
     pthread_mutex_lock(&l->obj.lock);
     QUIC_STATUS status = QUIC_STATUS_INVALID_STATE;
     if (l->state == PMQ_LISTENER_IDLE) {
@@ -607,6 +618,7 @@ QUIC_STATUS pmq_listener_set_default_name(pmq_listener *l, int refuse_unknown, u
 
 void pmq_listener_set_keylog(pmq_listener *l, pmq_keylog *keylog)
 {
+    PMQ_CHECK(&l->obj);
     pmq_keylog_ref(keylog);
     pthread_mutex_lock(&l->obj.lock);
     pmq_keylog *old = l->keylog;

@@ -239,6 +239,7 @@ typedef struct pmq_listener_stats {
     uint64_t expired;            /* never accepted in time, shut down */
     uint32_t queued;             /* completed, waiting for accept now */
     uint32_t handshakes;         /* handshakes in progress now */
+    uint64_t refused_server_name; /* refused: a server name not served (refuse_unknown_names) */
 } pmq_listener_stats;
 
 /* ---- opaque objects ---------------------------------------------------- */

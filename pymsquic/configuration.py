@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import ipaddress
@@ -9,7 +10,7 @@ import os
 from typing import Any, Iterable, Sequence, Union
 
 from . import _native
-from ._core.certificates import VerifyCallback, VerifyLike, check_mode, verify_default
+from ._core.certificates import VerifyCallback, VerifyLike, check_mode, check_verify_callable, verify_default
 from ._msquic import ffi, lib
 from .errors import QuicError
 from .registration import Registration
@@ -316,6 +317,14 @@ class Credential:
     #: Server with ``verify``: refuse clients that send no certificate.
     require_client_certificate: bool = False
 
+    def __post_init__(self) -> None:
+        # msquic acts on its own chain check only without the deferral flag: a
+        # deferred credential without a callable would leave nobody to decide.
+        deferred = bool(self.flags & lib.PMQ_CRED_FLAG_DEFER_CERTIFICATE_VALIDATION)
+        if deferred != (self.verify is not None):
+            raise ValueError("a credential defers certificate validation exactly when it has a verify callable "
+                             f"(flags={self.flags:#x}, verify={self.verify!r})")
+
     @property
     def is_client(self) -> bool:
         return bool(self.flags & lib.QUIC_CREDENTIAL_FLAG_CLIENT)
@@ -331,7 +340,9 @@ class Credential:
         verified against ``ca_file`` (or the system store). ``verify_client``
         checks client certificates in Python instead (see :meth:`client`'s
         ``verify``): clients are asked for one, and with ``require_client_auth``
-        a client sending none is refused (else accepted without a call)."""
+        a client sending none is refused (else accepted without a call): then
+        ``Settings.server_resumption_level`` must stay 0, as msquic 2.5.1
+        reports no certificate on a resumed handshake."""
         return cls(lib.PMQ_CRED_FILES, _server_flags(require_client_auth, ca_file, verify_client),
                    cert_file=_existing(certfile, "certfile"), key_file=_existing(keyfile, "keyfile"),
                    password=_password(password), ca_file=_optional_file(ca_file),
@@ -366,16 +377,23 @@ class Credential:
         ``verify(check)`` gets a :class:`~pymsquic.CertificateCheck` (the
         server's chain as DER, leaf first, the server name, and whether msquic
         verified the chain against ``ca_file`` or the system store) and returns
-        truthy to accept. It alone decides, after msquic's own chain check:
-        pinning a self-signed certificate by its fingerprint works. Falsy, or
-        an exception (logged on the connection's logger), rejects: the server
+        True to accept. It alone decides, after msquic's own chain check:
+        pinning a self-signed certificate by its fingerprint works. It replaces
+        the default check, the name check too: a callable that wants the chain
+        and the name checked returns ``check.chain_verified and
+        check.name_matches()`` (and its own conditions). Anything
+        but True (False, None, another object, an awaitable), or an exception
+        (logged on the connection's logger), rejects: the server
         gets the TLS alert bad_certificate and ``connect`` raises
         :class:`~pymsquic.HandshakeError`. It runs in ``connect``, on the
         thread (or event loop) that waits for the handshake, never on msquic's:
-        keep it quick (on an event loop it holds up everything else).
+        keep it quick (on an event loop it holds up everything else). An
+        ``async def`` function is refused (TypeError): it would never be awaited.
         """
         flags = lib.QUIC_CREDENTIAL_FLAG_CLIENT | _ca_flag(ca_file) | _PEER_CERTIFICATE_FLAGS
         callback: VerifyCallback | None = None
+        if callable(verify):
+            check_verify_callable(verify, "verify")
         if verify is True or callable(verify):
             # True: msquic's chain check plus the name check, in Python through the same deferred path.
             callback = verify_default if verify is True else verify
@@ -414,7 +432,9 @@ class Credential:
             raise ValueError("requiring_client_auth() is for server credentials")
         if not required and verify is None:
             raise ValueError("required=False needs verify=")
-        return dataclasses.replace(self, flags=self.flags | _server_flags(required, ca_file, verify),
+        # Recomputed, not OR-ed: a previous verify_client's deferral must not outlive it.
+        flags = self.flags & ~_CLIENT_AUTH_FLAGS
+        return dataclasses.replace(self, flags=flags | _server_flags(required, ca_file, verify),
                                    ca_file=_optional_file(ca_file), verify=verify,
                                    require_client_certificate=required)
 
@@ -467,10 +487,15 @@ _PEER_CERTIFICATE_FLAGS = (lib.QUIC_CREDENTIAL_FLAG_INDICATE_CERTIFICATE_RECEIVE
                            | lib.QUIC_CREDENTIAL_FLAG_USE_PORTABLE_CERTIFICATES)
 
 
+# What _server_flags may add: requiring_client_auth() clears them before recomputing.
+_CLIENT_AUTH_FLAGS = (lib.QUIC_CREDENTIAL_FLAG_REQUIRE_CLIENT_AUTHENTICATION
+                      | lib.QUIC_CREDENTIAL_FLAG_SET_CA_CERTIFICATE_FILE | _PEER_CERTIFICATE_FLAGS
+                      | lib.PMQ_CRED_FLAG_DEFER_CERTIFICATE_VALIDATION)
+
+
 def _server_flags(require_client_auth: bool, ca_file: object, verify: object = None) -> int:
     if verify is not None:
-        if not callable(verify):
-            raise TypeError(f"verify_client must be callable, not {type(verify).__name__}")
+        check_verify_callable(verify, "verify_client")
         # Asks for a certificate (msquic's REQUIRE_CLIENT_AUTHENTICATION); deferred,
         # a client sending none is decided by the check mode (certificates.c).
         return (lib.QUIC_CREDENTIAL_FLAG_REQUIRE_CLIENT_AUTHENTICATION | _ca_flag(ca_file) | _PEER_CERTIFICATE_FLAGS
@@ -521,6 +546,18 @@ def generate_self_signed(hostnames: tuple[str, ...], days: int) -> tuple[bytes, 
     return cert.public_bytes(serialization.Encoding.PEM), blob
 
 
+def _check_resumption(credential: Credential, settings: Settings) -> None:
+    """ValueError for session resumption on a server whose ``verify_client`` requires a
+    certificate: msquic 2.5.1 reports no client certificate on a resumed handshake
+    (no PEER_CERTIFICATE_RECEIVED), so every resumed client would be refused."""
+    if (not credential.is_client and credential.verify is not None and credential.require_client_certificate
+            and ResumptionLevel.coerce(settings.server_resumption_level or 0) > ResumptionLevel.NONE):
+        raise ValueError("Settings.server_resumption_level > 0 cannot go with a verify_client that requires a "
+                         "client certificate: msquic 2.5.1 reports no certificate on a resumed handshake, so "
+                         "resumed clients could not be checked; use server_resumption_level=0, or "
+                         "required=False (then a resumed client is accepted without a check)")
+
+
 class Configuration:
     """ALPN ids, settings and a credential, loaded into msquic for one registration.
 
@@ -544,6 +581,7 @@ class Configuration:
         if settings.versions is not None and not credential.is_client:
             raise ValueError("Settings.versions is for clients: msquic 2.5.1 decides a server's QUIC versions "
                              "process-wide, with pymsquic.set_server_versions()")
+        _check_resumption(credential, settings)
         self.registration = registration
         self.alpn_wire = encode_alpns(alpn)
         self.alpns = decode_alpns(self.alpn_wire)
@@ -620,3 +658,14 @@ class Configuration:
 
     def __repr__(self) -> str:
         return f"<Configuration alpn={list(self.alpns)} {self.credential!r}>"
+
+    _loaded_by: Configuration | None = None  # a view's (_for_verify) owner of the handle
+
+    def _for_verify(self, credential: Credential) -> "Configuration":
+        """This loaded configuration for ``credential``, which differs from ours only
+        by its verify callable: the same msquic handle (closing either closes it),
+        checks run with ``credential.verify``."""
+        view = copy.copy(self)
+        view.credential = credential
+        view._loaded_by = self  # the handle's owner: its collection would release the handle
+        return view

@@ -12,16 +12,17 @@ the handshake (``connect``) or accepts connections (the listener's
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import ipaddress
 import logging
-from typing import Any, Callable, Union
+from typing import Any, Callable, NamedTuple, Union
 
 from .._msquic import ffi, lib
 from ..errors import status_name
 
 #: ``verify=`` of :meth:`Credential.client` and ``verify_client=`` of the server
-#: credentials: gets a :class:`CertificateCheck`, returns truthy to accept.
-VerifyCallback = Callable[["CertificateCheck"], Any]
+#: credentials: gets a :class:`CertificateCheck`, returns True to accept (anything else refuses).
+VerifyCallback = Callable[["CertificateCheck"], bool]
 VerifyLike = Union[bool, VerifyCallback]
 
 #: The TLS alert a rejected certificate is answered with.
@@ -57,12 +58,19 @@ class CertificateCheck:
         """True if msquic verified the chain against the trusted CAs."""
         return self.chain_error is None
 
+    def name_matches(self) -> bool:
+        """Whether the leaf is valid for :attr:`server_name` (:func:`server_name_matches`);
+        False without a server name. A client's custom ``verify`` callable replaces
+        the default check, name check included: call this to keep it."""
+        return self.server_name is not None and server_name_matches(self.leaf, self.server_name)
+
 
 def server_name_matches(certificate: bytes, server_name: str) -> bool:
     """Whether a DER certificate is valid for ``server_name``: an IP literal
     against its IP address SANs, a host name against its DNS SANs (case-
     insensitive; a ``*.`` wildcard stands for exactly one whole left-most
-    label). The subject's common name is not used, as in Python's ssl."""
+    label, and needs two labels after it: ``*.com`` matches nothing). The
+    subject's common name is not used, as in Python's ssl."""
     from cryptography import x509
 
     try:
@@ -81,7 +89,8 @@ def server_name_matches(certificate: bytes, server_name: str) -> bool:
         pattern = pattern.rstrip(".").lower()
         if pattern == name:
             return True
-        if pattern.startswith("*.") and "." in name:
+        # "*.com" would stand for a whole top-level domain: a wildcard needs two labels after it.
+        if pattern.startswith("*.") and "." in pattern[2:] and "." in name:
             label, rest = name.split(".", 1)
             if label and rest == pattern[2:] and "*" not in rest:
                 return True
@@ -90,7 +99,8 @@ def server_name_matches(certificate: bytes, server_name: str) -> bool:
 
 def verify_default(check: CertificateCheck) -> bool:
     """``verify=True``: msquic verified the chain, and the leaf is valid for the
-    server name (which msquic 2.5.1 does not check: microsoft/msquic#6274)."""
+    server name (which msquic 2.5.1 does not check: microsoft/msquic#6274).
+    Without a server name it refuses."""
     return _default_refusal(check) is None
 
 
@@ -99,7 +109,9 @@ def _default_refusal(check: CertificateCheck) -> tuple[str, int] | None:
     if not check.chain_verified:
         return f"its chain did not verify ({check.chain_error})", _CHAIN_ALERTS.get(check.chain_error or "",
                                                                                     BAD_CERTIFICATE)
-    if check.server_name is not None and not server_name_matches(check.leaf, check.server_name):
+    if check.server_name is None:  # nothing to check the name against: never a silent pass
+        return "there is no server name to check it against", BAD_CERTIFICATE
+    if not check.name_matches():
         return f"it is not valid for {check.server_name!r}", BAD_CERTIFICATE
     return None
 
@@ -122,34 +134,80 @@ def _chain(taken: Any) -> list[bytes]:
     return chain
 
 
+class Refusal(NamedTuple):
+    """Why a check refused a certificate, and the exception the callable raised, if any."""
+
+    reason: str
+    error: BaseException | None = None
+
+
+class HandshakeLogger(logging.LoggerAdapter):  # type: ignore[type-arg]  # generic only in typeshed
+    """The logger of a server's check: the connection has no id before it is accepted,
+    so its records say where it comes from (in front, and as ``remote_address``)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs.setdefault("extra", {}).update(self.extra or {})
+        return f"[handshake from {(self.extra or {})['remote_address']}] {msg}", kwargs
+
+
 def run_check(native_conn: Any, taken: Any, verify: VerifyCallback | None, server_name: str | None,
-              log: logging.Logger | logging.LoggerAdapter) -> str | None:  # type: ignore[type-arg]
+              log: logging.Logger | logging.LoggerAdapter) -> Refusal | None:  # type: ignore[type-arg]
     """Run ``verify`` on a check taken from ``native_conn`` and complete it:
-    accepted if it returns truthy; rejected (alert bad_certificate) if it
-    returns falsy or raises (logged on ``log``). Frees ``taken``. Returns
+    accepted if it returns True; rejected (alert bad_certificate) if it
+    returns anything else or raises (logged on ``log``). Frees ``taken``. Returns
     None if accepted, else why not."""
     # Completed whatever happens (KeyboardInterrupt included): a taken check nobody
     # completes holds the handshake until its idle timeout.
     refusal: tuple[str, int] | None = (f"{verify!r} was interrupted", BAD_CERTIFICATE)
+    error: BaseException | None = None
     try:
         status = taken.chain_status & 0xFFFFFFFF
-        check = CertificateCheck(_chain(taken), server_name, None if status == 0 else status_name(status))
+        # The default check needs the leaf alone: no PKCS#7 parse of the chain (per handshake).
+        chain = [ffi.buffer(taken.leaf, taken.leaf_len)[:]] if verify is verify_default else _chain(taken)
+        check = CertificateCheck(chain, server_name, None if status == 0 else status_name(status))
         lib.pmq_cert_taken_clear(taken)
         if verify is verify_default:
             refusal = _default_refusal(check)
-        elif verify is not None and verify(check):
+        elif verify is not None and _accepted(verify(check), verify, log):
             refusal = None
         else:
             refusal = f"rejected by {verify!r}", BAD_CERTIFICATE
-    except Exception:
+    except Exception as exc:
         log.exception("certificate check %r raised; rejecting the certificate", verify)
-        refusal = f"rejected by {verify!r} (it raised)", BAD_CERTIFICATE
+        refusal = f"rejected by {verify!r} (it raised {type(exc).__name__})", BAD_CERTIFICATE
+        error = exc
     finally:
         lib.pmq_cert_taken_clear(taken)  # safe twice: it clears the record
         if refusal is not None:
             log.info("certificate of %s refused: %s", server_name or "the peer", refusal[0])
         lib.pmq_conn_cert_complete(native_conn, refusal is None, refusal[1] if refusal else BAD_CERTIFICATE)
-    return None if refusal is None else refusal[0]
+    return None if refusal is None else Refusal(refusal[0], error)
+
+
+def _accepted(result: object, verify: VerifyCallback, log: logging.Logger | logging.LoggerAdapter) -> bool:  # type: ignore[type-arg]
+    """Only True accepts: a coroutine or another awaitable (an ``async`` check
+    nobody awaits) or any other object is a refusal, never truthiness."""
+    if result is True:
+        return True
+    if inspect.isawaitable(result):
+        close = getattr(result, "close", None)
+        if callable(close):
+            close()  # never awaited: no "coroutine was never awaited" warning later
+        log.error("certificate check %r returned an awaitable: checks run synchronously and must return "
+                  "True or False; rejecting the certificate", verify)
+    elif result is not False:
+        log.error("certificate check %r returned %r, not a bool; rejecting the certificate", verify, result)
+    return False
+
+
+def check_verify_callable(verify: object, what: str) -> None:
+    """TypeError unless ``verify`` is a plain (not ``async``) callable."""
+    if not callable(verify):
+        raise TypeError(f"{what} must be callable, not {type(verify).__name__}")
+    # An object whose __call__ is async is as much an async check as a function.
+    if inspect.iscoroutinefunction(verify) or inspect.iscoroutinefunction(type(verify).__call__):
+        raise TypeError(f"{what} must be a plain function returning True or False, not an async function: "
+                        "it runs synchronously during the handshake")
 
 
 def check_mode(verify: object, require: bool) -> int:

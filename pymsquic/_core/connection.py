@@ -34,7 +34,7 @@ from ..keylog import resolve as resolve_keylog
 from ..registration import Registration
 from ..resumption import ResumptionMixin
 from ..versions import HandshakeInfo
-from .certificates import run_check
+from .certificates import BAD_CERTIFICATE, Refusal, run_check
 from .stream import StreamCore
 
 if TYPE_CHECKING:
@@ -164,8 +164,8 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
         """Start the handshake. With ``remote`` None, ``host`` is an IP literal that
         msquic takes as the address (and sends no SNI): this never blocks."""
         sni = server_name or host
-        self._sni = sni
         name = sni.encode() if is_ip_literal(sni) else sni.encode("idna")
+        self._sni = name.decode("ascii")  # the name sent (IDNA): what the certificate's SANs hold
         status = lib.pmq_conn_start(self._conn, self.configuration.handle,
                                     remote if remote is not None else ffi.NULL, name, port)
         if failed(status):
@@ -515,21 +515,27 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
     # ---- certificate checks in Python (pymsquic._core.certificates) ------------
 
     _sni: str | None = None
-    _certificate_refusal: str | None = None
+    _certificate_refusal: Refusal | None = None
 
     def _run_certificate_check(self) -> None:
         """Runs the credential's ``verify`` callable on a check msquic deferred (client)."""
         taken = ffi.new("pmq_cert_taken *")
         if lib.pmq_conn_cert_take(self._conn, taken):
-            verify = self.configuration.credential.verify
-            self._certificate_refusal = run_check(self._conn, taken, verify, self._sni, self.logger)
+            try:
+                verify = self.configuration.credential.verify
+                self._certificate_refusal = run_check(self._conn, taken, verify, self._sni, self.logger)
+            finally:  # completed even if something raised before run_check (a no-op once it did)
+                lib.pmq_cert_taken_clear(taken)
+                lib.pmq_conn_cert_complete(self._conn, False, BAD_CERTIFICATE)
 
     def _certificate_rejected(self, reason: ConnectionClosed) -> ConnectionClosed:
         """The handshake error to raise: says so when our own check rejected the certificate."""
         if self._certificate_refusal is None or not isinstance(reason, HandshakeError):
             return reason
-        return HandshakeError(f"the server's certificate was rejected: {self._certificate_refusal}",
-                              status=reason.status, by_transport=reason.by_transport, error_code=reason.error_code)
+        error = HandshakeError(f"the server's certificate was rejected: {self._certificate_refusal.reason}",
+                               status=reason.status, by_transport=reason.by_transport, error_code=reason.error_code)
+        error.__cause__ = self._certificate_refusal.error  # what the callable raised, if it did
+        return error
 
     # ---- addresses, migration, DSCP (native/transport.c) ------------------------
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Mapping, TypeVar
 
@@ -25,7 +26,7 @@ from ..keylog import KeyLogLike
 from ..keylog import native as native_keylog
 from ..keylog import resolve as resolve_keylog
 from ..registration import Registration
-from .certificates import run_check
+from .certificates import BAD_CERTIFICATE, HandshakeLogger, run_check
 from .connection import ConnectionCore
 
 logger = logging.getLogger("pymsquic")
@@ -83,6 +84,7 @@ class ListenerStats:
     handshakes: int = 0      # handshakes in progress now
     refused_handshakes: int = 0  # refused because max_handshakes handshakes were in progress
     failed: int = 0          # the handshake failed or timed out
+    refused_server_name: int = 0  # asked for a server name not served (refuse_unknown_names=True)
     # msquic's own QUIC_LISTENER_STATISTICS (msquic counts NEW_CONNECTION's answer, not
     # the handshake's end). Not compared by ==: they are msquic's view of the same events.
     msquic_accepted: int = field(default=0, compare=False)   # NEW_CONNECTION accepted
@@ -101,7 +103,7 @@ NewConnectionHook = Callable[[NewConnectionInfo], "bool | None"]
 StopCompleteHook = Callable[[], None]
 
 C = TypeVar("C", bound=ConnectionCore[Any])  # the world's connection class
-_REFUSALS = ("refused_backlog", "refused_hook", "refused_handshakes", "refused_other")
+_REFUSALS = ("refused_backlog", "refused_hook", "refused_handshakes", "refused_other", "refused_server_name")
 
 
 class ListenerCore(Generic[C]):
@@ -138,9 +140,11 @@ class ListenerCore(Generic[C]):
     :class:`~pymsquic.errors.HookContextError`.
 
     ``server_names`` maps server names to configurations (one credential each,
-    the same ALPN and settings as ``configuration``): a client asking for one
-    of them (SNI; ASCII or IDNA, case-insensitive; ``"*.example.com"`` matches
-    one more label) gets that configuration's certificate, chosen in C as the
+    the same ALPN as ``configuration``, else ValueError; each one's settings
+    apply to the connections it gets): a client asking for one
+    of them (SNI; ASCII or IDNA, case-insensitive, a trailing dot ignored;
+    ``"*.example.com"`` matches one more label; a name that is not a host name,
+    or the same name twice, raises ValueError) gets that configuration's certificate, chosen in C as the
     connection arrives. Other clients get ``configuration``, or are refused
     with ``refuse_unknown_names=True``.
 
@@ -176,7 +180,9 @@ class ListenerCore(Generic[C]):
         for name, hook in (("on_new_connection", on_new_connection), ("on_stop_complete", on_stop_complete)):
             if hook is not None and not callable(hook):
                 raise TypeError(f"{name} must be callable")
-        # Before anything native: an unopenable keylog_file raises OSError here.
+        # Before anything native: an unopenable keylog_file raises OSError here,
+        # a bad server name table ValueError/TypeError.
+        names = checked_server_names(server_names or {}, refuse_unknown_names, configuration)
         self._keylog = resolve_keylog(keylog_file)
         self.registration = registration
         self.configuration = configuration
@@ -201,7 +207,7 @@ class ListenerCore(Generic[C]):
         self._releaser = _native.Releaser(self, _close_and_release, self._listener)
         registration._listeners.add(self)
         self._configurations = [configuration]  # by native tag: 0 is the default
-        self._set_server_names(server_names or {}, refuse_unknown_names)
+        self._set_server_names(names, refuse_unknown_names)
 
     # ---- start and addresses -------------------------------------------------
 
@@ -241,6 +247,7 @@ class ListenerCore(Generic[C]):
                              refused_hook=native.refused_hook, refused_other=native.refused_other,
                              expired=native.expired, queued=native.queued, handshakes=native.handshakes,
                              refused_handshakes=native.refused_handshakes, failed=native.failed,
+                             refused_server_name=native.refused_server_name,
                              msquic_accepted=msquic.total_accepted, msquic_rejected=msquic.total_rejected)
 
     def _msquic_stats(self) -> Any:
@@ -315,24 +322,13 @@ class ListenerCore(Generic[C]):
 
     # ---- server names and certificate checks -----------------------------------------
 
-    def _set_server_names(self, server_names: Mapping[str, Configuration], refuse_unknown: bool) -> None:
-        if not isinstance(server_names, Mapping):
-            raise TypeError(f"server_names must be a mapping, not {type(server_names).__name__}")
-        if refuse_unknown and not server_names:
-            raise ValueError("refuse_unknown_names=True needs server_names")
-        for name, configuration in server_names.items():
-            if not isinstance(configuration, Configuration):
-                raise TypeError(f"server_names[{name!r}] must be a Configuration, not {type(configuration).__name__}")
-            if configuration.credential.is_client:
-                raise ValueError(f"server_names[{name!r}] needs a server credential")
-            if configuration.registration is not self.registration:
-                raise ValueError(f"server_names[{name!r}] belongs to another registration")
-            wire = encode_server_name(name)
+    def _set_server_names(self, names: list[tuple[bytes, Configuration]], refuse_unknown: bool) -> None:
+        for wire, configuration in names:
             self._configurations.append(configuration)  # kept alive as long as the listener
             _native.check(lib.pmq_listener_add_server_name(self._listener, wire, configuration.handle,
                                                            len(self._configurations) - 1,
                                                            configuration.credential.cert_check_mode),
-                          f"adding server name {name!r}")
+                          f"adding server name {wire.decode()!r}")
         self._checks_clients = any(c.credential.verify is not None for c in self._configurations)
         _native.check(lib.pmq_listener_set_default_name(self._listener, bool(refuse_unknown),
                                                         self.configuration.credential.cert_check_mode),
@@ -349,8 +345,14 @@ class ListenerCore(Generic[C]):
                 info = ffi.new("pmq_conn_info *")
                 lib.pmq_conn_get_info(conn[0], info)
                 credential = self._configurations[taken.tag].credential
-                run_check(conn[0], taken, credential.verify, _new_connection_info(info).server_name, logger)
+                record = _new_connection_info(info)
+                log = HandshakeLogger(logger, {"remote_address": record.remote_address})
+                run_check(conn[0], taken, credential.verify, record.server_name, log)
             finally:
+                # Whatever raised before run_check completed it (the lookup, an interrupt):
+                # rejected now, not left to the handshake idle timeout. A no-op once completed.
+                lib.pmq_cert_taken_clear(taken)
+                lib.pmq_conn_cert_complete(conn[0], False, BAD_CERTIFICATE)
                 lib.pmq_conn_cert_done(conn[0])
 
     def __repr__(self) -> str:
@@ -367,17 +369,59 @@ def _new_connection_info(info: Any) -> NewConnectionInfo:
     )
 
 
+def checked_server_names(server_names: Mapping[str, Configuration], refuse_unknown: bool,
+                         default: Configuration) -> list[tuple[bytes, Configuration]]:
+    """The server name table as C gets it (:func:`encode_server_name`), every entry
+    checked: TypeError/ValueError before anything native is opened."""
+    if not isinstance(server_names, Mapping):
+        raise TypeError(f"server_names must be a mapping, not {type(server_names).__name__}")
+    if refuse_unknown and not server_names:
+        raise ValueError("refuse_unknown_names=True needs server_names")
+    names: dict[bytes, str] = {}
+    table = []
+    for name, configuration in server_names.items():
+        if not isinstance(configuration, Configuration):
+            raise TypeError(f"server_names[{name!r}] must be a Configuration, not {type(configuration).__name__}")
+        if configuration.credential.is_client:
+            raise ValueError(f"server_names[{name!r}] needs a server credential")
+        if configuration.registration is not default.registration:
+            raise ValueError(f"server_names[{name!r}] belongs to another registration")
+        if configuration.alpns != default.alpns:  # the client's ALPN was matched against the listener's
+            raise ValueError(f"server_names[{name!r}] has ALPN {list(configuration.alpns)}, the listener's "
+                             f"configuration {list(default.alpns)}: they must be the same")
+        wire = encode_server_name(name)
+        if wire in names:  # the C table would silently keep the first
+            raise ValueError(f"server names {names[wire]!r} and {name!r} are the same name")
+        names[wire] = name
+        table.append((wire, configuration))
+    return table
+
+
+_LABEL = re.compile(r"[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?")
+
+
 def encode_server_name(name: str) -> bytes:
-    """A server name as the table in C compares it: ASCII (IDNA), one wildcard label at most."""
+    """A server name as the table in C compares it: ASCII (IDNA), lower case, without
+    a trailing dot (C drops the client's), host name labels, and at most one ``*``:
+    a whole first label followed by two more (``*.example.com``, not ``*.com``)."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"server names must be non-empty str, not {name!r}")
     wildcard = name.startswith("*.")
+    host = name[2:] if wildcard else name
+    host = host[:-1] if host.endswith(".") else host  # "example.com." is example.com
     try:
-        wire = ("*." if wildcard else "").encode() + (name[2:] if wildcard else name).encode("idna")
+        ascii_host = host.encode("idna").decode("ascii").lower()
     except UnicodeError as exc:
         raise ValueError(f"server name {name!r} is not a valid host name: {exc}") from None
-    if len(wire) > 255 or b"*" in wire[1:]:
-        raise ValueError(f"server name {name!r}: at most 255 bytes, and '*' only as a whole first label")
+    labels = ascii_host.split(".")
+    if not all(_LABEL.fullmatch(label) for label in labels):
+        raise ValueError(f"server name {name!r} is not a host name (letters, digits, '-' in dot-separated labels; "
+                         "'*' only as a whole first label)")
+    if wildcard and len(labels) < 2:
+        raise ValueError(f"server name {name!r}: a wildcard needs two labels after '*.' ('*.example.com')")
+    wire = ("*." if wildcard else "").encode() + ascii_host.encode()
+    if len(wire) > 255:
+        raise ValueError(f"server name {name!r} is longer than 255 bytes")
     return wire
 
 

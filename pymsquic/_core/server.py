@@ -34,7 +34,9 @@ def make_configuration(registration: Registration | None, alpn: AlpnLike, creden
     credential (a CA store above all) costs milliseconds per connection otherwise."""
     registration = registration or default_registration()
     settings = DEFAULT_SETTINGS if settings is None else settings
-    key = (encode_alpns(alpn), credential, settings)
+    # Keyed without the verify callable: a closure made per call (or an unhashable
+    # callable) would otherwise miss, or break, the cache; it only decides in Python.
+    key = (encode_alpns(alpn), credential_key(credential), settings)
     with registration._lock:
         cache = registration._configuration_cache
         configuration: Configuration | None = cache.pop(key, None)
@@ -43,7 +45,16 @@ def make_configuration(registration: Registration | None, alpn: AlpnLike, creden
         cache[key] = configuration  # most recently used last
         while len(cache) > _CACHED_CONFIGURATIONS:
             cache.pop(next(iter(cache)))
+    if configuration.credential.verify is not credential.verify:
+        configuration = configuration._for_verify(credential)
     return configuration
+
+
+def credential_key(credential: Credential) -> tuple[Any, ...]:
+    """What msquic loads of a credential (all but its verify callable, whose presence
+    the deferral flag already tells)."""
+    return tuple(getattr(credential, field.name) for field in dataclasses.fields(credential)
+                 if field.name != "verify")
 
 
 def chosen_configuration(configuration: Configuration | None, registration: Registration | None,
