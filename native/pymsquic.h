@@ -644,6 +644,10 @@ QUIC_STATUS pmq_configuration_set_ticket_keys(HQUIC configuration, const pmq_tic
 QUIC_STATUS pmq_load_balancing_mode(int set, uint16_t *mode);
 /* QUIC_PARAM_GLOBAL_STATELESS_RESET_KEY (set only: msquic cannot read it back). */
 QUIC_STATUS pmq_set_stateless_reset_key(const uint8_t *key, size_t len);
+/* A reference to the native connection of its own (the sync ticket thread's,
+ * which holds the Python connection only weakly); pmq_conn_unhold drops it. */
+void pmq_conn_hold(pmq_conn *conn);
+void pmq_conn_unhold(pmq_conn *conn);
 
 /* CFFI-END */
 

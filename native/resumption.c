@@ -345,3 +345,7 @@ QUIC_STATUS pmq_set_stateless_reset_key(const uint8_t *key, size_t len)
     }
     return pmq_api->SetParam(NULL, QUIC_PARAM_GLOBAL_STATELESS_RESET_KEY, (uint32_t)len, key);
 }
+
+void pmq_conn_hold(pmq_conn *c) { pmq_obj_ref(obj_of(c)); }
+
+void pmq_conn_unhold(pmq_conn *c) { pmq_obj_unref(obj_of(c)); }

@@ -22,6 +22,7 @@ import enum
 import logging
 import os
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, Union
 
 from . import _native
@@ -315,12 +316,19 @@ class ResumptionMixin:
 
     def _start_ticket_thread(self) -> None:
         """Sync world: a daemon thread delivers tickets as they come, until the
-        connection is closed (it waits on the native object, GIL released)."""
+        connection is closed (it waits on the native object, GIL released). It
+        holds the connection only weakly (and the native one strongly): a
+        connection dropped without close() is still collected, which ends it."""
         if self._on_session_ticket is None:
             return
-        thread = threading.Thread(target=_ticket_thread, args=(self,), name="pymsquic-session-tickets",
-                                  daemon=True)
-        thread.start()
+        lib.pmq_conn_hold(self._conn)
+        thread = threading.Thread(target=_ticket_thread, args=(weakref.ref(self), self._conn),
+                                  name="pymsquic-session-tickets", daemon=True)
+        try:
+            thread.start()
+        except BaseException:
+            lib.pmq_conn_unhold(self._conn)
+            raise
 
     # ---- server -------------------------------------------------------------
 
@@ -359,13 +367,22 @@ class ResumptionMixin:
                             "resumption, the connection be up, and no final ticket sent)", status)
 
 
-def _ticket_thread(conn: ResumptionMixin) -> None:
-    def check() -> bool | None:
-        conn._deliver_tickets()
-        return True if lib.pmq_conn_flags(conn._conn) & lib.PMQ_CONN_SHUTDOWN_COMPLETE else None
-
+def _ticket_thread(ref: "weakref.ref[ResumptionMixin]", native: Any) -> None:
+    """Delivers tickets while the connection lives and is not shut down; wakes
+    only when the native connection changes (a dropped connection's release
+    shuts it down, which wakes it too)."""
+    obj = lib.pmq_conn_obj(native)
     try:
-        _native.wait_blocking(conn._native_obj, check, None, "on_session_ticket delivery")
-        conn._deliver_tickets()  # any that came with the close
-    except Exception:  # pragma: no cover - interpreter teardown
-        logger.debug("session ticket thread ended", exc_info=True)
+        while True:
+            seq = lib.pmq_obj_seq(obj)
+            done = lib.pmq_conn_flags(native) & lib.PMQ_CONN_SHUTDOWN_COMPLETE
+            conn = ref()
+            if conn is None:
+                return
+            conn._deliver_tickets()  # after the flags: also those that came with the close
+            del conn  # never held across the wait
+            if done:
+                return
+            lib.pmq_obj_wait(obj, seq, -1)
+    finally:
+        lib.pmq_conn_unhold(native)

@@ -8,12 +8,14 @@ a ticket key.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import ssl
 import subprocess
 import sys
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ from worlds import (
     AsyncioWorld,
     ServerHandle,
     SyncServerHandle,
+    SyncWorld,
     World,
     client_credential,
     worlds,
@@ -330,6 +333,37 @@ def test_resumption_level_none_sends_no_ticket(registration, server_credential) 
         assert len(failures) == 1 and failures[0].status == pymsquic.lib.QUIC_STATUS_INVALID_STATE
 
     asyncio.run(main())
+
+
+def test_sync_connection_with_a_ticket_callback_is_collected(registration, server_credential) -> None:
+    """A sync connection given on_session_ticket and dropped without close() is
+    garbage-collected like any other (its ticket thread holds it weakly), and
+    its ticket thread then ends."""
+
+    async def handler(w: World, conn: Any) -> None:
+        conn.send_resumption_ticket(b"")
+        await w.wait(conn.wait_closed, timeout=None)  # never closes the connection itself
+
+    async def main() -> None:
+        async with await serve_in(w, handler, registration, server_credential) as server:
+            before = set(threading.enumerate())
+            box = TicketBox(w)
+            # keep-alive: never idle, so only being collected can end it in time
+            conn = await w.connect(server.port, registration, on_session_ticket=box,
+                                   settings=Settings(keep_alive_interval_ms=1000))
+            await box.first()
+            threads = [t for t in set(threading.enumerate()) - before if t.name == "pymsquic-session-tickets"]
+            assert len(threads) == 1
+            ref = weakref.ref(conn)
+            del conn
+            gc.collect()
+            for thread in threads:  # each ends once its connection is gone and shut down
+                thread.join(WAIT)
+            assert not any(t.is_alive() for t in threads)
+            assert ref() is None
+
+    w = SyncWorld()
+    w.run(main())
 
 
 # ---- bad input -------------------------------------------------------------------------
