@@ -281,8 +281,9 @@ class ResumptionMixin:
 
     @property
     def early_data_accepted(self) -> bool | None:
-        """Client: None until the handshake completed; then whether the server
-        accepted the 0-RTT data (False when none was attempted).
+        """Client: None until the handshake completed; then whether 0-RTT was
+        attempted and the session resumed (False when none was attempted):
+        inferred, not a guarantee that any byte travelled early.
 
         msquic 2.5.1 does not report TLS's early-data status: pymsquic reads
         "accepted" as "0-RTT was attempted and the session resumed", which is

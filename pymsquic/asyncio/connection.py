@@ -229,12 +229,15 @@ class connect:
     on this event loop (never on msquic's threads); an exception it raises is
     logged. With ``early_data=True`` and a ticket, ``connect`` returns as soon
     as the connection is started, before the handshake: streams opened and
-    written then go out as 0-RTT data, in the client's first flight. Await
+    written then may go out as 0-RTT data (msquic sends early only what it
+    took before sending its first flight; what comes later waits for the
+    handshake: README, "Resumption, 0-RTT and fleets"). Await
     :meth:`Connection.wait_handshake` for the handshake's outcome (the open
     timeout does not apply then; msquic's handshake idle timeout does);
-    :attr:`Connection.early_data_accepted` then says whether the server took
-    the early data. Rejected early data is not lost: msquic sends it again
-    after the handshake. Datagrams cannot be sent before the handshake.
+    :attr:`Connection.early_data_accepted` then says whether 0-RTT was
+    attempted and the session resumed (inferred: not that bytes went early).
+    Rejected early data is not lost: msquic sends it again after the
+    handshake. Datagrams cannot be sent before the handshake.
 
     0-RTT data can be replayed by an attacker (the server may see it twice, or
     on two servers of a fleet): send early only what is safe to repeat.

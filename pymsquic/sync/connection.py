@@ -145,7 +145,9 @@ def connect(host: str, port: int, *, alpn: AlpnLike | None = None, credential: C
     completed; ``with connect(...) as connection:`` closes it on the way out.
     The arguments, defaults and errors are those of :class:`pymsquic.asyncio.connect`,
     resumption and 0-RTT included (``early_data=True`` with a ticket returns
-    before the handshake: see :meth:`Connection.wait_handshake`), except that
+    before the handshake: see :meth:`Connection.wait_handshake`; data written
+    then goes out as 0-RTT less often than in asyncio, as this ``connect``
+    returns later: README), except that
     ``on_session_ticket`` runs on a daemon thread of its own (one per
     connection given one, started with it, ending once the connection is
     closed), never on msquic's threads: a handler touching state the caller
