@@ -304,15 +304,17 @@ class ResumptionMixin:
                 return tickets
             tickets.append(ticket)
 
-    def _deliver_tickets(self) -> None:
-        """Calls on_session_ticket with each ticket received since the last call."""
+    def _deliver_tickets(self, survives: type[BaseException] = Exception) -> None:
+        """Calls on_session_ticket with each ticket received since the last call;
+        what it raises of ``survives`` is logged (the sync ticket thread passes
+        BaseException: a SystemExit there would end the thread silently)."""
         handler = self._on_session_ticket
         if handler is None:
             return
         for ticket in self._pop_tickets():
             try:
                 handler(ticket)
-            except Exception:  # the connection goes on; the caller learns from the log
+            except survives:  # the connection goes on; the caller learns from the log
                 self.logger.exception("on_session_ticket failed")
 
     def _start_ticket_thread(self) -> None:
@@ -380,7 +382,7 @@ def _ticket_thread(ref: "weakref.ref[ResumptionMixin]", native: Any) -> None:
             conn = ref()
             if conn is None:
                 return
-            conn._deliver_tickets()  # after the flags: also those that came with the close
+            conn._deliver_tickets(BaseException)  # after the flags: also those that came with the close
             del conn  # never held across the wait
             if done:
                 return

@@ -372,6 +372,31 @@ def test_sync_connection_with_a_ticket_callback_is_collected(registration, serve
     w.run(main())
 
 
+def test_sync_ticket_handler_raising_system_exit_keeps_its_thread(registration, server_credential,
+                                                               caplog) -> None:
+    """What on_session_ticket raises, SystemExit included, is logged, and the
+    sync ticket thread goes on delivering."""
+
+    class Raising(TicketBox):
+        def __call__(self, ticket: bytes) -> None:
+            super().__call__(ticket)
+            raise SystemExit("from the handler")
+
+    async def body() -> None:
+        async with await serve_in(w, echo_handler(Seen(), b""), registration, server_credential) as server:
+            box = Raising(w)
+            conn = await w.connect(server.port, registration, on_session_ticket=box)
+            await box.wait_for(1)
+            assert await round_trip(w, conn, b"another ticket") == b"another ticket"
+            await box.wait_for(2)  # the thread survived the first SystemExit
+            await w.call(conn.close)
+        assert [r.exc_info[0] for r in caplog.records if r.getMessage().endswith("on_session_ticket failed")
+                and r.exc_info][:2] == [SystemExit, SystemExit]
+
+    w = SyncWorld()
+    w.run(body())
+
+
 # ---- bad input -------------------------------------------------------------------------
 
 def test_bad_input(registration, server_credential) -> None:

@@ -151,7 +151,10 @@ def connect(host: str, port: int, *, alpn: AlpnLike | None = None, credential: C
     ``on_session_ticket`` runs on a daemon thread of its own (one per
     connection given one, started with it, ending once the connection is
     closed), never on msquic's threads: a handler touching state the caller
-    also uses needs a lock. 0-RTT data can be replayed by an attacker: send
+    also uses needs a lock. close() does not wait for that thread: the handler
+    may still run (with a ticket that came with the close) after close()
+    returned. Whatever it raises, SystemExit included, is logged and the
+    thread goes on. 0-RTT data can be replayed by an attacker: send
     early only what is safe to repeat.
     """
     _native.forbid_in_callback("connect()")
