@@ -237,7 +237,8 @@ class connect:
     :attr:`Connection.early_data_accepted` then says whether 0-RTT was
     attempted and the session resumed (inferred: not that bytes went early).
     Rejected early data is not lost: msquic sends it again after the
-    handshake. Datagrams cannot be sent before the handshake.
+    handshake. A datagram sent before the handshake (:meth:`Connection.send_datagram`)
+    is accepted and queued, and goes out after it, never as 0-RTT data.
 
     0-RTT data can be replayed by an attacker (the server may see it twice, or
     on two servers of a fleet): send early only what is safe to repeat.
