@@ -455,16 +455,15 @@ def test_send_resumption_ticket_checks(registration, server_credential) -> None:
 
         async with pymsquic.asyncio.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=server_credential,
                                           settings=SERVER_SETTINGS, registration=registration) as server:
-            box: list[bytes] = []
+            box = TicketBox(AsyncioWorld())
             async with pymsquic.asyncio.connect("127.0.0.1", server.addresses[0][1], alpn=ALPN,
                                                 credential=pymsquic.Credential.client(verify=False),
-                                                registration=registration, on_session_ticket=box.append) as conn:
+                                                registration=registration, on_session_ticket=box) as conn:
                 with pytest.raises(pymsquic.QuicError):
                     conn.send_resumption_ticket()  # a client cannot send tickets
-                while len(box) < 1:  # the ticket sent with final=True arrives
-                    await asyncio.sleep(0.01)
+                await box.wait_for(1)  # the ticket sent with final=True arrives (bounded: WAIT)
         assert isinstance(results[0], ValueError) and results == [results[0], "sent"]
-        assert len(box) == 1
+        assert len(box.tickets) == 1
 
     asyncio.run(main())
 
