@@ -207,7 +207,7 @@ def _take_blob(blob: Any) -> bytes | None:
 def check_resumption_args(session_ticket: object, early_data: object, on_session_ticket: object) -> None:
     """The checks ``connect`` makes before opening anything."""
     if session_ticket is not None and not isinstance(session_ticket, (bytes, bytearray, memoryview)):
-        raise TypeError(f"session_ticket must be bytes, not {type(session_ticket).__name__}")
+        raise TypeError(f"session_ticket must be a bytes-like object, not {type(session_ticket).__name__}")
     if session_ticket is not None and not 0 < len(session_ticket) <= 0xFFFF:
         raise ValueError(f"session_ticket must be 1 to 65535 bytes, not {len(session_ticket)}")
     if not isinstance(early_data, bool):
@@ -342,6 +342,8 @@ class ResumptionMixin:
         if it did not resume. Like early data, it comes from the client, which
         may replay it: it is authenticated (only this fleet's ticket keys make
         it) but not fresh."""
+        if not self.session_resumed:  # msquic's RESUMED came, yet TLS may have made a full handshake
+            return None
         return _take_blob(lib.pmq_conn_resumption_app_data(self._conn))
 
     @property

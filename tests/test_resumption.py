@@ -397,6 +397,26 @@ def test_sync_ticket_handler_raising_system_exit_keeps_its_thread(registration, 
     w.run(body())
 
 
+def test_resumption_api_types(tmp_path) -> None:
+    """mypy --strict accepts a bytes-like session_ticket in both worlds and
+    pymsquic.SessionTicketHandler (exported), and still rejects a str ticket."""
+    pytest.importorskip("mypy")
+    from test_typing import run_mypy
+
+    good = tmp_path / "good.py"  # line 10: the str ticket
+    good.write_text("import pymsquic\n\n"
+                    "def keep(ticket: bytes) -> None:\n    pass\n\n"
+                    "handler: pymsquic.SessionTicketHandler = keep\n"
+                    "ticket = bytearray(b'x')\n"
+                    "pymsquic.sync.connect('127.0.0.1', 1, alpn='a', session_ticket=ticket,on_session_ticket=handler)\n"
+                    "pymsquic.asyncio.connect('127.0.0.1', 1, alpn='a', session_ticket=memoryview(ticket))\n"
+                    "pymsquic.sync.connect('127.0.0.1', 1, alpn='a', session_ticket='text')\n",
+                    encoding="utf-8")
+    result = run_mypy(["pymsquic", str(good)], tmp_path)
+    errors = [line for line in result.stdout.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "good.py:10:" in errors[0] and "session_ticket" in errors[0], result.stdout
+
+
 # ---- bad input -------------------------------------------------------------------------
 
 def test_bad_input(registration, server_credential) -> None:

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Generator
 
+from .._buffers import BufferLike
 from .._core.connection import ConnectionCore, check_endpoint, exit_error_code, local_address_native
 from .._core.server import client_configuration
 from ..addresses import Address, AddressLike, from_native, is_ip_literal, resolve_async
@@ -249,11 +250,12 @@ class connect:
                  server_name: str | None = None, registration: Registration | None = None,
                  open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0,
                  keylog_file: KeyLogLike | None = None, local_addr: AddressLike | None = None,
-                 session_ticket: bytes | None = None, early_data: bool = False,
+                 session_ticket: BufferLike | None = None, early_data: bool = False,
                  on_session_ticket: SessionTicketHandler | None = None) -> None:
         check_endpoint(host, port)
         check_resumption_args(session_ticket, early_data, on_session_ticket)
-        self._resumption = (session_ticket, early_data, on_session_ticket)
+        ticket = None if session_ticket is None else bytes(session_ticket)  # a copy: used later, in the task
+        self._resumption = (ticket, early_data, on_session_ticket)
         self._keylog_file = keylog_file
         if local_addr is not None:
             local_address_native(local_addr)  # bad input fails here, not in the task

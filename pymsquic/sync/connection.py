@@ -9,6 +9,7 @@ import contextlib
 from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from .. import _native
+from .._buffers import BufferLike
 from .._core.connection import ConnectionCore, check_endpoint, exit_error_code
 from .._core.server import client_configuration
 from ..addresses import Address, AddressLike, is_ip_literal, resolve
@@ -139,7 +140,7 @@ def connect(host: str, port: int, *, alpn: AlpnLike | None = None, credential: C
             server_name: str | None = None, registration: Registration | None = None,
             open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0,
             keylog_file: KeyLogLike | None = None, local_addr: AddressLike | None = None,
-            session_ticket: bytes | None = None, early_data: bool = False,
+            session_ticket: BufferLike | None = None, early_data: bool = False,
             on_session_ticket: SessionTicketHandler | None = None) -> Connection:
     """Connect to a QUIC server and return the connection once its handshake
     completed; ``with connect(...) as connection:`` closes it on the way out.
