@@ -197,7 +197,9 @@ QUIC_STATUS pmq_resumption_before_start(pmq_conn *c, HQUIC handle)
     free(ticket);
     if (QUIC_FAILED(status)) {
         pthread_mutex_lock(&obj_of(c)->lock);
-        r->ticket_refused = 1;
+        /* Only a ticket msquic cannot decode is the caller's bad input (ValueError);
+         * any other failure (out of memory, a state) stays a QuicError. */
+        r->ticket_refused = status == QUIC_STATUS_INVALID_PARAMETER;
         r->early_data = 0;
         pthread_mutex_unlock(&obj_of(c)->lock);
     }
