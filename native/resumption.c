@@ -308,6 +308,15 @@ QUIC_STATUS pmq_conn_send_resumption_ticket(pmq_conn *c, const uint8_t *app_data
 
 _Static_assert(sizeof(pmq_ticket_key) == sizeof(QUIC_TICKET_KEY_CONFIG), "pmq_ticket_key mirrors msquic's");
 
+/* memset through a volatile pointer: a wipe the compiler cannot drop as a dead store. */
+static void wipe(void *p, size_t n)
+{
+    volatile uint8_t *v = p;
+    while (n-- > 0) {
+        *v++ = 0;
+    }
+}
+
 QUIC_STATUS pmq_configuration_set_ticket_keys(HQUIC configuration, const pmq_ticket_key *keys, uint32_t count)
 {
     if (keys == NULL || count == 0 || count > QUIC_MAX_TICKET_KEY_COUNT) {
@@ -321,8 +330,10 @@ QUIC_STATUS pmq_configuration_set_ticket_keys(HQUIC configuration, const pmq_tic
         config[i].MaterialLength = keys[i].material_len;
     }
     /* Configuration parameters are answered inline: no worker, no wait. */
-    return pmq_api->SetParam(configuration, QUIC_PARAM_CONFIGURATION_TICKET_KEYS,
-                             (uint32_t)(count * sizeof(config[0])), config);
+    QUIC_STATUS status = pmq_api->SetParam(configuration, QUIC_PARAM_CONFIGURATION_TICKET_KEYS,
+                                           (uint32_t)(count * sizeof(config[0])), config);
+    wipe(config, sizeof(config)); /* msquic copied them: no key material left on the stack */
+    return status;
 }
 
 QUIC_STATUS pmq_load_balancing_mode(int set, uint16_t *mode)

@@ -13,7 +13,7 @@ from ._core.certificates import VerifyCallback, VerifyLike, check_mode, verify_d
 from ._msquic import ffi, lib
 from .errors import QuicError
 from .registration import Registration
-from .resumption import ResumptionLevel, TicketKeys, apply_ticket_keys, check_ticket_keys
+from .resumption import ResumptionLevel, TicketKey, TicketKeys, apply_ticket_keys, check_ticket_keys
 from .versions import apply_versions, check_versions, configuration_versions
 
 AlpnLike = Union[str, bytes, Sequence[Union[str, bytes]]]
@@ -540,11 +540,10 @@ class Configuration:
                 self._releaser()
                 raise
         registration._configurations.add(self)
-        #: The shared session-ticket keys (``ticket_keys=``), or None (a random key of msquic's).
-        self.ticket_keys = None if ticket_keys is None else check_ticket_keys(ticket_keys)
-        if self.ticket_keys is not None:
+        self._ticket_keys = None if ticket_keys is None else check_ticket_keys(ticket_keys)
+        if self._ticket_keys is not None:
             try:
-                apply_ticket_keys(self, self.ticket_keys)
+                apply_ticket_keys(self, self._ticket_keys)
             except BaseException:
                 self.close()
                 raise
@@ -595,3 +594,9 @@ class Configuration:
 
     def __repr__(self) -> str:
         return f"<Configuration alpn={list(self.alpns)} {self.credential!r}>"
+
+    @property
+    def ticket_keys(self) -> tuple[TicketKey, ...] | None:
+        """The shared session-ticket keys given as ``ticket_keys=``, or None (a
+        random key of msquic's). Read-only: msquic takes keys once, at creation."""
+        return self._ticket_keys

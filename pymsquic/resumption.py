@@ -132,6 +132,7 @@ def apply_ticket_keys(configuration: "Configuration", keys: Iterable[TicketKey])
         ffi.memmove(slot.material, key.material, len(key.material))
         slot.material_len = len(key.material)
     status = lib.pmq_configuration_set_ticket_keys(configuration.handle, native, len(keys))
+    ffi.memmove(native, bytes(ffi.sizeof(native)), ffi.sizeof(native))  # no copy of the secrets left behind
     if failed(status):
         hint = " (a server configuration needs them)" if status == lib.QUIC_STATUS_NOT_SUPPORTED else ""
         raise QuicError(f"setting the ticket keys failed{hint}", status)

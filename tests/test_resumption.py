@@ -417,6 +417,19 @@ def test_resumption_api_types(tmp_path) -> None:
     assert len(errors) == 1 and "good.py:10:" in errors[0] and "session_ticket" in errors[0], result.stdout
 
 
+def test_configuration_ticket_keys_is_read_only(registration, server_credential) -> None:
+    """Configuration.ticket_keys tells the keys given; writing to it, which msquic
+    would never see, raises."""
+    key = TicketKey.generate()
+    with pymsquic.Configuration(registration, ALPN, server_credential, ticket_keys=key) as config:
+        assert config.ticket_keys == (key,)
+        with pytest.raises(AttributeError):
+            config.ticket_keys = (TicketKey.generate(),)  # type: ignore[misc]
+        assert config.ticket_keys == (key,)
+    with pymsquic.Configuration(registration, ALPN, server_credential) as config:
+        assert config.ticket_keys is None
+
+
 # ---- bad input -------------------------------------------------------------------------
 
 def test_bad_input(registration, server_credential) -> None:
