@@ -502,8 +502,9 @@ class Configuration:
     A server passes it to a :class:`~pymsquic.Listener`; a client to
     :meth:`~pymsquic.Connection.connect`. ``close()`` (or ``with``) releases it;
     connections that use it keep msquic's own reference. A server's
-    ``ticket_keys`` (:class:`~pymsquic.TicketKey`) encrypt its session tickets,
-    so that servers sharing them resume each other's sessions.
+    ``ticket_keys`` (one :class:`~pymsquic.TicketKey`, or a list of one: msquic
+    2.5.1 does not rotate keys) encrypt its session tickets, so that servers
+    sharing them resume each other's sessions.
     """
 
     def __init__(self, registration: Registration, alpn: AlpnLike, credential: Credential,

@@ -110,16 +110,19 @@ TicketKeys = Union[TicketKey, Sequence[TicketKey]]
 
 
 def check_ticket_keys(keys: TicketKeys) -> tuple[TicketKey, ...]:
-    """``ticket_keys=`` as a tuple of 1 to 16 keys (msquic 2.5.1 uses the first)."""
+    """``ticket_keys=`` as a tuple of one key: msquic 2.5.1 takes up to 16 but
+    uses only the first, so a second one (a key rotation) would silently do
+    nothing: refused."""
     if isinstance(keys, TicketKey):
         return (keys,)
     if not isinstance(keys, (list, tuple)):
         raise TypeError(f"ticket_keys must be a TicketKey or a sequence of them, not {type(keys).__name__}")
-    if not 1 <= len(keys) <= lib.PMQ_MAX_TICKET_KEYS:
-        raise ValueError(f"ticket_keys must hold 1 to {lib.PMQ_MAX_TICKET_KEYS} keys, not {len(keys)}")
     for key in keys:
         if not isinstance(key, TicketKey):
             raise TypeError(f"ticket_keys must hold TicketKey objects, not {type(key).__name__}")
+    if len(keys) != 1:
+        raise ValueError(f"ticket_keys must hold exactly one key, not {len(keys)}: msquic 2.5.1 encrypts "
+                         "and decrypts with the first key only (no key rotation)")
     return tuple(keys)
 
 

@@ -451,6 +451,11 @@ def test_bad_input(registration, server_credential) -> None:
         TicketKey(bytes(16), bytes(31))
     with pytest.raises(TypeError):
         pymsquic.Configuration(registration, ALPN, server_credential, ticket_keys=["k"])  # type: ignore
+    with pytest.raises(ValueError, match="no key rotation"):  # msquic 2.5.1 would ignore the second
+        pymsquic.Configuration(registration, ALPN, server_credential,
+                               ticket_keys=[TicketKey.generate(), TicketKey.generate()])
+    with pytest.raises(ValueError, match="exactly one"):
+        pymsquic.Configuration(registration, ALPN, server_credential, ticket_keys=[])
     with pytest.raises(pymsquic.QuicError):  # msquic: ticket keys are for servers
         pymsquic.Configuration(registration, ALPN, client, ticket_keys=TicketKey.generate())
     with pytest.raises(ValueError):
