@@ -182,9 +182,11 @@ def set_stateless_reset_key(key: bytes) -> None:
     A server that lost a connection's state (a restart, or a packet routed to
     the wrong machine) answers its packets with a stateless reset, which the
     client accepts only if its token matches: tokens are derived from this key
-    and the connection id, so every server must derive them alike. msquic
-    needs its lazy initialisation done first (a registration open) and cannot
-    read the key back."""
+    and the connection id, so every server must derive them alike. Call it
+    first thing, before any listener or connection: connection ids issued
+    before carry tokens derived from the old key, which a server of the fleet
+    cannot match. msquic needs its lazy initialisation done first (this call
+    opens the default registration for that) and cannot read the key back."""
     if not isinstance(key, (bytes, bytearray, memoryview)):
         raise TypeError(f"key must be bytes, not {type(key).__name__}")
     if len(key) != lib.PMQ_STATELESS_RESET_KEY_LEN:
