@@ -179,7 +179,9 @@ enum {
     PMQ_STREAM_CONN_SHUTDOWN = 4096,    /* ended because its connection did */
     /* Written data (or the FIN) may not have been delivered: a send was cancelled,
      * or the send side was aborted (reset, STOP_SENDING, connection closed) first. */
-    PMQ_STREAM_SEND_INCOMPLETE = 8192
+    PMQ_STREAM_SEND_INCOMPLETE = 8192,
+    /* A peer stream whose first packet was a 0-RTT one (QUIC_STREAM_OPEN_FLAG_0_RTT). */
+    PMQ_STREAM_OPENED_IN_0RTT = 16384
 };
 
 /* pmq_stream_peek / pmq_stream_read_into results */

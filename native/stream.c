@@ -928,3 +928,10 @@ QUIC_STATUS pmq_stream_param(pmq_stream *s, int set, uint32_t param, void *buffe
 {
     return guarded_param(s, set, param, buffer, size);
 }
+
+void pmq_stream_mark_opened_in_0rtt(pmq_stream *s)
+{
+    pthread_mutex_lock(&s->obj.lock);
+    s->st.flags |= PMQ_STREAM_OPENED_IN_0RTT;
+    pthread_mutex_unlock(&s->obj.lock);
+}

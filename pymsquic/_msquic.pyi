@@ -108,6 +108,7 @@ class _Lib:
     PMQ_STREAM_FIN_SENT: Final[int]
     PMQ_STREAM_ID_KNOWN: Final[int]
     PMQ_STREAM_LOCAL: Final[int]
+    PMQ_STREAM_OPENED_IN_0RTT: Final[int]
     PMQ_STREAM_RESET_RECEIVED: Final[int]
     PMQ_STREAM_RESET_SENT: Final[int]
     PMQ_STREAM_SEND_INCOMPLETE: Final[int]

@@ -67,7 +67,7 @@ def echo_handler(seen: Seen, app_data: bytes | None):
 
     async def handler(w: World, conn: Any) -> None:
         record = {"resumed": conn.session_resumed, "app_data": conn.resumption_app_data,
-                  "early_streams": conn.early_data_streams}
+                  "early_streams": conn.early_data_streams, "opened_in_0rtt": None}
         seen.connections.append(record)
         if app_data is not None:
             conn.send_resumption_ticket(app_data)
@@ -81,6 +81,7 @@ def echo_handler(seen: Seen, app_data: bytes | None):
                 conn.send_resumption_ticket(b"second")
             stream.write(data, fin=True)
             record["early_streams"] = conn.early_data_streams  # opened by now
+            record["opened_in_0rtt"] = stream.opened_in_0rtt  # the last stream's
 
     return handler
 
@@ -201,7 +202,8 @@ def test_zero_rtt_accepted(w: World, registration) -> None:
             server.release()  # the first, full handshake
             box = TicketBox(w)
             conn = await connect_in(w, server.port, registration, alpn=FLEET_ALPN, on_session_ticket=box)
-            assert json.loads(await round_trip(w, conn, b"full"))["resumed"] is False
+            full = json.loads(await round_trip(w, conn, b"full"))
+            assert full["resumed"] is False and full["opened_in_0rtt"] is False
             ticket = await box.first()
             await w.call(conn.close)
             for _ in range(50):
@@ -216,6 +218,8 @@ def test_zero_rtt_accepted(w: World, registration) -> None:
                 answer = json.loads(await w.wait(stream.read, -1))
                 await w.call(conn.close)
                 assert answer["resumed"] and answer["app_data"] == "held" and answer["received"] == len(PAYLOAD)
+                assert answer["opened_in_0rtt"] is (answer["early_streams"] >= 1)  # the one stream
+                assert not stream.opened_in_0rtt  # a local stream
                 if answer["early_streams"] >= 1:
                     break
             else:
@@ -248,7 +252,8 @@ def test_zero_rtt_rejected_by_a_server_without_the_key(w: World, registration, s
             for i, stream in enumerate(streams):
                 assert await w.wait(stream.read, -1) == PAYLOAD[i:]  # no byte lost
             await w.call(conn.close)
-        assert seen_b.connections == [{"resumed": False, "app_data": None, "early_streams": 0}]
+        assert seen_b.connections == [{"resumed": False, "app_data": None, "early_streams": 0,
+                                       "opened_in_0rtt": False}]
 
     w.run(body())
 
@@ -580,6 +585,7 @@ def test_aioquic_client_resumes_with_pymsquic_server(registration, server_creden
         assert [c["resumed"] for c in seen.connections] == [False, True, True, True, False]
         assert [c["app_data"] for c in seen.connections[1:4]] == [b"aioquic's app data"] * 3
         assert [c["early_streams"] for c in seen.connections] == [0, 1, 1, 1, 0]
+        assert [c["opened_in_0rtt"] for c in seen.connections] == [False, True, True, True, False]
 
     asyncio.run(main())
 
@@ -777,16 +783,16 @@ def test_fleet_two_processes_share_ticket_keys(registration) -> None:
     try:
         answer, conn, tickets = fleet_request(servers[0], None, registration)
         assert answer == {"server": "one", "resumed": False, "app_data": None, "early_streams": 0,
-                          "received": 7}
+                          "received": 7, "opened_in_0rtt": False}
         # the ticket of process one resumes on process two, with 0-RTT
         answer, conn, _ = fleet_request(servers[1], tickets[0], registration, early=True)
-        answer.pop("early_streams")  # 0 or 1: see test_zero_rtt_accepted
+        answer.pop("early_streams"), answer.pop("opened_in_0rtt")  # 0 or 1: see test_zero_rtt_accepted
         assert answer == {"server": "two", "resumed": True, "app_data": "one", "received": 7}
         assert conn.session_resumed and conn.early_data_accepted
         # and not on a process with another key
         answer, conn, _ = fleet_request(servers[2], tickets[0], registration, early=True)
         assert answer == {"server": "other", "resumed": False, "app_data": None, "early_streams": 0,
-                          "received": 7}
+                          "received": 7, "opened_in_0rtt": False}
         assert not conn.session_resumed and conn.early_data_accepted is False
     finally:
         for server in servers:
