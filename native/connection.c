@@ -264,6 +264,9 @@ static void on_peer_stream_started(pmq_conn *c, QUIC_CONNECTION_EVENT *event)
         pmq_stream_refuse(handle);
         return;
     }
+    if (event->PEER_STREAM_STARTED.Flags & QUIC_STREAM_OPEN_FLAG_0_RTT) {
+        pmq_stream_mark_opened_in_0rtt(s); /* resumption.c counts them per connection */
+    }
     pthread_mutex_lock(&c->obj.lock);
     int unwanted = c->py_released;
     if (!unwanted) {

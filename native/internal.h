@@ -150,6 +150,8 @@ void pmq_stream_list_ref_all(const pmq_stream_list *list);
 
 /* Stream internals used by the connection. */
 pmq_stream *pmq_stream_new_peer(pmq_conn *conn, HQUIC handle, int unidirectional);
+/* Sets PMQ_STREAM_OPENED_IN_0RTT on a new peer stream (before anyone else sees it). */
+void pmq_stream_mark_opened_in_0rtt(pmq_stream *stream);
 void pmq_stream_refuse(HQUIC handle);
 void pmq_stream_abort_unaccepted(pmq_stream *stream);
 QUIC_STATUS pmq_stream_open_on(pmq_conn *conn, HQUIC connection, int unidirectional, pmq_stream **out);

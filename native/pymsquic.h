@@ -178,7 +178,9 @@ enum {
     PMQ_STREAM_CONN_SHUTDOWN = 4096,    /* ended because its connection did */
     /* Written data (or the FIN) may not have been delivered: a send was cancelled,
      * or the send side was aborted (reset, STOP_SENDING, connection closed) first. */
-    PMQ_STREAM_SEND_INCOMPLETE = 8192
+    PMQ_STREAM_SEND_INCOMPLETE = 8192,
+    /* A peer stream whose first packet was a 0-RTT one (QUIC_STREAM_OPEN_FLAG_0_RTT). */
+    PMQ_STREAM_OPENED_IN_0RTT = 16384
 };
 
 /* pmq_stream_peek / pmq_stream_read_into results */
@@ -644,6 +646,10 @@ QUIC_STATUS pmq_configuration_set_ticket_keys(HQUIC configuration, const pmq_tic
 QUIC_STATUS pmq_load_balancing_mode(int set, uint16_t *mode);
 /* QUIC_PARAM_GLOBAL_STATELESS_RESET_KEY (set only: msquic cannot read it back). */
 QUIC_STATUS pmq_set_stateless_reset_key(const uint8_t *key, size_t len);
+/* A reference to the native connection of its own (the sync ticket thread's,
+ * which holds the Python connection only weakly); pmq_conn_unhold drops it. */
+void pmq_conn_hold(pmq_conn *conn);
+void pmq_conn_unhold(pmq_conn *conn);
 
 /* CFFI-END */
 

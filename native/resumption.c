@@ -197,7 +197,9 @@ QUIC_STATUS pmq_resumption_before_start(pmq_conn *c, HQUIC handle)
     free(ticket);
     if (QUIC_FAILED(status)) {
         pthread_mutex_lock(&obj_of(c)->lock);
-        r->ticket_refused = 1;
+        /* Only a ticket msquic cannot decode is the caller's bad input (ValueError);
+         * any other failure (out of memory, a state) stays a QuicError. */
+        r->ticket_refused = status == QUIC_STATUS_INVALID_PARAMETER;
         r->early_data = 0;
         pthread_mutex_unlock(&obj_of(c)->lock);
     }
@@ -306,6 +308,15 @@ QUIC_STATUS pmq_conn_send_resumption_ticket(pmq_conn *c, const uint8_t *app_data
 
 _Static_assert(sizeof(pmq_ticket_key) == sizeof(QUIC_TICKET_KEY_CONFIG), "pmq_ticket_key mirrors msquic's");
 
+/* memset through a volatile pointer: a wipe the compiler cannot drop as a dead store. */
+static void wipe(void *p, size_t n)
+{
+    volatile uint8_t *v = p;
+    while (n-- > 0) {
+        *v++ = 0;
+    }
+}
+
 QUIC_STATUS pmq_configuration_set_ticket_keys(HQUIC configuration, const pmq_ticket_key *keys, uint32_t count)
 {
     if (keys == NULL || count == 0 || count > QUIC_MAX_TICKET_KEY_COUNT) {
@@ -319,8 +330,10 @@ QUIC_STATUS pmq_configuration_set_ticket_keys(HQUIC configuration, const pmq_tic
         config[i].MaterialLength = keys[i].material_len;
     }
     /* Configuration parameters are answered inline: no worker, no wait. */
-    return pmq_api->SetParam(configuration, QUIC_PARAM_CONFIGURATION_TICKET_KEYS,
-                             (uint32_t)(count * sizeof(config[0])), config);
+    QUIC_STATUS status = pmq_api->SetParam(configuration, QUIC_PARAM_CONFIGURATION_TICKET_KEYS,
+                                           (uint32_t)(count * sizeof(config[0])), config);
+    wipe(config, sizeof(config)); /* msquic copied them: no key material left on the stack */
+    return status;
 }
 
 QUIC_STATUS pmq_load_balancing_mode(int set, uint16_t *mode)
@@ -345,3 +358,7 @@ QUIC_STATUS pmq_set_stateless_reset_key(const uint8_t *key, size_t len)
     }
     return pmq_api->SetParam(NULL, QUIC_PARAM_GLOBAL_STATELESS_RESET_KEY, (uint32_t)len, key);
 }
+
+void pmq_conn_hold(pmq_conn *c) { pmq_obj_ref(obj_of(c)); }
+
+void pmq_conn_unhold(pmq_conn *c) { pmq_obj_unref(obj_of(c)); }

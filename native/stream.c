@@ -63,6 +63,9 @@ struct pmq_stream {
     int fin_seen;              /* the peer's FIN came (its data may still be unread) */
     int peeking;               /* a peek holds a pointer (and a guard use) until consume */
     pthread_t peek_thread;     /* the thread holding the peek */
+    /* 0-RTT (resumption.c): final once the connection started, which opening a
+     * stream needs; copied here so that each send need not take conn's lock. */
+    QUIC_SEND_FLAGS send_flags_0rtt;
 };
 
 static void stream_close_handle(HQUIC handle) { pmq_api->StreamClose(handle); }
@@ -95,6 +98,7 @@ static pmq_stream *stream_new(pmq_conn *conn, uint32_t flags)
         s->st.send_limit = DEFAULT_SEND_LIMIT;
         s->ideal_send_limit = DEFAULT_SEND_LIMIT;
         s->conn = conn;
+        s->send_flags_0rtt = pmq_conn_send_flags(conn);
         pmq_obj_ref(pmq_conn_obj(conn));
         s->sending = !((flags & PMQ_STREAM_UNIDIRECTIONAL) && !(flags & PMQ_STREAM_LOCAL));
         if (s->sending) {
@@ -793,7 +797,7 @@ QUIC_STATUS pmq_stream_write(pmq_stream *s, const uint8_t *data, size_t len, int
     }
     QUIC_SEND_FLAGS send_flags = (fin ? QUIC_SEND_FLAG_FIN : QUIC_SEND_FLAG_NONE) |
                                  (start ? QUIC_SEND_FLAG_START : QUIC_SEND_FLAG_NONE) |
-                                 pmq_conn_send_flags(s->conn); /* 0-RTT (resumption.c) */
+                                 s->send_flags_0rtt;
     QUIC_STATUS status = pmq_api->StreamSend(handle, block ? &block->buffer : NULL, block ? 1 : 0, send_flags, block);
     if (QUIC_FAILED(status)) {
         pthread_mutex_lock(&s->obj.lock);
@@ -923,4 +927,11 @@ QUIC_STATUS pmq_stream_get_priority(pmq_stream *s, uint16_t *out)
 QUIC_STATUS pmq_stream_param(pmq_stream *s, int set, uint32_t param, void *buffer, uint32_t size)
 {
     return guarded_param(s, set, param, buffer, size);
+}
+
+void pmq_stream_mark_opened_in_0rtt(pmq_stream *s)
+{
+    pthread_mutex_lock(&s->obj.lock);
+    s->st.flags |= PMQ_STREAM_OPENED_IN_0RTT;
+    pthread_mutex_unlock(&s->obj.lock);
 }

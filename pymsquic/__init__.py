@@ -63,6 +63,7 @@ from .keylog import KeyLog
 from .registration import Registration, default_registration
 from .resumption import (
     ResumptionLevel,
+    SessionTicketHandler,
     TicketKey,
     load_balancing_mode,
     set_load_balancing_mode,
@@ -97,6 +98,7 @@ __all__ = [
     # TLS key log, QUIC versions and handshake facts
     "HandshakeInfo", "KeyLog", "QUIC_V1", "QUIC_V2", "server_versions", "set_server_versions",
     # resumption, 0-RTT and fleets (pymsquic.resumption)
-    "ResumptionLevel", "TicketKey", "load_balancing_mode", "set_load_balancing_mode", "set_stateless_reset_key",
+    "ResumptionLevel", "SessionTicketHandler", "TicketKey", "load_balancing_mode", "set_load_balancing_mode",
+    "set_stateless_reset_key",
 ]
 __all__ += ["CertificateCheck", "VerifyCallback", "server_name_matches"]  # certificate checks in Python

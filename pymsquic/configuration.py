@@ -14,7 +14,7 @@ from ._core.certificates import VerifyCallback, VerifyLike, check_mode, check_ve
 from ._msquic import ffi, lib
 from .errors import QuicError
 from .registration import Registration
-from .resumption import ResumptionLevel, TicketKeys, apply_ticket_keys, check_ticket_keys
+from .resumption import ResumptionLevel, TicketKey, TicketKeys, apply_ticket_keys, check_ticket_keys
 from .versions import apply_versions, check_versions, configuration_versions
 
 AlpnLike = Union[str, bytes, Sequence[Union[str, bytes]]]
@@ -564,8 +564,9 @@ class Configuration:
     A server passes it to a :class:`~pymsquic.Listener`; a client to
     :meth:`~pymsquic.Connection.connect`. ``close()`` (or ``with``) releases it;
     connections that use it keep msquic's own reference. A server's
-    ``ticket_keys`` (:class:`~pymsquic.TicketKey`) encrypt its session tickets,
-    so that servers sharing them resume each other's sessions.
+    ``ticket_keys`` (one :class:`~pymsquic.TicketKey`, or a list of one: msquic
+    2.5.1 does not rotate keys) encrypt its session tickets, so that servers
+    sharing them resume each other's sessions.
     """
 
     def __init__(self, registration: Registration, alpn: AlpnLike, credential: Credential,
@@ -603,11 +604,10 @@ class Configuration:
                 self._releaser()
                 raise
         registration._configurations.add(self)
-        #: The shared session-ticket keys (``ticket_keys=``), or None (a random key of msquic's).
-        self.ticket_keys = None if ticket_keys is None else check_ticket_keys(ticket_keys)
-        if self.ticket_keys is not None:
+        self._ticket_keys = None if ticket_keys is None else check_ticket_keys(ticket_keys)
+        if self._ticket_keys is not None:
             try:
-                apply_ticket_keys(self, self.ticket_keys)
+                apply_ticket_keys(self, self._ticket_keys)
             except BaseException:
                 self.close()
                 raise
@@ -669,3 +669,9 @@ class Configuration:
         view.credential = credential
         view._loaded_by = self  # the handle's owner: its collection would release the handle
         return view
+
+    @property
+    def ticket_keys(self) -> tuple[TicketKey, ...] | None:
+        """The shared session-ticket keys given as ``ticket_keys=``, or None (a
+        random key of msquic's). Read-only: msquic takes keys once, at creation."""
+        return self._ticket_keys

@@ -22,6 +22,7 @@ import enum
 import logging
 import os
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence, Union
 
 from . import _native
@@ -109,16 +110,19 @@ TicketKeys = Union[TicketKey, Sequence[TicketKey]]
 
 
 def check_ticket_keys(keys: TicketKeys) -> tuple[TicketKey, ...]:
-    """``ticket_keys=`` as a tuple of 1 to 16 keys (msquic 2.5.1 uses the first)."""
+    """``ticket_keys=`` as a tuple of one key: msquic 2.5.1 takes up to 16 but
+    uses only the first, so a second one (a key rotation) would silently do
+    nothing: refused."""
     if isinstance(keys, TicketKey):
         return (keys,)
     if not isinstance(keys, (list, tuple)):
         raise TypeError(f"ticket_keys must be a TicketKey or a sequence of them, not {type(keys).__name__}")
-    if not 1 <= len(keys) <= lib.PMQ_MAX_TICKET_KEYS:
-        raise ValueError(f"ticket_keys must hold 1 to {lib.PMQ_MAX_TICKET_KEYS} keys, not {len(keys)}")
     for key in keys:
         if not isinstance(key, TicketKey):
             raise TypeError(f"ticket_keys must hold TicketKey objects, not {type(key).__name__}")
+    if len(keys) != 1:
+        raise ValueError(f"ticket_keys must hold exactly one key, not {len(keys)}: msquic 2.5.1 encrypts "
+                         "and decrypts with the first key only (no key rotation)")
     return tuple(keys)
 
 
@@ -131,6 +135,7 @@ def apply_ticket_keys(configuration: "Configuration", keys: Iterable[TicketKey])
         ffi.memmove(slot.material, key.material, len(key.material))
         slot.material_len = len(key.material)
     status = lib.pmq_configuration_set_ticket_keys(configuration.handle, native, len(keys))
+    ffi.memmove(native, bytes(ffi.sizeof(native)), ffi.sizeof(native))  # no copy of the secrets left behind
     if failed(status):
         hint = " (a server configuration needs them)" if status == lib.QUIC_STATUS_NOT_SUPPORTED else ""
         raise QuicError(f"setting the ticket keys failed{hint}", status)
@@ -177,9 +182,11 @@ def set_stateless_reset_key(key: bytes) -> None:
     A server that lost a connection's state (a restart, or a packet routed to
     the wrong machine) answers its packets with a stateless reset, which the
     client accepts only if its token matches: tokens are derived from this key
-    and the connection id, so every server must derive them alike. msquic
-    needs its lazy initialisation done first (a registration open) and cannot
-    read the key back."""
+    and the connection id, so every server must derive them alike. Call it
+    first thing, before any listener or connection: connection ids issued
+    before carry tokens derived from the old key, which a server of the fleet
+    cannot match. msquic needs its lazy initialisation done first (this call
+    opens the default registration for that) and cannot read the key back."""
     if not isinstance(key, (bytes, bytearray, memoryview)):
         raise TypeError(f"key must be bytes, not {type(key).__name__}")
     if len(key) != lib.PMQ_STATELESS_RESET_KEY_LEN:
@@ -206,7 +213,7 @@ def _take_blob(blob: Any) -> bytes | None:
 def check_resumption_args(session_ticket: object, early_data: object, on_session_ticket: object) -> None:
     """The checks ``connect`` makes before opening anything."""
     if session_ticket is not None and not isinstance(session_ticket, (bytes, bytearray, memoryview)):
-        raise TypeError(f"session_ticket must be bytes, not {type(session_ticket).__name__}")
+        raise TypeError(f"session_ticket must be a bytes-like object, not {type(session_ticket).__name__}")
     if session_ticket is not None and not 0 < len(session_ticket) <= 0xFFFF:
         raise ValueError(f"session_ticket must be 1 to 65535 bytes, not {len(session_ticket)}")
     if not isinstance(early_data, bool):
@@ -280,8 +287,9 @@ class ResumptionMixin:
 
     @property
     def early_data_accepted(self) -> bool | None:
-        """Client: None until the handshake completed; then whether the server
-        accepted the 0-RTT data (False when none was attempted).
+        """Client: None until the handshake completed; then whether 0-RTT was
+        attempted and the session resumed (False when none was attempted):
+        inferred, not a guarantee that any byte travelled early.
 
         msquic 2.5.1 does not report TLS's early-data status: pymsquic reads
         "accepted" as "0-RTT was attempted and the session resumed", which is
@@ -302,25 +310,34 @@ class ResumptionMixin:
                 return tickets
             tickets.append(ticket)
 
-    def _deliver_tickets(self) -> None:
-        """Calls on_session_ticket with each ticket received since the last call."""
+    def _deliver_tickets(self, survives: type[BaseException] = Exception) -> None:
+        """Calls on_session_ticket with each ticket received since the last call;
+        what it raises of ``survives`` is logged (the sync ticket thread passes
+        BaseException: a SystemExit there would end the thread silently)."""
         handler = self._on_session_ticket
         if handler is None:
             return
         for ticket in self._pop_tickets():
             try:
                 handler(ticket)
-            except Exception:  # the connection goes on; the caller learns from the log
+            except survives:  # the connection goes on; the caller learns from the log
                 self.logger.exception("on_session_ticket failed")
 
     def _start_ticket_thread(self) -> None:
         """Sync world: a daemon thread delivers tickets as they come, until the
-        connection is closed (it waits on the native object, GIL released)."""
+        connection is closed (it waits on the native object, GIL released). It
+        holds the connection only weakly (and the native one strongly): a
+        connection dropped without close() is still collected, which ends it."""
         if self._on_session_ticket is None:
             return
-        thread = threading.Thread(target=_ticket_thread, args=(self,), name="pymsquic-session-tickets",
-                                  daemon=True)
-        thread.start()
+        lib.pmq_conn_hold(self._conn)
+        thread = threading.Thread(target=_ticket_thread, args=(weakref.ref(self), self._conn),
+                                  name="pymsquic-session-tickets", daemon=True)
+        try:
+            thread.start()
+        except BaseException:
+            lib.pmq_conn_unhold(self._conn)
+            raise
 
     # ---- server -------------------------------------------------------------
 
@@ -331,6 +348,8 @@ class ResumptionMixin:
         if it did not resume. Like early data, it comes from the client, which
         may replay it: it is authenticated (only this fleet's ticket keys make
         it) but not fresh."""
+        if not self.session_resumed:  # msquic's RESUMED came, yet TLS may have made a full handshake
+            return None
         return _take_blob(lib.pmq_conn_resumption_app_data(self._conn))
 
     @property
@@ -359,13 +378,22 @@ class ResumptionMixin:
                             "resumption, the connection be up, and no final ticket sent)", status)
 
 
-def _ticket_thread(conn: ResumptionMixin) -> None:
-    def check() -> bool | None:
-        conn._deliver_tickets()
-        return True if lib.pmq_conn_flags(conn._conn) & lib.PMQ_CONN_SHUTDOWN_COMPLETE else None
-
+def _ticket_thread(ref: "weakref.ref[ResumptionMixin]", native: Any) -> None:
+    """Delivers tickets while the connection lives and is not shut down; wakes
+    only when the native connection changes (a dropped connection's release
+    shuts it down, which wakes it too)."""
+    obj = lib.pmq_conn_obj(native)
     try:
-        _native.wait_blocking(conn._native_obj, check, None, "on_session_ticket delivery")
-        conn._deliver_tickets()  # any that came with the close
-    except Exception:  # pragma: no cover - interpreter teardown
-        logger.debug("session ticket thread ended", exc_info=True)
+        while True:
+            seq = lib.pmq_obj_seq(obj)
+            done = lib.pmq_conn_flags(native) & lib.PMQ_CONN_SHUTDOWN_COMPLETE
+            conn = ref()
+            if conn is None:
+                return
+            conn._deliver_tickets(BaseException)  # after the flags: also those that came with the close
+            del conn  # never held across the wait
+            if done:
+                return
+            lib.pmq_obj_wait(obj, seq, -1)
+    finally:
+        lib.pmq_conn_unhold(native)

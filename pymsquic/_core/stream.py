@@ -530,4 +530,11 @@ class StreamCore:
             raise self._failure(status)
         return StreamStats._from_native(out)
 
-
+    @property
+    def opened_in_0rtt(self) -> bool:
+        """True for a peer's stream whose first packet was a 0-RTT one (msquic's
+        QUIC_STREAM_OPEN_FLAG_0_RTT): its first bytes may be a replay (see
+        :mod:`pymsquic.resumption`). False for local streams and for streams
+        whose first packet was a 1-RTT one; such a stream may still get 0-RTT
+        data that arrived reordered, after it (msquic does not tell)."""
+        return bool(self._state().flags & lib.PMQ_STREAM_OPENED_IN_0RTT)

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Generator
 
+from .._buffers import BufferLike
 from .._core.connection import ConnectionCore, check_endpoint, exit_error_code, local_address_native
 from .._core.server import client_configuration
 from ..addresses import Address, AddressLike, from_native, is_ip_literal, resolve_async
@@ -229,12 +230,16 @@ class connect:
     on this event loop (never on msquic's threads); an exception it raises is
     logged. With ``early_data=True`` and a ticket, ``connect`` returns as soon
     as the connection is started, before the handshake: streams opened and
-    written then go out as 0-RTT data, in the client's first flight. Await
+    written then may go out as 0-RTT data (msquic sends early only what it
+    took before sending its first flight; what comes later waits for the
+    handshake: README, "Resumption, 0-RTT and fleets"). Await
     :meth:`Connection.wait_handshake` for the handshake's outcome (the open
     timeout does not apply then; msquic's handshake idle timeout does);
-    :attr:`Connection.early_data_accepted` then says whether the server took
-    the early data. Rejected early data is not lost: msquic sends it again
-    after the handshake. Datagrams cannot be sent before the handshake.
+    :attr:`Connection.early_data_accepted` then says whether 0-RTT was
+    attempted and the session resumed (inferred: not that bytes went early).
+    Rejected early data is not lost: msquic sends it again after the
+    handshake. A datagram sent before the handshake (:meth:`Connection.send_datagram`)
+    is accepted and queued, and goes out after it, never as 0-RTT data.
 
     0-RTT data can be replayed by an attacker (the server may see it twice, or
     on two servers of a fleet): send early only what is safe to repeat.
@@ -245,11 +250,12 @@ class connect:
                  server_name: str | None = None, registration: Registration | None = None,
                  open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0,
                  keylog_file: KeyLogLike | None = None, local_addr: AddressLike | None = None,
-                 session_ticket: bytes | None = None, early_data: bool = False,
+                 session_ticket: BufferLike | None = None, early_data: bool = False,
                  on_session_ticket: SessionTicketHandler | None = None) -> None:
         check_endpoint(host, port)
         check_resumption_args(session_ticket, early_data, on_session_ticket)
-        self._resumption = (session_ticket, early_data, on_session_ticket)
+        ticket = None if session_ticket is None else bytes(session_ticket)  # a copy: used later, in the task
+        self._resumption = (ticket, early_data, on_session_ticket)
         self._keylog_file = keylog_file
         if local_addr is not None:
             local_address_native(local_addr)  # bad input fails here, not in the task

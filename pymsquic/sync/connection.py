@@ -9,6 +9,7 @@ import contextlib
 from typing import TYPE_CHECKING, Callable, Iterator, TypeVar
 
 from .. import _native
+from .._buffers import BufferLike
 from .._core.connection import ConnectionCore, check_endpoint, exit_error_code
 from .._core.server import client_configuration
 from ..addresses import Address, AddressLike, is_ip_literal, resolve
@@ -139,17 +140,22 @@ def connect(host: str, port: int, *, alpn: AlpnLike | None = None, credential: C
             server_name: str | None = None, registration: Registration | None = None,
             open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0,
             keylog_file: KeyLogLike | None = None, local_addr: AddressLike | None = None,
-            session_ticket: bytes | None = None, early_data: bool = False,
+            session_ticket: BufferLike | None = None, early_data: bool = False,
             on_session_ticket: SessionTicketHandler | None = None) -> Connection:
     """Connect to a QUIC server and return the connection once its handshake
     completed; ``with connect(...) as connection:`` closes it on the way out.
     The arguments, defaults and errors are those of :class:`pymsquic.asyncio.connect`,
     resumption and 0-RTT included (``early_data=True`` with a ticket returns
-    before the handshake: see :meth:`Connection.wait_handshake`), except that
+    before the handshake: see :meth:`Connection.wait_handshake`; data written
+    then goes out as 0-RTT less often than in asyncio, as this ``connect``
+    returns later: README), except that
     ``on_session_ticket`` runs on a daemon thread of its own (one per
     connection given one, started with it, ending once the connection is
     closed), never on msquic's threads: a handler touching state the caller
-    also uses needs a lock. 0-RTT data can be replayed by an attacker: send
+    also uses needs a lock. close() does not wait for that thread: the handler
+    may still run (with a ticket that came with the close) after close()
+    returned. Whatever it raises, SystemExit included, is logged and the
+    thread goes on. 0-RTT data can be replayed by an attacker: send
     early only what is safe to repeat.
     """
     _native.forbid_in_callback("connect()")

@@ -6,7 +6,8 @@ Serves ALPN "pymsquic-fleet" on 127.0.0.1 (an ephemeral port, printed as the
 first line of stdout), with resumption and 0-RTT on and the given ticket key.
 Each connection gets a ticket carrying ``NAME`` as app data; each stream it
 opens is answered with one JSON line: the server's name, whether the
-connection resumed, the resumed ticket's app data and the bytes received.
+connection resumed, the resumed ticket's app data, the connection's early
+streams, the bytes received and whether the stream opened in 0-RTT.
 ``--lb`` sets msquic's load-balancing mode (server id in connection ids)
 first thing; ``--reset-key`` shares a stateless-reset key. ``--hold`` holds
 each new handshake in the listener's on_new_connection hook until a line comes
@@ -55,6 +56,7 @@ def main() -> None:
                 "server": name, "resumed": conn.session_resumed,
                 "app_data": None if app_data is None else app_data.decode(),
                 "early_streams": conn.early_data_streams, "received": len(data),
+                "opened_in_0rtt": stream.opened_in_0rtt,
             }).encode() + b"\n", fin=True)
 
     settings = pymsquic.Settings(peer_bidi_stream_count=16, idle_timeout_ms=20_000,
