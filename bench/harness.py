@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -16,13 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.protocol import FAIRNESS_IMPLS
+from bench.protocol import FAIRNESS_IMPLS, HS_IMPLS, HS_WORKLOADS
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "build" / "bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UNITS = {"download": "Gbit/s", "upload": "Gbit/s", "rps": "req/s", "latency": "req/s", "hps": "hs/s",
-         "fairness": "req/s"}
+         "fairness": "req/s", **{w: "conn/s" for w in HS_WORKLOADS}}
 
 
 def log(msg: str) -> None:
@@ -43,6 +44,8 @@ class Impl:
 
     def runs(self, workload: str) -> bool:
         if workload == "fairness" and self.name not in FAIRNESS_IMPLS:
+            return False
+        if workload in HS_WORKLOADS and self.name not in HS_IMPLS:
             return False
         return not self.only or workload in self.only
 
@@ -167,6 +170,10 @@ class Row:
     vs_native: float | None = None
     vs_aioquic: float | None = None
     error: str = ""
+    connections: int = 0  # hs-*: connections that got their reply (p50/p99 are then time to first byte)
+    resumed: int = 0
+    early_data: int = 0
+    runs: list[float] = field(default_factory=list)  # every run's value when --repeat > 1 (the row is their median)
 
 
 def free_udp_port() -> int:
@@ -224,9 +231,30 @@ def measure(impl: Impl, server: Server, workload: str, duration: float) -> Row:
         row.value = result["bytes"] * 8 / elapsed / 1e9
     elif workload == "hps":
         row.value = result["handshakes"] / elapsed
+    elif workload in HS_WORKLOADS:
+        row.value = result["handshakes"] / elapsed
+        row.p50_ms, row.p99_ms = result["p50_us"] / 1000, result["p99_us"] / 1000
+        row.connections = result["handshakes"]
+        row.resumed, row.early_data = min(result["resumed"], row.connections), min(result["early_data"], row.connections)
     else:
         row.value = result["requests"] / elapsed
         row.p50_ms, row.p99_ms = result["p50_us"] / 1000, result["p99_us"] / 1000
+    return row
+
+
+def median_row(samples: list[Row]) -> Row:
+    """One row from several runs of it: the median of each number (errors only if every run failed)."""
+    good = [r for r in samples if not r.error]
+    if not good:
+        return samples[-1]
+    row = Row(good[0].impl, good[0].workload, unit=good[0].unit, runs=[r.value for r in good])
+    for name in ("value", "p50_ms", "p99_ms", "client_cpu_s", "server_cpu_s", "elapsed_s", "connections", "resumed",
+                 "early_data"):
+        values = [getattr(r, name) for r in good if getattr(r, name) is not None]
+        if values:
+            setattr(row, name, statistics.median(values))
+    if len(good) < len(samples):
+        log(f"{row.impl} {row.workload}: {len(samples) - len(good)} of {len(samples)} runs failed; median of the rest")
     return row
 
 
@@ -266,36 +294,42 @@ def make_certs(directory: str) -> tuple[str, str]:
 
 # ---- the run -----------------------------------------------------------------------------
 
-def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool) -> dict[str, Any]:
+def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool, repeat: int = 1) -> dict[str, Any]:
+    """Every implementation's rows; with repeat > 1 the whole round runs that many times
+    (each implementation in turn, so a busy moment on the machine spreads over all of
+    them) and each row is the median of its runs."""
     impls = make_impls(impl_names)
-    rows: list[Row] = []
+    samples: dict[tuple[str, str], list[Row]] = {}
     memory: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         certs = make_certs(tmp)
-        for impl in impls:
-            if impl.skipped:
-                log(f"skipping {impl.name}: {impl.skipped}")
-                continue
-            log(f"{impl.label}: starting its server")
-            try:
-                server = Server(impl, certs)
-            except Exception as exc:
-                impl.skipped = str(exc)
-                continue
-            try:
-                for workload in workloads:
-                    if not impl.runs(workload):
-                        continue
-                    log(f"{impl.label}: {workload} ({duration:g} s)")
-                    rows.append(measure(impl, server, workload, duration))
-                if idle and impl.idle:
-                    log(f"{impl.label}: idle connections")
-                    try:
-                        memory.append(measure_idle(impl, server))
-                    except Exception as exc:
-                        log(f"{impl.name} idle: {exc}")
-            finally:
-                server.stop()
+        for round_ in range(repeat):
+            for impl in impls:
+                if impl.skipped:
+                    if round_ == 0:
+                        log(f"skipping {impl.name}: {impl.skipped}")
+                    continue
+                log(f"{impl.label}: starting its server" + (f" (round {round_ + 1} of {repeat})" if repeat > 1 else ""))
+                try:
+                    server = Server(impl, certs)
+                except Exception as exc:
+                    impl.skipped = str(exc)
+                    continue
+                try:
+                    for workload in workloads:
+                        if not impl.runs(workload):
+                            continue
+                        log(f"{impl.label}: {workload} ({duration:g} s)")
+                        samples.setdefault((impl.name, workload), []).append(measure(impl, server, workload, duration))
+                    if idle and impl.idle and round_ == 0:
+                        log(f"{impl.label}: idle connections")
+                        try:
+                            memory.append(measure_idle(impl, server))
+                        except Exception as exc:
+                            log(f"{impl.name} idle: {exc}")
+                finally:
+                    server.stop()
+    rows = [median_row(runs) for runs in samples.values()]
     by_key = {(r.impl, r.workload): r for r in rows}
     for row in rows:
         for ref, attr in (("native", "vs_native"), ("aioquic", "vs_aioquic")):
@@ -308,6 +342,7 @@ def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool
         "skipped": {i.name: i.skipped for i in impls if i.skipped},
         "labels": {i.name: i.label for i in impls},
         "duration_s": duration,
+        "repeat": repeat,
         "machine": machine_facts(),
     }
 
@@ -334,19 +369,22 @@ def table(report: dict[str, Any]) -> str:
     labels = report["labels"]
     lines = ["| implementation | workload | rate | p50 ms | p99 ms | vs native | vs aioquic | client CPU s | server CPU s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    def ratio(x: float | None) -> str:
+        return f"{x:.2f}x" if x is not None else ""
+
+    def ms(x: float | None) -> str:
+        return f"{x:.3f}" if x is not None else ""
+
     for r in report["rows"]:
-        def ratio(x: float | None) -> str:
-            return f"{x:.2f}x" if x is not None else ""
-
-        def ms(x: float | None) -> str:
-            return f"{x:.3f}" if x is not None else ""
-
+        if r["workload"] in HS_WORKLOADS:
+            continue
         error = r["error"].strip().splitlines()[-1][-70:].replace("|", "/") if r["error"] else ""
         rate = f"error: {error}" if error else (
             f"{r['value']:.2f} {r['unit']}" if r["unit"] == "Gbit/s" else f"{r['value']:,.0f} {r['unit']}")
         lines.append(f"| {labels[r['impl']]} | {r['workload']} | {rate} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} | "
                      f"{ratio(r['vs_native'])} | {ratio(r['vs_aioquic'])} | {r['client_cpu_s']:.2f} | "
                      f"{r['server_cpu_s']:.2f} |")
+    lines += handshake_table(report, ratio, ms)
     if report["memory"]:
         lines += ["", "| implementation | idle connections | server RSS per 1,000 | client RSS per 1,000 |",
                   "|---|---:|---:|---:|"]
@@ -356,6 +394,32 @@ def table(report: dict[str, Any]) -> str:
     if report["skipped"]:
         lines += [""] + [f"- {labels.get(k, k)} not run: {v}" for k, v in report["skipped"].items()]
     return "\n".join(lines)
+
+
+def handshake_table(report: dict[str, Any], ratio: Any, ms: Any) -> list[str]:
+    """The hs-* rows: connections per second and time to first byte, each mode beside
+    the same implementation's full handshake."""
+    rows = [r for r in report["rows"] if r["workload"] in HS_WORKLOADS]
+    if not rows:
+        return []
+    full = {r["impl"]: r for r in rows if r["workload"] == "hs-full" and not r["error"]}
+    lines = ["", "| implementation | mode | connections/s | TTFB p50 ms | TTFB p99 ms | p50 vs full | vs native | "
+             "vs aioquic | resumed | 0-RTT accepted | client CPU s | server CPU s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        label, mode = report["labels"][r["impl"]], r["workload"][3:]
+        if r["error"]:
+            error = r["error"].strip().splitlines()[-1][-90:].replace("|", "/")
+            lines.append(f"| {label} | {mode} | error: {error} |  |  |  |  |  |  |  |  |  |")
+            continue
+        base = full.get(r["impl"])
+        vs_full = r["p50_ms"] / base["p50_ms"] if base and base["p50_ms"] and r["workload"] != "hs-full" else None
+        n = r["connections"] or 1
+        lines.append(f"| {label} | {mode} | {r['value']:,.0f} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} | "
+                     f"{ratio(vs_full)} | {ratio(r['vs_native'])} | {ratio(r['vs_aioquic'])} | "
+                     f"{r['resumed'] / n:.0%} | {r['early_data'] / n:.0%} | {r['client_cpu_s']:.2f} | "
+                     f"{r['server_cpu_s']:.2f} |")
+    return lines
 
 
 def chart(report: dict[str, Any], path: Path) -> bool:
