@@ -3,18 +3,38 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import time
+from typing import Any
 
 import pymsquic
 from bench.protocol import (
-    ALPN, CHUNK, DATA, FOREVER, HEADER, HPS_PARALLEL, IDLE_CONNECTIONS, RPS_DOWN, RPS_PARALLEL, RPS_UP, UPLOAD,
-    Clock, Result, rss_kb, wait_for_stdin_close,
+    ALPN, CHUNK, DATA, FOREVER, HEADER, HPS_PARALLEL, HS_DOWN, HS_PARALLEL, HS_REQUEST, HS_WORKLOADS, IDLE_CONNECTIONS,
+    RPS_DOWN, RPS_PARALLEL, RPS_UP, UPLOAD, Clock, Result, rss_kb, wait_for_stdin_close,
 )
 
 # "fifo" or "round_robin" (pymsquic's default): the pymsquic-asyncio-fifo variant sets it.
 SCHEDULING = os.environ.get("BENCH_STREAM_SCHEDULING") or None
-SETTINGS = pymsquic.Settings(peer_bidi_stream_count=1000, idle_timeout_ms=30_000, stream_scheduling=SCHEDULING)
+
+
+def server_settings() -> pymsquic.Settings:
+    """The servers' settings: tickets and 0-RTT allowed (for the hs-* workloads) once
+    pymsquic has its resumption API (branch i10-resume); without it, full handshakes only."""
+    base: dict[str, Any] = {"peer_bidi_stream_count": 1000, "idle_timeout_ms": 30_000, "stream_scheduling": SCHEDULING}
+    try:
+        return pymsquic.Settings(**base, server_resumption_level=2)  # resume and 0-RTT
+    except TypeError:
+        return pymsquic.Settings(**base)
+
+
+def check_resumption_api(workload: str) -> None:
+    """hs-resume and hs-0rtt need connect(session_ticket=..., early_data=...)."""
+    if workload != "hs-full" and "session_ticket" not in inspect.signature(pymsquic.asyncio.connect).parameters:
+        raise SystemExit(f"{workload}: waiting for pymsquic's resumption API (branch i10-resume)")
+
+
+SETTINGS = server_settings()
 CLIENT_SETTINGS = pymsquic.Settings(idle_timeout_ms=30_000, stream_scheduling=SCHEDULING)
 REQUEST = HEADER.pack(RPS_DOWN) + b"u" * RPS_UP
 
@@ -59,9 +79,52 @@ async def server(port: int, cert: str, key: str) -> None:
         await asyncio.get_running_loop().run_in_executor(None, wait_for_stdin_close)
 
 
+async def handshake_client(port: int, workload: str, config: pymsquic.Configuration, duration: float) -> Result:
+    """hs-*: one connection after another (HS_PARALLEL loops), one small request each."""
+    check_resumption_api(workload)
+    result = Result()
+    latest: list[bytes] = []  # the newest ticket any connection received
+    resume, early = workload != "hs-full", workload == "hs-0rtt"
+
+    async def one() -> None:
+        options: dict[str, Any] = {}
+        if resume and latest:
+            options = {"session_ticket": latest[-1], "early_data": early}
+        start = time.perf_counter()
+        # with early_data connect returns before the handshake: the request goes out as 0-RTT
+        conn = await pymsquic.asyncio.connect("127.0.0.1", port, configuration=config, open_timeout=10, **options)
+        stream = conn.open_stream()
+        stream.write(HS_REQUEST, fin=True)
+        answer = await stream.read(HS_DOWN)
+        result.latencies_us.append((time.perf_counter() - start) * 1e6)
+        while answer:
+            answer = await stream.read(HS_DOWN)
+        if resume:
+            await conn.wait_handshake()
+            result.resumed += bool(conn.session_resumed)
+            result.early_data += bool(conn.early_data_accepted)
+            if conn.session_ticket is not None:
+                latest[:] = [conn.session_ticket]
+        await conn.close()  # until msquic's SHUTDOWN_COMPLETE, as the native client waits
+
+    await one()  # untimed, in every mode: the first ticket, warm caches
+    result = Result()
+    clock = Clock(duration)
+
+    async def loop() -> None:
+        while clock.running():
+            await one()
+            result.handshakes += 1
+
+    await asyncio.gather(*(loop() for _ in range(HS_PARALLEL)))
+    return clock.finish(result)
+
+
 async def client(port: int, workload: str, duration: float) -> Result:
     registration = pymsquic.default_registration()
     config = pymsquic.Configuration(registration, ALPN, pymsquic.Credential.client(verify=False), CLIENT_SETTINGS)
+    if workload in HS_WORKLOADS:
+        return await handshake_client(port, workload, config, duration)
     result = Result()
 
     async def connect() -> pymsquic.asyncio.Connection:
