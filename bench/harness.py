@@ -183,17 +183,15 @@ def free_udp_port() -> int:
         return probe.getsockname()[1]
 
 
-class Server:
-    def __init__(self, impl: Impl, certs: tuple[str, str]) -> None:
-        cert, key = certs
-        env = {**os.environ, **impl.env}
-        port = str(free_udp_port())
-        self.proc = subprocess.Popen(impl.cmd("server", "--port", port, "--cert", cert, "--key", key), env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+class Child:
+    """A process that prints "ready PORT" once it listens and runs until its stdin closes."""
+
+    def __init__(self, what: str, command: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().split()
         if not line or line[0] != "ready":
             self.stop()
-            raise RuntimeError(f"{impl.name} server did not start")
+            raise RuntimeError(f"{what} did not start")
         self.port = int(line[1])
 
     def stop(self) -> None:
@@ -205,10 +203,24 @@ class Server:
             self.proc.wait()
 
 
-def run_client(impl: Impl, server: Server, workload: str, duration: float) -> tuple[dict[str, Any], float]:
+class Server(Child):
+    def __init__(self, impl: Impl, certs: tuple[str, str]) -> None:
+        cert, key = certs
+        command = impl.cmd("server", "--port", str(free_udp_port()), "--cert", cert, "--key", key)
+        super().__init__(f"{impl.name} server", command, {**os.environ, **impl.env})
+
+
+def relay_for(server: Child, rtt_ms: float) -> Child:
+    """bench/relay.py in front of the server: every datagram held rtt_ms / 2 each way."""
+    return Child("relay", [sys.executable, "-m", "bench.relay", "--to-port", str(server.port), "--rtt-ms",
+                           str(rtt_ms)], {**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def run_client(impl: Impl, server: Server, workload: str, duration: float,
+               port: int | None = None) -> tuple[dict[str, Any], float]:
     env = {**os.environ, **impl.env}
     cpu_before = cpu_of(server.proc.pid)
-    client = subprocess.run(impl.cmd("client", "--port", str(server.port), "--workload", workload,
+    client = subprocess.run(impl.cmd("client", "--port", str(port or server.port), "--workload", workload,
                                      "--duration", str(duration)), env=env, capture_output=True, text=True,
                             timeout=duration + 120)
     server_cpu = cpu_of(server.proc.pid) - cpu_before
@@ -217,10 +229,10 @@ def run_client(impl: Impl, server: Server, workload: str, duration: float) -> tu
     return json.loads(client.stdout.strip().splitlines()[-1]), server_cpu
 
 
-def measure(impl: Impl, server: Server, workload: str, duration: float) -> Row:
+def measure(impl: Impl, server: Server, workload: str, duration: float, port: int | None = None) -> Row:
     row = Row(impl.name, workload, unit=UNITS[workload])
     try:
-        result, row.server_cpu_s = run_client(impl, server, workload, duration)
+        result, row.server_cpu_s = run_client(impl, server, workload, duration, port)
     except Exception as exc:  # one failing row must not sink the run
         row.error = str(exc)
         log(f"{impl.name} {workload}: {exc}")
@@ -294,10 +306,12 @@ def make_certs(directory: str) -> tuple[str, str]:
 
 # ---- the run -----------------------------------------------------------------------------
 
-def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool, repeat: int = 1) -> dict[str, Any]:
+def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool, repeat: int = 1,
+        rtt_ms: float = 0.0) -> dict[str, Any]:
     """Every implementation's rows; with repeat > 1 the whole round runs that many times
     (each implementation in turn, so a busy moment on the machine spreads over all of
-    them) and each row is the median of its runs."""
+    them) and each row is the median of its runs. With rtt_ms the hs-* workloads go
+    through bench/relay.py, which adds that round-trip time."""
     impls = make_impls(impl_names)
     samples: dict[tuple[str, str], list[Row]] = {}
     memory: list[dict[str, Any]] = []
@@ -315,12 +329,17 @@ def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool
                 except Exception as exc:
                     impl.skipped = str(exc)
                     continue
+                relay = None
                 try:
+                    if rtt_ms > 0 and any(w in HS_WORKLOADS and impl.runs(w) for w in workloads):
+                        relay = relay_for(server, rtt_ms)
                     for workload in workloads:
                         if not impl.runs(workload):
                             continue
                         log(f"{impl.label}: {workload} ({duration:g} s)")
-                        samples.setdefault((impl.name, workload), []).append(measure(impl, server, workload, duration))
+                        port = relay.port if relay is not None and workload in HS_WORKLOADS else None
+                        samples.setdefault((impl.name, workload), []).append(
+                            measure(impl, server, workload, duration, port))
                     if idle and impl.idle and round_ == 0:
                         log(f"{impl.label}: idle connections")
                         try:
@@ -328,6 +347,8 @@ def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool
                         except Exception as exc:
                             log(f"{impl.name} idle: {exc}")
                 finally:
+                    if relay is not None:
+                        relay.stop()
                     server.stop()
     rows = [median_row(runs) for runs in samples.values()]
     by_key = {(r.impl, r.workload): r for r in rows}
@@ -343,6 +364,8 @@ def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool
         "labels": {i.name: i.label for i in impls},
         "duration_s": duration,
         "repeat": repeat,
+        "hs_rtt_ms": rtt_ms,
+        "hs_parallel": int(os.environ.get("BENCH_HS_PARALLEL", "1")),
         "machine": machine_facts(),
     }
 
@@ -403,7 +426,10 @@ def handshake_table(report: dict[str, Any], ratio: Any, ms: Any) -> list[str]:
     if not rows:
         return []
     full = {r["impl"]: r for r in rows if r["workload"] == "hs-full" and not r["error"]}
-    lines = ["", "| implementation | mode | connections/s | TTFB p50 ms | TTFB p99 ms | p50 vs full | vs native | "
+    rtt, parallel = report.get("hs_rtt_ms", 0), report.get("hs_parallel", 1)
+    lines = ["", f"Handshake workloads: {parallel} connection loop(s), "
+             + (f"{rtt:g} ms round trip added by bench/relay.py." if rtt else "plain loopback."),
+             "", "| implementation | mode | connections/s | TTFB p50 ms | TTFB p99 ms | p50 vs full | vs native | "
              "vs aioquic | resumed | 0-RTT accepted | client CPU s | server CPU s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -23,7 +23,8 @@
  * RESUMPTION_TICKET_RECEIVED set as QUIC_PARAM_CONN_RESUMPTION_TICKET, request sent
  * once CONNECTED; hs-0rtt: the same ticket, request sent right after
  * ConnectionStart with QUIC_SEND_FLAG_ALLOW_0_RTT. The server allows resumption and
- * 0-RTT (QUIC_SERVER_RESUME_AND_ZERORTT) in every mode.
+ * 0-RTT (QUIC_SERVER_RESUME_AND_ZERORTT) in every mode. A loop starts its next
+ * connection once the reply is in; the close completes in the background.
  *
  * The server prints "ready PORT"; the client prints one JSON line of results.
  */
@@ -424,6 +425,7 @@ typedef struct hs_conn {
     HQUIC conn;
     uint64_t started;
     int answered;            /* the reply's first byte arrived */
+    int stream_done;         /* its stream ended: the next connection was started */
     uint8_t request[HS_REQUEST_LEN];
     QUIC_BUFFER request_buf;
 } hs_conn;
@@ -448,10 +450,16 @@ static QUIC_STATUS QUIC_API hs_stream_cb(HQUIC stream, void *ctx, QUIC_STREAM_EV
         if (QUIC_SUCCEEDED(api->GetParam(stream, QUIC_PARAM_STREAM_0RTT_LENGTH, &size, &early)) && early > 0) {
             atomic_fetch_add(&hs_early, 1);
         }
+        if (c->answered && !atomic_load(&stopping)) {
+            atomic_fetch_add(&handshakes, 1);
+        }
         if (!event->SHUTDOWN_COMPLETE.AppCloseInProgress) {
             api->StreamClose(stream);
         }
-        api->ConnectionShutdown(c->conn, QUIC_CONNECTION_SHUTDOWN_FLAG_NONE, 0); /* one request each */
+        /* one request each; the close completes in the background, as the next connection starts */
+        c->stream_done = 1;
+        api->ConnectionShutdown(c->conn, QUIC_CONNECTION_SHUTDOWN_FLAG_NONE, 0);
+        sem_post(&slots);
         break;
     }
     default:
@@ -505,14 +513,13 @@ static QUIC_STATUS QUIC_API hs_conn_cb(HQUIC conn, void *ctx, QUIC_CONNECTION_EV
         api->StreamClose(event->PEER_STREAM_STARTED.Stream); /* none expected */
         break;
     case QUIC_CONNECTION_EVENT_SHUTDOWN_COMPLETE:
-        if (c->answered && !atomic_load(&stopping)) {
-            atomic_fetch_add(&handshakes, 1);
+        if (!c->stream_done) {
+            sem_post(&slots); /* failed before its stream ended: the loop goes on */
         }
         if (!event->SHUTDOWN_COMPLETE.AppCloseInProgress) {
             api->ConnectionClose(conn);
         }
         free(c);
-        sem_post(&slots);
         break;
     default:
         break;
@@ -593,6 +600,15 @@ static void run_client(const char *workload, double duration, int parallel)
     if (is_hs) {
         hs_start(); /* untimed, in every mode: the first ticket, warm caches */
         sem_wait(&slots);
+        for (int i = 0; i < 5000 && hs_mode != HS_FULL; i++) { /* the ticket may follow the reply */
+            pthread_mutex_lock(&ticket_lock);
+            int have = ticket != NULL;
+            pthread_mutex_unlock(&ticket_lock);
+            if (have) {
+                break;
+            }
+            usleep(1000);
+        }
         atomic_store(&latency_count, 0);
         atomic_store(&handshakes, 0);
         atomic_store(&hs_resumed, 0);
