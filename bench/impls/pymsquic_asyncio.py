@@ -60,7 +60,19 @@ async def respond(stream: pymsquic.asyncio.Stream) -> None:
         pass  # the client stopped reading (download) or went away
 
 
+def send_ticket(conn: pymsquic.asyncio.Connection | pymsquic.sync.Connection) -> None:
+    """A session ticket for every client (msquic sends none by itself), as the native
+    server does: once pymsquic has its resumption API (branch i10-resume)."""
+    send = getattr(conn, "send_resumption_ticket", None)
+    if send is not None:
+        try:
+            send()
+        except pymsquic.QuicError:
+            pass  # the client has gone already
+
+
 async def handle(conn: pymsquic.asyncio.Connection) -> None:
+    send_ticket(conn)
     tasks = set()
     try:
         async for stream in conn:

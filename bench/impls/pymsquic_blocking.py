@@ -12,7 +12,7 @@ from bench.protocol import (
     ALPN, CHUNK, DATA, FOREVER, HEADER, HPS_PARALLEL, HS_DOWN, HS_PARALLEL, HS_REQUEST, HS_WORKLOADS, IDLE_CONNECTIONS,
     RPS_PARALLEL, UPLOAD, Clock, Result, rss_kb, wait_for_stdin_close,
 )
-from bench.impls.pymsquic_asyncio import CLIENT_SETTINGS, REQUEST, SETTINGS, check_resumption_api
+from bench.impls.pymsquic_asyncio import CLIENT_SETTINGS, REQUEST, SETTINGS, check_resumption_api, send_ticket
 
 _pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="stream")
 
@@ -47,6 +47,7 @@ def respond(stream: pymsquic.sync.Stream) -> None:
 
 
 def handle(conn: pymsquic.sync.Connection) -> None:
+    send_ticket(conn)
     try:
         for stream in conn:
             _pool.submit(respond, stream)
