@@ -538,13 +538,20 @@ static void hs_start(void)
     c->conn = conn;
     c->started = now_us();
     if (hs_mode != HS_FULL) {
+        /* a copy: SetParam waits for a worker, which may be waiting for ticket_lock */
+        uint8_t *mine = NULL;
+        uint32_t len = 0;
         pthread_mutex_lock(&ticket_lock);
         if (ticket != NULL) {
-            if (QUIC_FAILED(st = api->SetParam(conn, QUIC_PARAM_CONN_RESUMPTION_TICKET, ticket_len, ticket))) {
-                die("SetParam(RESUMPTION_TICKET)", st);
-            }
+            mine = malloc(ticket_len);
+            memcpy(mine, ticket, ticket_len);
+            len = ticket_len;
         }
         pthread_mutex_unlock(&ticket_lock);
+        if (mine != NULL && QUIC_FAILED(st = api->SetParam(conn, QUIC_PARAM_CONN_RESUMPTION_TICKET, len, mine))) {
+            die("SetParam(RESUMPTION_TICKET)", st);
+        }
+        free(mine);
     }
     if (QUIC_FAILED(st = api->ConnectionStart(conn, configuration, QUIC_ADDRESS_FAMILY_INET, "127.0.0.1", server_port))) {
         die("ConnectionStart", st);
