@@ -69,6 +69,7 @@ struct pmq_conn {
     uint64_t handshake_us;
     uint32_t stream_scheduling;  /* PMQ_SCHEDULING_*, as last set */
     int scheduling_pending;      /* set before the start: apply at CONNECTED */
+    pmq_resumption resumption;   /* resumption.c */
 };
 
 static void conn_close_handle(HQUIC handle) { pmq_api->ConnectionClose(handle); }
@@ -86,6 +87,7 @@ static void conn_destroy(pmq_obj *obj)
         free(d);
     }
     free(c->peer_cert);
+    pmq_resumption_free(&c->resumption);
     free(c);
 }
 
@@ -110,6 +112,9 @@ static void conn_free_unused(pmq_conn *c)
 
 pmq_obj *pmq_conn_obj(pmq_conn *c) { return &c->obj; }
 pmq_conn_info *pmq_conn_info_ptr(pmq_conn *c) { return &c->info; }
+pmq_resumption *pmq_conn_resumption(pmq_conn *c) { return &c->resumption; }
+pmq_guard *pmq_conn_guard(pmq_conn *c) { return &c->guard; }
+int pmq_conn_start_taken_locked(pmq_conn *c) { return c->started || c->starting || c->guard.handle == NULL; }
 
 uint32_t pmq_conn_flags(pmq_conn *c)
 {
@@ -364,8 +369,10 @@ _Static_assert((int)PMQ_SCHEDULING_FIFO == (int)QUIC_STREAM_SCHEDULING_SCHEME_FI
 
 /* A scheme chosen before ConnectionStart is applied here, on the worker
  * (inline, no round trip), before any stream can send: Python gets a client
- * connection only once connected, and pymsquic sends no 0-RTT data. Setting it
- * before the start would block the caller (an event loop) for a worker round trip. */
+ * connection only once connected. Setting it before the start would block the
+ * caller (an event loop) for a worker round trip. The exception is 0-RTT, whose
+ * streams send before CONNECTED: pmq_conn_start applies it before the start
+ * then, beside the resumption ticket's own round trip. */
 static void apply_pending_scheduling(pmq_conn *c, HQUIC handle)
 {
     pthread_mutex_lock(&c->obj.lock);
@@ -386,7 +393,14 @@ static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONN
     switch (event->Type) {
     case QUIC_CONNECTION_EVENT_CONNECTED:
         apply_pending_scheduling(c, handle);
+        pmq_resumption_on_connected(c, event->CONNECTED.SessionResumed);
         on_connected(c, handle, event);
+        break;
+    case QUIC_CONNECTION_EVENT_RESUMPTION_TICKET_RECEIVED:
+        pmq_resumption_on_ticket(c, event);
+        break;
+    case QUIC_CONNECTION_EVENT_RESUMED:
+        pmq_resumption_on_resumed(c, event);
         break;
     case QUIC_CONNECTION_EVENT_SHUTDOWN_INITIATED_BY_TRANSPORT:
         set_flag(c, PMQ_CONN_SHUTDOWN_BY_TRANSPORT, event->SHUTDOWN_INITIATED_BY_TRANSPORT.Status,
@@ -399,6 +413,7 @@ static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONN
         on_shutdown_complete(c, event);
         break;
     case QUIC_CONNECTION_EVENT_PEER_STREAM_STARTED:
+        pmq_resumption_on_peer_stream(c, event);
         on_peer_stream_started(c, event);
         break;
     case QUIC_CONNECTION_EVENT_STREAMS_AVAILABLE:
@@ -547,9 +562,12 @@ QUIC_STATUS pmq_conn_start(pmq_conn *c, HQUIC configuration, const pmq_addr *rem
     c->started_us = pmq_now_us();
     HQUIC handle = c->guard.handle;
     pthread_mutex_unlock(&c->obj.lock);
-    QUIC_STATUS status = QUIC_STATUS_SUCCESS;
+    QUIC_STATUS status = pmq_resumption_before_start(c, handle); /* a ticket: a worker round trip */
+    if (QUIC_SUCCEEDED(status) && pmq_resumption_early_data(c)) {
+        apply_pending_scheduling(c, handle); /* 0-RTT streams send before CONNECTED */
+    }
     QUIC_ADDRESS_FAMILY family = QUIC_ADDRESS_FAMILY_UNSPEC;
-    if (remote != NULL) {
+    if (QUIC_SUCCEEDED(status) && remote != NULL) {
         /* Waits for a worker round trip: only needed when the SNI differs from the address. */
         status = pmq_api->SetParam(handle, QUIC_PARAM_CONN_REMOTE_ADDRESS, sizeof(addr), &addr);
         family = remote->family;
@@ -566,6 +584,31 @@ QUIC_STATUS pmq_conn_start(pmq_conn *c, HQUIC configuration, const pmq_addr *rem
         close_unstarted(c);
     } else if (abandoned) {
         pmq_conn_shutdown(c, 0); /* what the abandon would have done to a started connection */
+    }
+    return status;
+}
+
+QUIC_STATUS pmq_conn_prepare_resumption(pmq_conn *c)
+{
+    PMQ_CHECK(&c->obj);
+    pthread_mutex_lock(&c->obj.lock);
+    if (c->started || c->starting || c->guard.handle == NULL) {
+        pthread_mutex_unlock(&c->obj.lock);
+        return QUIC_STATUS_INVALID_STATE;
+    }
+    c->starting = 1; /* as in pmq_conn_start: the handle stays ours meanwhile */
+    HQUIC handle = c->guard.handle;
+    pthread_mutex_unlock(&c->obj.lock);
+    QUIC_STATUS status = pmq_resumption_before_start(c, handle);
+    if (QUIC_SUCCEEDED(status) && pmq_resumption_early_data(c)) {
+        apply_pending_scheduling(c, handle);
+    }
+    pthread_mutex_lock(&c->obj.lock);
+    c->starting = 0;
+    int abandoned = c->abandoned_starting;
+    pthread_mutex_unlock(&c->obj.lock);
+    if (abandoned) {
+        close_unstarted(c); /* abandoned meanwhile: what the abandon would have done */
     }
     return status;
 }

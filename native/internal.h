@@ -162,4 +162,37 @@ void pmq_conn_stream_sending(pmq_conn *conn, int delta);
 
 #define PMQ_MAX_ALPNS 32
 
+/* ---- resumption (native/resumption.c) ------------------------------------ */
+
+/* A connection's resumption state; every field is guarded by its lock. */
+typedef struct pmq_resumption {
+    struct blob_block *pending_ticket; /* client: set at the start */
+    struct blob_block *latest;         /* client: the latest ticket received */
+    struct blob_block *queue;          /* client: tickets not yet popped, oldest first */
+    uint32_t queued;
+    uint64_t tickets_received;
+    struct blob_block *app_data;       /* server: a resumed ticket's app data */
+    int early_data;                    /* client: 0-RTT attempted (a ticket, early_data) */
+    int ticket_refused;                /* client: msquic refused the ticket */
+    int connected;
+    int resumed;
+    uint32_t early_streams;            /* server: peer streams opened in 0-RTT packets */
+} pmq_resumption;
+
+pmq_resumption *pmq_conn_resumption(pmq_conn *conn);
+pmq_guard *pmq_conn_guard(pmq_conn *conn);
+/* With the connection's lock held: started, or being started. */
+int pmq_conn_start_taken_locked(pmq_conn *conn);
+void pmq_resumption_free(pmq_resumption *r);
+void pmq_resumption_on_ticket(pmq_conn *conn, const QUIC_CONNECTION_EVENT *event);
+void pmq_resumption_on_resumed(pmq_conn *conn, const QUIC_CONNECTION_EVENT *event);
+void pmq_resumption_on_connected(pmq_conn *conn, int session_resumed);
+void pmq_resumption_on_peer_stream(pmq_conn *conn, const QUIC_CONNECTION_EVENT *event);
+/* In pmq_conn_start, before ConnectionStart: sets the pending ticket (a worker round trip). */
+QUIC_STATUS pmq_resumption_before_start(pmq_conn *conn, HQUIC handle);
+/* 1 if streams may send 0-RTT data. */
+int pmq_resumption_early_data(pmq_conn *conn);
+/* The send flags every StreamSend of this connection adds. */
+QUIC_SEND_FLAGS pmq_conn_send_flags(pmq_conn *conn);
+
 #endif

@@ -376,6 +376,58 @@ void pmq_stream_release(pmq_stream *stream);
 QUIC_STATUS pmq_stream_set_priority(pmq_stream *stream, uint16_t priority);
 QUIC_STATUS pmq_stream_get_priority(pmq_stream *stream, uint16_t *out);
 
+/* ---- resumption, 0-RTT, ticket keys, fleet (native/resumption.c) ------- */
+
+/* Bytes handed out by the native side; free with pmq_blob_free. */
+typedef struct pmq_blob {
+    uint32_t len;
+    const uint8_t *data;
+} pmq_blob;
+
+/* A session-ticket encryption key (QUIC_TICKET_KEY_CONFIG). */
+typedef struct pmq_ticket_key {
+    uint8_t id[16];
+    uint8_t material[64];
+    uint8_t material_len;
+} pmq_ticket_key;
+
+enum { PMQ_MAX_TICKET_KEYS = 16, PMQ_MAX_RESUMPTION_APP_DATA = 1000, PMQ_STATELESS_RESET_KEY_LEN = 32 };
+
+/* Client, before pmq_conn_start: the ticket to resume with (copied; set with
+ * QUIC_PARAM_CONN_RESUMPTION_TICKET inside pmq_conn_start, a worker round
+ * trip) and whether streams may send 0-RTT data (QUIC_SEND_FLAG_ALLOW_0_RTT;
+ * the stream scheduling scheme is then applied before the start too).
+ * INVALID_STATE once started. */
+QUIC_STATUS pmq_conn_set_resumption(pmq_conn *conn, const uint8_t *ticket, size_t len, int early_data);
+/* Applies what pmq_conn_set_resumption recorded now (the worker round trips),
+ * so that a later pmq_conn_start to an IP literal does not block. */
+QUIC_STATUS pmq_conn_prepare_resumption(pmq_conn *conn);
+/* 1 if pmq_conn_start failed because msquic refused the ticket's encoding. */
+int pmq_conn_resumption_ticket_refused(pmq_conn *conn);
+/* Client: the tickets received so far (RESUMPTION_TICKET_RECEIVED). */
+uint64_t pmq_conn_tickets_received(pmq_conn *conn);
+/* The latest ticket, or NULL if none came. */
+pmq_blob *pmq_conn_latest_ticket(pmq_conn *conn);
+/* The oldest ticket not yet popped (at most 8 wait; the oldest are
+ * dropped beyond), or NULL. */
+pmq_blob *pmq_conn_pop_ticket(pmq_conn *conn);
+/* Client: -1 until connected (or no 0-RTT was attempted: see resumption.c), else 0 or 1. */
+int pmq_conn_early_data_accepted(pmq_conn *conn);
+/* Server: the app data of the ticket this connection resumed with (RESUMED),
+ * or NULL if it did not resume with one. */
+pmq_blob *pmq_conn_resumption_app_data(pmq_conn *conn);
+/* Server: how many peer streams were opened by 0-RTT packets (QUIC_STREAM_OPEN_FLAG_0_RTT). */
+uint32_t pmq_conn_early_data_streams(pmq_conn *conn);
+/* Server: ConnectionSendResumptionTicket (final: QUIC_SEND_RESUMPTION_FLAG_FINAL). */
+QUIC_STATUS pmq_conn_send_resumption_ticket(pmq_conn *conn, const uint8_t *app_data, size_t len, int final);
+void pmq_blob_free(pmq_blob *blob);
+/* QUIC_PARAM_CONFIGURATION_TICKET_KEYS (answered inline). */
+QUIC_STATUS pmq_configuration_set_ticket_keys(HQUIC configuration, const pmq_ticket_key *keys, uint32_t count);
+/* QUIC_PARAM_GLOBAL_LOAD_BALACING_MODE: set writes *mode, else reads it. */
+QUIC_STATUS pmq_load_balancing_mode(int set, uint16_t *mode);
+/* QUIC_PARAM_GLOBAL_STATELESS_RESET_KEY (set only: msquic cannot read it back). */
+QUIC_STATUS pmq_set_stateless_reset_key(const uint8_t *key, size_t len);
+
 /* CFFI-END */
 
 /* Declared for cffi in build_msquic.py (a global and an extern "Python+C"). */

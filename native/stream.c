@@ -792,7 +792,8 @@ QUIC_STATUS pmq_stream_write(pmq_stream *s, const uint8_t *data, size_t len, int
         return QUIC_STATUS_INVALID_STATE;
     }
     QUIC_SEND_FLAGS send_flags = (fin ? QUIC_SEND_FLAG_FIN : QUIC_SEND_FLAG_NONE) |
-                                 (start ? QUIC_SEND_FLAG_START : QUIC_SEND_FLAG_NONE);
+                                 (start ? QUIC_SEND_FLAG_START : QUIC_SEND_FLAG_NONE) |
+                                 pmq_conn_send_flags(s->conn); /* 0-RTT (resumption.c) */
     QUIC_STATUS status = pmq_api->StreamSend(handle, block ? &block->buffer : NULL, block ? 1 : 0, send_flags, block);
     if (QUIC_FAILED(status)) {
         pthread_mutex_lock(&s->obj.lock);

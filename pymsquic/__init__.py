@@ -59,6 +59,13 @@ from .errors import (
     tls_alert_name,
 )
 from .registration import Registration, default_registration
+from .resumption import (
+    ResumptionLevel,
+    TicketKey,
+    load_balancing_mode,
+    set_load_balancing_mode,
+    set_stateless_reset_key,
+)
 
 __version__ = "0.1.0"
 
@@ -82,4 +89,6 @@ __all__ = [
     "StreamStopped", "Unreachable", "VersionNegotiationError", "asyncio", "connect", "default_registration",
     "msquic_version", "retry_memory_limit", "serve", "set_retry_memory_limit", "status_name", "sync",
     "tls_alert_name",
+    # resumption, 0-RTT and fleets (pymsquic.resumption)
+    "ResumptionLevel", "TicketKey", "load_balancing_mode", "set_load_balancing_mode", "set_stateless_reset_key",
 ]

@@ -12,6 +12,7 @@ from . import _native
 from ._msquic import ffi, lib
 from .errors import QuicError
 from .registration import Registration
+from .resumption import ResumptionLevel, TicketKeys, apply_ticket_keys, check_ticket_keys
 
 AlpnLike = Union[str, bytes, Sequence[Union[str, bytes]]]
 
@@ -67,7 +68,6 @@ _SETTING_FIELDS = {
     "initial_rtt_ms": (lib.PMQ_SET_INITIAL_RTT, 2**32 - 1),
     "peer_bidi_stream_count": (lib.PMQ_SET_PEER_BIDI_STREAM_COUNT, 2**16 - 1),
     "peer_unidi_stream_count": (lib.PMQ_SET_PEER_UNIDI_STREAM_COUNT, 2**16 - 1),
-    "server_resumption_level": (lib.PMQ_SET_SERVER_RESUMPTION_LEVEL, 2),
 }
 _SETTING_FLAGS = {
     "datagram_receive_enabled": lib.PMQ_SET_DATAGRAM_RECEIVE_ENABLED,
@@ -110,10 +110,14 @@ class Settings:
     send_buffering_enabled: bool | None = None
     pacing_enabled: bool | None = None
     migration_enabled: bool | None = None
-    server_resumption_level: int | None = None
+    #: :class:`~pymsquic.ResumptionLevel` (an int 0-2 or a name works too): whether a
+    #: server lets clients resume sessions and send 0-RTT data (msquic's default: none).
+    server_resumption_level: ResumptionLevel | int | str | None = None
     stream_scheduling: str | None = None  # "round_robin" (None) or "fifo"
 
     def __post_init__(self) -> None:
+        if self.server_resumption_level is not None:  # an int, a name or a ResumptionLevel
+            object.__setattr__(self, "server_resumption_level", ResumptionLevel.coerce(self.server_resumption_level))
         for name, (_, largest) in _SETTING_FIELDS.items():
             value = getattr(self, name)
             if value is None:
@@ -148,6 +152,9 @@ class Settings:
             if value is not None:
                 native.set |= bit
                 setattr(native, name, int(value))
+        if self.server_resumption_level is not None:
+            native.set |= lib.PMQ_SET_SERVER_RESUMPTION_LEVEL
+            native.server_resumption_level = int(self.server_resumption_level)
         if self.congestion_control is not None:
             native.set |= lib.PMQ_SET_CONGESTION_CONTROL
             native.congestion_control = _CONGESTION[self.congestion_control]
@@ -163,6 +170,8 @@ class Settings:
         for name, bit in _SETTING_FLAGS.items():
             if not only_set or native.set & bit:
                 values[name] = bool(getattr(native, name))
+        if not only_set or native.set & lib.PMQ_SET_SERVER_RESUMPTION_LEVEL:
+            values["server_resumption_level"] = ResumptionLevel.coerce(int(native.server_resumption_level))
         if not only_set or native.set & lib.PMQ_SET_CONGESTION_CONTROL:
             algorithm = int(native.congestion_control)
             names = {number: name for name, number in _CONGESTION.items()}
@@ -346,11 +355,13 @@ class Configuration:
 
     A server passes it to a :class:`~pymsquic.Listener`; a client to
     :meth:`~pymsquic.Connection.connect`. ``close()`` (or ``with``) releases it;
-    connections that use it keep msquic's own reference.
+    connections that use it keep msquic's own reference. A server's
+    ``ticket_keys`` (:class:`~pymsquic.TicketKey`) encrypt its session tickets,
+    so that servers sharing them resume each other's sessions.
     """
 
     def __init__(self, registration: Registration, alpn: AlpnLike, credential: Credential,
-                 settings: Settings | None = None) -> None:
+                 settings: Settings | None = None, *, ticket_keys: TicketKeys | None = None) -> None:
         if not isinstance(registration, Registration):
             raise TypeError(f"registration must be a Registration, not {type(registration).__name__}")
         if not isinstance(credential, Credential):
@@ -374,6 +385,14 @@ class Configuration:
         self._handle = handle[0]
         self._releaser = _native.Releaser(self, lib.pmq_api.ConfigurationClose, self._handle)
         registration._configurations.add(self)
+        #: The shared session-ticket keys (``ticket_keys=``), or None (a random key of msquic's).
+        self.ticket_keys = None if ticket_keys is None else check_ticket_keys(ticket_keys)
+        if self.ticket_keys is not None:
+            try:
+                apply_ticket_keys(self, self.ticket_keys)
+            except BaseException:
+                self.close()
+                raise
 
     @property
     def handle(self) -> Any:

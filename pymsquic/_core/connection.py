@@ -21,6 +21,7 @@ from ..addresses import Address, from_native, is_ip_literal
 from ..configuration import STREAM_SCHEDULING, Configuration, Settings, decode_alpns
 from ..errors import EXCEPTION_ERROR_CODE, ConnectionClosed, DatagramQueueFull, QuicError, failed, transport_closed
 from ..registration import Registration
+from ..resumption import ResumptionMixin
 from .stream import StreamCore
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ class ConnectionStats:
     handshake_us: int
 
 
-class ConnectionCore(Generic[S]):
+class ConnectionCore(ResumptionMixin, Generic[S]):
     """What a connection is and does without waiting; see the module docstring."""
 
     #: The world's stream class, for the streams this connection hands out.

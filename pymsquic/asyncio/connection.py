@@ -15,6 +15,7 @@ from ..addresses import is_ip_literal, resolve_async
 from ..configuration import AlpnLike, Configuration, Credential, Settings
 from ..errors import ConnectionClosed
 from ..registration import Registration
+from ..resumption import SessionTicketHandler, check_resumption_args
 from .bridge import NativeWaitable
 from .stream import Stream, StreamProtocolFactory
 
@@ -88,6 +89,7 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
         self._native_changed()
 
     def _native_changed(self) -> None:
+        self._deliver_tickets()  # on_session_ticket, on this loop
         factory = self._stream_protocol
         if factory is not None:
             while True:
@@ -150,6 +152,13 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
         """Close gracefully: with 0, or EXCEPTION_ERROR_CODE when left by an exception."""
         await self.close(exit_error_code(exc_type))
 
+    async def wait_handshake(self) -> None:
+        """Wait until the handshake completed; raise what :func:`connect` would
+        have raised if it failed. For a connection that :func:`connect` returned
+        early (``early_data=True`` with a ticket); returns at once otherwise."""
+        if self._connected_or_raise() is None:
+            await self._wait(self._connected_or_raise, "wait_handshake()")
+
 
 class connect:
     """Connect to a QUIC server: ``async with connect(...) as connection`` or
@@ -168,13 +177,36 @@ class connect:
     ALPN mismatch, ...); an unknown host raises :class:`socket.gaierror`.
     Leaving ``async with`` closes the connection gracefully (see
     :meth:`Connection.close`; ``close_timeout`` bounds it).
+
+    Resumption: ``session_ticket`` (bytes from an earlier connection's
+    :attr:`Connection.session_ticket` or ``on_session_ticket``) resumes that
+    session: a shorter handshake, :attr:`Connection.session_resumed` tells
+    whether the server took it (else a full handshake is made; a ticket msquic
+    cannot decode raises ValueError). ``on_session_ticket(ticket)`` is called
+    with every ticket the server sends, also long after the handshake, always
+    on this event loop (never on msquic's threads); an exception it raises is
+    logged. With ``early_data=True`` and a ticket, ``connect`` returns as soon
+    as the connection is started, before the handshake: streams opened and
+    written then go out as 0-RTT data, in the client's first flight. Await
+    :meth:`Connection.wait_handshake` for the handshake's outcome (the open
+    timeout does not apply then; msquic's handshake idle timeout does);
+    :attr:`Connection.early_data_accepted` then says whether the server took
+    the early data. Rejected early data is not lost: msquic sends it again
+    after the handshake. Datagrams cannot be sent before the handshake.
+
+    0-RTT data can be replayed by an attacker (the server may see it twice, or
+    on two servers of a fleet): send early only what is safe to repeat.
     """
 
     def __init__(self, host: str, port: int, *, alpn: AlpnLike | None = None, credential: Credential | None = None,
                  settings: Settings | None = None, configuration: Configuration | None = None,
                  server_name: str | None = None, registration: Registration | None = None,
-                 open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0) -> None:
+                 open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0,
+                 session_ticket: bytes | None = None, early_data: bool = False,
+                 on_session_ticket: SessionTicketHandler | None = None) -> None:
         check_endpoint(host, port)
+        check_resumption_args(session_ticket, early_data, on_session_ticket)
+        self._resumption = (session_ticket, early_data, on_session_ticket)
         self._configuration = client_configuration(configuration, registration, alpn, credential, settings)
         self._host, self._port, self._server_name = host, port, server_name
         self._open_timeout, self._close_timeout = open_timeout, close_timeout
@@ -187,13 +219,21 @@ class connect:
         loop = asyncio.get_running_loop()
         deadline = None if self._open_timeout is None else loop.time() + self._open_timeout
         try:
+            early = conn._prepare_resumption(*self._resumption)
+            if self._resumption[2] is not None:
+                conn._attach_to_running_loop(loop)  # tickets wake this loop from now on
             if is_ip_literal(host) and server_name in (None, host):
+                if self._resumption[0] is not None:
+                    # Setting the ticket waits for a msquic worker: not on the loop's thread.
+                    await loop.run_in_executor(None, conn._apply_resumption)
                 conn._start(host, port, server_name, None)  # never blocks
             else:
                 # open_timeout covers the name lookup too, as websockets' does.
                 remote = await asyncio.wait_for(resolve_async(host, port), self._open_timeout)
-                # Setting the address waits for a msquic worker: not on the loop's thread.
-                await loop.run_in_executor(None, conn._start, host, port, server_name, remote)
+                # Setting the address (and a ticket) waits for a msquic worker: not on the loop's thread.
+                await loop.run_in_executor(None, conn._start_resuming, host, port, server_name, remote)
+            if early:
+                return conn  # 0-RTT: the handshake goes on (wait_handshake)
             await conn._wait(conn._connected_or_raise, "connect()",
                              None if deadline is None else deadline - loop.time())
         except BaseException:

@@ -7,9 +7,10 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generator
 
 from .._core.connection import exit_error_code
-from .._core.server import ServerCore, chosen_configuration, log_handler_failure, start_listener
+from .._core.server import ServerCore, log_handler_failure, start_listener
 from ..configuration import AlpnLike, Configuration, Credential, Settings
 from ..registration import Registration
+from ..resumption import TicketKeys, serve_configuration
 from .connection import Connection
 from .listener import Listener
 
@@ -144,15 +145,21 @@ class serve:
     it down itself) or raises (:data:`~pymsquic.EXCEPTION_ERROR_CODE`);
     ``close_timeout`` bounds that close. With ``start_serving=False`` the
     server accepts only once :meth:`Server.start_serving` or
-    :meth:`Server.serve_forever` is awaited.
+    :meth:`Server.serve_forever` is awaited. ``ticket_keys``
+    (:class:`~pymsquic.TicketKey`) are the session-ticket keys this server
+    shares with others, so that each resumes the others' sessions; resumption
+    needs ``Settings.server_resumption_level`` and a ticket sent by the handler
+    (``connection.send_resumption_ticket()``).
     """
 
     def __init__(self, handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | None = None,
                  credential: Credential | None = None, settings: Settings | None = None,
                  configuration: Configuration | None = None, registration: Registration | None = None,
-                 backlog: int = 128, close_timeout: float = 5.0, start_serving: bool = True) -> None:
+                 backlog: int = 128, close_timeout: float = 5.0, start_serving: bool = True,
+                 ticket_keys: TicketKeys | None = None) -> None:
         self._handler = handler
-        self._configuration = chosen_configuration(configuration, registration, alpn, credential, settings, None)
+        self._configuration = serve_configuration(configuration, registration, alpn, credential, settings,
+                                                  ticket_keys)
         self._host, self._port, self._backlog = host, port, backlog
         self._close_timeout, self._start_serving = close_timeout, start_serving
         self._server: Server | None = None

@@ -15,6 +15,7 @@ from ..addresses import is_ip_literal, resolve
 from ..configuration import AlpnLike, Configuration, Credential, Settings
 from ..errors import ConnectionClosed
 from ..registration import Registration
+from ..resumption import SessionTicketHandler, check_resumption_args
 from .stream import Stream
 
 if TYPE_CHECKING:
@@ -119,23 +120,43 @@ class Connection(ConnectionCore[Stream]):
         """Close gracefully: with 0, or EXCEPTION_ERROR_CODE when left by an exception."""
         self.close(exit_error_code(exc_type))
 
+    def wait_handshake(self, timeout: float | None = None) -> None:
+        """Wait until the handshake completed; raise what :func:`connect` would
+        have raised if it failed. For a connection that :func:`connect` returned
+        early (``early_data=True`` with a ticket); returns at once otherwise."""
+        self._wait(self._connected_or_raise, timeout, "wait_handshake()")
+
 
 def connect(host: str, port: int, *, alpn: AlpnLike | None = None, credential: Credential | None = None,
             settings: Settings | None = None, configuration: Configuration | None = None,
             server_name: str | None = None, registration: Registration | None = None,
-            open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0) -> Connection:
+            open_timeout: float | None = DEFAULT_OPEN_TIMEOUT, close_timeout: float = 5.0,
+            session_ticket: bytes | None = None, early_data: bool = False,
+            on_session_ticket: SessionTicketHandler | None = None) -> Connection:
     """Connect to a QUIC server and return the connection once its handshake
     completed; ``with connect(...) as connection:`` closes it on the way out.
-    The arguments, defaults and errors are those of :class:`pymsquic.asyncio.connect`.
+    The arguments, defaults and errors are those of :class:`pymsquic.asyncio.connect`,
+    resumption and 0-RTT included (``early_data=True`` with a ticket returns
+    before the handshake: see :meth:`Connection.wait_handshake`), except that
+    ``on_session_ticket`` runs on a daemon thread of its own (one per
+    connection given one, started with it, ending once the connection is
+    closed), never on msquic's threads: a handler touching state the caller
+    also uses needs a lock. 0-RTT data can be replayed by an attacker: send
+    early only what is safe to repeat.
     """
     _native.forbid_in_callback("connect()")
     check_endpoint(host, port)
+    check_resumption_args(session_ticket, early_data, on_session_ticket)
     conn = Connection._open_client(client_configuration(configuration, registration, alpn,
                                                                     credential, settings))
     conn.close_timeout = close_timeout
     try:
+        early = conn._prepare_resumption(session_ticket, early_data, on_session_ticket)
         direct = is_ip_literal(host) and server_name in (None, host)
-        conn._start(host, port, server_name, None if direct else resolve(host, port))
+        conn._start_resuming(host, port, server_name, None if direct else resolve(host, port))
+        conn._start_ticket_thread()
+        if early:
+            return conn  # 0-RTT: the handshake goes on (wait_handshake)
         conn._wait(conn._connected_or_raise, open_timeout, "connect()")
     except BaseException:
         conn._abandon()

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .. import _native
 from .._core.connection import exit_error_code
-from .._core.server import ServerCore, chosen_configuration, log_handler_failure, logger, start_listener
+from .._core.server import ServerCore, log_handler_failure, logger, start_listener
 from ..configuration import AlpnLike, Configuration, Credential, Settings
 from ..errors import EXCEPTION_ERROR_CODE
 from ..registration import Registration
+from ..resumption import TicketKeys, serve_configuration
 from .connection import Connection
 from .listener import Listener
 
@@ -152,7 +153,7 @@ class Server(ServerCore):
 def serve(handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | None = None,
           credential: Credential | None = None, settings: Settings | None = None,
           configuration: Configuration | None = None, registration: Registration | None = None,
-          backlog: int = 128, close_timeout: float = 5.0) -> Server:
+          backlog: int = 128, close_timeout: float = 5.0, ticket_keys: TicketKeys | None = None) -> Server:
     """Listen on ``host:port``; :meth:`Server.serve_forever` then runs
     ``handler(connection)`` in a thread per connection.
 
@@ -163,6 +164,7 @@ def serve(handler: Handler, host: str | None, port: int, *, alpn: AlpnLike | Non
     :attr:`Server.addresses`). The connection is closed gracefully when the
     handler returns (error code 0) or raises
     (:data:`~pymsquic.EXCEPTION_ERROR_CODE`); ``close_timeout`` bounds that close.
+    ``ticket_keys`` as in :class:`pymsquic.asyncio.serve`.
     """
-    configuration = chosen_configuration(configuration, registration, alpn, credential, settings, None)
+    configuration = serve_configuration(configuration, registration, alpn, credential, settings, ticket_keys)
     return Server(handler, start_listener(handler, Listener, host, port, configuration, backlog), close_timeout)
