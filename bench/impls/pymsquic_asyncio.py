@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import time
 from typing import Any
@@ -17,24 +16,9 @@ from bench.protocol import (
 # "fifo" or "round_robin" (pymsquic's default): the pymsquic-asyncio-fifo variant sets it.
 SCHEDULING = os.environ.get("BENCH_STREAM_SCHEDULING") or None
 
-
-def server_settings() -> pymsquic.Settings:
-    """The servers' settings: tickets and 0-RTT allowed (for the hs-* workloads) once
-    pymsquic has its resumption API (branch i10-resume); without it, full handshakes only."""
-    base: dict[str, Any] = {"peer_bidi_stream_count": 1000, "idle_timeout_ms": 30_000, "stream_scheduling": SCHEDULING}
-    try:
-        return pymsquic.Settings(**base, server_resumption_level=2)  # resume and 0-RTT
-    except TypeError:
-        return pymsquic.Settings(**base)
-
-
-def check_resumption_api(workload: str) -> None:
-    """hs-resume and hs-0rtt need connect(session_ticket=..., early_data=...)."""
-    if workload != "hs-full" and "session_ticket" not in inspect.signature(pymsquic.asyncio.connect).parameters:
-        raise SystemExit(f"{workload}: waiting for pymsquic's resumption API (branch i10-resume)")
-
-
-SETTINGS = server_settings()
+# The server allows resumption and 0-RTT (for the hs-* workloads; the others make no use of it).
+SETTINGS = pymsquic.Settings(peer_bidi_stream_count=1000, idle_timeout_ms=30_000, stream_scheduling=SCHEDULING,
+                             server_resumption_level="resume_and_zero_rtt")
 CLIENT_SETTINGS = pymsquic.Settings(idle_timeout_ms=30_000, stream_scheduling=SCHEDULING)
 REQUEST = HEADER.pack(RPS_DOWN) + b"u" * RPS_UP
 
@@ -61,14 +45,11 @@ async def respond(stream: pymsquic.asyncio.Stream) -> None:
 
 
 def send_ticket(conn: pymsquic.asyncio.Connection | pymsquic.sync.Connection) -> None:
-    """A session ticket for every client (msquic sends none by itself), as the native
-    server does: once pymsquic has its resumption API (branch i10-resume)."""
-    send = getattr(conn, "send_resumption_ticket", None)
-    if send is not None:
-        try:
-            send()
-        except pymsquic.QuicError:
-            pass  # the client has gone already
+    """A session ticket for every client (msquic sends none by itself), as the native server does."""
+    try:
+        conn.send_resumption_ticket()
+    except pymsquic.QuicError:
+        pass  # the client has gone already
 
 
 async def handle(conn: pymsquic.asyncio.Connection) -> None:
@@ -93,7 +74,6 @@ async def server(port: int, cert: str, key: str) -> None:
 
 async def handshake_client(port: int, workload: str, config: pymsquic.Configuration, duration: float) -> Result:
     """hs-*: one connection after another (HS_PARALLEL loops), one small request each."""
-    check_resumption_api(workload)
     result = Result()
     latest: list[bytes] = []  # the newest ticket any connection received
     resume, early = workload != "hs-full", workload == "hs-0rtt"

@@ -12,7 +12,7 @@ from bench.protocol import (
     ALPN, CHUNK, DATA, FOREVER, HEADER, HPS_PARALLEL, HS_DOWN, HS_PARALLEL, HS_REQUEST, HS_WORKLOADS, IDLE_CONNECTIONS,
     RPS_PARALLEL, UPLOAD, Clock, Result, rss_kb, wait_for_stdin_close,
 )
-from bench.impls.pymsquic_asyncio import CLIENT_SETTINGS, REQUEST, SETTINGS, check_resumption_api, send_ticket
+from bench.impls.pymsquic_asyncio import CLIENT_SETTINGS, REQUEST, SETTINGS, send_ticket
 
 _pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="stream")
 
@@ -74,7 +74,6 @@ def in_threads(target: Any, count: int) -> None:
 
 def handshake_client(port: int, workload: str, config: pymsquic.Configuration, duration: float) -> Result:
     """hs-*: one connection after another (HS_PARALLEL threads), one small request each."""
-    check_resumption_api(workload)
     result = Result()
     lock = threading.Lock()
     latest: list[bytes] = []  # the newest ticket any connection received
