@@ -45,9 +45,10 @@ async def respond(stream: pymsquic.asyncio.Stream) -> None:
 
 
 def send_ticket(conn: pymsquic.asyncio.Connection | pymsquic.sync.Connection) -> None:
-    """A session ticket for every client (msquic sends none by itself), as the native server does."""
+    """A session ticket for every client (msquic sends none by itself), as the native server does;
+    final: the only one, so msquic frees the connection's TLS state after it."""
     try:
-        conn.send_resumption_ticket()
+        conn.send_resumption_ticket(final=True)
     except pymsquic.QuicError:
         pass  # the client has gone already
 

@@ -24,7 +24,7 @@
  * once CONNECTED; hs-0rtt: the same ticket, request sent right after
  * ConnectionStart with QUIC_SEND_FLAG_ALLOW_0_RTT. The server allows resumption and
  * 0-RTT (QUIC_SERVER_RESUME_AND_ZERORTT) in every mode. A loop starts its next
- * connection once the reply is in; the close completes in the background.
+ * connection once the whole reply is in; the close completes in the background.
  *
  * The server prints "ready PORT"; the client prints one JSON line of results.
  */
@@ -172,8 +172,8 @@ static QUIC_STATUS QUIC_API server_conn_cb(HQUIC conn, void *ctx, QUIC_CONNECTIO
         break;
     }
     case QUIC_CONNECTION_EVENT_CONNECTED:
-        /* with quictls msquic sends no ticket by itself: one per connection, as pymsquic does */
-        api->ConnectionSendResumptionTicket(conn, QUIC_SEND_RESUMPTION_FLAG_NONE, 0, NULL);
+        /* msquic sends no ticket by itself: one per connection, after which the TLS state is freed */
+        api->ConnectionSendResumptionTicket(conn, QUIC_SEND_RESUMPTION_FLAG_FINAL, 0, NULL);
         break;
     case QUIC_CONNECTION_EVENT_SHUTDOWN_COMPLETE:
         if (!event->SHUTDOWN_COMPLETE.AppCloseInProgress) {
@@ -425,7 +425,7 @@ typedef struct hs_conn {
     HQUIC conn;
     uint64_t started;
     int answered;            /* the reply's first byte arrived */
-    int stream_done;         /* its stream ended: the next connection was started */
+    int stream_done;         /* the reply ended: the next connection was started */
     uint8_t request[HS_REQUEST_LEN];
     QUIC_BUFFER request_buf;
 } hs_conn;
@@ -443,6 +443,15 @@ static QUIC_STATUS QUIC_API hs_stream_cb(HQUIC stream, void *ctx, QUIC_STREAM_EV
             }
         }
         break;
+    case QUIC_STREAM_EVENT_PEER_SEND_SHUTDOWN:
+        /* the whole reply is in: the next connection starts (as the Python clients do) while
+           this one finishes in the background */
+        if (c->answered && !atomic_load(&stopping)) {
+            atomic_fetch_add(&handshakes, 1);
+        }
+        c->stream_done = 1;
+        sem_post(&slots);
+        break;
     case QUIC_STREAM_EVENT_SHUTDOWN_COMPLETE: {
         uint64_t early = 0;
         uint32_t size = sizeof(early);
@@ -450,16 +459,10 @@ static QUIC_STATUS QUIC_API hs_stream_cb(HQUIC stream, void *ctx, QUIC_STREAM_EV
         if (QUIC_SUCCEEDED(api->GetParam(stream, QUIC_PARAM_STREAM_0RTT_LENGTH, &size, &early)) && early > 0) {
             atomic_fetch_add(&hs_early, 1);
         }
-        if (c->answered && !atomic_load(&stopping)) {
-            atomic_fetch_add(&handshakes, 1);
-        }
         if (!event->SHUTDOWN_COMPLETE.AppCloseInProgress) {
             api->StreamClose(stream);
         }
-        /* one request each; the close completes in the background, as the next connection starts */
-        c->stream_done = 1;
-        api->ConnectionShutdown(c->conn, QUIC_CONNECTION_SHUTDOWN_FLAG_NONE, 0);
-        sem_post(&slots);
+        api->ConnectionShutdown(c->conn, QUIC_CONNECTION_SHUTDOWN_FLAG_NONE, 0); /* one request each */
         break;
     }
     default:
