@@ -32,6 +32,8 @@ def main() -> None:
                         help="connection loops of the hs-* workloads (default 1: one connection after another)")
     parser.add_argument("--rtt", type=float, default=0.0, metavar="MS",
                         help="hs-* workloads only: through bench/relay.py, which adds this round-trip time")
+    parser.add_argument("--server", default="", metavar="IMPL",
+                        help="every client talks to this implementation's server instead of its own")
     parser.add_argument("--no-idle", action="store_true", help="skip the idle-connections memory measurement")
     parser.add_argument("--out", default=str(REPO / "docs" / "bench"), help="folder for results.json and chart.png")
     args = parser.parse_args()
@@ -44,7 +46,7 @@ def main() -> None:
     if args.hs_parallel > 0:
         os.environ["BENCH_HS_PARALLEL"] = str(args.hs_parallel)  # every client inherits it
     report = run(impls, workloads, args.duration, idle=not args.no_idle, repeat=max(args.repeat, 1),
-                 rtt_ms=args.rtt)
+                 rtt_ms=args.rtt, server_name=args.server)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -307,12 +307,14 @@ def make_certs(directory: str) -> tuple[str, str]:
 # ---- the run -----------------------------------------------------------------------------
 
 def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool, repeat: int = 1,
-        rtt_ms: float = 0.0) -> dict[str, Any]:
+        rtt_ms: float = 0.0, server_name: str = "") -> dict[str, Any]:
     """Every implementation's rows; with repeat > 1 the whole round runs that many times
     (each implementation in turn, so a busy moment on the machine spreads over all of
     them) and each row is the median of its runs. With rtt_ms the hs-* workloads go
-    through bench/relay.py, which adds that round-trip time."""
+    through bench/relay.py, which adds that round-trip time. With server_name every
+    client talks to that implementation's server instead of its own."""
     impls = make_impls(impl_names)
+    other_server = make_impls([server_name])[0] if server_name else None
     samples: dict[tuple[str, str], list[Row]] = {}
     memory: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -325,7 +327,7 @@ def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool
                     continue
                 log(f"{impl.label}: starting its server" + (f" (round {round_ + 1} of {repeat})" if repeat > 1 else ""))
                 try:
-                    server = Server(impl, certs)
+                    server = Server(other_server or impl, certs)
                 except Exception as exc:
                     impl.skipped = str(exc)
                     continue
@@ -365,6 +367,7 @@ def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool
         "duration_s": duration,
         "repeat": repeat,
         "hs_rtt_ms": rtt_ms,
+        "server": server_name,
         "hs_parallel": int(os.environ.get("BENCH_HS_PARALLEL", "1")),
         "machine": machine_facts(),
     }
@@ -427,8 +430,10 @@ def handshake_table(report: dict[str, Any], ratio: Any, ms: Any) -> list[str]:
         return []
     full = {r["impl"]: r for r in rows if r["workload"] == "hs-full" and not r["error"]}
     rtt, parallel = report.get("hs_rtt_ms", 0), report.get("hs_parallel", 1)
+    server = report.get("server")
     lines = ["", f"Handshake workloads: {parallel} connection loop(s), "
-             + (f"{rtt:g} ms round trip added by bench/relay.py." if rtt else "plain loopback."),
+             + (f"{rtt:g} ms round trip added by bench/relay.py." if rtt else "plain loopback.")
+             + (f" Every client talks to the {server} server." if server else ""),
              "", "| implementation | mode | connections/s | TTFB p50 ms | TTFB p99 ms | p50 vs full | vs native | "
              "vs aioquic | resumed | 0-RTT accepted | client CPU s | server CPU s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
