@@ -79,3 +79,12 @@ def test_handshake_workloads_in_parallel_through_the_relay(tmp_path: Path) -> No
         check_handshake_rows(rows, impl)
     assert report["hs_rtt_ms"] == 4 and report["hs_parallel"] == 3
     assert "3 connection loop(s), 4 ms round trip added by bench/relay.py" in stdout
+
+
+def test_handshake_clients_against_one_server(tmp_path: Path) -> None:
+    """--server: pymsquic's and aioquic's clients resume and send 0-RTT to the native msquic server."""
+    rows, report, stdout = run_bench(tmp_path, "pymsquic-asyncio,aioquic", "--server", "native",
+                                     "--workload", "hs-full,hs-0rtt", "--no-idle")
+    for impl in ("pymsquic-asyncio", "aioquic"):
+        check_handshake_rows(rows, impl, ("hs-full", "hs-0rtt"))
+    assert report["server"] == "native" and "Every client talks to the native server." in stdout
