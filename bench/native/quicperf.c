@@ -21,8 +21,8 @@
  * one 32-byte request and 32-byte reply, timed from ConnectionStart to the first
  * reply byte. hs-full: no ticket; hs-resume: the latest ticket from
  * RESUMPTION_TICKET_RECEIVED set as QUIC_PARAM_CONN_RESUMPTION_TICKET, request sent
- * once CONNECTED; hs-0rtt: the same ticket, request sent right after
- * ConnectionStart with QUIC_SEND_FLAG_ALLOW_0_RTT. The server allows resumption and
+ * once CONNECTED; hs-0rtt: the same ticket, request queued (QUIC_SEND_FLAG_ALLOW_0_RTT)
+ * before ConnectionStart. The server allows resumption and
  * 0-RTT (QUIC_SERVER_RESUME_AND_ZERORTT) in every mode. A loop starts its next
  * connection once the whole reply is in; the close completes in the background.
  *
@@ -556,11 +556,13 @@ static void hs_start(void)
         }
         free(mine);
     }
+    if (hs_mode == HS_0RTT) {
+        /* queued before the start, the request is in the first flight every time; queued just
+           after it, msquic often sent the Initial first and the request waited for 1-RTT keys */
+        hs_send_request(conn, c, QUIC_SEND_FLAG_ALLOW_0_RTT);
+    }
     if (QUIC_FAILED(st = api->ConnectionStart(conn, configuration, QUIC_ADDRESS_FAMILY_INET, "127.0.0.1", server_port))) {
         die("ConnectionStart", st);
-    }
-    if (hs_mode == HS_0RTT) {
-        hs_send_request(conn, c, QUIC_SEND_FLAG_ALLOW_0_RTT);
     }
 }
 
