@@ -18,8 +18,8 @@
  * default is FIFO).
  *
  * hs-*: new connections one after another (--parallel N loops, default 1), each
- * one 32-byte request and 32-byte reply, timed from ConnectionStart to the first
- * reply byte. hs-full: no ticket; hs-resume: the latest ticket from
+ * one 32-byte request and 32-byte reply, timed from ConnectionOpen (the ticket and
+ * request set-up included) to the first reply byte. hs-full: no ticket; hs-resume: the latest ticket from
  * RESUMPTION_TICKET_RECEIVED set as QUIC_PARAM_CONN_RESUMPTION_TICKET, request sent
  * once CONNECTED; hs-0rtt: the same ticket, request queued (QUIC_SEND_FLAG_ALLOW_0_RTT)
  * before ConnectionStart. The server allows resumption and
