@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from bench.harness import REPO, chart, run, table
@@ -25,6 +26,14 @@ def main() -> None:
                         help=f"comma-separated, from {','.join(ALL_IMPLS)}")
     parser.add_argument("--workload", default=",".join(WORKLOADS), help="comma-separated workloads")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per workload (default 10)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every row this many times (the whole round, in turn) and report medians")
+    parser.add_argument("--hs-parallel", type=int, default=0,
+                        help="connection loops of the hs-* workloads (default 1: one connection after another)")
+    parser.add_argument("--rtt", type=float, default=0.0, metavar="MS",
+                        help="hs-* workloads only: through bench/relay.py, which adds this round-trip time")
+    parser.add_argument("--server", default="", metavar="IMPL",
+                        help="every client talks to this implementation's server instead of its own")
     parser.add_argument("--no-idle", action="store_true", help="skip the idle-connections memory measurement")
     parser.add_argument("--out", default=str(REPO / "docs" / "bench"), help="folder for results.json and chart.png")
     args = parser.parse_args()
@@ -34,7 +43,10 @@ def main() -> None:
     unknown = set(workloads) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
-    report = run(impls, workloads, args.duration, idle=not args.no_idle)
+    if args.hs_parallel > 0:
+        os.environ["BENCH_HS_PARALLEL"] = str(args.hs_parallel)  # every client inherits it
+    report = run(impls, workloads, args.duration, idle=not args.no_idle, repeat=max(args.repeat, 1),
+                 rtt_ms=args.rtt, server_name=args.server)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -16,13 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.protocol import FAIRNESS_IMPLS
+from bench.protocol import FAIRNESS_IMPLS, HS_IMPLS, HS_WORKLOADS
 
 REPO = Path(__file__).resolve().parent.parent
 BUILD = REPO / "build" / "bench"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 UNITS = {"download": "Gbit/s", "upload": "Gbit/s", "rps": "req/s", "latency": "req/s", "hps": "hs/s",
-         "fairness": "req/s"}
+         "fairness": "req/s", **{w: "conn/s" for w in HS_WORKLOADS}}
 
 
 def log(msg: str) -> None:
@@ -43,6 +44,8 @@ class Impl:
 
     def runs(self, workload: str) -> bool:
         if workload == "fairness" and self.name not in FAIRNESS_IMPLS:
+            return False
+        if workload in HS_WORKLOADS and self.name not in HS_IMPLS:
             return False
         return not self.only or workload in self.only
 
@@ -167,6 +170,10 @@ class Row:
     vs_native: float | None = None
     vs_aioquic: float | None = None
     error: str = ""
+    connections: int = 0  # hs-*: connections that got their reply (p50/p99 are then time to first byte)
+    resumed: int = 0
+    early_data: int = 0
+    runs: list[float] = field(default_factory=list)  # every run's value when --repeat > 1 (the row is their median)
 
 
 def free_udp_port() -> int:
@@ -176,17 +183,15 @@ def free_udp_port() -> int:
         return probe.getsockname()[1]
 
 
-class Server:
-    def __init__(self, impl: Impl, certs: tuple[str, str]) -> None:
-        cert, key = certs
-        env = {**os.environ, **impl.env}
-        port = str(free_udp_port())
-        self.proc = subprocess.Popen(impl.cmd("server", "--port", port, "--cert", cert, "--key", key), env=env,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+class Child:
+    """A process that prints "ready PORT" once it listens and runs until its stdin closes."""
+
+    def __init__(self, what: str, command: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline().split()
         if not line or line[0] != "ready":
             self.stop()
-            raise RuntimeError(f"{impl.name} server did not start")
+            raise RuntimeError(f"{what} did not start")
         self.port = int(line[1])
 
     def stop(self) -> None:
@@ -198,10 +203,24 @@ class Server:
             self.proc.wait()
 
 
-def run_client(impl: Impl, server: Server, workload: str, duration: float) -> tuple[dict[str, Any], float]:
+class Server(Child):
+    def __init__(self, impl: Impl, certs: tuple[str, str]) -> None:
+        cert, key = certs
+        command = impl.cmd("server", "--port", str(free_udp_port()), "--cert", cert, "--key", key)
+        super().__init__(f"{impl.name} server", command, {**os.environ, **impl.env})
+
+
+def relay_for(server: Child, rtt_ms: float) -> Child:
+    """bench/relay.py in front of the server: every datagram held rtt_ms / 2 each way."""
+    return Child("relay", [sys.executable, "-m", "bench.relay", "--to-port", str(server.port), "--rtt-ms",
+                           str(rtt_ms)], {**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def run_client(impl: Impl, server: Server, workload: str, duration: float,
+               port: int | None = None) -> tuple[dict[str, Any], float]:
     env = {**os.environ, **impl.env}
     cpu_before = cpu_of(server.proc.pid)
-    client = subprocess.run(impl.cmd("client", "--port", str(server.port), "--workload", workload,
+    client = subprocess.run(impl.cmd("client", "--port", str(port or server.port), "--workload", workload,
                                      "--duration", str(duration)), env=env, capture_output=True, text=True,
                             timeout=duration + 120)
     server_cpu = cpu_of(server.proc.pid) - cpu_before
@@ -210,10 +229,10 @@ def run_client(impl: Impl, server: Server, workload: str, duration: float) -> tu
     return json.loads(client.stdout.strip().splitlines()[-1]), server_cpu
 
 
-def measure(impl: Impl, server: Server, workload: str, duration: float) -> Row:
+def measure(impl: Impl, server: Server, workload: str, duration: float, port: int | None = None) -> Row:
     row = Row(impl.name, workload, unit=UNITS[workload])
     try:
-        result, row.server_cpu_s = run_client(impl, server, workload, duration)
+        result, row.server_cpu_s = run_client(impl, server, workload, duration, port)
     except Exception as exc:  # one failing row must not sink the run
         row.error = str(exc)
         log(f"{impl.name} {workload}: {exc}")
@@ -224,9 +243,30 @@ def measure(impl: Impl, server: Server, workload: str, duration: float) -> Row:
         row.value = result["bytes"] * 8 / elapsed / 1e9
     elif workload == "hps":
         row.value = result["handshakes"] / elapsed
+    elif workload in HS_WORKLOADS:
+        row.value = result["handshakes"] / elapsed
+        row.p50_ms, row.p99_ms = result["p50_us"] / 1000, result["p99_us"] / 1000
+        row.connections = result["handshakes"]
+        row.resumed, row.early_data = min(result["resumed"], row.connections), min(result["early_data"], row.connections)
     else:
         row.value = result["requests"] / elapsed
         row.p50_ms, row.p99_ms = result["p50_us"] / 1000, result["p99_us"] / 1000
+    return row
+
+
+def median_row(samples: list[Row]) -> Row:
+    """One row from several runs of it: the median of each number (errors only if every run failed)."""
+    good = [r for r in samples if not r.error]
+    if not good:
+        return samples[-1]
+    row = Row(good[0].impl, good[0].workload, unit=good[0].unit, runs=[r.value for r in good])
+    for name in ("value", "p50_ms", "p99_ms", "client_cpu_s", "server_cpu_s", "elapsed_s", "connections", "resumed",
+                 "early_data"):
+        values = [getattr(r, name) for r in good if getattr(r, name) is not None]
+        if values:
+            setattr(row, name, statistics.median(values))
+    if len(good) < len(samples):
+        log(f"{row.impl} {row.workload}: {len(samples) - len(good)} of {len(samples)} runs failed; median of the rest")
     return row
 
 
@@ -266,36 +306,53 @@ def make_certs(directory: str) -> tuple[str, str]:
 
 # ---- the run -----------------------------------------------------------------------------
 
-def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool) -> dict[str, Any]:
+def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool, repeat: int = 1,
+        rtt_ms: float = 0.0, server_name: str = "") -> dict[str, Any]:
+    """Every implementation's rows; with repeat > 1 the whole round runs that many times
+    (each implementation in turn, so a busy moment on the machine spreads over all of
+    them) and each row is the median of its runs. With rtt_ms the hs-* workloads go
+    through bench/relay.py, which adds that round-trip time. With server_name every
+    client talks to that implementation's server instead of its own."""
     impls = make_impls(impl_names)
-    rows: list[Row] = []
+    other_server = make_impls([server_name])[0] if server_name else None
+    samples: dict[tuple[str, str], list[Row]] = {}
     memory: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         certs = make_certs(tmp)
-        for impl in impls:
-            if impl.skipped:
-                log(f"skipping {impl.name}: {impl.skipped}")
-                continue
-            log(f"{impl.label}: starting its server")
-            try:
-                server = Server(impl, certs)
-            except Exception as exc:
-                impl.skipped = str(exc)
-                continue
-            try:
-                for workload in workloads:
-                    if not impl.runs(workload):
-                        continue
-                    log(f"{impl.label}: {workload} ({duration:g} s)")
-                    rows.append(measure(impl, server, workload, duration))
-                if idle and impl.idle:
-                    log(f"{impl.label}: idle connections")
-                    try:
-                        memory.append(measure_idle(impl, server))
-                    except Exception as exc:
-                        log(f"{impl.name} idle: {exc}")
-            finally:
-                server.stop()
+        for round_ in range(repeat):
+            for impl in impls:
+                if impl.skipped:
+                    if round_ == 0:
+                        log(f"skipping {impl.name}: {impl.skipped}")
+                    continue
+                log(f"{impl.label}: starting its server" + (f" (round {round_ + 1} of {repeat})" if repeat > 1 else ""))
+                try:
+                    server = Server(other_server or impl, certs)
+                except Exception as exc:
+                    impl.skipped = str(exc)
+                    continue
+                relay = None
+                try:
+                    if rtt_ms > 0 and any(w in HS_WORKLOADS and impl.runs(w) for w in workloads):
+                        relay = relay_for(server, rtt_ms)
+                    for workload in workloads:
+                        if not impl.runs(workload):
+                            continue
+                        log(f"{impl.label}: {workload} ({duration:g} s)")
+                        port = relay.port if relay is not None and workload in HS_WORKLOADS else None
+                        samples.setdefault((impl.name, workload), []).append(
+                            measure(impl, server, workload, duration, port))
+                    if idle and impl.idle and round_ == 0:
+                        log(f"{impl.label}: idle connections")
+                        try:
+                            memory.append(measure_idle(impl, server))
+                        except Exception as exc:
+                            log(f"{impl.name} idle: {exc}")
+                finally:
+                    if relay is not None:
+                        relay.stop()
+                    server.stop()
+    rows = [median_row(runs) for runs in samples.values()]
     by_key = {(r.impl, r.workload): r for r in rows}
     for row in rows:
         for ref, attr in (("native", "vs_native"), ("aioquic", "vs_aioquic")):
@@ -308,6 +365,10 @@ def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool
         "skipped": {i.name: i.skipped for i in impls if i.skipped},
         "labels": {i.name: i.label for i in impls},
         "duration_s": duration,
+        "repeat": repeat,
+        "hs_rtt_ms": rtt_ms,
+        "server": server_name,
+        "hs_parallel": int(os.environ.get("BENCH_HS_PARALLEL", "1")),
         "machine": machine_facts(),
     }
 
@@ -334,19 +395,22 @@ def table(report: dict[str, Any]) -> str:
     labels = report["labels"]
     lines = ["| implementation | workload | rate | p50 ms | p99 ms | vs native | vs aioquic | client CPU s | server CPU s |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    def ratio(x: float | None) -> str:
+        return f"{x:.2f}x" if x is not None else ""
+
+    def ms(x: float | None) -> str:
+        return f"{x:.3f}" if x is not None else ""
+
     for r in report["rows"]:
-        def ratio(x: float | None) -> str:
-            return f"{x:.2f}x" if x is not None else ""
-
-        def ms(x: float | None) -> str:
-            return f"{x:.3f}" if x is not None else ""
-
+        if r["workload"] in HS_WORKLOADS:
+            continue
         error = r["error"].strip().splitlines()[-1][-70:].replace("|", "/") if r["error"] else ""
         rate = f"error: {error}" if error else (
             f"{r['value']:.2f} {r['unit']}" if r["unit"] == "Gbit/s" else f"{r['value']:,.0f} {r['unit']}")
         lines.append(f"| {labels[r['impl']]} | {r['workload']} | {rate} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} | "
                      f"{ratio(r['vs_native'])} | {ratio(r['vs_aioquic'])} | {r['client_cpu_s']:.2f} | "
                      f"{r['server_cpu_s']:.2f} |")
+    lines += handshake_table(report, ratio, ms)
     if report["memory"]:
         lines += ["", "| implementation | idle connections | server RSS per 1,000 | client RSS per 1,000 |",
                   "|---|---:|---:|---:|"]
@@ -356,6 +420,37 @@ def table(report: dict[str, Any]) -> str:
     if report["skipped"]:
         lines += [""] + [f"- {labels.get(k, k)} not run: {v}" for k, v in report["skipped"].items()]
     return "\n".join(lines)
+
+
+def handshake_table(report: dict[str, Any], ratio: Any, ms: Any) -> list[str]:
+    """The hs-* rows: connections per second and time to first byte, each mode beside
+    the same implementation's full handshake."""
+    rows = [r for r in report["rows"] if r["workload"] in HS_WORKLOADS]
+    if not rows:
+        return []
+    full = {r["impl"]: r for r in rows if r["workload"] == "hs-full" and not r["error"]}
+    rtt, parallel = report.get("hs_rtt_ms", 0), report.get("hs_parallel", 1)
+    server = report.get("server")
+    lines = ["", f"Handshake workloads: {parallel} connection loop(s), "
+             + (f"{rtt:g} ms round trip added by bench/relay.py." if rtt else "plain loopback.")
+             + (f" Every client talks to the {server} server." if server else ""),
+             "", "| implementation | mode | connections/s | TTFB p50 ms | TTFB p99 ms | p50 vs full | vs native | "
+             "vs aioquic | resumed | 0-RTT accepted | client CPU s | server CPU s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        label, mode = report["labels"][r["impl"]], r["workload"][3:]
+        if r["error"]:
+            error = r["error"].strip().splitlines()[-1][-90:].replace("|", "/")
+            lines.append(f"| {label} | {mode} | error: {error} |  |  |  |  |  |  |  |  |  |")
+            continue
+        base = full.get(r["impl"])
+        vs_full = r["p50_ms"] / base["p50_ms"] if base and base["p50_ms"] and r["workload"] != "hs-full" else None
+        n = r["connections"] or 1
+        lines.append(f"| {label} | {mode} | {r['value']:,.0f} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} | "
+                     f"{ratio(vs_full)} | {ratio(r['vs_native'])} | {ratio(r['vs_aioquic'])} | "
+                     f"{r['resumed'] / n:.0%} | {r['early_data'] / n:.0%} | {r['client_cpu_s']:.2f} | "
+                     f"{r['server_cpu_s']:.2f} |")
+    return lines
 
 
 def chart(report: dict[str, Any], path: Path) -> bool:

@@ -26,11 +26,24 @@ CHUNK = 1 << 20
 DATA = b"d" * CHUNK          # what servers send
 UPLOAD = b"u" * CHUNK        # what clients upload
 
-WORKLOADS = ("download", "upload", "rps", "latency", "hps", "fairness")
+#: handshake workloads: new connections one after another (HS_PARALLEL loops), each
+#: one HS_UP-byte request (the 8-byte header included) and HS_DOWN-byte reply, timed
+#: from the start of the connection to the reply's first byte. full: no ticket;
+#: resume: the latest session ticket, request sent once connected; 0rtt: the same
+#: ticket, request sent as early data. Servers allow resumption and 0-RTT in every
+#: mode, so the three differ only on the client.
+HS_WORKLOADS = ("hs-full", "hs-resume", "hs-0rtt")
+HS_UP, HS_DOWN = 32, 32
+HS_REQUEST = HEADER.pack(HS_DOWN) + b"u" * (HS_UP - HEADER.size)
+HS_PARALLEL = int(__import__("os").environ.get("BENCH_HS_PARALLEL", "1"))
+WORKLOADS = ("download", "upload", "rps", "latency", "hps", "fairness", *HS_WORKLOADS)
 #: fairness: latency's one-at-a-time requests beside a saturating download on the
 #: same connection. Only these implementations run it (FIFO and round-robin
 #: stream scheduling, each side's scheme set as the name says).
 FAIRNESS_IMPLS = ("native", "native-rr", "pymsquic-asyncio", "pymsquic-asyncio-fifo")
+#: aiopquic's adapter has no session tickets, and qh3 (same adapter as aioquic) was
+#: not installed where the hs-* workloads were written: neither runs them.
+HS_IMPLS = ("native", "pymsquic-asyncio", "pymsquic-blocking", "aioquic")
 
 
 def cpu_seconds() -> float:
@@ -53,6 +66,8 @@ class Result:
     cpu_s: float = 0.0
     connections: int = 0
     rss_delta_kb: int = 0
+    resumed: int = 0      # hs-*: connections the server resumed
+    early_data: int = 0   # hs-0rtt: connections whose early data the server accepted
 
     def emit(self) -> None:
         lat = sorted(self.latencies_us)

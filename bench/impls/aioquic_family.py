@@ -8,6 +8,7 @@ of queued bytes, since aioquic's send_stream_data buffers without bound.
 from __future__ import annotations
 
 import asyncio
+import copy
 import importlib
 import os
 import ssl
@@ -15,8 +16,8 @@ import time
 from typing import Any
 
 from bench.protocol import (
-    ALPN, CHUNK, DATA, FOREVER, HEADER, HPS_PARALLEL, IDLE_CONNECTIONS, RPS_DOWN, RPS_PARALLEL, RPS_UP, UPLOAD,
-    Clock, Result, rss_kb, wait_for_stdin_close,
+    ALPN, CHUNK, DATA, FOREVER, HEADER, HPS_PARALLEL, HS_PARALLEL, HS_REQUEST, HS_WORKLOADS, IDLE_CONNECTIONS, RPS_DOWN,
+    RPS_PARALLEL, RPS_UP, UPLOAD, Clock, Result, rss_kb, wait_for_stdin_close,
 )
 
 FLAVOR = os.environ.get("BENCH_FLAVOR", "aioquic")
@@ -53,6 +54,7 @@ class PerfProtocol(_asyncio.QuicConnectionProtocol):  # type: ignore[misc,name-d
         self.stopped: set[int] = set()
         self.closed = False
         self.bytes = 0
+        self.first_byte: dict[int, float] = {}  # client: when each stream's first reply byte arrived
 
     def flush(self) -> None:
         transmit = getattr(self, "transmit", None)
@@ -89,6 +91,8 @@ class PerfProtocol(_asyncio.QuicConnectionProtocol):  # type: ignore[misc,name-d
             sid = event.stream_id
             self.bytes += len(event.data)
             if self._quic.configuration.is_client:
+                if sid not in self.first_byte:
+                    self.first_byte[sid] = time.perf_counter()
                 self.received[sid] = self.received.get(sid, 0) + len(event.data)
                 if event.end_stream and sid in self.done and not self.done[sid].done():
                     self.done[sid].set_result(self.received.pop(sid))
@@ -117,8 +121,16 @@ class PerfProtocol(_asyncio.QuicConnectionProtocol):  # type: ignore[misc,name-d
 
 
 async def server(port: int, cert: str, key: str) -> None:
+    # Tickets (and with them 0-RTT, which aioquic offers with every ticket) for the hs-*
+    # workloads; like msquic's, a ticket may be used more than once (no anti-replay).
+    tickets: dict[bytes, Any] = {}
+
+    def keep(ticket: Any) -> None:
+        tickets[ticket.ticket] = ticket
+
     srv = await _asyncio.serve("127.0.0.1", port, configuration=configuration(False, cert, key),
-                               create_protocol=PerfProtocol)
+                               create_protocol=PerfProtocol, session_ticket_fetcher=tickets.get,
+                               session_ticket_handler=keep)
     transport = getattr(srv, "_transport", None)
     bound = transport.get_extra_info("sockname")[1] if transport is not None else port
     print("ready", bound, flush=True)
@@ -126,7 +138,56 @@ async def server(port: int, cert: str, key: str) -> None:
     srv.close()
 
 
+async def handshake_client(port: int, workload: str, duration: float) -> Result:
+    """hs-*: one connection after another (HS_PARALLEL loops), one small request each."""
+    result = Result()
+    config = configuration(True)
+    latest: list[Any] = []  # the newest ticket any connection received
+    closing: set[asyncio.Future[Any]] = set()
+
+    async def one(warmup: bool = False) -> None:
+        cfg = copy.copy(config)
+        if workload != "hs-full" and latest:
+            cfg.session_ticket = latest[-1]
+        early = workload == "hs-0rtt"
+        start = time.perf_counter()
+        # wait_connected=False: the request leaves with the first flight, as 0-RTT when the ticket allows it
+        context = _asyncio.connect("127.0.0.1", port, configuration=cfg, create_protocol=PerfProtocol,
+                                   session_ticket_handler=latest.append, wait_connected=not early)
+        proto = await context.__aenter__()
+        sid, fut = await proto.request(HS_REQUEST, True)
+        await fut
+        result.latencies_us.append((proto.first_byte[sid] - start) * 1e6)
+        for _ in range(5000 if warmup and workload != "hs-full" else 0):  # the first ticket may follow the reply
+            if latest:
+                break
+            await asyncio.sleep(0.001)
+        tls = proto._quic.tls
+        result.resumed += bool(getattr(tls, "session_resumed", False))
+        # (a client holding a 0-RTT ticket offers early data in every ClientHello: count only where it sent some)
+        result.early_data += early and bool(getattr(tls, "early_data_accepted", False))
+        del latest[:-1]
+        # The next connection starts now; this one's close (CONNECTION_CLOSE, then
+        # aioquic's closing period of 3 PTO) completes in the background.
+        closing.add(asyncio.ensure_future(context.__aexit__(None, None, None)))
+        closing.difference_update([task for task in closing if task.done()])
+
+    await one(warmup=True)  # untimed, in every mode: the first ticket, warm caches
+    result = Result()
+    clock = Clock(duration)
+
+    async def loop() -> None:
+        while clock.running():
+            await one()
+            result.handshakes += 1
+
+    await asyncio.gather(*(loop() for _ in range(HS_PARALLEL)))
+    return clock.finish(result)
+
+
 async def client(port: int, workload: str, duration: float) -> Result:
+    if workload in HS_WORKLOADS:
+        return await handshake_client(port, workload, duration)
     result = Result()
     config = configuration(True)
 

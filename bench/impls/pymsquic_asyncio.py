@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Any
 
 import pymsquic
 from bench.protocol import (
-    ALPN, CHUNK, DATA, FOREVER, HEADER, HPS_PARALLEL, IDLE_CONNECTIONS, RPS_DOWN, RPS_PARALLEL, RPS_UP, UPLOAD,
-    Clock, Result, rss_kb, wait_for_stdin_close,
+    ALPN, CHUNK, DATA, FOREVER, HEADER, HPS_PARALLEL, HS_DOWN, HS_PARALLEL, HS_REQUEST, HS_WORKLOADS, IDLE_CONNECTIONS,
+    RPS_DOWN, RPS_PARALLEL, RPS_UP, UPLOAD, Clock, Result, rss_kb, wait_for_stdin_close,
 )
 
 # "fifo" or "round_robin" (pymsquic's default): the pymsquic-asyncio-fifo variant sets it.
 SCHEDULING = os.environ.get("BENCH_STREAM_SCHEDULING") or None
-SETTINGS = pymsquic.Settings(peer_bidi_stream_count=1000, idle_timeout_ms=30_000, stream_scheduling=SCHEDULING)
+
+# The server allows resumption and 0-RTT (for the hs-* workloads; the others make no use of it).
+SETTINGS = pymsquic.Settings(peer_bidi_stream_count=1000, idle_timeout_ms=30_000, stream_scheduling=SCHEDULING,
+                             server_resumption_level="resume_and_zero_rtt")
 CLIENT_SETTINGS = pymsquic.Settings(idle_timeout_ms=30_000, stream_scheduling=SCHEDULING)
 REQUEST = HEADER.pack(RPS_DOWN) + b"u" * RPS_UP
 
@@ -40,7 +44,17 @@ async def respond(stream: pymsquic.asyncio.Stream) -> None:
         pass  # the client stopped reading (download) or went away
 
 
+def send_ticket(conn: pymsquic.asyncio.Connection | pymsquic.sync.Connection) -> None:
+    """A session ticket for every client (msquic sends none by itself), as the native server does;
+    final: the only one, so msquic frees the connection's TLS state after it."""
+    try:
+        conn.send_resumption_ticket(final=True)
+    except pymsquic.QuicError:
+        pass  # the client has gone already
+
+
 async def handle(conn: pymsquic.asyncio.Connection) -> None:
+    send_ticket(conn)
     tasks = set()
     try:
         async for stream in conn:
@@ -59,9 +73,58 @@ async def server(port: int, cert: str, key: str) -> None:
         await asyncio.get_running_loop().run_in_executor(None, wait_for_stdin_close)
 
 
+async def handshake_client(port: int, workload: str, config: pymsquic.Configuration, duration: float) -> Result:
+    """hs-*: one connection after another (HS_PARALLEL loops), one small request each."""
+    result = Result()
+    latest: list[bytes] = []  # the newest ticket any connection received
+    resume, early = workload != "hs-full", workload == "hs-0rtt"
+    closing: set[asyncio.Task[None]] = set()
+
+    async def one(warmup: bool = False) -> None:
+        options: dict[str, Any] = {}
+        if resume and latest:
+            options = {"session_ticket": latest[-1], "early_data": early}
+        start = time.perf_counter()
+        # with early_data connect returns before the handshake: the request goes out as 0-RTT
+        conn = await pymsquic.asyncio.connect("127.0.0.1", port, configuration=config, open_timeout=10, **options)
+        stream = conn.open_stream()
+        stream.write(HS_REQUEST, fin=True)
+        answer = await stream.read(HS_DOWN)
+        result.latencies_us.append((time.perf_counter() - start) * 1e6)
+        while answer:
+            answer = await stream.read(HS_DOWN)
+        if resume:
+            await conn.wait_handshake()
+            for _ in range(5000 if warmup else 0):  # the first ticket may follow the reply
+                if conn.session_ticket is not None:
+                    break
+                await asyncio.sleep(0.001)
+            result.resumed += bool(conn.session_resumed)
+            result.early_data += bool(conn.early_data_accepted)
+            if conn.session_ticket is not None:
+                latest[:] = [conn.session_ticket]
+        # the next connection starts now; this one's close completes in the background
+        closing.add(asyncio.create_task(conn.close()))
+        closing.difference_update([task for task in closing if task.done()])
+
+    await one(warmup=True)  # untimed, in every mode: the first ticket, warm caches
+    result = Result()
+    clock = Clock(duration)
+
+    async def loop() -> None:
+        while clock.running():
+            await one()
+            result.handshakes += 1
+
+    await asyncio.gather(*(loop() for _ in range(HS_PARALLEL)))
+    return clock.finish(result)
+
+
 async def client(port: int, workload: str, duration: float) -> Result:
     registration = pymsquic.default_registration()
     config = pymsquic.Configuration(registration, ALPN, pymsquic.Credential.client(verify=False), CLIENT_SETTINGS)
+    if workload in HS_WORKLOADS:
+        return await handshake_client(port, workload, config, duration)
     result = Result()
 
     async def connect() -> pymsquic.asyncio.Connection:

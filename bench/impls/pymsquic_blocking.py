@@ -5,13 +5,14 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pymsquic
 from bench.protocol import (
-    ALPN, CHUNK, DATA, FOREVER, HEADER, HPS_PARALLEL, IDLE_CONNECTIONS, RPS_PARALLEL, UPLOAD, Clock, Result, rss_kb,
-    wait_for_stdin_close,
+    ALPN, CHUNK, DATA, FOREVER, HEADER, HPS_PARALLEL, HS_DOWN, HS_PARALLEL, HS_REQUEST, HS_WORKLOADS, IDLE_CONNECTIONS,
+    RPS_PARALLEL, UPLOAD, Clock, Result, rss_kb, wait_for_stdin_close,
 )
-from bench.impls.pymsquic_asyncio import CLIENT_SETTINGS, REQUEST, SETTINGS
+from bench.impls.pymsquic_asyncio import CLIENT_SETTINGS, REQUEST, SETTINGS, send_ticket
 
 _pool = ThreadPoolExecutor(max_workers=256, thread_name_prefix="stream")
 
@@ -46,6 +47,7 @@ def respond(stream: pymsquic.sync.Stream) -> None:
 
 
 def handle(conn: pymsquic.sync.Connection) -> None:
+    send_ticket(conn)
     try:
         for stream in conn:
             _pool.submit(respond, stream)
@@ -62,21 +64,75 @@ def run_server(port: int, cert: str, key: str) -> None:
         wait_for_stdin_close()
 
 
+def in_threads(target: Any, count: int) -> None:
+    threads = [threading.Thread(target=target) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def handshake_client(port: int, workload: str, config: pymsquic.Configuration, duration: float) -> Result:
+    """hs-*: one connection after another (HS_PARALLEL threads), one small request each."""
+    result = Result()
+    lock = threading.Lock()
+    latest: list[bytes] = []  # the newest ticket any connection received
+    resume, early = workload != "hs-full", workload == "hs-0rtt"
+
+    def one(warmup: bool = False) -> None:
+        options: dict[str, Any] = {}
+        if resume and latest:
+            options = {"session_ticket": latest[-1], "early_data": early}
+        start = time.perf_counter()
+        # with early_data connect returns before the handshake: the request goes out as 0-RTT
+        conn = pymsquic.sync.connect("127.0.0.1", port, configuration=config, open_timeout=10, **options)
+        stream = conn.open_stream()
+        stream.write(HS_REQUEST, fin=True)
+        answer = stream.read(HS_DOWN)
+        ttfb = (time.perf_counter() - start) * 1e6
+        while answer:
+            answer = stream.read(HS_DOWN)
+        resumed = accepted = False
+        if resume:
+            conn.wait_handshake(timeout=10)
+            for _ in range(5000 if warmup else 0):  # the first ticket may follow the reply
+                if conn.session_ticket is not None:
+                    break
+                time.sleep(0.001)
+            resumed, accepted = bool(conn.session_resumed), bool(conn.early_data_accepted)
+            ticket = conn.session_ticket
+        _pool.submit(conn.close)  # the next connection starts now; this one's close completes in the background
+        with lock:
+            result.latencies_us.append(ttfb)
+            result.resumed += resumed
+            result.early_data += accepted
+            if resume and ticket is not None:
+                latest[:] = [ticket]
+
+    one(warmup=True)  # untimed, in every mode: the first ticket, warm caches
+    result = Result()
+    clock = Clock(duration)
+
+    def loop() -> None:
+        while clock.running():
+            one()
+            with lock:
+                result.handshakes += 1
+
+    in_threads(loop, HS_PARALLEL)
+    return clock.finish(result)
+
+
 def run_client(port: int, workload: str, duration: float) -> Result:
     registration = pymsquic.default_registration()
     config = pymsquic.Configuration(registration, ALPN, pymsquic.Credential.client(verify=False), CLIENT_SETTINGS)
+    if workload in HS_WORKLOADS:
+        return handshake_client(port, workload, config, duration)
     result = Result()
     lock = threading.Lock()
 
     def connect() -> pymsquic.sync.Connection:
         return pymsquic.sync.connect("127.0.0.1", port, configuration=config, open_timeout=10)
-
-    def in_threads(target, count: int) -> None:
-        threads = [threading.Thread(target=target) for _ in range(count)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
 
     if workload == "hps":
         clock = Clock(duration)

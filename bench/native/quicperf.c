@@ -9,11 +9,22 @@
  *
  *   quicperf server --port P --cert C --key K
  *   quicperf client --port P --workload download|upload|rps|latency|hps|fairness --duration S
+ *   quicperf client --port P --workload hs-full|hs-resume|hs-0rtt --duration S [--parallel N]
+ *     (N also from BENCH_HS_PARALLEL)
  *
  * fairness: one request at a time (latency's) beside a download on the same
  * connection. QUICPERF_SCHEDULING=round_robin in the server's environment sets
  * QUIC_PARAM_CONN_STREAM_SCHEDULING_SCHEME on accepted connections (msquic's
  * default is FIFO).
+ *
+ * hs-*: new connections one after another (--parallel N loops, default 1), each
+ * one 32-byte request and 32-byte reply, timed from ConnectionOpen (the ticket and
+ * request set-up included) to the first reply byte. hs-full: no ticket; hs-resume: the latest ticket from
+ * RESUMPTION_TICKET_RECEIVED set as QUIC_PARAM_CONN_RESUMPTION_TICKET, request sent
+ * once CONNECTED; hs-0rtt: the same ticket, request queued (QUIC_SEND_FLAG_ALLOW_0_RTT)
+ * before ConnectionStart. The server allows resumption and
+ * 0-RTT (QUIC_SERVER_RESUME_AND_ZERORTT) in every mode. A loop starts its next
+ * connection once the whole reply is in; the close completes in the background.
  *
  * The server prints "ready PORT"; the client prints one JSON line of results.
  */
@@ -160,6 +171,10 @@ static QUIC_STATUS QUIC_API server_conn_cb(HQUIC conn, void *ctx, QUIC_CONNECTIO
         api->SetCallbackHandler(event->PEER_STREAM_STARTED.Stream, (void *)server_stream_cb, s);
         break;
     }
+    case QUIC_CONNECTION_EVENT_CONNECTED:
+        /* msquic sends no ticket by itself: one per connection, after which the TLS state is freed */
+        api->ConnectionSendResumptionTicket(conn, QUIC_SEND_RESUMPTION_FLAG_FINAL, 0, NULL);
+        break;
     case QUIC_CONNECTION_EVENT_SHUTDOWN_COMPLETE:
         if (!event->SHUTDOWN_COMPLETE.AppCloseInProgress) {
             api->ConnectionClose(conn);
@@ -192,6 +207,8 @@ static void run_server(uint16_t port, const char *cert, const char *key)
     settings.PeerBidiStreamCount = 1000;
     settings.IsSet.IdleTimeoutMs = 1;
     settings.IdleTimeoutMs = 30000;
+    settings.IsSet.ServerResumptionLevel = 1; /* tickets and 0-RTT for the hs-* workloads */
+    settings.ServerResumptionLevel = QUIC_SERVER_RESUME_AND_ZERORTT;
     QUIC_CERTIFICATE_FILE files = {key, cert};
     QUIC_CREDENTIAL_CONFIG cred = {0};
     cred.Type = QUIC_CREDENTIAL_TYPE_CERTIFICATE_FILE;
@@ -391,6 +408,164 @@ static HQUIC start_connection(int hps)
     return conn;
 }
 
+
+/* ---- hs-*: one request per new connection ------------------------------------- */
+
+enum { HS_FULL, HS_RESUME, HS_0RTT };
+#define HS_REQUEST_LEN 32
+#define HS_REPLY_LEN 32
+
+static int hs_mode;
+static pthread_mutex_t ticket_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint8_t *ticket;      /* the latest ticket received (any connection) */
+static uint32_t ticket_len;
+static atomic_uint_fast64_t hs_resumed, hs_early;
+
+typedef struct hs_conn {
+    HQUIC conn;
+    uint64_t started;
+    int answered;            /* the reply's first byte arrived */
+    int stream_done;         /* the reply ended: the next connection was started */
+    uint8_t request[HS_REQUEST_LEN];
+    QUIC_BUFFER request_buf;
+} hs_conn;
+
+static QUIC_STATUS QUIC_API hs_stream_cb(HQUIC stream, void *ctx, QUIC_STREAM_EVENT *event)
+{
+    hs_conn *c = ctx;
+    switch (event->Type) {
+    case QUIC_STREAM_EVENT_RECEIVE:
+        if (!c->answered && event->RECEIVE.TotalBufferLength > 0) {
+            c->answered = 1;
+            uint64_t idx = atomic_fetch_add(&latency_count, 1);
+            if (idx < MAX_LATENCIES) {
+                latencies[idx] = now_us() - c->started;
+            }
+        }
+        break;
+    case QUIC_STREAM_EVENT_PEER_SEND_SHUTDOWN:
+        /* the whole reply is in: the next connection starts (as the Python clients do) while
+           this one finishes in the background */
+        if (c->answered && !atomic_load(&stopping)) {
+            atomic_fetch_add(&handshakes, 1);
+        }
+        c->stream_done = 1;
+        sem_post(&slots);
+        break;
+    case QUIC_STREAM_EVENT_SHUTDOWN_COMPLETE: {
+        uint64_t early = 0;
+        uint32_t size = sizeof(early);
+        /* bytes the server acknowledged under the 0-RTT key: 0 if it refused them */
+        if (QUIC_SUCCEEDED(api->GetParam(stream, QUIC_PARAM_STREAM_0RTT_LENGTH, &size, &early)) && early > 0) {
+            atomic_fetch_add(&hs_early, 1);
+        }
+        if (!event->SHUTDOWN_COMPLETE.AppCloseInProgress) {
+            api->StreamClose(stream);
+        }
+        api->ConnectionShutdown(c->conn, QUIC_CONNECTION_SHUTDOWN_FLAG_NONE, 0); /* one request each */
+        break;
+    }
+    default:
+        break;
+    }
+    return QUIC_STATUS_SUCCESS;
+}
+
+static void hs_send_request(HQUIC conn, hs_conn *c, QUIC_SEND_FLAGS extra)
+{
+    HQUIC stream;
+    if (QUIC_FAILED(api->StreamOpen(conn, QUIC_STREAM_OPEN_FLAG_NONE, hs_stream_cb, c, &stream))) {
+        api->ConnectionShutdown(conn, QUIC_CONNECTION_SHUTDOWN_FLAG_NONE, 0);
+        return;
+    }
+    put_be64(c->request, HS_REPLY_LEN);
+    memset(c->request + 8, 'u', HS_REQUEST_LEN - 8);
+    c->request_buf.Buffer = c->request;
+    c->request_buf.Length = HS_REQUEST_LEN;
+    if (QUIC_FAILED(api->StreamSend(stream, &c->request_buf, 1, QUIC_SEND_FLAG_START | QUIC_SEND_FLAG_FIN | extra,
+                                    NULL))) {
+        api->StreamClose(stream);
+        api->ConnectionShutdown(conn, QUIC_CONNECTION_SHUTDOWN_FLAG_NONE, 0);
+    }
+}
+
+static QUIC_STATUS QUIC_API hs_conn_cb(HQUIC conn, void *ctx, QUIC_CONNECTION_EVENT *event)
+{
+    hs_conn *c = ctx;
+    switch (event->Type) {
+    case QUIC_CONNECTION_EVENT_CONNECTED:
+        if (event->CONNECTED.SessionResumed) {
+            atomic_fetch_add(&hs_resumed, 1);
+        }
+        if (hs_mode != HS_0RTT) {
+            hs_send_request(conn, c, QUIC_SEND_FLAG_NONE);
+        }
+        break;
+    case QUIC_CONNECTION_EVENT_RESUMPTION_TICKET_RECEIVED: {
+        uint32_t len = event->RESUMPTION_TICKET_RECEIVED.ResumptionTicketLength;
+        uint8_t *copy = malloc(len);
+        memcpy(copy, event->RESUMPTION_TICKET_RECEIVED.ResumptionTicket, len);
+        pthread_mutex_lock(&ticket_lock);
+        free(ticket);
+        ticket = copy;
+        ticket_len = len;
+        pthread_mutex_unlock(&ticket_lock);
+        break;
+    }
+    case QUIC_CONNECTION_EVENT_PEER_STREAM_STARTED:
+        api->StreamClose(event->PEER_STREAM_STARTED.Stream); /* none expected */
+        break;
+    case QUIC_CONNECTION_EVENT_SHUTDOWN_COMPLETE:
+        if (!c->stream_done) {
+            sem_post(&slots); /* failed before its stream ended: the loop goes on */
+        }
+        if (!event->SHUTDOWN_COMPLETE.AppCloseInProgress) {
+            api->ConnectionClose(conn);
+        }
+        free(c);
+        break;
+    default:
+        break;
+    }
+    return QUIC_STATUS_SUCCESS;
+}
+
+static void hs_start(void)
+{
+    hs_conn *c = calloc(1, sizeof(*c));
+    HQUIC conn;
+    QUIC_STATUS st = api->ConnectionOpen(registration, hs_conn_cb, c, &conn);
+    if (QUIC_FAILED(st)) {
+        die("ConnectionOpen", st);
+    }
+    c->conn = conn;
+    c->started = now_us();
+    if (hs_mode != HS_FULL) {
+        /* a copy: SetParam waits for a worker, which may be waiting for ticket_lock */
+        uint8_t *mine = NULL;
+        uint32_t len = 0;
+        pthread_mutex_lock(&ticket_lock);
+        if (ticket != NULL) {
+            mine = malloc(ticket_len);
+            memcpy(mine, ticket, ticket_len);
+            len = ticket_len;
+        }
+        pthread_mutex_unlock(&ticket_lock);
+        if (mine != NULL && QUIC_FAILED(st = api->SetParam(conn, QUIC_PARAM_CONN_RESUMPTION_TICKET, len, mine))) {
+            die("SetParam(RESUMPTION_TICKET)", st);
+        }
+        free(mine);
+    }
+    if (hs_mode == HS_0RTT) {
+        /* queued before the start, the request is in the first flight every time; queued just
+           after it, msquic often sent the Initial first and the request waited for 1-RTT keys */
+        hs_send_request(conn, c, QUIC_SEND_FLAG_ALLOW_0_RTT);
+    }
+    if (QUIC_FAILED(st = api->ConnectionStart(conn, configuration, QUIC_ADDRESS_FAMILY_INET, "127.0.0.1", server_port))) {
+        die("ConnectionStart", st);
+    }
+}
+
 static int cmp_u64(const void *a, const void *b)
 {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -418,6 +593,8 @@ static void run_client(const char *workload, double duration, int parallel)
     }
     latencies = calloc(MAX_LATENCIES, sizeof(uint64_t));
     int is_hps = strcmp(workload, "hps") == 0;
+    int is_hs = strncmp(workload, "hs-", 3) == 0;
+    hs_mode = !strcmp(workload, "hs-0rtt") ? HS_0RTT : !strcmp(workload, "hs-resume") ? HS_RESUME : HS_FULL;
     int is_fair = strcmp(workload, "fairness") == 0;
     int is_rps = strcmp(workload, "rps") == 0 || strcmp(workload, "latency") == 0 || is_fair;
     if (strcmp(workload, "latency") == 0 || is_fair) {
@@ -432,7 +609,23 @@ static void run_client(const char *workload, double duration, int parallel)
     sem_init(&slots, 0, 0);
     double cpu0 = cpu_seconds();
     HQUIC conn = NULL;
-    if (!is_hps) {
+    if (is_hs) {
+        hs_start(); /* untimed, in every mode: the first ticket, warm caches */
+        sem_wait(&slots);
+        for (int i = 0; i < 5000 && hs_mode != HS_FULL; i++) { /* the ticket may follow the reply */
+            pthread_mutex_lock(&ticket_lock);
+            int have = ticket != NULL;
+            pthread_mutex_unlock(&ticket_lock);
+            if (have) {
+                break;
+            }
+            usleep(1000);
+        }
+        atomic_store(&latency_count, 0);
+        atomic_store(&handshakes, 0);
+        atomic_store(&hs_resumed, 0);
+        atomic_store(&hs_early, 0);
+    } else if (!is_hps) {
         conn = start_connection(0);
         usleep(100000); /* let the handshake finish before the clock starts */
     }
@@ -445,6 +638,10 @@ static void run_client(const char *workload, double duration, int parallel)
     if (is_hps) {
         for (int i = 0; i < parallel; i++) {
             start_connection(1);
+        }
+    } else if (is_hs) {
+        for (int i = 0; i < parallel; i++) {
+            hs_start();
         }
     } else if (is_rps) {
         for (int i = 0; i < parallel; i++) {
@@ -466,6 +663,8 @@ static void run_client(const char *workload, double duration, int parallel)
         if (sem_timedwait(&slots, &ts) == 0 && now_us() < deadline) {
             if (is_hps) {
                 start_connection(1);
+            } else if (is_hs) {
+                hs_start();
             } else if (is_rps) {
                 open_request(conn);
             }
@@ -475,6 +674,7 @@ static void run_client(const char *workload, double duration, int parallel)
     uint64_t bytes = atomic_load(&bytes_done);
     uint64_t requests = atomic_load(&requests_done);
     uint64_t hs = atomic_load(&handshakes);
+    uint64_t resumed = atomic_load(&hs_resumed), early = atomic_load(&hs_early);
     atomic_store(&stopping, 1);
     uint64_t waiting_since = atomic_load(&request_started);
     if (is_fair && waiting_since != 0) {
@@ -499,8 +699,10 @@ static void run_client(const char *workload, double duration, int parallel)
     qsort(latencies, n, sizeof(uint64_t), cmp_u64);
     double cpu = cpu_seconds() - cpu0;
     printf("{\"elapsed\": %.6f, \"bytes\": %" PRIu64 ", \"requests\": %" PRIu64 ", \"handshakes\": %" PRIu64
-           ", \"p50_us\": %" PRIu64 ", \"p99_us\": %" PRIu64 ", \"cpu_s\": %.3f}\n",
-           elapsed, bytes, requests, hs, n ? latencies[n / 2] : 0, n ? latencies[(n * 99) / 100] : 0, cpu);
+           ", \"p50_us\": %" PRIu64 ", \"p99_us\": %" PRIu64 ", \"cpu_s\": %.3f, \"resumed\": %" PRIu64
+           ", \"early_data\": %" PRIu64 "}\n",
+           elapsed, bytes, requests, hs, n ? latencies[n / 2] : 0, n ? latencies[(n * 99) / 100] : 0, cpu, resumed,
+           early);
     fflush(stdout);
     if (conn != NULL) {
         api->ConnectionShutdown(conn, QUIC_CONNECTION_SHUTDOWN_FLAG_SILENT, 0);
@@ -535,8 +737,12 @@ int main(int argc, char **argv)
     if (!strcmp(mode, "server") && cert && key) {
         run_server(server_port, cert, key);
     } else if (!strcmp(mode, "client") && server_port) {
+        const char *hs_parallel = getenv("BENCH_HS_PARALLEL"); /* the harness's --hs-parallel */
+        if (parallel <= 0 && !strncmp(workload, "hs-", 3) && hs_parallel != NULL) {
+            parallel = atoi(hs_parallel);
+        }
         if (parallel <= 0) {
-            parallel = !strcmp(workload, "hps") ? 16 : 100;
+            parallel = !strcmp(workload, "hps") ? 16 : !strncmp(workload, "hs-", 3) ? 1 : 100;
         }
         run_client(workload, duration, parallel);
     } else {
