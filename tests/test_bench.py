@@ -9,6 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+# Two minutes of processes and relays: run once, under the README's command, not again
+# under every other Python (.ci/other-pythons deselects "slow").
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parent.parent
 HS_MODES = ("hs-full", "hs-resume", "hs-0rtt")
 
