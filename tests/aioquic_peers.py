@@ -4,13 +4,10 @@ protocol, a one-request client protocol, and PEM files of a pymsquic credential.
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 from aioquic.asyncio import QuicConnectionProtocol
 from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamDataReceived
-
-import pymsquic
 
 
 class Echo(QuicConnectionProtocol):
@@ -51,18 +48,6 @@ class Client(QuicConnectionProtocol):
         self.transmit()
         await asyncio.wait_for(self.done.wait(), 10)
         return bytes(self.answer)
-
-
-def write_cert_files(folder: Path, credential: pymsquic.Credential) -> tuple[Path, Path]:
-    """The certificate and key of a PKCS#12 credential as PEM files (what aioquic loads)."""
-    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, pkcs12
-
-    assert credential.pkcs12 is not None
-    key, cert, _ = pkcs12.load_key_and_certificates(credential.pkcs12, None)
-    assert key is not None and cert is not None
-    (folder / "cert.pem").write_bytes(cert.public_bytes(Encoding.PEM))
-    (folder / "key.pem").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    return folder / "cert.pem", folder / "key.pem"
 
 
 def server_port(server: Any) -> int:

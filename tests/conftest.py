@@ -22,20 +22,22 @@ def server_credential() -> pymsquic.Credential:
     return pymsquic.Credential.self_signed(("localhost", "127.0.0.1", "::1"))
 
 
+def write_cert_files(folder: Path, credential: pymsquic.Credential) -> tuple[Path, Path]:
+    """The certificate and key of a PKCS#12 credential as PEM files (what aioquic loads)."""
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, pkcs12
+
+    assert credential.pkcs12 is not None
+    key, cert, _ = pkcs12.load_key_and_certificates(credential.pkcs12, None)
+    assert key is not None and cert is not None
+    (folder / "cert.pem").write_bytes(cert.public_bytes(Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    return folder / "cert.pem", folder / "key.pem"
+
+
 @pytest.fixture
 def cert_files(tmp_path: Path, server_credential: pymsquic.Credential) -> tuple[Path, Path]:
     """The server credential as PEM certificate and key files, for aioquic servers."""
-    from cryptography.hazmat.primitives.serialization import (
-        Encoding,
-        NoEncryption,
-        PrivateFormat,
-        pkcs12,
-    )
-
-    key, cert, _ = pkcs12.load_key_and_certificates(server_credential.pkcs12, None)
-    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    return tmp_path / "cert.pem", tmp_path / "key.pem"
+    return write_cert_files(tmp_path, server_credential)
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import pytest
 from aioquic.asyncio import connect, serve
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic_peers import Client, Echo, server_port, write_cert_files
+from aioquic_peers import Client, Echo, server_port
 
 import pymsquic
 
@@ -47,11 +47,6 @@ async def echo_handler(conn: pymsquic.asyncio.Connection) -> None:
     async for stream in conn:
         stream.write(await stream.read(), fin=True)
         await stream.wait_closed()
-
-
-@pytest.fixture
-def cert_files(tmp_path: Path, server_credential: pymsquic.Credential) -> tuple[Path, Path]:
-    return write_cert_files(tmp_path, server_credential)
 
 
 def aioquic_server_config(cert_files: tuple[Path, Path], secrets: Any = None) -> QuicConfiguration:

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any, Iterator
 
 import pytest
+from test_transport_settings import NEW_SETTINGS
 
 import pymsquic
 from pymsquic import Configuration, Credential, QuicError, Registration, Settings
@@ -78,21 +79,7 @@ NON_DEFAULT: dict[str, Any] = {
     "migration_enabled": False,
     "server_resumption_level": 2,              # QUIC_SERVER_RESUME_AND_ZERORTT
     "versions": (pymsquic.QUIC_V2, pymsquic.QUIC_V1),  # QUIC_PARAM_CONFIGURATION_VERSION_SETTINGS
-    "ecn_enabled": True,
-    "initial_window_packets": 20,
-    "send_idle_timeout_ms": 700,
-    "minimum_mtu": 1280,
-    "maximum_mtu": 1400,
-    "mtu_discovery_search_complete_timeout_us": 5_000_000,
-    "mtu_discovery_missing_probe_count": 5,
-    "max_bytes_per_key": 1 << 30,
-    "dest_cid_update_idle_timeout_ms": 15_000,
-    "grease_quic_bit_enabled": True,
-    "stream_recv_buffer_default": 8192,
-    "stream_recv_window_bidi_local_default": 1 << 17,
-    "stream_recv_window_bidi_remote_default": 1 << 18,
-    "stream_recv_window_unidi_default": 1 << 15,
-    "tls_client_max_send_buffer": 6000,
+    **NEW_SETTINGS,  # the transport settings of issue 10, one value each
 }
 
 # pymsquic's own fields: not msquic configuration settings, so GetParam cannot

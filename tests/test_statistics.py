@@ -104,23 +104,6 @@ class AioquicEcho(QuicConnectionProtocol):
                 self.transmit()
 
 
-def write_cert_files(folder: Path, credential: pymsquic.Credential) -> tuple[Path, Path]:
-    """A self-signed server credential as PEM certificate and key files (for aioquic)."""
-    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, pkcs12
-
-    assert credential.pkcs12 is not None
-    key, cert, _ = pkcs12.load_key_and_certificates(credential.pkcs12, None)
-    assert key is not None and cert is not None
-    (folder / "cert.pem").write_bytes(cert.public_bytes(Encoding.PEM))
-    (folder / "key.pem").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    return folder / "cert.pem", folder / "key.pem"
-
-
-@pytest.fixture
-def cert_files(tmp_path: Path, server_credential: pymsquic.Credential) -> tuple[Path, Path]:
-    return write_cert_files(tmp_path, server_credential)
-
-
 class AioquicStreamingEcho(QuicConnectionProtocol):
     """Echo stream data as it arrives, FIN with FIN."""
 

@@ -18,7 +18,6 @@ import pytest
 from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent, StreamDataReceived
-from test_statistics import write_cert_files
 
 import pymsquic
 
@@ -143,11 +142,6 @@ class AioquicEcho(QuicConnectionProtocol):
         self._quic.send_stream_data(stream_id, data, end_stream=True)
         self.transmit()
         return await asyncio.wait_for(self.answers[stream_id], WAIT)
-
-
-@pytest.fixture
-def cert_files(tmp_path: Path, server_credential: pymsquic.Credential) -> tuple[Path, Path]:
-    return write_cert_files(tmp_path, server_credential)
 
 
 async def aioquic_server(cert_files: tuple[Path, Path]) -> tuple[Any, int, list[AioquicEcho]]:

@@ -19,7 +19,7 @@ from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.packet import QuicProtocolVersion
 from aioquic.tls import CipherSuite
-from aioquic_peers import Client, Echo, server_port, write_cert_files
+from aioquic_peers import Client, Echo, server_port
 
 import pymsquic
 from pymsquic import QUIC_V1, QUIC_V2, Settings
@@ -38,11 +38,6 @@ def aioquic_cipher_suite(protocol: QuicConnectionProtocol) -> int:
     key_schedule = protocol._quic.tls.key_schedule
     assert key_schedule is not None
     return int(key_schedule.cipher_suite)
-
-
-@pytest.fixture
-def cert_files(tmp_path: Path, server_credential: pymsquic.Credential) -> tuple[Path, Path]:
-    return write_cert_files(tmp_path, server_credential)
 
 
 IN_CHILD = "PYMSQUIC_TEST_VERSIONS_CHILD"
