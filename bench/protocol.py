@@ -8,11 +8,13 @@ and FIN. Every client prints one JSON line (``Result``) and every server prints
 
 from __future__ import annotations
 
+import asyncio
 import json
 import resource
 import struct
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 
 ALPN = "perf"
@@ -98,3 +100,20 @@ class Clock:
 def wait_for_stdin_close() -> None:
     """Servers and idle clients run until the harness closes their stdin."""
     sys.stdin.read()
+
+
+async def run_handshake_loops(one: Callable[[Result, bool], Awaitable[None]], duration: float) -> Result:
+    """The hs-* workloads' timing, library-free: ``one(result, warmup)`` makes one connection
+    and its request. One untimed warm-up (the first ticket, warm caches), then HS_PARALLEL
+    loops of ``one`` until the clock runs out."""
+    await one(Result(), True)
+    result = Result()
+    clock = Clock(duration)
+
+    async def loop() -> None:
+        while clock.running():
+            await one(result, False)
+            result.handshakes += 1
+
+    await asyncio.gather(*(loop() for _ in range(HS_PARALLEL)))
+    return clock.finish(result)

@@ -16,8 +16,8 @@ import time
 from typing import Any
 
 from bench.protocol import (
-    ALPN, CHUNK, DATA, FOREVER, HEADER, HPS_PARALLEL, HS_PARALLEL, HS_REQUEST, HS_WORKLOADS, IDLE_CONNECTIONS, RPS_DOWN,
-    RPS_PARALLEL, RPS_UP, UPLOAD, Clock, Result, rss_kb, wait_for_stdin_close,
+    ALPN, CHUNK, DATA, FOREVER, HEADER, HPS_PARALLEL, HS_REQUEST, HS_WORKLOADS, IDLE_CONNECTIONS, RPS_DOWN,
+    RPS_PARALLEL, RPS_UP, UPLOAD, Clock, Result, rss_kb, run_handshake_loops, wait_for_stdin_close,
 )
 
 FLAVOR = os.environ.get("BENCH_FLAVOR", "aioquic")
@@ -140,12 +140,11 @@ async def server(port: int, cert: str, key: str) -> None:
 
 async def handshake_client(port: int, workload: str, duration: float) -> Result:
     """hs-*: one connection after another (HS_PARALLEL loops), one small request each."""
-    result = Result()
     config = configuration(True)
     latest: list[Any] = []  # the newest ticket any connection received
     closing: set[asyncio.Future[Any]] = set()
 
-    async def one(warmup: bool = False) -> None:
+    async def one(result: Result, warmup: bool) -> None:
         cfg = copy.copy(config)
         if workload != "hs-full" and latest:
             cfg.session_ticket = latest[-1]
@@ -172,17 +171,7 @@ async def handshake_client(port: int, workload: str, duration: float) -> Result:
         closing.add(asyncio.ensure_future(context.__aexit__(None, None, None)))
         closing.difference_update([task for task in closing if task.done()])
 
-    await one(warmup=True)  # untimed, in every mode: the first ticket, warm caches
-    result = Result()
-    clock = Clock(duration)
-
-    async def loop() -> None:
-        while clock.running():
-            await one()
-            result.handshakes += 1
-
-    await asyncio.gather(*(loop() for _ in range(HS_PARALLEL)))
-    return clock.finish(result)
+    return await run_handshake_loops(one, duration)
 
 
 async def client(port: int, workload: str, duration: float) -> Result:

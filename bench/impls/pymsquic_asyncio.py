@@ -9,8 +9,8 @@ from typing import Any
 
 import pymsquic
 from bench.protocol import (
-    ALPN, CHUNK, DATA, FOREVER, HEADER, HPS_PARALLEL, HS_DOWN, HS_PARALLEL, HS_REQUEST, HS_WORKLOADS, IDLE_CONNECTIONS,
-    RPS_DOWN, RPS_PARALLEL, RPS_UP, UPLOAD, Clock, Result, rss_kb, wait_for_stdin_close,
+    ALPN, CHUNK, DATA, FOREVER, HEADER, HPS_PARALLEL, HS_DOWN, HS_REQUEST, HS_WORKLOADS, IDLE_CONNECTIONS,
+    RPS_DOWN, RPS_PARALLEL, RPS_UP, UPLOAD, Clock, Result, rss_kb, run_handshake_loops, wait_for_stdin_close,
 )
 
 # "fifo" or "round_robin" (pymsquic's default): the pymsquic-asyncio-fifo variant sets it.
@@ -75,12 +75,11 @@ async def server(port: int, cert: str, key: str) -> None:
 
 async def handshake_client(port: int, workload: str, config: pymsquic.Configuration, duration: float) -> Result:
     """hs-*: one connection after another (HS_PARALLEL loops), one small request each."""
-    result = Result()
     latest: list[bytes] = []  # the newest ticket any connection received
     resume, early = workload != "hs-full", workload == "hs-0rtt"
     closing: set[asyncio.Task[None]] = set()
 
-    async def one(warmup: bool = False) -> None:
+    async def one(result: Result, warmup: bool) -> None:
         options: dict[str, Any] = {}
         if resume and latest:
             options = {"session_ticket": latest[-1], "early_data": early}
@@ -107,17 +106,7 @@ async def handshake_client(port: int, workload: str, config: pymsquic.Configurat
         closing.add(asyncio.create_task(conn.close()))
         closing.difference_update([task for task in closing if task.done()])
 
-    await one(warmup=True)  # untimed, in every mode: the first ticket, warm caches
-    result = Result()
-    clock = Clock(duration)
-
-    async def loop() -> None:
-        while clock.running():
-            await one()
-            result.handshakes += 1
-
-    await asyncio.gather(*(loop() for _ in range(HS_PARALLEL)))
-    return clock.finish(result)
+    return await run_handshake_loops(one, duration)
 
 
 async def client(port: int, workload: str, duration: float) -> Result:
