@@ -142,7 +142,8 @@ enum {
     PMQ_CONN_SESSION_RESUMED = 32,
     PMQ_CONN_PEER_ACKED_SHUTDOWN = 64,
     PMQ_CONN_CLIENT_ALPN_TRUNCATED = 128,
-    PMQ_CONN_REGISTRATION_CLOSED = 256  /* with SHUTDOWN_BY_APP: its registration was closed here */
+    PMQ_CONN_REGISTRATION_CLOSED = 256, /* with SHUTDOWN_BY_APP: its registration was closed here */
+    PMQ_CONN_ACCEPTED_EARLY = 512       /* server: handed to accept before its handshake completed (0-RTT) */
 };
 
 /* pmq_conn_send_datagram: the send queue is full (a pymsquic status, not msquic's). */
@@ -242,6 +243,7 @@ typedef struct pmq_listener_stats {
     uint32_t queued;             /* completed, waiting for accept now */
     uint32_t handshakes;         /* handshakes in progress now */
     uint64_t refused_server_name; /* refused: a server name not served (refuse_unknown_names) */
+    uint64_t accepted_early;     /* of accepted: queued before the handshake completed (0-RTT) */
 } pmq_listener_stats;
 
 /* ---- opaque objects ---------------------------------------------------- */

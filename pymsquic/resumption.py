@@ -282,7 +282,10 @@ class ResumptionMixin:
 
     @property
     def session_resumed(self) -> bool:
-        """True once the handshake completed by resuming a session (both sides)."""
+        """True once the handshake completed by resuming a session (both sides).
+        Server: also as soon as a connection is handed over early for its 0-RTT
+        request (``accepted_early``): TLS accepts early data only when it
+        resumes the session."""
         return bool(lib.pmq_conn_flags(self._conn) & lib.PMQ_CONN_SESSION_RESUMED)
 
     @property
@@ -368,7 +371,10 @@ class ResumptionMixin:
         ``Settings.server_resumption_level`` RESUME or above (else
         :class:`~pymsquic.QuicError`, INVALID_STATE). ``final=True`` frees the
         TLS state afterwards: no further ticket can be sent (msquic's
-        QUIC_SEND_RESUMPTION_FLAG_FINAL). Never blocks."""
+        QUIC_SEND_RESUMPTION_FLAG_FINAL). Never blocks. On a connection handed
+        over early (``accepted_early``) and still handshaking, the ticket is
+        kept (up to 8) and sent when the handshake completes: msquic sends none
+        before."""
         buffer, nbytes = c_buffer(app_data)
         if nbytes > lib.PMQ_MAX_RESUMPTION_APP_DATA:
             raise ValueError(f"app_data of {nbytes} bytes: at most {lib.PMQ_MAX_RESUMPTION_APP_DATA} fit")

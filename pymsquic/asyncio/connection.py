@@ -194,7 +194,9 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
     async def wait_handshake(self) -> None:
         """Wait until the handshake completed; raise what :func:`connect` would
         have raised if it failed. For a connection that :func:`connect` returned
-        early (``early_data=True`` with a ticket); returns at once otherwise."""
+        early (``early_data=True`` with a ticket), or a server connection handed
+        over early for its 0-RTT request (:attr:`accepted_early`); returns at
+        once otherwise."""
         if self._connected_or_raise() is None:
             await self._wait(self._connected_or_raise, "wait_handshake()")
 

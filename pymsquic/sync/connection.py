@@ -131,7 +131,9 @@ class Connection(ConnectionCore[Stream]):
     def wait_handshake(self, timeout: float | None = None) -> None:
         """Wait until the handshake completed; raise what :func:`connect` would
         have raised if it failed. For a connection that :func:`connect` returned
-        early (``early_data=True`` with a ticket); returns at once otherwise."""
+        early (``early_data=True`` with a ticket), or a server connection handed
+        over early for its 0-RTT request (:attr:`accepted_early`); returns at
+        once otherwise."""
         self._wait(self._connected_or_raise, timeout, "wait_handshake()")
 
 
