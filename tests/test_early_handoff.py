@@ -130,6 +130,14 @@ async def aioquic_ticket(port: int, config: Callable[..., QuicConfiguration] = a
     return tickets[0]
 
 
+async def first_ticket(server: ServerHandle, seen: Seen) -> tuple[int, SessionTicket]:
+    """The server's port and a ticket from a full handshake, once its handler is done with it."""
+    port = port_of(server)
+    ticket = await aioquic_ticket(port)
+    await seen.finished()
+    return port, ticket
+
+
 async def zero_rtt_request(port: int, ticket: SessionTicket, request: bytes,
                            config_for: Callable[..., QuicConfiguration] = aioquic_config) -> Any:
     """An aioquic client with ``ticket`` whose request goes with its first flight."""
@@ -150,9 +158,7 @@ def test_aioquic_zero_rtt_request_answered_before_the_handshake_completes(w: Wor
     async def main() -> None:
         seen = Seen()
         async with await serve(w, observing_handler(seen), registration, server_credential) as server:
-            port = port_of(server)
-            ticket = await aioquic_ticket(port)
-            await seen.finished()
+            port, ticket = await first_ticket(server, seen)
             relay = HoldingRelay(port)
             try:
                 cm, client, tickets = await zero_rtt_request(relay.port, ticket, b"early request")
@@ -197,9 +203,7 @@ def test_early_connection_whose_handshake_fails(w: World, registration, server_c
         seen = Seen()
         settings = dataclasses.replace(ZERO_RTT, handshake_idle_timeout_ms=1000)
         async with await serve(w, observing_handler(seen), registration, server_credential, settings) as server:
-            port = port_of(server)
-            ticket = await aioquic_ticket(port)
-            await seen.finished()
+            port, ticket = await first_ticket(server, seen)
             relay = HoldingRelay(port)  # never released
             try:
                 cm, client, _ = await zero_rtt_request(relay.port, ticket, b"and then gone")
@@ -228,9 +232,7 @@ def test_large_early_request_arrives_whole(w: World, registration, server_creden
     async def main() -> None:
         seen = Seen()
         async with await serve(w, observing_handler(seen), registration, server_credential) as server:
-            port = port_of(server)
-            ticket = await aioquic_ticket(port)
-            await seen.finished()
+            port, ticket = await first_ticket(server, seen)
             cm, client, _ = await zero_rtt_request(port, ticket, payload)
             await asyncio.wait_for(client.done.wait(), WAIT)
             assert bytes(client.answer) == b"answer to " + payload
