@@ -13,6 +13,9 @@ Fleet: :func:`set_load_balancing_mode`, :func:`set_stateless_reset_key`.
 flight can send it to the server again (to the same or another server of the
 fleet), and the server acts on it again. Send as early data only requests that
 are safe to repeat (idempotent, as HTTP's GET), never a payment or a write.
+At RESUME_AND_ZERO_RTT a server's handler gets such a request before the
+handshake completed (``Connection.accepted_early``): a replayed flight is
+acted on and answered although its handshake then fails.
 """
 
 from __future__ import annotations

@@ -170,7 +170,11 @@ class ListenerCore(Generic[C]):
     Every other connection (full handshakes; level RESUME; credentials with a
     ``verify_client`` callable, whose check runs during the handshake) is
     handed over once its handshake completed. With the backlog full, an early
-    connection waits for its handshake like the others.
+    connection waits for its handshake like the others. Unlike a flood of
+    Initials that never complete, a replayed 0-RTT flight is handed over: it
+    takes a backlog place and a handler run until its handshake fails (at the
+    handshake idle timeout). Level RESUME turns the early hand-off off (msquic
+    2.5.1 still takes the early data, handed over after the handshake).
 
     ``keylog_file`` (a path, a file open for appending or a :class:`~pymsquic.KeyLog`;
     default: the file named by ``SSLKEYLOGFILE``) gets the TLS secrets of every accepted
