@@ -440,10 +440,11 @@ static void tls_connected(pmq_conn *c, HQUIC handle)
  *  - no client certificate check is pending, taken or done (a check in Python
  *    runs in accept() walking `handshaking`). None ever comes: a 0-RTT stream
  *    means a PSK handshake, and a TLS 1.3 server MUST NOT ask for a certificate
- *    in one (RFC 8446 4.3.2; msquic 2.5.1 reports none on resumption, see
- *    _check_resumption in configuration.py). The ticket stands for the client
- *    checked when it was issued (pymsquic servers send tickets only once
- *    connected). Should one come all the same, certificates.c rejects it.
+ *    in one (RFC 8446 4.3.2). msquic 2.5.1 servers that ask for client
+ *    certificates even fail every resumption (TLS internal_error, tested in
+ *    test_early_handoff.py), so no 0-RTT stream comes there at all. A check
+ *    for Python that came all the same after the hand-off would be rejected
+ *    (certificates.c), never left pending.
  * A 0-RTT stream exists only if TLS accepted the ticket and its early data,
  * so the session resumed: PMQ_CONN_SESSION_RESUMED is set now too. The ALPN
  * was chosen with the ClientHello; the handshake facts (pmq_handshake_info)
