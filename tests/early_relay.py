@@ -31,14 +31,19 @@ def _varint(data: bytes, i: int) -> tuple[int, int]:
 def packet_kinds(datagram: bytes) -> list[str]:
     """The kinds of the QUIC packets coalesced in a datagram: "initial", "0rtt",
     or "late" (Handshake, 1-RTT, anything else)."""
-    kinds: list[str] = []
+    return [kind for kind, _ in split_packets(datagram)]
+
+
+def split_packets(datagram: bytes) -> list[tuple[str, bytes]]:
+    """The QUIC packets coalesced in a datagram, each with its kind (see packet_kinds)."""
+    kinds: list[tuple[str, bytes]] = []
     i = 0
     while i < len(datagram):
         first = datagram[i]
         if first == 0:  # trailing padding after the last packet
             break
         if not first & 0x80:  # short header: 1-RTT, always the last packet
-            kinds.append("late")
+            kinds.append(("late", datagram[i:]))
             break
         version = int.from_bytes(datagram[i + 1:i + 5], "big")
         kind = _EARLY_TYPES.get(version, {}).get((first >> 4) & 3, "late")
@@ -49,7 +54,7 @@ def packet_kinds(datagram: bytes) -> list[str]:
             token_len, j = _varint(datagram, j)
             j += token_len
         length, j = _varint(datagram, j)
-        kinds.append(kind)
+        kinds.append((kind, datagram[i:j + length]))
         i = j + length
     return kinds
 
@@ -60,7 +65,7 @@ class HoldingRelay:
     until :meth:`release`. Never released, the client seems to vanish after its
     first flight."""
 
-    def __init__(self, server_port: int) -> None:
+    def __init__(self, server_port: int, hold_0rtt: bool = False) -> None:
         self.server = ("127.0.0.1", server_port)
         self.front = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.front.bind(("127.0.0.1", 0))
@@ -70,6 +75,10 @@ class HoldingRelay:
         self.client: tuple[str, int] | None = None
         self.zero_rtt_forwarded = 0  # 0-RTT packets of the client's that reached the server
         self.held: list[bytes] = []
+        # hold_0rtt: the first flight's 0-RTT packets wait for release_0rtt(); its
+        # Initial goes on alone, padded to the 1200 bytes a client Initial needs
+        # (the zeros after it are no packet: the server drops them).
+        self.held_0rtt: list[bytes] | None = [] if hold_0rtt else None
         self.first_held = threading.Event()  # the client finished its first flight
         self._holding = True
         self._lock = threading.Lock()
@@ -100,6 +109,16 @@ class HoldingRelay:
 
     def _from_client(self, data: bytes) -> None:
         kinds = packet_kinds(data)
+        if self.held_0rtt is not None and "0rtt" in kinds and "late" not in kinds:
+            rest = b""
+            for kind, packet in split_packets(data):
+                if kind == "0rtt":
+                    self.held_0rtt.append(packet)
+                else:
+                    rest += packet
+            if not rest:
+                return
+            data, kinds = rest.ljust(1200, b"\0"), ["initial"]
         with self._lock:
             if self._holding and "late" in kinds:
                 self.held.append(data)
@@ -115,6 +134,15 @@ class HoldingRelay:
             held, self.held = self.held, []
             for data in held:
                 self.back.sendto(data, self.server)
+
+    def release_0rtt(self) -> None:
+        """Send the 0-RTT packets held (with hold_0rtt), each in a datagram of its own."""
+        assert self.held_0rtt is not None
+        held, self.held_0rtt = self.held_0rtt, []
+        with self._lock:
+            self.zero_rtt_forwarded += len(held)
+        for packet in held:
+            self.back.sendto(packet, self.server)
 
     def close(self) -> None:
         self._stopped = True

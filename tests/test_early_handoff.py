@@ -403,3 +403,96 @@ def test_client_auth_servers_resume_nothing_so_hand_over_nothing_early(check: st
     stats = asyncio.run(main())
     assert len(recorder.checks) == (1 if check == "python" else 0)
     assert stats.accepted == 1 and stats.accepted_early == 0
+
+
+# ---- the listener's accounting ------------------------------------------------------------
+
+async def until(check: Callable[[], bool], what: str) -> None:
+    """Until ``check()`` holds (the listener's counters change on msquic's threads)."""
+    for _ in range(int(WAIT * 100)):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail(f"never: {what}")
+
+
+async def listener_with_ticket(registration: pymsquic.Registration, credential: pymsquic.Credential,
+                               **kwargs: Any) -> tuple[pymsquic.asyncio.Listener, int, SessionTicket]:
+    """A started asyncio Listener (``kwargs``), and a ticket from one full
+    handshake it accepted and served."""
+    config = pymsquic.Configuration(registration, ALPN, credential, ZERO_RTT)
+    listener = pymsquic.asyncio.Listener(registration, config, **kwargs)
+    listener.start(ALPN, ("127.0.0.1", 0))
+    address = listener.local_address
+    assert address is not None
+    seen = Seen()
+
+    async def serve_one() -> None:
+        await observing_handler(seen)(AsyncioWorld(), await listener.accept())
+
+    serving = asyncio.ensure_future(serve_one())
+    ticket = await aioquic_ticket(address[1])
+    await serving
+    return listener, address[1], ticket
+
+
+def test_backlog_full_early_connection_waits_for_its_handshake(registration, server_credential) -> None:
+    """backlog=1: two resumed connections arrive while it has room (their 0-RTT
+    packets held back), the first one's request fills it; the second one's
+    request then finds no room: it is not handed over early, and once its
+    handshake completes it is refused (shut down), like any connection
+    completing while the backlog is full. (A connection arriving while the
+    backlog is full is refused at once, as before.)"""
+
+    async def main() -> None:
+        listener, port, ticket = await listener_with_ticket(registration, server_credential, backlog=1,
+                                                            backlog_timeout=60)
+        relays = [HoldingRelay(port, hold_0rtt=True), HoldingRelay(port, hold_0rtt=True)]
+        clients = []
+        try:
+            for relay, request in zip(relays, (b"first", b"second")):
+                clients.append(await zero_rtt_request(relay.port, ticket, request))
+                # the server answered its Initial: the client's Finished is held
+                assert await asyncio.get_running_loop().run_in_executor(None, relay.first_held.wait, WAIT)
+            assert listener.stats().handshakes == 2
+            relays[0].release_0rtt()
+            await until(lambda: listener.stats().queued == 1, "the first early connection queued")
+            relays[1].release_0rtt()
+            relays[1].release()  # its handshake completes: the backlog is still full
+            await until(lambda: listener.stats().refused_backlog == 1, "the second one refused")
+            stats = listener.stats()
+            assert (stats.accepted, stats.accepted_early, stats.queued, stats.handshakes) == (2, 1, 1, 0)
+            conn = await asyncio.wait_for(listener.accept(), WAIT)
+            assert conn.accepted_early and not conn.is_connected  # the first, still handshaking
+            stream = await asyncio.wait_for(conn.accept_stream(), WAIT)
+            assert await asyncio.wait_for(stream.read(), WAIT) == b"first"
+            await conn.close()
+            for cm, _, _ in clients:
+                await cm.__aexit__(None, None, None)
+        finally:
+            for relay in relays:
+                relay.close()
+            await listener.close()
+
+    asyncio.run(main())
+
+
+def test_unaccepted_early_connection_is_reaped(registration, server_credential) -> None:
+    """An early connection nobody accepts within backlog_timeout is shut down
+    (its client hears of it) and counted in ``expired``."""
+
+    async def main() -> None:
+        listener, port, ticket = await listener_with_ticket(registration, server_credential, backlog_timeout=0.5)
+        relay = HoldingRelay(port)
+        try:
+            cm, client, _ = await zero_rtt_request(relay.port, ticket, b"nobody listens")
+            await until(lambda: listener.stats().expired == 1, "the early connection expired")
+            await asyncio.wait_for(client.wait_closed(), WAIT)  # the server's close reached it
+            stats = listener.stats()
+            assert (stats.accepted, stats.accepted_early, stats.queued) == (2, 1, 0)
+            await cm.__aexit__(None, None, None)
+        finally:
+            relay.close()
+            await listener.close()
+
+    asyncio.run(main())
