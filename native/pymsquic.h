@@ -233,7 +233,7 @@ enum { PMQ_SCHEDULING_FIFO = 0, PMQ_SCHEDULING_ROUND_ROBIN = 1 };
 enum { PMQ_HOOK_NEW_CONNECTION = 1, PMQ_HOOK_STOP_COMPLETE = 2 };
 
 typedef struct pmq_listener_stats {
-    uint64_t accepted;           /* handshake completed, queued for accept */
+    uint64_t accepted;           /* handshake completed (or 0-RTT request came), queued for accept */
     uint64_t refused_backlog;    /* refused: backlog of completed connections full */
     uint64_t refused_hook;       /* refused by on_new_connection */
     uint64_t refused_handshakes; /* refused: max_handshakes handshakes in progress */

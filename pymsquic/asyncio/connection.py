@@ -32,7 +32,8 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
     """A QUIC connection for asyncio.
 
     :func:`connect` opens one; a server's handler (:func:`serve`) or
-    :meth:`Listener.accept` gets one whose handshake is complete. Streams:
+    :meth:`Listener.accept` gets one whose handshake is complete (or, with
+    0-RTT, one whose early request arrived: :attr:`accepted_early`). Streams:
     :meth:`open_stream`, :meth:`accept_stream` or ``async for stream in
     connection``, or :meth:`set_stream_protocol` for callbacks. Datagrams:
     :meth:`send_datagram`, :meth:`receive_datagram`.

@@ -33,7 +33,8 @@ class Connection(ConnectionCore[Stream]):
     """A QUIC connection for threads.
 
     :func:`connect` opens one; a server's handler (:func:`serve`) or
-    :meth:`Listener.accept` gets one whose handshake is complete. Streams:
+    :meth:`Listener.accept` gets one whose handshake is complete (or, with
+    0-RTT, one whose early request arrived: :attr:`accepted_early`). Streams:
     :meth:`open_stream`, :meth:`accept_stream` or ``for stream in
     connection``. Datagrams: :meth:`send_datagram`, :meth:`receive_datagram`.
     Every wait takes ``timeout`` (seconds for the whole call, None for ever)
