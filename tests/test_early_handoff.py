@@ -18,6 +18,7 @@ import threading
 from typing import Any, Callable
 
 import pytest
+from aioquic._buffer import BufferWriteError
 from aioquic.asyncio import connect as aioquic_connect
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.tls import SessionTicket
@@ -392,7 +393,10 @@ def test_client_auth_servers_resume_nothing_so_hand_over_nothing_early(check: st
             ticket = await aioquic_ticket(port, with_cert)  # the full handshake: checked, handed over connected
             await seen.finished()
             assert (seen.records[0]["early"], seen.records[0]["connected"]) == (False, True)
-            cm, client, _ = await zero_rtt_request(port, ticket, b"early request", with_cert)
+            try:
+                cm, client, _ = await zero_rtt_request(port, ticket, b"early request", with_cert)
+            except BufferWriteError:  # seen with aioquic 1.3.0 (the newest for Python 3.10)
+                pytest.skip("this aioquic's ClientHello cannot hold the ticket this server issued")
             while client.terminated is None:  # the resumed handshake fails
                 await asyncio.wait_for(client._closed.wait(), WAIT)
             assert client.terminated.error_code == 0x100 + 80  # CRYPTO_ERROR(internal_error)
