@@ -158,7 +158,8 @@ void pmq_resumption_on_connected(pmq_conn *c, HQUIC handle, int session_resumed)
         ticket_send *t = unsent;
         unsent = t->next;
         /* Queues an operation (msquic copies the app data): fine on this worker. A
-         * failure here has nobody to tell; the only one possible is out of memory. */
+         * failure here has nobody to tell: out of memory, or a ticket asked for
+         * after a final one (which a connected connection would have raised). */
         pmq_api->ConnectionSendResumptionTicket(
             handle, t->final ? QUIC_SEND_RESUMPTION_FLAG_FINAL : QUIC_SEND_RESUMPTION_FLAG_NONE, t->len,
             t->len > 0 ? t->data : NULL);
@@ -166,8 +167,9 @@ void pmq_resumption_on_connected(pmq_conn *c, HQUIC handle, int session_resumed)
     }
 }
 
-/* 1 if the ticket was kept for CONNECTED (an early connection still handshaking),
- * 0 if it is to be sent now; INVALID_STATE in *status when too many wait. */
+/* 1 if the ticket was kept for CONNECTED (an early connection still handshaking;
+ * *status: SUCCESS, or INVALID_STATE when MAX_UNSENT_TICKETS wait, or
+ * OUT_OF_MEMORY), 0 if it is to be sent now. */
 static int keep_until_connected(pmq_conn *c, const uint8_t *app_data, size_t len, int final, QUIC_STATUS *status)
 {
     ticket_send *t = malloc(sizeof(*t) + len);
