@@ -78,6 +78,12 @@ QUIC_STATUS pmq_cert_on_received(pmq_conn *c, QUIC_CONNECTION_EVENT *event)
          * where pending is not supported): decided here, without Python. */
         return mode == PMQ_CERT_CHECK_PYTHON_REQUIRE ? QUIC_STATUS_CONNECTION_REFUSED : QUIC_STATUS_SUCCESS;
     }
+    if (pmq_conn_flags(c) & PMQ_CONN_ACCEPTED_EARLY) {
+        /* Handed to the application already (0-RTT, connection.c): nobody walks
+         * its listener's handshakes for it. TLS 1.3 sends no certificate in a
+         * PSK handshake, so this never happens; if it did, fail closed. */
+        return QUIC_STATUS_BAD_CERTIFICATE;
+    }
     uint32_t leaf_len, chain_len;
     uint8_t *leaf_copy = copy_buffer(leaf, &leaf_len);
     uint8_t *chain_copy = copy_buffer((const QUIC_BUFFER *)event->PEER_CERTIFICATE_RECEIVED.Chain, &chain_len);

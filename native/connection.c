@@ -76,6 +76,7 @@ struct pmq_conn {
     int have_final_stats;        /* final_stats holds the numbers at SHUTDOWN_COMPLETE */
     pmq_conn_stats_v2 final_stats;
     pmq_resumption resumption;   /* resumption.c */
+    int early_decided;           /* server: the first 0-RTT stream decided the early hand-off */
 };
 
 static void conn_close_handle(HQUIC handle) { pmq_api->ConnectionClose(handle); }
@@ -171,18 +172,44 @@ static void notify_listener(pmq_listener *l)
 
 /* ---- events ------------------------------------------------------------------ */
 
+/* The path's facts Python reads, asked on the worker (GetParam runs inline there). */
+typedef struct path_facts {
+    QUIC_ADDR local, remote;
+    int have_local, have_remote;
+    BOOLEAN datagrams;
+} path_facts;
+
+static void read_path_facts(HQUIC handle, path_facts *f)
+{
+    uint32_t size = sizeof(f->local);
+    f->have_local = QUIC_SUCCEEDED(pmq_api->GetParam(handle, QUIC_PARAM_CONN_LOCAL_ADDRESS, &size, &f->local));
+    size = sizeof(f->remote);
+    f->have_remote = QUIC_SUCCEEDED(pmq_api->GetParam(handle, QUIC_PARAM_CONN_REMOTE_ADDRESS, &size, &f->remote));
+    size = sizeof(f->datagrams);
+    if (QUIC_FAILED(pmq_api->GetParam(handle, QUIC_PARAM_CONN_DATAGRAM_SEND_ENABLED, &size, &f->datagrams))) {
+        f->datagrams = FALSE;
+    }
+}
+
+/* With the lock held. */
+static void set_path_facts_locked(pmq_conn *c, const path_facts *f)
+{
+    if (f->have_local) {
+        pmq_addr_from_quic(&c->info.local, &f->local);
+    }
+    if (f->have_remote) {
+        pmq_addr_from_quic(&c->info.remote, &f->remote);
+    }
+    c->info.datagram_send_enabled = f->datagrams;
+    if (f->datagrams && c->info.max_datagram_size == 0) {
+        c->info.max_datagram_size = SAFE_DATAGRAM_SIZE;
+    }
+}
+
 static void on_connected(pmq_conn *c, HQUIC handle, QUIC_CONNECTION_EVENT *event)
 {
-    QUIC_ADDR local, remote;
-    BOOLEAN datagrams = FALSE;
-    uint32_t size = sizeof(local);
-    int have_local = QUIC_SUCCEEDED(pmq_api->GetParam(handle, QUIC_PARAM_CONN_LOCAL_ADDRESS, &size, &local));
-    size = sizeof(remote);
-    int have_remote = QUIC_SUCCEEDED(pmq_api->GetParam(handle, QUIC_PARAM_CONN_REMOTE_ADDRESS, &size, &remote));
-    size = sizeof(datagrams);
-    if (QUIC_FAILED(pmq_api->GetParam(handle, QUIC_PARAM_CONN_DATAGRAM_SEND_ENABLED, &size, &datagrams))) {
-        datagrams = FALSE;
-    }
+    path_facts facts;
+    read_path_facts(handle, &facts);
 
     pthread_mutex_lock(&c->obj.lock);
     c->info.flags |= PMQ_CONN_CONNECTED;
@@ -191,16 +218,7 @@ static void on_connected(pmq_conn *c, HQUIC handle, QUIC_CONNECTION_EVENT *event
     }
     c->info.alpn_len = event->CONNECTED.NegotiatedAlpnLength;
     memcpy(c->info.alpn, event->CONNECTED.NegotiatedAlpn, c->info.alpn_len);
-    if (have_local) {
-        pmq_addr_from_quic(&c->info.local, &local);
-    }
-    if (have_remote) {
-        pmq_addr_from_quic(&c->info.remote, &remote);
-    }
-    c->info.datagram_send_enabled = datagrams;
-    if (datagrams && c->info.max_datagram_size == 0) {
-        c->info.max_datagram_size = SAFE_DATAGRAM_SIZE;
-    }
+    set_path_facts_locked(c, &facts);
     c->handshake_us = pmq_now_us() - c->started_us;
     pmq_obj_changed_locked(&c->obj);
     pmq_listener *l = owning_listener(c);
@@ -408,6 +426,69 @@ static void tls_connected(pmq_conn *c, HQUIC handle)
     pthread_mutex_unlock(&c->obj.lock);
 }
 
+/* ---- early hand-off: a 0-RTT request answered before the handshake completes ----
+ *
+ * A server connection waits in its listener's `handshaking` list until
+ * CONNECTED, one round trip after a 0-RTT request arrived (the client's
+ * Finished). When the first peer stream opened by 0-RTT packets arrives, the
+ * connection is marked PMQ_CONN_ACCEPTED_EARLY instead, and the listener hands
+ * it to accept() at once (listener.c, settle_handshakes_locked): the handler
+ * reads the request and answers in 0.5-RTT packets. Only when
+ *  - the connection still sits in a listener's lists and no shutdown began;
+ *  - its configuration says RESUME_AND_ZERO_RTT (msquic 2.5.1 takes 0-RTT at
+ *    RESUME too: a server at RESUME keeps the hand-off at CONNECTED);
+ *  - no client certificate check is pending, taken or done (a check in Python
+ *    runs in accept() walking `handshaking`). None ever comes: a 0-RTT stream
+ *    means a PSK handshake, and a TLS 1.3 server MUST NOT ask for a certificate
+ *    in one (RFC 8446 4.3.2). msquic 2.5.1 servers that ask for client
+ *    certificates even fail every resumption (TLS internal_error, tested in
+ *    test_early_handoff.py), so no 0-RTT stream comes there at all. A check
+ *    for Python that came all the same after the hand-off would be rejected
+ *    (certificates.c), never left pending.
+ * A 0-RTT stream exists only if TLS accepted the ticket and its early data,
+ * so the session resumed: PMQ_CONN_SESSION_RESUMED is set now too. The ALPN
+ * was chosen with the ClientHello; the handshake facts (pmq_handshake_info)
+ * still wait for CONNECTED. Decided once, on the first 0-RTT stream. */
+
+static int allows_zero_rtt(HQUIC handle)
+{
+    QUIC_SETTINGS s;
+    uint32_t size = sizeof(s);
+    memset(&s, 0, sizeof(s));
+    /* On the worker: answered inline. */
+    return QUIC_SUCCEEDED(pmq_api->GetParam(handle, QUIC_PARAM_CONN_SETTINGS, &size, &s)) &&
+           s.ServerResumptionLevel == QUIC_SERVER_RESUME_AND_ZERORTT;
+}
+
+static void hand_over_early(pmq_conn *c, HQUIC handle)
+{
+    pthread_mutex_lock(&c->obj.lock);
+    int candidate = !c->early_decided && c->listener != NULL && c->cert.state == PMQ_CERT_NONE &&
+                    !(c->info.flags & (PMQ_CONN_CONNECTED | PMQ_CONN_SHUTDOWN_BY_APP | PMQ_CONN_SHUTDOWN_BY_PEER |
+                                       PMQ_CONN_SHUTDOWN_BY_TRANSPORT | PMQ_CONN_SHUTDOWN_COMPLETE));
+    c->early_decided = 1;
+    pthread_mutex_unlock(&c->obj.lock);
+    if (!candidate || !allows_zero_rtt(handle)) {
+        return;
+    }
+    path_facts facts;
+    read_path_facts(handle, &facts);
+    uint8_t alpn[255];
+    uint32_t alpn_len = sizeof(alpn);
+    if (QUIC_FAILED(pmq_api->GetParam(handle, QUIC_PARAM_TLS_NEGOTIATED_ALPN, &alpn_len, alpn))) {
+        alpn_len = 0; /* read again at CONNECTED */
+    }
+    pthread_mutex_lock(&c->obj.lock);
+    c->info.flags |= PMQ_CONN_ACCEPTED_EARLY | PMQ_CONN_SESSION_RESUMED;
+    c->info.alpn_len = (uint8_t)alpn_len;
+    memcpy(c->info.alpn, alpn, alpn_len);
+    set_path_facts_locked(c, &facts);
+    pmq_obj_changed_locked(&c->obj);
+    pmq_listener *l = owning_listener(c);
+    pthread_mutex_unlock(&c->obj.lock);
+    notify_listener(l);
+}
+
 static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONNECTION_EVENT *event)
 {
     pmq_conn *c = context;
@@ -418,7 +499,7 @@ static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONN
     case QUIC_CONNECTION_EVENT_CONNECTED:
         apply_pending_scheduling(c, handle);
         tls_connected(c, handle);
-        pmq_resumption_on_connected(c, event->CONNECTED.SessionResumed);
+        pmq_resumption_on_connected(c, handle, event->CONNECTED.SessionResumed);
         on_connected(c, handle, event);
         break;
     case QUIC_CONNECTION_EVENT_RESUMPTION_TICKET_RECEIVED:
@@ -444,6 +525,9 @@ static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONN
     case QUIC_CONNECTION_EVENT_PEER_STREAM_STARTED:
         pmq_resumption_on_peer_stream(c, event);
         on_peer_stream_started(c, event);
+        if (event->PEER_STREAM_STARTED.Flags & QUIC_STREAM_OPEN_FLAG_0_RTT) {
+            hand_over_early(c, handle); /* after the stream is queued: the handler finds it */
+        }
         break;
     case QUIC_CONNECTION_EVENT_STREAMS_AVAILABLE:
         pmq_obj_changed(&c->obj);

@@ -269,6 +269,8 @@ typedef struct pmq_resumption {
     int connected;
     int resumed;
     uint32_t early_streams;            /* server: peer streams opened in 0-RTT packets */
+    struct ticket_send *unsent;        /* server: tickets asked for before CONNECTED, oldest first */
+    uint32_t unsent_count;
 } pmq_resumption;
 
 pmq_resumption *pmq_conn_resumption(pmq_conn *conn);
@@ -278,7 +280,8 @@ int pmq_conn_start_taken_locked(pmq_conn *conn);
 void pmq_resumption_free(pmq_resumption *r);
 void pmq_resumption_on_ticket(pmq_conn *conn, const QUIC_CONNECTION_EVENT *event);
 void pmq_resumption_on_resumed(pmq_conn *conn, const QUIC_CONNECTION_EVENT *event);
-void pmq_resumption_on_connected(pmq_conn *conn, int session_resumed);
+/* Also sends the tickets a connection handed over early asked for before (on the worker). */
+void pmq_resumption_on_connected(pmq_conn *conn, HQUIC handle, int session_resumed);
 void pmq_resumption_on_peer_stream(pmq_conn *conn, const QUIC_CONNECTION_EVENT *event);
 /* In pmq_conn_start, before ConnectionStart: sets the pending ticket (a worker round trip). */
 QUIC_STATUS pmq_resumption_before_start(pmq_conn *conn, HQUIC handle);

@@ -8,7 +8,9 @@
  * as msquic requires.
  *
  * Two bounded lists: `handshaking` holds connections whose handshake is in
- * progress, `queue` those that completed and wait for accept. Only completed
+ * progress, `queue` those that completed and wait for accept (and those that
+ * sent a 0-RTT request: handed over before the handshake completes, see
+ * hand_over_early in connection.c). Only completed
  * handshakes count against the backlog: a flood of client Initials that never
  * finish (replayed, spoofed) fills `handshaking` at most, and msquic's own
  * defence (stateless retry once handshakes use more than the retry memory
@@ -119,6 +121,7 @@ static void drop_all(pmq_conn **conns, uint32_t n)
 }
 
 #define DROP_BATCH 64
+#define EARLY_SHUTTING_DOWN (PMQ_CONN_SHUTDOWN_BY_APP | PMQ_CONN_SHUTDOWN_BY_PEER | PMQ_CONN_SHUTDOWN_BY_TRANSPORT)
 
 /*
  * Moves finished handshakes out of `handshaking`, with the lock held:
@@ -143,6 +146,13 @@ static uint32_t settle_handshakes_locked(pmq_listener *l, pmq_conn **drop)
         } else if (flags & PMQ_CONN_SHUTDOWN_COMPLETE) {
             l->stats.failed++;
             drop[n++] = handshaking_take(l, i);
+        } else if ((flags & PMQ_CONN_ACCEPTED_EARLY) && !(flags & EARLY_SHUTTING_DOWN) && l->count < l->backlog &&
+                   l->state != PMQ_LISTENER_CLOSED) {
+            /* A 0-RTT request arrived (connection.c, hand_over_early): to accept()
+             * now. Without room it stays here and is settled at CONNECTED. */
+            queue_push(l, handshaking_take(l, i));
+            l->stats.accepted++;
+            l->stats.accepted_early++;
         } else {
             i++;
         }
@@ -484,7 +494,7 @@ int pmq_listener_accept(pmq_listener *l, pmq_conn **out)
     int result;
     pmq_conn *found = NULL;
     if (l->count > 0) {
-        found = queue_take(l, 0); /* every queued connection completed its handshake */
+        found = queue_take(l, 0); /* completed its handshake, or sent a 0-RTT request (ACCEPTED_EARLY) */
         result = PMQ_ACCEPT_OK;
         pmq_obj_changed_locked(&l->obj);
     } else if (l->state == PMQ_LISTENER_IDLE) {

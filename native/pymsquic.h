@@ -142,7 +142,8 @@ enum {
     PMQ_CONN_SESSION_RESUMED = 32,
     PMQ_CONN_PEER_ACKED_SHUTDOWN = 64,
     PMQ_CONN_CLIENT_ALPN_TRUNCATED = 128,
-    PMQ_CONN_REGISTRATION_CLOSED = 256  /* with SHUTDOWN_BY_APP: its registration was closed here */
+    PMQ_CONN_REGISTRATION_CLOSED = 256, /* with SHUTDOWN_BY_APP: its registration was closed here */
+    PMQ_CONN_ACCEPTED_EARLY = 512       /* server: handed to accept before its handshake completed (0-RTT) */
 };
 
 /* pmq_conn_send_datagram: the send queue is full (a pymsquic status, not msquic's). */
@@ -232,7 +233,7 @@ enum { PMQ_SCHEDULING_FIFO = 0, PMQ_SCHEDULING_ROUND_ROBIN = 1 };
 enum { PMQ_HOOK_NEW_CONNECTION = 1, PMQ_HOOK_STOP_COMPLETE = 2 };
 
 typedef struct pmq_listener_stats {
-    uint64_t accepted;           /* handshake completed, queued for accept */
+    uint64_t accepted;           /* handshake completed (or 0-RTT request came), queued for accept */
     uint64_t refused_backlog;    /* refused: backlog of completed connections full */
     uint64_t refused_hook;       /* refused by on_new_connection */
     uint64_t refused_handshakes; /* refused: max_handshakes handshakes in progress */
@@ -242,6 +243,7 @@ typedef struct pmq_listener_stats {
     uint32_t queued;             /* completed, waiting for accept now */
     uint32_t handshakes;         /* handshakes in progress now */
     uint64_t refused_server_name; /* refused: a server name not served (refuse_unknown_names) */
+    uint64_t accepted_early;     /* of accepted: queued before the handshake completed (0-RTT) */
 } pmq_listener_stats;
 
 /* ---- opaque objects ---------------------------------------------------- */

@@ -41,6 +41,19 @@ typedef struct blob_block {
     struct blob_block *next;
 } blob_block;
 
+/* A ticket a server connection handed over early (PMQ_CONN_ACCEPTED_EARLY)
+ * asked for before its handshake completed: msquic refuses to send one until
+ * connected (INVALID_STATE, "TODO - Support queueing" in its api.c), so it
+ * waits here and goes at CONNECTED. */
+typedef struct ticket_send {
+    struct ticket_send *next;
+    int final;
+    uint16_t len;
+    uint8_t data[];
+} ticket_send;
+
+#define MAX_UNSENT_TICKETS 8
+
 static blob_block *blob_new(const uint8_t *data, size_t len)
 {
     blob_block *b = malloc(sizeof(*b) + len);
@@ -73,6 +86,11 @@ void pmq_resumption_free(pmq_resumption *r)
     free(r->latest);
     free(r->app_data);
     free(r->pending_ticket);
+    while (r->unsent != NULL) {
+        ticket_send *t = r->unsent;
+        r->unsent = t->next;
+        free(t);
+    }
     memset(r, 0, sizeof(*r));
 }
 
@@ -126,13 +144,70 @@ void pmq_resumption_on_resumed(pmq_conn *c, const QUIC_CONNECTION_EVENT *event)
     pthread_mutex_unlock(&obj_of(c)->lock);
 }
 
-void pmq_resumption_on_connected(pmq_conn *c, int session_resumed)
+void pmq_resumption_on_connected(pmq_conn *c, HQUIC handle, int session_resumed)
 {
     pmq_resumption *r = pmq_conn_resumption(c);
     pthread_mutex_lock(&obj_of(c)->lock);
-    r->connected = 1;
+    r->connected = 1; /* from now on pmq_conn_send_resumption_ticket sends itself */
     r->resumed = session_resumed;
+    ticket_send *unsent = r->unsent;
+    r->unsent = NULL;
+    r->unsent_count = 0;
     pthread_mutex_unlock(&obj_of(c)->lock);
+    while (unsent != NULL) {
+        ticket_send *t = unsent;
+        unsent = t->next;
+        /* Queues an operation (msquic copies the app data): fine on this worker. A
+         * failure here has nobody to tell: out of memory, or a ticket asked for
+         * after a final one (which a connected connection would have raised). */
+        pmq_api->ConnectionSendResumptionTicket(
+            handle, t->final ? QUIC_SEND_RESUMPTION_FLAG_FINAL : QUIC_SEND_RESUMPTION_FLAG_NONE, t->len,
+            t->len > 0 ? t->data : NULL);
+        free(t);
+    }
+}
+
+/* 1 if the ticket was kept for CONNECTED (an early connection still handshaking;
+ * *status: SUCCESS, or INVALID_STATE when MAX_UNSENT_TICKETS wait, or
+ * OUT_OF_MEMORY), 0 if it is to be sent now. */
+static int keep_until_connected(pmq_conn *c, const uint8_t *app_data, size_t len, int final, QUIC_STATUS *status)
+{
+    ticket_send *t = malloc(sizeof(*t) + len);
+    if (t != NULL) {
+        t->next = NULL;
+        t->final = final;
+        t->len = (uint16_t)len;
+        if (len > 0) {
+            memcpy(t->data, app_data, len);
+        }
+    }
+    pmq_resumption *r = pmq_conn_resumption(c);
+    uint32_t flags;
+    int kept = 0;
+    pthread_mutex_lock(&obj_of(c)->lock);
+    flags = pmq_conn_info_ptr(c)->flags;
+    if ((flags & PMQ_CONN_ACCEPTED_EARLY) && !r->connected &&
+        !(flags & (PMQ_CONN_SHUTDOWN_BY_APP | PMQ_CONN_SHUTDOWN_BY_PEER | PMQ_CONN_SHUTDOWN_BY_TRANSPORT |
+                   PMQ_CONN_SHUTDOWN_COMPLETE))) {
+        kept = 1;
+        if (t == NULL) {
+            *status = QUIC_STATUS_OUT_OF_MEMORY;
+        } else if (r->unsent_count >= MAX_UNSENT_TICKETS) {
+            *status = QUIC_STATUS_INVALID_STATE;
+        } else {
+            ticket_send **tail = &r->unsent;
+            while (*tail != NULL) {
+                tail = &(*tail)->next;
+            }
+            *tail = t;
+            t = NULL;
+            r->unsent_count++;
+            *status = QUIC_STATUS_SUCCESS;
+        }
+    }
+    pthread_mutex_unlock(&obj_of(c)->lock);
+    free(t);
+    return kept;
 }
 
 void pmq_resumption_on_peer_stream(pmq_conn *c, const QUIC_CONNECTION_EVENT *event)
@@ -292,12 +367,16 @@ QUIC_STATUS pmq_conn_send_resumption_ticket(pmq_conn *c, const uint8_t *app_data
     if (len > QUIC_MAX_RESUMPTION_APP_DATA_LENGTH || (app_data == NULL && len != 0)) {
         return QUIC_STATUS_INVALID_PARAMETER;
     }
+    QUIC_STATUS status;
+    if (keep_until_connected(c, app_data, len, final, &status)) {
+        return status;
+    }
     HQUIC handle = pmq_guard_enter(obj_of(c), pmq_conn_guard(c));
     if (handle == NULL) {
         return QUIC_STATUS_INVALID_STATE;
     }
     /* msquic copies the app data and queues the send: never blocks. */
-    QUIC_STATUS status = pmq_api->ConnectionSendResumptionTicket(
+    status = pmq_api->ConnectionSendResumptionTicket(
         handle, final ? QUIC_SEND_RESUMPTION_FLAG_FINAL : QUIC_SEND_RESUMPTION_FLAG_NONE, (uint16_t)len,
         len > 0 ? app_data : NULL);
     pmq_guard_leave(obj_of(c), pmq_conn_guard(c), close_handle);

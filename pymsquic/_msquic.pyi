@@ -55,6 +55,7 @@ class _Lib:
     PMQ_CERT_CHECK_OFF: Final[int]
     PMQ_CERT_CHECK_PYTHON: Final[int]
     PMQ_CERT_CHECK_PYTHON_REQUIRE: Final[int]
+    PMQ_CONN_ACCEPTED_EARLY: Final[int]
     PMQ_CONN_CLIENT_ALPN_TRUNCATED: Final[int]
     PMQ_CONN_CONNECTED: Final[int]
     PMQ_CONN_PEER_ACKED_SHUTDOWN: Final[int]

@@ -13,6 +13,9 @@ Fleet: :func:`set_load_balancing_mode`, :func:`set_stateless_reset_key`.
 flight can send it to the server again (to the same or another server of the
 fleet), and the server acts on it again. Send as early data only requests that
 are safe to repeat (idempotent, as HTTP's GET), never a payment or a write.
+At RESUME_AND_ZERO_RTT a server's handler gets such a request before the
+handshake completed (``Connection.accepted_early``): a replayed flight is
+acted on and answered although its handshake then fails.
 """
 
 from __future__ import annotations
@@ -282,7 +285,10 @@ class ResumptionMixin:
 
     @property
     def session_resumed(self) -> bool:
-        """True once the handshake completed by resuming a session (both sides)."""
+        """True once the handshake completed by resuming a session (both sides).
+        Server: also as soon as a connection is handed over early for its 0-RTT
+        request (``accepted_early``): TLS accepts early data only when it
+        resumes the session."""
         return bool(lib.pmq_conn_flags(self._conn) & lib.PMQ_CONN_SESSION_RESUMED)
 
     @property
@@ -368,7 +374,10 @@ class ResumptionMixin:
         ``Settings.server_resumption_level`` RESUME or above (else
         :class:`~pymsquic.QuicError`, INVALID_STATE). ``final=True`` frees the
         TLS state afterwards: no further ticket can be sent (msquic's
-        QUIC_SEND_RESUMPTION_FLAG_FINAL). Never blocks."""
+        QUIC_SEND_RESUMPTION_FLAG_FINAL). Never blocks. On a connection handed
+        over early (``accepted_early``) and still handshaking, the ticket is
+        kept (up to 8) and sent when the handshake completes: msquic sends none
+        before."""
         buffer, nbytes = c_buffer(app_data)
         if nbytes > lib.PMQ_MAX_RESUMPTION_APP_DATA:
             raise ValueError(f"app_data of {nbytes} bytes: at most {lib.PMQ_MAX_RESUMPTION_APP_DATA} fit")

@@ -193,6 +193,14 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
         return bool(flags & lib.PMQ_CONN_CONNECTED) and not flags & _SHUTTING_DOWN
 
     @property
+    def accepted_early(self) -> bool:
+        """Server: True if the listener handed this connection over before its
+        handshake completed, because a 0-RTT request arrived (see
+        :class:`~pymsquic.asyncio.Listener`). Until :attr:`is_connected`, the
+        handshake may still fail: ``wait_handshake()`` tells."""
+        return bool(self._flags() & lib.PMQ_CONN_ACCEPTED_EARLY)
+
+    @property
     def is_closed(self) -> bool:
         """True once msquic finished the shutdown and released the connection."""
         return bool(self._flags() & lib.PMQ_CONN_SHUTDOWN_COMPLETE)

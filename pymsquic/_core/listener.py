@@ -69,7 +69,10 @@ class ListenerStats:
     Every connection msquic offers the listener is counted once as refused
     (``refused_*``) or, when its handshake ends, as ``accepted`` (completed and
     queued for :meth:`Listener.accept`, taken or not) or ``failed`` (the
-    handshake failed or timed out). A handshake that completes while the backlog
+    handshake failed or timed out). A connection handed over early, when its
+    0-RTT request arrived (see :class:`ListenerCore`), counts in ``accepted``
+    then, and in ``accepted_early``; if its handshake fails afterwards, its
+    handler sees that (not ``failed``). A handshake that completes while the backlog
     is full counts in ``refused_backlog``. ``handshakes`` and ``queued`` are the
     numbers now. Connections msquic answered with a stateless Retry never reach
     the listener.
@@ -85,6 +88,7 @@ class ListenerStats:
     refused_handshakes: int = 0  # refused because max_handshakes handshakes were in progress
     failed: int = 0          # the handshake failed or timed out
     refused_server_name: int = 0  # asked for a server name not served (refuse_unknown_names=True)
+    accepted_early: int = 0  # of accepted: handed over before the handshake completed (0-RTT)
     # msquic's own QUIC_LISTENER_STATISTICS (msquic counts NEW_CONNECTION's answer, not
     # the handshake's end). Not compared by ==: they are msquic's view of the same events.
     msquic_accepted: int = field(default=0, compare=False)   # NEW_CONNECTION accepted
@@ -152,6 +156,25 @@ class ListenerCore(Generic[C]):
     Python) runs in :meth:`accept` (and a server's accept loop), while the
     connection is still handshaking: keep accepting, or the handshake of a
     connection whose check nobody runs ends at the handshake idle timeout.
+
+    0-RTT: with ``Settings.server_resumption_level`` RESUME_AND_ZERO_RTT, a
+    resumed connection whose client sent a request in 0-RTT packets is handed
+    to :meth:`accept` (and a server's handler) as that request arrives, before
+    the handshake completed, so that the answer goes out one round trip
+    earlier (0.5-RTT data). Such a connection has ``accepted_early`` True and
+    ``is_connected`` False until its handshake completes (``wait_handshake()``
+    waits for it, and raises if it fails; reads and writes then raise
+    :class:`~pymsquic.ConnectionClosed`). Its request may be a replay (see
+    :mod:`pymsquic.resumption`): answer early only what is safe to repeat, or
+    ``wait_handshake()`` first (that still does not make the request fresh).
+    Every other connection (full handshakes; level RESUME; credentials with a
+    ``verify_client`` callable, whose check runs during the handshake) is
+    handed over once its handshake completed. With the backlog full, an early
+    connection waits for its handshake like the others. Unlike a flood of
+    Initials that never complete, a replayed 0-RTT flight is handed over: it
+    takes a backlog place and a handler run until its handshake fails (at the
+    handshake idle timeout). Level RESUME turns the early hand-off off (msquic
+    2.5.1 still takes the early data, handed over after the handshake).
 
     ``keylog_file`` (a path, a file open for appending or a :class:`~pymsquic.KeyLog`;
     default: the file named by ``SSLKEYLOGFILE``) gets the TLS secrets of every accepted
@@ -248,6 +271,7 @@ class ListenerCore(Generic[C]):
                              expired=native.expired, queued=native.queued, handshakes=native.handshakes,
                              refused_handshakes=native.refused_handshakes, failed=native.failed,
                              refused_server_name=native.refused_server_name,
+                             accepted_early=native.accepted_early,
                              msquic_accepted=msquic.total_accepted, msquic_rejected=msquic.total_rejected)
 
     def _msquic_stats(self) -> Any:
@@ -261,8 +285,9 @@ class ListenerCore(Generic[C]):
     # ---- accept and stop (non-blocking steps) ---------------------------------------
 
     def _try_accept(self) -> C | None:
-        """The next connection whose handshake completed, None if there is none
-        yet; NotStarted before start(), Finished once stopped and drained."""
+        """The next connection whose handshake completed (or whose 0-RTT request
+        came, see the class docstring), None if there is none yet; NotStarted
+        before start(), Finished once stopped and drained."""
         self._run_certificate_checks()
         out = _native.scratch.conn
         result = lib.pmq_listener_accept(self._listener, out)
@@ -272,7 +297,11 @@ class ListenerCore(Generic[C]):
             configuration = self._configurations[lib.pmq_conn_config_tag(out[0])]
             conn = self._connection_class(out[0], self.registration, configuration)
             conn._keylog = self._keylog  # its write failures are logged with the connection's
-            conn._log_connected()
+            if conn.accepted_early and not conn.is_connected:
+                conn.logger.debug("handed over before its handshake completed (0-RTT request): %s, alpn %s",
+                                  conn.remote_address, conn.alpn)
+            else:
+                conn._log_connected()
             return conn
         if result == lib.PMQ_ACCEPT_EMPTY:
             return None

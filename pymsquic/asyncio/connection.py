@@ -32,7 +32,8 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
     """A QUIC connection for asyncio.
 
     :func:`connect` opens one; a server's handler (:func:`serve`) or
-    :meth:`Listener.accept` gets one whose handshake is complete. Streams:
+    :meth:`Listener.accept` gets one whose handshake is complete (or, with
+    0-RTT, one whose early request arrived: :attr:`accepted_early`). Streams:
     :meth:`open_stream`, :meth:`accept_stream` or ``async for stream in
     connection``, or :meth:`set_stream_protocol` for callbacks. Datagrams:
     :meth:`send_datagram`, :meth:`receive_datagram`.
@@ -194,7 +195,9 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
     async def wait_handshake(self) -> None:
         """Wait until the handshake completed; raise what :func:`connect` would
         have raised if it failed. For a connection that :func:`connect` returned
-        early (``early_data=True`` with a ticket); returns at once otherwise."""
+        early (``early_data=True`` with a ticket), or a server connection handed
+        over early for its 0-RTT request (:attr:`accepted_early`); returns at
+        once otherwise."""
         if self._connected_or_raise() is None:
             await self._wait(self._connected_or_raise, "wait_handshake()")
 

@@ -28,7 +28,8 @@ class Listener(ListenerCore[Connection], NativeWaitable):
     _connection_class = Connection
 
     async def accept(self) -> Connection:
-        """The next connection whose handshake completed.
+        """The next connection whose handshake completed, or whose 0-RTT request
+        arrived (``accepted_early``, see the class docstring).
 
         :class:`~pymsquic.NotStarted` before :meth:`start`,
         :class:`~pymsquic.Finished` once stopped and no connection is left.

@@ -33,7 +33,8 @@ class Connection(ConnectionCore[Stream]):
     """A QUIC connection for threads.
 
     :func:`connect` opens one; a server's handler (:func:`serve`) or
-    :meth:`Listener.accept` gets one whose handshake is complete. Streams:
+    :meth:`Listener.accept` gets one whose handshake is complete (or, with
+    0-RTT, one whose early request arrived: :attr:`accepted_early`). Streams:
     :meth:`open_stream`, :meth:`accept_stream` or ``for stream in
     connection``. Datagrams: :meth:`send_datagram`, :meth:`receive_datagram`.
     Every wait takes ``timeout`` (seconds for the whole call, None for ever)
@@ -131,7 +132,9 @@ class Connection(ConnectionCore[Stream]):
     def wait_handshake(self, timeout: float | None = None) -> None:
         """Wait until the handshake completed; raise what :func:`connect` would
         have raised if it failed. For a connection that :func:`connect` returned
-        early (``early_data=True`` with a ticket); returns at once otherwise."""
+        early (``early_data=True`` with a ticket), or a server connection handed
+        over early for its 0-RTT request (:attr:`accepted_early`); returns at
+        once otherwise."""
         self._wait(self._connected_or_raise, timeout, "wait_handshake()")
 
 

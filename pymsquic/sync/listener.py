@@ -27,7 +27,8 @@ class Listener(ListenerCore[Connection]):
     _connection_class = Connection
 
     def accept(self, timeout: float | None = None) -> Connection:
-        """The next connection whose handshake completed.
+        """The next connection whose handshake completed, or whose 0-RTT request
+        arrived (``accepted_early``, see the class docstring).
 
         :class:`~pymsquic.NotStarted` before :meth:`start`,
         :class:`~pymsquic.Finished` once stopped and no connection is left,
