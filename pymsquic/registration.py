@@ -126,4 +126,10 @@ def _close_registration(handle: Any, listeners: "weakref.WeakSet[Any]", configur
     lib.pmq_api.RegistrationShutdown(handle, lib.QUIC_CONNECTION_SHUTDOWN_FLAG_NONE, 0)
     for configuration in list(configurations):
         configuration.close()
+    if _native.loop_mode():
+        # msquic 2.5.1 reads freed memory when polled after RegistrationClose: the
+        # close waits until the last poll, at exit (pymsquic.execution).
+        if not lib.pmq_execution_park_registration(handle):
+            raise MemoryError("cannot park the registration until exit")
+        return
     lib.pmq_api.RegistrationClose(handle)
