@@ -17,7 +17,9 @@
 #define _GNU_SOURCE
 #define QUIC_API_ENABLE_PREVIEW_FEATURES 1
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
+#include <string.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
 #include <unistd.h>
@@ -25,15 +27,116 @@
 #include "internal.h"
 
 #define MAX_EVENTS 64
+/* The driver thread's longest sleep: another stepper (the asyncio loop) may
+ * have set an earlier msquic timer than the one this thread knows of. */
+#define DRIVER_MAX_SLEEP_MS 20
 
-/* exec_lock: one stepper at a time (the loop, or the teardown). A leaf: msquic
- * callbacks run under it and take object locks, never this one again. */
+/* exec_lock: msquic's work runs under it, on one thread at a time: a step (the
+ * asyncio loop, the driver thread, the exit), and every API call msquic runs
+ * inline on its caller in this mode (see the wrapped table below). Taken
+ * recursively per thread (exec_depth): callbacks make such calls too. Callbacks
+ * take object locks under it; nothing takes it under an object lock, as no
+ * blocking msquic call is made under one (msquic-facts.md). */
 static pthread_mutex_t exec_lock = PTHREAD_MUTEX_INITIALIZER;
+static __thread int exec_depth;
 static int epfd = -1;
 static QUIC_EXECUTION *execution;
 static int stopped;               /* no ExecutionPoll from now on */
 static HQUIC *parked;             /* registrations whose RegistrationClose waits for the end */
 static size_t parked_count, parked_cap;
+
+static void exec_enter(void)
+{
+    if (exec_depth++ == 0) {
+        pthread_mutex_lock(&exec_lock);
+    }
+}
+
+static void exec_leave(void)
+{
+    if (--exec_depth == 0) {
+        pthread_mutex_unlock(&exec_lock);
+    }
+}
+
+/* ---- the API table of this mode ----------------------------------------------
+ * With custom executions msquic runs ConnectionClose, StreamClose, StreamShutdown
+ * and a connection's or stream's GetParam/SetParam inline on whichever thread
+ * calls them (api.c: `MsQuicLib.CustomExecutions || on the worker`), unlocked:
+ * from a thread other than the stepper they would race msquic's own work on
+ * that connection. Through this table they run under exec_lock instead. */
+
+static QUIC_API_TABLE exec_api;
+static const QUIC_API_TABLE *real_api;
+
+/* msquic's private QUIC_HANDLE starts with its type (core/library.h, 2.5.1):
+ * 3 client connection, 4 server connection, 5 stream. Only those run inline;
+ * a listener's GetParam must not take exec_lock (it is made under the
+ * listener's lock, which NEW_CONNECTION callbacks take). */
+static int runs_inline(HQUIC handle)
+{
+    if (handle == NULL) {
+        return 0;
+    }
+    int type = *(const int *)handle;
+    return type >= 3 && type <= 5;
+}
+
+static void QUIC_API ex_connection_close(HQUIC h)
+{
+    exec_enter();
+    real_api->ConnectionClose(h);
+    exec_leave();
+}
+
+static void QUIC_API ex_stream_close(HQUIC h)
+{
+    exec_enter();
+    real_api->StreamClose(h);
+    exec_leave();
+}
+
+static QUIC_STATUS QUIC_API ex_stream_shutdown(HQUIC h, QUIC_STREAM_SHUTDOWN_FLAGS f, QUIC_UINT62 e)
+{
+    exec_enter();
+    QUIC_STATUS status = real_api->StreamShutdown(h, f, e);
+    exec_leave();
+    return status;
+}
+
+static QUIC_STATUS QUIC_API ex_set_param(HQUIC h, uint32_t p, uint32_t n, const void *b)
+{
+    if (!runs_inline(h)) {
+        return real_api->SetParam(h, p, n, b);
+    }
+    exec_enter();
+    QUIC_STATUS status = real_api->SetParam(h, p, n, b);
+    exec_leave();
+    return status;
+}
+
+static QUIC_STATUS QUIC_API ex_get_param(HQUIC h, uint32_t p, uint32_t *n, void *b)
+{
+    if (!runs_inline(h)) {
+        return real_api->GetParam(h, p, n, b);
+    }
+    exec_enter();
+    QUIC_STATUS status = real_api->GetParam(h, p, n, b);
+    exec_leave();
+    return status;
+}
+
+static void install_exec_api(void)
+{
+    real_api = pmq_api;
+    memcpy(&exec_api, real_api, sizeof(exec_api));
+    exec_api.ConnectionClose = ex_connection_close;
+    exec_api.StreamClose = ex_stream_close;
+    exec_api.StreamShutdown = ex_stream_shutdown;
+    exec_api.SetParam = ex_set_param;
+    exec_api.GetParam = ex_get_param;
+    pmq_api = &exec_api;
+}
 
 QUIC_STATUS pmq_execution_create(void)
 {
@@ -54,6 +157,7 @@ QUIC_STATUS pmq_execution_create(void)
             if (QUIC_SUCCEEDED(status)) {
                 epfd = fd;
                 execution = ex;
+                install_exec_api();
             } else {
                 close(fd);
             }
@@ -86,9 +190,9 @@ static int64_t step_locked(int timeout_ms)
 
 int64_t pmq_execution_step(void)
 {
-    pthread_mutex_lock(&exec_lock);
+    exec_enter();
     int64_t wait = step_locked(0);
-    pthread_mutex_unlock(&exec_lock);
+    exec_leave();
     return wait;
 }
 
@@ -120,14 +224,66 @@ static int drive_locked(uint32_t ms, int until_quiet)
 
 void pmq_execution_drive(uint32_t ms)
 {
-    pthread_mutex_lock(&exec_lock);
+    exec_enter();
     (void)drive_locked(ms, 0);
-    pthread_mutex_unlock(&exec_lock);
+    exec_leave();
+}
+
+/* ---- the driver thread (the blocking world) ----------------------------------
+ * Without a running event loop nothing would step msquic: pymsquic.sync starts
+ * this thread, which steps as msquic asks and sleeps in poll() on the epoll fd
+ * (poll does not consume its events) without holding exec_lock. */
+
+static pthread_t driver;
+static int driver_running;
+static atomic_int driver_quit;
+
+static void *driver_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        exec_enter();
+        if (stopped || atomic_load(&driver_quit)) {
+            exec_leave();
+            break;
+        }
+        int64_t wait = step_locked(0);
+        exec_leave();
+        if (wait == 0) {
+            continue;
+        }
+        struct pollfd p = {epfd, POLLIN, 0};
+        (void)poll(&p, 1, (wait < 0 || wait > DRIVER_MAX_SLEEP_MS) ? DRIVER_MAX_SLEEP_MS : (int)wait);
+    }
+    return NULL;
+}
+
+int pmq_execution_start_driver(void)
+{
+    exec_enter();
+    if (!driver_running && execution != NULL && !stopped) {
+        driver_running = pthread_create(&driver, NULL, driver_main, NULL) == 0;
+    }
+    int running = driver_running;
+    exec_leave();
+    return running;
+}
+
+static void stop_driver(void)
+{
+    exec_enter();
+    int running = driver_running;
+    driver_running = 0;
+    atomic_store(&driver_quit, 1);
+    exec_leave();
+    if (running) {
+        pthread_join(driver, NULL); /* within DRIVER_MAX_SLEEP_MS and one step */
+    }
 }
 
 int pmq_execution_park_registration(HQUIC registration)
 {
-    pthread_mutex_lock(&exec_lock);
+    exec_enter();
     int ok = 1;
     if (parked_count == parked_cap) {
         size_t cap = parked_cap ? parked_cap * 2 : 8;
@@ -142,13 +298,14 @@ int pmq_execution_park_registration(HQUIC registration)
     if (ok) {
         parked[parked_count++] = registration;
     }
-    pthread_mutex_unlock(&exec_lock);
+    exec_leave();
     return ok;
 }
 
 int pmq_execution_finish(uint32_t settle_ms)
 {
-    pthread_mutex_lock(&exec_lock);
+    stop_driver();
+    exec_enter();
     int quiet = 1;
     if (execution != NULL && !stopped) {
         /* Connections finish their shutdown, sockets their close completions. */
@@ -161,7 +318,10 @@ int pmq_execution_finish(uint32_t settle_ms)
     free(parked);
     parked = NULL;
     parked_count = parked_cap = 0;
-    pthread_mutex_unlock(&exec_lock);
+    if (real_api != NULL && pmq_api == &exec_api) {
+        pmq_api = real_api; /* MsQuicClose frees the table it was given: msquic's own */
+    }
+    exec_leave();
     return quiet;
 }
 

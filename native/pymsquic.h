@@ -666,6 +666,8 @@ int pmq_execution_park_registration(HQUIC registration);
 /* Drive until msquic is quiet (at most settle_ms), stop polling, close the
  * parked registrations. 1 if it got quiet. Then MsQuicClose. */
 int pmq_execution_finish(uint32_t settle_ms);
+/* Start (once) the thread that steps msquic for the blocking world; 1 if it runs. */
+int pmq_execution_start_driver(void);
 /* 1 while an execution exists and is still polled. */
 int pmq_execution_active(void);
 

@@ -99,11 +99,11 @@ def loop_mode() -> bool:
     return _mode == "loop"
 
 
-def forbid_in_loop_mode(what: str) -> None:
-    """The blocking world has no loop to drive msquic in loop mode yet."""
-    if _mode == "loop":
-        raise RuntimeError(f"{what}: pymsquic.sync is not available in execution mode 'loop' (msquic runs on "
-                           "the asyncio event loop's thread); use pymsquic.asyncio, or the default mode 'threads'")
+def ensure_driver(what: str) -> None:
+    """Loop mode: the blocking world waits for msquic's work, which no event loop
+    may be stepping: a native thread steps it from the first blocking wait on."""
+    if _mode == "loop" and not lib.pmq_execution_start_driver():
+        raise QuicError(f"{what}: cannot start the thread that drives msquic (execution mode 'loop')")
 
 
 def is_torn_down() -> bool:
@@ -319,7 +319,7 @@ def wait_blocking(obj: Any, check_ready: Callable[[], T | None], timeout: float 
     Refuses to wait inside a hook, in a forked child, and on an event loop's thread."""
     forbid_in_callback(what)
     check_not_forked(what)
-    forbid_in_loop_mode(what)
+    ensure_driver(what)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         seq = lib.pmq_obj_seq(obj)

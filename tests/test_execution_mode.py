@@ -199,19 +199,46 @@ def test_bad_values_are_rejected() -> None:
     assert "refused" in proc.stdout
 
 
-def test_sync_world_is_refused_clearly() -> None:
-    run_child("""
+def test_blocking_world_runs_on_a_driver_thread() -> None:
+    # pymsquic.sync alone (no event loop): the driver thread steps msquic; then a
+    # sync server thread beside an asyncio client, the loop blocked meanwhile.
+    proc = run_child("""
+        import pymsquic.sync as ps
         reg = pymsquic.Registration()
         cfg = pymsquic.Configuration(reg, ALPN, CREDENTIAL, SETTINGS)
-        try:
-            with pymsquic.sync.Listener(reg, cfg) as listener:
-                listener.start(ALPN, ("127.0.0.1", 0))
-                listener.accept(timeout=1)
-        except RuntimeError as exc:
-            assert "pymsquic.sync is not available" in str(exc), exc
-        else:
-            raise AssertionError("sync accept ran in loop mode")
+        def serve_one(listener, n):
+            conn = listener.accept(timeout=10)
+            for _ in range(n):
+                stream = conn.accept_stream(timeout=10)
+                stream.write(stream.read(timeout=10), fin=True)
+            conn.wait_closed(timeout=10)
+        with ps.Listener(reg, cfg) as listener:
+            listener.start(ALPN, ("127.0.0.1", 0))
+            port = listener.local_address[1]
+            server = threading.Thread(target=serve_one, args=(listener, 3))
+            server.start()
+            with ps.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, registration=reg) as conn:
+                for i in range(3):
+                    stream = conn.open_stream()
+                    stream.write(b"s" * (1000 * i + 1), fin=True)
+                    assert stream.read(timeout=10) == b"s" * (1000 * i + 1)
+            server.join(10)
+            assert not server.is_alive()
+            server = threading.Thread(target=serve_one, args=(listener, 2))
+            server.start()
+            async def client():
+                async with pa.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT, registration=reg) as conn:
+                    assert await request(conn, b"a" * 70_000) == b"a" * 70_000
+                    stream = conn.open_stream()
+                    stream.write(b"b", fin=True)
+                    server.join(0.5)  # blocks the loop: the driver thread carries msquic on
+                    assert await stream.read() == b"b"
+            asyncio.run(client())
+            server.join(10)
+            assert not server.is_alive()
+        print("threads", msquic_threads())
     """)
+    assert "threads 1" in proc.stdout  # the driver thread (native, ours): msquic made none
 
 
 def test_a_second_running_loop_is_refused() -> None:
