@@ -10,11 +10,12 @@ on the loop's own thread. The mode is process-wide and fixed when msquic is
 first opened: choose it with :func:`set_execution_mode` before any other use
 of pymsquic, or with the environment variable ``PYMSQUIC_EXECUTION=loop``.
 
-Limits of ``"loop"`` today: one event loop at a time drives msquic (a second
-running loop is refused); msquic makes progress only while that loop runs;
-:mod:`pymsquic.sync` is refused (it has no loop to drive msquic); a closed
-:class:`~pymsquic.Registration` keeps its msquic handle until exit (msquic
-2.5.1 reads freed memory if polled after RegistrationClose).
+In ``"loop"``: one event loop at a time drives msquic (a second running loop
+is refused; a closed loop hands over to the next); :mod:`pymsquic.sync`'s
+first blocking wait starts a native thread that drives msquic too (also while
+an event loop is blocked); a closed :class:`~pymsquic.Registration` keeps its
+msquic handle until exit (msquic 2.5.1 reads freed memory if polled after
+RegistrationClose). See the README, "Execution mode".
 """
 
 from __future__ import annotations
