@@ -668,6 +668,8 @@ int pmq_execution_park_registration(HQUIC registration);
 int pmq_execution_finish(uint32_t settle_ms);
 /* Start (once) the thread that steps msquic for the blocking world; 1 if it runs. */
 int pmq_execution_start_driver(void);
+/* 1 if objects of this waker changed since the last drain (a hint, unlocked). */
+int pmq_waker_pending(pmq_waker *waker);
 /* 1 while an execution exists and is still polled. */
 int pmq_execution_active(void);
 

@@ -282,3 +282,54 @@ def test_hook_runs_on_the_loop_thread_only_in_loop_mode(mode: str) -> None:
         print("hook ran", len(seen), "on main thread", bool(seen) and all(t == threading.get_ident() for t in seen))
     """, mode=mode)
     assert f"hook ran 1 on main thread {mode == 'loop'}" in proc.stdout, proc.stdout
+
+
+def test_blocking_clients_on_threads_beside_an_asyncio_server() -> None:
+    # Both steppers at once (the loop and the driver thread), and the calls msquic
+    # runs inline on any caller in this mode (StreamShutdown, StreamClose,
+    # GetParam) made from client threads while the loop serves. A smoke test: it
+    # also passed in 3 runs with the lock around those calls removed; that lock
+    # rests on msquic's source (api.c runs them inline, unlocked), not on a
+    # failure seen here.
+    proc = run_child("""
+        import pymsquic.sync as ps
+        results = []
+        def client(port):
+            try:
+                for _ in range(3):
+                    with ps.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT) as conn:
+                        for i in range(150):
+                            stream = conn.open_stream()
+                            stream.write(b"r" * 2000, fin=(i % 3 != 0))
+                            if i % 3 == 0:
+                                stream.abort(7)  # StreamShutdown from this thread
+                            else:
+                                assert stream.read(timeout=20) == b"r" * 2000
+                            conn.stats()  # GetParam from this thread
+                            del stream  # StreamClose from this thread, maybe
+                results.append("ok")
+            except BaseException as exc:
+                results.append(repr(exc))
+        async def tolerant(conn):
+            async def one(stream):
+                try:
+                    stream.write(await stream.read())
+                    stream.finish()
+                except pymsquic.QuicError:
+                    pass
+            tasks = []
+            async for stream in conn:
+                tasks.append(asyncio.ensure_future(one(stream)))
+            await asyncio.gather(*tasks, return_exceptions=True)
+        async def main():
+            async with pa.serve(tolerant, "127.0.0.1", 0, alpn=ALPN, credential=CREDENTIAL,
+                                settings=SETTINGS) as server:
+                threads = [threading.Thread(target=client, args=(server.addresses[0][1],)) for _ in range(2)]
+                for t in threads:
+                    t.start()
+                for t in threads:  # the loop serves meanwhile
+                    await asyncio.get_running_loop().run_in_executor(None, t.join)
+        asyncio.run(main())
+        print("clients", results)
+    """)
+    assert "clients ['ok', 'ok']" in proc.stdout, proc.stdout

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from typing import Any, Callable
 
 from .._msquic import lib
 
@@ -22,6 +23,10 @@ class _Driver:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._timer: asyncio.Handle | None = None
+        # The loop's bridge: what msquic's callbacks changed in this step is
+        # handled at once, not one loop iteration later through its eventfd.
+        self._waker: Any = None
+        self._drain: Callable[[], None] | None = None
         self._fd = lib.pmq_execution_fd()
         loop.add_reader(self._fd, self.step)
         self._timer = loop.call_soon(self.step)  # work queued before the loop took over
@@ -31,6 +36,8 @@ class _Driver:
         if timer is not None:
             timer.cancel()
         wait = lib.pmq_execution_step()  # msquic's callbacks run in here
+        if self._drain is not None and lib.pmq_waker_pending(self._waker):
+            self._drain()
         if wait == 0:
             self._timer = self.loop.call_soon(self.step)
         elif wait > 0:
@@ -48,6 +55,13 @@ class _Driver:
 
 _lock = threading.Lock()
 _driver: _Driver | None = None
+
+
+def drain_after_steps(loop: asyncio.AbstractEventLoop, waker: Any, drain: Callable[[], None]) -> None:
+    """After each step on ``loop``, ``drain()`` when ``waker`` has changes."""
+    driver = _driver
+    if driver is not None and driver.loop is loop:
+        driver._waker, driver._drain = waker, drain
 
 
 def drive_on(loop: asyncio.AbstractEventLoop) -> None:

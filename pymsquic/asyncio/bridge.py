@@ -15,7 +15,7 @@ from typing import Any, Callable, TypeVar
 
 from .._msquic import ffi, lib
 from .._native import check_not_forked, forbid_in_callback, loop_mode
-from ._driver import drive_on
+from ._driver import drain_after_steps, drive_on
 
 T = TypeVar("T")
 
@@ -70,6 +70,8 @@ def bridge_for(loop: asyncio.AbstractEventLoop) -> _LoopBridge:
         if loop_mode():
             drive_on(loop)  # msquic's work runs on this loop's thread (pymsquic.execution)
         bridge = _bridges[loop] = _LoopBridge(loop)
+        if loop_mode():
+            drain_after_steps(loop, bridge._waker, bridge._on_readable)
     return bridge
 
 
