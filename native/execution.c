@@ -27,6 +27,9 @@
 #include "internal.h"
 
 #define MAX_EVENTS 64
+#ifndef STEP_ROUNDS
+#define STEP_ROUNDS 8 /* at most this many ExecutionPoll rounds per step while msquic returns 0 */
+#endif
 /* The driver thread's longest sleep: another stepper (the asyncio loop) may
  * have set an earlier msquic timer than the one this thread knows of. */
 #define DRIVER_MAX_SLEEP_MS 20
@@ -192,6 +195,11 @@ int64_t pmq_execution_step(void)
 {
     exec_enter();
     int64_t wait = step_locked(0);
+    /* 0 means msquic has more work now: do it here rather than one trip
+     * through the event loop per round (bounded, so the loop still turns). */
+    for (int i = 1; wait == 0 && i < STEP_ROUNDS; i++) {
+        wait = step_locked(0);
+    }
     exec_leave();
     return wait;
 }
