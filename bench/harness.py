@@ -128,6 +128,10 @@ def make_impls(names: list[str]) -> list[Impl]:
                                  BENCH_STREAM_SCHEDULING="fifo"))
         elif name == "pymsquic-asyncio":
             impls.append(python_impl(name, "pymsquic asyncio"))
+        elif name == "pymsquic-asyncio-loop":
+            # The same program with msquic's work on the event loop's thread (pymsquic.execution).
+            impl = python_impl("pymsquic-asyncio", "pymsquic asyncio, loop mode", PYMSQUIC_EXECUTION="loop")
+            impls.append(Impl(name, impl.label, impl.command, impl.env, idle=False))
         elif name == "pymsquic-blocking":
             impls.append(python_impl(name, "pymsquic blocking"))
         elif name in ("aioquic", "qh3"):

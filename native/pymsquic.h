@@ -653,6 +653,28 @@ QUIC_STATUS pmq_set_stateless_reset_key(const uint8_t *key, size_t len);
 void pmq_conn_hold(pmq_conn *conn);
 void pmq_conn_unhold(pmq_conn *conn);
 
+/* ---- loop mode: msquic's custom execution (execution.c) ---------------- */
+/* After pmq_library_open, before the first RegistrationOpen. */
+QUIC_STATUS pmq_execution_create(void);
+/* The epoll fd msquic's work arrives on; -1 outside loop mode. */
+int pmq_execution_fd(void);
+/* Dispatch ready completions, run msquic (callbacks run on this thread);
+ * the next step is due in the returned ms (0: now, -1: on the fd only). */
+int64_t pmq_execution_step(void);
+/* Step for ms milliseconds, sleeping as msquic allows (no loop running). */
+void pmq_execution_drive(uint32_t ms);
+/* RegistrationClose for this handle at pmq_execution_finish (no poll may follow it). */
+int pmq_execution_park_registration(HQUIC registration);
+/* Drive until msquic is quiet (at most settle_ms), stop polling, close the
+ * parked registrations. 1 if it got quiet. Then MsQuicClose. */
+int pmq_execution_finish(uint32_t settle_ms);
+/* Start (once) the thread that steps msquic for the blocking world; 1 if it runs. */
+int pmq_execution_start_driver(void);
+/* 1 if objects of this waker changed since the last drain (a hint, unlocked). */
+int pmq_waker_pending(pmq_waker *waker);
+/* 1 while an execution exists and is still polled. */
+int pmq_execution_active(void);
+
 /* CFFI-END */
 
 /* Declared for cffi in build_msquic.py (a global and an extern "Python+C"). */

@@ -220,6 +220,9 @@ pmq_waker *pmq_waker_new(void)
 
 int pmq_waker_fd(pmq_waker *w) { return w->fd; }
 
+/* A hint without the lock (loop mode: drain right after a step, no syscall when idle). */
+int pmq_waker_pending(pmq_waker *w) { return __atomic_load_n(&w->head, __ATOMIC_RELAXED) != NULL; }
+
 static void waker_ref(pmq_waker *w) { atomic_fetch_add(&w->refs, 1); }
 
 /* Drops a reference held by an attached object. */

@@ -59,6 +59,7 @@ from .errors import (
     status_name,
     tls_alert_name,
 )
+from .execution import execution_mode, set_execution_mode
 from .keylog import KeyLog
 from .registration import Registration, default_registration
 from .resumption import (
@@ -101,4 +102,5 @@ __all__ = [
     "ResumptionLevel", "SessionTicketHandler", "TicketKey", "load_balancing_mode", "set_load_balancing_mode",
     "set_stateless_reset_key",
 ]
+__all__ += ["execution_mode", "set_execution_mode"]  # pymsquic.execution
 __all__ += ["CertificateCheck", "VerifyCallback", "server_name_matches"]  # certificate checks in Python

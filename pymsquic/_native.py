@@ -29,6 +29,8 @@ T = TypeVar("T")
 _WAIT_SLICE_MS = 500
 # At exit, give msquic this long to close everything before giving up on it.
 _TEARDOWN_TIMEOUT = 10.0
+# Loop mode, at exit: drive msquic at most this long until it is quiet.
+_LOOP_SETTLE_MS = 3000
 
 _lock = threading.Lock()
 _opened = False
@@ -47,16 +49,61 @@ def check(status: int, what: str) -> int:
 
 def ensure_open() -> None:
     """Open msquic's API table once per process (MsQuicOpenVersion)."""
-    global _opened, _teardown_worker
+    global _opened, _teardown_worker, _mode
     check_not_forked("starting msquic")
     with _lock:
         if _torn_down:
             raise QuicError("pymsquic was shut down (interpreter exit)")
         if not _opened:
+            mode = _chosen_mode or _mode_from_environment()  # a bad PYMSQUIC_EXECUTION fails before msquic opens
             check(lib.pmq_library_open(), "MsQuicOpenVersion")
+            if mode == "loop":
+                check(lib.pmq_execution_create(), "ExecutionCreate")  # before the first RegistrationOpen
             _opened = True
+            _mode = mode
             _teardown_worker = _TeardownWorker.start()
             atexit.register(_teardown)
+
+
+# ---- execution mode (pymsquic.execution) ----------------------------------
+
+_chosen_mode: str | None = None  # set_execution_mode(), before msquic opens
+_mode: str | None = None  # the mode msquic was opened in
+
+
+def _mode_from_environment() -> str:
+    from .execution import mode_from_environment
+    return mode_from_environment()
+
+
+def choose_execution_mode(mode: str) -> None:
+    """set_execution_mode(): refused once msquic is open in another mode."""
+    global _chosen_mode
+    with _lock:
+        if _opened:
+            if mode != _mode:
+                raise RuntimeError(f"cannot switch pymsquic to execution mode {mode!r}: msquic is already open "
+                                   f"in mode {_mode!r} (choose the mode before the first Registration, "
+                                   "listener or connection)")
+            return
+        _chosen_mode = mode
+
+
+def execution_mode_or(default: Callable[[], str]) -> str:
+    with _lock:
+        return _mode or _chosen_mode or default()
+
+
+def loop_mode() -> bool:
+    """True once msquic runs on an event loop's thread (custom execution)."""
+    return _mode == "loop"
+
+
+def ensure_driver(what: str) -> None:
+    """Loop mode: the blocking world waits for msquic's work, which no event loop
+    may be stepping: a native thread steps it from the first blocking wait on."""
+    if _mode == "loop" and not lib.pmq_execution_start_driver():
+        raise QuicError(f"{what}: cannot start the thread that drives msquic (execution mode 'loop')")
 
 
 def is_torn_down() -> bool:
@@ -111,6 +158,8 @@ def _close_all() -> None:
             registration.close()
         except Exception:  # keep closing the others
             logger.exception("closing %r at exit", registration)
+    if _mode == "loop" and not lib.pmq_execution_finish(_LOOP_SETTLE_MS):
+        logger.warning("msquic still had work after %d ms at exit", _LOOP_SETTLE_MS)
     lib.pmq_library_close()
 
 
@@ -270,6 +319,7 @@ def wait_blocking(obj: Any, check_ready: Callable[[], T | None], timeout: float 
     Refuses to wait inside a hook, in a forked child, and on an event loop's thread."""
     forbid_in_callback(what)
     check_not_forked(what)
+    ensure_driver(what)
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         seq = lib.pmq_obj_seq(obj)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import threading
 import weakref
 from typing import Any
@@ -9,6 +11,11 @@ from typing import Any
 from . import _native
 from ._msquic import ffi, lib
 from .errors import QuicError
+
+logger = logging.getLogger("pymsquic")
+
+# Loop mode: how long Registration.close() waits for each connection's shutdown.
+_LOOP_CLOSE_WAIT = 30.0
 
 _PROFILES = {
     "low_latency": lib.QUIC_EXECUTION_PROFILE_LOW_LATENCY,
@@ -126,4 +133,19 @@ def _close_registration(handle: Any, listeners: "weakref.WeakSet[Any]", configur
     lib.pmq_api.RegistrationShutdown(handle, lib.QUIC_CONNECTION_SHUTDOWN_FLAG_NONE, 0)
     for configuration in list(configurations):
         configuration.close()
+    if _native.loop_mode():
+        if asyncio._get_running_loop() is None:
+            # No event loop steps msquic on this thread: wait, as RegistrationClose
+            # would, while the driver thread finishes the connections' shutdowns.
+            for connection in list(connections):
+                try:
+                    _native.wait_blocking(connection._native_obj, connection._closed_now, _LOOP_CLOSE_WAIT,
+                                          "Registration.close()")
+                except TimeoutError:
+                    logger.warning("%r not closed %.0f s after its registration", connection, _LOOP_CLOSE_WAIT)
+        # msquic 2.5.1 reads freed memory when polled after RegistrationClose: the
+        # close waits until the last poll, at exit (pymsquic.execution).
+        if not lib.pmq_execution_park_registration(handle):
+            raise MemoryError("cannot park the registration until exit")
+        return
     lib.pmq_api.RegistrationClose(handle)

@@ -14,7 +14,8 @@ import weakref
 from typing import Any, Callable, TypeVar
 
 from .._msquic import ffi, lib
-from .._native import check_not_forked, forbid_in_callback
+from .._native import check_not_forked, forbid_in_callback, loop_mode
+from ._driver import drain_after_steps, drive_on
 
 T = TypeVar("T")
 
@@ -66,7 +67,11 @@ _bridges: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopBridge]" = 
 def bridge_for(loop: asyncio.AbstractEventLoop) -> _LoopBridge:
     bridge = _bridges.get(loop)
     if bridge is None:
+        if loop_mode():
+            drive_on(loop)  # msquic's work runs on this loop's thread (pymsquic.execution)
         bridge = _bridges[loop] = _LoopBridge(loop)
+        if loop_mode():
+            drain_after_steps(loop, bridge._waker, bridge._on_readable)
     return bridge
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Generator
 from .._buffers import BufferLike
 from .._core.connection import ConnectionCore, check_endpoint, exit_error_code, local_address_native
 from .._core.server import client_configuration
+from .._native import loop_mode
 from ..addresses import Address, AddressLike, from_native, is_ip_literal, resolve_async
 from ..configuration import AlpnLike, Configuration, Credential, Settings
 from ..errors import ConnectionClosed
@@ -278,6 +279,11 @@ class connect:
         async def off_loop(step: Callable[..., Any], *args: Any) -> None:
             # A step that waits for a msquic worker, on the default executor (whose
             # queue can be long): bounded by open_timeout like the rest of connect().
+            if loop_mode():
+                # msquic runs its blocking calls inline on the calling thread in this mode:
+                # only the loop's thread may make them, and they wait for no other thread.
+                step(*args)
+                return
             left = None if deadline is None else max(0.0, deadline - loop.time())
             try:
                 await asyncio.wait_for(loop.run_in_executor(None, step, *args), left)
