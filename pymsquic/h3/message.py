@@ -1,0 +1,87 @@
+"""HTTP message checks of RFC 9114 section 4.3: pseudo-header fields, field
+names, connection-specific fields. A malformed message is a stream error
+H3_MESSAGE_ERROR (section 4.1.2): other requests carry on."""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+from .errors import ErrorCode, H3StreamError
+
+Headers = List[Tuple[bytes, bytes]]
+
+_REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
+_RESPONSE_PSEUDO = frozenset({b":status"})
+# Section 4.2: fields that only mean something to HTTP/1.1 connections.
+_CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                                  b"upgrade"})
+
+
+def _malformed(reason: str) -> H3StreamError:
+    return H3StreamError(ErrorCode.H3_MESSAGE_ERROR, reason)
+
+
+def _split(headers: Headers, allowed: frozenset[bytes]) -> dict[bytes, bytes]:
+    """The pseudo-header fields, checked; the regular fields checked too."""
+    pseudo: dict[bytes, bytes] = {}
+    regular_seen = False
+    for name, value in headers:
+        if not name:
+            raise _malformed("empty field name")
+        if name.lower() != name:
+            raise _malformed(f"field name {name!r} is not lowercase")
+        if name.startswith(b":"):
+            if regular_seen:
+                raise _malformed(f"pseudo-header {name!r} after a regular field")
+            if name not in allowed:
+                raise _malformed(f"pseudo-header {name!r} not allowed here")
+            if name in pseudo:
+                raise _malformed(f"pseudo-header {name!r} given twice")
+            pseudo[name] = value
+            continue
+        regular_seen = True
+        if name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
+            raise _malformed(f"connection-specific field {name!r}")
+    return pseudo
+
+
+def check_request(headers: Headers) -> dict[bytes, bytes]:
+    """A request's header section; returns its pseudo-header fields."""
+    pseudo = _split(headers, _REQUEST_PSEUDO)
+    method = pseudo.get(b":method")
+    if method is None:
+        raise _malformed("request without :method")
+    if method == b"CONNECT" and b":protocol" not in pseudo:
+        if b":scheme" in pseudo or b":path" in pseudo or b":authority" not in pseudo:
+            raise _malformed("CONNECT needs :authority and no :scheme or :path")
+        return pseudo
+    if b":protocol" in pseudo and method != b"CONNECT":
+        raise _malformed(":protocol outside an extended CONNECT")
+    for name in (b":scheme", b":path"):
+        if not pseudo.get(name):
+            raise _malformed(f"request without {name.decode()}")
+    return pseudo
+
+
+def check_response(headers: Headers) -> int:
+    """A response's header section; returns its status code."""
+    pseudo = _split(headers, _RESPONSE_PSEUDO)
+    status = pseudo.get(b":status")
+    if status is None or len(status) != 3 or not status.isdigit():
+        raise _malformed(f"response :status {status!r}")
+    return int(status)
+
+
+def check_trailers(headers: Headers) -> None:
+    """A trailer section: no pseudo-header fields."""
+    _split(headers, frozenset())
+
+
+def content_length(headers: Headers) -> int | None:
+    """The content-length field's value, None without one (H3_MESSAGE_ERROR if invalid)."""
+    values = {value for name, value in headers if name == b"content-length"}
+    if not values:
+        return None
+    if len(values) > 1 or not next(iter(values)).isdigit():
+        raise _malformed(f"content-length {sorted(values)!r}")
+    return int(next(iter(values)))

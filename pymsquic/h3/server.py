@@ -1,0 +1,182 @@
+"""A minimal ASGI 3 server over HTTP/3: :func:`serve` runs ``app`` for every
+request (``http`` scope; request and response bodies stream; trailers when
+the app sends ``http.response.trailers``)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from typing import Any, Awaitable, Callable, MutableMapping
+from urllib.parse import unquote
+
+from .. import asyncio as pymsquic_asyncio
+from ..configuration import Credential, Settings
+from ..errors import ConnectionClosed, StreamError
+from .connection import ALPN, H3Connection, RequestStream
+from .errors import ErrorCode, H3Error, H3StreamError
+from .message import Headers, check_request, content_length
+
+logger = logging.getLogger("pymsquic")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Default maximum of requests in flight per connection (the peer's bidirectional stream limit).
+MAX_CONCURRENT_REQUESTS = 100
+
+
+class _Exchange:
+    """One request: the ASGI ``receive``/``send`` pair over a :class:`RequestStream`."""
+
+    def __init__(self, request: RequestStream, headers: Headers) -> None:
+        self.request = request
+        self.expected_length = content_length(headers)
+        self.body_done = False
+        self.response_done = asyncio.Event()
+        self.status: int | None = None
+        self.response_headers: Headers = []
+        self.trailers_expected = False
+        self.headers_sent = False
+
+    async def receive(self) -> Message:
+        if self.body_done:
+            await self.response_done.wait()  # the ASGI way to say the exchange is over
+            return {"type": "http.disconnect"}
+        try:
+            chunk = await self.request.receive_data()
+            if not chunk:
+                self.body_done = True
+                if self.expected_length is not None and self.request.data_received != self.expected_length:
+                    error = H3StreamError(ErrorCode.H3_MESSAGE_ERROR, "body length differs from content-length")
+                    self.request._error(error)
+                    raise error
+            return {"type": "http.request", "body": chunk, "more_body": not self.body_done}
+        except (H3Error, StreamError, ConnectionClosed):
+            self.body_done = True
+            self.response_done.set()
+            return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        request = self.request
+        if kind == "http.response.start":
+            if self.status is not None:
+                raise RuntimeError("http.response.start sent twice")
+            self.status = int(message["status"])
+            self.response_headers = [(b":status", str(self.status).encode())] + [
+                (bytes(name).lower(), bytes(value)) for name, value in message.get("headers", [])]
+            self.trailers_expected = bool(message.get("trailers", False))
+        elif kind == "http.response.body":
+            if self.status is None or self.response_done.is_set():
+                raise RuntimeError("http.response.body before http.response.start or after the end")
+            more = bool(message.get("more_body", False))
+            end = not more and not self.trailers_expected
+            if not self.headers_sent:
+                self.headers_sent = True
+                request.send_headers(self.response_headers)
+            request.send_data(bytes(message.get("body", b"")), end_stream=end)
+            if end:
+                self.response_done.set()
+            await request.drain()
+        elif kind == "http.response.trailers":
+            if not self.trailers_expected or not self.headers_sent:
+                raise RuntimeError("http.response.trailers without trailers=True or before the body")
+            more = bool(message.get("more_trailers", False))
+            request.send_headers([(bytes(n).lower(), bytes(v)) for n, v in message.get("headers", [])],
+                                 end_stream=not more)
+            if not more:
+                self.response_done.set()
+        else:
+            raise RuntimeError(f"unknown ASGI message type {kind!r}")
+
+
+def _scope(h3: H3Connection, headers: Headers, pseudo: dict[bytes, bytes]) -> Scope:
+    raw_path, _, query = pseudo.get(b":path", b"").partition(b"?")
+    regular = [(name, value) for name, value in headers if not name.startswith(b":")]
+    if b":authority" in pseudo and not any(name == b"host" for name, _ in regular):
+        regular.insert(0, (b"host", pseudo[b":authority"]))
+    client = h3.quic.remote_address
+    server = h3.quic.local_address
+    return {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "3",
+        "method": pseudo[b":method"].decode("latin-1"), "scheme": pseudo.get(b":scheme", b"https").decode("latin-1"),
+        "path": unquote(raw_path.decode("latin-1")), "raw_path": raw_path, "query_string": query,
+        "root_path": "", "headers": regular,
+        "client": (client[0], client[1]) if client else None, "server": (server[0], server[1]) if server else None,
+        "extensions": {"http.response.trailers": {}},
+    }
+
+
+async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream) -> None:
+    try:
+        headers = await request.receive_headers()
+        pseudo = check_request(headers)
+    except H3StreamError as exc:
+        request._error(exc)
+        return
+    except (H3Error, StreamError, ConnectionClosed):
+        return  # acted on (connection error) or gone
+    exchange = _Exchange(request, headers)
+    scope = _scope(h3, headers, pseudo)
+    try:
+        await app(scope, exchange.receive, exchange.send)
+        if not exchange.response_done.is_set():
+            raise RuntimeError("the app returned before finishing its response")
+    except (StreamError, ConnectionClosed) as exc:
+        logger.info("request stream %s ended early: %s", request.stream.id, exc)
+    except Exception:
+        logger.exception("ASGI app failed on %s %s", scope["method"], scope["path"])
+        if exchange.headers_sent:
+            request.abort(ErrorCode.H3_INTERNAL_ERROR)
+        else:
+            try:
+                request.send_headers([(b":status", b"500"), (b"content-length", b"0")], end_stream=True)
+            except (StreamError, ConnectionClosed):
+                pass
+    finally:
+        exchange.response_done.set()
+    client = scope["client"]
+    logger.info('%s:%s - "%s %s HTTP/3" %s', client[0] if client else "-", client[1] if client else "-",
+                scope["method"], scope["path"], exchange.status)
+
+
+async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, **h3_options: Any) -> None:
+    """Serve HTTP/3 on one accepted QUIC connection until it ends."""
+    h3 = H3Connection(quic, is_client=False, **h3_options)
+    h3.start()
+    tasks: set[asyncio.Task[None]] = set()
+    try:
+        while True:
+            request = await h3.accept_request()
+            if request is None:
+                break
+            task = asyncio.ensure_future(_handle_request(app, h3, request))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await h3.close()
+
+
+async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Credential,
+                settings: Settings | None = None, max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS,
+                **serve_options: Any) -> pymsquic_asyncio.Server:
+    """Serve the ASGI 3 ``app`` over HTTP/3 on ``host:port`` (port 0: any free
+    one, see ``server.addresses``): a started :class:`pymsquic.asyncio.Server`.
+    ``max_concurrent_requests`` is the number of request streams a client may
+    have open at once. Other keyword arguments go to :func:`pymsquic.asyncio.serve`."""
+    settings = dataclasses.replace(settings or Settings(idle_timeout_ms=30_000),
+                                   peer_bidi_stream_count=max_concurrent_requests, peer_unidi_stream_count=16)
+
+    async def handler(quic: pymsquic_asyncio.Connection) -> None:
+        await serve_connection(app, quic)
+
+    return await pymsquic_asyncio.serve(handler, host, port, alpn=ALPN, credential=credential, settings=settings,
+                                        **serve_options)
