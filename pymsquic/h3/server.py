@@ -15,7 +15,9 @@ from ..configuration import Credential, Settings
 from ..errors import ConnectionClosed, StreamError
 from .connection import ALPN, H3Connection, RequestStream
 from .errors import ErrorCode, H3Error, H3StreamError
+from .frames import MAX_HEADERS_FRAME_SIZE
 from .message import Headers, check_request, content_length
+from .qpack import DEFAULT_BLOCKED_STREAMS, DEFAULT_MAX_TABLE_CAPACITY
 
 logger = logging.getLogger("pymsquic")
 
@@ -167,16 +169,24 @@ async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, **h3
 
 async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Credential,
                 settings: Settings | None = None, max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS,
+                max_field_section_size: int = MAX_HEADERS_FRAME_SIZE,
+                qpack_max_table_capacity: int = DEFAULT_MAX_TABLE_CAPACITY,
+                qpack_blocked_streams: int = DEFAULT_BLOCKED_STREAMS,
                 **serve_options: Any) -> pymsquic_asyncio.Server:
     """Serve the ASGI 3 ``app`` over HTTP/3 on ``host:port`` (port 0: any free
     one, see ``server.addresses``): a started :class:`pymsquic.asyncio.Server`.
     ``max_concurrent_requests`` is the number of request streams a client may
-    have open at once. Other keyword arguments go to :func:`pymsquic.asyncio.serve`."""
+    have open at once; ``max_field_section_size`` bounds a request's header
+    section (larger: stream error H3_EXCESSIVE_LOAD); the ``qpack_`` limits
+    bound the client's use of our QPACK decoder. Other keyword arguments go
+    to :func:`pymsquic.asyncio.serve`."""
     settings = dataclasses.replace(settings or Settings(idle_timeout_ms=30_000),
                                    peer_bidi_stream_count=max_concurrent_requests, peer_unidi_stream_count=16)
 
     async def handler(quic: pymsquic_asyncio.Connection) -> None:
-        await serve_connection(app, quic)
+        await serve_connection(app, quic, max_field_section_size=max_field_section_size,
+                               qpack_max_table_capacity=qpack_max_table_capacity,
+                               qpack_blocked_streams=qpack_blocked_streams)
 
     return await pymsquic_asyncio.serve(handler, host, port, alpn=ALPN, credential=credential, settings=settings,
                                         **serve_options)

@@ -1,0 +1,265 @@
+"""The pymsquic.h3 ASGI server against a raw aioquic QUIC client that writes
+HTTP/3 bytes itself (well-formed or not): each protocol error answered with
+RFC 9114's code, as a stream or a connection error, and what the RFC says to
+ignore ignored."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from typing import Any, AsyncIterator
+
+import pylsqpack
+import pytest
+from aioquic.asyncio import QuicConnectionProtocol, connect
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingReceived, StreamDataReceived, StreamReset
+
+import pymsquic
+import pymsquic.h3
+from pymsquic.h3 import ErrorCode
+from pymsquic.h3.frames import (
+    FrameReader,
+    FrameType,
+    StreamKind,
+    StreamType,
+    encode_frame,
+    encode_settings,
+    encode_varint,
+)
+
+GET = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost"), (b":path", b"/")]
+
+
+def control_stream(settings: dict[int, int] | None = None) -> bytes:
+    """A client control stream's start: its type and SETTINGS (no QPACK dynamic table)."""
+    return encode_varint(StreamType.CONTROL) + encode_frame(FrameType.SETTINGS, encode_settings(settings or {}))
+
+
+def headers_frame(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A HEADERS frame encoded with the static table only (no SETTINGS applied)."""
+    _, block = pylsqpack.Encoder().encode(0, headers)
+    return encode_frame(FrameType.HEADERS, block)
+
+
+class RawH3Client(QuicConnectionProtocol):
+    """Writes bytes on streams as told; records what comes back."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.data: dict[int, bytearray] = {}
+        self.ended: dict[int, asyncio.Event] = {}
+        self.resets: dict[int, int] = {}
+        self.stop_sending: dict[int, int] = {}
+        self.stop_event = asyncio.Event()
+        self.close_code: int | None = None
+        self.terminated = asyncio.Event()
+
+    def ended_event(self, stream_id: int) -> asyncio.Event:
+        return self.ended.setdefault(stream_id, asyncio.Event())
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, StreamDataReceived):
+            self.data.setdefault(event.stream_id, bytearray()).extend(event.data)
+            if event.end_stream:
+                self.ended_event(event.stream_id).set()
+        elif isinstance(event, StreamReset):
+            self.resets[event.stream_id] = event.error_code
+            self.ended_event(event.stream_id).set()
+        elif isinstance(event, StopSendingReceived):
+            self.stop_sending[event.stream_id] = event.error_code
+            self.stop_event.set()
+        elif isinstance(event, ConnectionTerminated):
+            self.close_code = event.error_code
+            self.terminated.set()
+
+    def send(self, data: bytes, *, uni: bool = False, end: bool = True) -> int:
+        stream_id = self._quic.get_next_available_stream_id(is_unidirectional=uni)
+        self._quic.send_stream_data(stream_id, data, end_stream=end)
+        self.transmit()
+        return stream_id
+
+    async def response(self, stream_id: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The response on ``stream_id``: its headers and body (the server's encoder
+        has no dynamic table: our SETTINGS gave it none)."""
+        await asyncio.wait_for(self.ended_event(stream_id).wait(), 10)
+        assert stream_id not in self.resets, f"reset with {self.resets[stream_id]:#x}"
+        frames = FrameReader(StreamKind.RESPONSE).feed(bytes(self.data[stream_id]))
+        assert frames[0].type == FrameType.HEADERS
+        _, headers = pylsqpack.Decoder(0, 0).feed_header(stream_id, frames[0].data)
+        return headers, b"".join(f.data for f in frames if f.type == FrameType.DATA)
+
+    async def closed_with(self) -> int | None:
+        await asyncio.wait_for(self.terminated.wait(), 10)
+        return self.close_code
+
+
+disconnects: list[str] = []
+events: dict[str, asyncio.Event] = {}  # the waiting test's events, made on its loop: "started", "disconnected"
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Echo the body; /trailers answers with trailers; records http.disconnect."""
+    body = bytearray()
+    if "started" in events:
+        events["started"].set()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            disconnects.append(scope["path"])
+            if "disconnected" in events:
+                events["disconnected"].set()
+            return
+        body += message["body"]
+        if not message["more_body"]:
+            break
+    trailers = scope["path"] == "/trailers"
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-len", str(len(body)).encode())],
+                "trailers": trailers})
+    await send({"type": "http.response.body", "body": bytes(body) or b"hello"})
+    if trailers:
+        await send({"type": "http.response.trailers", "headers": [(b"x-trailer", b"yes")]})
+
+
+@contextlib.asynccontextmanager
+async def raw_client(credential: pymsquic.Credential, *, control: bytes | None = None,
+                     **options: Any) -> AsyncIterator[RawH3Client]:
+    """The app served by pymsquic.h3 and a raw client connected to it (with a
+    control stream unless ``control`` says what to send instead)."""
+    async with await pymsquic.h3.serve(app, "127.0.0.1", 0, credential=credential, **options) as server:
+        config = QuicConfiguration(is_client=True, alpn_protocols=["h3"], verify_mode=ssl.CERT_NONE,
+                                   server_name="localhost")
+        async with connect("127.0.0.1", server.addresses[0][1], configuration=config,
+                           create_protocol=RawH3Client) as client:
+            assert isinstance(client, RawH3Client)
+            client.send(control_stream() if control is None else control, uni=True, end=False)
+            yield client
+
+
+def run(coro: Any) -> None:
+    asyncio.run(coro)
+
+
+@pytest.mark.parametrize("name, control, code", [
+    ("GOAWAY before SETTINGS", encode_varint(0) + encode_frame(FrameType.GOAWAY, b"\x00"),
+     ErrorCode.H3_MISSING_SETTINGS),
+    ("second SETTINGS", control_stream() + encode_frame(FrameType.SETTINGS, b""), ErrorCode.H3_FRAME_UNEXPECTED),
+    ("DATA on the control stream", control_stream() + encode_frame(FrameType.DATA, b"x"),
+     ErrorCode.H3_FRAME_UNEXPECTED),
+    ("HTTP/2 setting", control_stream({0x4: 65535}), ErrorCode.H3_SETTINGS_ERROR),
+    ("truncated SETTINGS", encode_varint(0) + encode_frame(FrameType.SETTINGS, b"\x06"), ErrorCode.H3_FRAME_ERROR),
+    ("CANCEL_PUSH of a push never promised", control_stream() + encode_frame(FrameType.CANCEL_PUSH, b"\x00"),
+     ErrorCode.H3_ID_ERROR),
+])
+def test_control_stream_errors_close_the_connection(server_credential, name: str, control: bytes,
+                                                    code: int) -> None:
+    async def main() -> None:
+        async with raw_client(server_credential, control=control) as client:
+            assert await client.closed_with() == code, name
+    run(main())
+
+
+def test_closed_control_stream_is_closed_critical_stream(server_credential) -> None:
+    async def main() -> None:
+        async with raw_client(server_credential, control=b"") as client:
+            client.send(control_stream(), uni=True, end=True)  # a (second) control stream, ended
+            assert await client.closed_with() == ErrorCode.H3_CLOSED_CRITICAL_STREAM
+    run(main())
+
+
+@pytest.mark.parametrize("stream_type, code", [(StreamType.CONTROL, ErrorCode.H3_STREAM_CREATION_ERROR),
+                                               (StreamType.PUSH, ErrorCode.H3_STREAM_CREATION_ERROR)])
+def test_second_control_stream_and_client_push_stream(server_credential, stream_type: int, code: int) -> None:
+    async def main() -> None:
+        async with raw_client(server_credential) as client:
+            client.send(encode_varint(stream_type) + encode_frame(FrameType.SETTINGS, b""), uni=True, end=False)
+            assert await client.closed_with() == code
+    run(main())
+
+
+def test_reserved_and_unknown_things_are_ignored(server_credential) -> None:
+    async def main() -> None:
+        async with raw_client(server_credential, control=control_stream({0x21: 1, 0x1234: 5})
+                              + encode_frame(0x21 + 0x1F, b"grease")) as client:
+            grease_stream = client.send(encode_varint(0x21 + 0x1F * 2) + b"whatever", uni=True, end=False)
+            await asyncio.wait_for(client.stop_event.wait(), 10)  # the server stops reading it
+            assert client.stop_sending[grease_stream] == ErrorCode.H3_STREAM_CREATION_ERROR
+            request = (encode_frame(0x21, b"before") + headers_frame([*GET[:3], (b":path", b"/echo")])
+                       + encode_frame(0xABCD, b"unknown") + encode_frame(FrameType.DATA, b"abc")
+                       + encode_frame(0x21 + 0x1F * 7, b"") + encode_frame(FrameType.DATA, b"def"))
+            headers, body = await client.response(client.send(request))
+            assert (b":status", b"200") in headers and body == b"abcdef"
+            assert client.close_code is None
+    run(main())
+
+
+@pytest.mark.parametrize("name, request_bytes, code", [
+    ("no :path", headers_frame(GET[:3]), ErrorCode.H3_MESSAGE_ERROR),
+    ("duplicate :method", headers_frame([GET[0], *GET]), ErrorCode.H3_MESSAGE_ERROR),
+    ("pseudo-header after a regular field", headers_frame([*GET[:3], (b"x-a", b"1"), GET[3]]),
+     ErrorCode.H3_MESSAGE_ERROR),
+    ("uppercase field name", headers_frame([*GET, (b"X-Upper", b"1")]), ErrorCode.H3_MESSAGE_ERROR),
+    ("connection-specific field", headers_frame([*GET, (b"connection", b"close")]), ErrorCode.H3_MESSAGE_ERROR),
+    ("content-length and body differ", headers_frame([*GET, (b"content-length", b"10")])
+     + encode_frame(FrameType.DATA, b"short"), ErrorCode.H3_MESSAGE_ERROR),
+    ("stream ends before HEADERS", b"", ErrorCode.H3_REQUEST_INCOMPLETE),
+    ("HEADERS over the field section limit", headers_frame([*GET, (b"x-big", b"v" * 2000)]),
+     ErrorCode.H3_EXCESSIVE_LOAD),
+])
+def test_malformed_requests_are_stream_errors(server_credential, name: str, request_bytes: bytes, code: int) -> None:
+    async def main() -> None:
+        async with raw_client(server_credential, max_field_section_size=1000) as client:
+            bad = client.send(request_bytes)
+            await asyncio.wait_for(client.ended_event(bad).wait(), 10)
+            assert client.resets.get(bad) == code, name
+            headers, body = await client.response(client.send(headers_frame(GET)))  # the connection carries on
+            assert (b":status", b"200") in headers and body == b"hello"
+    run(main())
+
+
+@pytest.mark.parametrize("name, request_bytes", [
+    ("DATA before HEADERS", encode_frame(FrameType.DATA, b"x")),
+    ("SETTINGS on a request stream", headers_frame(GET) + encode_frame(FrameType.SETTINGS, b"")),
+    ("DATA after trailers", headers_frame(GET) + headers_frame([(b"x-t", b"1")]) + encode_frame(FrameType.DATA, b"x")),
+    ("stream ends inside a frame", headers_frame(GET) + encode_frame(FrameType.DATA, b"abcdef")[:-2]),
+])
+def test_bad_frame_sequences_are_connection_errors(server_credential, name: str, request_bytes: bytes) -> None:
+    async def main() -> None:
+        async with raw_client(server_credential) as client:
+            client.send(request_bytes)
+            code = await client.closed_with()
+            assert code == (ErrorCode.H3_FRAME_ERROR if "inside" in name else ErrorCode.H3_FRAME_UNEXPECTED), name
+    run(main())
+
+
+def test_request_trailers_and_response_trailers(server_credential) -> None:
+    async def main() -> None:
+        async with raw_client(server_credential) as client:
+            request = (headers_frame([*GET[:3], (b":path", b"/trailers")]) + encode_frame(FrameType.DATA, b"body")
+                       + headers_frame([(b"x-request-trailer", b"1")]))
+            stream_id = client.send(request)
+            await asyncio.wait_for(client.ended_event(stream_id).wait(), 10)
+            frames = FrameReader(StreamKind.RESPONSE).feed(bytes(client.data[stream_id]))
+            assert [f.type for f in frames] == [FrameType.HEADERS, FrameType.DATA, FrameType.HEADERS]
+            _, trailers = pylsqpack.Decoder(0, 0).feed_header(stream_id, frames[2].data)
+            assert trailers == [(b"x-trailer", b"yes")]
+    run(main())
+
+
+def test_cancelled_request_reaches_the_app_as_disconnect(server_credential) -> None:
+    async def main() -> None:
+        disconnects.clear()
+        events.update(started=asyncio.Event(), disconnected=asyncio.Event())
+        async with raw_client(server_credential) as client:
+            stream_id = client.send(headers_frame([*GET[:3], (b":path", b"/cancelled")])
+                                    + encode_frame(FrameType.DATA, b"part"), end=False)
+            await asyncio.wait_for(events["started"].wait(), 10)  # the app runs, waiting for more body
+            client._quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            client.transmit()
+            headers, _ = await client.response(client.send(headers_frame(GET)))  # the connection carries on
+            assert (b":status", b"200") in headers
+            await asyncio.wait_for(events["disconnected"].wait(), 10)  # the app's receive() returned http.disconnect
+            assert disconnects == ["/cancelled"]
+        events.clear()
+    run(main())
