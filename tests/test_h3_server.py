@@ -12,9 +12,10 @@ from typing import Any, AsyncIterator
 
 import pylsqpack
 import pytest
-from aioquic.asyncio import QuicConnectionProtocol, connect
+from aioquic.asyncio import connect
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingReceived, StreamDataReceived, StreamReset
+from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingReceived
+from test_interop import EventLog
 
 import pymsquic
 import pymsquic.h3
@@ -43,42 +44,25 @@ def headers_frame(headers: list[tuple[bytes, bytes]]) -> bytes:
     return encode_frame(FrameType.HEADERS, block)
 
 
-class RawH3Client(QuicConnectionProtocol):
-    """Writes bytes on streams as told; records what comes back."""
+class RawH3Client(EventLog):
+    """Writes bytes on streams as told (``send``); records what comes back,
+    STOP_SENDING and the connection's close code too."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.data: dict[int, bytearray] = {}
-        self.ended: dict[int, asyncio.Event] = {}
-        self.resets: dict[int, int] = {}
         self.stop_sending: dict[int, int] = {}
         self.stop_event = asyncio.Event()
         self.close_code: int | None = None
         self.terminated = asyncio.Event()
 
-    def ended_event(self, stream_id: int) -> asyncio.Event:
-        return self.ended.setdefault(stream_id, asyncio.Event())
-
     def quic_event_received(self, event: QuicEvent) -> None:
-        if isinstance(event, StreamDataReceived):
-            self.data.setdefault(event.stream_id, bytearray()).extend(event.data)
-            if event.end_stream:
-                self.ended_event(event.stream_id).set()
-        elif isinstance(event, StreamReset):
-            self.resets[event.stream_id] = event.error_code
-            self.ended_event(event.stream_id).set()
-        elif isinstance(event, StopSendingReceived):
+        super().quic_event_received(event)
+        if isinstance(event, StopSendingReceived):
             self.stop_sending[event.stream_id] = event.error_code
             self.stop_event.set()
         elif isinstance(event, ConnectionTerminated):
             self.close_code = event.error_code
             self.terminated.set()
-
-    def send(self, data: bytes, *, uni: bool = False, end: bool = True) -> int:
-        stream_id = self._quic.get_next_available_stream_id(is_unidirectional=uni)
-        self._quic.send_stream_data(stream_id, data, end_stream=end)
-        self.transmit()
-        return stream_id
 
     async def response(self, stream_id: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
         """The response on ``stream_id``: its headers and body (the server's encoder
