@@ -84,7 +84,9 @@ events: dict[str, asyncio.Event] = {}  # the waiting test's events, made on its 
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """Echo the body; /trailers answers with trailers; records http.disconnect."""
+    """Echo the body; /trailers answers with trailers; records http.disconnect. No lifespan."""
+    if scope["type"] != "http":
+        raise RuntimeError(f"no {scope['type']} here")
     body = bytearray()
     if "started" in events:
         events["started"].set()

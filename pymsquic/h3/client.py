@@ -174,6 +174,14 @@ class Client:
         """``request("POST", url, ...)``."""
         return await self.request("POST", url, **kwargs)  # type: ignore[arg-type]
 
+    async def put(self, url: str, **kwargs: object) -> Response:
+        """``request("PUT", url, ...)``."""
+        return await self.request("PUT", url, **kwargs)  # type: ignore[arg-type]
+
+    async def delete(self, url: str, **kwargs: object) -> Response:
+        """``request("DELETE", url, ...)``."""
+        return await self.request("DELETE", url, **kwargs)  # type: ignore[arg-type]
+
     async def aclose(self) -> None:
         """Close every connection (GOAWAY, then H3_NO_ERROR)."""
         connections, self._connections = list(self._connections.values()), {}

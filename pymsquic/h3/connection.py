@@ -18,6 +18,7 @@ import logging
 import weakref
 from typing import Any, Callable, Coroutine
 
+from .._msquic import lib
 from ..asyncio import Connection, Stream
 from ..errors import ConnectionClosed, IncompleteReadError, QuicError, StreamError
 from .errors import ErrorCode, H3ConnectionError, H3Error, H3StreamError
@@ -400,6 +401,14 @@ class RequestStream:
         else:
             self.stream.write(encode_frame_header(FrameType.DATA, len(data)))
             self.stream.write(data, fin=end_stream)
+
+    async def wait_peer_gone(self) -> None:
+        """Wait until the peer no longer wants what we send: STOP_SENDING came
+        (a cancelled request), or the stream or its connection is over."""
+        gone = lib.PMQ_STREAM_STOP_SENDING_RECEIVED | lib.PMQ_STREAM_SHUTDOWN_COMPLETE
+        stream = self.stream
+        # No public wait for this one state: the stream's own waiter, woken on every change.
+        await stream._wait(lambda: True if stream._state().flags & gone else None, "wait_peer_gone()")
 
     def end(self) -> None:
         """End our side of the stream (FIN)."""

@@ -45,8 +45,14 @@ class _Exchange:
         self.headers_sent = False
 
     async def receive(self) -> Message:
-        if self.body_done:
-            await self.response_done.wait()  # the ASGI way to say the exchange is over
+        if self.body_done:  # nothing more to receive: wait until the response is done or unwanted
+            waits = [asyncio.ensure_future(self.response_done.wait()),
+                     asyncio.ensure_future(self.request.wait_peer_gone())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
             return {"type": "http.disconnect"}
         try:
             chunk = await self.request.receive_data()
@@ -146,14 +152,24 @@ async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream
                 scope["method"], scope["path"], exchange.status)
 
 
-async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, **h3_options: Any) -> None:
-    """Serve HTTP/3 on one accepted QUIC connection until it ends."""
+async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
+                           shutdown: asyncio.Event | None = None, **h3_options: Any) -> None:
+    """Serve HTTP/3 on one accepted QUIC connection until it ends, or until
+    ``shutdown`` is set: then GOAWAY, the requests already in finish, and the
+    connection closes with H3_NO_ERROR."""
     h3 = H3Connection(quic, is_client=False, **h3_options)
     h3.start()
     tasks: set[asyncio.Task[None]] = set()
+    stop = asyncio.ensure_future((shutdown or asyncio.Event()).wait())
     try:
         while True:
-            request = await h3.accept_request()
+            accept = asyncio.ensure_future(h3.accept_request())
+            await asyncio.wait({accept, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not accept.done():  # shutting down: a queue's get() loses nothing when cancelled
+                accept.cancel()
+                h3.send_goaway()
+                break
+            request = accept.result()
             if request is None:
                 break
             task = asyncio.ensure_future(_handle_request(app, h3, request))
@@ -162,9 +178,106 @@ async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, **h3
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
     finally:
+        stop.cancel()
         for task in tasks:
             task.cancel()
         await h3.close()
+
+
+class H3Server:
+    """An HTTP/3 server running an ASGI app (see :func:`serve`).
+
+    :meth:`close` shuts down gracefully: GOAWAY on every connection, the
+    requests already in finish (up to ``grace`` seconds), then the connections
+    close with H3_NO_ERROR and the ASGI lifespan ends. ``async with`` closes on
+    the way out.
+    """
+
+    def __init__(self, quic_server: pymsquic_asyncio.Server, shutdown: asyncio.Event, lifespan: _Lifespan) -> None:
+        self.quic_server = quic_server
+        self._shutdown = shutdown
+        self._lifespan = lifespan
+        self._closing: asyncio.Task[None] | None = None
+
+    @property
+    def addresses(self) -> list[Any]:
+        """The addresses listened on (port 0 picked a free port: it is here)."""
+        return list(self.quic_server.addresses)
+
+    def close(self, grace: float = 5.0) -> None:
+        """Start the graceful shutdown (does not wait: see :meth:`wait_closed`)."""
+        if self._closing is None:
+            self._shutdown.set()
+            self._closing = asyncio.ensure_future(self._close(grace))
+
+    async def _close(self, grace: float) -> None:
+        self.quic_server.close(grace)
+        try:
+            await self.quic_server.wait_closed()
+        finally:
+            await self._lifespan.shutdown()
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`close` is over."""
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled (then close gracefully)."""
+        try:
+            await self.quic_server.serve_forever()
+        finally:
+            self.close()
+            await self.wait_closed()
+
+    async def __aenter__(self) -> H3Server:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+class _Lifespan:
+    """The ASGI lifespan protocol: startup before serving, shutdown after. An
+    app that does not support it (raises at once) is served without it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+        self._to_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._from_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.supported = True
+
+    async def startup(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+        self._to_app.put_nowait({"type": "lifespan.startup"})
+        message = await self._from_app.get()
+        if message["type"] == "lifespan.startup.failed":
+            raise RuntimeError(f"ASGI lifespan startup failed: {message.get('message', '')}")
+
+    async def _run(self) -> None:
+        scope: Scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+        try:
+            await self._app(scope, self._to_app.get, self._send)
+        except Exception:
+            if self.supported:  # before any message: the app has no lifespan support
+                logger.debug("the ASGI app does not support lifespan", exc_info=True)
+        finally:
+            self.supported = False
+            self._from_app.put_nowait({"type": "lifespan.unsupported"})
+
+    async def _send(self, message: Message) -> None:
+        self._from_app.put_nowait(message)
+
+    async def shutdown(self) -> None:
+        if self._task is None or self._task.done():
+            return
+        self._to_app.put_nowait({"type": "lifespan.shutdown"})
+        message = await self._from_app.get()
+        if message["type"] == "lifespan.shutdown.failed":
+            logger.error("ASGI lifespan shutdown failed: %s", message.get("message", ""))
+        self._task.cancel()
 
 
 async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Credential,
@@ -172,9 +285,9 @@ async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Creden
                 max_field_section_size: int = MAX_HEADERS_FRAME_SIZE,
                 qpack_max_table_capacity: int = DEFAULT_MAX_TABLE_CAPACITY,
                 qpack_blocked_streams: int = DEFAULT_BLOCKED_STREAMS,
-                **serve_options: Any) -> pymsquic_asyncio.Server:
+                **serve_options: Any) -> H3Server:
     """Serve the ASGI 3 ``app`` over HTTP/3 on ``host:port`` (port 0: any free
-    one, see ``server.addresses``): a started :class:`pymsquic.asyncio.Server`.
+    one, see :attr:`H3Server.addresses`), after the app's lifespan startup.
     ``max_concurrent_requests`` is the number of request streams a client may
     have open at once; ``max_field_section_size`` bounds a request's header
     section (larger: stream error H3_EXCESSIVE_LOAD); the ``qpack_`` limits
@@ -182,11 +295,15 @@ async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Creden
     to :func:`pymsquic.asyncio.serve`."""
     settings = dataclasses.replace(settings or Settings(idle_timeout_ms=30_000),
                                    peer_bidi_stream_count=max_concurrent_requests, peer_unidi_stream_count=16)
+    shutdown = asyncio.Event()
+    lifespan = _Lifespan(app)
+    await lifespan.startup()
 
     async def handler(quic: pymsquic_asyncio.Connection) -> None:
-        await serve_connection(app, quic, max_field_section_size=max_field_section_size,
+        await serve_connection(app, quic, shutdown=shutdown, max_field_section_size=max_field_section_size,
                                qpack_max_table_capacity=qpack_max_table_capacity,
                                qpack_blocked_streams=qpack_blocked_streams)
 
-    return await pymsquic_asyncio.serve(handler, host, port, alpn=ALPN, credential=credential, settings=settings,
-                                        **serve_options)
+    quic_server = await pymsquic_asyncio.serve(handler, host, port, alpn=ALPN, credential=credential,
+                                               settings=settings, **serve_options)
+    return H3Server(quic_server, shutdown, lifespan)
