@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_h3_interop import read_body
 
 import pymsquic
 import pymsquic.h3
@@ -34,12 +35,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if path == "/slow":  # answers once the test says so
         state["slow started"].set()
         await state["slow go"].wait()
-    body = bytearray()
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     headers = [(b"x-method", scope["method"].encode())]
     if path == "/lying":
         headers.append((b"content-length", b"10"))
@@ -50,7 +46,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await send({"type": "http.response.body", "body": b""})
         await send({"type": "http.response.trailers", "headers": [(b"x-sum", str(len(body)).encode())]})
     else:
-        await send({"type": "http.response.body", "body": bytes(body) if body else b"short"})
+        await send({"type": "http.response.body", "body": body or b"short"})
 
 
 async def start(credential: pymsquic.Credential) -> tuple[pymsquic.h3.H3Server, str]:

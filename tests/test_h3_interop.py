@@ -124,16 +124,21 @@ def test_client_closes_with_frame_unexpected_on_data_before_headers(cert_files) 
 
 # ---- aioquic's HTTP/3 client against the pymsquic h3 (ASGI) server ------------------------
 
-async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """GET: 4000 bytes; POST: the body back, read in pieces as it streams in."""
-    assert scope["type"] == "http" and scope["http_version"] == "3"
+async def read_body(receive: Any) -> bytes:
+    """An ASGI request body, gathered from the pieces receive() gives."""
     body = bytearray()
     while True:
         message = await receive()
         body += message.get("body", b"")
         if not message.get("more_body"):
-            break
-    content = bytes(body) if scope["method"] == "POST" else BODY_4000
+            return bytes(body)
+
+
+async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """GET: 4000 bytes; POST: the body back, read in pieces as it streams in."""
+    assert scope["type"] == "http" and scope["http_version"] == "3"
+    body = await read_body(receive)
+    content = body if scope["method"] == "POST" else BODY_4000
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-length", str(len(content)).encode()), (b"x-path", scope["path"].encode())]})
     await send({"type": "http.response.body", "body": content[:1000], "more_body": True})
