@@ -25,6 +25,15 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await send({"type": message["type"] + ".complete"})
             if message["type"] == "lifespan.shutdown":
                 return
+    state["in flight"] = state.get("in flight", 0) + 1
+    state["peak"] = max(state.get("peak", 0), state["in flight"])
+    try:
+        await respond(scope, receive, send)
+    finally:
+        state["in flight"] -= 1
+
+
+async def respond(scope: dict[str, Any], receive: Any, send: Any) -> None:
     path = scope["path"]
     if path == "/hang":  # waits for the client to go away
         state["hang started"].set()
@@ -32,6 +41,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             pass
         state["hang disconnected"].set()
         return
+    if path.startswith("/held"):  # answers once 5 requests are in at once
+        if state["in flight"] >= 5:
+            state["full"].set()
+        await state["full"].wait()
     if path == "/slow":  # answers once the test says so
         state["slow started"].set()
         await state["slow go"].wait()
@@ -132,5 +145,25 @@ def test_graceful_shutdown_sends_goaway_and_finishes_requests(server_credential:
             assert response.content == b"in flight"
             await asyncio.wait_for(server.wait_closed(), 10)
             assert h3.quic.close_reason is not None and h3.quic.close_reason.error_code == ErrorCode.H3_NO_ERROR
+
+    asyncio.run(main())
+
+
+def test_more_requests_than_the_server_allows_at_once(server_credential: pymsquic.Credential) -> None:
+    async def main() -> None:
+        state.clear()
+        server = await pymsquic.h3.serve(app, "127.0.0.1", 0, credential=server_credential,
+                                         max_concurrent_requests=5)
+        state["full"] = asyncio.Event()
+        url = f"https://127.0.0.1:{server.addresses[0][1]}"
+        async with server, pymsquic.h3.Client(verify=False, timeout=10) as client:
+            # QUIC's stream limit holds the 6th and later requests until earlier ones end
+            responses = await asyncio.gather(*(client.post(f"{url}/held{i}", content=b"%d" % i)
+                                             for i in range(40)))
+            assert [r.content for r in responses] == [b"%d" % i for i in range(40)]
+            assert state["peak"] == 5  # 5 at once: the held ones waited for each other
+            (conn,) = server.quic_server._connections
+            assert conn.read_settings().peer_bidi_stream_count == 5  # QUIC's limit, not more, held the rest
+            assert len(client._connections) == 1
 
     asyncio.run(main())
