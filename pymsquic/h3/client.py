@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-from typing import TYPE_CHECKING, AsyncIterator, Mapping, Sequence, Tuple, Union
+import sys
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Mapping, Sequence, Tuple, TypeVar, Union
 from urllib.parse import urlsplit
 
 from .. import asyncio as pymsquic_asyncio
@@ -23,6 +24,18 @@ if TYPE_CHECKING:
     from typing_extensions import Self
 
 HeadersLike = Union[Mapping[str, str], Sequence[Tuple[str, str]]]
+
+T = TypeVar("T")
+
+if sys.version_info >= (3, 11):
+    async def bounded(awaitable: Awaitable[T], timeout: float | None) -> T:
+        """``awaitable`` within ``timeout`` seconds (asyncio.timeout: no task per wait, unlike wait_for)."""
+        async with asyncio.timeout(timeout):
+            return await awaitable
+else:  # pragma: no cover - Python 3.10
+    async def bounded(awaitable: Awaitable[T], timeout: float | None) -> T:
+        """``awaitable`` within ``timeout`` seconds."""
+        return await asyncio.wait_for(awaitable, timeout)
 
 #: Settings a client connection needs: the server opens 3 unidirectional streams (more with grease).
 CLIENT_SETTINGS = Settings(peer_unidi_stream_count=16, idle_timeout_ms=30_000)
@@ -53,7 +66,7 @@ class Response:
         """The body as it arrives (each wait bounded by the client's timeout)."""
         request = self._request
         while True:
-            chunk = await asyncio.wait_for(request.receive_data(), self._timeout)
+            chunk = await bounded(request.receive_data(), self._timeout)
             if not chunk:
                 break
             yield chunk
@@ -149,7 +162,7 @@ class Client:
             request.send_headers(fields, end_stream=not content)
             if content:
                 request.send_data(content, end_stream=True)
-            response_headers = await asyncio.wait_for(request.receive_headers(), self.timeout)
+            response_headers = await bounded(request.receive_headers(), self.timeout)
             try:
                 status = check_response(response_headers)
             except H3StreamError as exc:

@@ -114,6 +114,12 @@ class H3Connection:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def stop_accepting(self) -> None:
+        """Server: GOAWAY, and :meth:`accept_request` returns None once the
+        requests already in are taken (later ones are refused, H3_REQUEST_REJECTED)."""
+        self.send_goaway()
+        self._requests.put_nowait(None)
+
     def send_goaway(self) -> None:
         """Graceful shutdown, section 5.2: a server accepts no request after
         those already in; a client (no push) sends push id 0."""
@@ -383,12 +389,22 @@ class RequestStream:
             self._error(exc)
             raise
 
-    def send_headers(self, headers: Headers, end_stream: bool = False) -> None:
-        """Send a HEADERS frame (headers first, or trailers after the data)."""
+    def _headers_frame(self, headers: Headers) -> bytes:
         stream_id = self.stream.id
         encoder_data, block = self.h3._encoder.encode(0 if stream_id is None else stream_id, headers)
-        self.h3._send_encoder_data(encoder_data)
-        self.stream.write(encode_frame(FrameType.HEADERS, block), fin=end_stream)
+        self.h3._send_encoder_data(encoder_data)  # before the block that may refer to it
+        return encode_frame(FrameType.HEADERS, block)
+
+    def send_headers(self, headers: Headers, end_stream: bool = False) -> None:
+        """Send a HEADERS frame (headers first, or trailers after the data)."""
+        self.stream.write(self._headers_frame(headers), fin=end_stream)
+
+    def send_headers_and_data(self, headers: Headers, data: bytes, end_stream: bool = False) -> None:
+        """HEADERS then DATA in one write (a whole small response at once)."""
+        frames = self._headers_frame(headers)
+        if data:
+            frames += encode_frame_header(FrameType.DATA, len(data)) + data
+        self.stream.write(frames, fin=end_stream)
 
     def send_data(self, data: bytes, end_stream: bool = False) -> None:
         """Send a DATA frame (never waits: see :meth:`drain`)."""

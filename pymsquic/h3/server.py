@@ -83,10 +83,12 @@ class _Exchange:
                 raise RuntimeError("http.response.body before http.response.start or after the end")
             more = bool(message.get("more_body", False))
             end = not more and not self.trailers_expected
-            if not self.headers_sent:
+            body = bytes(message.get("body", b""))
+            if self.headers_sent:
+                request.send_data(body, end_stream=end)
+            else:
                 self.headers_sent = True
-                request.send_headers(self.response_headers)
-            request.send_data(bytes(message.get("body", b"")), end_stream=end)
+                request.send_headers_and_data(self.response_headers, body, end_stream=end)
             if end:
                 self.response_done.set()
             await request.drain()
@@ -160,16 +162,15 @@ async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
     h3 = H3Connection(quic, is_client=False, **h3_options)
     h3.start()
     tasks: set[asyncio.Task[None]] = set()
-    stop = asyncio.ensure_future((shutdown or asyncio.Event()).wait())
+
+    async def stop_on_shutdown() -> None:
+        await (shutdown or asyncio.Event()).wait()
+        h3.stop_accepting()
+
+    stop = asyncio.ensure_future(stop_on_shutdown())
     try:
         while True:
-            accept = asyncio.ensure_future(h3.accept_request())
-            await asyncio.wait({accept, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if not accept.done():  # shutting down: a queue's get() loses nothing when cancelled
-                accept.cancel()
-                h3.send_goaway()
-                break
-            request = accept.result()
+            request = await h3.accept_request()
             if request is None:
                 break
             task = asyncio.ensure_future(_handle_request(app, h3, request))
