@@ -13,11 +13,13 @@ from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ConnectionTerminated, QuicEvent, StreamReset
+from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamDataReceived, StreamReset
+from test_h3_server import control_stream, headers_frame
 
 import pymsquic
 import pymsquic.h3
 from pymsquic.h3 import ErrorCode
+from pymsquic.h3.frames import FrameType, encode_frame
 
 BODY_4000 = bytes(range(256)) * 15 + bytes(160)  # 4000 bytes, not all alike
 
@@ -239,5 +241,85 @@ def test_asgi_server_answers_malformed_input_with_rfc_codes(server_credential) -
             client.transmit()
             await asyncio.wait_for(client.terminated.wait(), 10)
             assert client.close_code == ErrorCode.H3_FRAME_UNEXPECTED
+
+    asyncio.run(main())
+
+
+# ---- the pymsquic h3 client against a raw aioquic QUIC server writing HTTP/3 bytes itself --------
+
+class RawH3Server(QuicConnectionProtocol):
+    """Opens its control stream with ``control`` (FIN if ``end_control``) and answers
+    every request stream, once it ends, with the bytes ``answer``; records how
+    the connection ended. Class attributes: set by each test."""
+
+    control = b""
+    end_control = False
+    answer = b""
+    terminated: asyncio.Event | None = None
+    close_code: int | None = None
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, HandshakeCompleted):
+            self._quic.send_stream_data(self._quic.get_next_available_stream_id(is_unidirectional=True),
+                                        RawH3Server.control, end_stream=RawH3Server.end_control)
+        elif isinstance(event, StreamDataReceived) and event.stream_id % 4 == 0 and event.end_stream:
+            self._quic.send_stream_data(event.stream_id, RawH3Server.answer, end_stream=True)
+        elif isinstance(event, ConnectionTerminated):
+            RawH3Server.close_code = event.error_code
+            if RawH3Server.terminated is not None:
+                RawH3Server.terminated.set()
+        self.transmit()
+
+
+@contextlib.asynccontextmanager
+async def raw_h3_server(cert_files: Any, control: bytes, answer: bytes,
+                        end_control: bool = False) -> AsyncIterator[str]:
+    """A RawH3Server listening; yields its URL."""
+    certfile, keyfile = cert_files
+    RawH3Server.control, RawH3Server.answer, RawH3Server.end_control = control, answer, end_control
+    RawH3Server.terminated, RawH3Server.close_code = asyncio.Event(), None
+    config = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN)
+    config.load_cert_chain(str(certfile), str(keyfile))
+    server = await serve("127.0.0.1", 0, configuration=config, create_protocol=RawH3Server)
+    try:
+        yield f"https://127.0.0.1:{server._transport.get_extra_info('sockname')[1]}"
+    finally:
+        server.close()
+
+
+def test_client_takes_interim_responses_before_the_final_one(cert_files) -> None:
+    answer = (headers_frame([(b":status", b"103"), (b"link", b"</style.css>; rel=preload")])
+              + headers_frame([(b":status", b"100")]) + headers_frame([(b":status", b"200")])
+              + encode_frame(FrameType.DATA, b"final body"))
+
+    async def main() -> None:
+        async with raw_h3_server(cert_files, control_stream(), answer) as url, \
+                pymsquic.h3.Client(verify=False, timeout=10) as client:
+            response = await client.get(f"{url}/")
+            assert response.status_code == 200 and response.content == b"final body"
+
+    asyncio.run(main())
+
+
+def test_client_refuses_a_101_response(cert_files) -> None:
+    async def main() -> None:
+        async with raw_h3_server(cert_files, control_stream(), headers_frame([(b":status", b"101")])) as url, \
+                pymsquic.h3.Client(verify=False, timeout=10) as client:
+            with pytest.raises(pymsquic.h3.H3StreamError) as info:
+                await client.get(f"{url}/")
+            assert info.value.error_code == ErrorCode.H3_MESSAGE_ERROR
+
+    asyncio.run(main())
+
+
+def test_client_closes_when_the_server_ends_its_control_stream(cert_files) -> None:
+    async def main() -> None:
+        async with raw_h3_server(cert_files, control_stream(), b"", end_control=True) as url, \
+                pymsquic.h3.Client(verify=False, timeout=10) as client:
+            with contextlib.suppress(pymsquic.ConnectionClosed, pymsquic.h3.H3Error, pymsquic.StreamError):
+                await client.get(f"{url}/")  # whichever comes first: the answer or the close
+            assert RawH3Server.terminated is not None
+            await asyncio.wait_for(RawH3Server.terminated.wait(), 10)
+            assert RawH3Server.close_code == ErrorCode.H3_CLOSED_CRITICAL_STREAM
 
     asyncio.run(main())

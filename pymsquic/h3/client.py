@@ -162,12 +162,18 @@ class Client:
             request.send_headers(fields, end_stream=not content)
             if content:
                 request.send_data(content, end_stream=True)
-            response_headers = await bounded(request.receive_headers(), self.timeout)
-            try:
-                status = check_response(response_headers)
-            except H3StreamError as exc:
-                request.abort(exc.error_code)
-                raise
+            while True:  # interim (1xx) responses come before the final one
+                response_headers = await bounded(request.receive_headers(), self.timeout)
+                try:
+                    status = check_response(response_headers)
+                    if status == 101:  # no Upgrade in HTTP/3 (RFC 9114 section 4.5)
+                        raise H3StreamError(ErrorCode.H3_MESSAGE_ERROR, "101 response in HTTP/3")
+                except H3StreamError as exc:
+                    request.abort(exc.error_code)
+                    raise
+                if status >= 200:
+                    break
+                request.interim_received()
             response = Response(status, response_headers, request, self.timeout)
             if not stream:
                 await response.read()

@@ -389,6 +389,11 @@ class RequestStream:
             self._error(exc)
             raise
 
+    def interim_received(self) -> None:
+        """The headers received were an interim (1xx) response: another HEADERS
+        frame, the final response's, may follow (RFC 9114 section 4.1)."""
+        self._headers_received = False
+
     def _headers_frame(self, headers: Headers) -> bytes:
         stream_id = self.stream.id
         encoder_data, block = self.h3._encoder.encode(0 if stream_id is None else stream_id, headers)
