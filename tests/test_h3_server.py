@@ -21,6 +21,7 @@ import pymsquic
 import pymsquic.h3
 from pymsquic.h3 import ErrorCode
 from pymsquic.h3.frames import (
+    Frame,
     FrameReader,
     FrameType,
     StreamKind,
@@ -87,6 +88,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Echo the body; /trailers answers with trailers; records http.disconnect. No lifespan."""
     if scope["type"] != "http":
         raise RuntimeError(f"no {scope['type']} here")
+    if scope["path"] == "/no-read":  # answers without reading the body
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"did not read it"})
+        return
     body = bytearray()
     if "started" in events:
         events["started"].set()
@@ -248,4 +253,17 @@ def test_cancelled_request_reaches_the_app_as_disconnect(server_credential) -> N
             await asyncio.wait_for(events["disconnected"].wait(), 10)  # the app's receive() returned http.disconnect
             assert disconnects == ["/cancelled"]
         events.clear()
+    run(main())
+
+
+def test_body_not_read_by_the_app_is_stopped_with_no_error(server_credential) -> None:
+    async def main() -> None:
+        async with raw_client(server_credential) as client:
+            stream_id = client.send(headers_frame([*GET[:3], (b":path", b"/no-read")])
+                                    + encode_frame(FrameType.DATA, b"more to come"), end=False)
+            await asyncio.wait_for(client.stop_event.wait(), 10)  # STOP_SENDING: the rest is not wanted
+            assert client.stop_sending[stream_id] == ErrorCode.H3_NO_ERROR
+            await asyncio.wait_for(client.ended_event(stream_id).wait(), 10)
+            frames = FrameReader(StreamKind.RESPONSE).feed(bytes(client.data[stream_id]))
+            assert frames[-1] == Frame(FrameType.DATA, b"did not read it")  # the response is whole
     run(main())

@@ -5,6 +5,7 @@ the app sends ``http.response.trailers``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 from typing import Any, Awaitable, Callable, MutableMapping
@@ -149,6 +150,9 @@ async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream
                 pass
     finally:
         exchange.response_done.set()
+        if not exchange.body_done:  # answered without reading it all: the rest is not wanted (section 4.1)
+            with contextlib.suppress(StreamError, ConnectionClosed):
+                request.stream.stop_sending(ErrorCode.H3_NO_ERROR)
     client = scope["client"]
     logger.info('%s:%s - "%s %s HTTP/3" %s', client[0] if client else "-", client[1] if client else "-",
                 scope["method"], scope["path"], exchange.status)
