@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import pytest
 from test_h3_interop import read_body
@@ -165,5 +165,19 @@ def test_more_requests_than_the_server_allows_at_once(server_credential: pymsqui
             (conn,) = server.quic_server._connections
             assert conn.read_settings().peer_bidi_stream_count == 5  # QUIC's limit, not more, held the rest
             assert len(client._connections) == 1
+
+    asyncio.run(main())
+
+
+def test_streamed_request_body(server_credential: pymsquic.Credential) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(50):
+            yield bytes([i]) * 10_000  # 500 kB, drained piece by piece
+
+    async def main() -> None:
+        server, url = await start(server_credential)
+        async with server, pymsquic.h3.Client(verify=False, timeout=10) as client:
+            response = await client.post(f"{url}/upload", content=body())
+            assert response.content == b"".join(bytes([i]) * 10_000 for i in range(50))
 
     asyncio.run(main())

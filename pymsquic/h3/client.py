@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 import os
 import sys
-from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Mapping, Sequence, Tuple, TypeVar, Union
+from typing import TYPE_CHECKING, AsyncIterable, AsyncIterator, Awaitable, Mapping, Sequence, Tuple, TypeVar, Union
 from urllib.parse import urlsplit
 
 from .. import asyncio as pymsquic_asyncio
@@ -143,8 +143,10 @@ class Client:
             return h3
 
     async def request(self, method: str, url: str, *, headers: HeadersLike | None = None,
-                      content: bytes | None = None, stream: bool = False) -> Response:
-        """Send a request, return the response (its body read, unless ``stream=True``)."""
+                      content: bytes | AsyncIterable[bytes] | None = None, stream: bool = False) -> Response:
+        """Send a request, return the response (its body read, unless ``stream=True``).
+        ``content``: the body, bytes or an async iterable of bytes (sent as it comes,
+        waiting for room in the stream; then without content-length unless given)."""
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             raise ValueError(f"an HTTP/3 URL is https://host[:port]/path, not {url!r}")
@@ -155,13 +157,20 @@ class Client:
                            (b":authority", parts.netloc.encode()), (b":path", path.encode())]
         items = headers.items() if isinstance(headers, Mapping) else (headers or [])
         fields += [(name.lower().encode(), value.encode()) for name, value in items]
-        if content is not None and not any(name == b"content-length" for name, _ in fields):
+        if isinstance(content, bytes) and not any(name == b"content-length" for name, _ in fields):
             fields.append((b"content-length", str(len(content)).encode()))
         request = h3.open_request()
         try:
-            request.send_headers(fields, end_stream=not content)
-            if content:
-                request.send_data(content, end_stream=True)
+            if isinstance(content, bytes) or content is None:
+                request.send_headers(fields, end_stream=not content)
+                if content:
+                    request.send_data(content, end_stream=True)
+            else:
+                request.send_headers(fields)
+                async for chunk in content:
+                    request.send_data(chunk)
+                    await bounded(request.drain(), self.timeout)
+                request.end()
             while True:  # interim (1xx) responses come before the final one
                 response_headers = await bounded(request.receive_headers(), self.timeout)
                 try:
