@@ -30,6 +30,8 @@ T = TypeVar("T")
 if sys.version_info >= (3, 11):
     async def bounded(awaitable: Awaitable[T], timeout: float | None) -> T:
         """``awaitable`` within ``timeout`` seconds (asyncio.timeout: no task per wait, unlike wait_for)."""
+        if timeout is None:
+            return await awaitable
         async with asyncio.timeout(timeout):
             return await awaitable
 else:  # pragma: no cover - Python 3.10
@@ -171,28 +173,37 @@ class Client:
                     request.send_data(chunk)
                     await bounded(request.drain(), self.timeout)
                 request.end()
-            while True:  # interim (1xx) responses come before the final one
-                response_headers = await bounded(request.receive_headers(), self.timeout)
-                try:
-                    status = check_response(response_headers)
-                    if status == 101:  # no Upgrade in HTTP/3 (RFC 9114 section 4.5)
-                        raise H3StreamError(ErrorCode.H3_MESSAGE_ERROR, "101 response in HTTP/3")
-                except H3StreamError as exc:
-                    request.abort(exc.error_code)
-                    raise
-                if status >= 200:
-                    break
-                request.interim_received()
-            response = Response(status, response_headers, request, self.timeout)
-            if not stream:
-                await response.read()
-            return response
+            if stream:  # the body's waits are bounded one by one, as the caller reads
+                return await bounded(self._response(request, self.timeout), self.timeout)
+            return await bounded(self._whole_response(request), self.timeout)  # one bound for it all
         except asyncio.CancelledError:
             request.cancel()
             raise
         except asyncio.TimeoutError:
             request.cancel()
             raise
+
+    async def _whole_response(self, request: RequestStream) -> Response:
+        response = await self._response(request, None)
+        await response.read()
+        response._timeout = self.timeout
+        return response
+
+    async def _response(self, request: RequestStream, body_timeout: float | None) -> Response:
+        """The final response's head (after any interim ones)."""
+        while True:  # interim (1xx) responses come before the final one
+            response_headers = await request.receive_headers()
+            try:
+                status = check_response(response_headers)
+                if status == 101:  # no Upgrade in HTTP/3 (RFC 9114 section 4.5)
+                    raise H3StreamError(ErrorCode.H3_MESSAGE_ERROR, "101 response in HTTP/3")
+            except H3StreamError as exc:
+                request.abort(exc.error_code)
+                raise
+            if status >= 200:
+                break
+            request.interim_received()
+        return Response(status, response_headers, request, body_timeout)
 
     async def get(self, url: str, **kwargs: object) -> Response:
         """``request("GET", url, ...)``."""
