@@ -195,6 +195,11 @@ def test_reserved_and_unknown_things_are_ignored(server_credential) -> None:
     ("content-length and body differ", headers_frame([*GET, (b"content-length", b"10")])
      + encode_frame(FrameType.DATA, b"short"), ErrorCode.H3_MESSAGE_ERROR),
     ("stream ends before HEADERS", b"", ErrorCode.H3_REQUEST_INCOMPLETE),
+    (":protocol, extended CONNECT not offered", headers_frame([(b":method", b"CONNECT"), (b":protocol", b"x"),
+                                                              *GET[1:]]), ErrorCode.H3_MESSAGE_ERROR),
+    ("CONNECT with a :path", headers_frame([(b":method", b"CONNECT"), *GET[1:]]), ErrorCode.H3_MESSAGE_ERROR),
+    ("pseudo-header in trailers", headers_frame([*GET[:3], (b":path", b"/echo")]) + encode_frame(FrameType.DATA, b"x")
+     + headers_frame([(b":status", b"200")]), ErrorCode.H3_MESSAGE_ERROR),
     ("HEADERS over the field section limit", headers_frame([*GET, (b"x-big", b"v" * 2000)]),
      ErrorCode.H3_EXCESSIVE_LOAD),
 ])

@@ -39,7 +39,7 @@ from .frames import (
     parse_single_varint,
     varint_length,
 )
-from .message import Headers
+from .message import Headers, check_trailers
 from .qpack import DEFAULT_BLOCKED_STREAMS, DEFAULT_MAX_TABLE_CAPACITY, Decoder, Encoder
 
 logger = logging.getLogger("pymsquic")
@@ -382,6 +382,7 @@ class RequestStream:
                                             f"{FrameType(frame.type).name} after trailers")
                 if frame.type == FrameType.HEADERS:
                     self.trailers = await self._decode(frame.data)
+                    check_trailers(self.trailers)
                 elif frame.data:
                     self.data_received += len(frame.data)
                     return frame.data

@@ -10,7 +10,8 @@ from .errors import ErrorCode, H3StreamError
 
 Headers = List[Tuple[bytes, bytes]]
 
-_REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
+# No :protocol: extended CONNECT (RFC 9220) is not offered (no SETTINGS_ENABLE_CONNECT_PROTOCOL).
+_REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
 _RESPONSE_PSEUDO = frozenset({b":status"})
 # Section 4.2: fields that only mean something to HTTP/1.1 connections.
 _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
@@ -51,12 +52,10 @@ def check_request(headers: Headers) -> dict[bytes, bytes]:
     method = pseudo.get(b":method")
     if method is None:
         raise _malformed("request without :method")
-    if method == b"CONNECT" and b":protocol" not in pseudo:
+    if method == b"CONNECT":
         if b":scheme" in pseudo or b":path" in pseudo or b":authority" not in pseudo:
             raise _malformed("CONNECT needs :authority and no :scheme or :path")
         return pseudo
-    if b":protocol" in pseudo and method != b"CONNECT":
-        raise _malformed(":protocol outside an extended CONNECT")
     for name in (b":scheme", b":path"):
         if not pseudo.get(name):
             raise _malformed(f"request without {name.decode()}")
