@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -95,3 +98,11 @@ def test_bad_header_block_and_decoder_stream() -> None:
             encoder.feed_decoder(b"\x80")  # acknowledgement of a stream that sent nothing
         assert info.value.error_code == ErrorCode.QPACK_DECODER_STREAM_ERROR
     asyncio.run(main())
+
+
+def test_missing_pylsqpack_says_how_to_get_it() -> None:
+    code = ("import sys; sys.modules['pylsqpack'] = None\n"
+            "try:\n    import pymsquic.h3\nexcept ImportError as exc:\n    print(exc)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, check=True)
+    assert result.stdout.strip() == "pymsquic.h3 needs pylsqpack: pip install 'pymsquic[h3]'"

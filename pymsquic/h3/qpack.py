@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 from typing import Callable, List, Tuple
 
-import pylsqpack
+try:
+    import pylsqpack
+except ImportError as exc:  # an optional dependency: say how to get it
+    raise ImportError("pymsquic.h3 needs pylsqpack: pip install 'pymsquic[h3]'") from exc
 
 from .errors import ErrorCode, H3ConnectionError
 
