@@ -52,6 +52,8 @@ async def respond(scope: dict[str, Any], receive: Any, send: Any) -> None:
     headers = [(b"x-method", scope["method"].encode())]
     if path == "/lying":
         headers.append((b"content-length", b"10"))
+    if path == "/hop-by-hop":  # HTTP/1.1 fields an app may set: the server leaves them out
+        headers += [(b"Connection", b"keep-alive"), (b"Transfer-Encoding", b"chunked"), (b"X-Kept", b"yes")]
     await send({"type": "http.response.start", "status": 201, "headers": headers, "trailers": path == "/stream"})
     if path == "/stream":
         for i in range(10):
@@ -179,5 +181,15 @@ def test_streamed_request_body(server_credential: pymsquic.Credential) -> None:
         async with server, pymsquic.h3.Client(verify=False, timeout=10) as client:
             response = await client.post(f"{url}/upload", content=body())
             assert response.content == b"".join(bytes([i]) * 10_000 for i in range(50))
+
+    asyncio.run(main())
+
+
+def test_connection_specific_fields_of_the_app_are_left_out(server_credential: pymsquic.Credential) -> None:
+    async def main() -> None:
+        server, url = await start(server_credential)
+        async with server, pymsquic.h3.Client(verify=False, timeout=10) as client:
+            response = await client.get(f"{url}/hop-by-hop")  # the client would refuse them (H3_MESSAGE_ERROR)
+            assert response.header("x-kept") == "yes" and response.header("connection") is None
 
     asyncio.run(main())

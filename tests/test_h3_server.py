@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from typing import Any, AsyncIterator
 
@@ -99,6 +100,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             disconnects.append(scope["path"])
+            await send({"type": "http.response.start", "status": 200})  # too late: dropped, no error
+            await send({"type": "http.response.body", "body": b"nobody reads this"})
             if "disconnected" in events:
                 events["disconnected"].set()
             return
@@ -243,7 +246,7 @@ def test_request_trailers_and_response_trailers(server_credential) -> None:
     run(main())
 
 
-def test_cancelled_request_reaches_the_app_as_disconnect(server_credential) -> None:
+def test_cancelled_request_reaches_the_app_as_disconnect(server_credential, caplog) -> None:
     async def main() -> None:
         disconnects.clear()
         events.update(started=asyncio.Event(), disconnected=asyncio.Event())
@@ -258,6 +261,7 @@ def test_cancelled_request_reaches_the_app_as_disconnect(server_credential) -> N
             await asyncio.wait_for(events["disconnected"].wait(), 10)  # the app's receive() returned http.disconnect
             assert disconnects == ["/cancelled"]
         events.clear()
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # the late send was dropped
     run(main())
 
 

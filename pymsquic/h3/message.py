@@ -14,7 +14,7 @@ Headers = List[Tuple[bytes, bytes]]
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
 _RESPONSE_PSEUDO = frozenset({b":status"})
 # Section 4.2: fields that only mean something to HTTP/1.1 connections.
-_CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                                   b"upgrade"})
 
 
@@ -41,7 +41,7 @@ def _split(headers: Headers, allowed: frozenset[bytes]) -> dict[bytes, bytes]:
             pseudo[name] = value
             continue
         regular_seen = True
-        if name in _CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
+        if name in CONNECTION_SPECIFIC or (name == b"te" and value != b"trailers"):
             raise _malformed(f"connection-specific field {name!r}")
     return pseudo
 

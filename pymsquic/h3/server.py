@@ -17,7 +17,7 @@ from ..errors import ConnectionClosed, StreamError
 from .connection import ALPN, H3Connection, RequestStream
 from .errors import ErrorCode, H3Error, H3StreamError
 from .frames import MAX_HEADERS_FRAME_SIZE
-from .message import Headers, check_request, content_length
+from .message import CONNECTION_SPECIFIC, Headers, check_request, content_length
 from .qpack import DEFAULT_BLOCKED_STREAMS, DEFAULT_MAX_TABLE_CAPACITY
 
 logger = logging.getLogger("pymsquic")
@@ -44,8 +44,11 @@ class _Exchange:
         self.response_headers: Headers = []
         self.trailers_expected = False
         self.headers_sent = False
+        self.disconnected = False  # the client went away: receive() says so, send() drops
 
     async def receive(self) -> Message:
+        if self.disconnected:
+            return {"type": "http.disconnect"}
         if self.body_done:  # nothing more to receive: wait until the response is done or unwanted
             waits = [asyncio.ensure_future(self.response_done.wait()),
                      asyncio.ensure_future(self.request.wait_peer_gone())]
@@ -54,6 +57,7 @@ class _Exchange:
             finally:
                 for wait in waits:
                     wait.cancel()
+            self.disconnected = not self.response_done.is_set()
             return {"type": "http.disconnect"}
         try:
             chunk = await self.request.receive_data()
@@ -65,19 +69,21 @@ class _Exchange:
                     raise error
             return {"type": "http.request", "body": chunk, "more_body": not self.body_done}
         except (H3Error, StreamError, ConnectionClosed):
-            self.body_done = True
-            self.response_done.set()
+            self.body_done = self.disconnected = True
             return {"type": "http.disconnect"}
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
         request = self.request
+        if self.disconnected:  # as uvicorn and hypercorn do: the app need not watch for it
+            return
         if kind == "http.response.start":
             if self.status is not None:
                 raise RuntimeError("http.response.start sent twice")
             self.status = int(message["status"])
             self.response_headers = [(b":status", str(self.status).encode())] + [
-                (bytes(name).lower(), bytes(value)) for name, value in message.get("headers", [])]
+                (name, value) for name, value in _fields(message.get("headers", []))
+                if name not in CONNECTION_SPECIFIC]  # HTTP/1.1 only: malformed in HTTP/3 (section 4.2)
             self.trailers_expected = bool(message.get("trailers", False))
         elif kind == "http.response.body":
             if self.status is None or self.response_done.is_set():
@@ -97,12 +103,16 @@ class _Exchange:
             if not self.trailers_expected or not self.headers_sent:
                 raise RuntimeError("http.response.trailers without trailers=True or before the body")
             more = bool(message.get("more_trailers", False))
-            request.send_headers([(bytes(n).lower(), bytes(v)) for n, v in message.get("headers", [])],
-                                 end_stream=not more)
+            request.send_headers(_fields(message.get("headers", [])), end_stream=not more)
             if not more:
                 self.response_done.set()
         else:
             raise RuntimeError(f"unknown ASGI message type {kind!r}")
+
+
+def _fields(headers: Any) -> Headers:
+    """An ASGI app's header fields, names lowercase as HTTP/3 requires."""
+    return [(bytes(name).lower(), bytes(value)) for name, value in headers]
 
 
 def _scope(h3: H3Connection, headers: Headers, pseudo: dict[bytes, bytes]) -> Scope:
@@ -135,7 +145,7 @@ async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream
     scope = _scope(h3, headers, pseudo)
     try:
         await app(scope, exchange.receive, exchange.send)
-        if not exchange.response_done.is_set():
+        if not exchange.response_done.is_set() and not exchange.disconnected:
             raise RuntimeError("the app returned before finishing its response")
     except (StreamError, ConnectionClosed) as exc:
         logger.info("request stream %s ended early: %s", request.stream.id, exc)
