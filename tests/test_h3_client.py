@@ -193,3 +193,20 @@ def test_connection_specific_fields_of_the_app_are_left_out(server_credential: p
             assert response.header("x-kept") == "yes" and response.header("connection") is None
 
     asyncio.run(main())
+
+
+def test_header_section_over_the_servers_limit_is_refused_here(server_credential: pymsquic.Credential) -> None:
+    async def main() -> None:
+        state.clear()
+        server = await pymsquic.h3.serve(app, "127.0.0.1", 0, credential=server_credential,
+                                         max_field_section_size=1000)
+        url = f"https://127.0.0.1:{server.addresses[0][1]}"
+        async with server, pymsquic.h3.Client(verify=False, timeout=10) as client:
+            assert (await client.get(f"{url}/", headers={"x-small": "1"})).status_code == 201
+            h3 = next(iter(client._connections.values()))
+            assert (await asyncio.wait_for(h3.peer_settings, 10))[0x6] == 1000  # SETTINGS_MAX_FIELD_SECTION_SIZE
+            with pytest.raises(ValueError, match="at most 1000"):
+                await client.get(f"{url}/", headers={"x-big": "v" * 2000})
+            assert (await client.get(f"{url}/")).status_code == 201  # nothing was sent; all is well
+
+    asyncio.run(main())

@@ -176,10 +176,7 @@ class Client:
             if stream:  # the body's waits are bounded one by one, as the caller reads
                 return await bounded(self._response(request, self.timeout), self.timeout)
             return await bounded(self._whole_response(request), self.timeout)  # one bound for it all
-        except asyncio.CancelledError:
-            request.cancel()
-            raise
-        except asyncio.TimeoutError:
+        except BaseException:  # cancelled, timed out, refused: the server need not go on
             request.cancel()
             raise
 

@@ -396,6 +396,12 @@ class RequestStream:
         self._headers_received = False
 
     def _headers_frame(self, headers: Headers) -> bytes:
+        settings = self.h3.peer_settings
+        if settings.done() and not settings.exception():  # the peer's limit, once known (section 4.2.2)
+            limit = settings.result().get(Setting.MAX_FIELD_SECTION_SIZE)
+            size = sum(len(name) + len(value) + 32 for name, value in headers)
+            if limit is not None and size > limit:
+                raise ValueError(f"a header section of {size} bytes: the peer takes at most {limit}")
         stream_id = self.stream.id
         encoder_data, block = self.h3._encoder.encode(0 if stream_id is None else stream_id, headers)
         self.h3._send_encoder_data(encoder_data)  # before the block that may refer to it
