@@ -26,8 +26,10 @@ def fetch(*args: str) -> str:
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
-def test_cli_serves_the_example_app(stop_signal: signal.Signals) -> None:
-    server = subprocess.Popen([sys.executable, "-m", "pymsquic.h3", "hello_app:app", "--port", "0"], cwd=FOLDER,
+def test_cli_serves_the_example_app(stop_signal: signal.Signals, tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    server = subprocess.Popen([sys.executable, "-m", "pymsquic.h3", "hello_app:app", "--port", "0", "--ca-out",
+                               str(ca)], cwd=FOLDER,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         line = _read_line(server, 30)
@@ -35,7 +37,7 @@ def test_cli_serves_the_example_app(stop_signal: signal.Signals) -> None:
                          r"[0-9A-F:]{95}\)\n", line)
         assert match, line
         url = f"https://127.0.0.1:{match.group(1)}"
-        assert fetch(f"{url}/", "--insecure").endswith("hello over HTTP/3\n")
+        assert fetch(f"{url}/", "--ca", str(ca), "--server-name", "localhost").endswith("hello over HTTP/3\n")
         out = fetch(f"{url}/echo", "--insecure", "--data", "echo me")
         assert out.startswith("200 ") and out.endswith("echo me")
         server.send_signal(stop_signal)

@@ -1,8 +1,8 @@
 """A small ASGI app served over HTTP/3 by pymsquic.h3 (run from this folder):
 
-    python -m pymsquic.h3 hello_app:app --port 4433
-    python fetch.py https://127.0.0.1:4433/ --insecure
-    python fetch.py https://127.0.0.1:4433/echo --insecure --data "echo me"
+    python -m pymsquic.h3 hello_app:app --port 4433 --ca-out ca.pem
+    python fetch.py https://127.0.0.1:4433/ --ca ca.pem
+    python fetch.py https://127.0.0.1:4433/echo --ca ca.pem --data "echo me"
 
 GET / says hello; POST /echo sends the request body back as it streams in.
 """

@@ -11,6 +11,7 @@ import importlib
 import logging
 import signal
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from ..cli import credential_fingerprint
@@ -42,6 +43,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=4433, help="UDP port (default 4433)")
     parser.add_argument("--certfile", help="PEM certificate chain (default: a self-signed one for localhost)")
     parser.add_argument("--keyfile", help="PEM private key of --certfile")
+    parser.add_argument("--ca-out", help="write the self-signed certificate here, for clients to trust (--ca)")
     parser.add_argument("--grace", type=float, default=5.0, help="seconds requests get to finish at shutdown")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = parser.parse_args(argv)
@@ -56,6 +58,8 @@ async def run(args: argparse.Namespace, app: ASGIApp) -> None:
         credential = Credential.from_files(args.certfile, args.keyfile)
     else:
         credential = Credential.self_signed(("localhost", "127.0.0.1", "::1"))
+        if args.ca_out:
+            Path(args.ca_out).write_bytes(credential.certificate_pem or b"")
     server = await serve(app, args.host, args.port, credential=credential)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
