@@ -72,6 +72,9 @@ def test_starlette_app_over_http3(server_credential: pymsquic.Credential) -> Non
             assert response.content == payload[::-1] and response.header("x-length") == str(len(payload))
             response = await client.get(f"{url}/numbers")
             assert response.text == "".join(f"{i}\n" for i in range(100))
+            response = await client.request("HEAD", f"{url}/")  # content-length without a body
+            assert response.status_code == 200 and response.content == b""
+            assert response.header("content-length") == str(len("hello from starlette over HTTP/3"))
             assert (await client.get(f"{url}/missing")).status_code == 404
             assert (await client.request("DELETE", f"{url}/echo")).status_code == 405
         assert events == ["startup", "shutdown"]

@@ -48,7 +48,8 @@ class Response:
     response.aiter_bytes()``, or ``await response.read()`` for all of it
     (:attr:`content` after). :attr:`trailers` once the body was read."""
 
-    def __init__(self, status: int, headers: Headers, request: RequestStream, timeout: float | None) -> None:
+    def __init__(self, status: int, headers: Headers, request: RequestStream, timeout: float | None,
+                 method: str = "GET") -> None:
         self.status_code = status
         #: The regular header fields, names lowercase, as str.
         self.headers: list[tuple[str, str]] = [(n.decode("latin-1"), v.decode("latin-1"))
@@ -56,7 +57,9 @@ class Response:
         self.trailers: list[tuple[str, str]] | None = None
         self._request = request
         self._timeout = timeout
-        self._expected_length = content_length(headers)
+        # A HEAD response's content-length, or a 204's or 304's, is not its body's (RFC 9110 8.6).
+        bodiless = method == "HEAD" or status in (204, 304)
+        self._expected_length = None if bodiless else content_length(headers)
         self._content: bytes | None = None
 
     def header(self, name: str, default: str | None = None) -> str | None:
@@ -174,19 +177,19 @@ class Client:
                     await bounded(request.drain(), self.timeout)
                 request.end()
             if stream:  # the body's waits are bounded one by one, as the caller reads
-                return await bounded(self._response(request, self.timeout), self.timeout)
-            return await bounded(self._whole_response(request), self.timeout)  # one bound for it all
+                return await bounded(self._response(request, self.timeout, method), self.timeout)
+            return await bounded(self._whole_response(request, method), self.timeout)  # one bound for it all
         except BaseException:  # cancelled, timed out, refused: the server need not go on
             request.cancel()
             raise
 
-    async def _whole_response(self, request: RequestStream) -> Response:
-        response = await self._response(request, None)
+    async def _whole_response(self, request: RequestStream, method: str) -> Response:
+        response = await self._response(request, None, method)
         await response.read()
         response._timeout = self.timeout
         return response
 
-    async def _response(self, request: RequestStream, body_timeout: float | None) -> Response:
+    async def _response(self, request: RequestStream, body_timeout: float | None, method: str) -> Response:
         """The final response's head (after any interim ones)."""
         while True:  # interim (1xx) responses come before the final one
             response_headers = await request.receive_headers()
@@ -200,7 +203,7 @@ class Client:
             if status >= 200:
                 break
             request.interim_received()
-        return Response(status, response_headers, request, body_timeout)
+        return Response(status, response_headers, request, body_timeout, method)
 
     async def get(self, url: str, **kwargs: object) -> Response:
         """``request("GET", url, ...)``."""

@@ -35,8 +35,9 @@ MAX_CONCURRENT_REQUESTS = 100
 class _Exchange:
     """One request: the ASGI ``receive``/``send`` pair over a :class:`RequestStream`."""
 
-    def __init__(self, request: RequestStream, headers: Headers) -> None:
+    def __init__(self, request: RequestStream, headers: Headers, head: bool = False) -> None:
         self.request = request
+        self.head = head  # a HEAD response has no body, whatever the app sends (as uvicorn, hypercorn)
         self.expected_length = content_length(headers)
         self.body_done = False
         self.response_done = asyncio.Event()
@@ -90,7 +91,7 @@ class _Exchange:
                 raise RuntimeError("http.response.body before http.response.start or after the end")
             more = bool(message.get("more_body", False))
             end = not more and not self.trailers_expected
-            body = bytes(message.get("body", b""))
+            body = b"" if self.head else bytes(message.get("body", b""))
             if self.headers_sent:
                 request.send_data(body, end_stream=end)
             else:
@@ -141,7 +142,7 @@ async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream
         return
     except (H3Error, StreamError, ConnectionClosed):
         return  # acted on (connection error) or gone
-    exchange = _Exchange(request, headers)
+    exchange = _Exchange(request, headers, head=pseudo[b":method"] == b"HEAD")
     scope = _scope(h3, headers, pseudo)
     try:
         await app(scope, exchange.receive, exchange.send)
