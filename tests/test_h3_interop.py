@@ -95,6 +95,8 @@ def test_client_against_aioquic_server(cert_files) -> None:
                 responses = await asyncio.gather(*(client.post(f"{url}/echo", content=str(i).encode() * 100)
                                                    for i in range(10)))
                 assert [r.content for r in responses] == [str(i).encode() * 100 for i in range(10)]
+                big = bytes(range(256)) * 8192  # 2 MiB: flow control both ways
+                assert (await client.post(f"{url}/echo", content=big)).content == big
                 streamed = await client.get(f"{url}/trailers", stream=True)
                 chunks = [chunk async for chunk in streamed.aiter_bytes()]
                 assert b"".join(chunks) == BODY_4000 and streamed.trailers == [("x-checksum", "42")]
@@ -221,6 +223,9 @@ def test_aioquic_client_against_asgi_server(server_credential) -> None:
             results = await asyncio.gather(*(client.request(b"POST", f"/{i}".encode(), str(i).encode() * 500)
                                              for i in range(10)))
             assert [body for _, body in results] == [str(i).encode() * 500 for i in range(10)]
+            big = bytes(range(256)) * 8192  # 2 MiB: flow control both ways, the app reading in pieces
+            _, body = await client.request(b"POST", b"/big", big)
+            assert body == big
 
     asyncio.run(main())
 
