@@ -65,7 +65,8 @@ class H3Connection:
     def __init__(self, quic: Connection, *, is_client: bool,
                  max_field_section_size: int = MAX_HEADERS_FRAME_SIZE,
                  qpack_max_table_capacity: int = DEFAULT_MAX_TABLE_CAPACITY,
-                 qpack_blocked_streams: int = DEFAULT_BLOCKED_STREAMS) -> None:
+                 qpack_blocked_streams: int = DEFAULT_BLOCKED_STREAMS, enable_datagrams: bool = False,
+                 enable_connect_protocol: bool = False) -> None:
         self.quic = quic
         self.is_client = is_client
         self.max_field_section_size = max_field_section_size
@@ -74,6 +75,14 @@ class H3Connection:
             Setting.QPACK_BLOCKED_STREAMS: qpack_blocked_streams,
             Setting.MAX_FIELD_SECTION_SIZE: max_field_section_size,
         }
+        # RFC 9297 HTTP Datagrams (QUIC datagrams must be on) and RFC 9220 extended CONNECT.
+        self.enable_datagrams = enable_datagrams
+        self.enable_connect_protocol = enable_connect_protocol
+        if enable_datagrams:
+            self.local_settings[Setting.H3_DATAGRAM] = 1
+        if enable_connect_protocol:
+            self.local_settings[Setting.ENABLE_CONNECT_PROTOCOL] = 1
+        self._streams_by_id: weakref.WeakValueDictionary[int, RequestStream] = weakref.WeakValueDictionary()
         # A client's request stream has no id until msquic reports START_COMPLETE,
         # which Python is not woken for; QPACK acknowledgements name stream ids,
         # so the client's encoder keeps to the static table.
@@ -108,6 +117,8 @@ class H3Connection:
         self._decoder_stream = self.quic.open_stream(unidirectional=True)
         self._decoder_stream.write(encode_varint(StreamType.QPACK_DECODER))
         self._spawn(self._accept_streams())
+        if self.enable_datagrams:
+            self._spawn(self._receive_datagrams())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -178,7 +189,9 @@ class H3Connection:
                     stream_id = stream.id
                     assert stream_id is not None  # a peer's stream has its id
                     self._last_request_id = max(self._last_request_id, stream_id)
-                    self._requests.put_nowait(RequestStream(self, stream))
+                    request = RequestStream(self, stream)
+                    self._streams_by_id[stream_id] = request
+                    self._requests.put_nowait(request)
         except H3ConnectionError as exc:
             self.fail(exc)
         except ConnectionClosed:
@@ -235,6 +248,9 @@ class H3Connection:
                 raise H3ConnectionError(ErrorCode.H3_MISSING_SETTINGS,
                                         f"{FrameType(frame.type).name} before SETTINGS")
             settings = parse_settings(frame.data)
+            for flag in (Setting.H3_DATAGRAM, Setting.ENABLE_CONNECT_PROTOCOL):
+                if settings.get(flag, 0) not in (0, 1):
+                    raise H3ConnectionError(ErrorCode.H3_SETTINGS_ERROR, f"{flag.name} is {settings[flag]}")
             data = self._encoder.apply_settings(settings.get(Setting.QPACK_MAX_TABLE_CAPACITY, 0),
                                                 settings.get(Setting.QPACK_BLOCKED_STREAMS, 0))
             self._send_encoder_data(data)
@@ -272,6 +288,30 @@ class H3Connection:
     def _send_decoder_data(self, data: bytes) -> None:
         if data and self._decoder_stream is not None:
             self._decoder_stream.write(data)
+
+    # ---- HTTP Datagrams (RFC 9297) ------------------------------------------------------------
+
+    def datagrams_allowed(self) -> bool:
+        """Whether both sides said H3_DATAGRAM=1 (False until the peer's SETTINGS came)."""
+        settings = self.peer_settings
+        return (self.enable_datagrams and settings.done() and not settings.exception()
+                and settings.result().get(Setting.H3_DATAGRAM) == 1)
+
+    async def _receive_datagrams(self) -> None:
+        try:
+            while True:
+                data = await self.quic.receive_datagram()
+                parsed = decode_varint(data)
+                if parsed is None:
+                    raise H3ConnectionError(ErrorCode.H3_DATAGRAM_ERROR, "datagram without a quarter stream id")
+                quarter, offset = parsed
+                request = self._streams_by_id.get(quarter * 4)
+                if request is not None:  # else: no such request (any more): dropped, as RFC 9297 allows
+                    request._datagrams.put_nowait(data[offset:])
+        except H3ConnectionError as exc:
+            self.fail(exc)
+        except ConnectionClosed:
+            pass
 
     # ---- requests -------------------------------------------------------------------------
 
@@ -313,6 +353,7 @@ class RequestStream:
         self.trailers: Headers | None = None
         #: DATA payload bytes received so far (for content-length checks).
         self.data_received = 0
+        self._datagrams: asyncio.Queue[bytes] = asyncio.Queue()
         h3._open_requests.add(self)
 
     async def _next_frame(self) -> Frame | None:
@@ -365,7 +406,12 @@ class RequestStream:
                 raise H3ConnectionError(ErrorCode.H3_FRAME_UNEXPECTED,
                                         f"{FrameType(frame.type).name} before HEADERS")
             self._headers_received = True
-            return await self._decode(frame.data)
+            headers = await self._decode(frame.data)
+            if self.h3.is_client:  # the stream's id is known now: its datagrams can be routed to it
+                stream_id = self.stream.id
+                assert stream_id is not None
+                self.h3._streams_by_id[stream_id] = self
+            return headers
         except H3Error as exc:
             self._error(exc)
             raise
@@ -389,6 +435,21 @@ class RequestStream:
         except H3Error as exc:
             self._error(exc)
             raise
+
+    def send_datagram(self, data: bytes) -> None:
+        """Send an HTTP Datagram (RFC 9297) tied to this request: unreliable, unordered.
+        Needs H3_DATAGRAM from both sides (:meth:`H3Connection.datagrams_allowed`) and,
+        on a client, the response's headers received (the stream's id is known then)."""
+        stream_id = self.stream.id
+        if not self.h3.datagrams_allowed():
+            raise H3StreamError(ErrorCode.H3_DATAGRAM_ERROR, "HTTP Datagrams were not negotiated")
+        if stream_id is None:
+            raise RuntimeError("send_datagram() before the stream started: await the response headers first")
+        self.h3.quic.send_datagram(encode_varint(stream_id // 4) + data)
+
+    async def receive_datagram(self) -> bytes:
+        """The next HTTP Datagram the peer sent for this request."""
+        return await self._datagrams.get()
 
     def interim_received(self) -> None:
         """The headers received were an interim (1xx) response: another HEADERS

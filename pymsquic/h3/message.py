@@ -10,8 +10,9 @@ from .errors import ErrorCode, H3StreamError
 
 Headers = List[Tuple[bytes, bytes]]
 
-# No :protocol: extended CONNECT (RFC 9220) is not offered (no SETTINGS_ENABLE_CONNECT_PROTOCOL).
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
+# :protocol only where extended CONNECT (RFC 9220) is offered (SETTINGS_ENABLE_CONNECT_PROTOCOL).
+_EXTENDED_CONNECT_PSEUDO = _REQUEST_PSEUDO | {b":protocol"}
 _RESPONSE_PSEUDO = frozenset({b":status"})
 # Section 4.2: fields that only mean something to HTTP/1.1 connections.
 CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
@@ -46,12 +47,19 @@ def _split(headers: Headers, allowed: frozenset[bytes]) -> dict[bytes, bytes]:
     return pseudo
 
 
-def check_request(headers: Headers) -> dict[bytes, bytes]:
-    """A request's header section; returns its pseudo-header fields."""
-    pseudo = _split(headers, _REQUEST_PSEUDO)
+def check_request(headers: Headers, extended_connect: bool = False) -> dict[bytes, bytes]:
+    """A request's header section; returns its pseudo-header fields. With
+    ``extended_connect``, a CONNECT may carry :protocol (RFC 9220)."""
+    pseudo = _split(headers, _EXTENDED_CONNECT_PSEUDO if extended_connect else _REQUEST_PSEUDO)
     method = pseudo.get(b":method")
     if method is None:
         raise _malformed("request without :method")
+    if b":protocol" in pseudo:  # extended CONNECT: like any request, plus :protocol
+        if method != b"CONNECT":
+            raise _malformed(":protocol in a request that is not a CONNECT")
+        if not pseudo.get(b":scheme") or not pseudo.get(b":path") or not pseudo.get(b":authority"):
+            raise _malformed("extended CONNECT needs :scheme, :path and :authority")
+        return pseudo
     if method == b"CONNECT":
         if b":scheme" in pseudo or b":path" in pseudo or b":authority" not in pseudo:
             raise _malformed("CONNECT needs :authority and no :scheme or :path")
