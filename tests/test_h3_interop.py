@@ -13,7 +13,14 @@ from aioquic.asyncio import QuicConnectionProtocol, connect, serve
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted, QuicEvent, StreamDataReceived, StreamReset
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    QuicEvent,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamReset,
+)
 from test_h3_server import control_stream, headers_frame
 
 import pymsquic
@@ -260,15 +267,22 @@ class RawH3Server(QuicConnectionProtocol):
     control = b""
     end_control = False
     answer = b""
+    end_answer = True
     terminated: asyncio.Event | None = None
     close_code: int | None = None
+    stopped: asyncio.Event | None = None  # set at the first STOP_SENDING
+    stop_codes: dict[int, int] = {}
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, HandshakeCompleted):
             self._quic.send_stream_data(self._quic.get_next_available_stream_id(is_unidirectional=True),
                                         RawH3Server.control, end_stream=RawH3Server.end_control)
         elif isinstance(event, StreamDataReceived) and event.stream_id % 4 == 0 and event.end_stream:
-            self._quic.send_stream_data(event.stream_id, RawH3Server.answer, end_stream=True)
+            self._quic.send_stream_data(event.stream_id, RawH3Server.answer, end_stream=RawH3Server.end_answer)
+        elif isinstance(event, StopSendingReceived):
+            RawH3Server.stop_codes[event.stream_id] = event.error_code
+            if RawH3Server.stopped is not None:
+                RawH3Server.stopped.set()
         elif isinstance(event, ConnectionTerminated):
             RawH3Server.close_code = event.error_code
             if RawH3Server.terminated is not None:
@@ -277,11 +291,12 @@ class RawH3Server(QuicConnectionProtocol):
 
 
 @contextlib.asynccontextmanager
-async def raw_h3_server(cert_files: Any, control: bytes, answer: bytes,
-                        end_control: bool = False) -> AsyncIterator[str]:
+async def raw_h3_server(cert_files: Any, control: bytes, answer: bytes, end_control: bool = False,
+                        end_answer: bool = True) -> AsyncIterator[str]:
     """A RawH3Server listening; yields its URL."""
     certfile, keyfile = cert_files
     RawH3Server.control, RawH3Server.answer, RawH3Server.end_control = control, answer, end_control
+    RawH3Server.end_answer, RawH3Server.stopped, RawH3Server.stop_codes = end_answer, asyncio.Event(), {}
     RawH3Server.terminated, RawH3Server.close_code = asyncio.Event(), None
     config = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN)
     config.load_cert_chain(str(certfile), str(keyfile))
@@ -326,5 +341,21 @@ def test_client_closes_when_the_server_ends_its_control_stream(cert_files) -> No
             assert RawH3Server.terminated is not None
             await asyncio.wait_for(RawH3Server.terminated.wait(), 10)
             assert RawH3Server.close_code == ErrorCode.H3_CLOSED_CRITICAL_STREAM
+
+    asyncio.run(main())
+
+
+def test_client_close_cancels_responses_not_read(cert_files) -> None:
+    answer = headers_frame([(b":status", b"200")]) + encode_frame(FrameType.DATA, b"first part")  # no end
+
+    async def main() -> None:
+        async with raw_h3_server(cert_files, control_stream(), answer, end_answer=False) as url:
+            client = pymsquic.h3.Client(verify=False, timeout=10)
+            response = await client.get(f"{url}/", stream=True)
+            assert response.status_code == 200
+            await client.aclose()  # the body was not read: the request is cancelled, not waited for
+            assert RawH3Server.stopped is not None
+            await asyncio.wait_for(RawH3Server.stopped.wait(), 10)
+            assert RawH3Server.stop_codes == {0: ErrorCode.H3_REQUEST_CANCELLED}
 
     asyncio.run(main())

@@ -148,6 +148,10 @@ class H3Connection:
         (H3_NO_ERROR by default) once what was written is delivered."""
         self.send_goaway()
         code = error_code if self.error is None else self.error.error_code
+        if self.is_client:  # responses not read to their end are not wanted any more
+            for request in list(self._open_requests):
+                if not request._eof:
+                    request.cancel()
         try:
             # Our control and QPACK streams never end, so the QUIC close would wait
             # for them (close_timeout): wait for the requests' streams instead.
