@@ -1,0 +1,233 @@
+"""An HTTP/3 client: ``async with Client() as client: response = await client.get(url)``.
+
+One QUIC connection per authority (host, port), reused by every request to it
+and opened again once it is closed or the server sent GOAWAY. Certificates
+are verified unless ``verify=False``; ``ca_file`` trusts a private CA.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import sys
+from typing import TYPE_CHECKING, AsyncIterable, AsyncIterator, Awaitable, Mapping, Sequence, Tuple, TypeVar, Union
+from urllib.parse import urlsplit
+
+from .. import asyncio as pymsquic_asyncio
+from ..configuration import Credential, Settings
+from .connection import ALPN, H3Connection, RequestStream
+from .errors import ErrorCode, H3StreamError
+from .message import Headers, check_response, content_length
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+HeadersLike = Union[Mapping[str, str], Sequence[Tuple[str, str]]]
+
+T = TypeVar("T")
+
+if sys.version_info >= (3, 11):
+    async def bounded(awaitable: Awaitable[T], timeout: float | None) -> T:
+        """``awaitable`` within ``timeout`` seconds (asyncio.timeout: no task per wait, unlike wait_for)."""
+        if timeout is None:
+            return await awaitable
+        async with asyncio.timeout(timeout):
+            return await awaitable
+else:  # pragma: no cover - Python 3.10
+    async def bounded(awaitable: Awaitable[T], timeout: float | None) -> T:
+        """``awaitable`` within ``timeout`` seconds."""
+        return await asyncio.wait_for(awaitable, timeout)
+
+#: Settings a client connection needs: the server opens 3 unidirectional streams (more with grease).
+CLIENT_SETTINGS = Settings(peer_unidi_stream_count=16, idle_timeout_ms=30_000)
+
+
+class Response:
+    """An HTTP/3 response. The body streams: ``async for chunk in
+    response.aiter_bytes()``, or ``await response.read()`` for all of it
+    (:attr:`content` after). :attr:`trailers` once the body was read."""
+
+    def __init__(self, status: int, headers: Headers, request: RequestStream, timeout: float | None,
+                 method: str = "GET") -> None:
+        self.status_code = status
+        #: The regular header fields, names lowercase, as str.
+        self.headers: list[tuple[str, str]] = [(n.decode("latin-1"), v.decode("latin-1"))
+                                               for n, v in headers if not n.startswith(b":")]
+        self.trailers: list[tuple[str, str]] | None = None
+        self._request = request
+        self._timeout = timeout
+        # A HEAD response's content-length, or a 204's or 304's, is not its body's (RFC 9110 8.6).
+        bodiless = method == "HEAD" or status in (204, 304)
+        self._expected_length = None if bodiless else content_length(headers)
+        self._content: bytes | None = None
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """The first value of header field ``name`` (case-insensitive)."""
+        name = name.lower()
+        return next((value for key, value in self.headers if key == name), default)
+
+    async def aiter_bytes(self) -> AsyncIterator[bytes]:
+        """The body as it arrives (each wait bounded by the client's timeout)."""
+        request = self._request
+        while True:
+            chunk = await bounded(request.receive_data(), self._timeout)
+            if not chunk:
+                break
+            yield chunk
+        if self._expected_length is not None and request.data_received != self._expected_length:
+            error = H3StreamError(ErrorCode.H3_MESSAGE_ERROR, f"content-length {self._expected_length}, "
+                                  f"{request.data_received} bytes of body")
+            request.abort(error.error_code)
+            raise error
+        if request.trailers is not None:
+            self.trailers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.trailers]
+
+    async def read(self) -> bytes:
+        """The whole body."""
+        if self._content is None:
+            self._content = b"".join([chunk async for chunk in self.aiter_bytes()])
+        return self._content
+
+    @property
+    def content(self) -> bytes:
+        """The body, after :meth:`read` (``request()`` reads it unless ``stream=True``)."""
+        if self._content is None:
+            raise RuntimeError("the body was not read: await response.read()")
+        return self._content
+
+    @property
+    def text(self) -> str:
+        """The body as UTF-8 text."""
+        return self.content.decode()
+
+    def cancel(self) -> None:
+        """Stop receiving the body: reset the stream with H3_REQUEST_CANCELLED."""
+        self._request.cancel()
+
+    def __repr__(self) -> str:
+        return f"<Response [{self.status_code}]>"
+
+
+class Client:
+    """An HTTP/3 client over pymsquic.
+
+    ``verify`` (default True) checks the server's certificate against the
+    system CA store or ``ca_file``; ``timeout`` (seconds, None: no limit)
+    bounds connecting and every wait for the response. ``server_name``
+    overrides the name sent and checked (default: the URL's host).
+    """
+
+    def __init__(self, *, verify: bool = True, ca_file: str | os.PathLike[str] | None = None,
+                 timeout: float | None = 30.0, server_name: str | None = None,
+                 settings: Settings | None = None) -> None:
+        self._credential = Credential.client(verify, ca_file)
+        self._settings = dataclasses.replace(settings or CLIENT_SETTINGS,
+                                             peer_unidi_stream_count=CLIENT_SETTINGS.peer_unidi_stream_count)
+        self.timeout = timeout
+        self._server_name = server_name
+        self._connections: dict[tuple[str, int], H3Connection] = {}
+        self._connecting: dict[tuple[str, int], asyncio.Lock] = {}
+
+    async def _connection(self, host: str, port: int) -> H3Connection:
+        key = (host, port)
+        lock = self._connecting.setdefault(key, asyncio.Lock())
+        async with lock:  # concurrent requests to one authority share one connection
+            h3 = self._connections.get(key)
+            if h3 is not None and (h3.error is not None or h3.goaway_received.is_set() or h3.quic.is_closed):
+                del self._connections[key]
+                await h3.close()
+                h3 = None
+            if h3 is None:
+                quic = await pymsquic_asyncio.connect(host, port, alpn=ALPN, credential=self._credential,
+                                                     settings=self._settings, server_name=self._server_name,
+                                                     open_timeout=self.timeout)
+                h3 = H3Connection(quic, is_client=True)
+                h3.start()
+                self._connections[key] = h3
+            return h3
+
+    async def request(self, method: str, url: str, *, headers: HeadersLike | None = None,
+                      content: bytes | AsyncIterable[bytes] | None = None, stream: bool = False) -> Response:
+        """Send a request, return the response (its body read, unless ``stream=True``).
+        ``content``: the body, bytes or an async iterable of bytes (sent as it comes,
+        waiting for room in the stream; then without content-length unless given)."""
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"an HTTP/3 URL is https://host[:port]/path, not {url!r}")
+        port = parts.port or 443
+        h3 = await self._connection(parts.hostname, port)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        fields: Headers = [(b":method", method.encode()), (b":scheme", b"https"),
+                           (b":authority", parts.netloc.encode()), (b":path", path.encode())]
+        items = headers.items() if isinstance(headers, Mapping) else (headers or [])
+        fields += [(name.lower().encode(), value.encode()) for name, value in items]
+        if isinstance(content, bytes) and not any(name == b"content-length" for name, _ in fields):
+            fields.append((b"content-length", str(len(content)).encode()))
+        request = h3.open_request()
+        try:
+            if isinstance(content, bytes) or content is None:
+                request.send_headers(fields, end_stream=not content)
+                if content:
+                    request.send_data(content, end_stream=True)
+            else:
+                request.send_headers(fields)
+                async for chunk in content:
+                    request.send_data(chunk)
+                    await bounded(request.drain(), self.timeout)
+                request.end()
+            if stream:  # the body's waits are bounded one by one, as the caller reads
+                return await bounded(self._response(request, self.timeout, method), self.timeout)
+            return await bounded(self._whole_response(request, method), self.timeout)  # one bound for it all
+        except BaseException:  # cancelled, timed out, refused: the server need not go on
+            request.cancel()
+            raise
+
+    async def _whole_response(self, request: RequestStream, method: str) -> Response:
+        response = await self._response(request, None, method)
+        await response.read()
+        response._timeout = self.timeout
+        return response
+
+    async def _response(self, request: RequestStream, body_timeout: float | None, method: str) -> Response:
+        """The final response's head (after any interim ones)."""
+        while True:  # interim (1xx) responses come before the final one
+            response_headers = await request.receive_headers()
+            try:
+                status = check_response(response_headers)
+                if status == 101:  # no Upgrade in HTTP/3 (RFC 9114 section 4.5)
+                    raise H3StreamError(ErrorCode.H3_MESSAGE_ERROR, "101 response in HTTP/3")
+            except H3StreamError as exc:
+                request.abort(exc.error_code)
+                raise
+            if status >= 200:
+                break
+            request.interim_received()
+        return Response(status, response_headers, request, body_timeout, method)
+
+    async def get(self, url: str, **kwargs: object) -> Response:
+        """``request("GET", url, ...)``."""
+        return await self.request("GET", url, **kwargs)  # type: ignore[arg-type]
+
+    async def post(self, url: str, **kwargs: object) -> Response:
+        """``request("POST", url, ...)``."""
+        return await self.request("POST", url, **kwargs)  # type: ignore[arg-type]
+
+    async def put(self, url: str, **kwargs: object) -> Response:
+        """``request("PUT", url, ...)``."""
+        return await self.request("PUT", url, **kwargs)  # type: ignore[arg-type]
+
+    async def delete(self, url: str, **kwargs: object) -> Response:
+        """``request("DELETE", url, ...)``."""
+        return await self.request("DELETE", url, **kwargs)  # type: ignore[arg-type]
+
+    async def aclose(self) -> None:
+        """Close every connection (GOAWAY, then H3_NO_ERROR)."""
+        connections, self._connections = list(self._connections.values()), {}
+        await asyncio.gather(*(h3.close() for h3 in connections), return_exceptions=True)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

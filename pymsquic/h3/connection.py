@@ -1,0 +1,512 @@
+"""An HTTP/3 connection (RFC 9114) over a :class:`pymsquic.asyncio.Connection`.
+
+:class:`H3Connection` runs the control and QPACK streams both ways, and hands
+out :class:`RequestStream` objects: the client opens them
+(:meth:`H3Connection.open_request`), the server accepts them
+(:meth:`H3Connection.accept_request`). Errors follow section 8: a connection
+error closes the QUIC connection with its code, a stream error resets that
+request's stream (both ways) and leaves the others alone. No server push:
+no MAX_PUSH_ID is ever sent, so a push stream or promise is H3_ID_ERROR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import weakref
+from typing import Any, Callable, Coroutine
+
+from .._msquic import lib
+from ..asyncio import Connection, Stream
+from ..errors import ConnectionClosed, IncompleteReadError, QuicError, StreamError
+from .errors import ErrorCode, H3ConnectionError, H3Error, H3StreamError
+from .frames import (
+    MAX_HEADERS_FRAME_SIZE,
+    Frame,
+    FrameReader,
+    FrameType,
+    Setting,
+    StreamKind,
+    StreamType,
+    decode_varint,
+    encode_frame,
+    encode_frame_header,
+    encode_settings,
+    encode_varint,
+    parse_settings,
+    parse_single_varint,
+    varint_length,
+)
+from .message import Headers, check_trailers
+from .qpack import DEFAULT_BLOCKED_STREAMS, DEFAULT_MAX_TABLE_CAPACITY, Decoder, Encoder
+
+logger = logging.getLogger("pymsquic")
+
+#: The ALPN of HTTP/3.
+ALPN = "h3"
+
+# How much a request stream read asks for at once.
+_READ_CHUNK = 65536
+
+
+class H3Connection:
+    """HTTP/3 on an established QUIC connection (ALPN ``h3``).
+
+    Call :meth:`start` once (it opens our control, QPACK encoder and decoder
+    streams and sends SETTINGS); :meth:`close` sends GOAWAY and closes the
+    QUIC connection. ``max_field_section_size`` bounds the header sections we
+    accept; ``qpack_max_table_capacity``/``qpack_blocked_streams`` bound the
+    peer's use of our QPACK decoder. :attr:`error` is the connection error
+    that closed it, if any.
+    """
+
+    def __init__(self, quic: Connection, *, is_client: bool,
+                 max_field_section_size: int = MAX_HEADERS_FRAME_SIZE,
+                 qpack_max_table_capacity: int = DEFAULT_MAX_TABLE_CAPACITY,
+                 qpack_blocked_streams: int = DEFAULT_BLOCKED_STREAMS, enable_datagrams: bool = False,
+                 enable_connect_protocol: bool = False) -> None:
+        self.quic = quic
+        self.is_client = is_client
+        self.max_field_section_size = max_field_section_size
+        self.local_settings: dict[int, int] = {
+            Setting.QPACK_MAX_TABLE_CAPACITY: qpack_max_table_capacity,
+            Setting.QPACK_BLOCKED_STREAMS: qpack_blocked_streams,
+            Setting.MAX_FIELD_SECTION_SIZE: max_field_section_size,
+        }
+        # RFC 9297 HTTP Datagrams (QUIC datagrams must be on) and RFC 9220 extended CONNECT.
+        self.enable_datagrams = enable_datagrams
+        self.enable_connect_protocol = enable_connect_protocol
+        if enable_datagrams:
+            self.local_settings[Setting.H3_DATAGRAM] = 1
+        if enable_connect_protocol:
+            self.local_settings[Setting.ENABLE_CONNECT_PROTOCOL] = 1
+        self._streams_by_id: weakref.WeakValueDictionary[int, RequestStream] = weakref.WeakValueDictionary()
+        # A client's request stream has no id until msquic reports START_COMPLETE,
+        # which Python is not woken for; QPACK acknowledgements name stream ids,
+        # so the client's encoder keeps to the static table.
+        self._encoder = Encoder(0 if is_client else DEFAULT_MAX_TABLE_CAPACITY)
+        self._decoder = Decoder(self._send_decoder_data, qpack_max_table_capacity, qpack_blocked_streams)
+        self.peer_settings: asyncio.Future[dict[int, int]] = asyncio.get_running_loop().create_future()
+        self.peer_settings.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "never retrieved"
+        self.error: H3ConnectionError | None = None
+        #: The stream id (push id for a server's) in the peer's last GOAWAY.
+        self.goaway_id: int | None = None
+        self.goaway_received = asyncio.Event()
+        self._goaway_sent = False
+        self._last_request_id = -4  # the highest request stream id accepted (server)
+        self._requests: asyncio.Queue[RequestStream | None] = asyncio.Queue()
+        self._peer_streams: dict[int, Stream] = {}  # control and QPACK streams, by type
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._open_requests: weakref.WeakSet[RequestStream] = weakref.WeakSet()
+        self._control: Stream | None = None
+        self._encoder_stream: Stream | None = None
+        self._decoder_stream: Stream | None = None
+
+    # ---- setup and shutdown ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open our control stream (with SETTINGS) and QPACK streams; start
+        reading the peer's streams."""
+        self._control = self.quic.open_stream(unidirectional=True)
+        self._control.write(encode_varint(StreamType.CONTROL)
+                            + encode_frame(FrameType.SETTINGS, encode_settings(self.local_settings)))
+        self._encoder_stream = self.quic.open_stream(unidirectional=True)
+        self._encoder_stream.write(encode_varint(StreamType.QPACK_ENCODER))
+        self._decoder_stream = self.quic.open_stream(unidirectional=True)
+        self._decoder_stream.write(encode_varint(StreamType.QPACK_DECODER))
+        self._spawn(self._accept_streams())
+        if self.enable_datagrams:
+            self._spawn(self._receive_datagrams())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def stop_accepting(self) -> None:
+        """Server: GOAWAY, and :meth:`accept_request` returns None once the
+        requests already in are taken (later ones are refused, H3_REQUEST_REJECTED)."""
+        self.send_goaway()
+        self._requests.put_nowait(None)
+
+    def send_goaway(self) -> None:
+        """Graceful shutdown, section 5.2: a server accepts no request after
+        those already in; a client (no push) sends push id 0."""
+        if self._goaway_sent or self._control is None or self.error is not None:
+            return
+        self._goaway_sent = True
+        goaway_id = 0 if self.is_client else self._last_request_id + 4
+        try:
+            self._control.write(encode_frame(FrameType.GOAWAY, encode_varint(goaway_id)))
+        except (StreamError, ConnectionClosed):
+            pass  # the connection is going anyway
+
+    async def close(self, error_code: int = ErrorCode.H3_NO_ERROR) -> None:
+        """GOAWAY, then close the QUIC connection with ``error_code``
+        (H3_NO_ERROR by default) once what was written is delivered."""
+        self.send_goaway()
+        code = error_code if self.error is None else self.error.error_code
+        if self.is_client:  # responses not read to their end are not wanted any more
+            for request in list(self._open_requests):
+                if not request._eof:
+                    request.cancel()
+        try:
+            # Our control and QPACK streams never end, so the QUIC close would wait
+            # for them (close_timeout): wait for the requests' streams instead.
+            pending = [request.stream.wait_closed() for request in self._open_requests]
+            if pending:
+                with contextlib.suppress(asyncio.TimeoutError, QuicError):
+                    await asyncio.wait_for(asyncio.gather(*pending), self.quic.close_timeout)
+            self.quic.shutdown(code)
+            await self.quic.close(code)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def fail(self, error: H3ConnectionError) -> None:
+        """A connection error (section 8): log it, close the QUIC connection with its code."""
+        if self.error is None:
+            self.error = error
+            logger.warning("HTTP/3 connection error, closing: %s", error)
+            if not self.peer_settings.done():
+                self.peer_settings.set_exception(error)
+            self.quic.shutdown(error.error_code)
+        self._requests.put_nowait(None)
+
+    # ---- the peer's streams ----------------------------------------------------------------
+
+    async def _accept_streams(self) -> None:
+        try:
+            async for stream in self.quic:
+                if stream.is_unidirectional:
+                    self._spawn(self._read_unidirectional(stream))
+                elif self.is_client:
+                    raise H3ConnectionError(ErrorCode.H3_STREAM_CREATION_ERROR,
+                                            "the server opened a bidirectional stream")
+                elif self._goaway_sent:
+                    stream.abort(ErrorCode.H3_REQUEST_REJECTED)  # section 5.2: not processed, retry elsewhere
+                else:
+                    stream_id = stream.id
+                    assert stream_id is not None  # a peer's stream has its id
+                    self._last_request_id = max(self._last_request_id, stream_id)
+                    request = RequestStream(self, stream)
+                    self._streams_by_id[stream_id] = request
+                    self._requests.put_nowait(request)
+        except H3ConnectionError as exc:
+            self.fail(exc)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._requests.put_nowait(None)
+
+    async def _read_unidirectional(self, stream: Stream) -> None:
+        critical = False
+        try:
+            first = await stream.readexactly(1)
+            rest = await stream.readexactly(varint_length(first[0]) - 1)
+            parsed = decode_varint(first + rest)
+            assert parsed is not None
+            stream_type = parsed[0]
+            readers: dict[int, Callable[[Stream], Coroutine[Any, Any, None]]] = {
+                StreamType.CONTROL: self._read_control, StreamType.QPACK_ENCODER: self._read_encoder,
+                StreamType.QPACK_DECODER: self._read_decoder}
+            if stream_type in readers:
+                if stream_type in self._peer_streams:
+                    raise H3ConnectionError(ErrorCode.H3_STREAM_CREATION_ERROR,
+                                            f"a second {StreamType(stream_type).name} stream")
+                self._peer_streams[stream_type] = stream
+                critical = True
+                await readers[stream_type](stream)
+                raise H3ConnectionError(ErrorCode.H3_CLOSED_CRITICAL_STREAM,
+                                        f"the peer closed its {StreamType(stream_type).name} stream")
+            if stream_type == StreamType.PUSH:
+                if self.is_client:
+                    raise H3ConnectionError(ErrorCode.H3_ID_ERROR, "push stream, but no MAX_PUSH_ID was sent")
+                raise H3ConnectionError(ErrorCode.H3_STREAM_CREATION_ERROR, "a client opened a push stream")
+            # Unknown and reserved stream types: ignored, as section 6.2 says.
+            logger.debug("ignoring a unidirectional stream of type %#x", stream_type)
+            stream.stop_sending(ErrorCode.H3_STREAM_CREATION_ERROR)
+        except H3ConnectionError as exc:
+            self.fail(exc)
+        except IncompleteReadError:
+            pass  # ended before saying its type: nothing to do
+        except ConnectionClosed:
+            pass
+        except StreamError as exc:  # reset by the peer
+            if critical:
+                self.fail(H3ConnectionError(ErrorCode.H3_CLOSED_CRITICAL_STREAM, f"critical stream reset: {exc}"))
+
+    async def _read_control(self, stream: Stream) -> None:
+        reader = FrameReader(StreamKind.CONTROL)
+        async for chunk in stream:
+            for frame in reader.feed(chunk):
+                self._control_frame(frame)
+
+    def _control_frame(self, frame: Frame) -> None:
+        if not self.peer_settings.done():
+            if frame.type != FrameType.SETTINGS:
+                raise H3ConnectionError(ErrorCode.H3_MISSING_SETTINGS,
+                                        f"{FrameType(frame.type).name} before SETTINGS")
+            settings = parse_settings(frame.data)
+            for flag in (Setting.H3_DATAGRAM, Setting.ENABLE_CONNECT_PROTOCOL):
+                if settings.get(flag, 0) not in (0, 1):
+                    raise H3ConnectionError(ErrorCode.H3_SETTINGS_ERROR, f"{flag.name} is {settings[flag]}")
+            data = self._encoder.apply_settings(settings.get(Setting.QPACK_MAX_TABLE_CAPACITY, 0),
+                                                settings.get(Setting.QPACK_BLOCKED_STREAMS, 0))
+            self._send_encoder_data(data)
+            self.peer_settings.set_result(settings)
+        elif frame.type == FrameType.SETTINGS:
+            raise H3ConnectionError(ErrorCode.H3_FRAME_UNEXPECTED, "a second SETTINGS frame")
+        elif frame.type == FrameType.GOAWAY:
+            goaway_id = parse_single_varint(frame.data, "GOAWAY")
+            if self.is_client and goaway_id % 4:
+                raise H3ConnectionError(ErrorCode.H3_ID_ERROR, f"GOAWAY {goaway_id} is no request stream id")
+            if self.goaway_id is not None and goaway_id > self.goaway_id:
+                raise H3ConnectionError(ErrorCode.H3_ID_ERROR, f"GOAWAY went up from {self.goaway_id} to {goaway_id}")
+            self.goaway_id = goaway_id
+            self.goaway_received.set()
+        elif frame.type == FrameType.MAX_PUSH_ID:
+            if self.is_client:
+                raise H3ConnectionError(ErrorCode.H3_FRAME_UNEXPECTED, "MAX_PUSH_ID from a server")
+            parse_single_varint(frame.data, "MAX_PUSH_ID")  # we never push: nothing to do with it
+        else:  # CANCEL_PUSH: no push was ever promised or allowed
+            push_id = parse_single_varint(frame.data, "CANCEL_PUSH")
+            raise H3ConnectionError(ErrorCode.H3_ID_ERROR, f"CANCEL_PUSH of push {push_id}, never promised")
+
+    async def _read_encoder(self, stream: Stream) -> None:
+        async for chunk in stream:
+            self._decoder.feed_encoder(chunk)
+
+    async def _read_decoder(self, stream: Stream) -> None:
+        async for chunk in stream:
+            self._encoder.feed_decoder(chunk)
+
+    def _send_encoder_data(self, data: bytes) -> None:
+        if data and self._encoder_stream is not None:
+            self._encoder_stream.write(data)
+
+    def _send_decoder_data(self, data: bytes) -> None:
+        if data and self._decoder_stream is not None:
+            self._decoder_stream.write(data)
+
+    # ---- HTTP Datagrams (RFC 9297) ------------------------------------------------------------
+
+    def datagrams_allowed(self) -> bool:
+        """Whether both sides said H3_DATAGRAM=1 (False until the peer's SETTINGS came)."""
+        settings = self.peer_settings
+        return (self.enable_datagrams and settings.done() and not settings.exception()
+                and settings.result().get(Setting.H3_DATAGRAM) == 1)
+
+    async def _receive_datagrams(self) -> None:
+        try:
+            while True:
+                data = await self.quic.receive_datagram()
+                parsed = decode_varint(data)
+                if parsed is None:
+                    raise H3ConnectionError(ErrorCode.H3_DATAGRAM_ERROR, "datagram without a quarter stream id")
+                quarter, offset = parsed
+                request = self._streams_by_id.get(quarter * 4)
+                if request is not None:  # else: no such request (any more): dropped, as RFC 9297 allows
+                    request._datagrams.put_nowait(data[offset:])
+        except H3ConnectionError as exc:
+            self.fail(exc)
+        except ConnectionClosed:
+            pass
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def open_request(self) -> RequestStream:
+        """A new request stream (client)."""
+        if self.error is not None:
+            raise self.error
+        return RequestStream(self, self.quic.open_stream())
+
+    async def accept_request(self) -> RequestStream | None:
+        """The next request stream the client opened (server); None once the
+        connection is over."""
+        request = await self._requests.get()
+        if request is None:
+            self._requests.put_nowait(None)  # for the next caller too
+        return request
+
+
+class RequestStream:
+    """One request/response exchange on a bidirectional stream.
+
+    Receiving: :meth:`receive_headers`, then :meth:`receive_data` until it
+    returns b"" (then :attr:`trailers` holds the trailer section, if any).
+    Sending: :meth:`send_headers`, :meth:`send_data`, optionally trailers
+    with :meth:`send_headers` again, ``end_stream=True`` on the last. A
+    malformed frame sequence is a connection error (H3_FRAME_UNEXPECTED,
+    section 4.1); the receive methods raise the :class:`H3Error` after
+    acting on it. :meth:`cancel` resets the stream with H3_REQUEST_CANCELLED.
+    """
+
+    def __init__(self, h3: H3Connection, stream: Stream) -> None:
+        self.h3 = h3
+        self.stream = stream
+        kind = StreamKind.RESPONSE if h3.is_client else StreamKind.REQUEST
+        self._reader = FrameReader(kind, max_headers_size=h3.max_field_section_size)
+        self._frames: collections.deque[Frame] = collections.deque()
+        self._eof = False
+        self._headers_received = False
+        self.trailers: Headers | None = None
+        #: DATA payload bytes received so far (for content-length checks).
+        self.data_received = 0
+        self._datagrams: asyncio.Queue[bytes] = asyncio.Queue()
+        h3._open_requests.add(self)
+
+    async def _next_frame(self) -> Frame | None:
+        while not self._frames:
+            if self._eof:
+                return None
+            chunk = await self.stream.read(_READ_CHUNK)
+            if chunk:
+                self._frames.extend(self._reader.feed(chunk))
+            else:
+                self._eof = True
+                self._reader.check_end()
+        return self._frames.popleft()
+
+    def _error(self, exc: H3Error) -> None:
+        """Act on an error met while receiving: section 8's connection or stream error."""
+        if isinstance(exc, H3ConnectionError):
+            self.h3.fail(exc)
+        else:
+            logger.info("HTTP/3 stream error on stream %s: %s", self.stream.id, exc)
+            self.abort(exc.error_code)
+
+    def abort(self, error_code: int) -> None:
+        """Reset the stream both ways with ``error_code`` (a stream error)."""
+        try:
+            self.stream.abort(error_code)
+        except (StreamError, ConnectionClosed):
+            pass
+
+    def cancel(self) -> None:
+        """Cancel the request: reset both ways with H3_REQUEST_CANCELLED (section 4.1.1)."""
+        self.abort(ErrorCode.H3_REQUEST_CANCELLED)
+
+    async def _decode(self, block: bytes) -> Headers:
+        stream_id = self.stream.id
+        assert stream_id is not None
+        headers = await self.h3._decoder.decode(stream_id, block)
+        size = sum(len(name) + len(value) + 32 for name, value in headers)  # section 4.2.2's measure
+        if size > self.h3.max_field_section_size:
+            raise H3StreamError(ErrorCode.H3_EXCESSIVE_LOAD, f"field section of {size} bytes")
+        return headers
+
+    async def receive_headers(self) -> Headers:
+        """The header section (the first frame must be HEADERS)."""
+        try:
+            frame = await self._next_frame()
+            if frame is None:
+                raise H3StreamError(ErrorCode.H3_REQUEST_INCOMPLETE, "stream ended before HEADERS")
+            if frame.type != FrameType.HEADERS or self._headers_received:
+                raise H3ConnectionError(ErrorCode.H3_FRAME_UNEXPECTED,
+                                        f"{FrameType(frame.type).name} before HEADERS")
+            self._headers_received = True
+            headers = await self._decode(frame.data)
+            if self.h3.is_client:  # the stream's id is known now: its datagrams can be routed to it
+                stream_id = self.stream.id
+                assert stream_id is not None
+                self.h3._streams_by_id[stream_id] = self
+            return headers
+        except H3Error as exc:
+            self._error(exc)
+            raise
+
+    async def receive_data(self) -> bytes:
+        """The next piece of the body; b"" at its end (:attr:`trailers` then set if sent)."""
+        try:
+            while True:
+                frame = await self._next_frame()
+                if frame is None:
+                    return b""
+                if self.trailers is not None:
+                    raise H3ConnectionError(ErrorCode.H3_FRAME_UNEXPECTED,
+                                            f"{FrameType(frame.type).name} after trailers")
+                if frame.type == FrameType.HEADERS:
+                    self.trailers = await self._decode(frame.data)
+                    check_trailers(self.trailers)
+                elif frame.data:
+                    self.data_received += len(frame.data)
+                    return frame.data
+        except H3Error as exc:
+            self._error(exc)
+            raise
+
+    def send_datagram(self, data: bytes) -> None:
+        """Send an HTTP Datagram (RFC 9297) tied to this request: unreliable, unordered.
+        Needs H3_DATAGRAM from both sides (:meth:`H3Connection.datagrams_allowed`) and,
+        on a client, the response's headers received (the stream's id is known then)."""
+        stream_id = self.stream.id
+        if not self.h3.datagrams_allowed():
+            raise H3StreamError(ErrorCode.H3_DATAGRAM_ERROR, "HTTP Datagrams were not negotiated")
+        if stream_id is None:
+            raise RuntimeError("send_datagram() before the stream started: await the response headers first")
+        self.h3.quic.send_datagram(encode_varint(stream_id // 4) + data)
+
+    async def receive_datagram(self) -> bytes:
+        """The next HTTP Datagram the peer sent for this request."""
+        return await self._datagrams.get()
+
+    def interim_received(self) -> None:
+        """The headers received were an interim (1xx) response: another HEADERS
+        frame, the final response's, may follow (RFC 9114 section 4.1)."""
+        self._headers_received = False
+
+    def _headers_frame(self, headers: Headers) -> bytes:
+        settings = self.h3.peer_settings
+        if settings.done() and not settings.exception():  # the peer's limit, once known (section 4.2.2)
+            limit = settings.result().get(Setting.MAX_FIELD_SECTION_SIZE)
+            size = sum(len(name) + len(value) + 32 for name, value in headers)
+            if limit is not None and size > limit:
+                raise ValueError(f"a header section of {size} bytes: the peer takes at most {limit}")
+        stream_id = self.stream.id
+        encoder_data, block = self.h3._encoder.encode(0 if stream_id is None else stream_id, headers)
+        self.h3._send_encoder_data(encoder_data)  # before the block that may refer to it
+        return encode_frame(FrameType.HEADERS, block)
+
+    def send_headers(self, headers: Headers, end_stream: bool = False) -> None:
+        """Send a HEADERS frame (headers first, or trailers after the data)."""
+        self.stream.write(self._headers_frame(headers), fin=end_stream)
+
+    def send_headers_and_data(self, headers: Headers, data: bytes, end_stream: bool = False) -> None:
+        """HEADERS then DATA in one write (a whole small response at once)."""
+        frames = self._headers_frame(headers)
+        if data:
+            frames += encode_frame_header(FrameType.DATA, len(data)) + data
+        self.stream.write(frames, fin=end_stream)
+
+    def send_data(self, data: bytes, end_stream: bool = False) -> None:
+        """Send a DATA frame (never waits: see :meth:`drain`)."""
+        if not data:
+            if end_stream:
+                self.stream.finish()
+            return
+        if len(data) <= 4096:  # one write for small bodies; large ones are not copied
+            self.stream.write(encode_frame_header(FrameType.DATA, len(data)) + data, fin=end_stream)
+        else:
+            self.stream.write(encode_frame_header(FrameType.DATA, len(data)))
+            self.stream.write(data, fin=end_stream)
+
+    async def wait_peer_gone(self) -> None:
+        """Wait until the peer no longer wants what we send: STOP_SENDING came
+        (a cancelled request), or the stream or its connection is over."""
+        gone = lib.PMQ_STREAM_STOP_SENDING_RECEIVED | lib.PMQ_STREAM_SHUTDOWN_COMPLETE
+        stream = self.stream
+        # No public wait for this one state: the stream's own waiter, woken on every change.
+        await stream._wait(lambda: True if stream._state().flags & gone else None, "wait_peer_gone()")
+
+    def end(self) -> None:
+        """End our side of the stream (FIN)."""
+        self.stream.finish()
+
+    async def drain(self) -> None:
+        """Wait for room in the stream's send buffer."""
+        await self.stream.drain()

@@ -1,0 +1,325 @@
+"""A minimal ASGI 3 server over HTTP/3: :func:`serve` runs ``app`` for every
+request (``http`` scope; request and response bodies stream; trailers when
+the app sends ``http.response.trailers``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from typing import Any, Awaitable, Callable, MutableMapping
+from urllib.parse import unquote
+
+from .. import asyncio as pymsquic_asyncio
+from ..configuration import Credential, Settings
+from ..errors import ConnectionClosed, StreamError
+from .connection import ALPN, H3Connection, RequestStream
+from .errors import ErrorCode, H3Error, H3StreamError
+from .frames import MAX_HEADERS_FRAME_SIZE
+from .message import CONNECTION_SPECIFIC, Headers, check_request, content_length
+from .qpack import DEFAULT_BLOCKED_STREAMS, DEFAULT_MAX_TABLE_CAPACITY
+
+logger = logging.getLogger("pymsquic")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Default maximum of requests in flight per connection (the peer's bidirectional stream limit).
+MAX_CONCURRENT_REQUESTS = 100
+
+
+class _Exchange:
+    """One request: the ASGI ``receive``/``send`` pair over a :class:`RequestStream`."""
+
+    def __init__(self, request: RequestStream, headers: Headers, head: bool = False) -> None:
+        self.request = request
+        self.head = head  # a HEAD response has no body, whatever the app sends (as uvicorn, hypercorn)
+        self.expected_length = content_length(headers)
+        self.body_done = False
+        self.response_done = asyncio.Event()
+        self.status: int | None = None
+        self.response_headers: Headers = []
+        self.trailers_expected = False
+        self.headers_sent = False
+        self.disconnected = False  # the client went away: receive() says so, send() drops
+
+    async def receive(self) -> Message:
+        if self.disconnected:
+            return {"type": "http.disconnect"}
+        if self.body_done:  # nothing more to receive: wait until the response is done or unwanted
+            waits = [asyncio.ensure_future(self.response_done.wait()),
+                     asyncio.ensure_future(self.request.wait_peer_gone())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+            self.disconnected = not self.response_done.is_set()
+            return {"type": "http.disconnect"}
+        try:
+            chunk = await self.request.receive_data()
+            if not chunk:
+                self.body_done = True
+                if self.expected_length is not None and self.request.data_received != self.expected_length:
+                    error = H3StreamError(ErrorCode.H3_MESSAGE_ERROR, "body length differs from content-length")
+                    self.request._error(error)
+                    raise error
+            return {"type": "http.request", "body": chunk, "more_body": not self.body_done}
+        except (H3Error, StreamError, ConnectionClosed):
+            self.body_done = self.disconnected = True
+            return {"type": "http.disconnect"}
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        request = self.request
+        if self.disconnected:  # as uvicorn and hypercorn do: the app need not watch for it
+            return
+        if kind == "http.response.start":
+            if self.status is not None:
+                raise RuntimeError("http.response.start sent twice")
+            self.status = int(message["status"])
+            self.response_headers = [(b":status", str(self.status).encode())] + [
+                (name, value) for name, value in _fields(message.get("headers", []))
+                if name not in CONNECTION_SPECIFIC]  # HTTP/1.1 only: malformed in HTTP/3 (section 4.2)
+            self.trailers_expected = bool(message.get("trailers", False))
+        elif kind == "http.response.body":
+            if self.status is None or self.response_done.is_set():
+                raise RuntimeError("http.response.body before http.response.start or after the end")
+            more = bool(message.get("more_body", False))
+            end = not more and not self.trailers_expected
+            body = b"" if self.head else bytes(message.get("body", b""))
+            if self.headers_sent:
+                request.send_data(body, end_stream=end)
+            else:
+                self.headers_sent = True
+                request.send_headers_and_data(self.response_headers, body, end_stream=end)
+            if end:
+                self.response_done.set()
+            await request.drain()
+        elif kind == "http.response.trailers":
+            if not self.trailers_expected or not self.headers_sent:
+                raise RuntimeError("http.response.trailers without trailers=True or before the body")
+            more = bool(message.get("more_trailers", False))
+            request.send_headers(_fields(message.get("headers", [])), end_stream=not more)
+            if not more:
+                self.response_done.set()
+        else:
+            raise RuntimeError(f"unknown ASGI message type {kind!r}")
+
+
+def _fields(headers: Any) -> Headers:
+    """An ASGI app's header fields, names lowercase as HTTP/3 requires."""
+    return [(bytes(name).lower(), bytes(value)) for name, value in headers]
+
+
+def _scope(h3: H3Connection, headers: Headers, pseudo: dict[bytes, bytes]) -> Scope:
+    raw_path, _, query = pseudo.get(b":path", b"").partition(b"?")
+    regular = [(name, value) for name, value in headers if not name.startswith(b":")]
+    if b":authority" in pseudo and not any(name == b"host" for name, _ in regular):
+        regular.insert(0, (b"host", pseudo[b":authority"]))
+    client = h3.quic.remote_address
+    server = h3.quic.local_address
+    return {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "3",
+        "method": pseudo[b":method"].decode("latin-1"), "scheme": pseudo.get(b":scheme", b"https").decode("latin-1"),
+        "path": unquote(raw_path.decode("latin-1")), "raw_path": raw_path, "query_string": query,
+        "root_path": "", "headers": regular,
+        "client": (client[0], client[1]) if client else None, "server": (server[0], server[1]) if server else None,
+        "extensions": {"http.response.trailers": {}},
+    }
+
+
+async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream) -> None:
+    try:
+        headers = await request.receive_headers()
+        pseudo = check_request(headers)
+    except H3StreamError as exc:
+        request._error(exc)
+        return
+    except (H3Error, StreamError, ConnectionClosed):
+        return  # acted on (connection error) or gone
+    exchange = _Exchange(request, headers, head=pseudo[b":method"] == b"HEAD")
+    scope = _scope(h3, headers, pseudo)
+    try:
+        await app(scope, exchange.receive, exchange.send)
+        if not exchange.response_done.is_set() and not exchange.disconnected:
+            raise RuntimeError("the app returned before finishing its response")
+    except (StreamError, ConnectionClosed) as exc:
+        logger.info("request stream %s ended early: %s", request.stream.id, exc)
+    except Exception:
+        logger.exception("ASGI app failed on %s %s", scope["method"], scope["path"])
+        if exchange.headers_sent:
+            request.abort(ErrorCode.H3_INTERNAL_ERROR)
+        else:
+            try:
+                request.send_headers([(b":status", b"500"), (b"content-length", b"0")], end_stream=True)
+            except (StreamError, ConnectionClosed):
+                pass
+    finally:
+        exchange.response_done.set()
+        if not exchange.body_done:  # answered without reading it all: the rest is not wanted (section 4.1)
+            with contextlib.suppress(StreamError, ConnectionClosed):
+                request.stream.stop_sending(ErrorCode.H3_NO_ERROR)
+    client = scope["client"]
+    logger.info('%s:%s - "%s %s HTTP/3" %s', client[0] if client else "-", client[1] if client else "-",
+                scope["method"], scope["path"], exchange.status)
+
+
+async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
+                           shutdown: asyncio.Event | None = None, **h3_options: Any) -> None:
+    """Serve HTTP/3 on one accepted QUIC connection until it ends, or until
+    ``shutdown`` is set: then GOAWAY, the requests already in finish, and the
+    connection closes with H3_NO_ERROR."""
+    h3 = H3Connection(quic, is_client=False, **h3_options)
+    h3.start()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def stop_on_shutdown() -> None:
+        await (shutdown or asyncio.Event()).wait()
+        h3.stop_accepting()
+
+    stop = asyncio.ensure_future(stop_on_shutdown())
+    try:
+        while True:
+            request = await h3.accept_request()
+            if request is None:
+                break
+            task = asyncio.ensure_future(_handle_request(app, h3, request))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        stop.cancel()
+        for task in tasks:
+            task.cancel()
+        await h3.close()
+
+
+class H3Server:
+    """An HTTP/3 server running an ASGI app (see :func:`serve`).
+
+    :meth:`close` shuts down gracefully: GOAWAY on every connection, the
+    requests already in finish (up to ``grace`` seconds), then the connections
+    close with H3_NO_ERROR and the ASGI lifespan ends. ``async with`` closes on
+    the way out.
+    """
+
+    def __init__(self, quic_server: pymsquic_asyncio.Server, shutdown: asyncio.Event, lifespan: _Lifespan) -> None:
+        self.quic_server = quic_server
+        self._shutdown = shutdown
+        self._lifespan = lifespan
+        self._closing: asyncio.Task[None] | None = None
+
+    @property
+    def addresses(self) -> list[Any]:
+        """The addresses listened on (port 0 picked a free port: it is here)."""
+        return list(self.quic_server.addresses)
+
+    def close(self, grace: float = 5.0) -> None:
+        """Start the graceful shutdown (does not wait: see :meth:`wait_closed`)."""
+        if self._closing is None:
+            self._shutdown.set()
+            self._closing = asyncio.ensure_future(self._close(grace))
+
+    async def _close(self, grace: float) -> None:
+        self.quic_server.close(grace)
+        try:
+            await self.quic_server.wait_closed()
+        finally:
+            await self._lifespan.shutdown()
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`close` is over."""
+        if self._closing is not None:
+            await asyncio.shield(self._closing)
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled (then close gracefully)."""
+        try:
+            await self.quic_server.serve_forever()
+        finally:
+            self.close()
+            await self.wait_closed()
+
+    async def __aenter__(self) -> H3Server:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+class _Lifespan:
+    """The ASGI lifespan protocol: startup before serving, shutdown after. An
+    app that does not support it (raises at once) is served without it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+        self._to_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._from_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.supported = True
+
+    async def startup(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+        self._to_app.put_nowait({"type": "lifespan.startup"})
+        message = await self._from_app.get()
+        if message["type"] == "lifespan.startup.failed":
+            raise RuntimeError(f"ASGI lifespan startup failed: {message.get('message', '')}")
+
+    async def _run(self) -> None:
+        scope: Scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+        try:
+            await self._app(scope, self._to_app.get, self._send)
+        except Exception:
+            if self.supported:  # before any message: the app has no lifespan support
+                logger.debug("the ASGI app does not support lifespan", exc_info=True)
+        finally:
+            self.supported = False
+            self._from_app.put_nowait({"type": "lifespan.unsupported"})
+
+    async def _send(self, message: Message) -> None:
+        self._from_app.put_nowait(message)
+
+    async def shutdown(self) -> None:
+        if self._task is None or self._task.done():
+            return
+        self._to_app.put_nowait({"type": "lifespan.shutdown"})
+        message = await self._from_app.get()
+        if message["type"] == "lifespan.shutdown.failed":
+            logger.error("ASGI lifespan shutdown failed: %s", message.get("message", ""))
+        self._task.cancel()
+
+
+async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Credential,
+                settings: Settings | None = None, max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS,
+                max_field_section_size: int = MAX_HEADERS_FRAME_SIZE,
+                qpack_max_table_capacity: int = DEFAULT_MAX_TABLE_CAPACITY,
+                qpack_blocked_streams: int = DEFAULT_BLOCKED_STREAMS,
+                **serve_options: Any) -> H3Server:
+    """Serve the ASGI 3 ``app`` over HTTP/3 on ``host:port`` (port 0: any free
+    one, see :attr:`H3Server.addresses`), after the app's lifespan startup.
+    ``max_concurrent_requests`` is the number of request streams a client may
+    have open at once; ``max_field_section_size`` bounds a request's header
+    section (larger: stream error H3_EXCESSIVE_LOAD); the ``qpack_`` limits
+    bound the client's use of our QPACK decoder. Other keyword arguments go
+    to :func:`pymsquic.asyncio.serve`."""
+    settings = dataclasses.replace(settings or Settings(idle_timeout_ms=30_000),
+                                   peer_bidi_stream_count=max_concurrent_requests, peer_unidi_stream_count=16)
+    shutdown = asyncio.Event()
+    lifespan = _Lifespan(app)
+    await lifespan.startup()
+
+    async def handler(quic: pymsquic_asyncio.Connection) -> None:
+        await serve_connection(app, quic, shutdown=shutdown, max_field_section_size=max_field_section_size,
+                               qpack_max_table_capacity=qpack_max_table_capacity,
+                               qpack_blocked_streams=qpack_blocked_streams)
+
+    quic_server = await pymsquic_asyncio.serve(handler, host, port, alpn=ALPN, credential=credential,
+                                               settings=settings, **serve_options)
+    return H3Server(quic_server, shutdown, lifespan)

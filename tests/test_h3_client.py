@@ -1,0 +1,212 @@
+"""pymsquic.h3's Client against pymsquic.h3's ASGI server: certificate checks,
+streaming bodies both ways, trailers, timeouts and cancellation, GOAWAY, lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import pytest
+from test_h3_interop import read_body
+
+import pymsquic
+import pymsquic.h3
+from pymsquic.h3 import ErrorCode
+
+state: dict[str, Any] = {}  # what the app saw, and the test's events (made on its loop)
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            state.setdefault("lifespan", []).append(message["type"])
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    state["in flight"] = state.get("in flight", 0) + 1
+    state["peak"] = max(state.get("peak", 0), state["in flight"])
+    try:
+        await respond(scope, receive, send)
+    finally:
+        state["in flight"] -= 1
+
+
+async def respond(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    path = scope["path"]
+    if path == "/hang":  # waits for the client to go away
+        state["hang started"].set()
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        state["hang disconnected"].set()
+        return
+    if path.startswith("/held"):  # answers once 5 requests are in at once
+        if state["in flight"] >= 5:
+            state["full"].set()
+        await state["full"].wait()
+    if path == "/slow":  # answers once the test says so
+        state["slow started"].set()
+        await state["slow go"].wait()
+    body = await read_body(receive)
+    headers = [(b"x-method", scope["method"].encode())]
+    if path == "/lying":
+        headers.append((b"content-length", b"10"))
+    if path == "/hop-by-hop":  # HTTP/1.1 fields an app may set: the server leaves them out
+        headers += [(b"Connection", b"keep-alive"), (b"Transfer-Encoding", b"chunked"), (b"X-Kept", b"yes")]
+    await send({"type": "http.response.start", "status": 201, "headers": headers, "trailers": path == "/stream"})
+    if path == "/stream":
+        for i in range(10):
+            await send({"type": "http.response.body", "body": bytes([i]) * 3000, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        await send({"type": "http.response.trailers", "headers": [(b"x-sum", str(len(body)).encode())]})
+    else:
+        await send({"type": "http.response.body", "body": body or b"short"})
+
+
+async def start(credential: pymsquic.Credential) -> tuple[pymsquic.h3.H3Server, str]:
+    state.clear()
+    for name in ("hang started", "hang disconnected", "slow started", "slow go"):
+        state[name] = asyncio.Event()
+    server = await pymsquic.h3.serve(app, "127.0.0.1", 0, credential=credential)
+    return server, f"https://127.0.0.1:{server.addresses[0][1]}"
+
+
+def test_certificate_verified_by_default(server_credential: pymsquic.Credential, tmp_path: Path) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(server_credential.certificate_pem or b"")
+
+    async def main() -> None:
+        server, url = await start(server_credential)
+        async with server:
+            async with pymsquic.h3.Client(timeout=10) as client:  # the system CA store: refused
+                with pytest.raises(pymsquic.ConnectionClosed):
+                    await client.get(f"{url}/")
+            async with pymsquic.h3.Client(ca_file=ca_file, server_name="localhost", timeout=10) as client:
+                response = await client.get(f"{url}/")
+                assert response.status_code == 201 and response.content == b"short"
+        assert state["lifespan"] == ["lifespan.startup", "lifespan.shutdown"]
+
+    asyncio.run(main())
+
+
+def test_streaming_bodies_trailers_and_one_connection(server_credential: pymsquic.Credential) -> None:
+    async def main() -> None:
+        server, url = await start(server_credential)
+        async with server, pymsquic.h3.Client(verify=False, timeout=10) as client:
+            payload = bytes(range(256)) * 400  # 100 KiB each way
+            response = await client.post(f"{url}/stream", content=payload, stream=True)
+            assert response.status_code == 201 and response.header("X-Method") == "POST"
+            chunks = [chunk async for chunk in response.aiter_bytes()]
+            assert b"".join(chunks) == b"".join(bytes([i]) * 3000 for i in range(10))
+            assert response.trailers == [("x-sum", str(len(payload)))]
+            echoes = await asyncio.gather(*(client.put(f"{url}/{i}", content=str(i).encode() * 1000)
+                                            for i in range(30)))
+            assert [r.content for r in echoes] == [str(i).encode() * 1000 for i in range(30)]
+            assert len(client._connections) == 1
+            assert len(server.quic_server._connections) == 1
+
+    asyncio.run(main())
+
+
+def test_timeout_cancels_the_request(server_credential: pymsquic.Credential) -> None:
+    async def main() -> None:
+        server, url = await start(server_credential)
+        async with server, pymsquic.h3.Client(verify=False, timeout=0.5) as client:
+            with pytest.raises(asyncio.TimeoutError):
+                await client.get(f"{url}/hang")
+            await asyncio.wait_for(state["hang disconnected"].wait(), 10)  # H3_REQUEST_CANCELLED reached the app
+            assert (await client.get(f"{url}/after")).status_code == 201  # the connection carries on
+
+    asyncio.run(main())
+
+
+def test_content_length_mismatch_is_message_error(server_credential: pymsquic.Credential) -> None:
+    async def main() -> None:
+        server, url = await start(server_credential)
+        async with server, pymsquic.h3.Client(verify=False, timeout=10) as client:
+            with pytest.raises(pymsquic.h3.H3StreamError) as info:
+                await client.get(f"{url}/lying")
+            assert info.value.error_code == ErrorCode.H3_MESSAGE_ERROR
+
+    asyncio.run(main())
+
+
+def test_graceful_shutdown_sends_goaway_and_finishes_requests(server_credential: pymsquic.Credential) -> None:
+    async def main() -> None:
+        server, url = await start(server_credential)
+        async with pymsquic.h3.Client(verify=False, timeout=10) as client:
+            slow = asyncio.ensure_future(client.post(f"{url}/slow", content=b"in flight"))
+            await asyncio.wait_for(state["slow started"].wait(), 10)
+            h3 = next(iter(client._connections.values()))
+            server.close(grace=10)
+            await asyncio.wait_for(h3.goaway_received.wait(), 10)
+            assert h3.goaway_id == 4  # stream 0 is in, nothing after it
+            state["slow go"].set()
+            response = await slow  # the request already in completes
+            assert response.content == b"in flight"
+            await asyncio.wait_for(server.wait_closed(), 10)
+            assert h3.quic.close_reason is not None and h3.quic.close_reason.error_code == ErrorCode.H3_NO_ERROR
+
+    asyncio.run(main())
+
+
+def test_more_requests_than_the_server_allows_at_once(server_credential: pymsquic.Credential) -> None:
+    async def main() -> None:
+        state.clear()
+        server = await pymsquic.h3.serve(app, "127.0.0.1", 0, credential=server_credential,
+                                         max_concurrent_requests=5)
+        state["full"] = asyncio.Event()
+        url = f"https://127.0.0.1:{server.addresses[0][1]}"
+        async with server, pymsquic.h3.Client(verify=False, timeout=10) as client:
+            # QUIC's stream limit holds the 6th and later requests until earlier ones end
+            responses = await asyncio.gather(*(client.post(f"{url}/held{i}", content=b"%d" % i)
+                                             for i in range(40)))
+            assert [r.content for r in responses] == [b"%d" % i for i in range(40)]
+            assert state["peak"] == 5  # 5 at once: the held ones waited for each other
+            (conn,) = server.quic_server._connections
+            assert conn.read_settings().peer_bidi_stream_count == 5  # QUIC's limit, not more, held the rest
+            assert len(client._connections) == 1
+
+    asyncio.run(main())
+
+
+def test_streamed_request_body(server_credential: pymsquic.Credential) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(50):
+            yield bytes([i]) * 10_000  # 500 kB, drained piece by piece
+
+    async def main() -> None:
+        server, url = await start(server_credential)
+        async with server, pymsquic.h3.Client(verify=False, timeout=10) as client:
+            response = await client.post(f"{url}/upload", content=body())
+            assert response.content == b"".join(bytes([i]) * 10_000 for i in range(50))
+
+    asyncio.run(main())
+
+
+def test_connection_specific_fields_of_the_app_are_left_out(server_credential: pymsquic.Credential) -> None:
+    async def main() -> None:
+        server, url = await start(server_credential)
+        async with server, pymsquic.h3.Client(verify=False, timeout=10) as client:
+            response = await client.get(f"{url}/hop-by-hop")  # the client would refuse them (H3_MESSAGE_ERROR)
+            assert response.header("x-kept") == "yes" and response.header("connection") is None
+
+    asyncio.run(main())
+
+
+def test_header_section_over_the_servers_limit_is_refused_here(server_credential: pymsquic.Credential) -> None:
+    async def main() -> None:
+        state.clear()
+        server = await pymsquic.h3.serve(app, "127.0.0.1", 0, credential=server_credential,
+                                         max_field_section_size=1000)
+        url = f"https://127.0.0.1:{server.addresses[0][1]}"
+        async with server, pymsquic.h3.Client(verify=False, timeout=10) as client:
+            assert (await client.get(f"{url}/", headers={"x-small": "1"})).status_code == 201
+            h3 = next(iter(client._connections.values()))
+            assert (await asyncio.wait_for(h3.peer_settings, 10))[0x6] == 1000  # SETTINGS_MAX_FIELD_SECTION_SIZE
+            with pytest.raises(ValueError, match="at most 1000"):
+                await client.get(f"{url}/", headers={"x-big": "v" * 2000})
+            assert (await client.get(f"{url}/")).status_code == 201  # nothing was sent; all is well
+
+    asyncio.run(main())

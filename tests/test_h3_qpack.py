@@ -1,0 +1,108 @@
+"""pymsquic.h3.qpack over pylsqpack: round trips, the dynamic table's bound, blocked streams, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pymsquic.h3.errors import ErrorCode, H3ConnectionError
+from pymsquic.h3.qpack import Decoder, Encoder
+
+HEADERS = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost"),
+           (b":path", b"/index.html"), (b"x-custom", b"a value long enough to be worth indexing" * 2)]
+
+
+def pair(capacity: int = 4096, blocked: int = 16) -> tuple[Encoder, Decoder, list[bytes], bytes]:
+    sent: list[bytes] = []
+    decoder = Decoder(sent.append, capacity, blocked)
+    encoder = Encoder()
+    settings_data = encoder.apply_settings(decoder.max_table_capacity, decoder.blocked_streams)
+    return encoder, decoder, sent, settings_data
+
+
+def test_round_trip_with_dynamic_table() -> None:
+    async def main() -> None:
+        encoder, decoder, sent, settings_data = pair()
+        decoder.feed_encoder(settings_data)
+        for stream_id in (0, 4, 8):
+            encoder_data, block = encoder.encode(stream_id, HEADERS)
+            decoder.feed_encoder(encoder_data)
+            assert await decoder.decode(stream_id, block) == HEADERS
+        assert sent  # acknowledgements for the dynamic table's entries
+        for data in sent:
+            encoder.feed_decoder(data)
+        _, block = encoder.encode(12, HEADERS)
+        assert len(block) < 10  # all from the acknowledged dynamic table
+    asyncio.run(main())
+
+
+def test_blocked_stream_waits_for_encoder_stream() -> None:
+    async def main() -> None:
+        encoder, decoder, _, settings_data = pair()
+        _, first = encoder.encode(0, HEADERS)  # ls-qpack indexes what it saw before
+        assert await decoder.decode(0, first) == HEADERS
+        encoder_data, block = encoder.encode(4, HEADERS)
+        assert encoder_data
+        waiting = asyncio.ensure_future(decoder.decode(4, block))  # its table entries have not come yet
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        decoder.feed_encoder(settings_data + encoder_data)
+        assert await asyncio.wait_for(waiting, 5) == HEADERS
+    asyncio.run(main())
+
+
+def test_too_many_blocked_streams_is_decompression_failed() -> None:
+    async def main() -> None:
+        encoder, decoder, _, _ = pair(blocked=1)
+        # an encoder told 2 streams may block, a decoder that allows 1
+        encoder.apply_settings(4096, 2)
+        waits = []
+        for stream_id in (0, 4, 8):  # 0 plain, 4 blocked (indexed now), 8 a second blocked one
+            _, block = encoder.encode(stream_id, [(b"x-n", b"v" * 40)])
+            waits.append(asyncio.ensure_future(decoder.decode(stream_id, block)))
+        done, _ = await asyncio.wait(waits, timeout=5, return_when=asyncio.FIRST_EXCEPTION)
+        failed = [t for t in done if t.exception() is not None]
+        assert failed and isinstance(failed[0].exception(), H3ConnectionError)
+        assert failed[0].exception().error_code == ErrorCode.QPACK_DECOMPRESSION_FAILED  # type: ignore[union-attr]
+        for t in waits:
+            t.cancel()
+    asyncio.run(main())
+
+
+def test_table_larger_than_our_capacity_is_encoder_stream_error() -> None:
+    _, decoder, _, _ = pair(capacity=100)
+    big = Encoder(max_table_capacity=10_000).apply_settings(10_000, 16)  # "Set Dynamic Table Capacity 10000"
+    with pytest.raises(H3ConnectionError) as info:
+        decoder.feed_encoder(big)
+    assert info.value.error_code == ErrorCode.QPACK_ENCODER_STREAM_ERROR
+
+
+def test_encoder_bounded_by_its_own_limit() -> None:
+    encoder = Encoder(max_table_capacity=0)  # peer allows 4096, we use none: nothing goes to the encoder stream
+    assert encoder.apply_settings(4096, 16) == b""
+    encoder_data, _ = encoder.encode(0, HEADERS)
+    assert encoder_data == b""
+
+
+def test_bad_header_block_and_decoder_stream() -> None:
+    async def main() -> None:
+        encoder, decoder, _, _ = pair()
+        with pytest.raises(H3ConnectionError) as info:
+            await decoder.decode(0, b"\xff\xff\xff\xff\xff\xff")
+        assert info.value.error_code == ErrorCode.QPACK_DECOMPRESSION_FAILED
+        with pytest.raises(H3ConnectionError) as info:
+            encoder.feed_decoder(b"\x80")  # acknowledgement of a stream that sent nothing
+        assert info.value.error_code == ErrorCode.QPACK_DECODER_STREAM_ERROR
+    asyncio.run(main())
+
+
+def test_missing_pylsqpack_says_how_to_get_it() -> None:
+    code = ("import sys; sys.modules['pylsqpack'] = None\n"
+            "try:\n    import pymsquic.h3\nexcept ImportError as exc:\n    print(exc)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, check=True)
+    assert result.stdout.strip() == "pymsquic.h3 needs pylsqpack: pip install 'pymsquic[h3]'"

@@ -1,0 +1,278 @@
+"""The pymsquic.h3 ASGI server against a raw aioquic QUIC client that writes
+HTTP/3 bytes itself (well-formed or not): each protocol error answered with
+RFC 9114's code, as a stream or a connection error, and what the RFC says to
+ignore ignored."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from typing import Any, AsyncIterator
+
+import pylsqpack
+import pytest
+from aioquic.asyncio import connect
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ConnectionTerminated, QuicEvent, StopSendingReceived
+from test_interop import EventLog
+
+import pymsquic
+import pymsquic.h3
+from pymsquic.h3 import ErrorCode
+from pymsquic.h3.frames import (
+    Frame,
+    FrameReader,
+    FrameType,
+    StreamKind,
+    StreamType,
+    encode_frame,
+    encode_settings,
+    encode_varint,
+)
+
+GET = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost"), (b":path", b"/")]
+
+
+def control_stream(settings: dict[int, int] | None = None) -> bytes:
+    """A client control stream's start: its type and SETTINGS (no QPACK dynamic table)."""
+    return encode_varint(StreamType.CONTROL) + encode_frame(FrameType.SETTINGS, encode_settings(settings or {}))
+
+
+def headers_frame(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A HEADERS frame encoded with the static table only (no SETTINGS applied)."""
+    _, block = pylsqpack.Encoder().encode(0, headers)
+    return encode_frame(FrameType.HEADERS, block)
+
+
+class RawH3Client(EventLog):
+    """Writes bytes on streams as told (``send``); records what comes back,
+    STOP_SENDING and the connection's close code too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stop_sending: dict[int, int] = {}
+        self.stop_event = asyncio.Event()
+        self.close_code: int | None = None
+        self.terminated = asyncio.Event()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        super().quic_event_received(event)
+        if isinstance(event, StopSendingReceived):
+            self.stop_sending[event.stream_id] = event.error_code
+            self.stop_event.set()
+        elif isinstance(event, ConnectionTerminated):
+            self.close_code = event.error_code
+            self.terminated.set()
+
+    async def response(self, stream_id: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The response on ``stream_id``: its headers and body (the server's encoder
+        has no dynamic table: our SETTINGS gave it none)."""
+        await asyncio.wait_for(self.ended_event(stream_id).wait(), 10)
+        assert stream_id not in self.resets, f"reset with {self.resets[stream_id]:#x}"
+        frames = FrameReader(StreamKind.RESPONSE).feed(bytes(self.data[stream_id]))
+        assert frames[0].type == FrameType.HEADERS
+        _, headers = pylsqpack.Decoder(0, 0).feed_header(stream_id, frames[0].data)
+        return headers, b"".join(f.data for f in frames if f.type == FrameType.DATA)
+
+    async def closed_with(self) -> int | None:
+        await asyncio.wait_for(self.terminated.wait(), 10)
+        return self.close_code
+
+
+disconnects: list[str] = []
+events: dict[str, asyncio.Event] = {}  # the waiting test's events, made on its loop: "started", "disconnected"
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Echo the body; /trailers answers with trailers; records http.disconnect. No lifespan."""
+    if scope["type"] != "http":
+        raise RuntimeError(f"no {scope['type']} here")
+    if scope["path"] == "/no-read":  # answers without reading the body
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"did not read it"})
+        return
+    body = bytearray()
+    if "started" in events:
+        events["started"].set()
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            disconnects.append(scope["path"])
+            await send({"type": "http.response.start", "status": 200})  # too late: dropped, no error
+            await send({"type": "http.response.body", "body": b"nobody reads this"})
+            if "disconnected" in events:
+                events["disconnected"].set()
+            return
+        body += message["body"]
+        if not message["more_body"]:
+            break
+    trailers = scope["path"] == "/trailers"
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-len", str(len(body)).encode())],
+                "trailers": trailers})
+    await send({"type": "http.response.body", "body": bytes(body) or b"hello"})
+    if trailers:
+        await send({"type": "http.response.trailers", "headers": [(b"x-trailer", b"yes")]})
+
+
+@contextlib.asynccontextmanager
+async def raw_client(credential: pymsquic.Credential, *, control: bytes | None = None,
+                     **options: Any) -> AsyncIterator[RawH3Client]:
+    """The app served by pymsquic.h3 and a raw client connected to it (with a
+    control stream unless ``control`` says what to send instead)."""
+    async with await pymsquic.h3.serve(app, "127.0.0.1", 0, credential=credential, **options) as server:
+        config = QuicConfiguration(is_client=True, alpn_protocols=["h3"], verify_mode=ssl.CERT_NONE,
+                                   server_name="localhost")
+        async with connect("127.0.0.1", server.addresses[0][1], configuration=config,
+                           create_protocol=RawH3Client) as client:
+            assert isinstance(client, RawH3Client)
+            client.send(control_stream() if control is None else control, uni=True, end=False)
+            yield client
+
+
+def run(coro: Any) -> None:
+    asyncio.run(coro)
+
+
+@pytest.mark.parametrize("name, control, code", [
+    ("GOAWAY before SETTINGS", encode_varint(0) + encode_frame(FrameType.GOAWAY, b"\x00"),
+     ErrorCode.H3_MISSING_SETTINGS),
+    ("second SETTINGS", control_stream() + encode_frame(FrameType.SETTINGS, b""), ErrorCode.H3_FRAME_UNEXPECTED),
+    ("DATA on the control stream", control_stream() + encode_frame(FrameType.DATA, b"x"),
+     ErrorCode.H3_FRAME_UNEXPECTED),
+    ("HTTP/2 setting", control_stream({0x4: 65535}), ErrorCode.H3_SETTINGS_ERROR),
+    ("truncated SETTINGS", encode_varint(0) + encode_frame(FrameType.SETTINGS, b"\x06"), ErrorCode.H3_FRAME_ERROR),
+    ("CANCEL_PUSH of a push never promised", control_stream() + encode_frame(FrameType.CANCEL_PUSH, b"\x00"),
+     ErrorCode.H3_ID_ERROR),
+])
+def test_control_stream_errors_close_the_connection(server_credential, name: str, control: bytes,
+                                                    code: int) -> None:
+    async def main() -> None:
+        async with raw_client(server_credential, control=control) as client:
+            assert await client.closed_with() == code, name
+    run(main())
+
+
+def test_closed_control_stream_is_closed_critical_stream(server_credential) -> None:
+    async def main() -> None:
+        async with raw_client(server_credential, control=b"") as client:
+            client.send(control_stream(), uni=True, end=True)  # a (second) control stream, ended
+            assert await client.closed_with() == ErrorCode.H3_CLOSED_CRITICAL_STREAM
+    run(main())
+
+
+@pytest.mark.parametrize("stream_type, code", [(StreamType.CONTROL, ErrorCode.H3_STREAM_CREATION_ERROR),
+                                               (StreamType.PUSH, ErrorCode.H3_STREAM_CREATION_ERROR)])
+def test_second_control_stream_and_client_push_stream(server_credential, stream_type: int, code: int) -> None:
+    async def main() -> None:
+        async with raw_client(server_credential) as client:
+            client.send(encode_varint(stream_type) + encode_frame(FrameType.SETTINGS, b""), uni=True, end=False)
+            assert await client.closed_with() == code
+    run(main())
+
+
+def test_reserved_and_unknown_things_are_ignored(server_credential) -> None:
+    async def main() -> None:
+        async with raw_client(server_credential, control=control_stream({0x21: 1, 0x1234: 5})
+                              + encode_frame(0x21 + 0x1F, b"grease")) as client:
+            grease_stream = client.send(encode_varint(0x21 + 0x1F * 2) + b"whatever", uni=True, end=False)
+            await asyncio.wait_for(client.stop_event.wait(), 10)  # the server stops reading it
+            assert client.stop_sending[grease_stream] == ErrorCode.H3_STREAM_CREATION_ERROR
+            request = (encode_frame(0x21, b"before") + headers_frame([*GET[:3], (b":path", b"/echo")])
+                       + encode_frame(0xABCD, b"unknown") + encode_frame(FrameType.DATA, b"abc")
+                       + encode_frame(0x21 + 0x1F * 7, b"") + encode_frame(FrameType.DATA, b"def"))
+            headers, body = await client.response(client.send(request))
+            assert (b":status", b"200") in headers and body == b"abcdef"
+            assert client.close_code is None
+    run(main())
+
+
+@pytest.mark.parametrize("name, request_bytes, code", [
+    ("no :path", headers_frame(GET[:3]), ErrorCode.H3_MESSAGE_ERROR),
+    ("duplicate :method", headers_frame([GET[0], *GET]), ErrorCode.H3_MESSAGE_ERROR),
+    ("pseudo-header after a regular field", headers_frame([*GET[:3], (b"x-a", b"1"), GET[3]]),
+     ErrorCode.H3_MESSAGE_ERROR),
+    ("uppercase field name", headers_frame([*GET, (b"X-Upper", b"1")]), ErrorCode.H3_MESSAGE_ERROR),
+    ("connection-specific field", headers_frame([*GET, (b"connection", b"close")]), ErrorCode.H3_MESSAGE_ERROR),
+    ("content-length and body differ", headers_frame([*GET, (b"content-length", b"10")])
+     + encode_frame(FrameType.DATA, b"short"), ErrorCode.H3_MESSAGE_ERROR),
+    ("stream ends before HEADERS", b"", ErrorCode.H3_REQUEST_INCOMPLETE),
+    (":protocol, extended CONNECT not offered", headers_frame([(b":method", b"CONNECT"), (b":protocol", b"x"),
+                                                              *GET[1:]]), ErrorCode.H3_MESSAGE_ERROR),
+    ("CONNECT with a :path", headers_frame([(b":method", b"CONNECT"), *GET[1:]]), ErrorCode.H3_MESSAGE_ERROR),
+    ("pseudo-header in trailers", headers_frame([*GET[:3], (b":path", b"/echo")]) + encode_frame(FrameType.DATA, b"x")
+     + headers_frame([(b":status", b"200")]), ErrorCode.H3_MESSAGE_ERROR),
+    ("HEADERS over the field section limit", headers_frame([*GET, (b"x-big", b"v" * 2000)]),
+     ErrorCode.H3_EXCESSIVE_LOAD),
+])
+def test_malformed_requests_are_stream_errors(server_credential, name: str, request_bytes: bytes, code: int) -> None:
+    async def main() -> None:
+        async with raw_client(server_credential, max_field_section_size=1000) as client:
+            bad = client.send(request_bytes)
+            await asyncio.wait_for(client.ended_event(bad).wait(), 10)
+            assert client.resets.get(bad) == code, name
+            headers, body = await client.response(client.send(headers_frame(GET)))  # the connection carries on
+            assert (b":status", b"200") in headers and body == b"hello"
+    run(main())
+
+
+@pytest.mark.parametrize("name, request_bytes", [
+    ("DATA before HEADERS", encode_frame(FrameType.DATA, b"x")),
+    ("SETTINGS on a request stream", headers_frame(GET) + encode_frame(FrameType.SETTINGS, b"")),
+    ("DATA after trailers", headers_frame(GET) + headers_frame([(b"x-t", b"1")]) + encode_frame(FrameType.DATA, b"x")),
+    ("stream ends inside a frame", headers_frame(GET) + encode_frame(FrameType.DATA, b"abcdef")[:-2]),
+])
+def test_bad_frame_sequences_are_connection_errors(server_credential, name: str, request_bytes: bytes) -> None:
+    async def main() -> None:
+        async with raw_client(server_credential) as client:
+            client.send(request_bytes)
+            code = await client.closed_with()
+            assert code == (ErrorCode.H3_FRAME_ERROR if "inside" in name else ErrorCode.H3_FRAME_UNEXPECTED), name
+    run(main())
+
+
+def test_request_trailers_and_response_trailers(server_credential) -> None:
+    async def main() -> None:
+        async with raw_client(server_credential) as client:
+            request = (headers_frame([*GET[:3], (b":path", b"/trailers")]) + encode_frame(FrameType.DATA, b"body")
+                       + headers_frame([(b"x-request-trailer", b"1")]))
+            stream_id = client.send(request)
+            await asyncio.wait_for(client.ended_event(stream_id).wait(), 10)
+            frames = FrameReader(StreamKind.RESPONSE).feed(bytes(client.data[stream_id]))
+            assert [f.type for f in frames] == [FrameType.HEADERS, FrameType.DATA, FrameType.HEADERS]
+            _, trailers = pylsqpack.Decoder(0, 0).feed_header(stream_id, frames[2].data)
+            assert trailers == [(b"x-trailer", b"yes")]
+    run(main())
+
+
+def test_cancelled_request_reaches_the_app_as_disconnect(server_credential, caplog) -> None:
+    async def main() -> None:
+        disconnects.clear()
+        events.update(started=asyncio.Event(), disconnected=asyncio.Event())
+        async with raw_client(server_credential) as client:
+            stream_id = client.send(headers_frame([*GET[:3], (b":path", b"/cancelled")])
+                                    + encode_frame(FrameType.DATA, b"part"), end=False)
+            await asyncio.wait_for(events["started"].wait(), 10)  # the app runs, waiting for more body
+            client._quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            client.transmit()
+            headers, _ = await client.response(client.send(headers_frame(GET)))  # the connection carries on
+            assert (b":status", b"200") in headers
+            await asyncio.wait_for(events["disconnected"].wait(), 10)  # the app's receive() returned http.disconnect
+            assert disconnects == ["/cancelled"]
+        events.clear()
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # the late send was dropped
+    run(main())
+
+
+def test_body_not_read_by_the_app_is_stopped_with_no_error(server_credential) -> None:
+    async def main() -> None:
+        async with raw_client(server_credential) as client:
+            stream_id = client.send(headers_frame([*GET[:3], (b":path", b"/no-read")])
+                                    + encode_frame(FrameType.DATA, b"more to come"), end=False)
+            await asyncio.wait_for(client.stop_event.wait(), 10)  # STOP_SENDING: the rest is not wanted
+            assert client.stop_sending[stream_id] == ErrorCode.H3_NO_ERROR
+            await asyncio.wait_for(client.ended_event(stream_id).wait(), 10)
+            frames = FrameReader(StreamKind.RESPONSE).feed(bytes(client.data[stream_id]))
+            assert frames[-1] == Frame(FrameType.DATA, b"did not read it")  # the response is whole
+    run(main())
