@@ -317,6 +317,7 @@ static int begin_read(pmq_stream *s)
 {
     if (__atomic_load_n(&s->needs_start, __ATOMIC_RELAXED)) {
         pmq_stream_ensure_started(s); /* the peer cannot answer a stream it never saw */
+        pmq_conn_start_deferred(s->conn); /* nor a connection never started (early data) */
     }
     pthread_mutex_lock(&s->obj.lock);
     if (s->peeking && pthread_equal(s->peek_thread, pthread_self())) {
@@ -813,6 +814,9 @@ QUIC_STATUS pmq_stream_write(pmq_stream *s, const uint8_t *data, size_t len, int
         }
     }
     pmq_guard_leave(&s->obj, &s->guard, stream_close_handle);
+    /* An early-data client starts right after its first data is queued: msquic's
+     * worker then takes the data first and sends it in the first flight. */
+    pmq_conn_start_deferred(s->conn);
     return status;
 }
 

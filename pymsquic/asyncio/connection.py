@@ -292,14 +292,18 @@ class connect:
                 if self._resumption[0] is not None:
                     # Setting the ticket waits for a msquic worker: not on the loop's thread.
                     await off_loop(conn._apply_resumption)
-                conn._start(host, port, server_name, None)  # never blocks
+                conn._start(host, port, server_name, None, early)  # never blocks
             else:
                 # open_timeout covers the name lookup too, as websockets' does.
                 remote = await asyncio.wait_for(resolve_async(host, port), self._open_timeout)
                 # Setting the address (and a ticket) waits for a msquic worker: not on the loop's thread.
-                await off_loop(conn._start_resuming, host, port, server_name, remote)
+                await off_loop(conn._start_resuming, host, port, server_name, remote, early)
             if early:
-                return conn  # 0-RTT: the handshake goes on (wait_handshake)
+                # 0-RTT: ConnectionStart waits for the first stream write (which
+                # then goes in the first flight), or at the latest this turn of
+                # the loop, so that a connection nobody writes to handshakes too.
+                loop.call_soon(conn._start_deferred)
+                return conn  # the handshake goes on (wait_handshake)
             await conn._wait(conn._connected_or_raise, "connect()",
                              None if deadline is None else deadline - loop.time())
         except BaseException:

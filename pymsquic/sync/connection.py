@@ -50,6 +50,7 @@ class Connection(ConnectionCore[Stream]):
     _stream_class = Stream
 
     def _wait(self, check_ready: Callable[[], T | None], timeout: float | None, what: str) -> T:
+        self._start_deferred()  # an early-data client starts at its first write or wait
         return _native.wait_blocking(self._native_obj, check_ready, timeout, what)
 
     # ---- streams ---------------------------------------------------------------
@@ -169,7 +170,7 @@ def connect(host: str, port: int, *, alpn: AlpnLike | None = None, credential: C
             conn._set_local_address(local_addr)
         early = conn._prepare_resumption(session_ticket, early_data, on_session_ticket)
         direct = is_ip_literal(host) and server_name in (None, host)
-        conn._start_resuming(host, port, server_name, None if direct else resolve(host, port))
+        conn._start_resuming(host, port, server_name, None if direct else resolve(host, port), early)
         conn._start_ticket_thread()
         if early:
             return conn  # 0-RTT: the handshake goes on (wait_handshake)
