@@ -1147,7 +1147,9 @@ QUIC_STATUS pmq_conn_param(pmq_conn *c, int set, uint32_t param, uint32_t *size,
 {
     PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
-    int before_start = !c->started;
+    /* A deferred start's handle is guarded as a started one's: borrowing
+     * `starting` would make pmq_conn_start_deferred skip its start meanwhile. */
+    int before_start = !c->started && !c->early_start;
     HQUIC handle = NULL;
     if (!before_start && set == PMQ_PARAM_SET_BEFORE_START) {
         pthread_mutex_unlock(&c->obj.lock);

@@ -274,7 +274,8 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
 
         Asks msquic's worker and waits for its answer, briefly. Once closed, the
         final numbers, taken as msquic finished the connection;
-        ConnectionClosed if it never started."""
+        ConnectionClosed if it never started. An early-data client whose start
+        is still deferred (see ``connect``) starts first."""
         _native.forbid_in_callback("Connection.stats()")
         self._start_deferred()  # an early-data client asking: it is meant to be running
         out = ffi.new("pmq_conn_stats_v2 *")

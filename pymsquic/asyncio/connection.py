@@ -228,11 +228,19 @@ class connect:
     cannot decode raises ValueError). ``on_session_ticket(ticket)`` is called
     with every ticket the server sends, also long after the handshake, always
     on this event loop (never on msquic's threads); an exception it raises is
-    logged. With ``early_data=True`` and a ticket, ``connect`` returns as soon
-    as the connection is started, before the handshake: streams opened and
-    written then may go out as 0-RTT data (msquic sends early only what it
-    took before sending its first flight; what comes later waits for the
-    handshake: README, "Resumption, 0-RTT and fleets"). Await
+    logged. With ``early_data=True`` and a ticket, ``connect`` returns the
+    connection before msquic's ConnectionStart: streams opened and written
+    then are queued first, and the connection starts at the first of: the
+    first stream write (right after its data is queued, so that it goes in
+    the first flight as 0-RTT data), the first wait on the connection or its
+    streams (and ``stats()``, ``send_datagram()``), and the next turn of the
+    event loop (``connect`` schedules it with ``loop.call_soon``, so a
+    connection nobody writes to handshakes too). Write the first request
+    before awaiting anything else: msquic sends early only what it took
+    before its first flight (README, "Resumption, 0-RTT and fleets"); awaiting
+    ``connect`` from another task, or through ``asyncio.wait_for`` before
+    Python 3.12, passes a turn of the loop first. :meth:`Connection.close`
+    before the start sends nothing. Await
     :meth:`Connection.wait_handshake` for the handshake's outcome (the open
     timeout does not apply then; msquic's handshake idle timeout does);
     :attr:`Connection.early_data_accepted` then says whether 0-RTT was

@@ -147,9 +147,15 @@ def connect(host: str, port: int, *, alpn: AlpnLike | None = None, credential: C
     completed; ``with connect(...) as connection:`` closes it on the way out.
     The arguments, defaults and errors are those of :class:`pymsquic.asyncio.connect`,
     resumption and 0-RTT included (``early_data=True`` with a ticket returns
-    before the handshake: see :meth:`Connection.wait_handshake`; data written
-    then goes out as 0-RTT less often than in asyncio, as this ``connect``
-    returns later: README), except that
+    before msquic's ConnectionStart: see :meth:`Connection.wait_handshake`),
+    except that the start of such a connection happens at the first of: the
+    first stream write (right after its data is queued, so that it goes in the
+    first flight as 0-RTT data), and the first call that waits on the
+    connection or its streams (reads, ``drain``, ``wait_handshake``,
+    ``accept_stream``... and ``stats()``, ``send_datagram()``); there is no
+    event loop to start it otherwise: a connection nobody writes to or waits
+    on stays unstarted, and :meth:`Connection.close` (or dropping it) then
+    sends nothing; and except that
     ``on_session_ticket`` runs on a daemon thread of its own (one per
     connection given one, started with it, ending once the connection is
     closed), never on msquic's threads: a handler touching state the caller
