@@ -21,7 +21,7 @@ from aioquic.asyncio import serve as aioquic_serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.logger import QuicLogger
 from aioquic.tls import SessionTicket
-from test_resumption import EchoServer, TicketBox, round_trip
+from test_resumption import EchoServer, TicketBox, _aioquic_server_sends_tickets_before_the_clients_finished, round_trip
 
 import pymsquic
 from pymsquic import ResumptionLevel, Settings
@@ -104,6 +104,8 @@ def zero_rtt_stream_frames(server: EchoServer) -> list[int]:
             for frame in e["data"]["frames"] if frame["frame_type"] == "stream"]
 
 
+@pytest.mark.skipif(_aioquic_server_sends_tickets_before_the_clients_finished(),
+                    reason="this aioquic sends its ticket before the client's Finished; msquic reports none")
 @worlds
 def test_first_request_reaches_aioquic_in_0rtt_every_time(w: World, registration, cert_files) -> None:
     """aioquic as the server: its own record of the packets it decrypted says the
