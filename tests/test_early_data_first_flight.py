@@ -187,6 +187,23 @@ def test_an_early_connection_nobody_writes_to_still_handshakes(w: World, registr
     w.run(body())
 
 
+@worlds
+def test_stats_of_an_early_connection_start_it(w: World, registration, server_credential) -> None:
+    """stats() asks msquic about a running connection: it makes a deferred start
+    first (else it would raise ConnectionClosed for a connection never started)."""
+
+    async def body() -> None:
+        async with await serve_in(w, recording_handler([]), registration, server_credential) as server:
+            ticket = await a_ticket(w, server.port, registration)
+            conn = await w.connect(server.port, registration, session_ticket=ticket, early_data=True)
+            conn.stats()  # ConnectionClosed if it did not start the connection
+            await w.wait(conn.wait_handshake)
+            assert conn.session_resumed and conn.stats().handshake_us > 0
+            await w.call(conn.close)
+
+    w.run(body())
+
+
 def test_asyncio_early_connection_starts_at_the_next_turn_of_the_loop(registration, server_credential) -> None:
     """The call_soon backstop: never written, never awaited, it handshakes anyway
     (here: the server's ticket, which comes only after a handshake, reaches the
