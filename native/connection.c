@@ -77,9 +77,10 @@ struct pmq_conn {
     pmq_conn_stats_v2 final_stats;
     pmq_resumption resumption;   /* resumption.c */
     /* An early-data client's start, deferred (pmq_conn_start_early): everything
-     * but ConnectionStart is done; the first write or wait starts it. */
+     * but ConnectionStart is done; the first wait (or close with data) starts it. */
     int early_start;             /* prepared so: streams may open before the start */
     int deferred;                /* ConnectionStart still to make, with these: */
+    int deferred_streams;        /* streams started (written) meanwhile */
     HQUIC deferred_configuration;
     QUIC_ADDRESS_FAMILY deferred_family;
     char *deferred_server_name;
@@ -713,6 +714,9 @@ int pmq_conn_start_pending(pmq_conn *c)
     PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
     int pending = c->deferred || (c->early_start && !c->started && c->starting);
+    if (pending && c->deferred_streams) {
+        pending = PMQ_START_PENDING_WITH_DATA;
+    }
     pthread_mutex_unlock(&c->obj.lock);
     return pending;
 }
@@ -862,6 +866,7 @@ void pmq_conn_forget_unstarted(pmq_conn *c, pmq_stream *s)
     /* Usually at or near the head: a stream is started by its first write. */
     pthread_mutex_lock(&c->obj.lock);
     pmq_stream_list_remove(&c->unstarted, s);
+    c->deferred_streams |= c->deferred; /* data for the first flight: close() must start it */
     pthread_mutex_unlock(&c->obj.lock);
 }
 

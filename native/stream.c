@@ -814,9 +814,6 @@ QUIC_STATUS pmq_stream_write(pmq_stream *s, const uint8_t *data, size_t len, int
         }
     }
     pmq_guard_leave(&s->obj, &s->guard, stream_close_handle);
-    /* An early-data client starts right after its first data is queued: msquic's
-     * worker then takes the data first and sends it in the first flight. */
-    pmq_conn_start_deferred(s->conn);
     return status;
 }
 

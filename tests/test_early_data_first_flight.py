@@ -3,8 +3,9 @@
 msquic sends a stream's data as 0-RTT only if the stream was started and its
 data queued before the connection's worker built the first flight. With
 ``early_data=True`` and a ticket, ``connect`` therefore defers msquic's
-ConnectionStart to the first stream write (or the first wait, or in asyncio the
-next turn of the loop): the request is queued first, every time. These tests
+ConnectionStart to the first wait on the connection or its streams (or, in
+asyncio, the next turn of the loop; or close() once something was written):
+whatever was written before is queued first, every time. These tests
 check that on the server's side, a pymsquic server (its msquic flags the stream
 as opened by a 0-RTT packet) and an aioquic server (its qlog shows the stream's
 frames in 0-RTT packets), and that a deferred start never hangs or leaks.
@@ -91,6 +92,61 @@ def test_first_request_goes_in_0rtt_every_time(w: World, registration, server_cr
                 await w.call(conn.close)
         assert seen[0] == {"resumed": False, "opened_in_0rtt": False, "early_streams": 0}
         assert seen[1:] == [{"resumed": True, "opened_in_0rtt": True, "early_streams": 1}] * ROUNDS
+
+    w.run(body())
+
+
+@worlds
+def test_everything_written_before_the_first_wait_goes_in_0rtt(w: World, registration, server_credential) -> None:
+    """Two streams, each written in several calls (as an HTTP/3 client writes its
+    control stream and then its request): all of it precedes the start."""
+
+    async def body() -> None:
+        seen: list[dict[str, Any]] = []
+        async with await serve_in(w, recording_handler(seen), registration, server_credential) as server:
+            ticket = await a_ticket(w, server.port, registration)
+            for _ in range(ROUNDS // 5):
+                conn = await w.connect(server.port, registration, session_ticket=ticket, early_data=True)
+                streams = [conn.open_stream() for _ in range(2)]
+                for stream in streams:
+                    stream.write(b"head ")
+                    stream.writelines([b"body ", b"more"])
+                    stream.finish()
+                for stream in streams:
+                    assert await w.wait(stream.read, -1) == b"head body more"
+                await w.call(conn.close)
+        assert seen[1:] == [{"resumed": True, "opened_in_0rtt": True, "early_streams": 2}] * (2 * ROUNDS // 5)
+
+    w.run(body())
+
+
+@worlds
+def test_write_then_close_before_the_start_delivers(w: World, registration, server_credential) -> None:
+    """close() right after writing, before any wait: the connection starts and
+    the data arrives before the close (as for any connection, close() waits
+    until msquic delivered it)."""
+
+    async def body() -> None:
+        got: list[bytes] = []
+
+        async def handler(w: World, conn: Any) -> None:
+            conn.send_resumption_ticket(b"")
+            try:
+                stream = await w.wait(conn.accept_stream)
+                got.append(await w.wait(stream.read, -1))
+            except pymsquic.ConnectionClosed:
+                pass
+
+        async with await serve_in(w, handler, registration, server_credential) as server:
+            box = TicketBox(w)
+            conn = await w.connect(server.port, registration, on_session_ticket=box)
+            ticket = await box.first()
+            await w.call(conn.close)
+            conn = await w.connect(server.port, registration, session_ticket=ticket, early_data=True)
+            conn.open_stream().write(b"fire and forget", fin=True)
+            await w.call(conn.close)
+            assert conn.session_resumed
+        assert got == [b"fire and forget"]
 
     w.run(body())
 

@@ -707,7 +707,7 @@ def test_pymsquic_client_resumes_with_aioquic_server(registration, cert_files) -
             assert second.session_resumed and second.early_data_accepted is True
             assert EchoServer.instances[1].handshake.early_data_accepted  # aioquic's TLS took the early data
             # Data written right after connect() goes in 0-RTT packets: connect defers
-            # msquic's start to the first write (README; every time, see
+            # msquic's start to the first wait (README; every time, see
             # test_early_data_first_flight.py). Without QUIC_SEND_FLAG_ALLOW_0_RTT it never does.
             for _ in range(30):
                 await session(got[-1], True)

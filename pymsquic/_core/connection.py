@@ -164,7 +164,7 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
         """Start the handshake. With ``remote`` None, ``host`` is an IP literal that
         msquic takes as the address (and sends no SNI): this never blocks.
         ``defer`` (an early-data client): everything but msquic's ConnectionStart,
-        which :meth:`_start_deferred` (or the first stream write) makes."""
+        which :meth:`_start_deferred` (or a stream's first read) makes."""
         sni = server_name or host
         name = sni.encode() if is_ip_literal(sni) else sni.encode("idna")
         self._sni = name.decode("ascii")  # the name sent (IDNA): what the certificate's SANs hold
@@ -175,7 +175,7 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
 
     def _start_deferred(self) -> None:
         """An early-data client's deferred start (see ``connect``), now: never
-        blocks, does nothing once started (the first stream write starts it in C)."""
+        blocks, does nothing once started (a stream's first read starts it in C)."""
         status = lib.pmq_conn_start_deferred(self._conn)
         if failed(status):  # the connection is closed now: its waits say so
             self.logger.warning("ConnectionStart failed: %s", QuicError("ConnectionStart failed", status))
@@ -457,8 +457,11 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
         by ``close_timeout``; a timeout moves on). Closed early (cancelled,
         interrupted), it still shuts down with ``error_code`` and releases."""
         try:
-            if lib.pmq_conn_start_pending(self._conn):
-                return  # an early-data client never started: nothing was sent, nothing to wait for
+            pending = lib.pmq_conn_start_pending(self._conn)
+            if pending == lib.PMQ_START_PENDING_WITH_DATA:
+                self._start_deferred()  # an early-data client's writes: deliver them, then close
+            elif pending:
+                return  # an early-data client never started, nothing written: nothing to send or wait for
             yield self._all_sent  # a shutdown would cut off what streams still send
             self.shutdown(error_code)
             yield self._closed_now

@@ -231,16 +231,16 @@ class connect:
     logged. With ``early_data=True`` and a ticket, ``connect`` returns the
     connection before msquic's ConnectionStart: streams opened and written
     then are queued first, and the connection starts at the first of: the
-    first stream write (right after its data is queued, so that it goes in
-    the first flight as 0-RTT data), the first wait on the connection or its
-    streams (and ``stats()``, ``send_datagram()``), and the next turn of the
+    first wait on the connection or its streams (and ``stats()``,
+    ``send_datagram()``), :meth:`Connection.close` once something was
+    written (with nothing written it sends nothing), and the next turn of the
     event loop (``connect`` schedules it with ``loop.call_soon``, so a
-    connection nobody writes to handshakes too). Write the first request
-    before awaiting anything else: msquic sends early only what it took
-    before its first flight (README, "Resumption, 0-RTT and fleets"); awaiting
-    ``connect`` from another task, or through ``asyncio.wait_for`` before
-    Python 3.12, passes a turn of the loop first. :meth:`Connection.close`
-    before the start sends nothing. Await
+    connection nobody waits on handshakes too). So everything written before
+    the first ``await`` goes in the first flight, as 0-RTT data: msquic sends
+    early only what it took before its first flight (README, "Resumption,
+    0-RTT and fleets"). Awaiting ``connect`` from another task, or through
+    ``asyncio.wait_for`` before Python 3.12, passes a turn of the loop first.
+    Await
     :meth:`Connection.wait_handshake` for the handshake's outcome (the open
     timeout does not apply then; msquic's handshake idle timeout does);
     :attr:`Connection.early_data_accepted` then says whether 0-RTT was
@@ -307,9 +307,9 @@ class connect:
                 # Setting the address (and a ticket) waits for a msquic worker: not on the loop's thread.
                 await off_loop(conn._start_resuming, host, port, server_name, remote, early)
             if early:
-                # 0-RTT: ConnectionStart waits for the first stream write (which
-                # then goes in the first flight), or at the latest this turn of
-                # the loop, so that a connection nobody writes to handshakes too.
+                # 0-RTT: ConnectionStart waits for this turn of the loop (or a wait
+                # before): whatever the caller writes until then goes in the first
+                # flight, and a connection nobody waits on handshakes too.
                 loop.call_soon(conn._start_deferred)
                 return conn  # the handshake goes on (wait_handshake)
             await conn._wait(conn._connected_or_raise, "connect()",

@@ -50,7 +50,7 @@ class Connection(ConnectionCore[Stream]):
     _stream_class = Stream
 
     def _wait(self, check_ready: Callable[[], T | None], timeout: float | None, what: str) -> T:
-        self._start_deferred()  # an early-data client starts at its first write or wait
+        self._start_deferred()  # an early-data client starts at its first wait
         return _native.wait_blocking(self._native_obj, check_ready, timeout, what)
 
     # ---- streams ---------------------------------------------------------------
@@ -148,14 +148,14 @@ def connect(host: str, port: int, *, alpn: AlpnLike | None = None, credential: C
     The arguments, defaults and errors are those of :class:`pymsquic.asyncio.connect`,
     resumption and 0-RTT included (``early_data=True`` with a ticket returns
     before msquic's ConnectionStart: see :meth:`Connection.wait_handshake`),
-    except that the start of such a connection happens at the first of: the
-    first stream write (right after its data is queued, so that it goes in the
-    first flight as 0-RTT data), and the first call that waits on the
-    connection or its streams (reads, ``drain``, ``wait_handshake``,
-    ``accept_stream``... and ``stats()``, ``send_datagram()``); there is no
-    event loop to start it otherwise: a connection nobody writes to or waits
-    on stays unstarted, and :meth:`Connection.close` (or dropping it) then
-    sends nothing; and except that
+    except that the start of such a connection happens at the first call that
+    waits on the connection or its streams (reads, ``drain``,
+    ``wait_handshake``, ``accept_stream``... and ``stats()``,
+    ``send_datagram()``), or at :meth:`Connection.close` once something was
+    written: everything written before goes in the first flight, as 0-RTT
+    data. There is no event loop to start it otherwise: a connection nobody
+    waits on stays unstarted, and :meth:`Connection.close` (or dropping it)
+    with nothing written sends nothing. And except that
     ``on_session_ticket`` runs on a daemon thread of its own (one per
     connection given one, started with it, ending once the connection is
     closed), never on msquic's threads: a handler touching state the caller
