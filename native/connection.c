@@ -77,9 +77,19 @@ struct pmq_conn {
     pmq_conn_stats_v2 final_stats;
     pmq_resumption resumption;   /* resumption.c */
     int early_decided;           /* server: the first 0-RTT stream decided the early hand-off */
+    /* An early-data client's start, deferred (pmq_conn_start_early): everything
+     * but ConnectionStart is done; the first wait (or close with data) starts it. */
+    int early_start;             /* prepared so: streams may open before the start */
+    int deferred;                /* ConnectionStart still to make, with these: */
+    int deferred_streams;        /* streams started (written) meanwhile */
+    HQUIC deferred_configuration;
+    QUIC_ADDRESS_FAMILY deferred_family;
+    char *deferred_server_name;
+    uint16_t deferred_port;
 };
 
 static void conn_close_handle(HQUIC handle) { pmq_api->ConnectionClose(handle); }
+static void close_unstarted(pmq_conn *c);
 
 static void conn_destroy(pmq_obj *obj)
 {
@@ -97,6 +107,7 @@ static void conn_destroy(pmq_obj *obj)
     pmq_cert_free(&c->cert);
     pmq_tls_free(c->tls);
     pmq_resumption_free(&c->resumption);
+    free(c->deferred_server_name);
     free(c);
 }
 
@@ -124,7 +135,10 @@ pmq_obj *pmq_conn_obj(pmq_conn *c) { return &c->obj; }
 pmq_conn_info *pmq_conn_info_ptr(pmq_conn *c) { return &c->info; }
 pmq_resumption *pmq_conn_resumption(pmq_conn *c) { return &c->resumption; }
 pmq_guard *pmq_conn_guard(pmq_conn *c) { return &c->guard; }
-int pmq_conn_start_taken_locked(pmq_conn *c) { return c->started || c->starting || c->guard.handle == NULL; }
+int pmq_conn_start_taken_locked(pmq_conn *c)
+{
+    return c->started || c->starting || c->early_start || c->guard.handle == NULL;
+}
 
 uint32_t pmq_conn_flags(pmq_conn *c)
 {
@@ -651,28 +665,54 @@ static void close_unstarted(pmq_conn *c)
         pthread_mutex_unlock(&c->obj.lock);
         return;
     }
-    HQUIC handle = c->guard.handle;
-    c->guard.handle = NULL;
-    c->guard.final = 1;
+    /* Streams opened before a deferred start may hold the handle a moment. */
+    HQUIC handle = pmq_guard_finish_locked(&c->guard);
+    c->deferred = 0;
+    /* An early-data client's streams opened before a start that never came. */
+    pmq_stream_list unstarted = take_unstarted_locked(c);
     c->info.flags |= PMQ_CONN_SHUTDOWN_COMPLETE;
     pmq_obj_changed_locked(&c->obj);
     pthread_mutex_unlock(&c->obj.lock);
+    end_unstarted_streams(&unstarted); /* their handles close before the connection's */
     if (handle != NULL) {
         pmq_api->ConnectionClose(handle);
         pmq_obj_unref(&c->obj); /* msquic's reference */
     }
 }
 
-QUIC_STATUS pmq_conn_start(pmq_conn *c, HQUIC configuration, const pmq_addr *remote, const char *server_name,
-                           uint16_t port)
+/* The end of every start (or of preparing a deferred one): `starting` ends. */
+static QUIC_STATUS start_finished(pmq_conn *c, QUIC_STATUS status, int defer)
+{
+    pthread_mutex_lock(&c->obj.lock);
+    c->starting = 0;
+    int started = c->started = QUIC_SUCCEEDED(status) && !defer;
+    c->early_start = c->early_start || (QUIC_SUCCEEDED(status) && defer);
+    int abandoned = c->abandoned_starting;
+    c->abandoned_starting = 0;
+    pthread_mutex_unlock(&c->obj.lock);
+    if (QUIC_FAILED(status) || (abandoned && !started)) {
+        close_unstarted(c);
+    } else if (abandoned) {
+        pmq_conn_shutdown(c, 0); /* what the abandon would have done to a started connection */
+    }
+    return status;
+}
+
+static QUIC_STATUS conn_start(pmq_conn *c, HQUIC configuration, const pmq_addr *remote, const char *server_name,
+                              uint16_t port, int defer)
 {
     PMQ_CHECK(&c->obj);
     QUIC_ADDR addr;
     if (server_name == NULL || (remote != NULL && !pmq_addr_to_quic(&addr, remote))) {
         return QUIC_STATUS_INVALID_PARAMETER;
     }
+    char *name_copy = defer ? strdup(server_name) : NULL;
+    if (defer && name_copy == NULL) {
+        return QUIC_STATUS_OUT_OF_MEMORY;
+    }
     pthread_mutex_lock(&c->obj.lock);
-    if (c->started || c->starting || c->guard.handle == NULL) {
+    if (c->started || c->starting || c->early_start || c->guard.handle == NULL) {
+        free(name_copy);
         pthread_mutex_unlock(&c->obj.lock);
         return QUIC_STATUS_INVALID_STATE;
     }
@@ -696,20 +736,73 @@ QUIC_STATUS pmq_conn_start(pmq_conn *c, HQUIC configuration, const pmq_addr *rem
     if (QUIC_SUCCEEDED(status) && tls != NULL) {
         pmq_tls_attach(tls, handle); /* waits for a worker; a failure is the key log's, not ours */
     }
-    if (QUIC_SUCCEEDED(status)) {
+    if (QUIC_SUCCEEDED(status) && defer) {
+        pthread_mutex_lock(&c->obj.lock); /* read by pmq_conn_start_deferred once early_start is set */
+        c->deferred = 1;
+        c->deferred_configuration = configuration;
+        c->deferred_family = family;
+        c->deferred_server_name = name_copy;
+        c->deferred_port = port;
+        pthread_mutex_unlock(&c->obj.lock);
+        name_copy = NULL;
+    } else if (QUIC_SUCCEEDED(status)) {
         status = pmq_api->ConnectionStart(handle, configuration, family, server_name, port);
     }
-    pthread_mutex_lock(&c->obj.lock);
-    c->starting = 0;
-    c->started = QUIC_SUCCEEDED(status);
-    int abandoned = c->abandoned_starting;
-    pthread_mutex_unlock(&c->obj.lock);
-    if (QUIC_FAILED(status)) {
-        close_unstarted(c);
-    } else if (abandoned) {
-        pmq_conn_shutdown(c, 0); /* what the abandon would have done to a started connection */
+    free(name_copy);
+    return start_finished(c, status, defer);
+}
+
+QUIC_STATUS pmq_conn_start(pmq_conn *c, HQUIC configuration, const pmq_addr *remote, const char *server_name,
+                           uint16_t port)
+{
+    return conn_start(c, configuration, remote, server_name, port, 0);
+}
+
+QUIC_STATUS pmq_conn_start_early(pmq_conn *c, HQUIC configuration, const pmq_addr *remote, const char *server_name,
+                                 uint16_t port)
+{
+    return conn_start(c, configuration, remote, server_name, port, 1);
+}
+
+QUIC_STATUS pmq_conn_start_deferred(pmq_conn *c)
+{
+    PMQ_CHECK(&c->obj);
+    if (!__atomic_load_n(&c->deferred, __ATOMIC_ACQUIRE)) {
+        return QUIC_STATUS_SUCCESS; /* every write comes here: no lock when nothing is deferred */
     }
-    return status;
+    pthread_mutex_lock(&c->obj.lock);
+    if (!c->deferred || c->starting || c->guard.handle == NULL) {
+        pthread_mutex_unlock(&c->obj.lock);
+        return QUIC_STATUS_SUCCESS; /* nothing deferred (any more): someone else started it */
+    }
+    /* As in conn_start: while `starting`, the handle stays ours. */
+    c->deferred = 0;
+    c->starting = 1;
+    c->started_us = pmq_now_us();
+    HQUIC handle = c->guard.handle;
+    HQUIC configuration = c->deferred_configuration;
+    QUIC_ADDRESS_FAMILY family = c->deferred_family;
+    char *server_name = c->deferred_server_name;
+    uint16_t port = c->deferred_port;
+    c->deferred_server_name = NULL;
+    pthread_mutex_unlock(&c->obj.lock);
+    /* Queued after the StreamStart/StreamSend calls made so far: msquic's worker
+     * takes them first, so their data goes in the first flight, as 0-RTT. */
+    QUIC_STATUS status = pmq_api->ConnectionStart(handle, configuration, family, server_name, port);
+    free(server_name);
+    return start_finished(c, status, 0);
+}
+
+int pmq_conn_start_pending(pmq_conn *c)
+{
+    PMQ_CHECK(&c->obj);
+    pthread_mutex_lock(&c->obj.lock);
+    int pending = c->deferred || (c->early_start && !c->started && c->starting);
+    if (pending && c->deferred_streams) {
+        pending = PMQ_START_PENDING_WITH_DATA;
+    }
+    pthread_mutex_unlock(&c->obj.lock);
+    return pending;
 }
 
 QUIC_STATUS pmq_conn_prepare_resumption(pmq_conn *c)
@@ -772,7 +865,13 @@ void pmq_conn_registration_closing(pmq_conn *c)
         c->info.local_error_code = 0; /* what RegistrationShutdown sends */
         pmq_obj_changed_locked(&c->obj);
     }
+    int unstarted = c->early_start && !c->started;
     pthread_mutex_unlock(&c->obj.lock);
+    if (unstarted) {
+        /* An early-data client whose start never came: RegistrationShutdown
+         * leaves an unstarted handle open, and RegistrationClose would wait for it. */
+        close_unstarted(c);
+    }
 }
 
 void pmq_conn_abandon(pmq_conn *c)
@@ -809,7 +908,7 @@ void pmq_conn_release(pmq_conn *c)
  * open, and their data would vanish. */
 static int takes_streams_locked(pmq_conn *c)
 {
-    return c->started && !c->py_released && !c->streams_ended &&
+    return (c->started || c->early_start) && !c->py_released && !c->streams_ended &&
            !(c->info.flags & (PMQ_CONN_SHUTDOWN_BY_APP | PMQ_CONN_SHUTDOWN_BY_PEER | PMQ_CONN_SHUTDOWN_BY_TRANSPORT |
                               PMQ_CONN_SHUTDOWN_COMPLETE));
 }
@@ -851,6 +950,7 @@ void pmq_conn_forget_unstarted(pmq_conn *c, pmq_stream *s)
     /* Usually at or near the head: a stream is started by its first write. */
     pthread_mutex_lock(&c->obj.lock);
     pmq_stream_list_remove(&c->unstarted, s);
+    c->deferred_streams |= c->deferred; /* data for the first flight: close() must start it */
     pthread_mutex_unlock(&c->obj.lock);
 }
 
@@ -1136,7 +1236,9 @@ QUIC_STATUS pmq_conn_param(pmq_conn *c, int set, uint32_t param, uint32_t *size,
 {
     PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
-    int before_start = !c->started;
+    /* A deferred start's handle is guarded as a started one's: borrowing
+     * `starting` would make pmq_conn_start_deferred skip its start meanwhile. */
+    int before_start = !c->started && !c->early_start;
     HQUIC handle = NULL;
     if (!before_start && set == PMQ_PARAM_SET_BEFORE_START) {
         pthread_mutex_unlock(&c->obj.lock);

@@ -674,6 +674,23 @@ int pmq_execution_start_driver(void);
 int pmq_waker_pending(pmq_waker *waker);
 /* 1 while an execution exists and is still polled. */
 int pmq_execution_active(void);
+/* ---- early data: a client start deferred to the first wait (s15-c0rtt) ---- */
+
+/* As pmq_conn_start (the same blocking steps: ticket, remote address, key
+ * log), but ConnectionStart itself waits for pmq_conn_start_deferred: streams
+ * may open and write meanwhile, and their data, queued in msquic before the
+ * start, goes in the first flight as 0-RTT. A stream's first read calls
+ * pmq_conn_start_deferred (the peer cannot answer otherwise); Python calls it
+ * at every other wait. */
+QUIC_STATUS pmq_conn_start_early(pmq_conn *conn, HQUIC configuration, const pmq_addr *remote,
+                                 const char *server_name, uint16_t port);
+/* The deferred ConnectionStart, now; SUCCESS and nothing if none is pending.
+ * Never blocks. A failure closes the connection. */
+QUIC_STATUS pmq_conn_start_deferred(pmq_conn *conn);
+/* 0 once no deferred start is pending; 1 while one is; PMQ_START_PENDING_WITH_DATA
+ * while one is and streams were started (written, or shut down) meanwhile. */
+#define PMQ_START_PENDING_WITH_DATA 2
+int pmq_conn_start_pending(pmq_conn *conn);
 
 /* CFFI-END */
 

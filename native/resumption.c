@@ -23,6 +23,8 @@
  * with aioquic's qlog): a stream's data goes in 0-RTT packets only if it was
  * queued before the worker sent the first flight; queued later, it waits for
  * the handshake (QuicSendCanSendFlagsNow refuses a flush while streams wait).
+ * So an early-data client's ConnectionStart is deferred until its first stream
+ * write has queued its data (pmq_conn_start_early, connection.c).
  * And an opening stream's data goes in 0-RTT with or without
  * QUIC_SEND_FLAG_ALLOW_0_RTT (QuicStreamCanSendNow lets an opening stream send,
  * and the frame writer does not bound it by the 0-RTT-allowed offset): the flag

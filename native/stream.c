@@ -317,6 +317,7 @@ static int begin_read(pmq_stream *s)
 {
     if (__atomic_load_n(&s->needs_start, __ATOMIC_RELAXED)) {
         pmq_stream_ensure_started(s); /* the peer cannot answer a stream it never saw */
+        pmq_conn_start_deferred(s->conn); /* nor a connection never started (early data) */
     }
     pthread_mutex_lock(&s->obj.lock);
     if (s->peeking && pthread_equal(s->peek_thread, pthread_self())) {

@@ -102,6 +102,7 @@ class _Lib:
     PMQ_SET_SEND_BUFFERING_ENABLED: Final[int]
     PMQ_SET_SERVER_RESUMPTION_LEVEL: Final[int]
     PMQ_SET_STREAM_RECV_WINDOW: Final[int]
+    PMQ_START_PENDING_WITH_DATA: Final[int]
     PMQ_STATELESS_RESET_KEY_LEN: Final[int]
     PMQ_STATUS_DATAGRAM_QUEUE_FULL: Final[int]
     PMQ_STREAM_CONN_SHUTDOWN: Final[int]
@@ -260,6 +261,17 @@ class _Lib:
         port: int,
         /,
     ) -> int: ...
+    def pmq_conn_start_deferred(self, conn: _CData, /) -> int: ...
+    def pmq_conn_start_early(
+        self,
+        conn: _CData,
+        configuration: _CData,
+        remote: _CData,
+        server_name: _CData,
+        port: int,
+        /,
+    ) -> int: ...
+    def pmq_conn_start_pending(self, conn: _CData, /) -> int: ...
     def pmq_conn_stream_scheduling(self, conn: _CData, /) -> int: ...
     def pmq_conn_tickets_received(self, conn: _CData, /) -> int: ...
     def pmq_conn_unhold(self, conn: _CData, /) -> None: ...

@@ -246,13 +246,14 @@ class ResumptionMixin:
         _native.check(lib.pmq_conn_set_resumption(self._conn, buffer, nbytes, early_data), "setting the ticket")
         return early_data
 
-    def _start(self, host: str, port: int, server_name: str | None, remote: Any) -> None:
+    def _start(self, host: str, port: int, server_name: str | None, remote: Any, defer: bool = False) -> None:
         raise NotImplementedError  # ConnectionCore's
 
-    def _start_resuming(self, host: str, port: int, server_name: str | None, remote: Any) -> None:
+    def _start_resuming(self, host: str, port: int, server_name: str | None, remote: Any,
+                        defer: bool = False) -> None:
         """``_start``, with a ticket msquic refuses reported as ValueError."""
         try:
-            self._start(host, port, server_name, remote)
+            self._start(host, port, server_name, remote, defer)
         except QuicError:
             self._raise_if_ticket_refused()
             raise

@@ -191,10 +191,11 @@ def test_zero_rtt_accepted(w: World, registration) -> None:
     """0-RTT to a pymsquic server in another process (no shared msquic workers)
     that holds its first flight until the client wrote. Data written after
     connect() returned travels in 0-RTT packets only when msquic's worker takes
-    it before it sends the client's first flight (README), a race: so the test
-    retries until the server's msquic flags a stream as opened by 0-RTT
-    packets, and checks on every try that the session resumed and every byte
-    arrived."""
+    it before it sends the client's first flight (README), which the deferred
+    start makes so (test_early_data_first_flight.py checks every connection):
+    the test retries until the server's msquic flags a stream as opened by
+    0-RTT packets, and checks on every try that the session resumed and every
+    byte arrived."""
 
     async def body() -> None:
         server = ServerProcess("held", TicketKey.generate(), "--hold")
@@ -395,6 +396,11 @@ def test_sync_ticket_handler_raising_system_exit_keeps_its_thread(registration, 
             assert await round_trip(w, conn, b"another ticket") == b"another ticket"
             await box.wait_for(2)  # the thread survived the first SystemExit
             await w.call(conn.close)
+            # the box's event is set before the handler raises: the second record is
+            # logged a moment later, by the ticket thread, which ends after the close
+            for thread in threading.enumerate():
+                if thread.name == "pymsquic-session-tickets":
+                    thread.join(WAIT)
         assert [r.exc_info[0] for r in caplog.records if r.getMessage().endswith("on_session_ticket failed")
                 and r.exc_info][:2] == [SystemExit, SystemExit]
 
@@ -705,10 +711,9 @@ def test_pymsquic_client_resumes_with_aioquic_server(registration, cert_files) -
             second, _ = await session(got[-1], True)
             assert second.session_resumed and second.early_data_accepted is True
             assert EchoServer.instances[1].handshake.early_data_accepted  # aioquic's TLS took the early data
-            # Data written right after connect() goes in 0-RTT packets when msquic's worker
-            # takes it before sending the first flight, else in 1-RTT (see README): a race
-            # each connection wins about half the time on loopback. Without
-            # QUIC_SEND_FLAG_ALLOW_0_RTT it never does.
+            # Data written right after connect() goes in 0-RTT packets: connect defers
+            # msquic's start to the first wait (README; every time, see
+            # test_early_data_first_flight.py). Without QUIC_SEND_FLAG_ALLOW_0_RTT it never does.
             for _ in range(30):
                 await session(got[-1], True)
                 if EchoServer.instances[-1].zero_rtt_packets() > 0:

@@ -160,16 +160,25 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
         conn._set_keylog(keylog_file)
         return conn
 
-    def _start(self, host: str, port: int, server_name: str | None, remote: Any) -> None:
+    def _start(self, host: str, port: int, server_name: str | None, remote: Any, defer: bool = False) -> None:
         """Start the handshake. With ``remote`` None, ``host`` is an IP literal that
-        msquic takes as the address (and sends no SNI): this never blocks."""
+        msquic takes as the address (and sends no SNI): this never blocks.
+        ``defer`` (an early-data client): everything but msquic's ConnectionStart,
+        which :meth:`_start_deferred` (or a stream's first read) makes."""
         sni = server_name or host
         name = sni.encode() if is_ip_literal(sni) else sni.encode("idna")
         self._sni = name.decode("ascii")  # the name sent (IDNA): what the certificate's SANs hold
-        status = lib.pmq_conn_start(self._conn, self.configuration.handle,
-                                    remote if remote is not None else ffi.NULL, name, port)
+        start = lib.pmq_conn_start_early if defer else lib.pmq_conn_start
+        status = start(self._conn, self.configuration.handle, remote if remote is not None else ffi.NULL, name, port)
         if failed(status):
             raise QuicError("ConnectionStart failed", status)
+
+    def _start_deferred(self) -> None:
+        """An early-data client's deferred start (see ``connect``), now: never
+        blocks, does nothing once started (a stream's first read starts it in C)."""
+        status = lib.pmq_conn_start_deferred(self._conn)
+        if failed(status):  # the connection is closed now: its waits say so
+            self.logger.warning("ConnectionStart failed: %s", QuicError("ConnectionStart failed", status))
 
     def _log_connected(self) -> None:
         self._report_keylog()
@@ -273,8 +282,10 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
 
         Asks msquic's worker and waits for its answer, briefly. Once closed, the
         final numbers, taken as msquic finished the connection;
-        ConnectionClosed if it never started."""
+        ConnectionClosed if it never started. An early-data client whose start
+        is still deferred (see ``connect``) starts first."""
         _native.forbid_in_callback("Connection.stats()")
+        self._start_deferred()  # an early-data client asking: it is meant to be running
         out = ffi.new("pmq_conn_stats_v2 *")
         status = lib.pmq_conn_get_stats_v2(self._conn, out)
         if failed(status):
@@ -289,6 +300,7 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
         Asks msquic's worker and waits for its answer, briefly;
         ConnectionClosed once the connection is closed."""
         _native.forbid_in_callback("Connection.read_settings()")
+        self._start_deferred()
         out = ffi.new("pmq_settings *")
         status = lib.pmq_conn_get_settings(self._conn, out)
         if failed(status):
@@ -389,6 +401,7 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
         :class:`DatagramQueueFull` while the send queue is full (see
         :meth:`set_datagram_send_queue_size`): nothing is queued then."""
         buffer, nbytes = c_buffer(data)
+        self._start_deferred()  # a write: never 0-RTT, yet it needs the connection running
         info = self._refresh()
         if info.flags & (_SHUTTING_DOWN | lib.PMQ_CONN_SHUTDOWN_COMPLETE):
             raise self._closed_error()
@@ -452,6 +465,11 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
         by ``close_timeout``; a timeout moves on). Closed early (cancelled,
         interrupted), it still shuts down with ``error_code`` and releases."""
         try:
+            pending = lib.pmq_conn_start_pending(self._conn)
+            if pending == lib.PMQ_START_PENDING_WITH_DATA:
+                self._start_deferred()  # an early-data client's writes: deliver them, then close
+            elif pending:
+                return  # an early-data client never started, nothing written: nothing to send or wait for
             yield self._all_sent  # a shutdown would cut off what streams still send
             self.shutdown(error_code)
             yield self._closed_now

@@ -232,11 +232,19 @@ class connect:
     cannot decode raises ValueError). ``on_session_ticket(ticket)`` is called
     with every ticket the server sends, also long after the handshake, always
     on this event loop (never on msquic's threads); an exception it raises is
-    logged. With ``early_data=True`` and a ticket, ``connect`` returns as soon
-    as the connection is started, before the handshake: streams opened and
-    written then may go out as 0-RTT data (msquic sends early only what it
-    took before sending its first flight; what comes later waits for the
-    handshake: README, "Resumption, 0-RTT and fleets"). Await
+    logged. With ``early_data=True`` and a ticket, ``connect`` returns the
+    connection before msquic's ConnectionStart: streams opened and written
+    then are queued first, and the connection starts at the first of: the
+    first wait on the connection or its streams (and ``stats()``,
+    ``send_datagram()``), :meth:`Connection.close` once something was
+    written (with nothing written it sends nothing), and the next turn of the
+    event loop (``connect`` schedules it with ``loop.call_soon``, so a
+    connection nobody waits on handshakes too). So everything written before
+    the first ``await`` goes in the first flight, as 0-RTT data: msquic sends
+    early only what it took before its first flight (README, "Resumption,
+    0-RTT and fleets"). Awaiting ``connect`` from another task, or through
+    ``asyncio.wait_for`` before Python 3.12, passes a turn of the loop first.
+    Await
     :meth:`Connection.wait_handshake` for the handshake's outcome (the open
     timeout does not apply then; msquic's handshake idle timeout does);
     :attr:`Connection.early_data_accepted` then says whether 0-RTT was
@@ -301,14 +309,18 @@ class connect:
                 if self._resumption[0] is not None:
                     # Setting the ticket waits for a msquic worker: not on the loop's thread.
                     await off_loop(conn._apply_resumption)
-                conn._start(host, port, server_name, None)  # never blocks
+                conn._start(host, port, server_name, None, early)  # never blocks
             else:
                 # open_timeout covers the name lookup too, as websockets' does.
                 remote = await asyncio.wait_for(resolve_async(host, port), self._open_timeout)
                 # Setting the address (and a ticket) waits for a msquic worker: not on the loop's thread.
-                await off_loop(conn._start_resuming, host, port, server_name, remote)
+                await off_loop(conn._start_resuming, host, port, server_name, remote, early)
             if early:
-                return conn  # 0-RTT: the handshake goes on (wait_handshake)
+                # 0-RTT: ConnectionStart waits for this turn of the loop (or a wait
+                # before): whatever the caller writes until then goes in the first
+                # flight, and a connection nobody waits on handshakes too.
+                loop.call_soon(conn._start_deferred)
+                return conn  # the handshake goes on (wait_handshake)
             await conn._wait(conn._connected_or_raise, "connect()",
                              None if deadline is None else deadline - loop.time())
         except BaseException:

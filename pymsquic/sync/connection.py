@@ -51,6 +51,7 @@ class Connection(ConnectionCore[Stream]):
     _stream_class = Stream
 
     def _wait(self, check_ready: Callable[[], T | None], timeout: float | None, what: str) -> T:
+        self._start_deferred()  # an early-data client starts at its first wait
         return _native.wait_blocking(self._native_obj, check_ready, timeout, what)
 
     # ---- streams ---------------------------------------------------------------
@@ -149,9 +150,15 @@ def connect(host: str, port: int, *, alpn: AlpnLike | None = None, credential: C
     completed; ``with connect(...) as connection:`` closes it on the way out.
     The arguments, defaults and errors are those of :class:`pymsquic.asyncio.connect`,
     resumption and 0-RTT included (``early_data=True`` with a ticket returns
-    before the handshake: see :meth:`Connection.wait_handshake`; data written
-    then goes out as 0-RTT less often than in asyncio, as this ``connect``
-    returns later: README), except that
+    before msquic's ConnectionStart: see :meth:`Connection.wait_handshake`),
+    except that the start of such a connection happens at the first call that
+    waits on the connection or its streams (reads, ``drain``,
+    ``wait_handshake``, ``accept_stream``... and ``stats()``,
+    ``send_datagram()``), or at :meth:`Connection.close` once something was
+    written: everything written before goes in the first flight, as 0-RTT
+    data. There is no event loop to start it otherwise: a connection nobody
+    waits on stays unstarted, and :meth:`Connection.close` (or dropping it)
+    with nothing written sends nothing. And except that
     ``on_session_ticket`` runs on a daemon thread of its own (one per
     connection given one, started with it, ending once the connection is
     closed), never on msquic's threads: a handler touching state the caller
@@ -172,7 +179,7 @@ def connect(host: str, port: int, *, alpn: AlpnLike | None = None, credential: C
             conn._set_local_address(local_addr)
         early = conn._prepare_resumption(session_ticket, early_data, on_session_ticket)
         direct = is_ip_literal(host) and server_name in (None, host)
-        conn._start_resuming(host, port, server_name, None if direct else resolve(host, port))
+        conn._start_resuming(host, port, server_name, None if direct else resolve(host, port), early)
         conn._start_ticket_thread()
         if early:
             return conn  # 0-RTT: the handshake goes on (wait_handshake)

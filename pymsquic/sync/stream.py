@@ -43,6 +43,7 @@ class Stream(StreamCore):
         return self._connection  # type: ignore[return-value]
 
     def _wait(self, check_ready: Callable[[], T | None], timeout: float | None, what: str) -> T:
+        self._connection._start_deferred()  # an early-data client starts at its first wait
         return _native.wait_blocking(self._native_obj, check_ready, timeout, what)
 
     # ---- reading ---------------------------------------------------------------
@@ -90,6 +91,7 @@ class Stream(StreamCore):
         # Drives a read in steps (see _core.stream) under one deadline; closing
         # it on an exception (a timeout above all) puts what it gathered back.
         deadline = _native.Deadline(timeout)
+        self._connection._start_deferred()  # an early-data client starts at its first wait
         try:
             while True:
                 next(steps)
