@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import ipaddress
 import os
+import weakref
 from typing import Any, Iterable, Sequence, Union
 
 from . import _native
@@ -597,6 +598,9 @@ class Configuration:
         _native.check(status, "loading the configuration")
         self._handle = handle[0]
         self._releaser = _native.Releaser(self, lib.pmq_api.ConfigurationClose, self._handle)
+        # Early-data clients whose ConnectionStart is still deferred (connect(early_data=True)):
+        # msquic takes its own reference to the configuration only at that start.
+        self._deferred_starts: weakref.WeakSet[Any] = weakref.WeakSet()
         if settings.versions is not None:
             try:
                 apply_versions(self._handle, settings.versions)
@@ -647,7 +651,11 @@ class Configuration:
         return not self._releaser.alive
 
     def close(self) -> None:
-        """Release the configuration; safe to call more than once."""
+        """Release the configuration; safe to call more than once. Early-data
+        connections still waiting for their deferred start start first, so that
+        what they wrote is sent (msquic holds the configuration once started)."""
+        for conn in list(self._deferred_starts):
+            conn._start_deferred()
         self._releaser()
 
     def __enter__(self) -> "Configuration":

@@ -158,6 +158,29 @@ def test_write_then_close_before_the_start_delivers(w: World, registration, serv
     w.run(body())
 
 
+@worlds
+def test_closing_the_configuration_before_the_start_delivers(w: World, registration, server_credential) -> None:
+    """msquic takes its reference to the configuration only at ConnectionStart:
+    closing the configuration starts the connections still waiting for it first,
+    so their start uses a live handle and what they wrote arrives."""
+
+    async def body() -> None:
+        seen: list[dict[str, Any]] = []
+        async with await serve_in(w, recording_handler(seen), registration, server_credential) as server:
+            ticket = await a_ticket(w, server.port, registration)
+            conn = await w.connect(server.port, registration, session_ticket=ticket, early_data=True)
+            stream = conn.open_stream()
+            stream.write(b"written before the close", fin=True)
+            conn.configuration.close()  # the cached configuration connect() used
+            assert conn.configuration.closed
+            assert await w.wait(stream.read, -1) == b"written before the close"
+            assert conn.session_resumed
+            await w.call(conn.close)
+        assert seen[1:] == [{"resumed": True, "opened_in_0rtt": True, "early_streams": 1}]
+
+    w.run(body())
+
+
 def zero_rtt_stream_frames(server: EchoServer) -> list[int]:
     """The stream ids of the STREAM frames aioquic decrypted from 0-RTT packets (its qlog)."""
     trace = server._trace

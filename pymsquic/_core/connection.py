@@ -172,10 +172,13 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
         status = start(self._conn, self.configuration.handle, remote if remote is not None else ffi.NULL, name, port)
         if failed(status):
             raise QuicError("ConnectionStart failed", status)
+        if defer:
+            self.configuration._deferred_starts.add(self)  # its close() starts us first
 
     def _start_deferred(self) -> None:
         """An early-data client's deferred start (see ``connect``), now: never
         blocks, does nothing once started (a stream's first read starts it in C)."""
+        self.configuration._deferred_starts.discard(self)
         status = lib.pmq_conn_start_deferred(self._conn)
         if failed(status):  # the connection is closed now: its waits say so
             self.logger.warning("ConnectionStart failed: %s", QuicError("ConnectionStart failed", status))
