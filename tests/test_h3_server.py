@@ -142,6 +142,7 @@ def run(coro: Any) -> None:
     ("DATA on the control stream", control_stream() + encode_frame(FrameType.DATA, b"x"),
      ErrorCode.H3_FRAME_UNEXPECTED),
     ("HTTP/2 setting", control_stream({0x4: 65535}), ErrorCode.H3_SETTINGS_ERROR),
+    ("reserved setting 0x0 (RFC 9114 11.2.2)", control_stream({0x0: 1}), ErrorCode.H3_SETTINGS_ERROR),
     ("truncated SETTINGS", encode_varint(0) + encode_frame(FrameType.SETTINGS, b"\x06"), ErrorCode.H3_FRAME_ERROR),
     ("CANCEL_PUSH of a push never promised", control_stream() + encode_frame(FrameType.CANCEL_PUSH, b"\x00"),
      ErrorCode.H3_ID_ERROR),
@@ -198,6 +199,7 @@ def test_reserved_and_unknown_things_are_ignored(server_credential) -> None:
     ("content-length and body differ", headers_frame([*GET, (b"content-length", b"10")])
      + encode_frame(FrameType.DATA, b"short"), ErrorCode.H3_MESSAGE_ERROR),
     ("stream ends before HEADERS", b"", ErrorCode.H3_REQUEST_INCOMPLETE),
+    ("content-length not a number", headers_frame([*GET, (b"content-length", b"abc")]), ErrorCode.H3_MESSAGE_ERROR),
     (":protocol, extended CONNECT not offered", headers_frame([(b":method", b"CONNECT"), (b":protocol", b"x"),
                                                               *GET[1:]]), ErrorCode.H3_MESSAGE_ERROR),
     ("CONNECT with a :path", headers_frame([(b":method", b"CONNECT"), *GET[1:]]), ErrorCode.H3_MESSAGE_ERROR),

@@ -51,8 +51,9 @@ class Setting(IntEnum):
     H3_DATAGRAM = 0x33
 
 
-#: HTTP/2 settings that must not appear in HTTP/3 SETTINGS (section 7.2.4.1).
-HTTP2_SETTINGS = frozenset({0x2, 0x3, 0x4, 0x5})
+#: Settings reserved by RFC 9114 section 11.2.2 (0x0 and the HTTP/2 ones with no
+#: HTTP/3 meaning): receiving one is H3_SETTINGS_ERROR (section 7.2.4.1).
+HTTP2_SETTINGS = frozenset({0x0, 0x2, 0x3, 0x4, 0x5})
 
 
 class StreamKind(IntEnum):

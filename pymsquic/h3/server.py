@@ -137,12 +137,12 @@ async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream
     try:
         headers = await request.receive_headers()
         pseudo = check_request(headers)
+        exchange = _Exchange(request, headers, head=pseudo[b":method"] == b"HEAD")  # checks content-length
     except H3StreamError as exc:
         request._error(exc)
         return
     except (H3Error, StreamError, ConnectionClosed):
         return  # acted on (connection error) or gone
-    exchange = _Exchange(request, headers, head=pseudo[b":method"] == b"HEAD")
     scope = _scope(h3, headers, pseudo)
     try:
         await app(scope, exchange.receive, exchange.send)
