@@ -210,3 +210,34 @@ def test_header_section_over_the_servers_limit_is_refused_here(server_credential
             assert (await client.get(f"{url}/")).status_code == 201  # nothing was sent; all is well
 
     asyncio.run(main())
+
+
+def test_after_goaway_requests_in_flight_finish_and_new_ones_use_a_new_connection(
+        server_credential: pymsquic.Credential) -> None:
+    """GOAWAY on one connection only (the listener stays open): the next request opens a
+    new connection, and retiring the old one must not cancel the request still in flight."""
+    async def main() -> None:
+        await start(server_credential)  # the state's events (the server it starts is not used)
+        goaways: list[asyncio.Event] = []
+
+        async def handler(quic: pymsquic.asyncio.Connection) -> None:
+            goaways.append(asyncio.Event())
+            await pymsquic.h3.server.serve_connection(app, quic, shutdown=goaways[-1])
+
+        settings = pymsquic.Settings(peer_bidi_stream_count=100, peer_unidi_stream_count=16, idle_timeout_ms=30_000)
+        async with pymsquic.asyncio.serve(handler, "127.0.0.1", 0, alpn="h3", credential=server_credential,
+                                          settings=settings) as quic_server:
+            url = f"https://127.0.0.1:{quic_server.addresses[0][1]}"
+            async with pymsquic.h3.Client(verify=False, timeout=10) as client:
+                slow = asyncio.ensure_future(client.post(f"{url}/slow", content=b"in flight"))
+                await asyncio.wait_for(state["slow started"].wait(), 10)
+                old = next(iter(client._connections.values()))
+                goaways[0].set()
+                await asyncio.wait_for(old.goaway_received.wait(), 10)
+                assert (await client.get(f"{url}/after")).content == b"short"  # on a new connection
+                assert len(goaways) == 2 and not old.quic.is_closed
+                state["slow go"].set()
+                assert (await slow).content == b"in flight"  # not cancelled by the new connection
+                await asyncio.wait_for(old.quic.wait_closed(), 10)  # and the old one is closed after it
+
+    asyncio.run(main())

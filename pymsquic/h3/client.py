@@ -128,15 +128,21 @@ class Client:
         self._server_name = server_name
         self._connections: dict[tuple[str, int], H3Connection] = {}
         self._connecting: dict[tuple[str, int], asyncio.Lock] = {}
+        # Connections that received GOAWAY: closed once their requests in flight are done.
+        self._retired: dict[H3Connection, asyncio.Task[None]] = {}
 
     async def _connection(self, host: str, port: int) -> H3Connection:
         key = (host, port)
         lock = self._connecting.setdefault(key, asyncio.Lock())
         async with lock:  # concurrent requests to one authority share one connection
             h3 = self._connections.get(key)
-            if h3 is not None and (h3.error is not None or h3.goaway_received.is_set() or h3.quic.is_closed):
+            if h3 is not None and (h3.error is not None or h3.quic.is_closed):
                 del self._connections[key]
                 await h3.close()
+                h3 = None
+            elif h3 is not None and h3.goaway_received.is_set():
+                del self._connections[key]  # GOAWAY (section 5.2): the requests already in still finish
+                self._retire(h3)
                 h3 = None
             if h3 is None:
                 quic = await pymsquic_asyncio.connect(host, port, alpn=ALPN, credential=self._credential,
@@ -146,6 +152,15 @@ class Client:
                 h3.start()
                 self._connections[key] = h3
             return h3
+
+    def _retire(self, h3: H3Connection) -> None:
+        async def close_when_done() -> None:
+            await h3.wait_requests_done()
+            await h3.close()
+
+        task = asyncio.ensure_future(close_when_done())
+        self._retired[h3] = task
+        task.add_done_callback(lambda _: self._retired.pop(h3, None))
 
     async def request(self, method: str, url: str, *, headers: HeadersLike | None = None,
                       content: bytes | AsyncIterable[bytes] | None = None, stream: bool = False) -> Response:
@@ -222,8 +237,12 @@ class Client:
         return await self.request("DELETE", url, **kwargs)  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
-        """Close every connection (GOAWAY, then H3_NO_ERROR)."""
+        """Close every connection (GOAWAY, then H3_NO_ERROR), those retired after
+        a GOAWAY too (their responses not read to the end are cancelled)."""
         connections, self._connections = list(self._connections.values()), {}
+        for h3, task in list(self._retired.items()):
+            task.cancel()
+            connections.append(h3)
         await asyncio.gather(*(h3.close() for h3 in connections), return_exceptions=True)
 
     async def __aenter__(self) -> Self:

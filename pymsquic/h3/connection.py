@@ -143,6 +143,12 @@ class H3Connection:
         except (StreamError, ConnectionClosed):
             pass  # the connection is going anyway
 
+    async def wait_requests_done(self) -> None:
+        """Wait until every request stream open now is closed both ways (or the
+        connection is): what a client does with a connection after GOAWAY."""
+        pending = [request.stream.wait_closed() for request in self._open_requests]
+        await asyncio.gather(*pending, return_exceptions=True)
+
     async def close(self, error_code: int = ErrorCode.H3_NO_ERROR) -> None:
         """GOAWAY, then close the QUIC connection with ``error_code``
         (H3_NO_ERROR by default) once what was written is delivered."""
