@@ -278,3 +278,36 @@ def test_body_not_read_by_the_app_is_stopped_with_no_error(server_credential) ->
             frames = FrameReader(StreamKind.RESPONSE).feed(bytes(client.data[stream_id]))
             assert frames[-1] == Frame(FrameType.DATA, b"did not read it")  # the response is whole
     run(main())
+
+
+def test_request_blocked_on_qpack_then_reset_does_not_hold_the_server(server_credential) -> None:
+    """A header block that refers to encoder stream data never sent waits (RFC 9204
+    2.1.2); once the client resets that stream and leaves, nothing of it may linger:
+    the graceful close ends at once instead of waiting out its grace period."""
+    async def main() -> None:
+        server = await pymsquic.h3.serve(app, "127.0.0.1", 0, credential=server_credential)
+        config = QuicConfiguration(is_client=True, alpn_protocols=["h3"], verify_mode=ssl.CERT_NONE,
+                                   server_name="localhost")
+        async with connect("127.0.0.1", server.addresses[0][1], configuration=config,
+                           create_protocol=RawH3Client) as client:
+            assert isinstance(client, RawH3Client)
+            client.send(control_stream(), uni=True, end=False)
+            encoder = pylsqpack.Encoder()
+            encoder.apply_settings(4096, 16)  # the server's defaults: it may be blocked on us
+            fields = [*GET, (b"x-indexed", b"v" * 100)]
+            encoder.encode(0, fields)  # the first time literal; the second refers to the dynamic table
+            _, block = encoder.encode(0, fields)  # and its encoder stream data is never sent
+            with pytest.raises(pylsqpack.StreamBlocked):
+                pylsqpack.Decoder(4096, 16).feed_header(0, block)
+            stream_id = client.send(encode_frame(FrameType.HEADERS, block), end=False)
+            # A request after it, answered: the server took stream 0 first (its task ran
+            # first), so stream 0 waits in the QPACK decoder now.
+            headers, _ = await client.response(client.send(headers_frame(GET)))
+            assert (b":status", b"200") in headers
+            client._quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            client.transmit()
+            headers, _ = await client.response(client.send(headers_frame(GET)))  # the connection carries on
+            assert (b":status", b"200") in headers
+        server.close(grace=60)
+        await asyncio.wait_for(server.wait_closed(), 10)  # not 60 s: the blocked request is gone
+    run(main())

@@ -370,13 +370,17 @@ class RequestStream:
         while not self._frames:
             if self._eof:
                 return None
-            chunk = await self.stream.read(_READ_CHUNK)
-            if chunk:
-                self._frames.extend(self._reader.feed(chunk))
-            else:
-                self._eof = True
-                self._reader.check_end()
+            await self._read_frames()
         return self._frames.popleft()
+
+    async def _read_frames(self) -> None:
+        """Read once: the frames it completes are queued, FIN noted."""
+        chunk = await self.stream.read(_READ_CHUNK)
+        if chunk:
+            self._frames.extend(self._reader.feed(chunk))
+        else:
+            self._eof = True
+            self._reader.check_end()
 
     def _error(self, exc: H3Error) -> None:
         """Act on an error met while receiving: section 8's connection or stream error."""
@@ -400,11 +404,43 @@ class RequestStream:
     async def _decode(self, block: bytes) -> Headers:
         stream_id = self.stream.id
         assert stream_id is not None
-        headers = await self.h3._decoder.decode(stream_id, block)
+        headers = self.h3._decoder.feed_header(stream_id, block)
+        if headers is None:
+            headers = await self._wait_unblocked(stream_id)
         size = sum(len(name) + len(value) + 32 for name, value in headers)  # section 4.2.2's measure
         if size > self.h3.max_field_section_size:
             raise H3StreamError(ErrorCode.H3_EXCESSIVE_LOAD, f"field section of {size} bytes")
         return headers
+
+    async def _wait_unblocked(self, stream_id: int) -> Headers:
+        """The header block waits for the peer's encoder stream (RFC 9204 section 2.1.2):
+        read on meanwhile (cancelling a read loses nothing), so that the stream's
+        reset or the connection's end ends the wait rather than leaving it forever."""
+        unblocked = self.h3._decoder.unblocked(stream_id)
+        closed: asyncio.Future[None] | None = None
+        other: asyncio.Future[None] | None = None
+        try:
+            while not unblocked.done():
+                if self._eof and closed is None:  # nothing more to read: wait for the connection's end
+                    closed = asyncio.ensure_future(self.h3.quic.wait_closed())
+                other = closed if closed is not None else asyncio.ensure_future(self._read_frames())
+                await asyncio.wait((unblocked, other), return_when=asyncio.FIRST_COMPLETED)
+                if other is closed:
+                    if not unblocked.done():
+                        closed.result()
+                        raise H3StreamError(ErrorCode.H3_REQUEST_INCOMPLETE,
+                                            "the connection closed while the header block waited")
+                elif other.done():
+                    other.result()  # a reset, a closed connection or a frame error: raised
+                else:
+                    other.cancel()
+                    await asyncio.gather(other, return_exceptions=True)
+            return unblocked.result()
+        finally:  # cancelled too: nothing left running (a read cancelled loses nothing)
+            unblocked.cancel()
+            for waiter in (closed, other):
+                if waiter is not None:
+                    waiter.cancel()
 
     async def receive_headers(self) -> Headers:
         """The header section (the first frame must be HEADERS)."""
