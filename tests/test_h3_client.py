@@ -35,6 +35,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 async def respond(scope: dict[str, Any], receive: Any, send: Any) -> None:
     path = scope["path"]
+    if path == "/head-then-hang":  # the response's head and some body, then waits for the client to go away
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        path = "/hang"
     if path == "/hang":  # waits for the client to go away
         state["hang started"].set()
         while (await receive())["type"] != "http.disconnect":
@@ -117,6 +121,20 @@ def test_timeout_cancels_the_request(server_credential: pymsquic.Credential) -> 
                 await client.get(f"{url}/hang")
             await asyncio.wait_for(state["hang disconnected"].wait(), 10)  # H3_REQUEST_CANCELLED reached the app
             assert (await client.get(f"{url}/after")).status_code == 201  # the connection carries on
+
+    asyncio.run(main())
+
+
+def test_timeout_reading_a_streamed_body_cancels_the_request(server_credential: pymsquic.Credential) -> None:
+    async def main() -> None:
+        server, url = await start(server_credential)
+        async with server, pymsquic.h3.Client(verify=False, timeout=0.5) as client:
+            response = await client.get(f"{url}/head-then-hang", stream=True)
+            assert response.status_code == 200
+            with pytest.raises(asyncio.TimeoutError):
+                await response.read()
+            # H3_REQUEST_CANCELLED reached the app at once, not at the client's close
+            await asyncio.wait_for(state["hang disconnected"].wait(), 10)
 
     asyncio.run(main())
 

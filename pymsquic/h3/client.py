@@ -68,13 +68,19 @@ class Response:
         return next((value for key, value in self.headers if key == name), default)
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        """The body as it arrives (each wait bounded by the client's timeout)."""
+        """The body as it arrives (each wait bounded by the client's timeout).
+        Left before its end (a timeout, cancellation, ``break``): the request is
+        cancelled (H3_REQUEST_CANCELLED), the server need not send the rest."""
         request = self._request
-        while True:
-            chunk = await bounded(request.receive_data(), self._timeout)
-            if not chunk:
-                break
-            yield chunk
+        try:
+            while True:
+                chunk = await bounded(request.receive_data(), self._timeout)
+                if not chunk:
+                    break
+                yield chunk
+        except BaseException:
+            request.cancel()
+            raise
         if self._expected_length is not None and request.data_received != self._expected_length:
             error = H3StreamError(ErrorCode.H3_MESSAGE_ERROR, f"content-length {self._expected_length}, "
                                   f"{request.data_received} bytes of body")
