@@ -259,3 +259,42 @@ def test_after_goaway_requests_in_flight_finish_and_new_ones_use_a_new_connectio
                 await asyncio.wait_for(old.quic.wait_closed(), 10)  # and the old one is closed after it
 
     asyncio.run(main())
+
+
+def test_lifespan_startup_failed_stops_serve_and_leaves_nothing_running(
+        server_credential: pymsquic.Credential) -> None:
+    async def failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "lifespan"
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no database"})
+        await receive()  # never answered: a server must not leave this waiting
+
+    async def main() -> None:
+        with pytest.raises(RuntimeError, match="no database"):
+            await pymsquic.h3.serve(failing, "127.0.0.1", 0, credential=server_credential)
+        assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
+
+    asyncio.run(main())
+
+
+def test_lifespan_state_reaches_the_request_scope(server_credential: pymsquic.Credential) -> None:
+    async def stateful(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                scope["state"]["db"] = "connected"
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        scope["state"]["mine"] = True  # a request's own copy (ASGI: shallow copy per request)
+        body = scope["state"].get("db", "missing").encode() + b" %d" % len(scope["state"])
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": body})
+
+    async def main() -> None:
+        async with await pymsquic.h3.serve(stateful, "127.0.0.1", 0, credential=server_credential) as server:
+            url = f"https://127.0.0.1:{server.addresses[0][1]}/"
+            async with pymsquic.h3.Client(verify=False, timeout=10) as client:
+                assert (await client.get(url)).content == b"connected 2"
+                assert (await client.get(url)).content == b"connected 2"  # not 3: each request its copy
+
+    asyncio.run(main())

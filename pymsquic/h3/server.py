@@ -116,14 +116,15 @@ def _fields(headers: Any) -> Headers:
     return [(bytes(name).lower(), bytes(value)) for name, value in headers]
 
 
-def _scope(h3: H3Connection, headers: Headers, pseudo: dict[bytes, bytes]) -> Scope:
+def _scope(h3: H3Connection, headers: Headers, pseudo: dict[bytes, bytes],
+           state: dict[str, Any] | None) -> Scope:
     raw_path, _, query = pseudo.get(b":path", b"").partition(b"?")
     regular = [(name, value) for name, value in headers if not name.startswith(b":")]
     if b":authority" in pseudo and not any(name == b"host" for name, _ in regular):
         regular.insert(0, (b"host", pseudo[b":authority"]))
     client = h3.quic.remote_address
     server = h3.quic.local_address
-    return {
+    scope: Scope = {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "3",
         "method": pseudo[b":method"].decode("latin-1"), "scheme": pseudo.get(b":scheme", b"https").decode("latin-1"),
         "path": unquote(raw_path.decode("latin-1")), "raw_path": raw_path, "query_string": query,
@@ -131,9 +132,13 @@ def _scope(h3: H3Connection, headers: Headers, pseudo: dict[bytes, bytes]) -> Sc
         "client": (client[0], client[1]) if client else None, "server": (server[0], server[1]) if server else None,
         "extensions": {"http.response.trailers": {}},
     }
+    if state is not None:  # the lifespan's state, a shallow copy for each request (ASGI lifespan "state")
+        scope["state"] = dict(state)
+    return scope
 
 
-async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream) -> None:
+async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream,
+                          state: dict[str, Any] | None) -> None:
     try:
         headers = await request.receive_headers()
         pseudo = check_request(headers)
@@ -143,7 +148,7 @@ async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream
         return
     except (H3Error, StreamError, ConnectionClosed):
         return  # acted on (connection error) or gone
-    scope = _scope(h3, headers, pseudo)
+    scope = _scope(h3, headers, pseudo, state)
     try:
         await app(scope, exchange.receive, exchange.send)
         if not exchange.response_done.is_set() and not exchange.disconnected:
@@ -170,10 +175,12 @@ async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream
 
 
 async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
-                           shutdown: asyncio.Event | None = None, **h3_options: Any) -> None:
+                           shutdown: asyncio.Event | None = None, state: dict[str, Any] | None = None,
+                           **h3_options: Any) -> None:
     """Serve HTTP/3 on one accepted QUIC connection until it ends, or until
     ``shutdown`` is set: then GOAWAY, the requests already in finish, and the
-    connection closes with H3_NO_ERROR."""
+    connection closes with H3_NO_ERROR. ``state``: the ASGI lifespan's state,
+    copied into each request's scope."""
     h3 = H3Connection(quic, is_client=False, **h3_options)
     h3.start()
     tasks: set[asyncio.Task[None]] = set()
@@ -188,7 +195,7 @@ async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
             request = await h3.accept_request()
             if request is None:
                 break
-            task = asyncio.ensure_future(_handle_request(app, h3, request))
+            task = asyncio.ensure_future(_handle_request(app, h3, request, state))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         if tasks:
@@ -264,16 +271,22 @@ class _Lifespan:
         self._from_app: asyncio.Queue[Message] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.supported = True
+        self.started = False  # lifespan.startup.complete came
+        #: The lifespan scope's "state": what the app keeps there goes to every request's scope.
+        self.state: dict[str, Any] = {}
 
     async def startup(self) -> None:
         self._task = asyncio.ensure_future(self._run())
         self._to_app.put_nowait({"type": "lifespan.startup"})
         message = await self._from_app.get()
+        self.started = message["type"] == "lifespan.startup.complete"
         if message["type"] == "lifespan.startup.failed":
+            self._task.cancel()  # the app waits for a shutdown that will never come
+            await asyncio.gather(self._task, return_exceptions=True)
             raise RuntimeError(f"ASGI lifespan startup failed: {message.get('message', '')}")
 
     async def _run(self) -> None:
-        scope: Scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+        scope: Scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": self.state}
         try:
             await self._app(scope, self._to_app.get, self._send)
         except Exception:
@@ -316,7 +329,8 @@ async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Creden
     await lifespan.startup()
 
     async def handler(quic: pymsquic_asyncio.Connection) -> None:
-        await serve_connection(app, quic, shutdown=shutdown, max_field_section_size=max_field_section_size,
+        await serve_connection(app, quic, shutdown=shutdown, state=lifespan.state if lifespan.started else None,
+                               max_field_section_size=max_field_section_size,
                                qpack_max_table_capacity=qpack_max_table_capacity,
                                qpack_blocked_streams=qpack_blocked_streams)
 
