@@ -196,6 +196,11 @@ def test_reserved_and_unknown_things_are_ignored(server_credential) -> None:
      ErrorCode.H3_MESSAGE_ERROR),
     ("uppercase field name", headers_frame([*GET, (b"X-Upper", b"1")]), ErrorCode.H3_MESSAGE_ERROR),
     ("connection-specific field", headers_frame([*GET, (b"connection", b"close")]), ErrorCode.H3_MESSAGE_ERROR),
+    ("CR LF in a field value", headers_frame([*GET, (b"x-a", b"1\r\nx-b: 2")]), ErrorCode.H3_MESSAGE_ERROR),
+    ("NUL in a field value", headers_frame([*GET, (b"x-a", b"1\x002")]), ErrorCode.H3_MESSAGE_ERROR),
+    ("space in a field name", headers_frame([*GET, (b"x a", b"1")]), ErrorCode.H3_MESSAGE_ERROR),
+    ("no :authority nor host", headers_frame([GET[0], GET[1], GET[3]]), ErrorCode.H3_MESSAGE_ERROR),
+    (":authority and host differ", headers_frame([*GET, (b"host", b"elsewhere")]), ErrorCode.H3_MESSAGE_ERROR),
     ("content-length and body differ", headers_frame([*GET, (b"content-length", b"10")])
      + encode_frame(FrameType.DATA, b"short"), ErrorCode.H3_MESSAGE_ERROR),
     ("stream ends before HEADERS", b"", ErrorCode.H3_REQUEST_INCOMPLETE),
