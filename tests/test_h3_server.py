@@ -144,6 +144,8 @@ def run(coro: Any) -> None:
     ("HTTP/2 setting", control_stream({0x4: 65535}), ErrorCode.H3_SETTINGS_ERROR),
     ("reserved setting 0x0 (RFC 9114 11.2.2)", control_stream({0x0: 1}), ErrorCode.H3_SETTINGS_ERROR),
     ("truncated SETTINGS", encode_varint(0) + encode_frame(FrameType.SETTINGS, b"\x06"), ErrorCode.H3_FRAME_ERROR),
+    ("MAX_PUSH_ID going down", control_stream() + encode_frame(FrameType.MAX_PUSH_ID, b"\x05")
+     + encode_frame(FrameType.MAX_PUSH_ID, b"\x03"), ErrorCode.H3_ID_ERROR),
     ("CANCEL_PUSH of a push never promised", control_stream() + encode_frame(FrameType.CANCEL_PUSH, b"\x00"),
      ErrorCode.H3_ID_ERROR),
 ])

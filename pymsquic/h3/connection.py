@@ -95,6 +95,7 @@ class H3Connection:
         self.goaway_id: int | None = None
         self.goaway_received = asyncio.Event()
         self._goaway_sent = False
+        self._max_push_id: int | None = None  # the client's last MAX_PUSH_ID (server)
         self._last_request_id = -4  # the highest request stream id accepted (server)
         self._requests: asyncio.Queue[RequestStream | None] = asyncio.Queue()
         self._peer_streams: dict[int, Stream] = {}  # control and QPACK streams, by type
@@ -278,7 +279,11 @@ class H3Connection:
         elif frame.type == FrameType.MAX_PUSH_ID:
             if self.is_client:
                 raise H3ConnectionError(ErrorCode.H3_FRAME_UNEXPECTED, "MAX_PUSH_ID from a server")
-            parse_single_varint(frame.data, "MAX_PUSH_ID")  # we never push: nothing to do with it
+            max_push_id = parse_single_varint(frame.data, "MAX_PUSH_ID")  # we never push, but section 7.2.7:
+            if self._max_push_id is not None and max_push_id < self._max_push_id:  # it cannot go down
+                raise H3ConnectionError(ErrorCode.H3_ID_ERROR,
+                                        f"MAX_PUSH_ID went down from {self._max_push_id} to {max_push_id}")
+            self._max_push_id = max_push_id
         else:  # CANCEL_PUSH: no push was ever promised or allowed
             push_id = parse_single_varint(frame.data, "CANCEL_PUSH")
             raise H3ConnectionError(ErrorCode.H3_ID_ERROR, f"CANCEL_PUSH of push {push_id}, never promised")

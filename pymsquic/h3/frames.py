@@ -223,6 +223,9 @@ class FrameReader:
         self._skipping = not known and frame_type not in HTTP2_FRAME_TYPES
         if self._skipping:
             return
+        if frame_type == FrameType.PUSH_PROMISE and self.kind == StreamKind.RESPONSE:
+            # Section 7.2.5: a push id over the client's MAX_PUSH_ID, and none was ever sent.
+            raise H3ConnectionError(ErrorCode.H3_ID_ERROR, "PUSH_PROMISE, but no MAX_PUSH_ID was sent")
         if frame_type in HTTP2_FRAME_TYPES or frame_type not in _ALLOWED[self.kind]:
             name = FrameType(frame_type).name if known else f"HTTP/2 type {frame_type:#x}"
             raise H3ConnectionError(ErrorCode.H3_FRAME_UNEXPECTED,
