@@ -363,7 +363,8 @@ def test_client_close_cancels_responses_not_read(cert_files) -> None:
 
 def test_client_closes_with_id_error_on_a_push_promise(cert_files) -> None:
     """No MAX_PUSH_ID was sent: any push id exceeds it (RFC 9114 7.2.5): H3_ID_ERROR."""
-    answer = encode_frame(FrameType.PUSH_PROMISE, encode_varint(0) + b"\x00\x00") + headers_frame([(b":status", b"200")])
+    promise = encode_frame(FrameType.PUSH_PROMISE, encode_varint(0) + b"\x00\x00")  # push 0, no fields
+    answer = promise + headers_frame([(b":status", b"200")])
 
     async def main() -> None:
         async with raw_h3_server(cert_files, control_stream(), answer) as url, \
