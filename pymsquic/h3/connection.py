@@ -18,7 +18,6 @@ import logging
 import weakref
 from typing import Any, Callable, Coroutine
 
-from .._msquic import lib
 from ..asyncio import Connection, Stream
 from ..errors import ConnectionClosed, IncompleteReadError, QuicError, StreamError
 from .errors import ErrorCode, H3ConnectionError, H3Error, H3StreamError
@@ -545,10 +544,7 @@ class RequestStream:
     async def wait_peer_gone(self) -> None:
         """Wait until the peer no longer wants what we send: STOP_SENDING came
         (a cancelled request), or the stream or its connection is over."""
-        gone = lib.PMQ_STREAM_STOP_SENDING_RECEIVED | lib.PMQ_STREAM_SHUTDOWN_COMPLETE
-        stream = self.stream
-        # No public wait for this one state: the stream's own waiter, woken on every change.
-        await stream._wait(lambda: True if stream._state().flags & gone else None, "wait_peer_gone()")
+        await self.stream.wait_stop_sending()
 
     def end(self) -> None:
         """End our side of the stream (FIN)."""
