@@ -47,11 +47,11 @@ def test_blocked_stream_waits_for_encoder_stream() -> None:
         assert await decoder.decode(0, first) == HEADERS
         encoder_data, block = encoder.encode(4, HEADERS)
         assert encoder_data
-        waiting = asyncio.ensure_future(decoder.decode(4, block))  # its table entries have not come yet
-        await asyncio.sleep(0)
+        assert decoder.feed_header(4, block) is None  # blocked: its table entries have not come yet
+        waiting = decoder.unblocked(4)
         assert not waiting.done()
         decoder.feed_encoder(settings_data + encoder_data)
-        assert await asyncio.wait_for(waiting, 5) == HEADERS
+        assert waiting.done() and waiting.result() == HEADERS  # unblocked by that very feed
     asyncio.run(main())
 
 
