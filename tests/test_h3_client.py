@@ -270,7 +270,7 @@ def test_lifespan_startup_failed_stops_serve_and_leaves_nothing_running(
         await receive()  # never answered: a server must not leave this waiting
 
     async def main() -> None:
-        with pytest.raises(RuntimeError, match="no database"):
+        with pytest.raises(pymsquic.h3.LifespanStartupFailed, match="no database"):
             await pymsquic.h3.serve(failing, "127.0.0.1", 0, credential=server_credential)
         assert [task for task in asyncio.all_tasks() if task is not asyncio.current_task()] == []
 

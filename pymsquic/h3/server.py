@@ -28,6 +28,11 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+class LifespanStartupFailed(RuntimeError):
+    """The app answered ``lifespan.startup`` with ``lifespan.startup.failed``:
+    :func:`serve` raises it (its message is the app's) and serves nothing."""
+
+
 #: Default maximum of requests in flight per connection (the peer's bidirectional stream limit).
 MAX_CONCURRENT_REQUESTS = 100
 
@@ -283,7 +288,7 @@ class _Lifespan:
         if message["type"] == "lifespan.startup.failed":
             self._task.cancel()  # the app waits for a shutdown that will never come
             await asyncio.gather(self._task, return_exceptions=True)
-            raise RuntimeError(f"ASGI lifespan startup failed: {message.get('message', '')}")
+            raise LifespanStartupFailed(f"ASGI lifespan startup failed: {message.get('message', '')}")
 
     async def _run(self) -> None:
         scope: Scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": self.state}
@@ -316,7 +321,8 @@ async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Creden
                 qpack_blocked_streams: int = DEFAULT_BLOCKED_STREAMS,
                 **serve_options: Any) -> H3Server:
     """Serve the ASGI 3 ``app`` over HTTP/3 on ``host:port`` (port 0: any free
-    one, see :attr:`H3Server.addresses`), after the app's lifespan startup.
+    one, see :attr:`H3Server.addresses`), after the app's lifespan startup
+    (:class:`LifespanStartupFailed` if the app says it failed).
     ``max_concurrent_requests`` is the number of request streams a client may
     have open at once; ``max_field_section_size`` bounds a request's header
     section (larger: stream error H3_EXCESSIVE_LOAD); the ``qpack_`` limits
