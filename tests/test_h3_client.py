@@ -56,6 +56,8 @@ async def respond(scope: dict[str, Any], receive: Any, send: Any) -> None:
     headers = [(b"x-method", scope["method"].encode())]
     if path == "/lying":
         headers.append((b"content-length", b"10"))
+    if path == "/bad-header":  # a value that would split the field on HTTP/1: the server refuses it
+        headers.append((b"x-split", b"1\r\nset-cookie: evil"))
     if path == "/hop-by-hop":  # HTTP/1.1 fields an app may set: the server leaves them out
         headers += [(b"Connection", b"keep-alive"), (b"Transfer-Encoding", b"chunked"), (b"X-Kept", b"yes")]
     await send({"type": "http.response.start", "status": 201, "headers": headers, "trailers": path == "/stream"})
@@ -296,5 +298,19 @@ def test_lifespan_state_reaches_the_request_scope(server_credential: pymsquic.Cr
             async with pymsquic.h3.Client(verify=False, timeout=10) as client:
                 assert (await client.get(url)).content == b"connected 2"
                 assert (await client.get(url)).content == b"connected 2"  # not 3: each request its copy
+
+    asyncio.run(main())
+
+
+def test_malformed_fields_are_refused_on_our_side(server_credential: pymsquic.Credential) -> None:
+    """A request field the server would reset (H3_MESSAGE_ERROR) is a ValueError before anything
+    is sent; a response field the app gives that way is the app's error: a 500."""
+    async def main() -> None:
+        server, url = await start(server_credential)
+        async with server, pymsquic.h3.Client(verify=False, timeout=10) as client:
+            for headers in ({"x-a": "1\r\nx-b: 2"}, {"connection": "keep-alive"}, {"bad name": "1"}):
+                with pytest.raises(ValueError, match="malformed"):
+                    await client.get(f"{url}/", headers=headers)
+            assert (await client.get(f"{url}/bad-header")).status_code == 500
 
     asyncio.run(main())

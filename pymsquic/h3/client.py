@@ -18,7 +18,7 @@ from .. import asyncio as pymsquic_asyncio
 from ..configuration import Credential, Settings
 from .connection import ALPN, H3Connection, RequestStream
 from .errors import ErrorCode, H3StreamError
-from .message import Headers, check_response, content_length
+from .message import Headers, check_request, check_response, content_length
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -185,6 +185,10 @@ class Client:
         fields += [(name.lower().encode(), value.encode()) for name, value in items]
         if isinstance(content, bytes) and not any(name == b"content-length" for name, _ in fields):
             fields.append((b"content-length", str(len(content)).encode()))
+        try:  # what the server would reset (H3_MESSAGE_ERROR) is the caller's error, found here
+            check_request(fields)
+        except H3StreamError as exc:
+            raise ValueError(f"a malformed request: {exc.reason}") from None
         request = h3.open_request()
         try:
             if isinstance(content, bytes) or content is None:

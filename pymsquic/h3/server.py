@@ -17,7 +17,7 @@ from ..errors import ConnectionClosed, StreamError
 from .connection import ALPN, H3Connection, RequestStream
 from .errors import ErrorCode, H3Error, H3StreamError
 from .frames import MAX_HEADERS_FRAME_SIZE
-from .message import CONNECTION_SPECIFIC, Headers, check_request, content_length
+from .message import CONNECTION_SPECIFIC, Headers, check_request, check_response, content_length
 from .qpack import DEFAULT_BLOCKED_STREAMS, DEFAULT_MAX_TABLE_CAPACITY
 
 logger = logging.getLogger("pymsquic")
@@ -86,10 +86,15 @@ class _Exchange:
         if kind == "http.response.start":
             if self.status is not None:
                 raise RuntimeError("http.response.start sent twice")
-            self.status = int(message["status"])
-            self.response_headers = [(b":status", str(self.status).encode())] + [
+            status = int(message["status"])
+            response_headers = [(b":status", str(status).encode())] + [
                 (name, value) for name, value in _fields(message.get("headers", []))
                 if name not in CONNECTION_SPECIFIC]  # HTTP/1.1 only: malformed in HTTP/3 (section 4.2)
+            try:  # a field the client would take as malformed (a CR LF in a value...): the app's error
+                check_response(response_headers)
+            except H3StreamError as exc:
+                raise ValueError(f"a malformed response: {exc.reason}") from None
+            self.status, self.response_headers = status, response_headers
             self.trailers_expected = bool(message.get("trailers", False))
         elif kind == "http.response.body":
             if self.status is None or self.response_done.is_set():
@@ -165,6 +170,7 @@ async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream
         if exchange.headers_sent:
             request.abort(ErrorCode.H3_INTERNAL_ERROR)
         else:
+            exchange.status = 500  # what the access log says
             try:
                 request.send_headers([(b":status", b"500"), (b"content-length", b"0")], end_stream=True)
             except (StreamError, ConnectionClosed):
