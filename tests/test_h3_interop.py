@@ -376,3 +376,16 @@ def test_client_closes_with_id_error_on_a_push_promise(cert_files) -> None:
             assert RawH3Server.close_code == ErrorCode.H3_ID_ERROR
 
     asyncio.run(main())
+
+
+def test_client_refuses_more_body_than_content_length_as_it_comes(cert_files) -> None:
+    answer = headers_frame([(b":status", b"200"), (b"content-length", b"2")]) + encode_frame(FrameType.DATA, b"abcdef")
+
+    async def main() -> None:
+        async with raw_h3_server(cert_files, control_stream(), answer, end_answer=False) as url, \
+                pymsquic.h3.Client(verify=False, timeout=10) as client:
+            with pytest.raises(pymsquic.h3.H3StreamError) as info:
+                await client.get(f"{url}/")  # the answer never ends: only the check can end the wait
+            assert info.value.error_code == ErrorCode.H3_MESSAGE_ERROR
+
+    asyncio.run(main())

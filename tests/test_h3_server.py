@@ -318,3 +318,15 @@ def test_request_blocked_on_qpack_then_reset_does_not_hold_the_server(server_cre
         server.close(grace=60)
         await asyncio.wait_for(server.wait_closed(), 10)  # not 60 s: the blocked request is gone
     run(main())
+
+
+def test_body_over_its_content_length_is_a_stream_error_at_once(server_credential) -> None:
+    """Section 4.1.2: more DATA than content-length is malformed when it comes, not at a FIN
+    that a hostile client never sends."""
+    async def main() -> None:
+        async with raw_client(server_credential) as client:
+            bad = client.send(headers_frame([*GET[:3], (b":path", b"/echo"), (b"content-length", b"2")])
+                              + encode_frame(FrameType.DATA, b"abcdef"), end=False)
+            await asyncio.wait_for(client.ended_event(bad).wait(), 10)
+            assert client.resets.get(bad) == ErrorCode.H3_MESSAGE_ERROR
+    run(main())

@@ -59,7 +59,7 @@ class Response:
         self._timeout = timeout
         # A HEAD response's content-length, or a 204's or 304's, is not its body's (RFC 9110 8.6).
         bodiless = method == "HEAD" or status in (204, 304)
-        self._expected_length = None if bodiless else content_length(headers)
+        self._expected_length = request.expected_length = None if bodiless else content_length(headers)
         self._content: bytes | None = None
 
     def header(self, name: str, default: str | None = None) -> str | None:

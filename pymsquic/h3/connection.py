@@ -367,6 +367,9 @@ class RequestStream:
         self.trailers: Headers | None = None
         #: DATA payload bytes received so far (for content-length checks).
         self.data_received = 0
+        #: The content-length of what is received, once known: more DATA than that is a
+        #: stream error H3_MESSAGE_ERROR as it comes (section 4.1.2); less is the caller's check.
+        self.expected_length: int | None = None
         self._datagrams: asyncio.Queue[bytes] = asyncio.Queue()
         h3._open_requests.add(self)
 
@@ -481,6 +484,9 @@ class RequestStream:
                     check_trailers(self.trailers)
                 elif frame.data:
                     self.data_received += len(frame.data)
+                    if self.expected_length is not None and self.data_received > self.expected_length:
+                        raise H3StreamError(ErrorCode.H3_MESSAGE_ERROR,
+                                            f"more body than its content-length {self.expected_length}")
                     return frame.data
         except H3Error as exc:
             self._error(exc)

@@ -43,7 +43,7 @@ class _Exchange:
     def __init__(self, request: RequestStream, headers: Headers, head: bool = False) -> None:
         self.request = request
         self.head = head  # a HEAD response has no body, whatever the app sends (as uvicorn, hypercorn)
-        self.expected_length = content_length(headers)
+        self.expected_length = request.expected_length = content_length(headers)
         self.body_done = False
         self.response_done = asyncio.Event()
         self.status: int | None = None
