@@ -89,6 +89,14 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Echo the body; /trailers answers with trailers; records http.disconnect. No lifespan."""
     if scope["type"] != "http":
         raise RuntimeError(f"no {scope['type']} here")
+    if scope["path"] == "/raise-before":
+        raise RuntimeError("the app failed before its response")
+    if scope["path"] in ("/raise-after", "/return-early"):  # the head sent, then a failure or nothing more
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        if scope["path"] == "/raise-after":
+            raise RuntimeError("the app failed in its response")
+        return
     if scope["path"] == "/no-read":  # answers without reading the body
         await send({"type": "http.response.start", "status": 200})
         await send({"type": "http.response.body", "body": b"did not read it"})
@@ -329,4 +337,18 @@ def test_body_over_its_content_length_is_a_stream_error_at_once(server_credentia
                               + encode_frame(FrameType.DATA, b"abcdef"), end=False)
             await asyncio.wait_for(client.ended_event(bad).wait(), 10)
             assert client.resets.get(bad) == ErrorCode.H3_MESSAGE_ERROR
+    run(main())
+
+
+def test_app_failures_answer_500_or_reset_with_internal_error(server_credential, caplog) -> None:
+    async def main() -> None:
+        async with raw_client(server_credential) as client:
+            headers, _ = await client.response(client.send(headers_frame([*GET[:3], (b":path", b"/raise-before")])))
+            assert (b":status", b"500") in headers
+            for path in (b"/raise-after", b"/return-early"):  # too late for a 500: the response is cut
+                stream_id = client.send(headers_frame([*GET[:3], (b":path", path)]))
+                await asyncio.wait_for(client.ended_event(stream_id).wait(), 10)
+                assert client.resets.get(stream_id) == ErrorCode.H3_INTERNAL_ERROR, path
+            assert client.close_code is None  # the connection carries on
+        assert sum("ASGI app failed" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR) == 3
     run(main())
