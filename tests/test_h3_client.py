@@ -4,6 +4,7 @@ streaming bodies both ways, trailers, timeouts and cancellation, GOAWAY, lifespa
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -314,3 +315,20 @@ def test_malformed_fields_are_refused_on_our_side(server_credential: pymsquic.Cr
             assert (await client.get(f"{url}/bad-header")).status_code == 500
 
     asyncio.run(main())
+
+
+def test_lifespan_failing_at_shutdown_is_logged_as_an_error(server_credential: pymsquic.Credential,
+                                                            caplog: Any) -> None:
+    async def failing_shutdown(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()
+        raise RuntimeError("cleanup broke")
+
+    async def main() -> None:
+        async with await pymsquic.h3.serve(failing_shutdown, "127.0.0.1", 0, credential=server_credential):
+            pass
+
+    asyncio.run(main())
+    failed = [r for r in caplog.records if r.levelno == logging.ERROR and r.getMessage() == "ASGI lifespan failed"]
+    assert failed and "cleanup broke" in str(failed[0].exc_info)

@@ -301,7 +301,9 @@ class _Lifespan:
         try:
             await self._app(scope, self._to_app.get, self._send)
         except Exception:
-            if self.supported:  # before any message: the app has no lifespan support
+            if self.started:  # after its startup: a failure of the app's, not missing support
+                logger.exception("ASGI lifespan failed")
+            else:  # as uvicorn's "auto": an app that raises before its startup has no lifespan support
                 logger.debug("the ASGI app does not support lifespan", exc_info=True)
         finally:
             self.supported = False
