@@ -172,7 +172,15 @@ class Client:
                       content: bytes | AsyncIterable[bytes] | None = None, stream: bool = False) -> Response:
         """Send a request, return the response (its body read, unless ``stream=True``).
         ``content``: the body, bytes or an async iterable of bytes (sent as it comes,
-        waiting for room in the stream; then without content-length unless given)."""
+        waiting for room in the stream; then without content-length unless given).
+
+        Raises ValueError for a URL that is not https or a malformed request field;
+        :class:`asyncio.TimeoutError` after ``timeout``; :class:`~pymsquic.ConnectionClosed`
+        when the connection failed or closed (a certificate refused included);
+        :class:`~pymsquic.StreamError` when the server reset the request (its ``error_code``:
+        H3_REQUEST_REJECTED after a GOAWAY, retry elsewhere); :class:`H3StreamError` /
+        :class:`H3ConnectionError` for a response that breaks RFC 9114. The request is
+        cancelled (H3_REQUEST_CANCELLED) on any of them."""
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             raise ValueError(f"an HTTP/3 URL is https://host[:port]/path, not {url!r}")
