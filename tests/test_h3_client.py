@@ -332,3 +332,15 @@ def test_lifespan_failing_at_shutdown_is_logged_as_an_error(server_credential: p
     asyncio.run(main())
     failed = [r for r in caplog.records if r.levelno == logging.ERROR and r.getMessage() == "ASGI lifespan failed"]
     assert failed and "cleanup broke" in str(failed[0].exc_info)
+
+
+def test_serve_that_cannot_listen_shuts_its_lifespan_down(server_credential: pymsquic.Credential) -> None:
+    async def main() -> None:
+        server, _ = await start(server_credential)
+        async with server:
+            with pytest.raises(pymsquic.QuicError, match="ALPN_IN_USE"):  # the same port and ALPN: taken
+                await pymsquic.h3.serve(app, "127.0.0.1", server.addresses[0][1], credential=server_credential)
+            # the second app's lifespan ended (its shutdown), not left waiting
+            assert state["lifespan"] == ["lifespan.startup", "lifespan.startup", "lifespan.shutdown"]
+
+    asyncio.run(main())

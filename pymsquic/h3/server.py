@@ -348,6 +348,10 @@ async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Creden
                                qpack_max_table_capacity=qpack_max_table_capacity,
                                qpack_blocked_streams=qpack_blocked_streams)
 
-    quic_server = await pymsquic_asyncio.serve(handler, host, port, alpn=ALPN, credential=credential,
-                                               settings=settings, **serve_options)
+    try:
+        quic_server = await pymsquic_asyncio.serve(handler, host, port, alpn=ALPN, credential=credential,
+                                                   settings=settings, **serve_options)
+    except BaseException:  # cannot listen (port taken...): the app's lifespan ends as it began
+        await lifespan.shutdown()
+        raise
     return H3Server(quic_server, shutdown, lifespan)
