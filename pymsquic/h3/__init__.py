@@ -14,6 +14,7 @@ from .connection import ALPN, H3Connection, RequestStream
 from .errors import ErrorCode, H3ConnectionError, H3Error, H3StreamError
 from .server import (
     ASGIApp,
+    ClientDisconnected,
     H3Server,
     LifespanStartupFailed,
     Message,
@@ -24,6 +25,6 @@ from .server import (
     serve_connection,
 )
 
-__all__ = ["ALPN", "ASGIApp", "Client", "ErrorCode", "H3Connection", "H3ConnectionError", "H3Error", "H3StreamError",
-           "H3Server", "LifespanStartupFailed", "Message", "Receive", "RequestStream", "Response", "Scope", "Send",
-           "serve", "serve_connection"]
+__all__ = ["ALPN", "ASGIApp", "Client", "ClientDisconnected", "ErrorCode", "H3Connection", "H3ConnectionError",
+           "H3Error", "H3StreamError", "H3Server", "LifespanStartupFailed", "Message", "Receive", "RequestStream",
+           "Response", "Scope", "Send", "serve", "serve_connection"]

@@ -28,6 +28,13 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+class ClientDisconnected(OSError):
+    """What the ASGI ``send()`` raises once the client is gone (it reset or stopped
+    the request, or its connection closed): ASGI spec 2.4's server-specific
+    OSError, as uvicorn's ``ClientDisconnected``. ``receive()`` says
+    ``http.disconnect`` then."""
+
+
 class LifespanStartupFailed(RuntimeError):
     """The app answered ``lifespan.startup`` with ``lifespan.startup.failed``:
     :func:`serve` raises it (its message is the app's) and serves nothing."""
@@ -79,10 +86,17 @@ class _Exchange:
             return {"type": "http.disconnect"}
 
     async def send(self, message: Message) -> None:
+        if self.disconnected:
+            raise ClientDisconnected("the client went away")
+        try:
+            await self._send(message)
+        except (StreamError, ConnectionClosed) as exc:  # reset, STOP_SENDING, connection closed
+            self.disconnected = True
+            raise ClientDisconnected(f"the client went away: {exc}") from exc
+
+    async def _send(self, message: Message) -> None:
         kind = message["type"]
         request = self.request
-        if self.disconnected:  # as uvicorn and hypercorn do: the app need not watch for it
-            return
         if kind == "http.response.start":
             if self.status is not None:
                 raise RuntimeError("http.response.start sent twice")
@@ -135,7 +149,7 @@ def _scope(h3: H3Connection, headers: Headers, pseudo: dict[bytes, bytes],
     client = h3.quic.remote_address
     server = h3.quic.local_address
     scope: Scope = {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "3",
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "3",
         "method": pseudo[b":method"].decode("latin-1"), "scheme": pseudo.get(b":scheme", b"https").decode("latin-1"),
         "path": unquote(raw_path.decode("latin-1")), "raw_path": raw_path, "query_string": query,
         "root_path": "", "headers": regular,
@@ -163,7 +177,7 @@ async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream
         await app(scope, exchange.receive, exchange.send)
         if not exchange.response_done.is_set() and not exchange.disconnected:
             raise RuntimeError("the app returned before finishing its response")
-    except (StreamError, ConnectionClosed) as exc:
+    except (StreamError, ConnectionClosed, ClientDisconnected) as exc:
         logger.info("request stream %s ended early: %s", request.stream.id, exc)
     except Exception:
         logger.exception("ASGI app failed on %s %s", scope["method"], scope["path"])
