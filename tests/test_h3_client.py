@@ -36,6 +36,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 async def respond(scope: dict[str, Any], receive: Any, send: Any) -> None:
     path = scope["path"]
+    if path == "/early":  # answers at once, without reading the body (the server then sends STOP_SENDING)
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"answered early"})
+        return
     if path == "/head-then-hang":  # the response's head and some body, then waits for the client to go away
         await send({"type": "http.response.start", "status": 200})
         await send({"type": "http.response.body", "body": b"part", "more_body": True})
@@ -342,5 +346,21 @@ def test_serve_that_cannot_listen_shuts_its_lifespan_down(server_credential: pym
                 await pymsquic.h3.serve(app, "127.0.0.1", server.addresses[0][1], credential=server_credential)
             # the second app's lifespan ended (its shutdown), not left waiting
             assert state["lifespan"] == ["lifespan.startup", "lifespan.startup", "lifespan.shutdown"]
+
+    asyncio.run(main())
+
+
+def test_response_before_the_whole_streamed_body_is_kept(server_credential: pymsquic.Credential) -> None:
+    """RFC 9114 4.1: a server may answer before reading the whole request and stop it with
+    STOP_SENDING H3_NO_ERROR; the client must not discard that complete response."""
+    async def endless() -> AsyncIterator[bytes]:
+        while True:  # only the server's STOP_SENDING ends this body
+            yield b"x" * 10_000
+
+    async def main() -> None:
+        server, url = await start(server_credential)
+        async with server, pymsquic.h3.Client(verify=False, timeout=10) as client:
+            response = await client.post(f"{url}/early", content=endless())
+            assert response.status_code == 200 and response.content == b"answered early"
 
     asyncio.run(main())

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from .. import asyncio as pymsquic_asyncio
 from ..configuration import Credential, Settings
+from ..errors import StreamStopped
 from .connection import ALPN, H3Connection, RequestStream
 from .errors import ErrorCode, H3StreamError
 from .message import Headers, check_request, check_response, content_length
@@ -205,16 +206,27 @@ class Client:
                     request.send_data(content, end_stream=True)
             else:
                 request.send_headers(fields)
-                async for chunk in content:
-                    request.send_data(chunk)
-                    await bounded(request.drain(), self.timeout)
-                request.end()
+                await self._send_body(request, content)
             if stream:  # the body's waits are bounded one by one, as the caller reads
                 return await bounded(self._response(request, self.timeout, method), self.timeout)
             return await bounded(self._whole_response(request, method), self.timeout)  # one bound for it all
         except BaseException:  # cancelled, timed out, refused: the server need not go on
             request.cancel()
             raise
+
+    async def _send_body(self, request: RequestStream, content: AsyncIterable[bytes]) -> None:
+        """Stream ``content`` as DATA, waiting for room. The server's STOP_SENDING ends it
+        quietly: it answered without the rest (RFC 9114 4.1: that response is not to be
+        discarded); a reset or an error shows when the response is read."""
+        try:
+            async for chunk in content:
+                request.send_data(chunk)
+                await bounded(request.drain(), self.timeout)
+            request.end()
+        except StreamStopped:
+            aclose = getattr(content, "aclose", None)
+            if aclose is not None:  # an async generator: let it clean up now
+                await aclose()
 
     async def _whole_response(self, request: RequestStream, method: str) -> Response:
         response = await self._response(request, None, method)
