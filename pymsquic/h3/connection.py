@@ -49,6 +49,10 @@ ALPN = "h3"
 # How much a request stream read asks for at once.
 _READ_CHUNK = 65536
 
+#: HTTP Datagrams kept for a request until it reads them; more are dropped
+#: (RFC 9297 section 5 lets a receiver drop them) rather than piling up unread.
+DATAGRAM_QUEUE = 64
+
 
 class H3Connection:
     """HTTP/3 on an established QUIC connection (ALPN ``h3``).
@@ -320,8 +324,12 @@ class H3Connection:
                     raise H3ConnectionError(ErrorCode.H3_DATAGRAM_ERROR, "datagram without a quarter stream id")
                 quarter, offset = parsed
                 request = self._streams_by_id.get(quarter * 4)
-                if request is not None:  # else: no such request (any more): dropped, as RFC 9297 allows
+                if request is None:  # no such request (any more): dropped, as RFC 9297 allows
+                    continue
+                try:
                     request._datagrams.put_nowait(data[offset:])
+                except asyncio.QueueFull:
+                    logger.debug("HTTP Datagram dropped: stream %s has %s unread", quarter * 4, DATAGRAM_QUEUE)
         except H3ConnectionError as exc:
             self.fail(exc)
         except ConnectionClosed:
@@ -370,7 +378,7 @@ class RequestStream:
         #: The content-length of what is received, once known: more DATA than that is a
         #: stream error H3_MESSAGE_ERROR as it comes (section 4.1.2); less is the caller's check.
         self.expected_length: int | None = None
-        self._datagrams: asyncio.Queue[bytes] = asyncio.Queue()
+        self._datagrams: asyncio.Queue[bytes] = asyncio.Queue(DATAGRAM_QUEUE)
         h3._open_requests.add(self)
 
     async def _next_frame(self) -> Frame | None:
