@@ -36,6 +36,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 async def respond(scope: dict[str, Any], receive: Any, send: Any) -> None:
     path = scope["path"]
+    if path == "/host":  # the host the request named
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": dict(scope["headers"])[b"host"]})
+        return
     if path == "/early":  # answers at once, without reading the body (the server then sends STOP_SENDING)
         await send({"type": "http.response.start", "status": 200})
         await send({"type": "http.response.body", "body": b"answered early"})
@@ -362,5 +366,16 @@ def test_response_before_the_whole_streamed_body_is_kept(server_credential: pyms
         async with server, pymsquic.h3.Client(verify=False, timeout=10) as client:
             response = await client.post(f"{url}/early", content=endless())
             assert response.status_code == 200 and response.content == b"answered early"
+
+    asyncio.run(main())
+
+
+def test_userinfo_of_the_url_is_not_sent(server_credential: pymsquic.Credential) -> None:
+    """RFC 9114 4.3.1: :authority has no userinfo (nor does it leak the URL's password)."""
+    async def main() -> None:
+        server, url = await start(server_credential)
+        async with server, pymsquic.h3.Client(verify=False, timeout=10) as client:
+            response = await client.get(url.replace("https://", "https://user:secret@") + "/host")
+            assert response.content == url.removeprefix("https://").encode()
 
     asyncio.run(main())

@@ -189,7 +189,8 @@ class Client:
         h3 = await self._connection(parts.hostname, port)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         fields: Headers = [(b":method", method.encode()), (b":scheme", b"https"),
-                           (b":authority", parts.netloc.encode()), (b":path", path.encode())]
+                           # no userinfo in :authority (RFC 9114 4.3.1): nor a password sent on
+                           (b":authority", parts.netloc.rpartition("@")[2].encode()), (b":path", path.encode())]
         items = headers.items() if isinstance(headers, Mapping) else (headers or [])
         fields += [(name.lower().encode(), value.encode()) for name, value in items]
         if isinstance(content, bytes) and not any(name == b"content-length" for name, _ in fields):
