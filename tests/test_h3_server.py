@@ -354,3 +354,16 @@ def test_app_failures_answer_500_or_reset_with_internal_error(server_credential,
             assert client.close_code is None  # the connection carries on
         assert sum("ASGI app failed" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR) == 3
     run(main())
+
+
+def test_request_without_complete_headers_in_time_is_rejected(server_credential) -> None:
+    """Slowloris: a request stream that never completes its HEADERS frame holds a request
+    slot only for ``header_timeout``: then it is reset (H3_REQUEST_REJECTED: not processed)."""
+    async def main() -> None:
+        async with raw_client(server_credential, header_timeout=0.2) as client:
+            slow = client.send(headers_frame(GET)[:3], end=False)  # the frame's start, never the rest
+            await asyncio.wait_for(client.ended_event(slow).wait(), 10)
+            assert client.resets.get(slow) == ErrorCode.H3_REQUEST_REJECTED
+            headers, _ = await client.response(client.send(headers_frame(GET)))  # the connection carries on
+            assert (b":status", b"200") in headers
+    run(main())

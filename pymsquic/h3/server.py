@@ -14,6 +14,7 @@ from urllib.parse import unquote
 from .. import asyncio as pymsquic_asyncio
 from ..configuration import Credential, Settings
 from ..errors import ConnectionClosed, StreamError
+from .client import bounded
 from .connection import ALPN, H3Connection, RequestStream
 from .errors import ErrorCode, H3Error, H3StreamError
 from .frames import MAX_HEADERS_FRAME_SIZE
@@ -39,6 +40,10 @@ class LifespanStartupFailed(RuntimeError):
     """The app answered ``lifespan.startup`` with ``lifespan.startup.failed``:
     :func:`serve` raises it (its message is the app's) and serves nothing."""
 
+
+#: Default seconds a request stream has to deliver its whole header section
+#: (a slowloris client holds a request slot no longer).
+HEADER_TIMEOUT = 10.0
 
 #: Default maximum of requests in flight per connection (the peer's bidirectional stream limit).
 MAX_CONCURRENT_REQUESTS = 100
@@ -162,9 +167,9 @@ def _scope(h3: H3Connection, headers: Headers, pseudo: dict[bytes, bytes],
 
 
 async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream,
-                          state: dict[str, Any] | None) -> None:
+                          state: dict[str, Any] | None, header_timeout: float | None) -> None:
     try:
-        headers = await request.receive_headers()
+        headers = await bounded(request.receive_headers(), header_timeout)
         pseudo = check_request(headers)
         exchange = _Exchange(request, headers, head=pseudo[b":method"] == b"HEAD")  # checks content-length
     except H3StreamError as exc:
@@ -172,6 +177,10 @@ async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream
         return
     except (H3Error, StreamError, ConnectionClosed):
         return  # acted on (connection error) or gone
+    except asyncio.TimeoutError:
+        logger.info("request stream %s: no whole header section in %s s, rejected", request.stream.id, header_timeout)
+        request.abort(ErrorCode.H3_REQUEST_REJECTED)  # nothing of it was processed
+        return
     scope = _scope(h3, headers, pseudo, state)
     try:
         await app(scope, exchange.receive, exchange.send)
@@ -201,11 +210,13 @@ async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream
 
 async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
                            shutdown: asyncio.Event | None = None, state: dict[str, Any] | None = None,
-                           **h3_options: Any) -> None:
+                           header_timeout: float | None = HEADER_TIMEOUT, **h3_options: Any) -> None:
     """Serve HTTP/3 on one accepted QUIC connection until it ends, or until
     ``shutdown`` is set: then GOAWAY, the requests already in finish, and the
     connection closes with H3_NO_ERROR. ``state``: the ASGI lifespan's state,
-    copied into each request's scope."""
+    copied into each request's scope. A request whose header section is not all
+    in within ``header_timeout`` seconds (None: no limit) is reset with
+    H3_REQUEST_REJECTED."""
     h3 = H3Connection(quic, is_client=False, **h3_options)
     h3.start()
     tasks: set[asyncio.Task[None]] = set()
@@ -220,7 +231,7 @@ async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
             request = await h3.accept_request()
             if request is None:
                 break
-            task = asyncio.ensure_future(_handle_request(app, h3, request, state))
+            task = asyncio.ensure_future(_handle_request(app, h3, request, state, header_timeout))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         if tasks:
@@ -341,13 +352,14 @@ async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Creden
                 max_field_section_size: int = MAX_HEADERS_FRAME_SIZE,
                 qpack_max_table_capacity: int = DEFAULT_MAX_TABLE_CAPACITY,
                 qpack_blocked_streams: int = DEFAULT_BLOCKED_STREAMS,
-                **serve_options: Any) -> H3Server:
+                header_timeout: float | None = HEADER_TIMEOUT, **serve_options: Any) -> H3Server:
     """Serve the ASGI 3 ``app`` over HTTP/3 on ``host:port`` (port 0: any free
     one, see :attr:`H3Server.addresses`), after the app's lifespan startup
     (:class:`LifespanStartupFailed` if the app says it failed).
     ``max_concurrent_requests`` is the number of request streams a client may
     have open at once; ``max_field_section_size`` bounds a request's header
-    section (larger: stream error H3_EXCESSIVE_LOAD); the ``qpack_`` limits
+    section (larger: stream error H3_EXCESSIVE_LOAD), which must all be in within
+    ``header_timeout`` seconds (else H3_REQUEST_REJECTED); the ``qpack_`` limits
     bound the client's use of our QPACK decoder. Other keyword arguments go
     to :func:`pymsquic.asyncio.serve`."""
     settings = dataclasses.replace(settings or Settings(idle_timeout_ms=30_000),
@@ -358,6 +370,7 @@ async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Creden
 
     async def handler(quic: pymsquic_asyncio.Connection) -> None:
         await serve_connection(app, quic, shutdown=shutdown, state=lifespan.state if lifespan.started else None,
+                               header_timeout=header_timeout,
                                max_field_section_size=max_field_section_size,
                                qpack_max_table_capacity=qpack_max_table_capacity,
                                qpack_blocked_streams=qpack_blocked_streams)
