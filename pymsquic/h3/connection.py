@@ -452,7 +452,7 @@ class RequestStream:
                     await asyncio.gather(other, return_exceptions=True)
             return unblocked.result()
         finally:  # cancelled too: nothing left running (a read cancelled loses nothing)
-            unblocked.cancel()
+            self.h3._decoder.cancel(stream_id)  # still blocked: the peer's encoder is told
             for waiter in (closed, other):
                 if waiter is not None:
                     waiter.cancel()

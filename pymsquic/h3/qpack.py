@@ -88,11 +88,10 @@ class Decoder:
         (or too many streams would be blocked)."""
         headers = self.feed_header(stream_id, block)
         if headers is None:
-            future = self.unblocked(stream_id)
             try:
-                return await future
+                return await self.unblocked(stream_id)
             finally:
-                future.cancel()
+                self.cancel(stream_id)  # cancelled while waiting: a no-op once decoded
         return headers
 
     def feed_header(self, stream_id: int, block: bytes) -> Headers | None:
@@ -110,12 +109,21 @@ class Decoder:
 
     def unblocked(self, stream_id: int) -> asyncio.Future[Headers]:
         """The header list of the block :meth:`feed_header` left waiting on
-        ``stream_id``, as a future; cancel it to drop that block's decoding."""
+        ``stream_id``, as a future; :meth:`cancel` drops that block's decoding."""
         return self._blocked[stream_id]
 
     def _forget(self, stream_id: int, future: asyncio.Future[Headers]) -> None:
         if self._blocked.get(stream_id) is future:
             del self._blocked[stream_id]
+
+    def cancel(self, stream_id: int) -> None:
+        """Abandon the header block waiting on ``stream_id`` (its stream was reset, or
+        its reader gave up): the peer's encoder is told, with a Stream Cancellation
+        (RFC 9204 section 4.4.2), and the block is never decoded."""
+        future = self._blocked.pop(stream_id, None)
+        if future is not None and not future.done():
+            future.cancel()
+            self._finish(self._decoder.cancel_stream(stream_id), [])
 
     def _finish(self, decoder_data: bytes, headers: Headers) -> Headers:
         if decoder_data:
