@@ -44,6 +44,8 @@ async def load(url: str, workload: str, connections: int, inflight: int, duratio
             break
         except Exception:  # the server is still starting: it said nothing we can wait for
             await asyncio.sleep(0.1)
+    else:  # never answered: say so rather than measure failures
+        raise RuntimeError(f"no answer from {url} in 100 tries")
     payload = bytes(512)
     latencies: list[float] = []
     deadline = time.perf_counter() + duration

@@ -54,3 +54,15 @@ def test_cli_refuses_an_app_it_cannot_load() -> None:
     result = subprocess.run([sys.executable, "-m", "pymsquic.h3", "no_such_module:app"], cwd=FOLDER, check=False,
                             capture_output=True, text=True, timeout=60, env=ENV)
     assert result.returncode == 2 and "cannot load no_such_module:app" in result.stderr
+
+
+def test_cli_exits_cleanly_when_the_lifespan_startup_fails(tmp_path: Path) -> None:
+    (tmp_path / "failing_app.py").write_text(
+        "async def app(scope, receive, send):\n"
+        "    await receive()\n"
+        "    await send({'type': 'lifespan.startup.failed', 'message': 'no database'})\n"
+        "    await receive()\n")
+    result = subprocess.run([sys.executable, "-m", "pymsquic.h3", "failing_app:app", "--port", "0"], cwd=tmp_path,
+                            check=False, capture_output=True, text=True, timeout=60, env=ENV)
+    assert result.returncode == 3, result.stderr
+    assert "startup failed: no database" in result.stderr and "Traceback" not in result.stderr

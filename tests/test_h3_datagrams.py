@@ -5,8 +5,9 @@ H3Connection level: pymsquic.h3 on both sides, and aioquic's H3Connection
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
-from typing import Any
+from typing import Any, AsyncIterator
 
 import pytest
 from aioquic.asyncio import QuicConnectionProtocol, connect
@@ -74,26 +75,34 @@ async def ping_until_answered(send: Any, receive: Any) -> None:
     pytest.fail("no datagram came back")
 
 
+@contextlib.asynccontextmanager
+async def datagram_client(handler: Any, credential: pymsquic.Credential) -> AsyncIterator[H3Connection]:
+    """``handler`` served, and a started client H3Connection with datagrams and extended CONNECT."""
+    async with pymsquic.asyncio.serve(handler, "127.0.0.1", 0, alpn="h3", credential=credential,
+                                      settings=DATAGRAM_SETTINGS) as server:
+        async with pymsquic.asyncio.connect("127.0.0.1", server.addresses[0][1], alpn="h3",
+                                            credential=pymsquic.Credential.client(verify=False),
+                                            settings=DATAGRAM_SETTINGS) as quic:
+            h3 = H3Connection(quic, is_client=True, enable_datagrams=True, enable_connect_protocol=True)
+            h3.start()
+            yield h3
+
+
 def test_datagrams_on_extended_connect(server_credential: pymsquic.Credential) -> None:
     async def main() -> None:
-        async with pymsquic.asyncio.serve(tunnel_handler, "127.0.0.1", 0, alpn="h3", credential=server_credential,
-                                          settings=DATAGRAM_SETTINGS) as server:
-            async with pymsquic.asyncio.connect("127.0.0.1", server.addresses[0][1], alpn="h3",
-                                                credential=pymsquic.Credential.client(verify=False),
-                                                settings=DATAGRAM_SETTINGS) as quic:
-                h3 = H3Connection(quic, is_client=True, enable_datagrams=True, enable_connect_protocol=True)
-                h3.start()
-                settings = await asyncio.wait_for(h3.peer_settings, 10)
-                assert settings[Setting.ENABLE_CONNECT_PROTOCOL] == 1 and h3.datagrams_allowed()
-                for _ in range(3):  # streams 0, 4, 8: each datagram names its request (quarter stream id)
-                    request = h3.open_request()
-                    request.send_headers(CONNECT_UDP)
-                    assert (b":status", b"200") in await asyncio.wait_for(request.receive_headers(), 10)
-                    await ping_until_answered(request.send_datagram, request.receive_datagram)
-                    request.end()
-                quic.send_datagram(b"\x40")  # a truncated quarter stream id
-                await asyncio.wait_for(quic.wait_closed(), 10)
-                assert quic.close_reason is not None and quic.close_reason.error_code == ErrorCode.H3_DATAGRAM_ERROR
+        async with datagram_client(tunnel_handler, server_credential) as h3:
+            quic = h3.quic
+            settings = await asyncio.wait_for(h3.peer_settings, 10)
+            assert settings[Setting.ENABLE_CONNECT_PROTOCOL] == 1 and h3.datagrams_allowed()
+            for _ in range(3):  # streams 0, 4, 8: each datagram names its request (quarter stream id)
+                request = h3.open_request()
+                request.send_headers(CONNECT_UDP)
+                assert (b":status", b"200") in await asyncio.wait_for(request.receive_headers(), 10)
+                await ping_until_answered(request.send_datagram, request.receive_datagram)
+                request.end()
+            quic.send_datagram(b"\x40")  # a truncated quarter stream id
+            await asyncio.wait_for(quic.wait_closed(), 10)
+            assert quic.close_reason is not None and quic.close_reason.error_code == ErrorCode.H3_DATAGRAM_ERROR
 
     asyncio.run(main())
 
@@ -143,5 +152,39 @@ def test_aioquic_datagrams_on_extended_connect(server_credential: pymsquic.Crede
                 await ping_until_answered(send, client.datagrams.get)
                 client.http.send_data(stream_id, b"", end_stream=True)
                 client.transmit()
+
+    asyncio.run(main())
+
+
+async def flooding_handler(conn: pymsquic.asyncio.Connection) -> None:
+    """Answers a request with 200; at the client's "go", 200 HTTP Datagrams, then "done" and FIN."""
+    h3 = H3Connection(conn, is_client=False, enable_datagrams=True, enable_connect_protocol=True)
+    h3.start()
+    request = await h3.accept_request()
+    assert request is not None
+    await request.receive_headers()
+    request.send_headers([(b":status", b"200")])
+    assert await request.receive_data() == b"go"  # the client has the headers: its datagrams reach it
+    for i in range(200):  # under pymsquic's 256 in flight, over the 64 a request keeps
+        request.send_datagram(b"%d" % i)
+    request.send_data(b"done", end_stream=True)
+    while await request.receive_data():
+        pass
+    await h3.close()
+
+
+def test_datagrams_nobody_reads_are_bounded(server_credential: pymsquic.Credential) -> None:
+    """A request's datagrams that are never read do not pile up without end (RFC 9297
+    lets a receiver drop them): at most DATAGRAM_QUEUE are kept."""
+    async def main() -> None:
+        async with datagram_client(flooding_handler, server_credential) as h3:
+            request = h3.open_request()
+            request.send_headers(CONNECT_UDP)
+            assert (b":status", b"200") in await asyncio.wait_for(request.receive_headers(), 10)
+            request.send_data(b"go")
+            assert await asyncio.wait_for(request.receive_data(), 10) == b"done"  # after the datagrams
+            assert 0 < request._datagrams.qsize() <= pymsquic.h3.connection.DATAGRAM_QUEUE
+            request.end()
+            await h3.close()
 
     asyncio.run(main())

@@ -26,7 +26,7 @@ from test_h3_server import control_stream, headers_frame
 import pymsquic
 import pymsquic.h3
 from pymsquic.h3 import ErrorCode
-from pymsquic.h3.frames import FrameType, encode_frame
+from pymsquic.h3.frames import FrameType, encode_frame, encode_varint
 
 BODY_4000 = bytes(range(256)) * 15 + bytes(160)  # 4000 bytes, not all alike
 
@@ -357,5 +357,35 @@ def test_client_close_cancels_responses_not_read(cert_files) -> None:
             assert RawH3Server.stopped is not None
             await asyncio.wait_for(RawH3Server.stopped.wait(), 10)
             assert RawH3Server.stop_codes == {0: ErrorCode.H3_REQUEST_CANCELLED}
+
+    asyncio.run(main())
+
+
+def test_client_closes_with_id_error_on_a_push_promise(cert_files) -> None:
+    """No MAX_PUSH_ID was sent: any push id exceeds it (RFC 9114 7.2.5): H3_ID_ERROR."""
+    promise = encode_frame(FrameType.PUSH_PROMISE, encode_varint(0) + b"\x00\x00")  # push 0, no fields
+    answer = promise + headers_frame([(b":status", b"200")])
+
+    async def main() -> None:
+        async with raw_h3_server(cert_files, control_stream(), answer) as url, \
+                pymsquic.h3.Client(verify=False, timeout=10) as client:
+            with contextlib.suppress(pymsquic.ConnectionClosed, pymsquic.h3.H3Error, pymsquic.StreamError):
+                await client.get(f"{url}/")
+            assert RawH3Server.terminated is not None
+            await asyncio.wait_for(RawH3Server.terminated.wait(), 10)
+            assert RawH3Server.close_code == ErrorCode.H3_ID_ERROR
+
+    asyncio.run(main())
+
+
+def test_client_refuses_more_body_than_content_length_as_it_comes(cert_files) -> None:
+    answer = headers_frame([(b":status", b"200"), (b"content-length", b"2")]) + encode_frame(FrameType.DATA, b"abcdef")
+
+    async def main() -> None:
+        async with raw_h3_server(cert_files, control_stream(), answer, end_answer=False) as url, \
+                pymsquic.h3.Client(verify=False, timeout=10) as client:
+            with pytest.raises(pymsquic.h3.H3StreamError) as info:
+                await client.get(f"{url}/")  # the answer never ends: only the check can end the wait
+            assert info.value.error_code == ErrorCode.H3_MESSAGE_ERROR
 
     asyncio.run(main())

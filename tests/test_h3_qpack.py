@@ -47,11 +47,11 @@ def test_blocked_stream_waits_for_encoder_stream() -> None:
         assert await decoder.decode(0, first) == HEADERS
         encoder_data, block = encoder.encode(4, HEADERS)
         assert encoder_data
-        waiting = asyncio.ensure_future(decoder.decode(4, block))  # its table entries have not come yet
-        await asyncio.sleep(0)
+        assert decoder.feed_header(4, block) is None  # blocked: its table entries have not come yet
+        waiting = decoder.unblocked(4)
         assert not waiting.done()
         decoder.feed_encoder(settings_data + encoder_data)
-        assert await asyncio.wait_for(waiting, 5) == HEADERS
+        assert waiting.done() and waiting.result() == HEADERS  # unblocked by that very feed
     asyncio.run(main())
 
 
@@ -106,3 +106,21 @@ def test_missing_pylsqpack_says_how_to_get_it() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, check=True)
     assert result.stdout.strip() == "pymsquic.h3 needs pylsqpack: pip install 'pymsquic[h3]'"
+
+
+def test_abandoned_blocked_block_is_cancelled_on_the_decoder_stream() -> None:
+    """RFC 9204 4.4.2: a stream reset while its header block waits gets a Stream
+    Cancellation instruction, and the block is not decoded later."""
+    async def main() -> None:
+        encoder, decoder, sent, settings_data = pair()
+        _, first = encoder.encode(0, HEADERS)
+        assert await decoder.decode(0, first) == HEADERS
+        encoder_data, block = encoder.encode(4, HEADERS)
+        assert decoder.feed_header(4, block) is None
+        before = len(sent)
+        decoder.cancel(4)  # what a reset request stream does
+        assert sent[before:] == [b"\x44"]  # Stream Cancellation (01xxxxxx) of stream 4
+        encoder.feed_decoder(b"".join(sent))  # the peer's encoder takes it
+        decoder.feed_encoder(settings_data + encoder_data)  # no block of stream 4 left to finish
+        assert not any(chunk.startswith(b"\x84") for chunk in sent[before + 1:])  # no Section Ack for it
+    asyncio.run(main())

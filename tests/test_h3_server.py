@@ -89,6 +89,14 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Echo the body; /trailers answers with trailers; records http.disconnect. No lifespan."""
     if scope["type"] != "http":
         raise RuntimeError(f"no {scope['type']} here")
+    if scope["path"] == "/raise-before":
+        raise RuntimeError("the app failed before its response")
+    if scope["path"] in ("/raise-after", "/return-early"):  # the head sent, then a failure or nothing more
+        await send({"type": "http.response.start", "status": 200})
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        if scope["path"] == "/raise-after":
+            raise RuntimeError("the app failed in its response")
+        return
     if scope["path"] == "/no-read":  # answers without reading the body
         await send({"type": "http.response.start", "status": 200})
         await send({"type": "http.response.body", "body": b"did not read it"})
@@ -100,8 +108,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         message = await receive()
         if message["type"] == "http.disconnect":
             disconnects.append(scope["path"])
-            await send({"type": "http.response.start", "status": 200})  # too late: dropped, no error
-            await send({"type": "http.response.body", "body": b"nobody reads this"})
+            try:
+                await send({"type": "http.response.start", "status": 200})  # too late
+            except OSError as exc:  # ASGI spec 2.4: a send after the client left raises an OSError
+                disconnects.append(type(exc).__name__)
             if "disconnected" in events:
                 events["disconnected"].set()
             return
@@ -142,7 +152,10 @@ def run(coro: Any) -> None:
     ("DATA on the control stream", control_stream() + encode_frame(FrameType.DATA, b"x"),
      ErrorCode.H3_FRAME_UNEXPECTED),
     ("HTTP/2 setting", control_stream({0x4: 65535}), ErrorCode.H3_SETTINGS_ERROR),
+    ("reserved setting 0x0 (RFC 9114 11.2.2)", control_stream({0x0: 1}), ErrorCode.H3_SETTINGS_ERROR),
     ("truncated SETTINGS", encode_varint(0) + encode_frame(FrameType.SETTINGS, b"\x06"), ErrorCode.H3_FRAME_ERROR),
+    ("MAX_PUSH_ID going down", control_stream() + encode_frame(FrameType.MAX_PUSH_ID, b"\x05")
+     + encode_frame(FrameType.MAX_PUSH_ID, b"\x03"), ErrorCode.H3_ID_ERROR),
     ("CANCEL_PUSH of a push never promised", control_stream() + encode_frame(FrameType.CANCEL_PUSH, b"\x00"),
      ErrorCode.H3_ID_ERROR),
 ])
@@ -195,9 +208,15 @@ def test_reserved_and_unknown_things_are_ignored(server_credential) -> None:
      ErrorCode.H3_MESSAGE_ERROR),
     ("uppercase field name", headers_frame([*GET, (b"X-Upper", b"1")]), ErrorCode.H3_MESSAGE_ERROR),
     ("connection-specific field", headers_frame([*GET, (b"connection", b"close")]), ErrorCode.H3_MESSAGE_ERROR),
+    ("CR LF in a field value", headers_frame([*GET, (b"x-a", b"1\r\nx-b: 2")]), ErrorCode.H3_MESSAGE_ERROR),
+    ("NUL in a field value", headers_frame([*GET, (b"x-a", b"1\x002")]), ErrorCode.H3_MESSAGE_ERROR),
+    ("space in a field name", headers_frame([*GET, (b"x a", b"1")]), ErrorCode.H3_MESSAGE_ERROR),
+    ("no :authority nor host", headers_frame([GET[0], GET[1], GET[3]]), ErrorCode.H3_MESSAGE_ERROR),
+    (":authority and host differ", headers_frame([*GET, (b"host", b"elsewhere")]), ErrorCode.H3_MESSAGE_ERROR),
     ("content-length and body differ", headers_frame([*GET, (b"content-length", b"10")])
      + encode_frame(FrameType.DATA, b"short"), ErrorCode.H3_MESSAGE_ERROR),
     ("stream ends before HEADERS", b"", ErrorCode.H3_REQUEST_INCOMPLETE),
+    ("content-length not a number", headers_frame([*GET, (b"content-length", b"abc")]), ErrorCode.H3_MESSAGE_ERROR),
     (":protocol, extended CONNECT not offered", headers_frame([(b":method", b"CONNECT"), (b":protocol", b"x"),
                                                               *GET[1:]]), ErrorCode.H3_MESSAGE_ERROR),
     ("CONNECT with a :path", headers_frame([(b":method", b"CONNECT"), *GET[1:]]), ErrorCode.H3_MESSAGE_ERROR),
@@ -259,9 +278,9 @@ def test_cancelled_request_reaches_the_app_as_disconnect(server_credential, capl
             headers, _ = await client.response(client.send(headers_frame(GET)))  # the connection carries on
             assert (b":status", b"200") in headers
             await asyncio.wait_for(events["disconnected"].wait(), 10)  # the app's receive() returned http.disconnect
-            assert disconnects == ["/cancelled"]
+            assert disconnects == ["/cancelled", "ClientDisconnected"]
         events.clear()
-        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # the late send was dropped
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # no app failure logged
     run(main())
 
 
@@ -275,4 +294,76 @@ def test_body_not_read_by_the_app_is_stopped_with_no_error(server_credential) ->
             await asyncio.wait_for(client.ended_event(stream_id).wait(), 10)
             frames = FrameReader(StreamKind.RESPONSE).feed(bytes(client.data[stream_id]))
             assert frames[-1] == Frame(FrameType.DATA, b"did not read it")  # the response is whole
+    run(main())
+
+
+def test_request_blocked_on_qpack_then_reset_does_not_hold_the_server(server_credential) -> None:
+    """A header block that refers to encoder stream data never sent waits (RFC 9204
+    2.1.2); once the client resets that stream and leaves, nothing of it may linger:
+    the graceful close ends at once instead of waiting out its grace period."""
+    async def main() -> None:
+        server = await pymsquic.h3.serve(app, "127.0.0.1", 0, credential=server_credential)
+        config = QuicConfiguration(is_client=True, alpn_protocols=["h3"], verify_mode=ssl.CERT_NONE,
+                                   server_name="localhost")
+        async with connect("127.0.0.1", server.addresses[0][1], configuration=config,
+                           create_protocol=RawH3Client) as client:
+            assert isinstance(client, RawH3Client)
+            client.send(control_stream(), uni=True, end=False)
+            encoder = pylsqpack.Encoder()
+            encoder.apply_settings(4096, 16)  # the server's defaults: it may be blocked on us
+            fields = [*GET, (b"x-indexed", b"v" * 100)]
+            encoder.encode(0, fields)  # the first time literal; the second refers to the dynamic table
+            _, block = encoder.encode(0, fields)  # and its encoder stream data is never sent
+            with pytest.raises(pylsqpack.StreamBlocked):
+                pylsqpack.Decoder(4096, 16).feed_header(0, block)
+            stream_id = client.send(encode_frame(FrameType.HEADERS, block), end=False)
+            # A request after it, answered: the server took stream 0 first (its task ran
+            # first), so stream 0 waits in the QPACK decoder now.
+            headers, _ = await client.response(client.send(headers_frame(GET)))
+            assert (b":status", b"200") in headers
+            client._quic.reset_stream(stream_id, ErrorCode.H3_REQUEST_CANCELLED)
+            client.transmit()
+            headers, _ = await client.response(client.send(headers_frame(GET)))  # the connection carries on
+            assert (b":status", b"200") in headers
+        server.close(grace=60)
+        await asyncio.wait_for(server.wait_closed(), 10)  # not 60 s: the blocked request is gone
+    run(main())
+
+
+def test_body_over_its_content_length_is_a_stream_error_at_once(server_credential) -> None:
+    """Section 4.1.2: more DATA than content-length is malformed when it comes, not at a FIN
+    that a hostile client never sends."""
+    async def main() -> None:
+        async with raw_client(server_credential) as client:
+            bad = client.send(headers_frame([*GET[:3], (b":path", b"/echo"), (b"content-length", b"2")])
+                              + encode_frame(FrameType.DATA, b"abcdef"), end=False)
+            await asyncio.wait_for(client.ended_event(bad).wait(), 10)
+            assert client.resets.get(bad) == ErrorCode.H3_MESSAGE_ERROR
+    run(main())
+
+
+def test_app_failures_answer_500_or_reset_with_internal_error(server_credential, caplog) -> None:
+    async def main() -> None:
+        async with raw_client(server_credential) as client:
+            headers, _ = await client.response(client.send(headers_frame([*GET[:3], (b":path", b"/raise-before")])))
+            assert (b":status", b"500") in headers
+            for path in (b"/raise-after", b"/return-early"):  # too late for a 500: the response is cut
+                stream_id = client.send(headers_frame([*GET[:3], (b":path", path)]))
+                await asyncio.wait_for(client.ended_event(stream_id).wait(), 10)
+                assert client.resets.get(stream_id) == ErrorCode.H3_INTERNAL_ERROR, path
+            assert client.close_code is None  # the connection carries on
+        assert sum("ASGI app failed" in r.getMessage() for r in caplog.records if r.levelno == logging.ERROR) == 3
+    run(main())
+
+
+def test_request_without_complete_headers_in_time_is_rejected(server_credential) -> None:
+    """Slowloris: a request stream that never completes its HEADERS frame holds a request
+    slot only for ``header_timeout``: then it is reset (H3_REQUEST_REJECTED: not processed)."""
+    async def main() -> None:
+        async with raw_client(server_credential, header_timeout=0.2) as client:
+            slow = client.send(headers_frame(GET)[:3], end=False)  # the frame's start, never the rest
+            await asyncio.wait_for(client.ended_event(slow).wait(), 10)
+            assert client.resets.get(slow) == ErrorCode.H3_REQUEST_REJECTED
+            headers, _ = await client.response(client.send(headers_frame(GET)))  # the connection carries on
+            assert (b":status", b"200") in headers
     run(main())

@@ -437,6 +437,14 @@ class StreamCore:
     def _closed_now(self) -> bool | None:
         return True if self._state().flags & lib.PMQ_STREAM_SHUTDOWN_COMPLETE else None
 
+    def _stop_sending_now(self) -> tuple[int | None] | None:
+        # wait_stop_sending()'s predicate: (the peer's STOP_SENDING code,) or (None,) once
+        # the stream is over without one; None while neither.
+        st = self._state()
+        if st.flags & lib.PMQ_STREAM_STOP_SENDING_RECEIVED:
+            return (st.stop_sending_code,)
+        return (None,) if st.flags & lib.PMQ_STREAM_SHUTDOWN_COMPLETE else None
+
     @property
     def priority(self) -> int:
         """Send priority, 0 (lowest) to 65535 (highest), default 32767: msquic

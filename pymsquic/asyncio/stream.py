@@ -154,6 +154,16 @@ class Stream(StreamCore, NativeWaitable):
         if self._closed_now() is None:
             await self._wait(self._closed_now, "wait_closed()")
 
+    async def wait_stop_sending(self) -> int | None:
+        """Wait until the peer wants no more of what we send: returns the error
+        code of its STOP_SENDING, or None once the stream is over without one
+        (ended both ways, reset, or its connection closed). Never raises for
+        those: a server answering a request waits on it to see the client leave."""
+        result = self._stop_sending_now()
+        if result is None:
+            result = await self._wait(self._stop_sending_now, "wait_stop_sending()")
+        return result[0]
+
     async def __aenter__(self) -> Self:
         return self
 

@@ -12,8 +12,19 @@ No server push. HTTP/3 framing is in :mod:`pymsquic.h3.frames`, QPACK in
 from .client import Client, Response
 from .connection import ALPN, H3Connection, RequestStream
 from .errors import ErrorCode, H3ConnectionError, H3Error, H3StreamError
-from .server import ASGIApp, H3Server, Message, Receive, Scope, Send, serve, serve_connection
+from .server import (
+    ASGIApp,
+    ClientDisconnected,
+    H3Server,
+    LifespanStartupFailed,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    serve,
+    serve_connection,
+)
 
-__all__ = ["ALPN", "ASGIApp", "Client", "ErrorCode", "H3Connection", "H3ConnectionError", "H3Error", "H3StreamError",
-           "H3Server", "Message", "Receive", "RequestStream", "Response", "Scope", "Send", "serve",
-           "serve_connection"]
+__all__ = ["ALPN", "ASGIApp", "Client", "ClientDisconnected", "ErrorCode", "H3Connection", "H3ConnectionError",
+           "H3Error", "H3StreamError", "H3Server", "LifespanStartupFailed", "Message", "Receive", "RequestStream",
+           "Response", "Scope", "Send", "serve", "serve_connection"]

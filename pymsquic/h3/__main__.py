@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from ..cli import credential_fingerprint
 from ..configuration import Credential
-from .server import ASGIApp, serve
+from .server import ASGIApp, LifespanStartupFailed, serve
 
 logger = logging.getLogger("pymsquic")
 
@@ -85,7 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImportError, AttributeError, ValueError, TypeError) as exc:
         print(f"error: cannot load {args.app}: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(run(args, app))
+    try:
+        asyncio.run(run(args, app))
+    except LifespanStartupFailed as exc:  # as uvicorn: a message and exit status 3, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -16,9 +16,10 @@ from urllib.parse import urlsplit
 
 from .. import asyncio as pymsquic_asyncio
 from ..configuration import Credential, Settings
+from ..errors import StreamStopped
 from .connection import ALPN, H3Connection, RequestStream
 from .errors import ErrorCode, H3StreamError
-from .message import Headers, check_response, content_length
+from .message import Headers, check_request, check_response, content_length
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -59,7 +60,7 @@ class Response:
         self._timeout = timeout
         # A HEAD response's content-length, or a 204's or 304's, is not its body's (RFC 9110 8.6).
         bodiless = method == "HEAD" or status in (204, 304)
-        self._expected_length = None if bodiless else content_length(headers)
+        self._expected_length = request.expected_length = None if bodiless else content_length(headers)
         self._content: bytes | None = None
 
     def header(self, name: str, default: str | None = None) -> str | None:
@@ -68,13 +69,19 @@ class Response:
         return next((value for key, value in self.headers if key == name), default)
 
     async def aiter_bytes(self) -> AsyncIterator[bytes]:
-        """The body as it arrives (each wait bounded by the client's timeout)."""
+        """The body as it arrives (each wait bounded by the client's timeout).
+        Left before its end (a timeout, cancellation, ``break``): the request is
+        cancelled (H3_REQUEST_CANCELLED), the server need not send the rest."""
         request = self._request
-        while True:
-            chunk = await bounded(request.receive_data(), self._timeout)
-            if not chunk:
-                break
-            yield chunk
+        try:
+            while True:
+                chunk = await bounded(request.receive_data(), self._timeout)
+                if not chunk:
+                    break
+                yield chunk
+        except BaseException:
+            request.cancel()
+            raise
         if self._expected_length is not None and request.data_received != self._expected_length:
             error = H3StreamError(ErrorCode.H3_MESSAGE_ERROR, f"content-length {self._expected_length}, "
                                   f"{request.data_received} bytes of body")
@@ -128,15 +135,21 @@ class Client:
         self._server_name = server_name
         self._connections: dict[tuple[str, int], H3Connection] = {}
         self._connecting: dict[tuple[str, int], asyncio.Lock] = {}
+        # Connections that received GOAWAY: closed once their requests in flight are done.
+        self._retired: dict[H3Connection, asyncio.Task[None]] = {}
 
     async def _connection(self, host: str, port: int) -> H3Connection:
         key = (host, port)
         lock = self._connecting.setdefault(key, asyncio.Lock())
         async with lock:  # concurrent requests to one authority share one connection
             h3 = self._connections.get(key)
-            if h3 is not None and (h3.error is not None or h3.goaway_received.is_set() or h3.quic.is_closed):
+            if h3 is not None and (h3.error is not None or h3.quic.is_closed):
                 del self._connections[key]
                 await h3.close()
+                h3 = None
+            elif h3 is not None and h3.goaway_received.is_set():
+                del self._connections[key]  # GOAWAY (section 5.2): the requests already in still finish
+                self._retire(h3)
                 h3 = None
             if h3 is None:
                 quic = await pymsquic_asyncio.connect(host, port, alpn=ALPN, credential=self._credential,
@@ -147,11 +160,28 @@ class Client:
                 self._connections[key] = h3
             return h3
 
+    def _retire(self, h3: H3Connection) -> None:
+        async def close_when_done() -> None:
+            await h3.wait_requests_done()
+            await h3.close()
+
+        task = asyncio.ensure_future(close_when_done())
+        self._retired[h3] = task
+        task.add_done_callback(lambda _: self._retired.pop(h3, None))
+
     async def request(self, method: str, url: str, *, headers: HeadersLike | None = None,
                       content: bytes | AsyncIterable[bytes] | None = None, stream: bool = False) -> Response:
         """Send a request, return the response (its body read, unless ``stream=True``).
         ``content``: the body, bytes or an async iterable of bytes (sent as it comes,
-        waiting for room in the stream; then without content-length unless given)."""
+        waiting for room in the stream; then without content-length unless given).
+
+        Raises ValueError for a URL that is not https or a malformed request field;
+        :class:`asyncio.TimeoutError` after ``timeout``; :class:`~pymsquic.ConnectionClosed`
+        when the connection failed or closed (a certificate refused included);
+        :class:`~pymsquic.StreamError` when the server reset the request (its ``error_code``:
+        H3_REQUEST_REJECTED after a GOAWAY, retry elsewhere); :class:`H3StreamError` /
+        :class:`H3ConnectionError` for a response that breaks RFC 9114. The request is
+        cancelled (H3_REQUEST_CANCELLED) on any of them."""
         parts = urlsplit(url)
         if parts.scheme != "https" or not parts.hostname:
             raise ValueError(f"an HTTP/3 URL is https://host[:port]/path, not {url!r}")
@@ -159,11 +189,16 @@ class Client:
         h3 = await self._connection(parts.hostname, port)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         fields: Headers = [(b":method", method.encode()), (b":scheme", b"https"),
-                           (b":authority", parts.netloc.encode()), (b":path", path.encode())]
+                           # no userinfo in :authority (RFC 9114 4.3.1): nor a password sent on
+                           (b":authority", parts.netloc.rpartition("@")[2].encode()), (b":path", path.encode())]
         items = headers.items() if isinstance(headers, Mapping) else (headers or [])
         fields += [(name.lower().encode(), value.encode()) for name, value in items]
         if isinstance(content, bytes) and not any(name == b"content-length" for name, _ in fields):
             fields.append((b"content-length", str(len(content)).encode()))
+        try:  # what the server would reset (H3_MESSAGE_ERROR) is the caller's error, found here
+            check_request(fields)
+        except H3StreamError as exc:
+            raise ValueError(f"a malformed request: {exc.reason}") from None
         request = h3.open_request()
         try:
             if isinstance(content, bytes) or content is None:
@@ -172,16 +207,27 @@ class Client:
                     request.send_data(content, end_stream=True)
             else:
                 request.send_headers(fields)
-                async for chunk in content:
-                    request.send_data(chunk)
-                    await bounded(request.drain(), self.timeout)
-                request.end()
+                await self._send_body(request, content)
             if stream:  # the body's waits are bounded one by one, as the caller reads
                 return await bounded(self._response(request, self.timeout, method), self.timeout)
             return await bounded(self._whole_response(request, method), self.timeout)  # one bound for it all
         except BaseException:  # cancelled, timed out, refused: the server need not go on
             request.cancel()
             raise
+
+    async def _send_body(self, request: RequestStream, content: AsyncIterable[bytes]) -> None:
+        """Stream ``content`` as DATA, waiting for room. The server's STOP_SENDING ends it
+        quietly: it answered without the rest (RFC 9114 4.1: that response is not to be
+        discarded); a reset or an error shows when the response is read."""
+        try:
+            async for chunk in content:
+                request.send_data(chunk)
+                await bounded(request.drain(), self.timeout)
+            request.end()
+        except StreamStopped:
+            aclose = getattr(content, "aclose", None)
+            if aclose is not None:  # an async generator: let it clean up now
+                await aclose()
 
     async def _whole_response(self, request: RequestStream, method: str) -> Response:
         response = await self._response(request, None, method)
@@ -222,8 +268,12 @@ class Client:
         return await self.request("DELETE", url, **kwargs)  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
-        """Close every connection (GOAWAY, then H3_NO_ERROR)."""
+        """Close every connection (GOAWAY, then H3_NO_ERROR), those retired after
+        a GOAWAY too (their responses not read to the end are cancelled)."""
         connections, self._connections = list(self._connections.values()), {}
+        for h3, task in list(self._retired.items()):
+            task.cancel()
+            connections.append(h3)
         await asyncio.gather(*(h3.close() for h3 in connections), return_exceptions=True)
 
     async def __aenter__(self) -> Self:

@@ -18,7 +18,6 @@ import logging
 import weakref
 from typing import Any, Callable, Coroutine
 
-from .._msquic import lib
 from ..asyncio import Connection, Stream
 from ..errors import ConnectionClosed, IncompleteReadError, QuicError, StreamError
 from .errors import ErrorCode, H3ConnectionError, H3Error, H3StreamError
@@ -49,6 +48,10 @@ ALPN = "h3"
 
 # How much a request stream read asks for at once.
 _READ_CHUNK = 65536
+
+#: HTTP Datagrams kept for a request until it reads them; more are dropped
+#: (RFC 9297 section 5 lets a receiver drop them) rather than piling up unread.
+DATAGRAM_QUEUE = 64
 
 
 class H3Connection:
@@ -95,6 +98,7 @@ class H3Connection:
         self.goaway_id: int | None = None
         self.goaway_received = asyncio.Event()
         self._goaway_sent = False
+        self._max_push_id: int | None = None  # the client's last MAX_PUSH_ID (server)
         self._last_request_id = -4  # the highest request stream id accepted (server)
         self._requests: asyncio.Queue[RequestStream | None] = asyncio.Queue()
         self._peer_streams: dict[int, Stream] = {}  # control and QPACK streams, by type
@@ -142,6 +146,12 @@ class H3Connection:
             self._control.write(encode_frame(FrameType.GOAWAY, encode_varint(goaway_id)))
         except (StreamError, ConnectionClosed):
             pass  # the connection is going anyway
+
+    async def wait_requests_done(self) -> None:
+        """Wait until every request stream open now is closed both ways (or the
+        connection is): what a client does with a connection after GOAWAY."""
+        pending = [request.stream.wait_closed() for request in self._open_requests]
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def close(self, error_code: int = ErrorCode.H3_NO_ERROR) -> None:
         """GOAWAY, then close the QUIC connection with ``error_code``
@@ -272,7 +282,11 @@ class H3Connection:
         elif frame.type == FrameType.MAX_PUSH_ID:
             if self.is_client:
                 raise H3ConnectionError(ErrorCode.H3_FRAME_UNEXPECTED, "MAX_PUSH_ID from a server")
-            parse_single_varint(frame.data, "MAX_PUSH_ID")  # we never push: nothing to do with it
+            max_push_id = parse_single_varint(frame.data, "MAX_PUSH_ID")  # we never push, but section 7.2.7:
+            if self._max_push_id is not None and max_push_id < self._max_push_id:  # it cannot go down
+                raise H3ConnectionError(ErrorCode.H3_ID_ERROR,
+                                        f"MAX_PUSH_ID went down from {self._max_push_id} to {max_push_id}")
+            self._max_push_id = max_push_id
         else:  # CANCEL_PUSH: no push was ever promised or allowed
             push_id = parse_single_varint(frame.data, "CANCEL_PUSH")
             raise H3ConnectionError(ErrorCode.H3_ID_ERROR, f"CANCEL_PUSH of push {push_id}, never promised")
@@ -310,8 +324,12 @@ class H3Connection:
                     raise H3ConnectionError(ErrorCode.H3_DATAGRAM_ERROR, "datagram without a quarter stream id")
                 quarter, offset = parsed
                 request = self._streams_by_id.get(quarter * 4)
-                if request is not None:  # else: no such request (any more): dropped, as RFC 9297 allows
+                if request is None:  # no such request (any more): dropped, as RFC 9297 allows
+                    continue
+                try:
                     request._datagrams.put_nowait(data[offset:])
+                except asyncio.QueueFull:
+                    logger.debug("HTTP Datagram dropped: stream %s has %s unread", quarter * 4, DATAGRAM_QUEUE)
         except H3ConnectionError as exc:
             self.fail(exc)
         except ConnectionClosed:
@@ -357,20 +375,27 @@ class RequestStream:
         self.trailers: Headers | None = None
         #: DATA payload bytes received so far (for content-length checks).
         self.data_received = 0
-        self._datagrams: asyncio.Queue[bytes] = asyncio.Queue()
+        #: The content-length of what is received, once known: more DATA than that is a
+        #: stream error H3_MESSAGE_ERROR as it comes (section 4.1.2); less is the caller's check.
+        self.expected_length: int | None = None
+        self._datagrams: asyncio.Queue[bytes] = asyncio.Queue(DATAGRAM_QUEUE)
         h3._open_requests.add(self)
 
     async def _next_frame(self) -> Frame | None:
         while not self._frames:
             if self._eof:
                 return None
-            chunk = await self.stream.read(_READ_CHUNK)
-            if chunk:
-                self._frames.extend(self._reader.feed(chunk))
-            else:
-                self._eof = True
-                self._reader.check_end()
+            await self._read_frames()
         return self._frames.popleft()
+
+    async def _read_frames(self) -> None:
+        """Read once: the frames it completes are queued, FIN noted."""
+        chunk = await self.stream.read(_READ_CHUNK)
+        if chunk:
+            self._frames.extend(self._reader.feed(chunk))
+        else:
+            self._eof = True
+            self._reader.check_end()
 
     def _error(self, exc: H3Error) -> None:
         """Act on an error met while receiving: section 8's connection or stream error."""
@@ -394,11 +419,43 @@ class RequestStream:
     async def _decode(self, block: bytes) -> Headers:
         stream_id = self.stream.id
         assert stream_id is not None
-        headers = await self.h3._decoder.decode(stream_id, block)
+        headers = self.h3._decoder.feed_header(stream_id, block)
+        if headers is None:
+            headers = await self._wait_unblocked(stream_id)
         size = sum(len(name) + len(value) + 32 for name, value in headers)  # section 4.2.2's measure
         if size > self.h3.max_field_section_size:
             raise H3StreamError(ErrorCode.H3_EXCESSIVE_LOAD, f"field section of {size} bytes")
         return headers
+
+    async def _wait_unblocked(self, stream_id: int) -> Headers:
+        """The header block waits for the peer's encoder stream (RFC 9204 section 2.1.2):
+        read on meanwhile (cancelling a read loses nothing), so that the stream's
+        reset or the connection's end ends the wait rather than leaving it forever."""
+        unblocked = self.h3._decoder.unblocked(stream_id)
+        closed: asyncio.Future[None] | None = None
+        other: asyncio.Future[None] | None = None
+        try:
+            while not unblocked.done():
+                if self._eof and closed is None:  # nothing more to read: wait for the connection's end
+                    closed = asyncio.ensure_future(self.h3.quic.wait_closed())
+                other = closed if closed is not None else asyncio.ensure_future(self._read_frames())
+                await asyncio.wait((unblocked, other), return_when=asyncio.FIRST_COMPLETED)
+                if other is closed:
+                    if not unblocked.done():
+                        closed.result()
+                        raise H3StreamError(ErrorCode.H3_REQUEST_INCOMPLETE,
+                                            "the connection closed while the header block waited")
+                elif other.done():
+                    other.result()  # a reset, a closed connection or a frame error: raised
+                else:
+                    other.cancel()
+                    await asyncio.gather(other, return_exceptions=True)
+            return unblocked.result()
+        finally:  # cancelled too: nothing left running (a read cancelled loses nothing)
+            self.h3._decoder.cancel(stream_id)  # still blocked: the peer's encoder is told
+            for waiter in (closed, other):
+                if waiter is not None:
+                    waiter.cancel()
 
     async def receive_headers(self) -> Headers:
         """The header section (the first frame must be HEADERS)."""
@@ -435,6 +492,9 @@ class RequestStream:
                     check_trailers(self.trailers)
                 elif frame.data:
                     self.data_received += len(frame.data)
+                    if self.expected_length is not None and self.data_received > self.expected_length:
+                        raise H3StreamError(ErrorCode.H3_MESSAGE_ERROR,
+                                            f"more body than its content-length {self.expected_length}")
                     return frame.data
         except H3Error as exc:
             self._error(exc)
@@ -498,10 +558,7 @@ class RequestStream:
     async def wait_peer_gone(self) -> None:
         """Wait until the peer no longer wants what we send: STOP_SENDING came
         (a cancelled request), or the stream or its connection is over."""
-        gone = lib.PMQ_STREAM_STOP_SENDING_RECEIVED | lib.PMQ_STREAM_SHUTDOWN_COMPLETE
-        stream = self.stream
-        # No public wait for this one state: the stream's own waiter, woken on every change.
-        await stream._wait(lambda: True if stream._state().flags & gone else None, "wait_peer_gone()")
+        await self.stream.wait_stop_sending()
 
     def end(self) -> None:
         """End our side of the stream (FIN)."""

@@ -51,8 +51,9 @@ class Setting(IntEnum):
     H3_DATAGRAM = 0x33
 
 
-#: HTTP/2 settings that must not appear in HTTP/3 SETTINGS (section 7.2.4.1).
-HTTP2_SETTINGS = frozenset({0x2, 0x3, 0x4, 0x5})
+#: Settings reserved by RFC 9114 section 11.2.2 (0x0 and the HTTP/2 ones with no
+#: HTTP/3 meaning): receiving one is H3_SETTINGS_ERROR (section 7.2.4.1).
+HTTP2_SETTINGS = frozenset({0x0, 0x2, 0x3, 0x4, 0x5})
 
 
 class StreamKind(IntEnum):
@@ -222,6 +223,9 @@ class FrameReader:
         self._skipping = not known and frame_type not in HTTP2_FRAME_TYPES
         if self._skipping:
             return
+        if frame_type == FrameType.PUSH_PROMISE and self.kind == StreamKind.RESPONSE:
+            # Section 7.2.5: a push id over the client's MAX_PUSH_ID, and none was ever sent.
+            raise H3ConnectionError(ErrorCode.H3_ID_ERROR, "PUSH_PROMISE, but no MAX_PUSH_ID was sent")
         if frame_type in HTTP2_FRAME_TYPES or frame_type not in _ALLOWED[self.kind]:
             name = FrameType(frame_type).name if known else f"HTTP/2 type {frame_type:#x}"
             raise H3ConnectionError(ErrorCode.H3_FRAME_UNEXPECTED,

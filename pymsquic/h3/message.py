@@ -4,6 +4,7 @@ H3_MESSAGE_ERROR (section 4.1.2): other requests carry on."""
 
 from __future__ import annotations
 
+import re
 from typing import List, Tuple
 
 from .errors import ErrorCode, H3StreamError
@@ -19,6 +20,12 @@ CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connectio
                                   b"upgrade"})
 
 
+# RFC 9110 section 5.1 (a token, lowercase here) and 5.5: a value has no NUL, CR or LF and
+# no leading or trailing whitespace (section 4.2: else malformed; "x: a\r\nhost: b" smuggles).
+_FIELD_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]|^[ \t]|[ \t]$")
+
+
 def _malformed(reason: str) -> H3StreamError:
     return H3StreamError(ErrorCode.H3_MESSAGE_ERROR, reason)
 
@@ -32,6 +39,10 @@ def _split(headers: Headers, allowed: frozenset[bytes]) -> dict[bytes, bytes]:
             raise _malformed("empty field name")
         if name.lower() != name:
             raise _malformed(f"field name {name!r} is not lowercase")
+        if not _FIELD_NAME.fullmatch(name[1:] if name.startswith(b":") else name):
+            raise _malformed(f"field name {name!r} has a character not allowed")
+        if _BAD_VALUE.search(value):
+            raise _malformed(f"field {name!r} has a value with NUL, CR, LF or surrounding whitespace")
         if name.startswith(b":"):
             if regular_seen:
                 raise _malformed(f"pseudo-header {name!r} after a regular field")
@@ -67,6 +78,13 @@ def check_request(headers: Headers, extended_connect: bool = False) -> dict[byte
     for name in (b":scheme", b":path"):
         if not pseudo.get(name):
             raise _malformed(f"request without {name.decode()}")
+    if pseudo[b":scheme"] in (b"http", b"https"):  # section 4.3.1: an authority, and one only
+        hosts = {value for field, value in headers if field == b"host"}
+        authority = pseudo.get(b":authority")
+        if authority is not None:
+            hosts.add(authority)
+        if len(hosts) != 1 or not next(iter(hosts)):
+            raise _malformed(f":authority and host: {sorted(hosts)!r}, not one non-empty value")
     return pseudo
 
 

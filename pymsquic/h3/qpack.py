@@ -86,17 +86,44 @@ class Decoder:
         """The header list of a HEADERS frame's payload, once the encoder stream
         data it refers to has come. QPACK_DECOMPRESSION_FAILED if it is invalid
         (or too many streams would be blocked)."""
+        headers = self.feed_header(stream_id, block)
+        if headers is None:
+            try:
+                return await self.unblocked(stream_id)
+            finally:
+                self.cancel(stream_id)  # cancelled while waiting: a no-op once decoded
+        return headers
+
+    def feed_header(self, stream_id: int, block: bytes) -> Headers | None:
+        """:meth:`decode` without waiting: the header list, or None when the block
+        waits for encoder stream data (then await :meth:`unblocked`)."""
         try:
             return self._finish(*self._decoder.feed_header(stream_id, block))
         except pylsqpack.StreamBlocked:
             future: asyncio.Future[Headers] = asyncio.get_running_loop().create_future()
             self._blocked[stream_id] = future
-            try:
-                return await future
-            finally:
-                self._blocked.pop(stream_id, None)
+            future.add_done_callback(lambda _: self._forget(stream_id, future))
+            return None
         except pylsqpack.DecompressionFailed as exc:
             raise _decompression_failed(exc) from exc
+
+    def unblocked(self, stream_id: int) -> asyncio.Future[Headers]:
+        """The header list of the block :meth:`feed_header` left waiting on
+        ``stream_id``, as a future; :meth:`cancel` drops that block's decoding."""
+        return self._blocked[stream_id]
+
+    def _forget(self, stream_id: int, future: asyncio.Future[Headers]) -> None:
+        if self._blocked.get(stream_id) is future:
+            del self._blocked[stream_id]
+
+    def cancel(self, stream_id: int) -> None:
+        """Abandon the header block waiting on ``stream_id`` (its stream was reset, or
+        its reader gave up): the peer's encoder is told, with a Stream Cancellation
+        (RFC 9204 section 4.4.2), and the block is never decoded."""
+        future = self._blocked.pop(stream_id, None)
+        if future is not None and not future.done():
+            future.cancel()
+            self._finish(self._decoder.cancel_stream(stream_id), [])
 
     def _finish(self, decoder_data: bytes, headers: Headers) -> Headers:
         if decoder_data:

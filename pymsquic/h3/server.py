@@ -14,10 +14,11 @@ from urllib.parse import unquote
 from .. import asyncio as pymsquic_asyncio
 from ..configuration import Credential, Settings
 from ..errors import ConnectionClosed, StreamError
+from .client import bounded
 from .connection import ALPN, H3Connection, RequestStream
 from .errors import ErrorCode, H3Error, H3StreamError
 from .frames import MAX_HEADERS_FRAME_SIZE
-from .message import CONNECTION_SPECIFIC, Headers, check_request, content_length
+from .message import CONNECTION_SPECIFIC, Headers, check_request, check_response, content_length
 from .qpack import DEFAULT_BLOCKED_STREAMS, DEFAULT_MAX_TABLE_CAPACITY
 
 logger = logging.getLogger("pymsquic")
@@ -27,6 +28,22 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+class ClientDisconnected(OSError):
+    """What the ASGI ``send()`` raises once the client is gone (it reset or stopped
+    the request, or its connection closed): ASGI spec 2.4's server-specific
+    OSError, as uvicorn's ``ClientDisconnected``. ``receive()`` says
+    ``http.disconnect`` then."""
+
+
+class LifespanStartupFailed(RuntimeError):
+    """The app answered ``lifespan.startup`` with ``lifespan.startup.failed``:
+    :func:`serve` raises it (its message is the app's) and serves nothing."""
+
+
+#: Default seconds a request stream has to deliver its whole header section
+#: (a slowloris client holds a request slot no longer).
+HEADER_TIMEOUT = 10.0
 
 #: Default maximum of requests in flight per connection (the peer's bidirectional stream limit).
 MAX_CONCURRENT_REQUESTS = 100
@@ -38,7 +55,7 @@ class _Exchange:
     def __init__(self, request: RequestStream, headers: Headers, head: bool = False) -> None:
         self.request = request
         self.head = head  # a HEAD response has no body, whatever the app sends (as uvicorn, hypercorn)
-        self.expected_length = content_length(headers)
+        self.expected_length = request.expected_length = content_length(headers)
         self.body_done = False
         self.response_done = asyncio.Event()
         self.status: int | None = None
@@ -74,17 +91,29 @@ class _Exchange:
             return {"type": "http.disconnect"}
 
     async def send(self, message: Message) -> None:
+        if self.disconnected:
+            raise ClientDisconnected("the client went away")
+        try:
+            await self._send(message)
+        except (StreamError, ConnectionClosed) as exc:  # reset, STOP_SENDING, connection closed
+            self.disconnected = True
+            raise ClientDisconnected(f"the client went away: {exc}") from exc
+
+    async def _send(self, message: Message) -> None:
         kind = message["type"]
         request = self.request
-        if self.disconnected:  # as uvicorn and hypercorn do: the app need not watch for it
-            return
         if kind == "http.response.start":
             if self.status is not None:
                 raise RuntimeError("http.response.start sent twice")
-            self.status = int(message["status"])
-            self.response_headers = [(b":status", str(self.status).encode())] + [
+            status = int(message["status"])
+            response_headers = [(b":status", str(status).encode())] + [
                 (name, value) for name, value in _fields(message.get("headers", []))
                 if name not in CONNECTION_SPECIFIC]  # HTTP/1.1 only: malformed in HTTP/3 (section 4.2)
+            try:  # a field the client would take as malformed (a CR LF in a value...): the app's error
+                check_response(response_headers)
+            except H3StreamError as exc:
+                raise ValueError(f"a malformed response: {exc.reason}") from None
+            self.status, self.response_headers = status, response_headers
             self.trailers_expected = bool(message.get("trailers", False))
         elif kind == "http.response.body":
             if self.status is None or self.response_done.is_set():
@@ -116,45 +145,55 @@ def _fields(headers: Any) -> Headers:
     return [(bytes(name).lower(), bytes(value)) for name, value in headers]
 
 
-def _scope(h3: H3Connection, headers: Headers, pseudo: dict[bytes, bytes]) -> Scope:
+def _scope(h3: H3Connection, headers: Headers, pseudo: dict[bytes, bytes],
+           state: dict[str, Any] | None) -> Scope:
     raw_path, _, query = pseudo.get(b":path", b"").partition(b"?")
     regular = [(name, value) for name, value in headers if not name.startswith(b":")]
     if b":authority" in pseudo and not any(name == b"host" for name, _ in regular):
         regular.insert(0, (b"host", pseudo[b":authority"]))
     client = h3.quic.remote_address
     server = h3.quic.local_address
-    return {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "3",
+    scope: Scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "3",
         "method": pseudo[b":method"].decode("latin-1"), "scheme": pseudo.get(b":scheme", b"https").decode("latin-1"),
         "path": unquote(raw_path.decode("latin-1")), "raw_path": raw_path, "query_string": query,
         "root_path": "", "headers": regular,
         "client": (client[0], client[1]) if client else None, "server": (server[0], server[1]) if server else None,
         "extensions": {"http.response.trailers": {}},
     }
+    if state is not None:  # the lifespan's state, a shallow copy for each request (ASGI lifespan "state")
+        scope["state"] = dict(state)
+    return scope
 
 
-async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream) -> None:
+async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream,
+                          state: dict[str, Any] | None, header_timeout: float | None) -> None:
     try:
-        headers = await request.receive_headers()
+        headers = await bounded(request.receive_headers(), header_timeout)
         pseudo = check_request(headers)
+        exchange = _Exchange(request, headers, head=pseudo[b":method"] == b"HEAD")  # checks content-length
     except H3StreamError as exc:
         request._error(exc)
         return
     except (H3Error, StreamError, ConnectionClosed):
         return  # acted on (connection error) or gone
-    exchange = _Exchange(request, headers, head=pseudo[b":method"] == b"HEAD")
-    scope = _scope(h3, headers, pseudo)
+    except asyncio.TimeoutError:
+        logger.info("request stream %s: no whole header section in %s s, rejected", request.stream.id, header_timeout)
+        request.abort(ErrorCode.H3_REQUEST_REJECTED)  # nothing of it was processed
+        return
+    scope = _scope(h3, headers, pseudo, state)
     try:
         await app(scope, exchange.receive, exchange.send)
         if not exchange.response_done.is_set() and not exchange.disconnected:
             raise RuntimeError("the app returned before finishing its response")
-    except (StreamError, ConnectionClosed) as exc:
+    except (StreamError, ConnectionClosed, ClientDisconnected) as exc:
         logger.info("request stream %s ended early: %s", request.stream.id, exc)
     except Exception:
         logger.exception("ASGI app failed on %s %s", scope["method"], scope["path"])
         if exchange.headers_sent:
             request.abort(ErrorCode.H3_INTERNAL_ERROR)
         else:
+            exchange.status = 500  # what the access log says
             try:
                 request.send_headers([(b":status", b"500"), (b"content-length", b"0")], end_stream=True)
             except (StreamError, ConnectionClosed):
@@ -170,10 +209,14 @@ async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream
 
 
 async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
-                           shutdown: asyncio.Event | None = None, **h3_options: Any) -> None:
+                           shutdown: asyncio.Event | None = None, state: dict[str, Any] | None = None,
+                           header_timeout: float | None = HEADER_TIMEOUT, **h3_options: Any) -> None:
     """Serve HTTP/3 on one accepted QUIC connection until it ends, or until
     ``shutdown`` is set: then GOAWAY, the requests already in finish, and the
-    connection closes with H3_NO_ERROR."""
+    connection closes with H3_NO_ERROR. ``state``: the ASGI lifespan's state,
+    copied into each request's scope. A request whose header section is not all
+    in within ``header_timeout`` seconds (None: no limit) is reset with
+    H3_REQUEST_REJECTED."""
     h3 = H3Connection(quic, is_client=False, **h3_options)
     h3.start()
     tasks: set[asyncio.Task[None]] = set()
@@ -188,7 +231,7 @@ async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
             request = await h3.accept_request()
             if request is None:
                 break
-            task = asyncio.ensure_future(_handle_request(app, h3, request))
+            task = asyncio.ensure_future(_handle_request(app, h3, request, state, header_timeout))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         if tasks:
@@ -264,20 +307,28 @@ class _Lifespan:
         self._from_app: asyncio.Queue[Message] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.supported = True
+        self.started = False  # lifespan.startup.complete came
+        #: The lifespan scope's "state": what the app keeps there goes to every request's scope.
+        self.state: dict[str, Any] = {}
 
     async def startup(self) -> None:
         self._task = asyncio.ensure_future(self._run())
         self._to_app.put_nowait({"type": "lifespan.startup"})
         message = await self._from_app.get()
+        self.started = message["type"] == "lifespan.startup.complete"
         if message["type"] == "lifespan.startup.failed":
-            raise RuntimeError(f"ASGI lifespan startup failed: {message.get('message', '')}")
+            self._task.cancel()  # the app waits for a shutdown that will never come
+            await asyncio.gather(self._task, return_exceptions=True)
+            raise LifespanStartupFailed(f"ASGI lifespan startup failed: {message.get('message', '')}")
 
     async def _run(self) -> None:
-        scope: Scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}}
+        scope: Scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": self.state}
         try:
             await self._app(scope, self._to_app.get, self._send)
         except Exception:
-            if self.supported:  # before any message: the app has no lifespan support
+            if self.started:  # after its startup: a failure of the app's, not missing support
+                logger.exception("ASGI lifespan failed")
+            else:  # as uvicorn's "auto": an app that raises before its startup has no lifespan support
                 logger.debug("the ASGI app does not support lifespan", exc_info=True)
         finally:
             self.supported = False
@@ -301,12 +352,14 @@ async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Creden
                 max_field_section_size: int = MAX_HEADERS_FRAME_SIZE,
                 qpack_max_table_capacity: int = DEFAULT_MAX_TABLE_CAPACITY,
                 qpack_blocked_streams: int = DEFAULT_BLOCKED_STREAMS,
-                **serve_options: Any) -> H3Server:
+                header_timeout: float | None = HEADER_TIMEOUT, **serve_options: Any) -> H3Server:
     """Serve the ASGI 3 ``app`` over HTTP/3 on ``host:port`` (port 0: any free
-    one, see :attr:`H3Server.addresses`), after the app's lifespan startup.
+    one, see :attr:`H3Server.addresses`), after the app's lifespan startup
+    (:class:`LifespanStartupFailed` if the app says it failed).
     ``max_concurrent_requests`` is the number of request streams a client may
     have open at once; ``max_field_section_size`` bounds a request's header
-    section (larger: stream error H3_EXCESSIVE_LOAD); the ``qpack_`` limits
+    section (larger: stream error H3_EXCESSIVE_LOAD), which must all be in within
+    ``header_timeout`` seconds (else H3_REQUEST_REJECTED); the ``qpack_`` limits
     bound the client's use of our QPACK decoder. Other keyword arguments go
     to :func:`pymsquic.asyncio.serve`."""
     settings = dataclasses.replace(settings or Settings(idle_timeout_ms=30_000),
@@ -316,10 +369,16 @@ async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Creden
     await lifespan.startup()
 
     async def handler(quic: pymsquic_asyncio.Connection) -> None:
-        await serve_connection(app, quic, shutdown=shutdown, max_field_section_size=max_field_section_size,
+        await serve_connection(app, quic, shutdown=shutdown, state=lifespan.state if lifespan.started else None,
+                               header_timeout=header_timeout,
+                               max_field_section_size=max_field_section_size,
                                qpack_max_table_capacity=qpack_max_table_capacity,
                                qpack_blocked_streams=qpack_blocked_streams)
 
-    quic_server = await pymsquic_asyncio.serve(handler, host, port, alpn=ALPN, credential=credential,
-                                               settings=settings, **serve_options)
+    try:
+        quic_server = await pymsquic_asyncio.serve(handler, host, port, alpn=ALPN, credential=credential,
+                                                   settings=settings, **serve_options)
+    except BaseException:  # cannot listen (port taken...): the app's lifespan ends as it began
+        await lifespan.shutdown()
+        raise
     return H3Server(quic_server, shutdown, lifespan)

@@ -121,6 +121,15 @@ class Stream(StreamCore):
         """Wait until the stream is over in both directions (our data acknowledged)."""
         self._wait(self._closed_now, timeout, "wait_closed()")
 
+    def wait_stop_sending(self, timeout: float | None = None) -> int | None:
+        """Wait until the peer wants no more of what we send: returns the error
+        code of its STOP_SENDING, or None once the stream is over without one
+        (ended both ways, reset, or its connection closed)."""
+        result = self._stop_sending_now()
+        if result is None:
+            result = self._wait(self._stop_sending_now, timeout, "wait_stop_sending()")
+        return result[0]
+
     def __enter__(self) -> Self:
         return self
 
