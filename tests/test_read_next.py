@@ -224,3 +224,49 @@ def test_finished_requests_do_not_wake_the_connection() -> None:
 
     (wakes,) = run(answer(b"ok"), client)
     assert wakes < requests // 4
+
+
+def test_a_request_wakes_the_loop_once() -> None:
+    # One request at a time: the reply wakes the client's loop; a released
+    # stream's later events (SHUTDOWN_COMPLETE) must not wake it again for
+    # nothing (the eventfd left set with nothing queued: a drain that finds none).
+    requests = 40
+    drains: list[int] = []
+
+    async def client(conn: pymsquic.asyncio.Connection) -> list[int]:
+        from pymsquic.asyncio import bridge as bridge_module
+
+        bridge = bridge_module.bridge_for(asyncio.get_running_loop())
+        waker, ids = bridge._waker, bridge._ids
+
+        def drain(w: Any, out: Any, n: int) -> int:
+            got: int = lib.pmq_waker_drain(w, out, n)
+            drains.append(got)
+            return got
+
+        # The bridge's reader, with the count of what each drain found.
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(bridge._fd)
+
+        def on_readable() -> None:
+            n = drain(waker, ids, 256)
+            for i in range(n):
+                ref = bridge._objects.get(ids[i])
+                obj = ref() if ref is not None else None
+                if obj is not None:
+                    obj._native_changed()
+
+        loop.add_reader(bridge._fd, on_readable)
+        try:
+            for i in range(requests):
+                stream = conn.open_stream()
+                stream.write(b"%d" % i, fin=True)
+                assert await stream.read() == b"ok"
+                del stream  # released here: its later events find nobody to wake
+        finally:
+            loop.remove_reader(bridge._fd)
+            loop.add_reader(bridge._fd, bridge._on_readable)
+        return [sum(1 for n in drains if n == 0)]
+
+    (empty,) = run(answer(b"ok"), client)
+    assert empty < requests // 4, drains
