@@ -211,11 +211,17 @@ class StreamCore:
             got += len(chunk)
         return -1
 
-    def _read_steps(self, n: int) -> ReadSteps:
-        """``readexactly(n)``, or with n < 0 ``read()`` until FIN, in steps."""
-        chunks: list[bytes] = []
+    def _read_steps(self, n: int, first: bytes | None = None, checked: bool = False) -> ReadSteps:
+        """``readexactly(n)``, or with n < 0 ``read()`` until FIN, in steps.
+        ``checked``: ``_read_now`` just took ``first`` for it (None: nothing was
+        there, b"": the FIN), so the first step waits; ``first`` is given back
+        like the rest if the read fails."""
+        chunks: list[bytes] = [first] if first else []
         with _GiveBack(self, chunks):
-            got = self._gather_ready(chunks, n, 0)
+            if checked:  # what was there is taken: wait (a FIN or an error known ends the wait at once)
+                got = -1 if first == b"" else len(first or b"")
+            else:
+                got = self._gather_ready(chunks, n, 0)
             while got >= 0:
                 yield
                 got = self._gather_ready(chunks, n, got)
