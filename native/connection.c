@@ -52,6 +52,10 @@ struct pmq_conn {
      * under it only the waker's lock. */
     pmq_obj obj;
     pmq_guard guard;
+    /* pmq_conn_all_sent found streams still sending: their end must wake the
+     * waiter. Otherwise it need not: a wake per finished stream would cost the
+     * event loop a turn per request. */
+    int sent_wanted;
     int started;
     int starting;              /* pmq_conn_start is between its checks and ConnectionStart */
     int abandoned_starting;    /* abandoned meanwhile: the start finishes the abandon */
@@ -154,6 +158,7 @@ int pmq_conn_all_sent(pmq_conn *c)
     PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
     int done = c->info.streams_sending == 0 || (c->info.flags & PMQ_CONN_SHUTDOWN_COMPLETE);
+    c->sent_wanted |= !done;
     pthread_mutex_unlock(&c->obj.lock);
     return done;
 }
@@ -544,7 +549,8 @@ static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONN
         }
         break;
     case QUIC_CONNECTION_EVENT_STREAMS_AVAILABLE:
-        pmq_obj_changed(&c->obj);
+        /* Nothing waits for it (a stream opened over the limit is queued by
+         * msquic), and the peer's MAX_STREAMS may come with every request. */
         break;
     case QUIC_CONNECTION_EVENT_DATAGRAM_STATE_CHANGED:
         pthread_mutex_lock(&c->obj.lock);
@@ -959,7 +965,8 @@ void pmq_conn_stream_sending(pmq_conn *c, int delta)
     PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
     c->info.streams_sending += delta;
-    if (c->info.streams_sending == 0) {
+    if (c->info.streams_sending == 0 && c->sent_wanted) {
+        c->sent_wanted = 0;
         pmq_obj_changed_locked(&c->obj); /* wakes wait_sent() */
     }
     pthread_mutex_unlock(&c->obj.lock);

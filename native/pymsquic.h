@@ -692,6 +692,13 @@ QUIC_STATUS pmq_conn_start_deferred(pmq_conn *conn);
 #define PMQ_START_PENDING_WITH_DATA 2
 int pmq_conn_start_pending(pmq_conn *conn);
 
+/* s15-fast: fewer calls per request. Each does what pmq_stream_consume or
+ * pmq_stream_read_into does and also tells what a read would find right after
+ * it (a PMQ_READ_* status), so that a read sees the data and the EOF together.
+ * A consume takes at most what the peek showed. */
+int pmq_stream_consume_next(pmq_stream *stream, uint64_t n);
+int pmq_stream_read_into_next(pmq_stream *stream, uint8_t *dst, uint64_t cap, uint64_t *copied, int *next);
+
 /* CFFI-END */
 
 /* Declared for cffi in build_msquic.py (a global and an extern "Python+C"). */

@@ -294,14 +294,17 @@ static void waker_push(pmq_waker *w, pmq_obj *obj)
 size_t pmq_waker_drain(pmq_waker *w, uint64_t *ids, size_t max)
 {
     uint64_t counter;
-    while (read(w->fd, &counter, sizeof(counter)) < 0 && errno == EINTR) {
-    }
     pmq_obj *taken[256];
     size_t n = 0;
     if (max > 256) {
         max = 256;
     }
     pthread_mutex_lock(&w->lock);
+    /* Reset under the lock (non-blocking fd): read before it, a push between
+     * the read and the taking of the list left the eventfd set with the list
+     * empty, and the loop woke once more for nothing (once per request). */
+    while (read(w->fd, &counter, sizeof(counter)) < 0 && errno == EINTR) {
+    }
     while (w->head != NULL && n < max) {
         pmq_obj *obj = w->head;
         w->head = obj->ready_next;
@@ -448,6 +451,13 @@ static void waker_remove(pmq_waker *w, pmq_obj *obj)
         }
         obj->in_ready = 0;
         atomic_fetch_sub(&obj->refs, 1); /* the list's reference; never the last */
+        if (w->head == NULL) {
+            /* Nothing left to report: unset the eventfd, or the loop wakes for
+             * nothing (a released stream's last event, once per request). */
+            uint64_t counter;
+            while (read(w->fd, &counter, sizeof(counter)) < 0 && errno == EINTR) {
+            }
+        }
     }
     pthread_mutex_unlock(&w->lock);
 }

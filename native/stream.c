@@ -63,6 +63,7 @@ struct pmq_stream {
     int fin_seen;              /* the peer's FIN came (its data may still be unread) */
     int peeking;               /* a peek holds a pointer (and a guard use) until consume */
     pthread_t peek_thread;     /* the thread holding the peek */
+    uint64_t peek_len;         /* the bytes the peek showed: a consume takes no more */
     /* 0-RTT (resumption.c): final once the connection started, which opening a
      * stream needs; copied here so that each send need not take conn's lock. */
     QUIC_SEND_FLAGS send_flags_0rtt;
@@ -355,6 +356,7 @@ int pmq_stream_peek(pmq_stream *s, const uint8_t **data, uint64_t *len)
         return status;
     }
     *len = next_chunk_locked(s, data);
+    s->peek_len = *len;
     s->peeking = 1;
     s->peek_thread = pthread_self();
     s->guard.users++; /* keeps the handle, and so msquic's buffers, alive */
@@ -362,19 +364,31 @@ int pmq_stream_peek(pmq_stream *s, const uint8_t **data, uint64_t *len)
     return PMQ_READ_DATA;
 }
 
-void pmq_stream_consume(pmq_stream *s, uint64_t n)
+/* What a read would find now, without taking anything; called with the lock held. */
+static int next_read_status_locked(pmq_stream *s)
 {
-    PMQ_CHECK(&s->obj);
+    return s->st.readable > 0 && !s->peeking ? PMQ_READ_DATA : idle_read_status_locked(s);
+}
+
+/* pmq_stream_consume; with next != NULL also what a read would find after it. */
+static void consume(pmq_stream *s, uint64_t n, int *next)
+{
     pthread_mutex_lock(&s->obj.lock);
     if (!s->peeking) {
+        if (next != NULL) {
+            *next = next_read_status_locked(s);
+        }
         pthread_mutex_unlock(&s->obj.lock);
         return;
     }
     s->peeking = 0;
-    uint64_t complete = advance_locked(s, n);
+    uint64_t complete = advance_locked(s, n < s->peek_len ? n : s->peek_len);
     if (s->guard.final) {
         keep_unread_locked(s); /* shutdown completed meanwhile: the handle closes after us */
         complete = 0;
+    }
+    if (next != NULL) {
+        *next = next_read_status_locked(s);
     }
     HQUIC handle = s->guard.handle;
     pthread_mutex_unlock(&s->obj.lock);
@@ -384,12 +398,29 @@ void pmq_stream_consume(pmq_stream *s, uint64_t n)
     pmq_guard_leave(&s->obj, &s->guard, stream_close_handle);
 }
 
-int pmq_stream_read_into(pmq_stream *s, uint8_t *dst, uint64_t cap, uint64_t *copied)
+void pmq_stream_consume(pmq_stream *s, uint64_t n)
 {
     PMQ_CHECK(&s->obj);
+    consume(s, n, NULL);
+}
+
+int pmq_stream_consume_next(pmq_stream *s, uint64_t n)
+{
+    PMQ_CHECK(&s->obj);
+    int next = PMQ_READ_WOULD_BLOCK;
+    consume(s, n, &next);
+    return next;
+}
+
+/* pmq_stream_read_into; with next != NULL also what a read would find after it. */
+static int read_into(pmq_stream *s, uint8_t *dst, uint64_t cap, uint64_t *copied, int *next)
+{
     *copied = 0;
     int status = begin_read(s);
     if (status >= 0) {
+        if (next != NULL) {
+            *next = status;
+        }
         return status;
     }
     /* Copy under the lock: msquic cannot close the stream meanwhile. */
@@ -405,6 +436,9 @@ int pmq_stream_read_into(pmq_stream *s, uint8_t *dst, uint64_t cap, uint64_t *co
         n += chunk;
         complete = advance_locked(s, chunk);
     }
+    if (next != NULL) {
+        *next = next_read_status_locked(s);
+    }
     HQUIC handle = complete > 0 ? pmq_guard_enter_locked(&s->guard) : NULL;
     pthread_mutex_unlock(&s->obj.lock);
     if (handle != NULL) {
@@ -413,6 +447,18 @@ int pmq_stream_read_into(pmq_stream *s, uint8_t *dst, uint64_t cap, uint64_t *co
     }
     *copied = n;
     return PMQ_READ_DATA;
+}
+
+int pmq_stream_read_into(pmq_stream *s, uint8_t *dst, uint64_t cap, uint64_t *copied)
+{
+    PMQ_CHECK(&s->obj);
+    return read_into(s, dst, cap, copied, NULL);
+}
+
+int pmq_stream_read_into_next(pmq_stream *s, uint8_t *dst, uint64_t cap, uint64_t *copied, int *next)
+{
+    PMQ_CHECK(&s->obj);
+    return read_into(s, dst, cap, copied, next);
 }
 
 static QUIC_STATUS on_receive(pmq_stream *s, QUIC_STREAM_EVENT *event)
@@ -497,7 +543,9 @@ static void on_send_complete(pmq_stream *s, send_block *block, int canceled)
     pthread_mutex_lock(&s->obj.lock);
     uint64_t before = s->st.send_inflight;
     s->st.send_inflight -= block->len;
-    if ((before > s->st.send_limit && s->st.send_inflight <= s->st.send_limit) || s->st.send_inflight == 0) {
+    /* Only a drain() that waits needs waking: a wake when the last bytes leave
+     * would cost a loop turn per request (every reader of a reply is attached). */
+    if (before > s->st.send_limit && s->st.send_inflight <= s->st.send_limit) {
         pmq_obj_changed_locked(&s->obj); /* wakes drain() */
     }
     pthread_mutex_unlock(&s->obj.lock);
@@ -896,6 +944,9 @@ void pmq_stream_release(pmq_stream *s)
     /* Python holds no reference, so no read is between peek and consume: end a
      * peek left open, or its guard use would keep the handle open for ever. */
     pmq_stream_consume(s, 0);
+    /* Nobody is left to wake: the events still to come (SHUTDOWN_COMPLETE above
+     * all) need not wake the event loop for an object that is gone. */
+    pmq_obj_attach(&s->obj, NULL, 0);
     pmq_stream_abandon(s);
     pmq_obj_unref(&s->obj);
 }

@@ -289,6 +289,7 @@ class _Scratch(threading.local):
         self.stream_state = ffi.new("pmq_stream_state *")
         self.data = ffi.new("uint8_t **")
         self.size = ffi.new("uint64_t *")
+        self.next_status = ffi.new("int *")  # what a read finds after this one (PMQ_READ_*)
 
 
 scratch = _Scratch()

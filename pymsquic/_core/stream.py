@@ -113,6 +113,9 @@ class StreamCore:
         # Bytes a cancelled or failed read in steps had taken and not returned:
         # every read path takes them first.
         self._pushback = bytearray()
+        # Every byte up to the peer's FIN was read (learnt with the last data):
+        # later reads return b"" without asking msquic again. Final, as natively.
+        self._eof_read = False
 
     def __del__(self) -> None:
         # Not a weakref finalizer: streams are the hottest objects, and the
@@ -208,11 +211,17 @@ class StreamCore:
             got += len(chunk)
         return -1
 
-    def _read_steps(self, n: int) -> ReadSteps:
-        """``readexactly(n)``, or with n < 0 ``read()`` until FIN, in steps."""
-        chunks: list[bytes] = []
+    def _read_steps(self, n: int, first: bytes | None = None, checked: bool = False) -> ReadSteps:
+        """``readexactly(n)``, or with n < 0 ``read()`` until FIN, in steps.
+        ``checked``: ``_read_now`` just took ``first`` for it (None: nothing was
+        there, b"": the FIN), so the first step waits; ``first`` is given back
+        like the rest if the read fails."""
+        chunks: list[bytes] = [first] if first else []
         with _GiveBack(self, chunks):
-            got = self._gather_ready(chunks, n, 0)
+            if checked:  # what was there is taken: wait (a FIN or an error known ends the wait at once)
+                got = -1 if first == b"" else len(first or b"")
+            else:
+                got = self._gather_ready(chunks, n, 0)
             while got >= 0:
                 yield
                 got = self._gather_ready(chunks, n, got)
@@ -270,7 +279,7 @@ class StreamCore:
     def _readable(self) -> bool | None:
         """True when a read would not wait (data, FIN or an error to report);
         consumes nothing."""
-        if self._pushback:
+        if self._pushback or self._eof_read:
             return True
         status = lib.pmq_stream_read_into(self._stream, ffi.NULL, 0, _native.scratch.size)
         return None if status == lib.PMQ_READ_WOULD_BLOCK else True
@@ -285,6 +294,8 @@ class StreamCore:
         """Up to n bytes available now; b"" at FIN; None when nothing is there yet."""
         if self._pushback:
             return self._take_pushback(n)
+        if self._eof_read:
+            return b""
         chunks: list[bytes] = []
         got = 0
         scratch = _native.scratch
@@ -295,6 +306,7 @@ class StreamCore:
                 # between (MemoryError, KeyboardInterrupt): a peek left open would
                 # block every later read. Exactly the bytes appended are consumed.
                 status = lib.PMQ_READ_WOULD_BLOCK
+                after = lib.PMQ_READ_DATA
                 have = len(chunks)
                 try:
                     status = lib.pmq_stream_peek(stream, scratch.data, scratch.size)
@@ -302,10 +314,14 @@ class StreamCore:
                         chunks.append(ffi.buffer(scratch.data[0], min(scratch.size[0], n - got))[:])
                 finally:
                     if status == lib.PMQ_READ_DATA:
-                        lib.pmq_stream_consume(stream, len(chunks[-1]) if len(chunks) > have else 0)
+                        # The consume also tells what follows: no peek just to learn of the FIN.
+                        after = lib.pmq_stream_consume_next(stream, len(chunks[-1]) if len(chunks) > have else 0)
                 if status == lib.PMQ_READ_DATA:
                     got += len(chunks[-1])
-                    continue
+                    if after == lib.PMQ_READ_DATA:
+                        continue
+                    self._eof_read = after == lib.PMQ_READ_EOF
+                    break  # nothing more now (an error is reported by the next read)
                 if got:
                     break
                 if status == lib.PMQ_READ_WOULD_BLOCK:
@@ -333,9 +349,13 @@ class StreamCore:
             ffi.memmove(target, pushback, take)
             del pushback[:take]
             return take
-        copied = _native.scratch.size
-        status = lib.pmq_stream_read_into(self._stream, target, size, copied)
+        if self._eof_read:
+            return 0
+        scratch = _native.scratch
+        copied = scratch.size
+        status = lib.pmq_stream_read_into_next(self._stream, target, size, copied, scratch.next_status)
         if status == lib.PMQ_READ_DATA:
+            self._eof_read = scratch.next_status[0] == lib.PMQ_READ_EOF
             return int(copied[0])
         if status == lib.PMQ_READ_WOULD_BLOCK:
             return None

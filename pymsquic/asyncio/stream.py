@@ -77,7 +77,10 @@ class Stream(StreamCore, NativeWaitable):
         """
         n = count(n, "read()")
         if n < 0:
-            return await self._run(self._read_steps(-1), "read()")
+            first = self._read_now(READ_CHUNK)
+            if first is not None and (not first or self._eof_read):
+                return first  # all there, FIN included: no steps to drive
+            return await self._run(self._read_steps(-1, first, checked=True), "read()")
         if n == 0:
             return b""
         data = self._read_now(n)  # no coroutine step when data is there
@@ -91,7 +94,10 @@ class Stream(StreamCore, NativeWaitable):
         n = count(n, "readexactly()")
         if n < 0:
             raise ValueError(f"readexactly() needs n >= 0, not {n}")
-        return await self._run(self._read_steps(n), "readexactly()")
+        first = self._read_now(n) if n else None
+        if first is not None and len(first) == n:
+            return first  # all there: no steps to drive
+        return await self._run(self._read_steps(n, first, checked=n > 0), "readexactly()")
 
     async def readuntil(self, separator: bytes = b"\n", *, limit: int = DEFAULT_LIMIT) -> bytes:
         """The bytes up to and including ``separator``, as
