@@ -38,13 +38,18 @@ SERVER_SETTINGS = Settings(peer_bidi_stream_count=16, idle_timeout_ms=20_000,
 
 def recording_handler(seen: list[dict[str, Any]]) -> Any:
     """Send a ticket; for each stream record whether msquic saw it open in a 0-RTT
-    packet (before answering, so the client's read orders it), then echo it."""
+    packet (before answering, so the client's read orders it), then echo it.
+    The count of early streams is read once the handshake completed: the
+    listener hands a 0-RTT connection over at its first early stream, while the
+    client's later 0-RTT packets may still be on their way (they precede its
+    Finished, so the count is final at CONNECTED)."""
 
     async def handler(w: World, conn: Any) -> None:
         conn.send_resumption_ticket(b"")
         while True:
             try:
                 stream = await w.wait(conn.accept_stream)
+                await w.wait(conn.wait_handshake)
             except pymsquic.ConnectionClosed:
                 return
             seen.append({"resumed": conn.session_resumed, "opened_in_0rtt": stream.opened_in_0rtt,
