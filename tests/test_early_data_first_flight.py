@@ -28,7 +28,17 @@ import pymsquic
 from pymsquic import ResumptionLevel, Settings
 
 from conftest import ALPN
-from worlds import WAIT, AsyncioServerHandle, AsyncioWorld, ServerHandle, SyncServerHandle, SyncWorld, World, worlds
+from worlds import (
+    WAIT,
+    AsyncioServerHandle,
+    AsyncioWorld,
+    ServerHandle,
+    SyncServerHandle,
+    SyncWorld,
+    World,
+    client_credential,
+    worlds,
+)
 
 #: Connections in a row that must all carry their request in 0-RTT packets.
 ROUNDS = 50
@@ -182,6 +192,42 @@ def test_closing_the_configuration_before_the_start_delivers(w: World, registrat
             assert conn.session_resumed
             await w.call(conn.close)
         assert seen[1:] == [{"resumed": True, "opened_in_0rtt": True, "early_streams": 1}]
+
+    w.run(body())
+
+
+def test_configuration_closed_while_another_thread_starts(registration, server_credential) -> None:
+    """A sync connection used from two threads: one's first read makes the
+    deferred start while the other closes the connection's configuration. The
+    close must not release the configuration before msquic holds it (the start
+    in flight is waited for, not skipped), and every request arrives."""
+    w = SyncWorld()
+
+    async def body() -> None:
+        seen: list[dict[str, Any]] = []
+        async with await serve_in(w, recording_handler(seen), registration, server_credential) as server:
+            ticket = await a_ticket(w, server.port, registration)
+            for i in range(ROUNDS):
+                configuration = pymsquic.Configuration(registration, ALPN, client_credential())
+                conn = pymsquic.sync.connect("127.0.0.1", server.port, configuration=configuration,
+                                             session_ticket=ticket, early_data=True)
+                stream = conn.open_stream()
+                stream.write(b"race %d" % i, fin=True)
+                both = threading.Barrier(2)
+                got: list[bytes] = []
+
+                def reader(stream: Any, both: threading.Barrier, got: list[bytes]) -> None:
+                    both.wait()
+                    got.append(stream.read(-1, timeout=WAIT))
+
+                thread = threading.Thread(target=reader, args=(stream, both, got))
+                thread.start()
+                both.wait()
+                configuration.close()  # its last holder but msquic: the start must hold it first
+                thread.join(WAIT)
+                assert got == [b"race %d" % i]
+                conn.close()
+        assert len(seen) == ROUNDS + 1
 
     w.run(body())
 
