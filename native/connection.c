@@ -503,6 +503,14 @@ static void hand_over_early(pmq_conn *c, HQUIC handle)
     notify_listener(l);
 }
 
+void pmq_conn_handed_over_connected(pmq_conn *c)
+{
+    PMQ_CHECK(&c->obj);
+    pthread_mutex_lock(&c->obj.lock);
+    c->info.flags &= ~PMQ_CONN_ACCEPTED_EARLY;
+    pthread_mutex_unlock(&c->obj.lock);
+}
+
 static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONNECTION_EVENT *event)
 {
     pmq_conn *c = context;

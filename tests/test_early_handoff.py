@@ -481,6 +481,45 @@ def test_backlog_full_early_connection_waits_for_its_handshake(registration, ser
     asyncio.run(main())
 
 
+def test_early_connection_queued_only_at_connected_is_not_accepted_early(registration, server_credential) -> None:
+    """backlog=1: the second connection's 0-RTT request finds no room, the first
+    is then accepted, and the second is queued once its handshake completed:
+    it was handed over connected, so ``accepted_early`` is False on it (as
+    ``Listener.stats().accepted_early`` counts it), not True for a request
+    that merely arrived early."""
+
+    async def main() -> None:
+        listener, port, ticket = await listener_with_ticket(registration, server_credential, backlog=1,
+                                                            backlog_timeout=60)
+        relays = [HoldingRelay(port, hold_0rtt=True), HoldingRelay(port, hold_0rtt=True)]
+        clients = []
+        try:
+            for relay, request in zip(relays, (b"first", b"second")):
+                clients.append(await zero_rtt_request(relay.port, ticket, request))
+                assert await asyncio.get_running_loop().run_in_executor(None, relay.first_held.wait, WAIT)
+            relays[0].release_0rtt()
+            await until(lambda: listener.stats().queued == 1, "the first early connection queued")
+            relays[1].release_0rtt()  # no room: it stays with the handshakes
+            first = await asyncio.wait_for(listener.accept(), WAIT)
+            assert first.accepted_early
+            relays[1].release()  # its handshake completes: now there is room
+            second = await asyncio.wait_for(listener.accept(), WAIT)
+            assert second.is_connected
+            stream = await asyncio.wait_for(second.accept_stream(), WAIT)
+            assert await asyncio.wait_for(stream.read(), WAIT) == b"second"
+            assert second.accepted_early is (listener.stats().accepted_early == 2)
+            for conn in (first, second):
+                await conn.close()
+            for cm, _, _ in clients:
+                await cm.__aexit__(None, None, None)
+        finally:
+            for relay in relays:
+                relay.close()
+            await listener.close()
+
+    asyncio.run(main())
+
+
 def test_unaccepted_early_connection_is_reaped(registration, server_credential) -> None:
     """An early connection nobody accepts within backlog_timeout is shut down
     (its client hears of it) and counted in ``expired``."""
