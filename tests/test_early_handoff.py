@@ -440,6 +440,23 @@ async def listener_with_ticket(registration: pymsquic.Registration, credential: 
     return listener, address[1], ticket
 
 
+async def two_held_clients(port: int, ticket: bytes) -> tuple[list[HoldingRelay], list[Any]]:
+    """Two resumed clients through relays holding their 0-RTT packets and Finished,
+    each sending its request ("first", "second") once the server answered its Initial."""
+    relays = [HoldingRelay(port, hold_0rtt=True), HoldingRelay(port, hold_0rtt=True)]
+    clients = []
+    try:
+        for relay, request in zip(relays, (b"first", b"second")):
+            clients.append(await zero_rtt_request(relay.port, ticket, request))
+            # the server answered its Initial: the client's Finished is held
+            assert await asyncio.get_running_loop().run_in_executor(None, relay.first_held.wait, WAIT)
+    except BaseException:
+        for relay in relays:
+            relay.close()
+        raise
+    return relays, clients
+
+
 def test_backlog_full_early_connection_waits_for_its_handshake(registration, server_credential) -> None:
     """backlog=1: two resumed connections arrive while it has room (their 0-RTT
     packets held back), the first one's request fills it; the second one's
@@ -451,13 +468,8 @@ def test_backlog_full_early_connection_waits_for_its_handshake(registration, ser
     async def main() -> None:
         listener, port, ticket = await listener_with_ticket(registration, server_credential, backlog=1,
                                                             backlog_timeout=60)
-        relays = [HoldingRelay(port, hold_0rtt=True), HoldingRelay(port, hold_0rtt=True)]
-        clients = []
+        relays, clients = await two_held_clients(port, ticket)
         try:
-            for relay, request in zip(relays, (b"first", b"second")):
-                clients.append(await zero_rtt_request(relay.port, ticket, request))
-                # the server answered its Initial: the client's Finished is held
-                assert await asyncio.get_running_loop().run_in_executor(None, relay.first_held.wait, WAIT)
             assert listener.stats().handshakes == 2
             relays[0].release_0rtt()
             await until(lambda: listener.stats().queued == 1, "the first early connection queued")
@@ -491,12 +503,8 @@ def test_early_connection_queued_only_at_connected_is_not_accepted_early(registr
     async def main() -> None:
         listener, port, ticket = await listener_with_ticket(registration, server_credential, backlog=1,
                                                             backlog_timeout=60)
-        relays = [HoldingRelay(port, hold_0rtt=True), HoldingRelay(port, hold_0rtt=True)]
-        clients = []
+        relays, clients = await two_held_clients(port, ticket)
         try:
-            for relay, request in zip(relays, (b"first", b"second")):
-                clients.append(await zero_rtt_request(relay.port, ticket, request))
-                assert await asyncio.get_running_loop().run_in_executor(None, relay.first_held.wait, WAIT)
             relays[0].release_0rtt()
             await until(lambda: listener.stats().queued == 1, "the first early connection queued")
             relays[1].release_0rtt()  # no room: it stays with the handshakes
