@@ -528,6 +528,36 @@ def test_early_connection_queued_only_at_connected_is_not_accepted_early(registr
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("early", [True, False], ids=["early", "connected"])
+def test_no_ticket_after_a_final_one(registration, server_credential, early: bool) -> None:
+    """``final=True`` ends the tickets: a later one raises, on a connection
+    handed over early (its tickets wait for CONNECTED) as on a connected one
+    (msquic refuses it). The early queue used to take it and send it anyway."""
+
+    async def main() -> None:
+        listener, port, ticket = await listener_with_ticket(registration, server_credential)
+        relay = HoldingRelay(port)
+        try:
+            cm, _, _ = await zero_rtt_request(relay.port, ticket, b"request")
+            conn = await asyncio.wait_for(listener.accept(), WAIT)
+            assert conn.accepted_early and not conn.is_connected
+            if not early:
+                relay.release()
+                await asyncio.wait_for(conn.wait_handshake(), WAIT)
+            conn.send_resumption_ticket(b"last", final=True)
+            with pytest.raises(pymsquic.QuicError):
+                conn.send_resumption_ticket(b"one too many")
+            relay.release()
+            await asyncio.wait_for(conn.wait_handshake(), WAIT)
+            await conn.close()
+            await cm.__aexit__(None, None, None)
+        finally:
+            relay.close()
+            await listener.close()
+
+    asyncio.run(main())
+
+
 def test_unaccepted_early_connection_is_reaped(registration, server_credential) -> None:
     """An early connection nobody accepts within backlog_timeout is shut down
     (its client hears of it) and counted in ``expired``."""
