@@ -201,7 +201,7 @@ static int keep_until_connected(pmq_conn *c, const uint8_t *app_data, size_t len
         if (t == NULL) {
             *status = QUIC_STATUS_OUT_OF_MEMORY;
         } else if (r->unsent_count >= MAX_UNSENT_TICKETS || after_final) {
-            /* After a final ticket none may follow: what msquic answers a connected one. */
+            /* None after a final one (msquic refuses one once its worker took the final). */
             *status = QUIC_STATUS_INVALID_STATE;
         } else {
             *tail = t;
