@@ -292,9 +292,11 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
         every field of QUIC_STATISTICS_V2, see :class:`ConnectionStats`.
 
         Asks msquic's worker and waits for its answer, briefly. Once closed, the
-        final numbers, taken as msquic finished the connection;
-        ConnectionClosed if it never started. An early-data client whose start
-        is still deferred (see ``connect``) starts first."""
+        final numbers, taken as msquic finished the connection (no traffic for
+        one closed before it started: msquic finishes those too);
+        ConnectionClosed while it is not started yet, or if msquic left none.
+        An early-data client whose start is still deferred (see ``connect``)
+        starts first."""
         _native.forbid_in_callback("Connection.stats()")
         self._start_deferred()  # an early-data client asking: it is meant to be running
         out = ffi.new("pmq_conn_stats_v2 *")
