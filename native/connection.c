@@ -508,6 +508,14 @@ static void hand_over_early(pmq_conn *c, HQUIC handle)
     notify_listener(l);
 }
 
+void pmq_conn_handed_over_connected(pmq_conn *c)
+{
+    PMQ_CHECK(&c->obj);
+    pthread_mutex_lock(&c->obj.lock);
+    c->info.flags &= ~PMQ_CONN_ACCEPTED_EARLY;
+    pthread_mutex_unlock(&c->obj.lock);
+}
+
 static QUIC_STATUS QUIC_API conn_callback(HQUIC handle, void *context, QUIC_CONNECTION_EVENT *event)
 {
     pmq_conn *c = context;
@@ -691,6 +699,7 @@ static QUIC_STATUS start_finished(pmq_conn *c, QUIC_STATUS status, int defer)
 {
     pthread_mutex_lock(&c->obj.lock);
     c->starting = 0;
+    pmq_obj_changed_locked(&c->obj); /* wakes wait_deferred_start_locked */
     int started = c->started = QUIC_SUCCEEDED(status) && !defer;
     c->early_start = c->early_start || (QUIC_SUCCEEDED(status) && defer);
     int abandoned = c->abandoned_starting;
@@ -770,13 +779,27 @@ QUIC_STATUS pmq_conn_start_early(pmq_conn *c, HQUIC configuration, const pmq_add
     return conn_start(c, configuration, remote, server_name, port, 1);
 }
 
+/* Another thread is making the deferred ConnectionStart (set `starting` with
+ * `early_start`): wait until msquic has it. Until then the start may still
+ * fail or be abandoned, and msquic holds no reference to the configuration
+ * (Configuration.close() must not release it first), nor has the connection
+ * anything queued that a close could wait for. ConnectionStart only queues,
+ * and start_finished takes no lock the waiter holds. */
+static void wait_deferred_start_locked(pmq_conn *c)
+{
+    while (c->starting && c->early_start) {
+        pthread_cond_wait(&c->obj.cond, &c->obj.lock);
+    }
+}
+
 QUIC_STATUS pmq_conn_start_deferred(pmq_conn *c)
 {
     PMQ_CHECK(&c->obj);
-    if (!__atomic_load_n(&c->deferred, __ATOMIC_ACQUIRE)) {
+    if (!__atomic_load_n(&c->deferred, __ATOMIC_ACQUIRE) && !__atomic_load_n(&c->starting, __ATOMIC_ACQUIRE)) {
         return QUIC_STATUS_SUCCESS; /* every write comes here: no lock when nothing is deferred */
     }
     pthread_mutex_lock(&c->obj.lock);
+    wait_deferred_start_locked(c);
     if (!c->deferred || c->starting || c->guard.handle == NULL) {
         pthread_mutex_unlock(&c->obj.lock);
         return QUIC_STATUS_SUCCESS; /* nothing deferred (any more): someone else started it */
@@ -803,7 +826,8 @@ int pmq_conn_start_pending(pmq_conn *c)
 {
     PMQ_CHECK(&c->obj);
     pthread_mutex_lock(&c->obj.lock);
-    int pending = c->deferred || (c->early_start && !c->started && c->starting);
+    wait_deferred_start_locked(c); /* then started, or closed, or still deferred */
+    int pending = c->deferred;
     if (pending && c->deferred_streams) {
         pending = PMQ_START_PENDING_WITH_DATA;
     }

@@ -121,6 +121,9 @@ pmq_conn *pmq_conn_new_accepted(pmq_listener *listener, const QUIC_NEW_CONNECTIO
 QUIC_STATUS pmq_conn_adopt(pmq_conn *conn, HQUIC handle, HQUIC configuration);
 void pmq_conn_discard_refused(pmq_conn *conn);
 void pmq_conn_leave_listener(pmq_conn *conn);
+/* Queued at CONNECTED although a 0-RTT request came first (no room then):
+ * not accepted early after all. Takes the connection's lock. */
+void pmq_conn_handed_over_connected(pmq_conn *conn);
 pmq_conn_info *pmq_conn_info_ptr(pmq_conn *conn);
 void pmq_listener_conn_changed(pmq_listener *listener);
 

@@ -137,6 +137,9 @@ static uint32_t settle_handshakes_locked(pmq_listener *l, pmq_conn **drop)
         if (flags & PMQ_CONN_CONNECTED) {
             pmq_conn *conn = handshaking_take(l, i);
             if (l->count < l->backlog && l->state != PMQ_LISTENER_CLOSED) {
+                if (flags & PMQ_CONN_ACCEPTED_EARLY) {
+                    pmq_conn_handed_over_connected(conn); /* its 0-RTT request found no room then */
+                }
                 queue_push(l, conn);
                 l->stats.accepted++;
             } else {

@@ -685,9 +685,12 @@ int pmq_execution_active(void);
 QUIC_STATUS pmq_conn_start_early(pmq_conn *conn, HQUIC configuration, const pmq_addr *remote,
                                  const char *server_name, uint16_t port);
 /* The deferred ConnectionStart, now; SUCCESS and nothing if none is pending.
- * Never blocks. A failure closes the connection. */
+ * Never blocks on msquic: a start another thread is making is waited for
+ * (ConnectionStart only queues), so on return msquic holds the configuration.
+ * A failure closes the connection. */
 QUIC_STATUS pmq_conn_start_deferred(pmq_conn *conn);
-/* 0 once no deferred start is pending; 1 while one is; PMQ_START_PENDING_WITH_DATA
+/* 0 once no deferred start is pending (a start in flight on another thread is
+ * waited for, as above); 1 while one is; PMQ_START_PENDING_WITH_DATA
  * while one is and streams were started (written, or shut down) meanwhile. */
 #define PMQ_START_PENDING_WITH_DATA 2
 int pmq_conn_start_pending(pmq_conn *conn);

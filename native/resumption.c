@@ -170,8 +170,8 @@ void pmq_resumption_on_connected(pmq_conn *c, HQUIC handle, int session_resumed)
 }
 
 /* 1 if the ticket was kept for CONNECTED (an early connection still handshaking;
- * *status: SUCCESS, or INVALID_STATE when MAX_UNSENT_TICKETS wait, or
- * OUT_OF_MEMORY), 0 if it is to be sent now. */
+ * *status: SUCCESS, or INVALID_STATE when MAX_UNSENT_TICKETS or a final one
+ * wait, or OUT_OF_MEMORY), 0 if it is to be sent now. */
 static int keep_until_connected(pmq_conn *c, const uint8_t *app_data, size_t len, int final, QUIC_STATUS *status)
 {
     ticket_send *t = malloc(sizeof(*t) + len);
@@ -192,15 +192,18 @@ static int keep_until_connected(pmq_conn *c, const uint8_t *app_data, size_t len
         !(flags & (PMQ_CONN_SHUTDOWN_BY_APP | PMQ_CONN_SHUTDOWN_BY_PEER | PMQ_CONN_SHUTDOWN_BY_TRANSPORT |
                    PMQ_CONN_SHUTDOWN_COMPLETE))) {
         kept = 1;
+        ticket_send **tail = &r->unsent;
+        int after_final = 0;
+        while (*tail != NULL) {
+            after_final |= (*tail)->final;
+            tail = &(*tail)->next;
+        }
         if (t == NULL) {
             *status = QUIC_STATUS_OUT_OF_MEMORY;
-        } else if (r->unsent_count >= MAX_UNSENT_TICKETS) {
+        } else if (r->unsent_count >= MAX_UNSENT_TICKETS || after_final) {
+            /* None after a final one (msquic refuses one once its worker took the final). */
             *status = QUIC_STATUS_INVALID_STATE;
         } else {
-            ticket_send **tail = &r->unsent;
-            while (*tail != NULL) {
-                tail = &(*tail)->next;
-            }
             *tail = t;
             t = NULL;
             r->unsent_count++;

@@ -7,6 +7,7 @@ import dataclasses
 import datetime
 import ipaddress
 import os
+import threading
 import weakref
 from typing import Any, Iterable, Sequence, Union
 
@@ -601,6 +602,7 @@ class Configuration:
         # Early-data clients whose ConnectionStart is still deferred (connect(early_data=True)):
         # msquic takes its own reference to the configuration only at that start.
         self._deferred_starts: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._deferred_lock = threading.Lock()  # connections of several threads add and leave
         if settings.versions is not None:
             try:
                 apply_versions(self._handle, settings.versions)
@@ -654,9 +656,19 @@ class Configuration:
         """Release the configuration; safe to call more than once. Early-data
         connections still waiting for their deferred start start first, so that
         what they wrote is sent (msquic holds the configuration once started)."""
-        for conn in list(self._deferred_starts):
+        with self._deferred_lock:
+            waiting = list(self._deferred_starts)
+        for conn in waiting:
             conn._start_deferred()
         self._releaser()
+
+    def _defer_start(self, conn: Any, deferred: bool) -> None:
+        """Record (or forget) a connection whose ConnectionStart waits: see close()."""
+        with self._deferred_lock:
+            if deferred:
+                self._deferred_starts.add(conn)
+            else:
+                self._deferred_starts.discard(conn)
 
     def __enter__(self) -> "Configuration":
         return self

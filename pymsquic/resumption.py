@@ -377,8 +377,8 @@ class ResumptionMixin:
         TLS state afterwards: no further ticket can be sent (msquic's
         QUIC_SEND_RESUMPTION_FLAG_FINAL). Never blocks. On a connection handed
         over early (``accepted_early``) and still handshaking, the ticket is
-        kept (up to 8) and sent when the handshake completes: msquic sends none
-        before."""
+        kept (up to 8: a ninth raises, as does one after a final one) and sent
+        when the handshake completes: msquic sends none before."""
         buffer, nbytes = c_buffer(app_data)
         if nbytes > lib.PMQ_MAX_RESUMPTION_APP_DATA:
             raise ValueError(f"app_data of {nbytes} bytes: at most {lib.PMQ_MAX_RESUMPTION_APP_DATA} fit")

@@ -28,7 +28,17 @@ import pymsquic
 from pymsquic import ResumptionLevel, Settings
 
 from conftest import ALPN
-from worlds import WAIT, AsyncioServerHandle, AsyncioWorld, ServerHandle, SyncServerHandle, SyncWorld, World, worlds
+from worlds import (
+    WAIT,
+    AsyncioServerHandle,
+    AsyncioWorld,
+    ServerHandle,
+    SyncServerHandle,
+    SyncWorld,
+    World,
+    client_credential,
+    worlds,
+)
 
 #: Connections in a row that must all carry their request in 0-RTT packets.
 ROUNDS = 50
@@ -38,13 +48,18 @@ SERVER_SETTINGS = Settings(peer_bidi_stream_count=16, idle_timeout_ms=20_000,
 
 def recording_handler(seen: list[dict[str, Any]]) -> Any:
     """Send a ticket; for each stream record whether msquic saw it open in a 0-RTT
-    packet (before answering, so the client's read orders it), then echo it."""
+    packet (before answering, so the client's read orders it), then echo it.
+    The count of early streams is read once the handshake completed: the
+    listener hands a 0-RTT connection over at its first early stream, while the
+    client's later 0-RTT packets may still be on their way (they precede its
+    Finished, so the count is final at CONNECTED)."""
 
     async def handler(w: World, conn: Any) -> None:
         conn.send_resumption_ticket(b"")
         while True:
             try:
                 stream = await w.wait(conn.accept_stream)
+                await w.wait(conn.wait_handshake)
             except pymsquic.ConnectionClosed:
                 return
             seen.append({"resumed": conn.session_resumed, "opened_in_0rtt": stream.opened_in_0rtt,
@@ -177,6 +192,42 @@ def test_closing_the_configuration_before_the_start_delivers(w: World, registrat
             assert conn.session_resumed
             await w.call(conn.close)
         assert seen[1:] == [{"resumed": True, "opened_in_0rtt": True, "early_streams": 1}]
+
+    w.run(body())
+
+
+def test_configuration_closed_while_another_thread_starts(registration, server_credential) -> None:
+    """A sync connection used from two threads: one's first read makes the
+    deferred start while the other closes the connection's configuration. The
+    close must not release the configuration before msquic holds it (the start
+    in flight is waited for, not skipped), and every request arrives."""
+    w = SyncWorld()
+
+    async def body() -> None:
+        seen: list[dict[str, Any]] = []
+        async with await serve_in(w, recording_handler(seen), registration, server_credential) as server:
+            ticket = await a_ticket(w, server.port, registration)
+            for i in range(ROUNDS):
+                configuration = pymsquic.Configuration(registration, ALPN, client_credential())
+                conn = pymsquic.sync.connect("127.0.0.1", server.port, configuration=configuration,
+                                             session_ticket=ticket, early_data=True)
+                stream = conn.open_stream()
+                stream.write(b"race %d" % i, fin=True)
+                both = threading.Barrier(2)
+                got: list[bytes] = []
+
+                def reader(stream: Any, both: threading.Barrier, got: list[bytes]) -> None:
+                    both.wait()
+                    got.append(stream.read(-1, timeout=WAIT))
+
+                thread = threading.Thread(target=reader, args=(stream, both, got))
+                thread.start()
+                both.wait()
+                configuration.close()  # its last holder but msquic: the start must hold it first
+                thread.join(WAIT)
+                assert got == [b"race %d" % i]
+                conn.close()
+        assert len(seen) == ROUNDS + 1
 
     w.run(body())
 
@@ -324,6 +375,7 @@ def test_close_before_the_start(w: World, registration, server_credential) -> No
             await w.call(conn.close)
             assert conn.is_closed and stream.is_closed
             assert conn.early_data_accepted is None  # no handshake happened
+            assert conn.stats().packets_sent == 0  # msquic finished it all the same: its final numbers
             with pytest.raises(pymsquic.ConnectionClosed):
                 conn.open_stream()
             with pytest.raises(pymsquic.QuicError):

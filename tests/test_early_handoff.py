@@ -440,6 +440,23 @@ async def listener_with_ticket(registration: pymsquic.Registration, credential: 
     return listener, address[1], ticket
 
 
+async def two_held_clients(port: int, ticket: bytes) -> tuple[list[HoldingRelay], list[Any]]:
+    """Two resumed clients through relays holding their 0-RTT packets and Finished,
+    each sending its request ("first", "second") once the server answered its Initial."""
+    relays = [HoldingRelay(port, hold_0rtt=True), HoldingRelay(port, hold_0rtt=True)]
+    clients = []
+    try:
+        for relay, request in zip(relays, (b"first", b"second")):
+            clients.append(await zero_rtt_request(relay.port, ticket, request))
+            # the server answered its Initial: the client's Finished is held
+            assert await asyncio.get_running_loop().run_in_executor(None, relay.first_held.wait, WAIT)
+    except BaseException:
+        for relay in relays:
+            relay.close()
+        raise
+    return relays, clients
+
+
 def test_backlog_full_early_connection_waits_for_its_handshake(registration, server_credential) -> None:
     """backlog=1: two resumed connections arrive while it has room (their 0-RTT
     packets held back), the first one's request fills it; the second one's
@@ -451,13 +468,8 @@ def test_backlog_full_early_connection_waits_for_its_handshake(registration, ser
     async def main() -> None:
         listener, port, ticket = await listener_with_ticket(registration, server_credential, backlog=1,
                                                             backlog_timeout=60)
-        relays = [HoldingRelay(port, hold_0rtt=True), HoldingRelay(port, hold_0rtt=True)]
-        clients = []
+        relays, clients = await two_held_clients(port, ticket)
         try:
-            for relay, request in zip(relays, (b"first", b"second")):
-                clients.append(await zero_rtt_request(relay.port, ticket, request))
-                # the server answered its Initial: the client's Finished is held
-                assert await asyncio.get_running_loop().run_in_executor(None, relay.first_held.wait, WAIT)
             assert listener.stats().handshakes == 2
             relays[0].release_0rtt()
             await until(lambda: listener.stats().queued == 1, "the first early connection queued")
@@ -476,6 +488,68 @@ def test_backlog_full_early_connection_waits_for_its_handshake(registration, ser
         finally:
             for relay in relays:
                 relay.close()
+            await listener.close()
+
+    asyncio.run(main())
+
+
+def test_early_connection_queued_only_at_connected_is_not_accepted_early(registration, server_credential) -> None:
+    """backlog=1: the second connection's 0-RTT request finds no room, the first
+    is then accepted, and the second is queued once its handshake completed:
+    it was handed over connected, so ``accepted_early`` is False on it (as
+    ``Listener.stats().accepted_early`` counts it), not True for a request
+    that merely arrived early."""
+
+    async def main() -> None:
+        listener, port, ticket = await listener_with_ticket(registration, server_credential, backlog=1,
+                                                            backlog_timeout=60)
+        relays, clients = await two_held_clients(port, ticket)
+        try:
+            relays[0].release_0rtt()
+            await until(lambda: listener.stats().queued == 1, "the first early connection queued")
+            relays[1].release_0rtt()  # no room: it stays with the handshakes
+            first = await asyncio.wait_for(listener.accept(), WAIT)
+            assert first.accepted_early
+            relays[1].release()  # its handshake completes: now there is room
+            second = await asyncio.wait_for(listener.accept(), WAIT)
+            assert second.is_connected
+            stream = await asyncio.wait_for(second.accept_stream(), WAIT)
+            assert await asyncio.wait_for(stream.read(), WAIT) == b"second"
+            assert second.accepted_early is (listener.stats().accepted_early == 2)
+            for conn in (first, second):
+                await conn.close()
+            for cm, _, _ in clients:
+                await cm.__aexit__(None, None, None)
+        finally:
+            for relay in relays:
+                relay.close()
+            await listener.close()
+
+    asyncio.run(main())
+
+
+def test_no_ticket_after_a_final_one_on_an_early_connection(registration, server_credential) -> None:
+    """``final=True`` ends the tickets: on a connection handed over early (its
+    tickets wait for CONNECTED) a later one raises. The early queue used to take
+    it and msquic sent both at CONNECTED. (On a connected connection msquic
+    refuses one only once its worker processed the final one.)"""
+
+    async def main() -> None:
+        listener, port, ticket = await listener_with_ticket(registration, server_credential)
+        relay = HoldingRelay(port)
+        try:
+            cm, _, _ = await zero_rtt_request(relay.port, ticket, b"request")
+            conn = await asyncio.wait_for(listener.accept(), WAIT)
+            assert conn.accepted_early and not conn.is_connected
+            conn.send_resumption_ticket(b"last", final=True)
+            with pytest.raises(pymsquic.QuicError):
+                conn.send_resumption_ticket(b"one too many")
+            relay.release()
+            await asyncio.wait_for(conn.wait_handshake(), WAIT)
+            await conn.close()
+            await cm.__aexit__(None, None, None)
+        finally:
+            relay.close()
             await listener.close()
 
     asyncio.run(main())

@@ -169,17 +169,25 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
         name = sni.encode() if is_ip_literal(sni) else sni.encode("idna")
         self._sni = name.decode("ascii")  # the name sent (IDNA): what the certificate's SANs hold
         start = lib.pmq_conn_start_early if defer else lib.pmq_conn_start
+        if defer:  # listed first: a Configuration.close() from now on starts us before it releases
+            self.configuration._defer_start(self, True)
+            self._start_listed = True
         status = start(self._conn, self.configuration.handle, remote if remote is not None else ffi.NULL, name, port)
         if failed(status):
+            self._start_deferred()  # leaves the list (nothing deferred to start)
             raise QuicError("ConnectionStart failed", status)
-        if defer:
-            self.configuration._deferred_starts.add(self)  # its close() starts us first
+
+    _start_listed = False  # in the configuration's deferred starts (see _start_deferred)
 
     def _start_deferred(self) -> None:
         """An early-data client's deferred start (see ``connect``), now: never
         blocks, does nothing once started (a stream's first read starts it in C)."""
-        self.configuration._deferred_starts.discard(self)
+        # Started (or waited for another thread's start) before leaving the set:
+        # a Configuration.close() meanwhile must not release the handle first.
         status = lib.pmq_conn_start_deferred(self._conn)
+        if self._start_listed:  # once: every sync wait comes here
+            self._start_listed = False
+            self.configuration._defer_start(self, False)
         if failed(status):  # the connection is closed now: its waits say so
             self.logger.warning("ConnectionStart failed: %s", QuicError("ConnectionStart failed", status))
 
@@ -284,9 +292,11 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
         every field of QUIC_STATISTICS_V2, see :class:`ConnectionStats`.
 
         Asks msquic's worker and waits for its answer, briefly. Once closed, the
-        final numbers, taken as msquic finished the connection;
-        ConnectionClosed if it never started. An early-data client whose start
-        is still deferred (see ``connect``) starts first."""
+        final numbers, taken as msquic finished the connection (no traffic for
+        one closed before it started: msquic finishes those too);
+        ConnectionClosed while it is not started yet, or if msquic left none.
+        An early-data client whose start is still deferred (see ``connect``)
+        starts first."""
         _native.forbid_in_callback("Connection.stats()")
         self._start_deferred()  # an early-data client asking: it is meant to be running
         out = ffi.new("pmq_conn_stats_v2 *")

@@ -155,8 +155,9 @@ def connect(host: str, port: int, *, alpn: AlpnLike | None = None, credential: C
     waits on the connection or its streams (reads, ``drain``,
     ``wait_handshake``, ``accept_stream``... and ``stats()``,
     ``send_datagram()``), or at :meth:`Connection.close` once something was
-    written: everything written before goes in the first flight, as 0-RTT
-    data. There is no event loop to start it otherwise: a connection nobody
+    written (or at the close of its :class:`~pymsquic.Configuration`):
+    everything written before goes in the first flight, as 0-RTT data.
+    There is no event loop to start it otherwise: a connection nobody
     waits on stays unstarted, and :meth:`Connection.close` (or dropping it)
     with nothing written sends nothing. And except that
     ``on_session_ticket`` runs on a daemon thread of its own (one per
