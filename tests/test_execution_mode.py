@@ -333,3 +333,37 @@ def test_blocking_clients_on_threads_beside_an_asyncio_server() -> None:
         print("clients", results)
     """)
     assert "clients ['ok', 'ok']" in proc.stdout, proc.stdout
+
+
+def test_a_child_forked_inside_the_loop_leaves_msquic_alone() -> None:
+    # The child inherits the loop, its reader on msquic's epoll fd (the epoll
+    # instance and the sockets are shared with the parent) and msquic's state:
+    # a step there ran the parent's msquic in the child (it crashed, SIGSEGV).
+    # The child's loop goes on turning while the parent's requests arrive.
+    run_child("""
+        async def main():
+            async with pa.serve(echo, "127.0.0.1", 0, alpn=ALPN, credential=CREDENTIAL, settings=SETTINGS) as server:
+                port = server.addresses[0][1]
+                async with pa.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT) as conn:
+                    assert await request(conn, b"before") == b"before"
+                    loop = asyncio.get_running_loop()
+                    read_end, write_end = os.pipe()
+                    pid = os.fork()
+                    if pid == 0:
+                        os.close(write_end)
+                        # Not asyncio.sleep: the child's asyncio refuses get_running_loop().
+                        done = loop.create_future()
+                        loop.add_reader(read_end, done.set_result, None)
+                        try:
+                            await done  # until the parent's requests are over
+                        finally:
+                            os._exit(0)
+                    os.close(read_end)
+                    for i in range(100):
+                        payload = os.urandom(200 + i)
+                        assert await asyncio.wait_for(request(conn, payload), 20) == payload
+                    os.close(write_end)
+                    _, status = os.waitpid(pid, 0)
+                    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child ended with {status:#x}"
+        asyncio.run(main())
+    """)
