@@ -19,7 +19,7 @@ PACKAGE_ROOT = str(Path(pymsquic.__file__).resolve().parent.parent)
 CHILD_TIMEOUT = 120
 
 PRELUDE = """
-import asyncio, os, sys, threading
+import asyncio, contextlib, os, sys, threading
 import pymsquic
 from pymsquic import asyncio as pa
 
@@ -45,6 +45,13 @@ class _Group:  # Python 3.10: no TaskGroup
     async def __aenter__(self): return self
     def create_task(self, coro): self.tasks.append(asyncio.ensure_future(coro))
     async def __aexit__(self, *exc): await asyncio.gather(*self.tasks)
+
+@contextlib.asynccontextmanager
+async def echo_pair():
+    # An echo server and a client connected to it, on this loop.
+    async with pa.serve(echo, "127.0.0.1", 0, alpn=ALPN, credential=CREDENTIAL, settings=SETTINGS) as server:
+        async with pa.connect("127.0.0.1", server.addresses[0][1], alpn=ALPN, credential=CLIENT) as conn:
+            yield conn
 
 async def request(conn, payload):
     stream = conn.open_stream()
@@ -106,14 +113,12 @@ def test_environment_variable_selects_loop_mode() -> None:
 def test_many_streams_in_parallel() -> None:
     run_child("""
         async def main():
-            async with pa.serve(echo, "127.0.0.1", 0, alpn=ALPN, credential=CREDENTIAL, settings=SETTINGS) as server:
-                port = server.addresses[0][1]
-                async with pa.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT) as conn:
-                    payloads = [os.urandom(100 + 37 * i) for i in range(300)]
-                    got = await asyncio.gather(*(request(conn, p) for p in payloads))
-                    assert got == payloads
-                    big = os.urandom(8 << 20)
-                    assert await request(conn, big) == big
+            async with echo_pair() as conn:
+                payloads = [os.urandom(100 + 37 * i) for i in range(300)]
+                got = await asyncio.gather(*(request(conn, p) for p in payloads))
+                assert got == payloads
+                big = os.urandom(8 << 20)
+                assert await request(conn, big) == big
         asyncio.run(main())
     """)
 
@@ -342,28 +347,26 @@ def test_a_child_forked_inside_the_loop_leaves_msquic_alone() -> None:
     # The child's loop goes on turning while the parent's requests arrive.
     run_child("""
         async def main():
-            async with pa.serve(echo, "127.0.0.1", 0, alpn=ALPN, credential=CREDENTIAL, settings=SETTINGS) as server:
-                port = server.addresses[0][1]
-                async with pa.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT) as conn:
-                    assert await request(conn, b"before") == b"before"
-                    loop = asyncio.get_running_loop()
-                    read_end, write_end = os.pipe()
-                    pid = os.fork()
-                    if pid == 0:
-                        os.close(write_end)
-                        # Not asyncio.sleep: the child's asyncio refuses get_running_loop().
-                        done = loop.create_future()
-                        loop.add_reader(read_end, done.set_result, None)
-                        try:
-                            await done  # until the parent's requests are over
-                        finally:
-                            os._exit(0)
-                    os.close(read_end)
-                    for i in range(100):
-                        payload = os.urandom(200 + i)
-                        assert await asyncio.wait_for(request(conn, payload), 20) == payload
+            async with echo_pair() as conn:
+                assert await request(conn, b"before") == b"before"
+                loop = asyncio.get_running_loop()
+                read_end, write_end = os.pipe()
+                pid = os.fork()
+                if pid == 0:
                     os.close(write_end)
-                    _, status = os.waitpid(pid, 0)
-                    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child ended with {status:#x}"
+                    # Not asyncio.sleep: the child's asyncio refuses get_running_loop().
+                    done = loop.create_future()
+                    loop.add_reader(read_end, done.set_result, None)
+                    try:
+                        await done  # until the parent's requests are over
+                    finally:
+                        os._exit(0)
+                os.close(read_end)
+                for i in range(100):
+                    payload = os.urandom(200 + i)
+                    assert await asyncio.wait_for(request(conn, payload), 20) == payload
+                os.close(write_end)
+                _, status = os.waitpid(pid, 0)
+                assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child ended with {status:#x}"
         asyncio.run(main())
     """)
