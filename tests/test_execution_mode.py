@@ -370,3 +370,40 @@ def test_a_child_forked_inside_the_loop_leaves_msquic_alone() -> None:
                 assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child ended with {status:#x}"
         asyncio.run(main())
     """)
+
+
+def test_msquic_steps_on_after_a_base_exception_inside_a_step() -> None:
+    # A stream protocol's data_received runs inside the loop's step (the bridge
+    # is drained right after msquic's callbacks). A KeyboardInterrupt there
+    # leaves run_until_complete(); the app goes on with the same loop. msquic's
+    # next step must still be scheduled: the idle timeout awaited below is
+    # msquic's timer alone (no packet is in flight to wake the loop).
+    proc = run_child("""
+        from pymsquic.asyncio import StreamProtocol
+        class Boom(StreamProtocol):
+            def data_received(self, data):
+                raise KeyboardInterrupt
+        async def handler(conn):
+            conn.set_stream_protocol(Boom)
+            await conn.wait_closed()
+        async def main():
+            idle = pymsquic.Settings(peer_bidi_stream_count=10, idle_timeout_ms=300)
+            async with pa.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=CREDENTIAL, settings=idle) as server:
+                conn = await pa.connect("127.0.0.1", server.addresses[0][1], alpn=ALPN, credential=CLIENT,
+                                        settings=idle)
+                stream = conn.open_stream()
+                stream.write(b"boom")
+                stream.finish()
+                await asyncio.wait_for(conn.wait_closed(), 20)  # by the idle timeout
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(main())
+        interrupted = 0
+        while True:
+            try:
+                loop.run_until_complete(task)
+                break
+            except KeyboardInterrupt:
+                interrupted += 1
+        print("interrupted", interrupted)
+    """)
+    assert "interrupted 1" in proc.stdout, proc.stdout  # the step did raise

@@ -36,8 +36,16 @@ class _Driver:
         if timer is not None:
             timer.cancel()
         wait = lib.pmq_execution_step()  # msquic's callbacks run in here
-        if self._drain is not None and lib.pmq_waker_pending(self._waker):
-            self._drain()
+        try:
+            if self._drain is not None and lib.pmq_waker_pending(self._waker):
+                self._drain()  # runs the app's stream protocols
+        finally:
+            # Even when that raised (KeyboardInterrupt leaves run_until_complete,
+            # the app may run the loop again): without the next step msquic's
+            # timers would never fire.
+            self._schedule(wait)
+
+    def _schedule(self, wait: int) -> None:
         if wait == 0:
             self._timer = self.loop.call_soon(self.step)
         elif wait > 0:
