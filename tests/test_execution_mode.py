@@ -211,11 +211,13 @@ def test_blocking_world_runs_on_a_driver_thread() -> None:
         import pymsquic.sync as ps
         reg = pymsquic.Registration()
         cfg = pymsquic.Configuration(reg, ALPN, CREDENTIAL, SETTINGS)
+        answered = threading.Event()
         def serve_one(listener, n):
             conn = listener.accept(timeout=10)
             for _ in range(n):
                 stream = conn.accept_stream(timeout=10)
                 stream.write(stream.read(timeout=10), fin=True)
+            answered.set()
             conn.wait_closed(timeout=10)
         with ps.Listener(reg, cfg) as listener:
             listener.start(ALPN, ("127.0.0.1", 0))
@@ -229,6 +231,7 @@ def test_blocking_world_runs_on_a_driver_thread() -> None:
                     assert stream.read(timeout=10) == b"s" * (1000 * i + 1)
             server.join(10)
             assert not server.is_alive()
+            answered.clear()
             server = threading.Thread(target=serve_one, args=(listener, 2))
             server.start()
             async def client():
@@ -236,7 +239,9 @@ def test_blocking_world_runs_on_a_driver_thread() -> None:
                     assert await request(conn, b"a" * 70_000) == b"a" * 70_000
                     stream = conn.open_stream()
                     stream.write(b"b", fin=True)
-                    server.join(0.5)  # blocks the loop: the driver thread carries msquic on
+                    # The loop blocks here: only the driver thread can step msquic
+                    # while the server thread receives this stream and answers it.
+                    assert answered.wait(20), "msquic stood still while the event loop was blocked"
                     assert await stream.read() == b"b"
             asyncio.run(client())
             server.join(10)
