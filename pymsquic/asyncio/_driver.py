@@ -35,8 +35,9 @@ class _Driver:
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
-        wait = lib.pmq_execution_step()  # msquic's callbacks run in here
+        wait = 0  # interrupted before msquic answered (a signal on the call's return): step again
         try:
+            wait = lib.pmq_execution_step()  # msquic's callbacks run in here
             if self._drain is not None and lib.pmq_waker_pending(self._waker):
                 self._drain()  # runs the app's stream protocols
         finally:
