@@ -412,3 +412,29 @@ def test_msquic_steps_on_after_a_base_exception_inside_a_step() -> None:
         print("interrupted", interrupted)
     """)
     assert "interrupted 1" in proc.stdout, proc.stdout  # the step did raise
+
+
+def test_ctrl_c_during_a_hook_on_the_loop_thread_is_not_lost() -> None:
+    # In loop mode a listener hook runs on the loop's (main) thread, so Ctrl-C
+    # can arrive while it runs (simulated: the hook raises KeyboardInterrupt).
+    # It must reach the app, as it would anywhere else on that thread, not be
+    # swallowed as a failed hook.
+    proc = run_child("""
+        def hook(info):
+            raise KeyboardInterrupt
+        async def main():
+            reg = pymsquic.Registration()
+            listener = pa.Listener(reg, pymsquic.Configuration(reg, ALPN, CREDENTIAL, SETTINGS), on_new_connection=hook)
+            listener.start(ALPN, ("127.0.0.1", 0))
+            try:
+                await pa.connect("127.0.0.1", listener.local_address[1], alpn=ALPN, credential=CLIENT, open_timeout=10)
+            except pymsquic.QuicError as exc:
+                print("connect failed", type(exc).__name__)
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(main())
+            print("not interrupted")
+        except KeyboardInterrupt:
+            print("interrupted")
+    """)
+    assert "interrupted" in proc.stdout and "not interrupted" not in proc.stdout, proc.stdout + proc.stderr

@@ -15,6 +15,7 @@ import threading
 from typing import Any, Callable
 
 from .._msquic import lib
+from .._native import take_interrupt_from_hook
 
 logger = logging.getLogger("pymsquic")
 
@@ -38,6 +39,8 @@ class _Driver:
         wait = 0  # interrupted before msquic answered (a signal on the call's return): step again
         try:
             wait = lib.pmq_execution_step()  # msquic's callbacks run in here
+            if take_interrupt_from_hook():
+                raise KeyboardInterrupt  # Ctrl-C landed in a hook, inside the step
             if self._drain is not None and lib.pmq_waker_pending(self._waker):
                 self._drain()  # runs the app's stream protocols
         finally:
