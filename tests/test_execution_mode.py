@@ -438,3 +438,26 @@ def test_ctrl_c_during_a_hook_on_the_loop_thread_is_not_lost() -> None:
             print("interrupted")
     """)
     assert "interrupted" in proc.stdout and "not interrupted" not in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_exit_while_a_loop_in_another_thread_still_drives_msquic() -> None:
+    # The exit teardown steps msquic on its own thread while a daemon thread's
+    # loop still steps it and keeps requests going; both must come to an end.
+    proc = run_child("""
+        busy = threading.Event()
+        def run():
+            async def main():
+                async with echo_pair() as conn:
+                    while True:
+                        assert await request(conn, b"q" * 100) == b"q" * 100
+                        busy.set()
+            try:
+                asyncio.run(main())
+            except pymsquic.QuicError as exc:  # the teardown closed the registration
+                print("loop thread:", type(exc).__name__, flush=True)
+        threading.Thread(target=run, daemon=True).start()
+        assert busy.wait(30)
+        print("exiting")
+    """)
+    assert "exiting" in proc.stdout
+    assert "did not shut down" not in proc.stderr and "still had work" not in proc.stderr, proc.stderr
