@@ -461,3 +461,26 @@ def test_exit_while_a_loop_in_another_thread_still_drives_msquic() -> None:
     """)
     assert "exiting" in proc.stdout
     assert "did not shut down" not in proc.stderr and "still had work" not in proc.stderr, proc.stderr
+
+
+def test_a_blocking_listener_answers_before_its_first_accept() -> None:
+    # A pymsquic.sync listener must answer handshakes from start() on, as in
+    # the default mode: here before any blocking pymsquic wait (the main thread
+    # waits for a client process, in the default mode). Without a stepper
+    # nothing answered and the client timed out.
+    proc = run_child("""
+        import subprocess
+        import pymsquic.sync as ps
+        reg = pymsquic.Registration()
+        with ps.Listener(reg, pymsquic.Configuration(reg, ALPN, CREDENTIAL, SETTINGS)) as listener:
+            listener.start(ALPN, ("127.0.0.1", 0))
+            client = subprocess.run([sys.executable, "-c", f'''
+        import pymsquic, pymsquic.sync as ps
+        with ps.connect("127.0.0.1", {listener.local_address[1]}, alpn="{ALPN}",
+                        credential=pymsquic.Credential.client(verify=False), open_timeout=10):
+            print("connected")
+        '''], capture_output=True, text=True, timeout=60)
+            print("client", client.returncode, client.stdout.strip(), client.stderr[-300:])
+            assert listener.accept(timeout=10) is not None
+    """)
+    assert "client 0 connected" in proc.stdout, proc.stdout
