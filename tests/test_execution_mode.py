@@ -484,3 +484,25 @@ def test_a_blocking_listener_answers_before_its_first_accept() -> None:
             assert listener.accept(timeout=10) is not None
     """)
     assert "client 0 connected" in proc.stdout, proc.stdout
+
+
+def test_an_asyncio_listener_answers_before_its_first_accept() -> None:
+    # As the blocking one: started on a running loop, it answers handshakes
+    # while the loop awaits something else (a client process) before accept().
+    proc = run_child("""
+        async def main():
+            reg = pymsquic.Registration()
+            listener = pa.Listener(reg, pymsquic.Configuration(reg, ALPN, CREDENTIAL, SETTINGS))
+            listener.start(ALPN, ("127.0.0.1", 0))
+            client = await asyncio.create_subprocess_exec(sys.executable, "-c", f'''
+        import pymsquic, pymsquic.sync as ps
+        with ps.connect("127.0.0.1", {listener.local_address[1]}, alpn="{ALPN}",
+                        credential=pymsquic.Credential.client(verify=False), open_timeout=10):
+            print("connected")
+        ''', stdout=asyncio.subprocess.PIPE)
+            out, _ = await client.communicate()
+            print("client", client.returncode, out.decode().strip())
+            await asyncio.wait_for(listener.accept(), 10)
+        asyncio.run(main())
+    """)
+    assert "client 0 connected" in proc.stdout, proc.stdout
