@@ -172,6 +172,12 @@ QUIC_STATUS pmq_execution_create(void)
 
 int pmq_execution_fd(void) { return epfd; }
 
+/* A child forked after msquic opened shares the epoll instance and the
+ * sockets with its parent and holds a copy of msquic's state (exec_lock too,
+ * maybe taken by a thread that is not there): a step there would run the
+ * parent's msquic in the child (it crashed). Nothing is stepped in it. */
+static int in_forked_child(void) { return pmq_library_forked(); }
+
 /* Waits up to timeout_ms (0: not at all) for msquic's fds, dispatches what is
  * ready, then lets msquic run its queued work and timers. Returns the wait
  * msquic asks for: 0 "again now", -1 "only when an fd is ready", else ms. */
@@ -193,6 +199,9 @@ static int64_t step_locked(int timeout_ms)
 
 int64_t pmq_execution_step(void)
 {
+    if (in_forked_child()) {
+        return -1; /* and pmq_execution_active() is 0: the loop's reader goes */
+    }
     exec_enter();
     int64_t wait = step_locked(0);
     /* 0 means msquic has more work now: do it here rather than one trip
@@ -232,6 +241,9 @@ static int drive_locked(uint32_t ms, int until_quiet)
 
 void pmq_execution_drive(uint32_t ms)
 {
+    if (in_forked_child()) {
+        return;
+    }
     exec_enter();
     (void)drive_locked(ms, 0);
     exec_leave();
@@ -268,6 +280,9 @@ static void *driver_main(void *arg)
 
 int pmq_execution_start_driver(void)
 {
+    if (in_forked_child()) {
+        return 0;
+    }
     exec_enter();
     if (!driver_running && execution != NULL && !stopped) {
         driver_running = pthread_create(&driver, NULL, driver_main, NULL) == 0;
@@ -333,4 +348,4 @@ int pmq_execution_finish(uint32_t settle_ms)
     return quiet;
 }
 
-int pmq_execution_active(void) { return execution != NULL && !stopped; }
+int pmq_execution_active(void) { return execution != NULL && !stopped && !in_forked_child(); }

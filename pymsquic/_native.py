@@ -388,7 +388,24 @@ def register_hook_target(target: Any) -> int:
 
 
 def _hook_failed(exc_type: type, exc: BaseException, tb: Any) -> None:
+    global _interrupted_in_hook
+    if (_mode == "loop" and issubclass(exc_type, KeyboardInterrupt)
+            and threading.current_thread() is threading.main_thread()):
+        # Loop mode runs hooks on the loop's thread, where Ctrl-C may land in one:
+        # the loop's step raises it again once back from msquic, instead of losing it.
+        _interrupted_in_hook = True
+        return
     logger.error("pymsquic hook dispatch failed", exc_info=(exc_type, exc, tb))
+
+
+_interrupted_in_hook = False
+
+
+def take_interrupt_from_hook() -> bool:
+    """True once after a hook on the main thread was interrupted (Ctrl-C)."""
+    global _interrupted_in_hook
+    interrupted, _interrupted_in_hook = _interrupted_in_hook, False
+    return interrupted
 
 
 @ffi.def_extern(onerror=_hook_failed)

@@ -10,9 +10,9 @@ on the loop's own thread. The mode is process-wide and fixed when msquic is
 first opened: choose it with :func:`set_execution_mode` before any other use
 of pymsquic, or with the environment variable ``PYMSQUIC_EXECUTION=loop``.
 
-In ``"loop"``: one event loop at a time drives msquic (a second running loop
-is refused; a closed loop hands over to the next); :mod:`pymsquic.sync`'s
-first blocking wait starts a native thread that drives msquic too (also while
+In ``"loop"``: one event loop at a time drives msquic (another loop is refused
+until the first is closed, running or not; a closed loop hands over to the next); :mod:`pymsquic.sync`'s
+first blocking wait (or listener start) starts a native thread that drives msquic too (also while
 an event loop is blocked); a closed :class:`~pymsquic.Registration` keeps its
 msquic handle until exit (msquic 2.5.1 reads freed memory if polled after
 RegistrationClose). See the README, "Execution mode".

@@ -19,7 +19,7 @@ PACKAGE_ROOT = str(Path(pymsquic.__file__).resolve().parent.parent)
 CHILD_TIMEOUT = 120
 
 PRELUDE = """
-import asyncio, os, sys, threading
+import asyncio, contextlib, os, sys, threading
 import pymsquic
 from pymsquic import asyncio as pa
 
@@ -45,6 +45,13 @@ class _Group:  # Python 3.10: no TaskGroup
     async def __aenter__(self): return self
     def create_task(self, coro): self.tasks.append(asyncio.ensure_future(coro))
     async def __aexit__(self, *exc): await asyncio.gather(*self.tasks)
+
+@contextlib.asynccontextmanager
+async def echo_pair():
+    # An echo server and a client connected to it, on this loop.
+    async with pa.serve(echo, "127.0.0.1", 0, alpn=ALPN, credential=CREDENTIAL, settings=SETTINGS) as server:
+        async with pa.connect("127.0.0.1", server.addresses[0][1], alpn=ALPN, credential=CLIENT) as conn:
+            yield conn
 
 async def request(conn, payload):
     stream = conn.open_stream()
@@ -106,14 +113,12 @@ def test_environment_variable_selects_loop_mode() -> None:
 def test_many_streams_in_parallel() -> None:
     run_child("""
         async def main():
-            async with pa.serve(echo, "127.0.0.1", 0, alpn=ALPN, credential=CREDENTIAL, settings=SETTINGS) as server:
-                port = server.addresses[0][1]
-                async with pa.connect("127.0.0.1", port, alpn=ALPN, credential=CLIENT) as conn:
-                    payloads = [os.urandom(100 + 37 * i) for i in range(300)]
-                    got = await asyncio.gather(*(request(conn, p) for p in payloads))
-                    assert got == payloads
-                    big = os.urandom(8 << 20)
-                    assert await request(conn, big) == big
+            async with echo_pair() as conn:
+                payloads = [os.urandom(100 + 37 * i) for i in range(300)]
+                got = await asyncio.gather(*(request(conn, p) for p in payloads))
+                assert got == payloads
+                big = os.urandom(8 << 20)
+                assert await request(conn, big) == big
         asyncio.run(main())
     """)
 
@@ -206,11 +211,13 @@ def test_blocking_world_runs_on_a_driver_thread() -> None:
         import pymsquic.sync as ps
         reg = pymsquic.Registration()
         cfg = pymsquic.Configuration(reg, ALPN, CREDENTIAL, SETTINGS)
+        answered = threading.Event()
         def serve_one(listener, n):
             conn = listener.accept(timeout=10)
             for _ in range(n):
                 stream = conn.accept_stream(timeout=10)
                 stream.write(stream.read(timeout=10), fin=True)
+            answered.set()
             conn.wait_closed(timeout=10)
         with ps.Listener(reg, cfg) as listener:
             listener.start(ALPN, ("127.0.0.1", 0))
@@ -224,6 +231,7 @@ def test_blocking_world_runs_on_a_driver_thread() -> None:
                     assert stream.read(timeout=10) == b"s" * (1000 * i + 1)
             server.join(10)
             assert not server.is_alive()
+            answered.clear()
             server = threading.Thread(target=serve_one, args=(listener, 2))
             server.start()
             async def client():
@@ -231,7 +239,9 @@ def test_blocking_world_runs_on_a_driver_thread() -> None:
                     assert await request(conn, b"a" * 70_000) == b"a" * 70_000
                     stream = conn.open_stream()
                     stream.write(b"b", fin=True)
-                    server.join(0.5)  # blocks the loop: the driver thread carries msquic on
+                    # The loop blocks here: only the driver thread can step msquic
+                    # while the server thread receives this stream and answers it.
+                    assert answered.wait(20), "msquic stood still while the event loop was blocked"
                     assert await stream.read() == b"b"
             asyncio.run(client())
             server.join(10)
@@ -333,3 +343,166 @@ def test_blocking_clients_on_threads_beside_an_asyncio_server() -> None:
         print("clients", results)
     """)
     assert "clients ['ok', 'ok']" in proc.stdout, proc.stdout
+
+
+def test_a_child_forked_inside_the_loop_leaves_msquic_alone() -> None:
+    # The child inherits the loop, its reader on msquic's epoll fd (the epoll
+    # instance and the sockets are shared with the parent) and msquic's state:
+    # a step there ran the parent's msquic in the child (it crashed, SIGSEGV).
+    # The child's loop goes on turning while the parent's requests arrive.
+    run_child("""
+        async def main():
+            async with echo_pair() as conn:
+                assert await request(conn, b"before") == b"before"
+                loop = asyncio.get_running_loop()
+                read_end, write_end = os.pipe()
+                pid = os.fork()
+                if pid == 0:
+                    os.close(write_end)
+                    # Not asyncio.sleep: the child's asyncio refuses get_running_loop().
+                    done = loop.create_future()
+                    loop.add_reader(read_end, done.set_result, None)
+                    try:
+                        await done  # until the parent's requests are over
+                    finally:
+                        os._exit(0)
+                os.close(read_end)
+                for i in range(100):
+                    payload = os.urandom(200 + i)
+                    assert await asyncio.wait_for(request(conn, payload), 20) == payload
+                os.close(write_end)
+                _, status = os.waitpid(pid, 0)
+                assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"child ended with {status:#x}"
+        asyncio.run(main())
+    """)
+
+
+def test_msquic_steps_on_after_a_base_exception_inside_a_step() -> None:
+    # A stream protocol's data_received runs inside the loop's step (the bridge
+    # is drained right after msquic's callbacks). A KeyboardInterrupt there
+    # leaves run_until_complete(); the app goes on with the same loop. msquic's
+    # next step must still be scheduled: the idle timeout awaited below is
+    # msquic's timer alone (no packet is in flight to wake the loop).
+    proc = run_child("""
+        from pymsquic.asyncio import StreamProtocol
+        class Boom(StreamProtocol):
+            def data_received(self, data):
+                raise KeyboardInterrupt
+        async def handler(conn):
+            conn.set_stream_protocol(Boom)
+            await conn.wait_closed()
+        async def main():
+            idle = pymsquic.Settings(peer_bidi_stream_count=10, idle_timeout_ms=300)
+            async with pa.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=CREDENTIAL, settings=idle) as server:
+                conn = await pa.connect("127.0.0.1", server.addresses[0][1], alpn=ALPN, credential=CLIENT,
+                                        settings=idle)
+                stream = conn.open_stream()
+                stream.write(b"boom")
+                stream.finish()
+                await asyncio.wait_for(conn.wait_closed(), 20)  # by the idle timeout
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(main())
+        interrupted = 0
+        while True:
+            try:
+                loop.run_until_complete(task)
+                break
+            except KeyboardInterrupt:
+                interrupted += 1
+        print("interrupted", interrupted)
+    """)
+    assert "interrupted 1" in proc.stdout, proc.stdout  # the step did raise
+
+
+def test_ctrl_c_during_a_hook_on_the_loop_thread_is_not_lost() -> None:
+    # In loop mode a listener hook runs on the loop's (main) thread, so Ctrl-C
+    # can arrive while it runs (simulated: the hook raises KeyboardInterrupt).
+    # It must reach the app, as it would anywhere else on that thread, not be
+    # swallowed as a failed hook.
+    proc = run_child("""
+        def hook(info):
+            raise KeyboardInterrupt
+        async def main():
+            reg = pymsquic.Registration()
+            listener = pa.Listener(reg, pymsquic.Configuration(reg, ALPN, CREDENTIAL, SETTINGS), on_new_connection=hook)
+            listener.start(ALPN, ("127.0.0.1", 0))
+            try:
+                await pa.connect("127.0.0.1", listener.local_address[1], alpn=ALPN, credential=CLIENT, open_timeout=10)
+            except pymsquic.QuicError as exc:
+                print("connect failed", type(exc).__name__)
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(main())
+            print("not interrupted")
+        except KeyboardInterrupt:
+            print("interrupted")
+    """)
+    assert "interrupted" in proc.stdout and "not interrupted" not in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_exit_while_a_loop_in_another_thread_still_drives_msquic() -> None:
+    # The exit teardown steps msquic on its own thread while a daemon thread's
+    # loop still steps it and keeps requests going; both must come to an end.
+    proc = run_child("""
+        busy = threading.Event()
+        def run():
+            async def main():
+                async with echo_pair() as conn:
+                    while True:
+                        assert await request(conn, b"q" * 100) == b"q" * 100
+                        busy.set()
+            try:
+                asyncio.run(main())
+            except pymsquic.QuicError as exc:  # the teardown closed the registration
+                print("loop thread:", type(exc).__name__, flush=True)
+        threading.Thread(target=run, daemon=True).start()
+        assert busy.wait(30)
+        print("exiting")
+    """)
+    assert "exiting" in proc.stdout
+    assert "did not shut down" not in proc.stderr and "still had work" not in proc.stderr, proc.stderr
+
+
+def test_a_blocking_listener_answers_before_its_first_accept() -> None:
+    # A pymsquic.sync listener must answer handshakes from start() on, as in
+    # the default mode: here before any blocking pymsquic wait (the main thread
+    # waits for a client process, in the default mode). Without a stepper
+    # nothing answered and the client timed out.
+    proc = run_child("""
+        import subprocess
+        import pymsquic.sync as ps
+        reg = pymsquic.Registration()
+        with ps.Listener(reg, pymsquic.Configuration(reg, ALPN, CREDENTIAL, SETTINGS)) as listener:
+            listener.start(ALPN, ("127.0.0.1", 0))
+            client = subprocess.run([sys.executable, "-c", f'''
+        import pymsquic, pymsquic.sync as ps
+        with ps.connect("127.0.0.1", {listener.local_address[1]}, alpn="{ALPN}",
+                        credential=pymsquic.Credential.client(verify=False), open_timeout=10):
+            print("connected")
+        '''], capture_output=True, text=True, timeout=60)
+            print("client", client.returncode, client.stdout.strip(), client.stderr[-300:])
+            assert listener.accept(timeout=10) is not None
+    """)
+    assert "client 0 connected" in proc.stdout, proc.stdout
+
+
+def test_an_asyncio_listener_answers_before_its_first_accept() -> None:
+    # As the blocking one: started on a running loop, it answers handshakes
+    # while the loop awaits something else (a client process) before accept().
+    proc = run_child("""
+        async def main():
+            reg = pymsquic.Registration()
+            listener = pa.Listener(reg, pymsquic.Configuration(reg, ALPN, CREDENTIAL, SETTINGS))
+            listener.start(ALPN, ("127.0.0.1", 0))
+            client = await asyncio.create_subprocess_exec(sys.executable, "-c", f'''
+        import pymsquic, pymsquic.sync as ps
+        with ps.connect("127.0.0.1", {listener.local_address[1]}, alpn="{ALPN}",
+                        credential=pymsquic.Credential.client(verify=False), open_timeout=10):
+            print("connected")
+        ''', stdout=asyncio.subprocess.PIPE)
+            out, _ = await client.communicate()
+            print("client", client.returncode, out.decode().strip())
+            await asyncio.wait_for(listener.accept(), 10)
+        asyncio.run(main())
+    """)
+    assert "client 0 connected" in proc.stdout, proc.stdout

@@ -442,6 +442,12 @@ def test_blocking_call_inside_a_hook_raises_instead_of_deadlocking(world: World,
                 call()
             except pymsquic.HookContextError as exc:
                 errors.append(exc)
+            except RuntimeError as exc:
+                # Execution mode "loop": the hook runs on the event loop's own
+                # thread, where asyncio refuses a nested loop before we can.
+                if pymsquic.execution_mode() != "loop" or "running event loop" not in str(exc):
+                    raise
+                errors.append(exc)
         return True
 
     lst = world.Listener(registration, server_config, on_new_connection=hook)

@@ -15,6 +15,7 @@ import threading
 from typing import Any, Callable
 
 from .._msquic import lib
+from .._native import take_interrupt_from_hook
 
 logger = logging.getLogger("pymsquic")
 
@@ -35,9 +36,20 @@ class _Driver:
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
-        wait = lib.pmq_execution_step()  # msquic's callbacks run in here
-        if self._drain is not None and lib.pmq_waker_pending(self._waker):
-            self._drain()
+        wait = 0  # interrupted before msquic answered (a signal on the call's return): step again
+        try:
+            wait = lib.pmq_execution_step()  # msquic's callbacks run in here
+            if take_interrupt_from_hook():
+                raise KeyboardInterrupt  # Ctrl-C landed in a hook, inside the step
+            if self._drain is not None and lib.pmq_waker_pending(self._waker):
+                self._drain()  # runs the app's stream protocols
+        finally:
+            # Even when that raised (KeyboardInterrupt leaves run_until_complete,
+            # the app may run the loop again): without the next step msquic's
+            # timers would never fire.
+            self._schedule(wait)
+
+    def _schedule(self, wait: int) -> None:
         if wait == 0:
             self._timer = self.loop.call_soon(self.step)
         elif wait > 0:

@@ -5,10 +5,13 @@ Everything but the waiting is in :class:`pymsquic._core.listener.ListenerCore`.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, AsyncIterator
 
 from .._core.listener import ListenerCore
-from .._native import forbid_in_callback
+from .._native import forbid_in_callback, loop_mode
+from ..addresses import AddressLike
+from ..configuration import AlpnLike
 from ..errors import Finished
 from .bridge import NativeWaitable
 from .connection import Connection
@@ -26,6 +29,17 @@ class Listener(ListenerCore[Connection], NativeWaitable):
     """
 
     _connection_class = Connection
+
+    def start(self, alpn: AlpnLike, address: AddressLike = None) -> None:
+        """Start listening for ``alpn`` on ``address``: ``(host, port)``, ``"host:port"``
+        or None for every local address. Port 0 picks a free port (see :attr:`local_address`)."""
+        loop = asyncio._get_running_loop()
+        if loop is not None and loop_mode():
+            # Execution mode "loop": this loop drives msquic from now on (or
+            # RuntimeError, before listening, if another loop does), so
+            # handshakes are answered before the first accept().
+            self._attach_to_running_loop(loop)
+        super().start(alpn, address)
 
     async def accept(self) -> Connection:
         """The next connection whose handshake completed, or whose 0-RTT request

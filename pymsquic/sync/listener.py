@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Iterator
 
 from .. import _native
 from .._core.listener import ListenerCore
+from ..addresses import AddressLike
+from ..configuration import AlpnLike
 from ..errors import Finished
 from .connection import Connection
 
@@ -25,6 +27,14 @@ class Listener(ListenerCore[Connection]):
     """
 
     _connection_class = Connection
+
+    def start(self, alpn: AlpnLike, address: AddressLike = None) -> None:
+        """Start listening for ``alpn`` on ``address``: ``(host, port)``, ``"host:port"``
+        or None for every local address. Port 0 picks a free port (see :attr:`local_address`)."""
+        super().start(alpn, address)
+        # Execution mode "loop": handshakes are answered from now on, not only
+        # from the first blocking wait (no-op in the default mode).
+        _native.ensure_driver("Listener.start()")
 
     def accept(self, timeout: float | None = None) -> Connection:
         """The next connection whose handshake completed, or whose 0-RTT request
