@@ -29,8 +29,16 @@ CLIENT = pymsquic.Credential.client(verify=False)
 SETTINGS = pymsquic.Settings(peer_bidi_stream_count=1000, idle_timeout_ms=10_000)
 
 def msquic_threads():
-    # Threads Python does not know of are msquic's (they are all named "python").
-    return len(os.listdir("/proc/self/task")) - threading.active_count()
+    # Threads Python does not know of are msquic's (they are all named "python"). A Python
+    # thread that just ended (an executor's) leaves threading's list before the OS thread
+    # exits: count again until none is left or 2 s passed (msquic's own threads stay).
+    import time
+    deadline = time.monotonic() + 2
+    while True:
+        n = len(os.listdir("/proc/self/task")) - threading.active_count()
+        if n <= 0 or time.monotonic() > deadline:
+            return n
+        time.sleep(0.01)
 
 async def echo(conn):
     async def one(stream):
