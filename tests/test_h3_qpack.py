@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from pymsquic.h3.errors import ErrorCode, H3ConnectionError
-from pymsquic.h3.qpack import Decoder, Encoder
+from pymsquic.h3.qpack import Decoder, Encoder, _prefixed_int
 
 HEADERS = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost"),
            (b":path", b"/index.html"), (b"x-custom", b"a value long enough to be worth indexing" * 2)]
@@ -124,3 +124,11 @@ def test_abandoned_blocked_block_is_cancelled_on_the_decoder_stream() -> None:
         decoder.feed_encoder(settings_data + encoder_data)  # no block of stream 4 left to finish
         assert not any(chunk.startswith(b"\x84") for chunk in sent[before + 1:])  # no Section Ack for it
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("stream_id, wire", [(4, b"\x44"), (62, b"\x7e"), (63, b"\x7f\x00"), (64, b"\x7f\x01"),
+                                             (200, b"\x7f\x89\x01")])
+def test_stream_cancellation_encoding(stream_id: int, wire: bytes) -> None:
+    """The Stream Cancellation pymsquic writes itself where pylsqpack (< 1.0) has no
+    cancel_stream: RFC 9204 4.4.2's 01 pattern and a 6-bit prefixed integer (RFC 7541 5.1)."""
+    assert _prefixed_int(0x40, 6, stream_id) == wire

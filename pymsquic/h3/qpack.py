@@ -63,6 +63,7 @@ class Decoder:
         self._decoder = pylsqpack.Decoder(max_table_capacity, blocked_streams)
         self._send = send
         self._blocked: dict[int, asyncio.Future[Headers]] = {}
+        self._cancelled: set[int] = set()  # cancelled by us where pylsqpack cannot (see cancel)
 
     def feed_encoder(self, data: bytes) -> None:
         """What the peer's encoder stream carried: may unblock waiting header blocks.
@@ -72,6 +73,10 @@ class Decoder:
         except pylsqpack.EncoderStreamError as exc:
             raise H3ConnectionError(ErrorCode.QPACK_ENCODER_STREAM_ERROR, str(exc) or "bad encoder stream") from exc
         for stream_id in unblocked:
+            if stream_id in self._cancelled:  # its decoding is released; the peer was told already
+                self._cancelled.discard(stream_id)
+                self._decoder.resume_header(stream_id)  # no Section Acknowledgement for it
+                continue
             future = self._blocked.pop(stream_id, None)
             try:
                 headers = self._finish(*self._decoder.resume_header(stream_id))
@@ -123,12 +128,31 @@ class Decoder:
         future = self._blocked.pop(stream_id, None)
         if future is not None and not future.done():
             future.cancel()
-            self._finish(self._decoder.cancel_stream(stream_id), [])
+            cancel_stream = getattr(self._decoder, "cancel_stream", None)
+            if cancel_stream is not None:
+                self._finish(cancel_stream(stream_id), [])
+            else:  # pylsqpack < 1.0 (the newest with aioquic 1.3 on Python 3.10) has no cancel_stream
+                self._send(_prefixed_int(0x40, 6, stream_id))  # Stream Cancellation, 01xxxxxx
+                self._cancelled.add(stream_id)
 
     def _finish(self, decoder_data: bytes, headers: Headers) -> Headers:
         if decoder_data:
             self._send(decoder_data)
         return headers
+
+
+def _prefixed_int(pattern: int, prefix_bits: int, value: int) -> bytes:
+    """An RFC 7541 5.1 prefixed integer after the instruction's ``pattern`` bits."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes([pattern | value])
+    out = bytearray([pattern | limit])
+    value -= limit
+    while value >= 0x80:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _decompression_failed(exc: Exception) -> H3ConnectionError:
