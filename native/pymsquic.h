@@ -128,7 +128,7 @@ typedef struct pmq_conn_info {
     uint32_t datagrams_queued;
     uint32_t datagrams_in_flight;   /* sent or queued, not yet acknowledged or lost */
     uint32_t streams_queued;        /* peer streams waiting for accept_stream */
-    uint32_t streams_sending;       /* streams whose send side is not finished yet */
+    uint32_t streams_sending;       /* streams written to whose send side is not finished yet */
     uint32_t peer_certificate_len;  /* DER bytes, with a credential that asks for it */
     uint64_t peer_address_changes;  /* PEER_ADDRESS_CHANGED events (NAT rebinding, migration) */
 } pmq_conn_info;

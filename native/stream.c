@@ -42,7 +42,10 @@ struct pmq_stream {
      * written only by the pmq_stream_list functions below. */
     pmq_stream *next;
     pmq_conn *conn;            /* referenced, for its count of sending streams */
-    int sending;               /* counted in conn's streams_sending */
+    /* Counted in conn's streams_sending, from the first write or FIN until the
+     * send side ends: a stream never written has nothing for close() to wait for. */
+    int sending;
+    int send_over;             /* the send side ended (or there is none): never counted again */
     pmq_stream_state st;
     int send_limit_fixed;
     uint64_t ideal_send_limit;  /* msquic's last ideal send buffer size, for set_send_limit(0) */
@@ -101,10 +104,7 @@ static pmq_stream *stream_new(pmq_conn *conn, uint32_t flags)
         s->conn = conn;
         s->send_flags_0rtt = pmq_conn_send_flags(conn);
         pmq_obj_ref(pmq_conn_obj(conn));
-        s->sending = !((flags & PMQ_STREAM_UNIDIRECTIONAL) && !(flags & PMQ_STREAM_LOCAL));
-        if (s->sending) {
-            pmq_conn_stream_sending(conn, 1);
-        }
+        s->send_over = (flags & PMQ_STREAM_UNIDIRECTIONAL) && !(flags & PMQ_STREAM_LOCAL);
     }
     return s;
 }
@@ -126,7 +126,18 @@ static int sending_done_locked(pmq_stream *s)
 {
     int was = s->sending;
     s->sending = 0;
+    s->send_over = 1;
     return was;
+}
+
+/* Something (data or FIN) is queued to send; called with s->obj.lock held (the
+ * connection's lock may be taken under it). */
+static void sending_begin_locked(pmq_stream *s)
+{
+    if (!s->sending && !s->send_over) {
+        s->sending = 1;
+        pmq_conn_stream_sending(s->conn, 1);
+    }
 }
 
 pmq_obj *pmq_stream_obj(pmq_stream *s) { return &s->obj; }
@@ -837,6 +848,9 @@ QUIC_STATUS pmq_stream_write(pmq_stream *s, const uint8_t *data, size_t len, int
         if (fin) {
             s->st.flags |= PMQ_STREAM_FIN_SENT;
         }
+        if (len > 0 || fin) {
+            sending_begin_locked(s);
+        }
     }
     int start = handle != NULL && take_start_locked(s);
     pthread_mutex_unlock(&s->obj.lock);
@@ -885,6 +899,7 @@ QUIC_STATUS pmq_stream_shutdown(pmq_stream *s, uint32_t flags, uint64_t error_co
     }
     if (flags & QUIC_STREAM_SHUTDOWN_FLAG_GRACEFUL) {
         s->st.flags |= PMQ_STREAM_FIN_SENT;
+        sending_begin_locked(s);
     }
     if (flags & QUIC_STREAM_SHUTDOWN_FLAG_ABORT_SEND) {
         if (!(s->st.flags & (PMQ_STREAM_SEND_SHUTDOWN_COMPLETE | PMQ_STREAM_RESET_SENT))) {

@@ -110,6 +110,41 @@ def test_wait_sent_returns_once_the_peer_has_received_everything(registration, l
     assert peer.join() == [PAYLOAD]
 
 
+@worlds
+def test_wait_sent_does_not_wait_for_streams_never_written(registration, listener, w: World) -> None:
+    # A stream never written to has nothing to send, yet close() waited for it
+    # until close_timeout: a server that never answered a request.
+    peer = Peer(listener)
+
+    async def main(conn: Any) -> Any:
+        idle = conn.open_stream()  # opened, never written (and kept: a dropped stream is reset)
+        stream = conn.open_stream()
+        stream.write(b"request", fin=True)
+        await w.wait(conn.wait_sent)
+        assert idle.bytes_in_flight == 0
+        assert peer.reads.acquire(timeout=WAIT), peer.error
+        peer.reads.release()  # for peer.client()
+        # The peer read the request and never answered it: nothing to send on its side.
+        outcome: list[BaseException | None] = []
+
+        def server_wait_sent() -> None:
+            try:
+                peer.connection().wait_sent(WAIT)
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001  # reported below
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=server_wait_sent)
+        waiter.start()
+        waiter.join()  # blocks an event loop briefly: the peer's msquic carries on
+        assert outcome == [None]
+        return idle
+
+    idle = peer.client(w, registration, main)
+    assert peer.join() == [b"request"]
+    assert idle.bytes_in_flight == 0  # never started, never seen by the peer
+
+
 # ---- set_write_limit, bytes_in_flight, write_limit, drain ----------------------------------
 
 @worlds

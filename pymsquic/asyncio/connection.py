@@ -120,7 +120,9 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
     # ---- waiting and closing ----------------------------------------------------------
 
     async def wait_sent(self) -> None:
-        """Wait until every stream has finished sending (FIN or reset acknowledged).
+        """Wait until every stream written to has finished sending (FIN or reset
+        acknowledged). A stream never written to (a request left unanswered, a
+        stream opened and not used) has nothing to send and is not waited for.
 
         A shutdown ends the streams at once; :meth:`close` waits here first so
         that a response written just before is not cut off."""
