@@ -15,7 +15,7 @@ import threading
 from typing import Any, Callable
 
 from .._msquic import lib
-from .._native import take_interrupt_from_hook
+from .._native import is_forked_child, take_interrupt_from_hook
 
 logger = logging.getLogger("pymsquic")
 
@@ -61,7 +61,9 @@ class _Driver:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self.loop.is_closed():
+        # Not in a forked child: its loop's epoll instance is its parent's too,
+        # and unregistering msquic's fd there would unregister it for the parent.
+        if not self.loop.is_closed() and not is_forked_child():
             self.loop.remove_reader(self._fd)
 
 

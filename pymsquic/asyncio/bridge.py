@@ -14,7 +14,7 @@ import weakref
 from typing import Any, Callable, TypeVar
 
 from .._msquic import ffi, lib
-from .._native import check_not_forked, forbid_in_callback, loop_mode
+from .._native import check_not_forked, forbid_in_callback, is_forked_child, loop_mode
 from ._driver import drain_after_steps, drive_on
 
 T = TypeVar("T")
@@ -47,6 +47,11 @@ class _LoopBridge:
         lib.pmq_obj_attach(obj._native_obj, self._waker, obj_id)
 
     def _on_readable(self) -> None:
+        if is_forked_child():
+            # A child forked inside the loop shares the eventfd (and the epoll
+            # instance) with its parent: reading it would take the parent's
+            # wake-ups. The parent drains it; the child's reports stop then.
+            return
         n = lib.pmq_waker_drain(self._waker, self._ids, _DRAIN_BATCH)
         objects = self._objects
         for i in range(n):
