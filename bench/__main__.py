@@ -14,8 +14,8 @@ from pathlib import Path
 from bench.harness import REPO, chart, run, table
 from bench.protocol import WORKLOADS
 
-ALL_IMPLS = ["native", "native-rr", "pymsquic-asyncio", "pymsquic-asyncio-fifo", "pymsquic-blocking", "aioquic",
-             "qh3", "aiopquic"]
+ALL_IMPLS = ["native", "native-exec", "native-rr", "pymsquic-asyncio", "pymsquic-asyncio-loop", "pymsquic-asyncio-fifo",
+             "pymsquic-blocking", "aioquic", "qh3", "aiopquic"]
 
 
 def main() -> None:

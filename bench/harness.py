@@ -121,6 +121,11 @@ def make_impls(names: list[str]) -> list[Impl]:
     for name in names:
         if name == "native":
             impls.append(build_native())
+        elif name == "native-exec":
+            # The same program with msquic's work on its main thread (msquic's custom execution).
+            impl = build_native()
+            impls.append(Impl(name, "native C, custom execution", impl.command, {"QUICPERF_EXECUTION": "custom"},
+                              idle=False))
         elif name == "native-rr":
             impls.append(variant(build_native(), name, "native C, round-robin", QUICPERF_SCHEDULING="round_robin"))
         elif name == "pymsquic-asyncio-fifo":
