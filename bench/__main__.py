@@ -8,7 +8,8 @@ Implementations: native (quicperf.c on msquic's worker threads), native-exec
 (the same on msquic's custom execution: one thread), native-rr (fairness only,
 round-robin server), pymsquic-asyncio (threads mode), pymsquic-asyncio-loop
 (PYMSQUIC_EXECUTION=loop), pymsquic-asyncio-fifo (fairness only),
-pymsquic-blocking, aioquic, qh3, aiopquic.
+pymsquic-blocking, pymsquic-blocking-loop (the same, PYMSQUIC_EXECUTION=loop),
+aioquic, qh3, aiopquic.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from bench.harness import REPO, chart, run, table
 from bench.protocol import WORKLOADS
 
 ALL_IMPLS = ["native", "native-exec", "native-rr", "pymsquic-asyncio", "pymsquic-asyncio-loop", "pymsquic-asyncio-fifo",
-             "pymsquic-blocking", "aioquic", "qh3", "aiopquic"]
+             "pymsquic-blocking", "pymsquic-blocking-loop", "aioquic", "qh3", "aiopquic"]
 
 
 def main() -> None:

@@ -107,7 +107,8 @@ def build_native() -> Impl:
         lib_dir = ms.library.parent
         subprocess.run(["cc", "-O2", "-o", str(binary), str(source), f"-I{ms.include_dir}", f"-L{lib_dir}",
                         "-l:libmsquic.so.2", f"-Wl,-rpath,{lib_dir}", "-lpthread"], check=True)
-    return Impl("native", "native C (libmsquic)", [str(binary)], idle=False)
+    # the execution mode pinned: a QUICPERF_EXECUTION in the caller's environment must not leak in
+    return Impl("native", "native C (libmsquic)", [str(binary)], {"QUICPERF_EXECUTION": "threads"}, idle=False)
 
 
 def variant(impl: Impl, name: str, label: str, **env: str) -> Impl:
@@ -149,6 +150,12 @@ def aiopquic_impl() -> Impl:
     return python_impl("aiopquic", "aiopquic (picoquic)", str(venv_python))
 
 
+def loop_mode(name: str, program: str, label: str) -> Impl:
+    """A pymsquic program in execution mode "loop" (PYMSQUIC_EXECUTION), as its own implementation."""
+    impl = python_impl(program, label, PYMSQUIC_EXECUTION="loop")
+    return Impl(name, label, impl.command, impl.env, idle=False)
+
+
 def importable(module: str) -> bool:
     return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
 
@@ -166,16 +173,19 @@ def make_impls(names: list[str]) -> list[Impl]:
         elif name == "native-rr":
             impls.append(variant(build_native(), name, "native C, round-robin", QUICPERF_SCHEDULING="round_robin"))
         elif name == "pymsquic-asyncio-fifo":
-            impls.append(variant(python_impl("pymsquic-asyncio", ""), name, "pymsquic asyncio, FIFO",
-                                 BENCH_STREAM_SCHEDULING="fifo"))
+            impls.append(variant(python_impl("pymsquic-asyncio", "", PYMSQUIC_EXECUTION="threads"), name,
+                                 "pymsquic asyncio, FIFO", BENCH_STREAM_SCHEDULING="fifo"))
         elif name == "pymsquic-asyncio":
-            impls.append(python_impl(name, "pymsquic asyncio"))
+            # threads mode pinned, as the native pair's: a PYMSQUIC_EXECUTION set outside must not leak in
+            impls.append(python_impl(name, "pymsquic asyncio", PYMSQUIC_EXECUTION="threads"))
         elif name == "pymsquic-asyncio-loop":
             # The same program with msquic's work on the event loop's thread (pymsquic.execution).
-            impl = python_impl("pymsquic-asyncio", "pymsquic asyncio, loop mode", PYMSQUIC_EXECUTION="loop")
-            impls.append(Impl(name, impl.label, impl.command, impl.env, idle=False))
+            impls.append(loop_mode(name, "pymsquic-asyncio", "pymsquic asyncio, loop mode"))
         elif name == "pymsquic-blocking":
-            impls.append(python_impl(name, "pymsquic blocking"))
+            impls.append(python_impl(name, "pymsquic blocking", PYMSQUIC_EXECUTION="threads"))
+        elif name == "pymsquic-blocking-loop":
+            # pymsquic.sync in loop mode: one native driver thread runs msquic's work.
+            impls.append(loop_mode(name, "pymsquic-blocking", "pymsquic blocking, loop mode"))
         elif name in ("aioquic", "qh3"):
             impl = python_impl(name, name)
             if not importable(name):

@@ -47,7 +47,8 @@ FAIRNESS_IMPLS = ("native", "native-exec", "native-rr", "pymsquic-asyncio", "pym
                   "pymsquic-asyncio-fifo")
 #: aiopquic's adapter has no session tickets, and qh3 (same adapter as aioquic) was
 #: not installed where the hs-* workloads were written: neither runs them.
-HS_IMPLS = ("native", "native-exec", "pymsquic-asyncio", "pymsquic-asyncio-loop", "pymsquic-blocking", "aioquic")
+HS_IMPLS = ("native", "native-exec", "pymsquic-asyncio", "pymsquic-asyncio-loop", "pymsquic-blocking",
+            "pymsquic-blocking-loop", "aioquic")
 
 
 def cpu_seconds() -> float:
