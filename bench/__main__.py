@@ -2,6 +2,14 @@
 
 Prints one table (rates, latency, ratios to the native C pair and to aioquic,
 CPU seconds of each side) and writes docs/bench/results.json and chart.png.
+With --repeat N every rate is the median of N runs, shown with their min-max.
+
+Implementations: native (quicperf.c on msquic's worker threads), native-exec
+(the same on msquic's custom execution: one thread), native-rr (fairness only,
+round-robin server), pymsquic-asyncio (threads mode), pymsquic-asyncio-loop
+(PYMSQUIC_EXECUTION=loop), pymsquic-asyncio-fifo (fairness only),
+pymsquic-blocking, pymsquic-blocking-loop (the same, PYMSQUIC_EXECUTION=loop),
+aioquic, qh3, aiopquic.
 """
 
 from __future__ import annotations
@@ -14,8 +22,8 @@ from pathlib import Path
 from bench.harness import REPO, chart, run, table
 from bench.protocol import WORKLOADS
 
-ALL_IMPLS = ["native", "native-rr", "pymsquic-asyncio", "pymsquic-asyncio-fifo", "pymsquic-blocking", "aioquic",
-             "qh3", "aiopquic"]
+ALL_IMPLS = ["native", "native-exec", "native-rr", "pymsquic-asyncio", "pymsquic-asyncio-loop", "pymsquic-asyncio-fifo",
+             "pymsquic-blocking", "pymsquic-blocking-loop", "aioquic", "qh3", "aiopquic"]
 
 
 def main() -> None:
@@ -34,6 +42,11 @@ def main() -> None:
                         help="hs-* workloads only: through bench/relay.py, which adds this round-trip time")
     parser.add_argument("--server", default="", metavar="IMPL",
                         help="every client talks to this implementation's server instead of its own")
+    parser.add_argument("--cross", action="store_true",
+                        help="also run every non-native implementation X against the native pair: rows "
+                             "'native client -> X server' (X's server alone) and 'X client -> native server' "
+                             "(X's client alone), with 'vs native' against the native/native row of the same run "
+                             "(adds native if missing; not with --server)")
     parser.add_argument("--no-idle", action="store_true", help="skip the idle-connections memory measurement")
     parser.add_argument("--out", default=str(REPO / "docs" / "bench"), help="folder for results.json and chart.png")
     args = parser.parse_args()
@@ -43,10 +56,12 @@ def main() -> None:
     unknown = set(workloads) - set(WORKLOADS)
     if unknown:
         parser.error(f"unknown workloads: {', '.join(sorted(unknown))}")
+    if args.cross and args.server:
+        parser.error("--cross pairs every implementation with the native one: not with --server")
     if args.hs_parallel > 0:
         os.environ["BENCH_HS_PARALLEL"] = str(args.hs_parallel)  # every client inherits it
     report = run(impls, workloads, args.duration, idle=not args.no_idle, repeat=max(args.repeat, 1),
-                 rtt_ms=args.rtt, server_name=args.server)
+                 rtt_ms=args.rtt, server_name=args.server, cross=args.cross)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -53,6 +53,43 @@ class Impl:
         return [*self.command, role, *options]
 
 
+@dataclass
+class Pair:
+    """One client implementation against one server implementation: the rows' unit.
+    An implementation's own pair has its name; a mixed one is named CLIENT->SERVER."""
+
+    name: str
+    label: str
+    client: Impl
+    server: Impl
+    idle: bool = False  # the idle-connections measurement (own pairs only)
+
+    def runs(self, workload: str) -> bool:
+        return self.client.runs(workload) and self.server.runs(workload)
+
+    @property
+    def skipped(self) -> str:
+        return self.client.skipped or self.server.skipped
+
+
+def own_pair(impl: Impl, server: Impl | None = None) -> Pair:
+    """The implementation's client against its own server (or against --server's)."""
+    return Pair(impl.name, impl.label, impl, server or impl, idle=impl.idle and server is None)
+
+
+def cross_pairs(native: Impl, impl: Impl) -> list[Pair]:
+    """--cross: the native client against impl's server (server-only) and impl's client
+    against the native server (client-only), both next to the native/native row."""
+    return [Pair(f"{native.name}->{impl.name}", f"native client -> {impl.label} server", native, impl),
+            Pair(f"{impl.name}->{native.name}", f"{impl.label} client -> native server", impl, native)]
+
+
+def crosses(impl: Impl) -> bool:
+    """Whether --cross pairs impl with the native one: every full implementation (both
+    roles, every workload it can) that is not a native one."""
+    return not impl.name.startswith("native") and not impl.only
+
+
 def python_impl(name: str, label: str, python: str = sys.executable, **env: str) -> Impl:
     return Impl(name, label, [python, "-m", "bench.run", name], {"PYTHONPATH": str(REPO), **env})
 
@@ -70,7 +107,8 @@ def build_native() -> Impl:
         lib_dir = ms.library.parent
         subprocess.run(["cc", "-O2", "-o", str(binary), str(source), f"-I{ms.include_dir}", f"-L{lib_dir}",
                         "-l:libmsquic.so.2", f"-Wl,-rpath,{lib_dir}", "-lpthread"], check=True)
-    return Impl("native", "native C (libmsquic)", [str(binary)], idle=False)
+    # the execution mode pinned: a QUICPERF_EXECUTION in the caller's environment must not leak in
+    return Impl("native", "native C (libmsquic)", [str(binary)], {"QUICPERF_EXECUTION": "threads"}, idle=False)
 
 
 def variant(impl: Impl, name: str, label: str, **env: str) -> Impl:
@@ -112,6 +150,12 @@ def aiopquic_impl() -> Impl:
     return python_impl("aiopquic", "aiopquic (picoquic)", str(venv_python))
 
 
+def loop_mode(name: str, program: str, label: str) -> Impl:
+    """A pymsquic program in execution mode "loop" (PYMSQUIC_EXECUTION), as its own implementation."""
+    impl = python_impl(program, label, PYMSQUIC_EXECUTION="loop")
+    return Impl(name, label, impl.command, impl.env, idle=False)
+
+
 def importable(module: str) -> bool:
     return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0
 
@@ -121,19 +165,27 @@ def make_impls(names: list[str]) -> list[Impl]:
     for name in names:
         if name == "native":
             impls.append(build_native())
+        elif name == "native-exec":
+            # The same program with msquic's work on its main thread (msquic's custom execution).
+            impl = build_native()
+            impls.append(Impl(name, "native C, custom execution", impl.command, {"QUICPERF_EXECUTION": "custom"},
+                              idle=False))
         elif name == "native-rr":
             impls.append(variant(build_native(), name, "native C, round-robin", QUICPERF_SCHEDULING="round_robin"))
         elif name == "pymsquic-asyncio-fifo":
-            impls.append(variant(python_impl("pymsquic-asyncio", ""), name, "pymsquic asyncio, FIFO",
-                                 BENCH_STREAM_SCHEDULING="fifo"))
+            impls.append(variant(python_impl("pymsquic-asyncio", "", PYMSQUIC_EXECUTION="threads"), name,
+                                 "pymsquic asyncio, FIFO", BENCH_STREAM_SCHEDULING="fifo"))
         elif name == "pymsquic-asyncio":
-            impls.append(python_impl(name, "pymsquic asyncio"))
+            # threads mode pinned, as the native pair's: a PYMSQUIC_EXECUTION set outside must not leak in
+            impls.append(python_impl(name, "pymsquic asyncio", PYMSQUIC_EXECUTION="threads"))
         elif name == "pymsquic-asyncio-loop":
             # The same program with msquic's work on the event loop's thread (pymsquic.execution).
-            impl = python_impl("pymsquic-asyncio", "pymsquic asyncio, loop mode", PYMSQUIC_EXECUTION="loop")
-            impls.append(Impl(name, impl.label, impl.command, impl.env, idle=False))
+            impls.append(loop_mode(name, "pymsquic-asyncio", "pymsquic asyncio, loop mode"))
         elif name == "pymsquic-blocking":
-            impls.append(python_impl(name, "pymsquic blocking"))
+            impls.append(python_impl(name, "pymsquic blocking", PYMSQUIC_EXECUTION="threads"))
+        elif name == "pymsquic-blocking-loop":
+            # pymsquic.sync in loop mode: one native driver thread runs msquic's work.
+            impls.append(loop_mode(name, "pymsquic-blocking", "pymsquic blocking, loop mode"))
         elif name in ("aioquic", "qh3"):
             impl = python_impl(name, name)
             if not importable(name):
@@ -178,6 +230,10 @@ class Row:
     resumed: int = 0
     early_data: int = 0
     runs: list[float] = field(default_factory=list)  # every run's value when --repeat > 1 (the row is their median)
+    client: str = ""  # the implementations of the pair (impl is the pair's name)
+    server: str = ""
+    client_threads: int | None = None  # threads of the client process at its end, if it says (quicperf does)
+    server_threads: int | None = None  # threads of the server process after the row
 
 
 def free_udp_port() -> int:
@@ -220,6 +276,13 @@ def relay_for(server: Child, rtt_ms: float) -> Child:
                            str(rtt_ms)], {**os.environ, "PYTHONPATH": str(REPO)})
 
 
+def threads_of(pid: int) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return None
+
+
 def run_client(impl: Impl, server: Server, workload: str, duration: float,
                port: int | None = None) -> tuple[dict[str, Any], float]:
     env = {**os.environ, **impl.env}
@@ -233,16 +296,17 @@ def run_client(impl: Impl, server: Server, workload: str, duration: float,
     return json.loads(client.stdout.strip().splitlines()[-1]), server_cpu
 
 
-def measure(impl: Impl, server: Server, workload: str, duration: float, port: int | None = None) -> Row:
-    row = Row(impl.name, workload, unit=UNITS[workload])
+def measure(pair: Pair, server: Server, workload: str, duration: float, port: int | None = None) -> Row:
+    row = Row(pair.name, workload, unit=UNITS[workload], client=pair.client.name, server=pair.server.name)
     try:
-        result, row.server_cpu_s = run_client(impl, server, workload, duration, port)
+        result, row.server_cpu_s = run_client(pair.client, server, workload, duration, port)
     except Exception as exc:  # one failing row must not sink the run
         row.error = str(exc)
-        log(f"{impl.name} {workload}: {exc}")
+        log(f"{pair.name} {workload}: {exc}")
         return row
     elapsed = result["elapsed"] or 1e-9
     row.elapsed_s, row.client_cpu_s = elapsed, result["cpu_s"]
+    row.client_threads, row.server_threads = result.get("threads"), threads_of(server.proc.pid)
     if workload in ("download", "upload"):
         row.value = result["bytes"] * 8 / elapsed / 1e9
     elif workload == "hps":
@@ -263,7 +327,11 @@ def median_row(samples: list[Row]) -> Row:
     good = [r for r in samples if not r.error]
     if not good:
         return samples[-1]
-    row = Row(good[0].impl, good[0].workload, unit=good[0].unit, runs=[r.value for r in good])
+    row = Row(good[0].impl, good[0].workload, unit=good[0].unit, runs=[r.value for r in good], client=good[0].client,
+              server=good[0].server)
+    for name in ("client_threads", "server_threads"):
+        counts = [getattr(r, name) for r in good if getattr(r, name) is not None]
+        setattr(row, name, max(counts, default=None))
     for name in ("value", "p50_ms", "p99_ms", "client_cpu_s", "server_cpu_s", "elapsed_s", "connections", "resumed",
                  "early_data"):
         values = [getattr(r, name) for r in good if getattr(r, name) is not None]
@@ -311,47 +379,60 @@ def make_certs(directory: str) -> tuple[str, str]:
 # ---- the run -----------------------------------------------------------------------------
 
 def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool, repeat: int = 1,
-        rtt_ms: float = 0.0, server_name: str = "") -> dict[str, Any]:
+        rtt_ms: float = 0.0, server_name: str = "", cross: bool = False) -> dict[str, Any]:
     """Every implementation's rows; with repeat > 1 the whole round runs that many times
-    (each implementation in turn, so a busy moment on the machine spreads over all of
-    them) and each row is the median of its runs. With rtt_ms the hs-* workloads go
-    through bench/relay.py, which adds that round-trip time. With server_name every
-    client talks to that implementation's server instead of its own."""
+    (each pair in turn, so a busy moment on the machine spreads over all of them) and
+    each row is the median of its runs. With rtt_ms the hs-* workloads go through
+    bench/relay.py, which adds that round-trip time. With server_name every client talks
+    to that implementation's server instead of its own. With cross (which needs the
+    native pair and adds it if missing) each full non-native implementation also runs
+    against the native pair: native client -> its server, its client -> native server."""
+    if cross and server_name:
+        raise ValueError("--cross and --server do not go together: --cross pairs every implementation with native")
+    if cross and "native" not in impl_names:
+        impl_names = ["native", *impl_names]
     impls = make_impls(impl_names)
     other_server = make_impls([server_name])[0] if server_name else None
+    native = next((i for i in impls if i.name == "native"), None)
+    pairs: list[Pair] = []
+    for impl in impls:
+        pairs.append(own_pair(impl, other_server))
+        if cross and native is not None and crosses(impl):
+            pairs += cross_pairs(native, impl)
     samples: dict[tuple[str, str], list[Row]] = {}
     memory: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}  # pairs whose server did not start
     with tempfile.TemporaryDirectory() as tmp:
         certs = make_certs(tmp)
         for round_ in range(repeat):
-            for impl in impls:
-                if impl.skipped:
-                    if round_ == 0:
-                        log(f"skipping {impl.name}: {impl.skipped}")
+            for pair in pairs:
+                if pair.skipped or pair.name in failed:
+                    if round_ == 0 and pair.skipped:
+                        log(f"skipping {pair.name}: {pair.skipped}")
                     continue
-                log(f"{impl.label}: starting its server" + (f" (round {round_ + 1} of {repeat})" if repeat > 1 else ""))
+                log(f"{pair.label}: starting its server" + (f" (round {round_ + 1} of {repeat})" if repeat > 1 else ""))
                 try:
-                    server = Server(other_server or impl, certs)
+                    server = Server(pair.server, certs)
                 except Exception as exc:
-                    impl.skipped = str(exc)
+                    failed[pair.name] = str(exc)
                     continue
                 relay = None
                 try:
-                    if rtt_ms > 0 and any(w in HS_WORKLOADS and impl.runs(w) for w in workloads):
+                    if rtt_ms > 0 and any(w in HS_WORKLOADS and pair.runs(w) for w in workloads):
                         relay = relay_for(server, rtt_ms)
                     for workload in workloads:
-                        if not impl.runs(workload):
+                        if not pair.runs(workload):
                             continue
-                        log(f"{impl.label}: {workload} ({duration:g} s)")
+                        log(f"{pair.label}: {workload} ({duration:g} s)")
                         port = relay.port if relay is not None and workload in HS_WORKLOADS else None
-                        samples.setdefault((impl.name, workload), []).append(
-                            measure(impl, server, workload, duration, port))
-                    if idle and impl.idle and round_ == 0:
-                        log(f"{impl.label}: idle connections")
+                        samples.setdefault((pair.name, workload), []).append(
+                            measure(pair, server, workload, duration, port))
+                    if idle and pair.idle and round_ == 0:
+                        log(f"{pair.label}: idle connections")
                         try:
-                            memory.append(measure_idle(impl, server))
+                            memory.append(measure_idle(pair.client, server))
                         except Exception as exc:
-                            log(f"{impl.name} idle: {exc}")
+                            log(f"{pair.name} idle: {exc}")
                 finally:
                     if relay is not None:
                         relay.stop()
@@ -363,18 +444,40 @@ def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool
             base = by_key.get((ref, row.workload))
             if base is not None and base.value and not row.error and ref != row.impl:
                 setattr(row, attr, row.value / base.value)
+    skipped = {p.name: p.skipped for p in pairs if p.skipped}
     return {
         "rows": [asdict(r) for r in rows],
         "memory": memory,
-        "skipped": {i.name: i.skipped for i in impls if i.skipped},
-        "labels": {i.name: i.label for i in impls},
+        "skipped": {**skipped, **failed},
+        "labels": {p.name: p.label for p in pairs},
+        "not_run": not_run(pairs, workloads, skipped),
         "duration_s": duration,
         "repeat": repeat,
         "hs_rtt_ms": rtt_ms,
         "server": server_name,
+        "cross": cross,
         "hs_parallel": int(os.environ.get("BENCH_HS_PARALLEL", "1")),
         "machine": machine_facts(),
     }
+
+
+def not_run(pairs: list[Pair], workloads: list[str], skipped: dict[str, str]) -> dict[str, str]:
+    """The workloads asked for that a pair does not run, and why (fairness and hs-* are
+    for some implementations only): the table says so instead of leaving them out."""
+    reasons = {}
+    for pair in pairs:
+        missing = [w for w in workloads if not pair.runs(w)]
+        if pair.name in skipped or not missing:
+            continue
+        why = []
+        if pair.client.only or pair.server.only:
+            why.append("a fairness-only variant")
+        if "fairness" in missing and not (pair.client.only or pair.server.only):
+            why.append("fairness: only the implementations with a stream scheduling setting (protocol.FAIRNESS_IMPLS)")
+        if any(w in HS_WORKLOADS for w in missing) and not (pair.client.only or pair.server.only):
+            why.append("hs-*: its bench adapter has no session tickets (protocol.HS_IMPLS)")
+        reasons[pair.name] = f"{', '.join(missing)} ({'; '.join(why)})"
+    return reasons
 
 
 def machine_facts() -> dict[str, str]:
@@ -395,10 +498,24 @@ def machine_facts() -> dict[str, str]:
 
 # ---- reporting -------------------------------------------------------------------------------
 
+def spread(row: dict[str, Any]) -> str:
+    """The runs' lowest and highest rate and the half-range against the median (the row's
+    rate): empty for a single run."""
+    runs = row.get("runs") or []
+    if len(runs) < 2:
+        return ""
+    low, high = min(runs), max(runs)
+    half = f" (±{(high - low) / 2 / row['value']:.0%})" if row["value"] else ""
+    if row["unit"] == "Gbit/s":
+        return f"{low:.2f}–{high:.2f}{half}"
+    return f"{low:,.0f}–{high:,.0f}{half}"
+
+
 def table(report: dict[str, Any]) -> str:
     labels = report["labels"]
-    lines = ["| implementation | workload | rate | p50 ms | p99 ms | vs native | vs aioquic | client CPU s | server CPU s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| implementation | workload | rate | runs min–max | p50 ms | p99 ms | vs native | vs aioquic | client CPU s | "
+             "server CPU s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     def ratio(x: float | None) -> str:
         return f"{x:.2f}x" if x is not None else ""
 
@@ -411,7 +528,7 @@ def table(report: dict[str, Any]) -> str:
         error = r["error"].strip().splitlines()[-1][-70:].replace("|", "/") if r["error"] else ""
         rate = f"error: {error}" if error else (
             f"{r['value']:.2f} {r['unit']}" if r["unit"] == "Gbit/s" else f"{r['value']:,.0f} {r['unit']}")
-        lines.append(f"| {labels[r['impl']]} | {r['workload']} | {rate} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} | "
+        lines.append(f"| {labels[r['impl']]} | {r['workload']} | {rate} | {spread(r)} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} | "
                      f"{ratio(r['vs_native'])} | {ratio(r['vs_aioquic'])} | {r['client_cpu_s']:.2f} | "
                      f"{r['server_cpu_s']:.2f} |")
     lines += handshake_table(report, ratio, ms)
@@ -423,6 +540,9 @@ def table(report: dict[str, Any]) -> str:
                          f"{m['client_kb_per_1000'] / 1024:.1f} MiB |")
     if report["skipped"]:
         lines += [""] + [f"- {labels.get(k, k)} not run: {v}" for k, v in report["skipped"].items()]
+    not_run = report.get("not_run") or {}
+    if not_run:
+        lines += [""] + [f"- {labels.get(k, k)} does not run {v}" for k, v in not_run.items()]
     return "\n".join(lines)
 
 
@@ -438,19 +558,19 @@ def handshake_table(report: dict[str, Any], ratio: Any, ms: Any) -> list[str]:
     lines = ["", f"Handshake workloads: {parallel} connection loop(s), "
              + (f"{rtt:g} ms round trip added by bench/relay.py." if rtt else "plain loopback.")
              + (f" Every client talks to the {server} server." if server else ""),
-             "", "| implementation | mode | connections/s | TTFB p50 ms | TTFB p99 ms | p50 vs full | vs native | "
-             "vs aioquic | resumed | 0-RTT accepted | client CPU s | server CPU s |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "", "| implementation | mode | connections/s | runs min–max | TTFB p50 ms | TTFB p99 ms | p50 vs full | "
+             "vs native | vs aioquic | resumed | 0-RTT accepted | client CPU s | server CPU s |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         label, mode = report["labels"][r["impl"]], r["workload"][3:]
         if r["error"]:
             error = r["error"].strip().splitlines()[-1][-90:].replace("|", "/")
-            lines.append(f"| {label} | {mode} | error: {error} |  |  |  |  |  |  |  |  |  |")
+            lines.append(f"| {label} | {mode} | error: {error} |  |  |  |  |  |  |  |  |  |  |")
             continue
         base = full.get(r["impl"])
         vs_full = r["p50_ms"] / base["p50_ms"] if base and base["p50_ms"] and r["workload"] != "hs-full" else None
         n = r["connections"] or 1
-        lines.append(f"| {label} | {mode} | {r['value']:,.0f} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} | "
+        lines.append(f"| {label} | {mode} | {r['value']:,.0f} | {spread(r)} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} | "
                      f"{ratio(vs_full)} | {ratio(r['vs_native'])} | {ratio(r['vs_aioquic'])} | "
                      f"{r['resumed'] / n:.0%} | {r['early_data'] / n:.0%} | {r['client_cpu_s']:.2f} | "
                      f"{r['server_cpu_s']:.2f} |")

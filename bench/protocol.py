@@ -41,11 +41,14 @@ HS_PARALLEL = int(__import__("os").environ.get("BENCH_HS_PARALLEL", "1"))
 WORKLOADS = ("download", "upload", "rps", "latency", "hps", "fairness", *HS_WORKLOADS)
 #: fairness: latency's one-at-a-time requests beside a saturating download on the
 #: same connection. Only these implementations run it (FIFO and round-robin
-#: stream scheduling, each side's scheme set as the name says).
-FAIRNESS_IMPLS = ("native", "native-rr", "pymsquic-asyncio", "pymsquic-asyncio-fifo")
+#: stream scheduling, each side's scheme set as the name says; both execution modes
+#: of the native pair and of pymsquic asyncio).
+FAIRNESS_IMPLS = ("native", "native-exec", "native-rr", "pymsquic-asyncio", "pymsquic-asyncio-loop",
+                  "pymsquic-asyncio-fifo")
 #: aiopquic's adapter has no session tickets, and qh3 (same adapter as aioquic) was
 #: not installed where the hs-* workloads were written: neither runs them.
-HS_IMPLS = ("native", "pymsquic-asyncio", "pymsquic-blocking", "aioquic")
+HS_IMPLS = ("native", "native-exec", "pymsquic-asyncio", "pymsquic-asyncio-loop", "pymsquic-blocking",
+            "pymsquic-blocking-loop", "aioquic")
 
 
 def cpu_seconds() -> float:

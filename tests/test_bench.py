@@ -94,3 +94,50 @@ def test_handshake_clients_against_one_server(tmp_path: Path) -> None:
     for impl in ("pymsquic-asyncio", "aioquic"):
         check_handshake_rows(rows, impl, ("hs-full", "hs-0rtt"))
     assert report["server"] == "native" and "Every client talks to the native server." in stdout
+
+
+def test_custom_execution_pair_and_cross_rows(tmp_path: Path) -> None:
+    """native-exec runs every workload with one thread in each process (msquic's custom
+    execution); --cross adds the native client -> pymsquic server and pymsquic client ->
+    native server rows, against native/native; --repeat 2 keeps both runs and shows their spread."""
+    workloads = ("download", "upload", "rps", "latency", "hps", "fairness", "hs-resume", "hs-0rtt")
+    rows, report, stdout = run_bench(tmp_path, "native-exec,pymsquic-asyncio", "--workload", ",".join(workloads),
+                                     "--repeat", "2", "--cross", "--no-idle")
+    for workload in workloads:
+        row = rows[("native-exec", workload)]
+        assert not row["error"], (workload, row["error"])
+        assert len(row["runs"]) == 2 and (row["value"] > 0 or workload == "fairness"), row
+        assert row["client_threads"] == 1 and row["server_threads"] == 1, row  # no msquic thread at all
+        assert rows[("native", workload)]["client_threads"] > 1  # msquic's workers
+    assert rows[("native-exec", "fairness")]["p50_ms"] > 0
+    check_handshake_rows(rows, "native-exec", ("hs-resume", "hs-0rtt"))
+    assert rows[("native-exec", "rps")]["vs_native"] is not None
+    for client, server in (("native", "pymsquic-asyncio"), ("pymsquic-asyncio", "native")):
+        for workload in workloads:
+            row = rows[(f"{client}->{server}", workload)]
+            assert not row["error"], (client, server, workload, row["error"])
+            assert (row["client"], row["server"]) == (client, server) and len(row["runs"]) == 2
+            if workload != "fairness":  # the native server's FIFO may starve the requests
+                assert row["value"] > 0 and row["vs_native"] is not None, row
+    assert report["cross"] is True
+    assert "| native client -> pymsquic asyncio server | rps |" in stdout
+    assert "| pymsquic asyncio client -> native server | rps |" in stdout
+    native_rps = next(line for line in stdout.splitlines() if line.startswith("| native C, custom execution | rps |"))
+    low, high = min(rows[("native-exec", "rps")]["runs"]), max(rows[("native-exec", "rps")]["runs"])
+    assert f"{low:,.0f}–{high:,.0f}" in native_rps  # the spread column
+
+
+def test_workloads_a_pair_does_not_run_are_named() -> None:
+    """A workload an implementation cannot run is listed with its reason, not left out silently."""
+    sys.path.insert(0, str(REPO))
+    from bench.harness import Impl, Pair, not_run, table
+
+    qh3, native = Impl("qh3", "qh3"), Impl("native", "native C")
+    pairs = [Pair("qh3", "qh3", qh3, qh3), Pair("native->qh3", "n -> q", native, qh3),
+             Pair("native", "native C", native, native)]
+    reasons = not_run(pairs, ["rps", "fairness", "hs-full"], {})
+    assert set(reasons) == {"qh3", "native->qh3"}
+    assert reasons["qh3"].startswith("fairness, hs-full (fairness: ") and "session tickets" in reasons["qh3"]
+    report = {"rows": [], "labels": {p.name: p.label for p in pairs}, "memory": [], "skipped": {},
+              "not_run": reasons}
+    assert "- qh3 does not run fairness, hs-full (" in table(report)

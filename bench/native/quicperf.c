@@ -26,10 +26,20 @@
  * 0-RTT (QUIC_SERVER_RESUME_AND_ZERORTT) in every mode. A loop starts its next
  * connection once the whole reply is in; the close completes in the background.
  *
- * The server prints "ready PORT"; the client prints one JSON line of results.
+ * QUICPERF_EXECUTION=custom (server or client): msquic's custom execution (a
+ * preview API): ExecutionCreate on quicperf's own epoll fd before RegistrationOpen,
+ * then the main thread runs every msquic callback through ExecutionPoll and the
+ * fds' completions. One execution, one thread: msquic creates no thread. The
+ * default (unset or "threads") is msquic's own worker threads.
+ *
+ * The server prints "ready PORT"; the client prints one JSON line of results
+ * ("threads": how many threads the client process had at the end).
  */
 #define _GNU_SOURCE
+#define QUIC_API_ENABLE_PREVIEW_FEATURES 1 /* ExecutionCreate and ExecutionPoll */
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <semaphore.h>
@@ -37,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/resource.h>
 #include <time.h>
 #include <unistd.h>
@@ -63,6 +74,90 @@ static void die(const char *what, QUIC_STATUS status)
 {
     fprintf(stderr, "quicperf: %s failed: 0x%x\n", what, status);
     exit(1);
+}
+
+/* ---- execution: msquic's threads, or custom execution on this thread ----------- */
+
+static int custom_execution; /* QUICPERF_EXECUTION=custom */
+static int epfd = -1;
+static QUIC_EXECUTION *execution;
+
+static void open_execution(void)
+{
+    const char *mode = getenv("QUICPERF_EXECUTION");
+    if (mode == NULL || !*mode || !strcmp(mode, "threads")) {
+        return;
+    }
+    if (strcmp(mode, "custom")) {
+        fprintf(stderr, "quicperf: QUICPERF_EXECUTION must be threads or custom, not %s\n", mode);
+        exit(2);
+    }
+    custom_execution = 1;
+    epfd = epoll_create1(EPOLL_CLOEXEC);
+    QUIC_EXECUTION_CONFIG config = {0, &epfd};
+    /* before the first RegistrationOpen (after it: INVALID_STATE) */
+    QUIC_STATUS st = api->ExecutionCreate(QUIC_GLOBAL_EXECUTION_CONFIG_FLAG_NONE, 0, 1, &config, &execution);
+    if (QUIC_FAILED(st)) {
+        die("ExecutionCreate", st);
+    }
+}
+
+/* One pass of the custom-execution loop: msquic's ready work, then a wait of at most
+   cap_ms (-1: none) for its fds (sockets, eventfds, ours) and their completions. */
+static void exec_step(int cap_ms)
+{
+    uint32_t wait = api->ExecutionPoll(execution);
+    /* 0 means "poll again now": msquic does not signal its eventfd for that work */
+    int timeout = wait == UINT32_MAX ? -1 : (int)wait;
+    if (cap_ms >= 0 && (timeout < 0 || timeout > cap_ms)) {
+        timeout = cap_ms;
+    }
+    struct epoll_event events[64];
+    int n = epoll_wait(epfd, events, 64, timeout);
+    if (n < 0 && errno != EINTR) {
+        perror("quicperf: epoll_wait");
+        exit(1);
+    }
+    for (int i = 0; i < n; i++) {
+        ((QUIC_SQE *)events[i].data.ptr)->Completion(&events[i]);
+    }
+}
+
+/* Until the deadline (monotonic us) or until done() says so: callbacks run meanwhile.
+   With msquic's threads it only waits. Returns done()'s last answer. */
+static int drive_until(int (*done)(void), uint64_t deadline)
+{
+    for (;;) {
+        if (done != NULL && done()) {
+            return 1;
+        }
+        uint64_t t = now_us();
+        if (t >= deadline) {
+            return 0;
+        }
+        uint64_t left = deadline - t; /* the deadline may be UINT64_MAX: no rounding up here */
+        if (custom_execution) {
+            exec_step(left >= 1000000 ? 1000 : (int)(left / 1000) + 1);
+        } else {
+            usleep((useconds_t)(left < 1000 ? left : 1000));
+        }
+    }
+}
+
+static void drive_for(uint64_t us) { drive_until(NULL, now_us() + us); }
+
+static int count_threads(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    int n = 0;
+    struct dirent *e;
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        n += e->d_name[0] != '.';
+    }
+    if (d != NULL) {
+        closedir(d);
+    }
+    return n;
 }
 
 /* ---- sending N bytes (both sides) -------------------------------------------- */
@@ -107,6 +202,9 @@ static void send_complete(HQUIC stream, sender *s, QUIC_STREAM_EVENT *event)
 }
 
 /* ---- server ------------------------------------------------------------------- */
+
+static atomic_int server_connections; /* accepted, not yet SHUTDOWN_COMPLETE */
+static atomic_int listener_stopped;
 
 typedef struct server_stream {
     uint8_t header[8];
@@ -179,6 +277,7 @@ static QUIC_STATUS QUIC_API server_conn_cb(HQUIC conn, void *ctx, QUIC_CONNECTIO
         if (!event->SHUTDOWN_COMPLETE.AppCloseInProgress) {
             api->ConnectionClose(conn);
         }
+        atomic_fetch_sub(&server_connections, 1);
         break;
     default:
         break;
@@ -195,9 +294,51 @@ static QUIC_STATUS QUIC_API listener_cb(HQUIC listener, void *ctx, QUIC_LISTENER
             api->SetParam(event->NEW_CONNECTION.Connection, QUIC_PARAM_CONN_STREAM_SCHEDULING_SCHEME, sizeof(rr), &rr);
         }
         api->SetCallbackHandler(event->NEW_CONNECTION.Connection, (void *)server_conn_cb, NULL);
+        atomic_fetch_add(&server_connections, 1);
         return api->ConnectionSetConfiguration(event->NEW_CONNECTION.Connection, configuration);
     }
+    if (event->Type == QUIC_LISTENER_EVENT_STOP_COMPLETE) {
+        atomic_store(&listener_stopped, 1);
+    }
     return QUIC_STATUS_SUCCESS;
+}
+
+/* custom execution: stdin in the epoll set, so the loop notices when the harness closes it */
+static int stdin_closed;
+static QUIC_SQE stdin_sqe;
+
+static void stdin_completion(QUIC_CQE *cqe)
+{
+    char buf[256];
+    ssize_t n = read(stdin_sqe.fd, buf, sizeof(buf));
+    (void)cqe;
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+        stdin_closed = 1;
+        epoll_ctl(epfd, EPOLL_CTL_DEL, stdin_sqe.fd, NULL);
+    }
+}
+
+static int is_stdin_closed(void) { return stdin_closed; }
+static int is_listener_stopped(void) { return atomic_load(&listener_stopped); }
+static int no_server_connections(void) { return atomic_load(&server_connections) <= 0; }
+
+static void serve_until_stdin_closes(void)
+{
+    if (!custom_execution) {
+        char line[64];
+        while (fgets(line, sizeof(line), stdin) != NULL) {
+            /* msquic's threads serve meanwhile */
+        }
+        return;
+    }
+    stdin_sqe.fd = STDIN_FILENO;
+    stdin_sqe.Completion = stdin_completion;
+    struct epoll_event e = {.events = EPOLLIN, .data = {.ptr = &stdin_sqe}};
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, STDIN_FILENO, &e) != 0) {
+        perror("quicperf: stdin must be a pipe or a terminal with QUICPERF_EXECUTION=custom");
+        exit(2);
+    }
+    drive_until(is_stdin_closed, UINT64_MAX);
 }
 
 static void run_server(uint16_t port, const char *cert, const char *key)
@@ -232,11 +373,22 @@ static void run_server(uint16_t port, const char *cert, const char *key)
     api->GetParam(listener, QUIC_PARAM_LISTENER_LOCAL_ADDRESS, &size, &addr);
     printf("ready %u\n", ntohs(addr.Ipv4.sin_port));
     fflush(stdout);
-    char line[64];
-    while (fgets(line, sizeof(line), stdin) != NULL) {
-        /* runs until stdin closes */
-    }
+    serve_until_stdin_closes();
+    /* Teardown, in the order custom execution needs (each blocking call made on the loop's
+       thread, the loop run until what it waits for is done): the listener stopped, then the
+       connections (clients leave silently: without this they would idle out after 30 s while
+       RegistrationClose waits for them), then the configuration. */
+    api->ListenerStop(listener);
+    drive_until(is_listener_stopped, now_us() + 2000000);
     api->ListenerClose(listener);
+    api->RegistrationShutdown(registration, QUIC_CONNECTION_SHUTDOWN_FLAG_SILENT, 0);
+    drive_until(no_server_connections, now_us() + 3000000);
+    api->ConfigurationClose(configuration);
+    if (custom_execution) {
+        /* the sockets' shutdown completions: MsQuicClose hangs without them; and no
+           ExecutionPoll after RegistrationClose (it would read freed memory) */
+        drive_for(100000);
+    }
 }
 
 /* ---- client ------------------------------------------------------------------- */
@@ -250,6 +402,25 @@ static atomic_uint_fast64_t latency_count;
 static uint64_t upload_size, download_size;
 static sem_t slots;
 static uint64_t finished_at;
+
+/* The next slot (a request or connection finished) before the deadline: 1, else 0. With
+   custom execution the callbacks that post it run here, inside exec_step. */
+static int slot_done(void) { return sem_trywait(&slots) == 0; }
+
+static int wait_slot(uint64_t deadline)
+{
+    if (custom_execution) {
+        return drive_until(slot_done, deadline);
+    }
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 10 * 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    return sem_timedwait(&slots, &ts) == 0;
+}
 static _Atomic uint64_t request_started; /* of the request in flight (fairness: one at a time) */
 
 typedef struct client_stream {
@@ -530,6 +701,14 @@ static QUIC_STATUS QUIC_API hs_conn_cb(HQUIC conn, void *ctx, QUIC_CONNECTION_EV
     return QUIC_STATUS_SUCCESS;
 }
 
+static int have_ticket(void)
+{
+    pthread_mutex_lock(&ticket_lock);
+    int have = ticket != NULL;
+    pthread_mutex_unlock(&ticket_lock);
+    return have;
+}
+
 static void hs_start(void)
 {
     hs_conn *c = calloc(1, sizeof(*c));
@@ -565,6 +744,8 @@ static void hs_start(void)
         die("ConnectionStart", st);
     }
 }
+
+static int upload_finished(void) { return finished_at != 0; }
 
 static int cmp_u64(const void *a, const void *b)
 {
@@ -611,15 +792,10 @@ static void run_client(const char *workload, double duration, int parallel)
     HQUIC conn = NULL;
     if (is_hs) {
         hs_start(); /* untimed, in every mode: the first ticket, warm caches */
-        sem_wait(&slots);
-        for (int i = 0; i < 5000 && hs_mode != HS_FULL; i++) { /* the ticket may follow the reply */
-            pthread_mutex_lock(&ticket_lock);
-            int have = ticket != NULL;
-            pthread_mutex_unlock(&ticket_lock);
-            if (have) {
-                break;
-            }
-            usleep(1000);
+        while (!wait_slot(UINT64_MAX)) {
+        }
+        if (hs_mode != HS_FULL) {
+            drive_until(have_ticket, now_us() + 5000000); /* the ticket may follow the reply */
         }
         atomic_store(&latency_count, 0);
         atomic_store(&handshakes, 0);
@@ -627,11 +803,11 @@ static void run_client(const char *workload, double duration, int parallel)
         atomic_store(&hs_early, 0);
     } else if (!is_hps) {
         conn = start_connection(0);
-        usleep(100000); /* let the handshake finish before the clock starts */
+        drive_for(100000); /* let the handshake finish before the clock starts */
     }
     if (is_fair) {
         open_request_of(conn, UINT64_MAX >> 2); /* the bulk download beside the requests */
-        usleep(200000);                        /* until it saturates the connection */
+        drive_for(200000);                     /* until it saturates the connection */
     }
     uint64_t start = now_us();
     uint64_t deadline = start + (uint64_t)(duration * 1e6);
@@ -653,14 +829,7 @@ static void run_client(const char *workload, double duration, int parallel)
         open_request(conn);
     }
     while (now_us() < deadline) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 10 * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        if (sem_timedwait(&slots, &ts) == 0 && now_us() < deadline) {
+        if (wait_slot(deadline) && now_us() < deadline) {
             if (is_hps) {
                 start_connection(1);
             } else if (is_hs) {
@@ -685,9 +854,7 @@ static void run_client(const char *workload, double duration, int parallel)
         }
     }
     if (strcmp(workload, "upload") == 0) {
-        for (int i = 0; i < 500 && finished_at == 0; i++) {
-            usleep(10000); /* the server's FIN confirms it read everything */
-        }
+        drive_until(upload_finished, now_us() + 5000000); /* the server's FIN confirms it read everything */
         end = finished_at ? finished_at : now_us();
         bytes = atomic_load(&bytes_done);
     }
@@ -700,14 +867,14 @@ static void run_client(const char *workload, double duration, int parallel)
     double cpu = cpu_seconds() - cpu0;
     printf("{\"elapsed\": %.6f, \"bytes\": %" PRIu64 ", \"requests\": %" PRIu64 ", \"handshakes\": %" PRIu64
            ", \"p50_us\": %" PRIu64 ", \"p99_us\": %" PRIu64 ", \"cpu_s\": %.3f, \"resumed\": %" PRIu64
-           ", \"early_data\": %" PRIu64 "}\n",
+           ", \"early_data\": %" PRIu64 ", \"threads\": %d}\n",
            elapsed, bytes, requests, hs, n ? latencies[n / 2] : 0, n ? latencies[(n * 99) / 100] : 0, cpu, resumed,
-           early);
+           early, count_threads());
     fflush(stdout);
     if (conn != NULL) {
         api->ConnectionShutdown(conn, QUIC_CONNECTION_SHUTDOWN_FLAG_SILENT, 0);
     }
-    usleep(200000);
+    drive_for(200000);
     _exit(0); /* connections may still be draining; the process is done measuring */
 }
 
@@ -730,6 +897,7 @@ int main(int argc, char **argv)
     if (QUIC_FAILED(st)) {
         die("MsQuicOpenVersion", st);
     }
+    open_execution();
     QUIC_REGISTRATION_CONFIG reg = {"quicperf", QUIC_EXECUTION_PROFILE_LOW_LATENCY};
     if (QUIC_FAILED(st = api->RegistrationOpen(&reg, &registration))) {
         die("RegistrationOpen", st);
@@ -747,10 +915,15 @@ int main(int argc, char **argv)
         run_client(workload, duration, parallel);
     } else {
         fprintf(stderr, "usage: quicperf server --port P --cert C --key K\n"
-                        "       quicperf client --port P --workload W --duration S [--parallel N]\n");
+                        "       quicperf client --port P --workload W --duration S [--parallel N]\n"
+                        "environment: QUICPERF_EXECUTION=threads|custom (msquic's worker threads, the default,\n"
+                        "or msquic's custom execution on quicperf's main thread)\n");
         return 2;
     }
     api->RegistrationClose(registration);
-    MsQuicClose(api);
+    MsQuicClose(api); /* never ExecutionDelete: it hangs (MsQuicClose frees the execution) */
+    if (epfd >= 0) {
+        close(epfd);
+    }
     return 0;
 }
