@@ -49,6 +49,10 @@ ALPN = "h3"
 # How much a request stream read asks for at once.
 _READ_CHUNK = 65536
 
+# Bodies up to this size are joined to their frame header (and the HEADERS before
+# them) into one write: one native call, and msquic packs them together.
+_COALESCE = 16384
+
 #: HTTP Datagrams kept for a request until it reads them; more are dropped
 #: (RFC 9297 section 5 lets a receiver drop them) rather than piling up unread.
 DATAGRAM_QUEUE = 64
@@ -101,12 +105,20 @@ class H3Connection:
         self._max_push_id: int | None = None  # the client's last MAX_PUSH_ID (server)
         self._last_request_id = -4  # the highest request stream id accepted (server)
         self._requests: asyncio.Queue[RequestStream | None] = asyncio.Queue()
+        #: Server: when set, called with each new request stream instead of queueing it for
+        #: :meth:`accept_request` (which then only says when the connection is over):
+        #: no queue and no waiting task between a stream's arrival and its handler.
+        self.on_request: Callable[[RequestStream], None] | None = None
         self._peer_streams: dict[int, Stream] = {}  # control and QPACK streams, by type
         self._tasks: set[asyncio.Task[None]] = set()
         self._open_requests: weakref.WeakSet[RequestStream] = weakref.WeakSet()
         self._control: Stream | None = None
         self._encoder_stream: Stream | None = None
         self._decoder_stream: Stream | None = None
+        self._decoder_pending: list[bytes] = []  # decoder stream data to write (see _send_decoder_data)
+        # The server's ASGI (client, server) addresses, with the count of the peer's
+        # address changes they were read at: read again only after a change.
+        self._asgi_addresses: tuple[int, tuple[str, int] | None, tuple[str, int] | None] | None = None
 
     # ---- setup and shutdown ------------------------------------------------------------
 
@@ -203,9 +215,13 @@ class H3Connection:
                     stream_id = stream.id
                     assert stream_id is not None  # a peer's stream has its id
                     self._last_request_id = max(self._last_request_id, stream_id)
-                    request = RequestStream(self, stream)
-                    self._streams_by_id[stream_id] = request
-                    self._requests.put_nowait(request)
+                    request = RequestStream(self, stream, stream_id)
+                    if self.enable_datagrams:  # routes its HTTP Datagrams
+                        self._streams_by_id[stream_id] = request
+                    if self.on_request is not None:
+                        self.on_request(request)
+                    else:
+                        self._requests.put_nowait(request)
         except H3ConnectionError as exc:
             self.fail(exc)
         except ConnectionClosed:
@@ -304,8 +320,22 @@ class H3Connection:
             self._encoder_stream.write(data)
 
     def _send_decoder_data(self, data: bytes) -> None:
+        # Section Acknowledgements come one per response whose header block used the
+        # dynamic table: gathered and written once per event loop iteration, one
+        # native write (and packet) for many, not one each. The peer's encoder only
+        # learns of them a little later, which RFC 9204 allows (section 4.4).
         if data and self._decoder_stream is not None:
-            self._decoder_stream.write(data)
+            if not self._decoder_pending:
+                asyncio.get_running_loop().call_soon(self._flush_decoder_data)
+            self._decoder_pending.append(data)
+
+    def _flush_decoder_data(self) -> None:
+        data, self._decoder_pending = b"".join(self._decoder_pending), []
+        if self._decoder_stream is not None and self.error is None:
+            try:
+                self._decoder_stream.write(data)
+            except (StreamError, ConnectionClosed):
+                pass  # the connection is over: nothing more to acknowledge
 
     # ---- HTTP Datagrams (RFC 9297) ------------------------------------------------------------
 
@@ -327,7 +357,7 @@ class H3Connection:
                 if request is None:  # no such request (any more): dropped, as RFC 9297 allows
                     continue
                 try:
-                    request._datagrams.put_nowait(data[offset:])
+                    request._datagram_queue().put_nowait(data[offset:])
                 except asyncio.QueueFull:
                     logger.debug("HTTP Datagram dropped: stream %s has %s unread", quarter * 4, DATAGRAM_QUEUE)
         except H3ConnectionError as exc:
@@ -364,9 +394,10 @@ class RequestStream:
     acting on it. :meth:`cancel` resets the stream with H3_REQUEST_CANCELLED.
     """
 
-    def __init__(self, h3: H3Connection, stream: Stream) -> None:
+    def __init__(self, h3: H3Connection, stream: Stream, stream_id: int | None = None) -> None:
         self.h3 = h3
         self.stream = stream
+        self._id = stream_id  # once known (a client's stream: after it started)
         kind = StreamKind.RESPONSE if h3.is_client else StreamKind.REQUEST
         self._reader = FrameReader(kind, max_headers_size=h3.max_field_section_size)
         self._frames: collections.deque[Frame] = collections.deque()
@@ -378,7 +409,8 @@ class RequestStream:
         #: The content-length of what is received, once known: more DATA than that is a
         #: stream error H3_MESSAGE_ERROR as it comes (section 4.1.2); less is the caller's check.
         self.expected_length: int | None = None
-        self._datagrams: asyncio.Queue[bytes] = asyncio.Queue(DATAGRAM_QUEUE)
+        self._datagrams: asyncio.Queue[bytes] | None = None
+        self._blocked_headers = False  # receive_headers_nowait() left a header block waiting
         h3._open_requests.add(self)
 
     async def _next_frame(self) -> Frame | None:
@@ -390,12 +422,21 @@ class RequestStream:
 
     async def _read_frames(self) -> None:
         """Read once: the frames it completes are queued, FIN noted."""
-        chunk = await self.stream.read(_READ_CHUNK)
+        self._take(await self.stream.read(_READ_CHUNK))
+
+    def _take(self, chunk: bytes) -> None:
         if chunk:
             self._frames.extend(self._reader.feed(chunk))
         else:
             self._eof = True
             self._reader.check_end()
+
+    def _stream_id(self) -> int:
+        """The stream's id (known once a frame came on it)."""
+        if self._id is None:
+            self._id = self.stream.id
+            assert self._id is not None
+        return self._id
 
     def _error(self, exc: H3Error) -> None:
         """Act on an error met while receiving: section 8's connection or stream error."""
@@ -417,11 +458,13 @@ class RequestStream:
         self.abort(ErrorCode.H3_REQUEST_CANCELLED)
 
     async def _decode(self, block: bytes) -> Headers:
-        stream_id = self.stream.id
-        assert stream_id is not None
+        stream_id = self._stream_id()
         headers = self.h3._decoder.feed_header(stream_id, block)
         if headers is None:
             headers = await self._wait_unblocked(stream_id)
+        return self._checked_size(headers)
+
+    def _checked_size(self, headers: Headers) -> Headers:
         size = sum(len(name) + len(value) + 32 for name, value in headers)  # section 4.2.2's measure
         if size > self.h3.max_field_section_size:
             raise H3StreamError(ErrorCode.H3_EXCESSIVE_LOAD, f"field section of {size} bytes")
@@ -460,6 +503,9 @@ class RequestStream:
     async def receive_headers(self) -> Headers:
         """The header section (the first frame must be HEADERS)."""
         try:
+            if self._blocked_headers:  # receive_headers_nowait() fed the block: wait for it
+                self._blocked_headers = False
+                return self._headers_in(self._checked_size(await self._wait_unblocked(self._stream_id())))
             frame = await self._next_frame()
             if frame is None:
                 raise H3StreamError(ErrorCode.H3_REQUEST_INCOMPLETE, "stream ended before HEADERS")
@@ -467,15 +513,39 @@ class RequestStream:
                 raise H3ConnectionError(ErrorCode.H3_FRAME_UNEXPECTED,
                                         f"{FrameType(frame.type).name} before HEADERS")
             self._headers_received = True
-            headers = await self._decode(frame.data)
-            if self.h3.is_client:  # the stream's id is known now: its datagrams can be routed to it
-                stream_id = self.stream.id
-                assert stream_id is not None
-                self.h3._streams_by_id[stream_id] = self
-            return headers
+            return self._headers_in(await self._decode(frame.data))
         except H3Error as exc:
             self._error(exc)
             raise
+
+    def receive_headers_nowait(self) -> Headers | None:
+        """:meth:`receive_headers` when it would not wait: the header section if its
+        HEADERS frame is all in and decodes at once; else None, and
+        :meth:`receive_headers` goes on from there (it also reports what is wrong
+        with a stream whose first frame is not HEADERS). Raises as it does."""
+        try:
+            if not self._frames and not self._eof:
+                chunk = self.stream._read_now(_READ_CHUNK)  # what is there: no waiting
+                if chunk is not None:
+                    self._take(chunk)
+            frames = self._frames
+            if not frames or self._headers_received or frames[0].type != FrameType.HEADERS:
+                return None
+            self._headers_received = True
+            headers = self.h3._decoder.feed_header(self._stream_id(), frames.popleft().data)
+            if headers is None:  # waits for the peer's encoder stream
+                self._blocked_headers = True
+                return None
+            return self._headers_in(self._checked_size(headers))
+        except H3Error as exc:
+            self._error(exc)
+            raise
+
+    def _headers_in(self, headers: Headers) -> Headers:
+        if self.h3.is_client and self.h3.enable_datagrams:
+            # The stream's id is known now: its datagrams can be routed to it.
+            self.h3._streams_by_id[self._stream_id()] = self
+        return headers
 
     async def receive_data(self) -> bytes:
         """The next piece of the body; b"" at its end (:attr:`trailers` then set if sent)."""
@@ -513,7 +583,13 @@ class RequestStream:
 
     async def receive_datagram(self) -> bytes:
         """The next HTTP Datagram the peer sent for this request."""
-        return await self._datagrams.get()
+        return await self._datagram_queue().get()
+
+    def _datagram_queue(self) -> asyncio.Queue[bytes]:
+        # Made when first needed: most requests never see a datagram.
+        if self._datagrams is None:
+            self._datagrams = asyncio.Queue(DATAGRAM_QUEUE)
+        return self._datagrams
 
     def interim_received(self) -> None:
         """The headers received were an interim (1xx) response: another HEADERS
@@ -527,7 +603,7 @@ class RequestStream:
             size = sum(len(name) + len(value) + 32 for name, value in headers)
             if limit is not None and size > limit:
                 raise ValueError(f"a header section of {size} bytes: the peer takes at most {limit}")
-        stream_id = self.stream.id
+        stream_id = self._id if self._id is not None else self.stream.id
         encoder_data, block = self.h3._encoder.encode(0 if stream_id is None else stream_id, headers)
         self.h3._send_encoder_data(encoder_data)  # before the block that may refer to it
         return encode_frame(FrameType.HEADERS, block)
@@ -537,22 +613,26 @@ class RequestStream:
         self.stream.write(self._headers_frame(headers), fin=end_stream)
 
     def send_headers_and_data(self, headers: Headers, data: bytes, end_stream: bool = False) -> None:
-        """HEADERS then DATA in one write (a whole small response at once)."""
-        frames = self._headers_frame(headers)
-        if data:
-            frames += encode_frame_header(FrameType.DATA, len(data)) + data
-        self.stream.write(frames, fin=end_stream)
+        """HEADERS then DATA (and the FIN with ``end_stream``) in one write: a whole
+        small message at once, one native call and no packet with the headers alone.
+        A large body is written on its own (not copied into the frames)."""
+        self._write_frames(self._headers_frame(headers), data, end_stream)
 
     def send_data(self, data: bytes, end_stream: bool = False) -> None:
         """Send a DATA frame (never waits: see :meth:`drain`)."""
+        self._write_frames(b"", data, end_stream)
+
+    def _write_frames(self, head: bytes, data: bytes, end_stream: bool) -> None:
+        """``head`` (frames), then ``data`` as a DATA frame (none if empty), FIN with ``end_stream``."""
         if not data:
-            if end_stream:
-                self.stream.finish()
+            if head or end_stream:
+                self.stream.write(head, fin=end_stream)
             return
-        if len(data) <= 4096:  # one write for small bodies; large ones are not copied
-            self.stream.write(encode_frame_header(FrameType.DATA, len(data)) + data, fin=end_stream)
-        else:
-            self.stream.write(encode_frame_header(FrameType.DATA, len(data)))
+        head += encode_frame_header(FrameType.DATA, len(data))
+        if len(data) <= _COALESCE:
+            self.stream.write(head + data, fin=end_stream)
+        else:  # large: msquic copies it once anyway, Python need not copy it first
+            self.stream.write(head)
             self.stream.write(data, fin=end_stream)
 
     async def wait_peer_gone(self) -> None:
