@@ -72,9 +72,8 @@ class Response:
     def __init__(self, status: int, headers: Headers, request: RequestStream, timeout: float | None,
                  method: str = "GET") -> None:
         self.status_code = status
-        #: The regular header fields, names lowercase, as str.
-        self.headers: list[tuple[str, str]] = [(n.decode("latin-1"), v.decode("latin-1"))
-                                               for n, v in headers if not n.startswith(b":")]
+        self._raw_headers = headers
+        self._headers: list[tuple[str, str]] | None = None
         self.trailers: list[tuple[str, str]] | None = None
         self._request = request
         self._timeout = timeout
@@ -82,6 +81,14 @@ class Response:
         bodiless = method == "HEAD" or status in (204, 304)
         self._expected_length = request.expected_length = None if bodiless else content_length(headers)
         self._content: bytes | None = None
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The regular header fields, names lowercase, as str."""
+        if self._headers is None:  # made when first asked for: many callers only want the body
+            self._headers = [(n.decode("latin-1"), v.decode("latin-1"))
+                             for n, v in self._raw_headers if not n.startswith(b":")]
+        return self._headers
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """The first value of header field ``name`` (case-insensitive)."""

@@ -16,7 +16,7 @@ import collections
 import contextlib
 import logging
 import weakref
-from typing import Any, Callable, Coroutine
+from typing import Any, Awaitable, Callable, Coroutine
 
 from ..asyncio import Connection, Stream
 from ..errors import ConnectionClosed, IncompleteReadError, QuicError, StreamError
@@ -38,7 +38,7 @@ from .frames import (
     parse_single_varint,
     varint_length,
 )
-from .message import Headers, check_trailers
+from .message import Headers, check_trailers, section_size
 from .qpack import DEFAULT_BLOCKED_STREAMS, DEFAULT_MAX_TABLE_CAPACITY, Decoder, Encoder
 
 logger = logging.getLogger("pymsquic")
@@ -98,6 +98,8 @@ class H3Connection:
         self.peer_settings: asyncio.Future[dict[int, int]] = asyncio.get_running_loop().create_future()
         self.peer_settings.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "never retrieved"
         self.error: H3ConnectionError | None = None
+        #: The peer's SETTINGS_MAX_FIELD_SECTION_SIZE, once its SETTINGS came (None: no limit).
+        self.peer_max_field_section_size: int | None = None
         #: The stream id (push id for a server's) in the peer's last GOAWAY.
         self.goaway_id: int | None = None
         self.goaway_received = asyncio.Event()
@@ -284,6 +286,7 @@ class H3Connection:
             data = self._encoder.apply_settings(settings.get(Setting.QPACK_MAX_TABLE_CAPACITY, 0),
                                                 settings.get(Setting.QPACK_BLOCKED_STREAMS, 0))
             self._send_encoder_data(data)
+            self.peer_max_field_section_size = settings.get(Setting.MAX_FIELD_SECTION_SIZE)
             self.peer_settings.set_result(settings)
         elif frame.type == FrameType.SETTINGS:
             raise H3ConnectionError(ErrorCode.H3_FRAME_UNEXPECTED, "a second SETTINGS frame")
@@ -465,7 +468,7 @@ class RequestStream:
         return self._checked_size(headers)
 
     def _checked_size(self, headers: Headers) -> Headers:
-        size = sum(len(name) + len(value) + 32 for name, value in headers)  # section 4.2.2's measure
+        size = section_size(headers)
         if size > self.h3.max_field_section_size:
             raise H3StreamError(ErrorCode.H3_EXCESSIVE_LOAD, f"field section of {size} bytes")
         return headers
@@ -551,7 +554,7 @@ class RequestStream:
         """The next piece of the body; b"" at its end (:attr:`trailers` then set if sent)."""
         try:
             while True:
-                frame = await self._next_frame()
+                frame = self._frames.popleft() if self._frames else await self._next_frame()
                 if frame is None:
                     return b""
                 if self.trailers is not None:
@@ -566,6 +569,23 @@ class RequestStream:
                         raise H3StreamError(ErrorCode.H3_MESSAGE_ERROR,
                                             f"more body than its content-length {self.expected_length}")
                     return frame.data
+        except H3Error as exc:
+            self._error(exc)
+            raise
+
+    def receive_ended(self) -> bool:
+        """Whether :meth:`receive_data` would return b"" now: the body (and trailers)
+        all taken and the FIN in. Never waits: an ASGI server can say ``more_body:
+        False`` with the last piece instead of one more round for the end."""
+        try:
+            if self._frames:
+                return False
+            if not self._eof:
+                chunk = self.stream._read_now(_READ_CHUNK)
+                if chunk is None:
+                    return False
+                self._take(chunk)
+            return self._eof and not self._frames
         except H3Error as exc:
             self._error(exc)
             raise
@@ -597,14 +617,15 @@ class RequestStream:
         self._headers_received = False
 
     def _headers_frame(self, headers: Headers) -> bytes:
-        settings = self.h3.peer_settings
-        if settings.done() and not settings.exception():  # the peer's limit, once known (section 4.2.2)
-            limit = settings.result().get(Setting.MAX_FIELD_SECTION_SIZE)
-            size = sum(len(name) + len(value) + 32 for name, value in headers)
-            if limit is not None and size > limit:
+        limit = self.h3.peer_max_field_section_size  # the peer's limit, once known (section 4.2.2)
+        if limit is not None:
+            size = section_size(headers)
+            if size > limit:
                 raise ValueError(f"a header section of {size} bytes: the peer takes at most {limit}")
-        stream_id = self._id if self._id is not None else self.stream.id
-        encoder_data, block = self.h3._encoder.encode(0 if stream_id is None else stream_id, headers)
+        # A client's stream has no id before it starts (its first write), and the
+        # client's encoder keeps to the static table (see H3Connection): 0 does then.
+        stream_id = self._id if self._id is not None else 0
+        encoder_data, block = self.h3._encoder.encode(stream_id, headers)
         self.h3._send_encoder_data(encoder_data)  # before the block that may refer to it
         return encode_frame(FrameType.HEADERS, block)
 
@@ -644,6 +665,6 @@ class RequestStream:
         """End our side of the stream (FIN)."""
         self.stream.finish()
 
-    async def drain(self) -> None:
-        """Wait for room in the stream's send buffer."""
-        await self.stream.drain()
+    def drain(self) -> Awaitable[None]:
+        """Wait for room in the stream's send buffer (an awaitable)."""
+        return self.stream.drain()  # not wrapped in a coroutine of our own: awaited per send

@@ -80,7 +80,7 @@ class _Exchange:
             return {"type": "http.disconnect"}
         try:
             chunk = await self.request.receive_data()
-            if not chunk:
+            if not chunk or self.request.receive_ended():  # the last piece says so itself
                 self.body_done = True
                 if self.expected_length is not None and self.request.data_received != self.expected_length:
                     error = H3StreamError(ErrorCode.H3_MESSAGE_ERROR, "body length differs from content-length")
