@@ -627,7 +627,7 @@ class RequestStream:
         stream_id = self._id if self._id is not None else 0
         encoder_data, block = self.h3._encoder.encode(stream_id, headers)
         self.h3._send_encoder_data(encoder_data)  # before the block that may refer to it
-        return encode_frame(FrameType.HEADERS, block)
+        return encode_frame_header(FrameType.HEADERS, len(block)) + block
 
     def send_headers(self, headers: Headers, end_stream: bool = False) -> None:
         """Send a HEADERS frame (headers first, or trailers after the data)."""

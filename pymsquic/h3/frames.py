@@ -127,6 +127,9 @@ def encode_frame(frame_type: int, payload: bytes = b"") -> bytes:
 
 def encode_frame_header(frame_type: int, length: int) -> bytes:
     """A frame's type and length, for a payload written separately (DATA)."""
+    if frame_type < 0x40 and length < 0x4000:  # the common case, once per message: in one step
+        return bytes((frame_type, 0x40 | (length >> 8), length & 0xFF)) if length >= 0x40 else \
+            bytes((frame_type, length))
     return encode_varint(frame_type) + encode_varint(length)
 
 
