@@ -28,6 +28,12 @@ HeadersLike = Union[Mapping[str, str], Sequence[Tuple[str, str]]]
 
 _TARGETS: dict[str, tuple[str, int, bytes, bytes]] = {}  # _target()'s answers, by URL
 _TARGETS_MAX = 256
+_CHECKED: set[tuple[str, str]] = set()  # (method, URL) whose request fields passed check_request
+
+
+def _usable(h3: H3Connection) -> bool:
+    """Whether new requests may go on ``h3`` (else the client connects anew)."""
+    return h3.error is None and not h3.goaway_received.is_set() and not h3.quic.is_closed
 
 
 def _target(url: str) -> tuple[str, int, bytes, bytes]:
@@ -189,9 +195,6 @@ class Client:
 
     async def _connection(self, host: str, port: int) -> H3Connection:
         key = (host, port)
-        h3 = self._connections.get(key)
-        if h3 is not None and h3.error is None and not h3.goaway_received.is_set() and not h3.quic.is_closed:
-            return h3  # the usual case: no lock to take
         lock = self._connecting.setdefault(key, asyncio.Lock())
         async with lock:  # concurrent requests to one authority share one connection
             h3 = self._connections.get(key)
@@ -235,17 +238,28 @@ class Client:
         :class:`H3ConnectionError` for a response that breaks RFC 9114. The request is
         cancelled (H3_REQUEST_CANCELLED) on any of them."""
         host, port, authority, path = _target(url)
-        h3 = await self._connection(host, port)
+        h3 = self._connections.get((host, port))
+        if h3 is None or not _usable(h3):
+            h3 = await self._connection(host, port)
         fields: Headers = [(b":method", method.encode()), (b":scheme", b"https"),
                            (b":authority", authority), (b":path", path)]
-        items = headers.items() if isinstance(headers, Mapping) else (headers or [])
-        fields += [(name.lower().encode(), value.encode()) for name, value in items]
-        if isinstance(content, bytes) and not any(name == b"content-length" for name, _ in fields):
+        if headers:
+            items = headers.items() if isinstance(headers, Mapping) else headers
+            fields += [(name.lower().encode(), value.encode()) for name, value in items]
+        if isinstance(content, bytes) and not (headers and any(name == b"content-length" for name, _ in fields)):
             fields.append((b"content-length", str(len(content)).encode()))
-        try:  # what the server would reset (H3_MESSAGE_ERROR) is the caller's error, found here
-            check_request(fields)
-        except H3StreamError as exc:
-            raise ValueError(f"a malformed request: {exc.reason}") from None
+        # What the server would reset (H3_MESSAGE_ERROR) is the caller's error, found here.
+        # Without fields of the caller's, the result only depends on the method and URL
+        # (a content-length made here is always valid): checked once for each.
+        if headers or (method, url) not in _CHECKED:
+            try:
+                check_request(fields)
+            except H3StreamError as exc:
+                raise ValueError(f"a malformed request: {exc.reason}") from None
+            if not headers:
+                if len(_CHECKED) >= _TARGETS_MAX:
+                    _CHECKED.clear()
+                _CHECKED.add((method, url))
         request = h3.open_request()
         try:
             if isinstance(content, bytes) or content is None:
