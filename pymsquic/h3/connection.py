@@ -417,10 +417,14 @@ class RequestStream:
         h3._open_requests.add(self)
 
     async def _next_frame(self) -> Frame | None:
+        stream = self.stream
         while not self._frames:
             if self._eof:
                 return None
-            await self._read_frames()
+            if stream._eof_read and not stream._pushback:
+                self._take(b"")  # the FIN came with the last bytes read: no read (and coroutine) for it
+            else:
+                await self._read_frames()
         return self._frames.popleft()
 
     async def _read_frames(self) -> None:
