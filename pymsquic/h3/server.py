@@ -239,9 +239,10 @@ async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
     H3_REQUEST_REJECTED."""
     h3 = H3Connection(quic, is_client=False, **h3_options)
     tasks: set[asyncio.Task[None]] = set()
+    create_task = asyncio.get_running_loop().create_task
 
     def on_request(request: RequestStream) -> None:
-        task = asyncio.ensure_future(_handle_request(app, h3, request, state, header_timeout))
+        task = create_task(_handle_request(app, h3, request, state, header_timeout))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
