@@ -95,12 +95,15 @@ class _Exchange:
         if self.disconnected:
             raise ClientDisconnected("the client went away")
         try:
-            await self._send(message)
+            # Body sent: wait for room in the send buffer, if it is full (a coroutine only then).
+            if self._send(message) and self.request.stream._drained() is None:
+                await self.request.drain()
         except (StreamError, ConnectionClosed) as exc:  # reset, STOP_SENDING, connection closed
             self.disconnected = True
             raise ClientDisconnected(f"the client went away: {exc}") from exc
 
-    async def _send(self, message: Message) -> None:
+    def _send(self, message: Message) -> bool:
+        """Act on ``message`` (never waits); True when it wrote a body piece."""
         kind = message["type"]
         request = self.request
         if kind == "http.response.start":
@@ -129,7 +132,7 @@ class _Exchange:
                 request.send_headers_and_data(self.response_headers, body, end_stream=end)
             if end:
                 self.response_done.set()
-            await request.drain()
+            return True
         elif kind == "http.response.trailers":
             if not self.trailers_expected or not self.headers_sent:
                 raise RuntimeError("http.response.trailers without trailers=True or before the body")
@@ -139,6 +142,7 @@ class _Exchange:
                 self.response_done.set()
         else:
             raise RuntimeError(f"unknown ASGI message type {kind!r}")
+        return False
 
 
 def _fields(headers: Any) -> Headers:
