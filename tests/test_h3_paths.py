@@ -52,10 +52,12 @@ def test_whole_messages_are_one_write_with_fin(server_credential: pymsquic.Crede
     """A request with a bytes body (client) and a response whose body comes with
     ``more_body: False`` (server): HEADERS, DATA and FIN in one write each."""
     writes: dict[tuple[bool, int], list[tuple[int, bool]]] = {}
+    seen: list[StreamCore] = []  # kept alive: no id() of a freed stream reused for the next
     real_write = StreamCore.write
 
     def write(stream: StreamCore, data: Any, fin: bool = False) -> None:
         if not stream.is_unidirectional:  # request streams only, both sides: (ours?, id)
+            seen.append(stream)
             writes.setdefault((stream.is_local, id(stream)), []).append((len(data), fin))
         real_write(stream, data, fin)
 
@@ -183,3 +185,18 @@ def test_field_checks_refuse_bad_fields_every_time(field: tuple[bytes, bytes]) -
         assert check_response(good) == 200
         with pytest.raises(H3StreamError, match="field|pseudo-header"):
             check_response([(b":status", b"200"), field])
+
+
+def test_whole_response_keeps_its_trailers(server_credential: pymsquic.Credential) -> None:
+    """A response read whole (not streamed) ends at its FIN, not at its last DATA:
+    the trailers after the body are still taken."""
+    from test_h3_client import start
+
+    async def main() -> None:
+        server, url = await start(server_credential)
+        async with server, pymsquic.h3.Client(verify=False, timeout=10) as client:
+            response = await client.post(f"{url}/stream", content=b"x" * 1000)
+            assert response.status_code == 201 and len(response.content) == 30000
+            assert response.trailers == [("x-sum", "1000")]
+
+    asyncio.run(main())

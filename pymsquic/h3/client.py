@@ -145,6 +145,8 @@ class Response:
                 if not chunk:
                     break
                 chunks.append(chunk)
+                if request.receive_ended():  # the FIN came with it: no round for the end
+                    break
         except BaseException:
             request.cancel()
             raise
