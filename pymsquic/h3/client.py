@@ -26,6 +26,32 @@ if TYPE_CHECKING:
 
 HeadersLike = Union[Mapping[str, str], Sequence[Tuple[str, str]]]
 
+_TARGETS: dict[str, tuple[str, int, bytes, bytes]] = {}  # _target()'s answers, by URL
+_TARGETS_MAX = 256
+_CHECKED: set[tuple[str, str]] = set()  # (method, URL) whose request fields passed check_request
+
+
+def _usable(h3: H3Connection) -> bool:
+    """Whether new requests may go on ``h3`` (else the client connects anew)."""
+    return h3.error is None and not h3.goaway_received.is_set() and not h3.quic.is_closed
+
+
+def _target(url: str) -> tuple[str, int, bytes, bytes]:
+    """(host, port, :authority, :path) of an https URL; ValueError for another.
+    Kept for the URLs seen last: a client often requests the same ones again."""
+    target = _TARGETS.get(url)
+    if target is None:
+        parts = urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"an HTTP/3 URL is https://host[:port]/path, not {url!r}")
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        # No userinfo in :authority (RFC 9114 4.3.1): nor a password sent on.
+        target = (parts.hostname, parts.port or 443, parts.netloc.rpartition("@")[2].encode(), path.encode())
+        if len(_TARGETS) >= _TARGETS_MAX:
+            _TARGETS.clear()
+        _TARGETS[url] = target
+    return target
+
 T = TypeVar("T")
 
 if sys.version_info >= (3, 11):
@@ -52,9 +78,8 @@ class Response:
     def __init__(self, status: int, headers: Headers, request: RequestStream, timeout: float | None,
                  method: str = "GET") -> None:
         self.status_code = status
-        #: The regular header fields, names lowercase, as str.
-        self.headers: list[tuple[str, str]] = [(n.decode("latin-1"), v.decode("latin-1"))
-                                               for n, v in headers if not n.startswith(b":")]
+        self._raw_headers = headers
+        self._headers: list[tuple[str, str]] | None = None
         self.trailers: list[tuple[str, str]] | None = None
         self._request = request
         self._timeout = timeout
@@ -62,6 +87,14 @@ class Response:
         bodiless = method == "HEAD" or status in (204, 304)
         self._expected_length = request.expected_length = None if bodiless else content_length(headers)
         self._content: bytes | None = None
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The regular header fields, names lowercase, as str."""
+        if self._headers is None:  # made when first asked for: many callers only want the body
+            self._headers = [(n.decode("latin-1"), v.decode("latin-1"))
+                             for n, v in self._raw_headers if not n.startswith(b":")]
+        return self._headers
 
     def header(self, name: str, default: str | None = None) -> str | None:
         """The first value of header field ``name`` (case-insensitive)."""
@@ -82,6 +115,11 @@ class Response:
         except BaseException:
             request.cancel()
             raise
+        self._body_done()
+
+    def _body_done(self) -> None:
+        """The body's end: its length checked against content-length, the trailers taken."""
+        request = self._request
         if self._expected_length is not None and request.data_received != self._expected_length:
             error = H3StreamError(ErrorCode.H3_MESSAGE_ERROR, f"content-length {self._expected_length}, "
                                   f"{request.data_received} bytes of body")
@@ -95,6 +133,25 @@ class Response:
         if self._content is None:
             self._content = b"".join([chunk async for chunk in self.aiter_bytes()])
         return self._content
+
+    async def _read_all(self) -> None:
+        """:meth:`read` for a response not yet read, waits unbounded (the caller bounds
+        the whole): no async generator and no timeout per piece."""
+        request = self._request
+        chunks: list[bytes] = []
+        try:
+            while True:
+                chunk = await request.receive_data()
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                if request.receive_ended():  # the FIN came with it: no round for the end
+                    break
+        except BaseException:
+            request.cancel()
+            raise
+        self._body_done()
+        self._content = chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     @property
     def content(self) -> bytes:
@@ -182,29 +239,33 @@ class Client:
         H3_REQUEST_REJECTED after a GOAWAY, retry elsewhere); :class:`H3StreamError` /
         :class:`H3ConnectionError` for a response that breaks RFC 9114. The request is
         cancelled (H3_REQUEST_CANCELLED) on any of them."""
-        parts = urlsplit(url)
-        if parts.scheme != "https" or not parts.hostname:
-            raise ValueError(f"an HTTP/3 URL is https://host[:port]/path, not {url!r}")
-        port = parts.port or 443
-        h3 = await self._connection(parts.hostname, port)
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host, port, authority, path = _target(url)
+        h3 = self._connections.get((host, port))
+        if h3 is None or not _usable(h3):
+            h3 = await self._connection(host, port)
         fields: Headers = [(b":method", method.encode()), (b":scheme", b"https"),
-                           # no userinfo in :authority (RFC 9114 4.3.1): nor a password sent on
-                           (b":authority", parts.netloc.rpartition("@")[2].encode()), (b":path", path.encode())]
-        items = headers.items() if isinstance(headers, Mapping) else (headers or [])
-        fields += [(name.lower().encode(), value.encode()) for name, value in items]
-        if isinstance(content, bytes) and not any(name == b"content-length" for name, _ in fields):
+                           (b":authority", authority), (b":path", path)]
+        if headers:
+            items = headers.items() if isinstance(headers, Mapping) else headers
+            fields += [(name.lower().encode(), value.encode()) for name, value in items]
+        if isinstance(content, bytes) and not (headers and any(name == b"content-length" for name, _ in fields)):
             fields.append((b"content-length", str(len(content)).encode()))
-        try:  # what the server would reset (H3_MESSAGE_ERROR) is the caller's error, found here
-            check_request(fields)
-        except H3StreamError as exc:
-            raise ValueError(f"a malformed request: {exc.reason}") from None
+        # What the server would reset (H3_MESSAGE_ERROR) is the caller's error, found here.
+        # Without fields of the caller's, the result only depends on the method and URL
+        # (a content-length made here is always valid): checked once for each.
+        if headers or (method, url) not in _CHECKED:
+            try:
+                check_request(fields)
+            except H3StreamError as exc:
+                raise ValueError(f"a malformed request: {exc.reason}") from None
+            if not headers:
+                if len(_CHECKED) >= _TARGETS_MAX:
+                    _CHECKED.clear()
+                _CHECKED.add((method, url))
         request = h3.open_request()
         try:
             if isinstance(content, bytes) or content is None:
-                request.send_headers(fields, end_stream=not content)
-                if content:
-                    request.send_data(content, end_stream=True)
+                request.send_headers_and_data(fields, content or b"", end_stream=True)  # one write
             else:
                 request.send_headers(fields)
                 await self._send_body(request, content)
@@ -231,7 +292,7 @@ class Client:
 
     async def _whole_response(self, request: RequestStream, method: str) -> Response:
         response = await self._response(request, None, method)
-        await response.read()
+        await response._read_all()
         response._timeout = self.timeout
         return response
 

@@ -16,7 +16,7 @@ import collections
 import contextlib
 import logging
 import weakref
-from typing import Any, Callable, Coroutine
+from typing import Any, Awaitable, Callable, Coroutine
 
 from ..asyncio import Connection, Stream
 from ..errors import ConnectionClosed, IncompleteReadError, QuicError, StreamError
@@ -38,7 +38,7 @@ from .frames import (
     parse_single_varint,
     varint_length,
 )
-from .message import Headers, check_trailers
+from .message import Headers, check_trailers, section_size
 from .qpack import DEFAULT_BLOCKED_STREAMS, DEFAULT_MAX_TABLE_CAPACITY, Decoder, Encoder
 
 logger = logging.getLogger("pymsquic")
@@ -48,6 +48,10 @@ ALPN = "h3"
 
 # How much a request stream read asks for at once.
 _READ_CHUNK = 65536
+
+# Bodies up to this size are joined to their frame header (and the HEADERS before
+# them) into one write: one native call, and msquic packs them together.
+_COALESCE = 16384
 
 #: HTTP Datagrams kept for a request until it reads them; more are dropped
 #: (RFC 9297 section 5 lets a receiver drop them) rather than piling up unread.
@@ -94,6 +98,8 @@ class H3Connection:
         self.peer_settings: asyncio.Future[dict[int, int]] = asyncio.get_running_loop().create_future()
         self.peer_settings.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "never retrieved"
         self.error: H3ConnectionError | None = None
+        #: The peer's SETTINGS_MAX_FIELD_SECTION_SIZE, once its SETTINGS came (None: no limit).
+        self.peer_max_field_section_size: int | None = None
         #: The stream id (push id for a server's) in the peer's last GOAWAY.
         self.goaway_id: int | None = None
         self.goaway_received = asyncio.Event()
@@ -101,12 +107,20 @@ class H3Connection:
         self._max_push_id: int | None = None  # the client's last MAX_PUSH_ID (server)
         self._last_request_id = -4  # the highest request stream id accepted (server)
         self._requests: asyncio.Queue[RequestStream | None] = asyncio.Queue()
+        #: Server: when set, called with each new request stream instead of queueing it for
+        #: :meth:`accept_request` (which then only says when the connection is over):
+        #: no queue and no waiting task between a stream's arrival and its handler.
+        self.on_request: Callable[[RequestStream], None] | None = None
         self._peer_streams: dict[int, Stream] = {}  # control and QPACK streams, by type
         self._tasks: set[asyncio.Task[None]] = set()
         self._open_requests: weakref.WeakSet[RequestStream] = weakref.WeakSet()
         self._control: Stream | None = None
         self._encoder_stream: Stream | None = None
         self._decoder_stream: Stream | None = None
+        self._decoder_pending: list[bytes] = []  # decoder stream data to write (see _send_decoder_data)
+        # The server's ASGI (client, server) addresses, with the count of the peer's
+        # address changes they were read at: read again only after a change.
+        self._asgi_addresses: tuple[int, tuple[str, int] | None, tuple[str, int] | None] | None = None
 
     # ---- setup and shutdown ------------------------------------------------------------
 
@@ -203,9 +217,13 @@ class H3Connection:
                     stream_id = stream.id
                     assert stream_id is not None  # a peer's stream has its id
                     self._last_request_id = max(self._last_request_id, stream_id)
-                    request = RequestStream(self, stream)
-                    self._streams_by_id[stream_id] = request
-                    self._requests.put_nowait(request)
+                    request = RequestStream(self, stream, stream_id)
+                    if self.enable_datagrams:  # routes its HTTP Datagrams
+                        self._streams_by_id[stream_id] = request
+                    if self.on_request is not None:
+                        self.on_request(request)
+                    else:
+                        self._requests.put_nowait(request)
         except H3ConnectionError as exc:
             self.fail(exc)
         except ConnectionClosed:
@@ -268,6 +286,7 @@ class H3Connection:
             data = self._encoder.apply_settings(settings.get(Setting.QPACK_MAX_TABLE_CAPACITY, 0),
                                                 settings.get(Setting.QPACK_BLOCKED_STREAMS, 0))
             self._send_encoder_data(data)
+            self.peer_max_field_section_size = settings.get(Setting.MAX_FIELD_SECTION_SIZE)
             self.peer_settings.set_result(settings)
         elif frame.type == FrameType.SETTINGS:
             raise H3ConnectionError(ErrorCode.H3_FRAME_UNEXPECTED, "a second SETTINGS frame")
@@ -304,8 +323,22 @@ class H3Connection:
             self._encoder_stream.write(data)
 
     def _send_decoder_data(self, data: bytes) -> None:
+        # Section Acknowledgements come one per response whose header block used the
+        # dynamic table: gathered and written once per event loop iteration, one
+        # native write (and packet) for many, not one each. The peer's encoder only
+        # learns of them a little later, which RFC 9204 allows (section 4.4).
         if data and self._decoder_stream is not None:
-            self._decoder_stream.write(data)
+            if not self._decoder_pending:
+                asyncio.get_running_loop().call_soon(self._flush_decoder_data)
+            self._decoder_pending.append(data)
+
+    def _flush_decoder_data(self) -> None:
+        data, self._decoder_pending = b"".join(self._decoder_pending), []
+        if self._decoder_stream is not None and self.error is None:
+            try:
+                self._decoder_stream.write(data)
+            except (StreamError, ConnectionClosed):
+                pass  # the connection is over: nothing more to acknowledge
 
     # ---- HTTP Datagrams (RFC 9297) ------------------------------------------------------------
 
@@ -327,7 +360,7 @@ class H3Connection:
                 if request is None:  # no such request (any more): dropped, as RFC 9297 allows
                     continue
                 try:
-                    request._datagrams.put_nowait(data[offset:])
+                    request._datagram_queue().put_nowait(data[offset:])
                 except asyncio.QueueFull:
                     logger.debug("HTTP Datagram dropped: stream %s has %s unread", quarter * 4, DATAGRAM_QUEUE)
         except H3ConnectionError as exc:
@@ -364,9 +397,10 @@ class RequestStream:
     acting on it. :meth:`cancel` resets the stream with H3_REQUEST_CANCELLED.
     """
 
-    def __init__(self, h3: H3Connection, stream: Stream) -> None:
+    def __init__(self, h3: H3Connection, stream: Stream, stream_id: int | None = None) -> None:
         self.h3 = h3
         self.stream = stream
+        self._id = stream_id  # once known (a client's stream: after it started)
         kind = StreamKind.RESPONSE if h3.is_client else StreamKind.REQUEST
         self._reader = FrameReader(kind, max_headers_size=h3.max_field_section_size)
         self._frames: collections.deque[Frame] = collections.deque()
@@ -378,24 +412,38 @@ class RequestStream:
         #: The content-length of what is received, once known: more DATA than that is a
         #: stream error H3_MESSAGE_ERROR as it comes (section 4.1.2); less is the caller's check.
         self.expected_length: int | None = None
-        self._datagrams: asyncio.Queue[bytes] = asyncio.Queue(DATAGRAM_QUEUE)
+        self._datagrams: asyncio.Queue[bytes] | None = None
+        self._blocked_headers = False  # receive_headers_nowait() left a header block waiting
         h3._open_requests.add(self)
 
     async def _next_frame(self) -> Frame | None:
+        stream = self.stream
         while not self._frames:
             if self._eof:
                 return None
-            await self._read_frames()
+            if stream._eof_read and not stream._pushback:
+                self._take(b"")  # the FIN came with the last bytes read: no read (and coroutine) for it
+            else:
+                await self._read_frames()
         return self._frames.popleft()
 
     async def _read_frames(self) -> None:
         """Read once: the frames it completes are queued, FIN noted."""
-        chunk = await self.stream.read(_READ_CHUNK)
+        self._take(await self.stream.read(_READ_CHUNK))
+
+    def _take(self, chunk: bytes) -> None:
         if chunk:
             self._frames.extend(self._reader.feed(chunk))
         else:
             self._eof = True
             self._reader.check_end()
+
+    def _stream_id(self) -> int:
+        """The stream's id (known once a frame came on it)."""
+        if self._id is None:
+            self._id = self.stream.id
+            assert self._id is not None
+        return self._id
 
     def _error(self, exc: H3Error) -> None:
         """Act on an error met while receiving: section 8's connection or stream error."""
@@ -417,12 +465,14 @@ class RequestStream:
         self.abort(ErrorCode.H3_REQUEST_CANCELLED)
 
     async def _decode(self, block: bytes) -> Headers:
-        stream_id = self.stream.id
-        assert stream_id is not None
+        stream_id = self._stream_id()
         headers = self.h3._decoder.feed_header(stream_id, block)
         if headers is None:
             headers = await self._wait_unblocked(stream_id)
-        size = sum(len(name) + len(value) + 32 for name, value in headers)  # section 4.2.2's measure
+        return self._checked_size(headers)
+
+    def _checked_size(self, headers: Headers) -> Headers:
+        size = section_size(headers)
         if size > self.h3.max_field_section_size:
             raise H3StreamError(ErrorCode.H3_EXCESSIVE_LOAD, f"field section of {size} bytes")
         return headers
@@ -460,6 +510,9 @@ class RequestStream:
     async def receive_headers(self) -> Headers:
         """The header section (the first frame must be HEADERS)."""
         try:
+            if self._blocked_headers:  # receive_headers_nowait() fed the block: wait for it
+                self._blocked_headers = False
+                return self._headers_in(self._checked_size(await self._wait_unblocked(self._stream_id())))
             frame = await self._next_frame()
             if frame is None:
                 raise H3StreamError(ErrorCode.H3_REQUEST_INCOMPLETE, "stream ended before HEADERS")
@@ -467,21 +520,45 @@ class RequestStream:
                 raise H3ConnectionError(ErrorCode.H3_FRAME_UNEXPECTED,
                                         f"{FrameType(frame.type).name} before HEADERS")
             self._headers_received = True
-            headers = await self._decode(frame.data)
-            if self.h3.is_client:  # the stream's id is known now: its datagrams can be routed to it
-                stream_id = self.stream.id
-                assert stream_id is not None
-                self.h3._streams_by_id[stream_id] = self
-            return headers
+            return self._headers_in(await self._decode(frame.data))
         except H3Error as exc:
             self._error(exc)
             raise
+
+    def receive_headers_nowait(self) -> Headers | None:
+        """:meth:`receive_headers` when it would not wait: the header section if its
+        HEADERS frame is all in and decodes at once; else None, and
+        :meth:`receive_headers` goes on from there (it also reports what is wrong
+        with a stream whose first frame is not HEADERS). Raises as it does."""
+        try:
+            if not self._frames and not self._eof:
+                chunk = self.stream._read_now(_READ_CHUNK)  # what is there: no waiting
+                if chunk is not None:
+                    self._take(chunk)
+            frames = self._frames
+            if not frames or self._headers_received or frames[0].type != FrameType.HEADERS:
+                return None
+            self._headers_received = True
+            headers = self.h3._decoder.feed_header(self._stream_id(), frames.popleft().data)
+            if headers is None:  # waits for the peer's encoder stream
+                self._blocked_headers = True
+                return None
+            return self._headers_in(self._checked_size(headers))
+        except H3Error as exc:
+            self._error(exc)
+            raise
+
+    def _headers_in(self, headers: Headers) -> Headers:
+        if self.h3.is_client and self.h3.enable_datagrams:
+            # The stream's id is known now: its datagrams can be routed to it.
+            self.h3._streams_by_id[self._stream_id()] = self
+        return headers
 
     async def receive_data(self) -> bytes:
         """The next piece of the body; b"" at its end (:attr:`trailers` then set if sent)."""
         try:
             while True:
-                frame = await self._next_frame()
+                frame = self._frames.popleft() if self._frames else await self._next_frame()
                 if frame is None:
                     return b""
                 if self.trailers is not None:
@@ -500,6 +577,23 @@ class RequestStream:
             self._error(exc)
             raise
 
+    def receive_ended(self) -> bool:
+        """Whether :meth:`receive_data` would return b"" now: the body (and trailers)
+        all taken and the FIN in. Never waits: an ASGI server can say ``more_body:
+        False`` with the last piece instead of one more round for the end."""
+        try:
+            if self._frames:
+                return False
+            if not self._eof:
+                chunk = self.stream._read_now(_READ_CHUNK)
+                if chunk is None:
+                    return False
+                self._take(chunk)
+            return self._eof and not self._frames
+        except H3Error as exc:
+            self._error(exc)
+            raise
+
     def send_datagram(self, data: bytes) -> None:
         """Send an HTTP Datagram (RFC 9297) tied to this request: unreliable, unordered.
         Needs H3_DATAGRAM from both sides (:meth:`H3Connection.datagrams_allowed`) and,
@@ -513,7 +607,13 @@ class RequestStream:
 
     async def receive_datagram(self) -> bytes:
         """The next HTTP Datagram the peer sent for this request."""
-        return await self._datagrams.get()
+        return await self._datagram_queue().get()
+
+    def _datagram_queue(self) -> asyncio.Queue[bytes]:
+        # Made when first needed: most requests never see a datagram.
+        if self._datagrams is None:
+            self._datagrams = asyncio.Queue(DATAGRAM_QUEUE)
+        return self._datagrams
 
     def interim_received(self) -> None:
         """The headers received were an interim (1xx) response: another HEADERS
@@ -521,38 +621,43 @@ class RequestStream:
         self._headers_received = False
 
     def _headers_frame(self, headers: Headers) -> bytes:
-        settings = self.h3.peer_settings
-        if settings.done() and not settings.exception():  # the peer's limit, once known (section 4.2.2)
-            limit = settings.result().get(Setting.MAX_FIELD_SECTION_SIZE)
-            size = sum(len(name) + len(value) + 32 for name, value in headers)
-            if limit is not None and size > limit:
+        limit = self.h3.peer_max_field_section_size  # the peer's limit, once known (section 4.2.2)
+        if limit is not None:
+            size = section_size(headers)
+            if size > limit:
                 raise ValueError(f"a header section of {size} bytes: the peer takes at most {limit}")
-        stream_id = self.stream.id
-        encoder_data, block = self.h3._encoder.encode(0 if stream_id is None else stream_id, headers)
+        # A client's stream has no id before it starts (its first write), and the
+        # client's encoder keeps to the static table (see H3Connection): 0 does then.
+        stream_id = self._id if self._id is not None else 0
+        encoder_data, block = self.h3._encoder.encode(stream_id, headers)
         self.h3._send_encoder_data(encoder_data)  # before the block that may refer to it
-        return encode_frame(FrameType.HEADERS, block)
+        return encode_frame_header(FrameType.HEADERS, len(block)) + block
 
     def send_headers(self, headers: Headers, end_stream: bool = False) -> None:
         """Send a HEADERS frame (headers first, or trailers after the data)."""
         self.stream.write(self._headers_frame(headers), fin=end_stream)
 
     def send_headers_and_data(self, headers: Headers, data: bytes, end_stream: bool = False) -> None:
-        """HEADERS then DATA in one write (a whole small response at once)."""
-        frames = self._headers_frame(headers)
-        if data:
-            frames += encode_frame_header(FrameType.DATA, len(data)) + data
-        self.stream.write(frames, fin=end_stream)
+        """HEADERS then DATA (and the FIN with ``end_stream``) in one write: a whole
+        small message at once, one native call and no packet with the headers alone.
+        A large body is written on its own (not copied into the frames)."""
+        self._write_frames(self._headers_frame(headers), data, end_stream)
 
     def send_data(self, data: bytes, end_stream: bool = False) -> None:
         """Send a DATA frame (never waits: see :meth:`drain`)."""
+        self._write_frames(b"", data, end_stream)
+
+    def _write_frames(self, head: bytes, data: bytes, end_stream: bool) -> None:
+        """``head`` (frames), then ``data`` as a DATA frame (none if empty), FIN with ``end_stream``."""
         if not data:
-            if end_stream:
-                self.stream.finish()
+            if head or end_stream:
+                self.stream.write(head, fin=end_stream)
             return
-        if len(data) <= 4096:  # one write for small bodies; large ones are not copied
-            self.stream.write(encode_frame_header(FrameType.DATA, len(data)) + data, fin=end_stream)
-        else:
-            self.stream.write(encode_frame_header(FrameType.DATA, len(data)))
+        head += encode_frame_header(FrameType.DATA, len(data))
+        if len(data) <= _COALESCE:
+            self.stream.write(head + data, fin=end_stream)
+        else:  # large: msquic copies it once anyway, Python need not copy it first
+            self.stream.write(head)
             self.stream.write(data, fin=end_stream)
 
     async def wait_peer_gone(self) -> None:
@@ -564,6 +669,6 @@ class RequestStream:
         """End our side of the stream (FIN)."""
         self.stream.finish()
 
-    async def drain(self) -> None:
-        """Wait for room in the stream's send buffer."""
-        await self.stream.drain()
+    def drain(self) -> Awaitable[None]:
+        """Wait for room in the stream's send buffer (an awaitable)."""
+        return self.stream.drain()  # not wrapped in a coroutine of our own: awaited per send

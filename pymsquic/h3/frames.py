@@ -92,6 +92,10 @@ def encode_varint(value: int) -> bytes:
     return (value | 0xC000000000000000).to_bytes(8, "big")
 
 
+# The value bits of a varint of 1, 2, 4 or 8 bytes.
+_VARINT_MASK = {1: 0x3F, 2: 0x3FFF, 4: 0x3FFFFFFF, 8: 0x3FFFFFFFFFFFFFFF}
+
+
 def varint_length(first_byte: int) -> int:
     """How many bytes the varint starting with ``first_byte`` takes (1, 2, 4 or 8)."""
     return 1 << (first_byte >> 6)
@@ -123,6 +127,9 @@ def encode_frame(frame_type: int, payload: bytes = b"") -> bytes:
 
 def encode_frame_header(frame_type: int, length: int) -> bytes:
     """A frame's type and length, for a payload written separately (DATA)."""
+    if frame_type < 0x40 and length < 0x4000:  # the common case, once per message: in one step
+        return bytes((frame_type, 0x40 | (length >> 8), length & 0xFF)) if length >= 0x40 else \
+            bytes((frame_type, length))
     return encode_varint(frame_type) + encode_varint(length)
 
 
@@ -192,31 +199,68 @@ class FrameReader:
         self._type: int | None = None  # of the frame being read, once its header is in
         self._remaining = 0  # payload bytes of that frame still to come
         self._skipping = False  # an unknown frame: drop its payload
+        self._message_stream = kind != StreamKind.CONTROL  # DATA and HEADERS allowed
 
     def feed(self, data: bytes) -> list[Frame]:
         """The frames that ``data`` completes (and DATA pieces it carries)."""
-        self._buffer += data
+        buffer = self._buffer
+        if buffer:  # the start of a frame came before
+            if (self._type is not None and not self._skipping and self._type != FrameType.DATA
+                    and len(buffer) + len(data) < self._remaining):
+                buffer += data  # a HEADERS or control frame still incomplete: gather on
+                return []
+            buffer += data
+            data = bytes(buffer)
+            buffer.clear()
+        elif type(data) is not bytes:
+            data = bytes(data)
+        # Parsed in place, with an offset: no copy of what is read but the payloads.
         frames: list[Frame] = []
+        pos, size = 0, len(data)
         while True:
-            if self._type is None and not self._read_header():
-                break
-            frame = self._read_payload()
-            if frame is None:
-                break
-            if frame.type >= 0:
-                frames.append(frame)
+            frame_type = self._type
+            if frame_type is None:  # a frame header: type and length varints
+                if pos >= size:
+                    break
+                first = data[pos]
+                n = 1 << (first >> 6)
+                if pos + n >= size:  # the type, and at least the first byte of the length
+                    break
+                frame_type = first if n == 1 else int.from_bytes(data[pos:pos + n], "big") & _VARINT_MASK[n]
+                at = pos + n
+                first = data[at]
+                n = 1 << (first >> 6)
+                if at + n > size:  # the length is cut: the header waits whole in the buffer
+                    break
+                length = first if n == 1 else int.from_bytes(data[at:at + n], "big") & _VARINT_MASK[n]
+                pos = at + n
+                if frame_type <= FrameType.HEADERS and self._message_stream and (
+                        frame_type == FrameType.DATA or length <= self.max_headers_size):
+                    self._skipping = False  # DATA or HEADERS on a request stream: allowed
+                else:
+                    self._check_type(frame_type, length)
+                self._type, self._remaining = frame_type, length
+            remaining = self._remaining
+            if self._skipping or frame_type == FrameType.DATA:  # as it comes
+                if pos >= size and remaining:
+                    break
+                take = min(remaining, size - pos)
+                if not self._skipping:
+                    frames.append(Frame(frame_type, data[pos:pos + take], take == remaining))
+                pos += take
+                self._remaining = remaining - take
+                if take != remaining:
+                    break  # all input taken
+                self._type = None
+            else:  # whole
+                if size - pos < remaining:
+                    break
+                frames.append(Frame(frame_type, data[pos:pos + remaining]))
+                pos += remaining
+                self._type = None
+        if pos < size:
+            buffer += memoryview(data)[pos:]
         return frames
-
-    def _read_header(self) -> bool:
-        type_end = decode_varint(self._buffer)
-        length_end = None if type_end is None else decode_varint(self._buffer, type_end[1])
-        if type_end is None or length_end is None:
-            return False
-        frame_type, (length, offset) = type_end[0], length_end
-        del self._buffer[:offset]
-        self._check_type(frame_type, length)
-        self._type, self._remaining = frame_type, length
-        return True
 
     def _check_type(self, frame_type: int, length: int) -> None:
         known = frame_type in FrameType._value2member_map_
@@ -237,29 +281,6 @@ class FrameReader:
             raise H3ConnectionError(ErrorCode.H3_EXCESSIVE_LOAD,
                                     f"{FrameType(frame_type).name} frame of {length} bytes "
                                     f"(limit {self.max_frame_size})")
-
-    def _read_payload(self) -> Frame | None:
-        """The next frame (type -1 for a skipped piece), None when more input is needed."""
-        assert self._type is not None
-        if self._skipping or self._type == FrameType.DATA:
-            if not self._buffer and self._remaining:
-                return None
-            take = min(self._remaining, len(self._buffer))
-            piece = bytes(self._buffer[:take])
-            del self._buffer[:take]
-            self._remaining -= take
-            end = self._remaining == 0
-            frame = Frame(-1 if self._skipping else self._type, piece, end)
-            if end:
-                self._type = None
-            return frame
-        if len(self._buffer) < self._remaining:
-            return None
-        payload = bytes(self._buffer[:self._remaining])
-        del self._buffer[:self._remaining]
-        frame = Frame(self._type, payload)
-        self._type = None
-        return frame
 
     def check_end(self) -> None:
         """At the stream's FIN: H3_FRAME_ERROR if a frame was cut short."""

@@ -12,6 +12,7 @@ from typing import Any, Awaitable, Callable, MutableMapping
 from urllib.parse import unquote
 
 from .. import asyncio as pymsquic_asyncio
+from ..addresses import from_native
 from ..configuration import Credential, Settings
 from ..errors import ConnectionClosed, StreamError
 from .client import bounded
@@ -79,7 +80,7 @@ class _Exchange:
             return {"type": "http.disconnect"}
         try:
             chunk = await self.request.receive_data()
-            if not chunk:
+            if not chunk or self.request.receive_ended():  # the last piece says so itself
                 self.body_done = True
                 if self.expected_length is not None and self.request.data_received != self.expected_length:
                     error = H3StreamError(ErrorCode.H3_MESSAGE_ERROR, "body length differs from content-length")
@@ -94,12 +95,15 @@ class _Exchange:
         if self.disconnected:
             raise ClientDisconnected("the client went away")
         try:
-            await self._send(message)
+            # Body sent: wait for room in the send buffer, if it is full (a coroutine only then).
+            if self._send(message) and self.request.stream._drained() is None:
+                await self.request.drain()
         except (StreamError, ConnectionClosed) as exc:  # reset, STOP_SENDING, connection closed
             self.disconnected = True
             raise ClientDisconnected(f"the client went away: {exc}") from exc
 
-    async def _send(self, message: Message) -> None:
+    def _send(self, message: Message) -> bool:
+        """Act on ``message`` (never waits); True when it wrote a body piece."""
         kind = message["type"]
         request = self.request
         if kind == "http.response.start":
@@ -128,7 +132,7 @@ class _Exchange:
                 request.send_headers_and_data(self.response_headers, body, end_stream=end)
             if end:
                 self.response_done.set()
-            await request.drain()
+            return True
         elif kind == "http.response.trailers":
             if not self.trailers_expected or not self.headers_sent:
                 raise RuntimeError("http.response.trailers without trailers=True or before the body")
@@ -138,11 +142,25 @@ class _Exchange:
                 self.response_done.set()
         else:
             raise RuntimeError(f"unknown ASGI message type {kind!r}")
+        return False
 
 
 def _fields(headers: Any) -> Headers:
     """An ASGI app's header fields, names lowercase as HTTP/3 requires."""
     return [(bytes(name).lower(), bytes(value)) for name, value in headers]
+
+
+def _addresses(h3: H3Connection) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
+    """The ASGI scope's ``client`` and ``server``: read from the connection, once and
+    again only after the peer's address changed (migration, NAT rebinding)."""
+    info = h3.quic._refresh()  # one native call: the change count and both addresses
+    changes = int(info.peer_address_changes)
+    cached = h3._asgi_addresses
+    if cached is None or cached[0] != changes:
+        client, server = from_native(info.remote), from_native(info.local)
+        cached = h3._asgi_addresses = (changes, (client[0], client[1]) if client else None,
+                                       (server[0], server[1]) if server else None)
+    return cached[1], cached[2]
 
 
 def _scope(h3: H3Connection, headers: Headers, pseudo: dict[bytes, bytes],
@@ -151,14 +169,13 @@ def _scope(h3: H3Connection, headers: Headers, pseudo: dict[bytes, bytes],
     regular = [(name, value) for name, value in headers if not name.startswith(b":")]
     if b":authority" in pseudo and not any(name == b"host" for name, _ in regular):
         regular.insert(0, (b"host", pseudo[b":authority"]))
-    client = h3.quic.remote_address
-    server = h3.quic.local_address
+    client, server = _addresses(h3)
     scope: Scope = {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "3",
         "method": pseudo[b":method"].decode("latin-1"), "scheme": pseudo.get(b":scheme", b"https").decode("latin-1"),
         "path": unquote(raw_path.decode("latin-1")), "raw_path": raw_path, "query_string": query,
         "root_path": "", "headers": regular,
-        "client": (client[0], client[1]) if client else None, "server": (server[0], server[1]) if server else None,
+        "client": client, "server": server,
         "extensions": {"http.response.trailers": {}},
     }
     if state is not None:  # the lifespan's state, a shallow copy for each request (ASGI lifespan "state")
@@ -169,7 +186,10 @@ def _scope(h3: H3Connection, headers: Headers, pseudo: dict[bytes, bytes],
 async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream,
                           state: dict[str, Any] | None, header_timeout: float | None) -> None:
     try:
-        headers = await bounded(request.receive_headers(), header_timeout)
+        # Most often the whole header section came with the stream: no timer then.
+        headers = request.receive_headers_nowait()
+        if headers is None:
+            headers = await bounded(request.receive_headers(), header_timeout)
         pseudo = check_request(headers)
         exchange = _Exchange(request, headers, head=pseudo[b":method"] == b"HEAD")  # checks content-length
     except H3StreamError as exc:
@@ -200,12 +220,16 @@ async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream
                 pass
     finally:
         exchange.response_done.set()
-        if not exchange.body_done:  # answered without reading it all: the rest is not wanted (section 4.1)
+        # Answered without reading it all: the rest is not wanted (section 4.1). Not once
+        # the request's FIN is in (a GET's, most often): nothing is left to stop then, and
+        # STOP_SENDING would cost a native call and a loop wake-up per request.
+        if not exchange.body_done and not request.stream.at_eof():
             with contextlib.suppress(StreamError, ConnectionClosed):
                 request.stream.stop_sending(ErrorCode.H3_NO_ERROR)
-    client = scope["client"]
-    logger.info('%s:%s - "%s %s HTTP/3" %s', client[0] if client else "-", client[1] if client else "-",
-                scope["method"], scope["path"], exchange.status)
+    if logger.isEnabledFor(logging.INFO):  # the access log
+        client = scope["client"]
+        logger.info('%s:%s - "%s %s HTTP/3" %s', client[0] if client else "-", client[1] if client else "-",
+                    scope["method"], scope["path"], exchange.status)
 
 
 async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
@@ -218,8 +242,16 @@ async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
     in within ``header_timeout`` seconds (None: no limit) is reset with
     H3_REQUEST_REJECTED."""
     h3 = H3Connection(quic, is_client=False, **h3_options)
-    h3.start()
     tasks: set[asyncio.Task[None]] = set()
+    create_task = asyncio.get_running_loop().create_task
+
+    def on_request(request: RequestStream) -> None:
+        task = create_task(_handle_request(app, h3, request, state, header_timeout))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    h3.on_request = on_request  # a task per request, started as its stream comes
+    h3.start()
 
     async def stop_on_shutdown() -> None:
         await (shutdown or asyncio.Event()).wait()
@@ -227,14 +259,8 @@ async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
 
     stop = asyncio.ensure_future(stop_on_shutdown())
     try:
-        while True:
-            request = await h3.accept_request()
-            if request is None:
-                break
-            task = asyncio.ensure_future(_handle_request(app, h3, request, state, header_timeout))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        if tasks:
+        await h3.accept_request()  # None once no more requests come (GOAWAY sent, or the connection over)
+        while tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
     finally:
         stop.cancel()
