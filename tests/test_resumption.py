@@ -779,6 +779,7 @@ def fleet_request(server: ServerProcess, ticket: bytes | None, registration: pym
     return answer, conn, got
 
 
+@pytest.mark.slow  # server processes of a fleet: run once (under 3.11)
 def test_fleet_two_processes_share_ticket_keys(registration) -> None:
     key = TicketKey.generate()
     servers = [ServerProcess("one", key, "--hold"), ServerProcess("two", key, "--hold"),
@@ -878,6 +879,7 @@ class Relay:
         self.back.close()
 
 
+@pytest.mark.slow  # server processes of a fleet: run once (under 3.11)
 @pytest.mark.parametrize("shared", [True, False], ids=["shared-reset-key", "other-reset-key"])
 def test_fleet_stateless_reset_key(shared: bool, registration) -> None:
     """A client's packets rerouted to another server process: with the same
