@@ -522,6 +522,14 @@ void pmq_listener_get_stats(pmq_listener *l, pmq_listener_stats *out)
     *out = l->stats;
     out->queued = l->count;
     out->handshakes = l->handshaking_count;
+    out->early_waiting = 0;
+    for (uint32_t i = 0; i < l->handshaking_count; i++) {
+        /* Handed over at the next settle with room (settle_handshakes_locked). */
+        uint32_t flags = pmq_conn_flags(l->handshaking[i]);
+        if ((flags & PMQ_CONN_ACCEPTED_EARLY) && !(flags & (EARLY_SHUTTING_DOWN | PMQ_CONN_CONNECTED))) {
+            out->early_waiting++;
+        }
+    }
     pthread_mutex_unlock(&l->obj.lock);
 }
 

@@ -244,6 +244,7 @@ typedef struct pmq_listener_stats {
     uint32_t handshakes;         /* handshakes in progress now */
     uint64_t refused_server_name; /* refused: a server name not served (refuse_unknown_names) */
     uint64_t accepted_early;     /* of accepted: queued before the handshake completed (0-RTT) */
+    uint32_t early_waiting;      /* of handshakes now: a 0-RTT request came while the backlog was full */
 } pmq_listener_stats;
 
 /* ---- opaque objects ---------------------------------------------------- */

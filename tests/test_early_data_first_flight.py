@@ -22,18 +22,20 @@ from aioquic.asyncio import serve as aioquic_serve
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.logger import QuicLogger
 from aioquic.tls import SessionTicket
-from test_resumption import EchoServer, TicketBox, _aioquic_server_sends_tickets_before_the_clients_finished, round_trip
+from test_resumption import (
+    EchoServer,
+    TicketBox,
+    _aioquic_server_sends_tickets_before_the_clients_finished,
+    round_trip,
+    serve_in,
+)
 
 import pymsquic
-from pymsquic import ResumptionLevel, Settings
 
 from conftest import ALPN
 from worlds import (
     WAIT,
-    AsyncioServerHandle,
     AsyncioWorld,
-    ServerHandle,
-    SyncServerHandle,
     SyncWorld,
     World,
     client_credential,
@@ -42,8 +44,6 @@ from worlds import (
 
 #: Connections in a row that must all carry their request in 0-RTT packets.
 ROUNDS = 50
-SERVER_SETTINGS = Settings(peer_bidi_stream_count=16, idle_timeout_ms=20_000,
-                           server_resumption_level=ResumptionLevel.RESUME_AND_ZERO_RTT)
 
 
 def recording_handler(seen: list[dict[str, Any]]) -> Any:
@@ -67,18 +67,6 @@ def recording_handler(seen: list[dict[str, Any]]) -> Any:
             stream.write(await w.wait(stream.read, -1), fin=True)
 
     return handler
-
-
-async def serve_in(w: World, handler: Any, registration: pymsquic.Registration,
-                   credential: pymsquic.Credential) -> ServerHandle:
-    if w.name == "asyncio":
-        server = await pymsquic.asyncio.serve(lambda conn: handler(w, conn), "127.0.0.1", 0, alpn=ALPN,
-                                              credential=credential, registration=registration,
-                                              settings=SERVER_SETTINGS)
-        return AsyncioServerHandle(w, server)
-    server = pymsquic.sync.serve(lambda conn: w.run(handler(w, conn)), "127.0.0.1", 0, alpn=ALPN,
-                                 credential=credential, registration=registration, settings=SERVER_SETTINGS)
-    return SyncServerHandle(w, server)
 
 
 async def a_ticket(w: World, port: int, registration: pymsquic.Registration) -> bytes:

@@ -474,10 +474,12 @@ def test_backlog_full_early_connection_waits_for_its_handshake(registration, ser
             relays[0].release_0rtt()
             await until(lambda: listener.stats().queued == 1, "the first early connection queued")
             relays[1].release_0rtt()
+            await until(lambda: listener.stats().early_waiting == 1, "the second's request found no room")
             relays[1].release()  # its handshake completes: the backlog is still full
             await until(lambda: listener.stats().refused_backlog == 1, "the second one refused")
             stats = listener.stats()
             assert (stats.accepted, stats.accepted_early, stats.queued, stats.handshakes) == (2, 1, 1, 0)
+            assert stats.early_waiting == 0
             conn = await asyncio.wait_for(listener.accept(), WAIT)
             assert conn.accepted_early and not conn.is_connected  # the first, still handshaking
             stream = await asyncio.wait_for(conn.accept_stream(), WAIT)
@@ -508,11 +510,15 @@ def test_early_connection_queued_only_at_connected_is_not_accepted_early(registr
             relays[0].release_0rtt()
             await until(lambda: listener.stats().queued == 1, "the first early connection queued")
             relays[1].release_0rtt()  # no room: it stays with the handshakes
+            # Until the server took that request (msquic's thread, or this loop in execution
+            # mode "loop", takes it when it does): accepting the first before would make room.
+            await until(lambda: listener.stats().early_waiting == 1, "the second's request found no room")
             first = await asyncio.wait_for(listener.accept(), WAIT)
             assert first.accepted_early
             relays[1].release()  # its handshake completes: now there is room
             second = await asyncio.wait_for(listener.accept(), WAIT)
             assert second.is_connected
+            assert listener.stats().early_waiting == 0
             stream = await asyncio.wait_for(second.accept_stream(), WAIT)
             assert await asyncio.wait_for(stream.read(), WAIT) == b"second"
             assert second.accepted_early is (listener.stats().accepted_early == 2)

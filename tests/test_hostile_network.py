@@ -366,6 +366,7 @@ def test_stream_scheduling_and_priority_api() -> None:
         pymsquic.Settings(stream_scheduling="lifo")
 
 
+@pytest.mark.slow  # the soak harness: bench-like, run once (under 3.11)
 def test_soak_runs_briefly() -> None:
     repo = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, "-m", "bench.soak", "--connections", "40", "--parallel", "4",

@@ -185,6 +185,7 @@ def test_one_handshake_with_aioquic(world: World, world_listener: AnyListener) -
     asyncio.run(main())
 
 
+@pytest.mark.slow  # fifty aioquic handshakes per world: a load test, run once (under 3.11)
 def test_fifty_concurrent_aioquic_clients_through_iteration(world: World, world_listener: AnyListener) -> None:
     listener = world_listener
     port = listener.local_address[1]

@@ -95,6 +95,7 @@ def _build_in_place(tree: Path, sanitize: str | None) -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # four builds of the extension: their logic is no Python's, run once (under 3.11)
 def test_sanitize_switch_instruments_the_extension_and_never_reuses_the_other_mode(tmp_path: Path) -> None:
     tree = tmp_path / "src"
     for name in ("build_msquic.py", "setup.py", "pyproject.toml", "CMakeLists.txt", "README.md"):
@@ -200,6 +201,7 @@ def _copy_msquic(dest: Path) -> tuple[Path, Path]:
     return dest / "include", dest / "lib" / "libmsquic.so.2"
 
 
+@pytest.mark.slow  # four builds of the extension: their logic is no Python's, run once (under 3.11)
 def test_extension_rebuilds_when_libmsquic_headers_change_even_with_older_mtimes(tmp_path: Path) -> None:
     tree = _source_copy(tmp_path / "source")
     include, library = _copy_msquic(tmp_path / "msquic")

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import pymsquic
 
 PEERS = Path(__file__).parent / "peers"
@@ -22,6 +24,7 @@ def rss_kb(pid: int) -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
 
 
+@pytest.mark.slow  # 1 GiB offered: a load test, run once (under 3.11)
 def test_reader_that_stops_bounds_memory_and_blocks_the_writer() -> None:
     total = 2**30  # 1 GiB
     server = subprocess.Popen([sys.executable, str(PEERS / "slow_reader.py")], stdin=subprocess.PIPE,

@@ -34,10 +34,8 @@ from pymsquic import ResumptionLevel, Settings, TicketKey
 from conftest import ALPN
 from worlds import (
     WAIT,
-    AsyncioServerHandle,
     AsyncioWorld,
     ServerHandle,
-    SyncServerHandle,
     SyncWorld,
     World,
     client_credential,
@@ -88,14 +86,9 @@ def echo_handler(seen: Seen, app_data: bytes | None):
 
 async def serve_in(w: World, handler: Any, registration: pymsquic.Registration,
                    credential: pymsquic.Credential, **kwargs: Any) -> ServerHandle:
+    """``w.serve`` with 0-RTT server settings (``SERVER_SETTINGS``; ``settings=`` others)."""
     kwargs.setdefault("settings", SERVER_SETTINGS)
-    if w.name == "asyncio":
-        server = await pymsquic.asyncio.serve(lambda conn: handler(w, conn), "127.0.0.1", 0, alpn=ALPN,
-                                              credential=credential, registration=registration, **kwargs)
-        return AsyncioServerHandle(w, server)
-    server = pymsquic.sync.serve(lambda conn: w.run(handler(w, conn)), "127.0.0.1", 0, alpn=ALPN,
-                                 credential=credential, registration=registration, **kwargs)
-    return SyncServerHandle(w, server)
+    return await w.serve(handler, registration, credential, **kwargs)
 
 
 async def connect_in(w: World, port: int, registration: pymsquic.Registration, alpn: str = ALPN,
@@ -786,6 +779,7 @@ def fleet_request(server: ServerProcess, ticket: bytes | None, registration: pym
     return answer, conn, got
 
 
+@pytest.mark.slow  # server processes of a fleet: run once (under 3.11)
 def test_fleet_two_processes_share_ticket_keys(registration) -> None:
     key = TicketKey.generate()
     servers = [ServerProcess("one", key, "--hold"), ServerProcess("two", key, "--hold"),
@@ -885,6 +879,7 @@ class Relay:
         self.back.close()
 
 
+@pytest.mark.slow  # server processes of a fleet: run once (under 3.11)
 @pytest.mark.parametrize("shared", [True, False], ids=["shared-reset-key", "other-reset-key"])
 def test_fleet_stateless_reset_key(shared: bool, registration) -> None:
     """A client's packets rerouted to another server process: with the same

@@ -61,8 +61,9 @@ class World:
         raise NotImplementedError
 
     async def serve(self, handler: Handler, registration: pymsquic.Registration,
-                    credential: pymsquic.Credential) -> ServerHandle:
-        """A serving server of this world on 127.0.0.1 running ``await handler(w, conn)``."""
+                    credential: pymsquic.Credential, **kwargs: Any) -> ServerHandle:
+        """A serving server of this world on 127.0.0.1 running ``await handler(w, conn)``;
+        ``kwargs``: any other keyword of the world's serve() (``settings=``)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -120,9 +121,9 @@ class AsyncioWorld(World):
                                               registration=registration, **kwargs)
 
     async def serve(self, handler: Handler, registration: pymsquic.Registration,
-                    credential: pymsquic.Credential) -> ServerHandle:
+                    credential: pymsquic.Credential, **kwargs: Any) -> ServerHandle:
         server = await pymsquic.asyncio.serve(lambda conn: handler(self, conn), "127.0.0.1", 0, alpn=ALPN,
-                                              credential=credential, registration=registration)
+                                              credential=credential, registration=registration, **kwargs)
         return AsyncioServerHandle(self, server)
 
 
@@ -156,9 +157,9 @@ class SyncWorld(World):
                                      registration=registration, **kwargs)
 
     async def serve(self, handler: Handler, registration: pymsquic.Registration,
-                    credential: pymsquic.Credential) -> ServerHandle:
+                    credential: pymsquic.Credential, **kwargs: Any) -> ServerHandle:
         server = pymsquic.sync.serve(lambda conn: self.run(handler(self, conn)), "127.0.0.1", 0, alpn=ALPN,
-                                     credential=credential, registration=registration)
+                                     credential=credential, registration=registration, **kwargs)
         return SyncServerHandle(self, server)
 
 

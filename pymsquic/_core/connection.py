@@ -182,6 +182,10 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
     def _start_deferred(self) -> None:
         """An early-data client's deferred start (see ``connect``), now: never
         blocks, does nothing once started (a stream's first read starts it in C)."""
+        if not self._start_listed:
+            # Never deferred, or started: every sync wait, send_datagram and stats()
+            # comes here, so no native call for what has nothing to start.
+            return
         # Started (or waited for another thread's start) before leaving the set:
         # a Configuration.close() meanwhile must not release the handle first.
         status = lib.pmq_conn_start_deferred(self._conn)

@@ -73,8 +73,9 @@ class ListenerStats:
     0-RTT request arrived (see :class:`ListenerCore`), counts in ``accepted``
     then, and in ``accepted_early``; if its handshake fails afterwards, its
     handler sees that (not ``failed``). A handshake that completes while the backlog
-    is full counts in ``refused_backlog``. ``handshakes`` and ``queued`` are the
-    numbers now. Connections msquic answered with a stateless Retry never reach
+    is full counts in ``refused_backlog``. ``handshakes``, ``queued`` and
+    ``early_waiting`` (of the handshakes, those whose 0-RTT request found the
+    backlog full) are the numbers now. Connections msquic answered with a stateless Retry never reach
     the listener.
     """
 
@@ -89,6 +90,7 @@ class ListenerStats:
     failed: int = 0          # the handshake failed or timed out
     refused_server_name: int = 0  # asked for a server name not served (refuse_unknown_names=True)
     accepted_early: int = 0  # of accepted: handed over before the handshake completed (0-RTT)
+    early_waiting: int = 0   # of handshakes now: its 0-RTT request found the backlog full (see ListenerCore)
     # msquic's own QUIC_LISTENER_STATISTICS (msquic counts NEW_CONNECTION's answer, not
     # the handshake's end). Not compared by ==: they are msquic's view of the same events.
     msquic_accepted: int = field(default=0, compare=False)   # NEW_CONNECTION accepted
@@ -170,7 +172,7 @@ class ListenerCore(Generic[C]):
     Every other connection (full handshakes; level RESUME; credentials with a
     ``verify_client`` callable, whose check runs during the handshake) is
     handed over once its handshake completed. With the backlog full, an early
-    connection waits for its handshake like the others. Unlike a flood of
+    connection waits for its handshake like the others (``stats().early_waiting``). Unlike a flood of
     Initials that never complete, a replayed 0-RTT flight is handed over: it
     takes a backlog place and a handler run until its handshake fails (at the
     handshake idle timeout). Level RESUME turns the early hand-off off (msquic
@@ -271,7 +273,7 @@ class ListenerCore(Generic[C]):
                              expired=native.expired, queued=native.queued, handshakes=native.handshakes,
                              refused_handshakes=native.refused_handshakes, failed=native.failed,
                              refused_server_name=native.refused_server_name,
-                             accepted_early=native.accepted_early,
+                             accepted_early=native.accepted_early, early_waiting=native.early_waiting,
                              msquic_accepted=msquic.total_accepted, msquic_rejected=msquic.total_rejected)
 
     def _msquic_stats(self) -> Any:
