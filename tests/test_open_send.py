@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -267,6 +268,69 @@ def test_an_early_connection_closed_after_the_request_still_sends_it(w: World, r
             await w.call(conn.close)
             assert await set_in_time(w, arrived)
         assert len(seen) == 2 and seen[1]["opened_in_0rtt"]
+
+    w.run(body())
+
+
+async def readable(w: World, stream: Any, n: int) -> None:
+    """Until ``n`` bytes of ``stream`` are with msquic, unread (nothing is taken)."""
+    def check() -> bool | None:
+        return True if stream._state().readable >= n else None
+
+    if w.name == "asyncio":
+        await asyncio.wait_for(stream._wait(check, "readable()"), WAIT)
+    else:
+        stream._wait(check, WAIT, "readable()")
+
+
+async def pause(w: World, seconds: float) -> None:
+    if w.name == "asyncio":
+        await asyncio.sleep(seconds)
+    else:
+        time.sleep(seconds)
+
+
+@worlds
+def test_reading_the_answer_to_fin_loses_nothing(w: World, registration, server_credential) -> None:
+    # read() until FIN waits for the first bytes themselves, then (no FIN with
+    # them) reads on in steps. A timeout (asyncio: a cancellation) in either
+    # part keeps every byte for the next read; a reply in two parts comes whole.
+    async def handler(w: World, conn: Any) -> None:
+        try:
+            answer = await w.wait(conn.accept_stream)
+            await w.wait(answer.read, -1)
+            for part in (b"first|", b"second"):  # each after the client's go-ahead stream
+                go = await w.wait(conn.accept_stream)
+                await w.wait(go.read, -1)
+                answer.write(part, fin=part == b"second")
+            split = await w.wait(conn.accept_stream)
+            await w.wait(split.read, -1)
+            split.write(b"part one|")
+            await pause(w, 0.1)  # the client is most likely waiting by now (either way, nothing is lost)
+            split.write(b"part two", fin=True)
+            await w.wait(conn.wait_closed)
+        except pymsquic.ConnectionClosed:
+            pass
+
+    timeouts = (TimeoutError, asyncio.TimeoutError)
+
+    async def body() -> None:
+        async with await serve_with(w, handler, registration, server_credential,
+                                    pymsquic.Settings(peer_bidi_stream_count=8)) as server:
+            conn = await w.connect(server.port, registration)
+            stream = conn.open_stream(data=b"request", fin=True)
+            with pytest.raises(timeouts):  # nothing came: the first wait times out
+                await w.wait(stream.read, -1, timeout=0.2)
+            conn.open_stream(data=b"go", fin=True)
+            await readable(w, stream, 6)
+            with pytest.raises(timeouts):  # "first|" taken, then the wait for more times out
+                await w.wait(stream.read, -1, timeout=0.2)
+            conn.open_stream(data=b"go", fin=True)
+            assert await w.wait(stream.read, -1) == b"first|second"
+            assert stream.at_eof()
+            split = conn.open_stream(data=b"split", fin=True)
+            assert await w.wait(split.read, -1) == b"part one|part two"
+            await w.call(conn.close)
 
     w.run(body())
 

@@ -78,7 +78,11 @@ class Stream(StreamCore, NativeWaitable):
         n = count(n, "read()")
         if n < 0:
             first = self._read_now(READ_CHUNK)
-            if first is not None and (not first or self._eof_read):
+            if first is None:
+                # Wait for the bytes themselves: a small answer comes with its FIN,
+                # and is then returned without a read in steps.
+                first = await self._wait(self._read_chunk_now, "read()")
+            if not first or self._eof_read:
                 return first  # all there, FIN included: no steps to drive
             return await self._run(self._read_steps(-1, first, checked=True), "read()")
         if n == 0:
