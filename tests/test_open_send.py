@@ -396,10 +396,15 @@ asyncio.run(main())
 """
 
 
-def test_loop_execution_mode() -> None:
+def run_in_loop_mode(code: str) -> None:
+    """Run ``code`` in a child process with PYMSQUIC_EXECUTION=loop; it must print "ok loop"."""
     env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
                PYMSQUIC_EXECUTION="loop")
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(LOOP_MODE_CHILD)], env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                          timeout=120)
     assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     assert "ok loop" in proc.stdout
+
+
+def test_loop_execution_mode() -> None:
+    run_in_loop_mode(LOOP_MODE_CHILD)

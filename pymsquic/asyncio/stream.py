@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 class StreamProtocol:
     """Callbacks for a stream, run on the event loop: asyncio.Protocol's shape,
     without a task or a future per stream. See
-    :meth:`Connection.set_stream_protocol`."""
+    :meth:`Connection.set_stream_protocol` (the peer's streams) and
+    :meth:`Connection.create_stream` (ours)."""
 
     def connection_made(self, stream: Stream) -> None:
         """The stream is ready; keep ``stream`` to write to it."""
