@@ -238,6 +238,57 @@ def test_pause_reading_holds_a_large_answer_back() -> None:
     assert run(handler, client) == [size, True, None]
 
 
+def test_the_answer_is_delivered_when_the_end_comes_right_after_an_empty_read(monkeypatch) -> None:
+    # The race the bench found against the native server: a protocol's read finds
+    # nothing, then the answer, its FIN and the stream's end land before the end is
+    # checked; connection_lost came with the answer unread. Made certain here: the
+    # server (in a thread of its own) answers once that read began, and the read is
+    # held until the stream ended.
+    import threading
+
+    from pymsquic._msquic import lib
+
+    original = Stream._read_now
+    held: list[Stream] = []
+    reading = threading.Event()
+
+    def read_now(self: Stream, n: int) -> bytes | None:
+        if self._protocol is not None and not held:
+            held.append(self)
+            reading.set()  # the server answers only now: this read finds nothing
+            obj = self._native_obj
+            for _ in range(int(WAIT * 10)):
+                seq = lib.pmq_obj_seq(obj)
+                if self._state().flags & lib.PMQ_STREAM_SHUTDOWN_COMPLETE:
+                    break
+                lib.pmq_obj_wait(obj, seq, 100)
+            return None  # what the read found before the answer came
+        return original(self, n)
+
+    def handler(conn: pymsquic.sync.Connection) -> None:
+        for stream in conn:
+            request = stream.read(timeout=WAIT)
+            reading.wait(WAIT)
+            stream.write(request, fin=True)
+
+    async def main() -> Recorder:
+        with pymsquic.sync.serve(handler, "127.0.0.1", 0, alpn=ALPN, credential=CREDENTIAL, settings=SETTINGS,
+                                 close_timeout=2.0) as server:
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            async with pymsquic.asyncio.connect("127.0.0.1", server.addresses[0][1], alpn=ALPN, credential=CLIENT,
+                                                settings=SETTINGS) as conn:
+                monkeypatch.setattr(Stream, "_read_now", read_now)
+                _, protocol = conn.create_stream(Recorder, data=b"race", fin=True)
+                monkeypatch.undo()
+                await asyncio.wait_for(protocol.done, WAIT)
+                return protocol
+
+    protocol = asyncio.run(main())
+    assert held and held[0].is_closed
+    assert protocol.events == ["made", "data", "eof", "lost"] and bytes(protocol.data) == b"race"
+    assert protocol.lost is None
+
+
 LOOP_MODE_CHILD = """
 import asyncio, os
 import pymsquic

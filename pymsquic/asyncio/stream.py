@@ -215,6 +215,10 @@ class Stream(StreamCore, NativeWaitable):
             super()._native_changed()
             return
         try:
+            # The end is read before the data: all that came before it is delivered
+            # below. Read after, it could be an end that came (with the last data and
+            # the FIN) after a read found nothing: connection_lost, the answer unread.
+            closed = self._state().flags & lib.PMQ_STREAM_SHUTDOWN_COMPLETE
             while not self._eof_delivered and not self._reading_paused:
                 data = self._read_now(READ_CHUNK)
                 if data is None:
@@ -224,7 +228,7 @@ class Stream(StreamCore, NativeWaitable):
                 else:
                     self._eof_delivered = True
                     protocol.eof_received()
-            if self._state().flags & lib.PMQ_STREAM_SHUTDOWN_COMPLETE:
+            if closed and (self._eof_delivered or not self._reading_paused):  # paused: after the rest
                 self._lose(protocol, None)
         except QuicError as exc:
             self._lose(protocol, exc)
