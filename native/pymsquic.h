@@ -703,6 +703,14 @@ int pmq_conn_start_pending(pmq_conn *conn);
 int pmq_stream_consume_next(pmq_stream *stream, uint64_t n);
 int pmq_stream_read_into_next(pmq_stream *stream, uint8_t *dst, uint64_t cap, uint64_t *copied, int *next);
 
+/* s16-req: a request in one call. Opens a local stream (as pmq_stream_open)
+ * and, when there is data or fin, sends it at once (as pmq_stream_write; that
+ * send starts the stream). *out is NULL when the open failed (the status says
+ * why); set when it succeeded, and then owned by the caller even if the send
+ * failed, which the status then reports. */
+QUIC_STATUS pmq_stream_open_send(pmq_conn *conn, int unidirectional, const uint8_t *data, size_t len, int fin,
+                                 pmq_stream **out);
+
 /* CFFI-END */
 
 /* Declared for cffi in build_msquic.py (a global and an extern "Python+C"). */

@@ -16,6 +16,10 @@ from bench.protocol import (
 # "fifo" or "round_robin" (pymsquic's default): the pymsquic-asyncio-fifo variant sets it.
 SCHEDULING = os.environ.get("BENCH_STREAM_SCHEDULING") or None
 
+# "protocol": the rps and latency requests go through StreamProtocols (Connection.create_stream),
+# chained by callbacks, instead of a coroutine per request loop (the default, "await").
+CLIENT_STYLE = os.environ.get("BENCH_ASYNCIO_CLIENT", "await")
+
 # The server allows resumption and 0-RTT (for the hs-* workloads; the others make no use of it).
 SETTINGS = pymsquic.Settings(peer_bidi_stream_count=1000, idle_timeout_ms=30_000, stream_scheduling=SCHEDULING,
                              server_resumption_level="resume_and_zero_rtt")
@@ -161,13 +165,15 @@ async def client(port: int, workload: str, duration: float) -> Result:
         clock.finish(result)
     elif workload == "fairness":
         await fairness(conn, duration, result)
+    elif CLIENT_STYLE == "protocol":  # rps, latency
+        await protocol_requests(conn, RPS_PARALLEL if workload == "rps" else 1, clock, result)
+        clock.finish(result)
     else:  # rps, latency
 
         async def requests() -> None:
             while clock.running():
                 start = time.perf_counter()
-                stream = conn.open_stream()
-                stream.write(REQUEST, fin=True)
+                stream = conn.open_stream(data=REQUEST, fin=True)  # open, send, FIN: one native call
                 answer = await stream.read()
                 result.latencies_us.append((time.perf_counter() - start) * 1e6)
                 result.requests += 1
@@ -179,6 +185,58 @@ async def client(port: int, workload: str, duration: float) -> Result:
     return result
 
 
+class _Answer(pymsquic.asyncio.StreamProtocol):
+    """One request of a chain: the answer's FIN records it and sends the next one."""
+
+    def __init__(self, chain: "_Chain") -> None:
+        self.chain = chain
+        self.size = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.size += len(data)
+
+    def eof_received(self) -> None:
+        self.chain.answered(self.size)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self.chain.failed(exc)
+
+
+class _Chain:
+    """Requests one after another on callbacks alone: no task, no future per request."""
+
+    def __init__(self, conn: pymsquic.asyncio.Connection, clock: Clock, result: Result) -> None:
+        self.conn, self.clock, self.result = conn, clock, result
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.start = 0.0
+
+    def send(self) -> None:
+        self.start = time.perf_counter()
+        self.conn.create_stream(lambda: _Answer(self), data=REQUEST, fin=True)
+
+    def answered(self, size: int) -> None:
+        result = self.result
+        result.latencies_us.append((time.perf_counter() - self.start) * 1e6)
+        result.requests += 1
+        result.bytes += size
+        if self.clock.running():
+            self.send()
+        elif not self.done.done():
+            self.done.set_result(None)
+
+    def failed(self, exc: Exception) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+
+async def protocol_requests(conn: pymsquic.asyncio.Connection, parallel: int, clock: Clock, result: Result) -> None:
+    chains = [_Chain(conn, clock, result) for _ in range(parallel)]
+    for chain in chains:
+        chain.send()
+    await asyncio.gather(*(chain.done for chain in chains))
+
+
 async def fairness(conn: pymsquic.asyncio.Connection, duration: float, result: Result) -> None:
     """Requests one at a time beside a saturating download on the same connection.
     A request still waiting at the deadline counts with the time it waited so far."""
@@ -188,8 +246,7 @@ async def fairness(conn: pymsquic.asyncio.Connection, duration: float, result: R
     clock = Clock(duration)
 
     async def request() -> None:
-        stream = conn.open_stream()
-        stream.write(REQUEST, fin=True)
+        stream = conn.open_stream(data=REQUEST, fin=True)
         result.bytes += len(await stream.read())
 
     while clock.running():

@@ -177,8 +177,7 @@ def run_client(port: int, workload: str, duration: float) -> Result:
         def requests() -> None:
             while clock.running():
                 start = time.perf_counter()
-                stream = conn.open_stream()
-                stream.write(REQUEST, fin=True)
+                stream = conn.open_stream(data=REQUEST, fin=True)  # open, send, FIN: one native call
                 answer = stream.read()
                 with lock:
                     result.latencies_us.append((time.perf_counter() - start) * 1e6)

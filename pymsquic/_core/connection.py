@@ -35,7 +35,7 @@ from ..registration import Registration
 from ..resumption import ResumptionMixin
 from ..versions import HandshakeInfo
 from .certificates import BAD_CERTIFICATE, Refusal, run_check
-from .stream import StreamCore
+from .stream import _MAX_WRITE, StreamCore
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -360,16 +360,42 @@ class ConnectionCore(ResumptionMixin, Generic[S]):
         whatever its code), not after a transport error or an idle timeout."""
         return exc.by_app or (exc.by_peer and exc.error_code == 0)
 
-    def _open_stream(self, unidirectional: bool) -> S:
-        """A new local stream of the world's class (never blocks)."""
+    def open_stream(self, unidirectional: bool = False, *, data: BufferLike | None = None,
+                    fin: bool = False) -> S:
+        """Open a stream (never waits: data written before the peer allows the
+        stream is queued). :class:`~pymsquic.ConnectionClosed` once a shutdown began.
+
+        With ``data`` (any bytes-like object) and/or ``fin``, the stream's first
+        write goes with the open, in one native call: ``open_stream(data=request,
+        fin=True)`` does what ``open_stream()`` then ``write(request, fin=True)``
+        does, with the same errors (a bad ``data`` raises before anything
+        opens), for one call into msquic's layer instead of two: the shape for a
+        request."""
         out = _native.scratch.stream
-        status = lib.pmq_stream_open(self._conn, bool(unidirectional), out)
-        native = out[0]  # at once: any Python call in between may reuse this thread's scratch
+        if data is None and not fin:
+            status = lib.pmq_stream_open(self._conn, bool(unidirectional), out)
+            native = out[0]  # at once: any Python call in between may reuse this thread's scratch
+            if failed(status):
+                raise self._open_failure(status)
+            return self._stream_class(native, self)
+        # Bad data fails here, before any stream opens (as write() would fail).
+        cdata, nbytes = (ffi.NULL, 0) if data is None else c_buffer(data)
+        if nbytes > _MAX_WRITE:
+            raise ValueError(f"a single write takes at most {_MAX_WRITE} bytes, not {nbytes}")
+        status = lib.pmq_stream_open_send(self._conn, bool(unidirectional), cdata if nbytes else ffi.NULL, nbytes,
+                                          bool(fin), out)
+        native = out[0]
+        if native == ffi.NULL:
+            raise self._open_failure(status)
+        stream = self._stream_class(native, self)
         if failed(status):
-            if self.close_reason is not None:
-                raise self._closed_error()
-            raise QuicError("StreamOpen failed", status)
-        return self._stream_class(native, self)
+            raise stream._write_failure(status)  # opened, but not written: dropped, as after a failed write()
+        return stream
+
+    def _open_failure(self, status: int) -> QuicError:
+        if self.close_reason is not None:
+            return self._closed_error()
+        return QuicError("StreamOpen failed", status)
 
     def _try_accept_stream(self) -> S | None:
         """The next peer stream, None if there is none yet; ConnectionClosed once

@@ -334,6 +334,10 @@ class StreamCore:
             self._unread(chunks)  # consumed natively, not returned: keep them
             raise
 
+    def _read_chunk_now(self) -> bytes | None:
+        """``_read_now`` of a read until FIN's step: a wait's check."""
+        return self._read_now(READ_CHUNK)
+
     def _readinto_now(self, buffer: Any) -> int | None:
         try:
             target = ffi.from_buffer(buffer, require_writable=True)

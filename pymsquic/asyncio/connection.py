@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Generator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Generator, TypeVar
 
 from .._buffers import BufferLike
 from .._core.connection import ConnectionCore, check_endpoint, exit_error_code, local_address_native
@@ -20,10 +20,12 @@ from ..keylog import KeyLogLike
 from ..registration import Registration
 from ..resumption import SessionTicketHandler, check_resumption_args
 from .bridge import NativeWaitable
-from .stream import Stream, StreamProtocolFactory
+from .stream import Stream, StreamProtocol, StreamProtocolFactory
 
 if TYPE_CHECKING:
     from typing_extensions import Self
+
+P = TypeVar("P", bound=StreamProtocol)
 
 #: How long :func:`connect` waits for the handshake by default, as websockets does.
 DEFAULT_OPEN_TIMEOUT = 10.0
@@ -36,8 +38,8 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
     :meth:`Listener.accept` gets one whose handshake is complete (or, with
     0-RTT, one whose early request arrived: :attr:`accepted_early`). Streams:
     :meth:`open_stream`, :meth:`accept_stream` or ``async for stream in
-    connection``, or :meth:`set_stream_protocol` for callbacks. Datagrams:
-    :meth:`send_datagram`, :meth:`receive_datagram`.
+    connection``, or :meth:`set_stream_protocol` and :meth:`create_stream` for
+    callbacks. Datagrams: :meth:`send_datagram`, :meth:`receive_datagram`.
 
     :meth:`shutdown` starts a shutdown; ``await close()`` lets streams finish
     sending, shuts down and waits (up to :attr:`close_timeout` seconds), then
@@ -50,16 +52,11 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
 
     _stream_class = Stream
     _stream_protocol: StreamProtocolFactory | None = None
-    _protocol_streams: set[Stream]  # streams run by protocols, until connection_lost (set_stream_protocol)
+    _protocol_streams: set[Stream]  # streams run by protocols, until connection_lost (_keep_protocol_streams)
     _peer_address_callback: Callable[[Address], object] | None = None
     _peer_address_seen = 0  # changes the callback was run for
 
     # ---- streams ---------------------------------------------------------------
-
-    def open_stream(self, unidirectional: bool = False) -> Stream:
-        """Open a stream (never waits: data written before the peer allows the
-        stream is queued). :class:`~pymsquic.ConnectionClosed` once a shutdown began."""
-        return self._open_stream(unidirectional)
 
     async def accept_stream(self) -> Stream:
         """The next stream the peer opens. :class:`~pymsquic.ConnectionClosed`
@@ -88,11 +85,33 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
         gets ``factory()``, a :class:`StreamProtocol` run on this event loop.
         Cheaper per stream than ``async for stream in connection`` when there are
         many small ones. Call it from a coroutine on the connection's loop."""
-        if self._stream_protocol is None:
-            self._protocol_streams = set()
+        self._keep_protocol_streams()
         self._stream_protocol = factory
         self._attach_to_running_loop()
         self._native_changed()
+
+    def create_stream(self, protocol_factory: Callable[[], P], unidirectional: bool = False, *,
+                      data: BufferLike | None = None, fin: bool = False) -> tuple[Stream, P]:
+        """Open a stream run by a protocol, as ``loop.create_connection()`` does
+        for a connection: ``protocol_factory()`` (a :class:`StreamProtocol`) gets
+        ``connection_made(stream)``, then ``data_received``, ``eof_received``
+        and ``connection_lost`` on this event loop, with no task or future per
+        stream. ``data`` and ``fin`` go with the open in one native call, as in
+        :meth:`open_stream`, whose errors it raises (the factory runs first: if
+        it raises, nothing opens). Returns ``(stream, protocol)``. A
+        unidirectional stream of ours receives nothing: its ``eof_received``
+        comes at once. Call it from the connection's loop."""
+        asyncio.get_running_loop()  # RuntimeError off the loop, before anything opens
+        protocol = protocol_factory()
+        stream = self.open_stream(unidirectional, data=data, fin=fin)
+        self._keep_protocol_streams()
+        stream._set_protocol(protocol)
+        return stream, protocol
+
+    def _keep_protocol_streams(self) -> None:
+        # Streams run by protocols are held here until connection_lost: nothing else does.
+        if not hasattr(self, "_protocol_streams"):
+            self._protocol_streams = set()
 
     def _native_changed(self) -> None:
         if self._peer_address_callback is not None:

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 class StreamProtocol:
     """Callbacks for a stream, run on the event loop: asyncio.Protocol's shape,
     without a task or a future per stream. See
-    :meth:`Connection.set_stream_protocol`."""
+    :meth:`Connection.set_stream_protocol` (the peer's streams) and
+    :meth:`Connection.create_stream` (ours)."""
 
     def connection_made(self, stream: Stream) -> None:
         """The stream is ready; keep ``stream`` to write to it."""
@@ -78,7 +79,11 @@ class Stream(StreamCore, NativeWaitable):
         n = count(n, "read()")
         if n < 0:
             first = self._read_now(READ_CHUNK)
-            if first is not None and (not first or self._eof_read):
+            if first is None:
+                # Wait for the bytes themselves: a small answer comes with its FIN,
+                # and is then returned without a read in steps.
+                first = await self._wait(self._read_chunk_now, "read()")
+            if not first or self._eof_read:
                 return first  # all there, FIN included: no steps to drive
             return await self._run(self._read_steps(-1, first, checked=True), "read()")
         if n == 0:
@@ -210,6 +215,10 @@ class Stream(StreamCore, NativeWaitable):
             super()._native_changed()
             return
         try:
+            # The end is read before the data: all that came before it is delivered
+            # below. Read after, it could be an end that came (with the last data and
+            # the FIN) after a read found nothing: connection_lost, the answer unread.
+            closed = self._state().flags & lib.PMQ_STREAM_SHUTDOWN_COMPLETE
             while not self._eof_delivered and not self._reading_paused:
                 data = self._read_now(READ_CHUNK)
                 if data is None:
@@ -219,7 +228,7 @@ class Stream(StreamCore, NativeWaitable):
                 else:
                     self._eof_delivered = True
                     protocol.eof_received()
-            if self._state().flags & lib.PMQ_STREAM_SHUTDOWN_COMPLETE:
+            if closed and (self._eof_delivered or not self._reading_paused):  # paused: after the rest
                 self._lose(protocol, None)
         except QuicError as exc:
             self._lose(protocol, exc)

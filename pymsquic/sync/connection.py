@@ -56,11 +56,6 @@ class Connection(ConnectionCore[Stream]):
 
     # ---- streams ---------------------------------------------------------------
 
-    def open_stream(self, unidirectional: bool = False) -> Stream:
-        """Open a stream (never waits: data written before the peer allows the
-        stream is queued). :class:`~pymsquic.ConnectionClosed` once a shutdown began."""
-        return self._open_stream(unidirectional)
-
     def accept_stream(self, timeout: float | None = None) -> Stream:
         """The next stream the peer opens. :class:`~pymsquic.ConnectionClosed`
         once the connection is shutting down and no stream is left."""

@@ -57,7 +57,15 @@ class Stream(StreamCore):
         """
         n = count(n, "read()")
         if n < 0:
-            return self._run(self._read_steps(-1), timeout, "read()")
+            deadline = _native.Deadline(timeout)
+            first = self._read_now(READ_CHUNK)
+            if first is None:
+                # Wait for the bytes themselves: a small answer comes with its FIN,
+                # and is then returned without a read in steps.
+                first = self._wait(self._read_chunk_now, timeout, "read()")
+            if not first or self._eof_read:
+                return first  # all there, FIN included: no steps to drive
+            return self._run(self._read_steps(-1, first, checked=True), deadline, "read()")
         if n == 0:
             return b""
         return self._wait(lambda: self._read_now(n), timeout, "read()")
@@ -87,10 +95,10 @@ class Stream(StreamCore):
         """Read into a writable, C-contiguous buffer; returns the byte count, 0 at FIN."""
         return self._wait(lambda: self._readinto_now(buffer), timeout, "readinto()")
 
-    def _run(self, steps: ReadSteps, timeout: float | None, what: str) -> bytes:
+    def _run(self, steps: ReadSteps, timeout: float | None | _native.Deadline, what: str) -> bytes:
         # Drives a read in steps (see _core.stream) under one deadline; closing
         # it on an exception (a timeout above all) puts what it gathered back.
-        deadline = _native.Deadline(timeout)
+        deadline = timeout if isinstance(timeout, _native.Deadline) else _native.Deadline(timeout)
         self._connection._start_deferred()  # an early-data client starts at its first wait
         try:
             while True:
