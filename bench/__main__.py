@@ -7,7 +7,9 @@ With --repeat N every rate is the median of N runs, shown with their min-max.
 Implementations: native (quicperf.c on msquic's worker threads), native-exec
 (the same on msquic's custom execution: one thread), native-rr (fairness only,
 round-robin server), pymsquic-asyncio (threads mode), pymsquic-asyncio-loop
-(PYMSQUIC_EXECUTION=loop), pymsquic-asyncio-fifo (fairness only),
+(PYMSQUIC_EXECUTION=loop), pymsquic-asyncio-protocol and
+pymsquic-asyncio-loop-protocol (rps and latency only: the client's requests as
+StreamProtocol callbacks), pymsquic-asyncio-fifo (fairness only),
 pymsquic-blocking, pymsquic-blocking-loop (the same, PYMSQUIC_EXECUTION=loop),
 aioquic, qh3, aiopquic.
 """
@@ -22,7 +24,8 @@ from pathlib import Path
 from bench.harness import REPO, chart, run, table
 from bench.protocol import WORKLOADS
 
-ALL_IMPLS = ["native", "native-exec", "native-rr", "pymsquic-asyncio", "pymsquic-asyncio-loop", "pymsquic-asyncio-fifo",
+ALL_IMPLS = ["native", "native-exec", "native-rr", "pymsquic-asyncio", "pymsquic-asyncio-loop",
+             "pymsquic-asyncio-protocol", "pymsquic-asyncio-loop-protocol", "pymsquic-asyncio-fifo",
              "pymsquic-blocking", "pymsquic-blocking-loop", "aioquic", "qh3", "aiopquic"]
 
 
@@ -42,11 +45,11 @@ def main() -> None:
                         help="hs-* workloads only: through bench/relay.py, which adds this round-trip time")
     parser.add_argument("--server", default="", metavar="IMPL",
                         help="every client talks to this implementation's server instead of its own")
-    parser.add_argument("--cross", action="store_true",
+    parser.add_argument("--cross", nargs="?", const="*", default="", metavar="IMPLS",
                         help="also run every non-native implementation X against the native pair: rows "
                              "'native client -> X server' (X's server alone) and 'X client -> native server' "
                              "(X's client alone), with 'vs native' against the native/native row of the same run "
-                             "(adds native if missing; not with --server)")
+                             "(adds native if missing; not with --server); --cross IMPL,IMPL: only those")
     parser.add_argument("--no-idle", action="store_true", help="skip the idle-connections memory measurement")
     parser.add_argument("--out", default=str(REPO / "docs" / "bench"), help="folder for results.json and chart.png")
     args = parser.parse_args()
@@ -61,7 +64,8 @@ def main() -> None:
     if args.hs_parallel > 0:
         os.environ["BENCH_HS_PARALLEL"] = str(args.hs_parallel)  # every client inherits it
     report = run(impls, workloads, args.duration, idle=not args.no_idle, repeat=max(args.repeat, 1),
-                 rtt_ms=args.rtt, server_name=args.server, cross=args.cross)
+                 rtt_ms=args.rtt, server_name=args.server,
+                 cross=args.cross == "*" or (args.cross.split(",") if args.cross else False))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -181,6 +181,15 @@ def make_impls(names: list[str]) -> list[Impl]:
         elif name == "pymsquic-asyncio-loop":
             # The same program with msquic's work on the event loop's thread (pymsquic.execution).
             impls.append(loop_mode(name, "pymsquic-asyncio", "pymsquic asyncio, loop mode"))
+        elif name in ("pymsquic-asyncio-protocol", "pymsquic-asyncio-loop-protocol"):
+            # The requests of rps and latency as StreamProtocol callback chains (conn.create_stream),
+            # no task or future per request; the server is the same program's.
+            loop = "loop" in name
+            base = (loop_mode(name, "pymsquic-asyncio", "") if loop else
+                    python_impl("pymsquic-asyncio", "", PYMSQUIC_EXECUTION="threads"))
+            label = f"pymsquic asyncio{', loop mode' if loop else ''} (protocol client)"
+            impls.append(Impl(name, label, base.command, {**base.env, "BENCH_ASYNCIO_CLIENT": "protocol"},
+                              idle=False, only=("rps", "latency")))
         elif name == "pymsquic-blocking":
             impls.append(python_impl(name, "pymsquic blocking", PYMSQUIC_EXECUTION="threads"))
         elif name == "pymsquic-blocking-loop":
@@ -379,14 +388,15 @@ def make_certs(directory: str) -> tuple[str, str]:
 # ---- the run -----------------------------------------------------------------------------
 
 def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool, repeat: int = 1,
-        rtt_ms: float = 0.0, server_name: str = "", cross: bool = False) -> dict[str, Any]:
+        rtt_ms: float = 0.0, server_name: str = "", cross: bool | list[str] = False) -> dict[str, Any]:
     """Every implementation's rows; with repeat > 1 the whole round runs that many times
     (each pair in turn, so a busy moment on the machine spreads over all of them) and
     each row is the median of its runs. With rtt_ms the hs-* workloads go through
     bench/relay.py, which adds that round-trip time. With server_name every client talks
     to that implementation's server instead of its own. With cross (which needs the
     native pair and adds it if missing) each full non-native implementation also runs
-    against the native pair: native client -> its server, its client -> native server."""
+    against the native pair: native client -> its server, its client -> native server;
+    cross as a list of names: only those (a client-only variant too)."""
     if cross and server_name:
         raise ValueError("--cross and --server do not go together: --cross pairs every implementation with native")
     if cross and "native" not in impl_names:
@@ -397,7 +407,8 @@ def run(impl_names: list[str], workloads: list[str], duration: float, idle: bool
     pairs: list[Pair] = []
     for impl in impls:
         pairs.append(own_pair(impl, other_server))
-        if cross and native is not None and crosses(impl):
+        chosen = impl.name in cross if isinstance(cross, list) else cross and crosses(impl)
+        if chosen and native is not None and impl is not native:
             pairs += cross_pairs(native, impl)
     samples: dict[tuple[str, str], list[Row]] = {}
     memory: list[dict[str, Any]] = []
@@ -471,7 +482,8 @@ def not_run(pairs: list[Pair], workloads: list[str], skipped: dict[str, str]) ->
             continue
         why = []
         if pair.client.only or pair.server.only:
-            why.append("a fairness-only variant")
+            only = pair.client.only or pair.server.only
+            why.append(f"a variant for {', '.join(only)} only")
         if "fairness" in missing and not (pair.client.only or pair.server.only):
             why.append("fairness: only the implementations with a stream scheduling setting (protocol.FAIRNESS_IMPLS)")
         if any(w in HS_WORKLOADS for w in missing) and not (pair.client.only or pair.server.only):
