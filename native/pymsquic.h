@@ -702,6 +702,22 @@ int pmq_conn_start_pending(pmq_conn *conn);
 int pmq_stream_consume_next(pmq_stream *stream, uint64_t n);
 int pmq_stream_read_into_next(pmq_stream *stream, uint8_t *dst, uint64_t cap, uint64_t *copied, int *next);
 
+/* ---- loop mode: what the steps did (s16-fair) ---------------------------- */
+typedef struct pmq_execution_stats {
+    uint64_t steps;         /* pmq_execution_step(_for) calls */
+    uint64_t polls;         /* ExecutionPoll rounds, every stepper (the exit and driver thread too) */
+    uint64_t completions;   /* fd completions (sockets, eventfds) dispatched */
+    uint64_t capped_steps;  /* steps that stopped at STEP_ROUNDS with msquic asking for more */
+    uint64_t yielded_steps; /* steps that stopped early: the loop had something to answer */
+    uint64_t step_us;       /* time spent inside the steps */
+    uint64_t max_step_us;  /* the longest single step */
+} pmq_execution_stats;
+/* pmq_execution_step, but it ends after the round in which msquic's
+ * callbacks handed the loop's waker something (the loop answers first). */
+int64_t pmq_execution_step_for(pmq_waker *waker);
+/* The counters since msquic opened (all zero outside loop mode). */
+void pmq_execution_get_stats(pmq_execution_stats *out);
+
 /* CFFI-END */
 
 /* Declared for cffi in build_msquic.py (a global and an extern "Python+C"). */
