@@ -707,8 +707,10 @@ typedef struct pmq_execution_stats {
     uint64_t steps;         /* pmq_execution_step(_for) calls */
     uint64_t polls;         /* ExecutionPoll rounds, every stepper (the exit and driver thread too) */
     uint64_t completions;   /* fd completions (sockets, eventfds) dispatched */
-    uint64_t capped_steps;  /* steps that stopped at STEP_ROUNDS with msquic asking for more */
-    uint64_t yielded_steps; /* steps that stopped early: the loop had something to answer */
+    /* steps that stopped with msquic asking for more, because: */
+    uint64_t capped_steps;  /* they ran STEP_ROUNDS rounds */
+    uint64_t budget_steps;  /* they ran STEP_BUDGET_US */
+    uint64_t yielded_steps; /* the loop had something to answer */
     uint64_t step_us;       /* time spent inside the steps */
     uint64_t max_step_us;  /* the longest single step */
 } pmq_execution_stats;

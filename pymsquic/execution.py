@@ -65,12 +65,14 @@ def step_stats() -> dict[str, int]:
 
     ``steps``: drive steps; ``polls``: msquic ExecutionPoll rounds in them (and
     in the driver thread's and the exit's); ``completions``: fd completions
-    dispatched; ``capped_steps``: steps that stopped at their round limit with
-    msquic asking for more; ``yielded_steps``: steps that stopped early because
-    msquic had handed the loop something to answer; ``step_us`` and
-    ``max_step_us``: time inside the steps, in all and the longest.
+    dispatched; steps that stopped while msquic asked for more, because they
+    ran their most rounds (``capped_steps``), their time budget
+    (``budget_steps``), or msquic had handed the loop something to answer
+    (``yielded_steps``); ``step_us`` and ``max_step_us``: time inside the
+    steps, in all and the longest.
     """
     out = ffi.new("pmq_execution_stats *")
     lib.pmq_execution_get_stats(out)
     return {name: int(getattr(out, name)) for name in ("steps", "polls", "completions", "capped_steps",
-                                                        "yielded_steps", "step_us", "max_step_us")}
+                                                        "budget_steps", "yielded_steps", "step_us",
+                                                        "max_step_us")}
