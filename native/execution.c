@@ -167,8 +167,18 @@ static void install_exec_api(void)
  * A failure only leaves msquic's default: the mode works, less fairly. */
 static void shorten_quantum(void)
 {
+    /* msquic's QuicSettingApply recomputes an unset MinimumMtu to its floor
+     * (1248, not the default 1288): pass the current one along, or every
+     * configuration would read back another minimum_mtu in this mode. */
+    QUIC_SETTINGS current;
+    uint32_t size = sizeof(current);
+    memset(&current, 0, sizeof(current));
     QUIC_SETTINGS settings;
     memset(&settings, 0, sizeof(settings));
+    if (QUIC_SUCCEEDED(pmq_api->GetParam(NULL, QUIC_PARAM_GLOBAL_SETTINGS, &size, &current))) {
+        settings.IsSet.MinimumMtu = 1;
+        settings.MinimumMtu = current.MinimumMtu;
+    }
     settings.IsSet.MaxOperationsPerDrain = 1;
     settings.MaxOperationsPerDrain = LOOP_OPERATIONS_PER_DRAIN;
     (void)pmq_api->SetParam(NULL, QUIC_PARAM_GLOBAL_SETTINGS, sizeof(settings), &settings);
