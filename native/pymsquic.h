@@ -703,13 +703,30 @@ int pmq_conn_start_pending(pmq_conn *conn);
 int pmq_stream_consume_next(pmq_stream *stream, uint64_t n);
 int pmq_stream_read_into_next(pmq_stream *stream, uint8_t *dst, uint64_t cap, uint64_t *copied, int *next);
 
-/* s16-req: a request in one call. Opens a local stream (as pmq_stream_open)
+/* A request in one call. Opens a local stream (as pmq_stream_open)
  * and, when there is data or fin, sends it at once (as pmq_stream_write; that
  * send starts the stream). *out is NULL when the open failed (the status says
  * why); set when it succeeded, and then owned by the caller even if the send
  * failed, which the status then reports. */
 QUIC_STATUS pmq_stream_open_send(pmq_conn *conn, int unidirectional, const uint8_t *data, size_t len, int fin,
                                  pmq_stream **out);
+/* ---- loop mode: what the steps did ---------------------------------- */
+typedef struct pmq_execution_stats {
+    uint64_t steps;         /* pmq_execution_step(_for) calls */
+    uint64_t polls;         /* ExecutionPoll rounds, every stepper (the exit and driver thread too) */
+    uint64_t completions;   /* fd completions (sockets, eventfds) dispatched */
+    /* steps that stopped with msquic asking for more, because: */
+    uint64_t capped_steps;  /* they ran STEP_ROUNDS rounds */
+    uint64_t budget_steps;  /* they ran STEP_BUDGET_US */
+    uint64_t yielded_steps; /* the loop had something to answer */
+    uint64_t step_us;       /* time spent inside the steps */
+    uint64_t max_step_us;  /* the longest single step */
+} pmq_execution_stats;
+/* pmq_execution_step, but it ends after the round in which msquic's
+ * callbacks handed the loop's waker something (the loop answers first). */
+int64_t pmq_execution_step_for(pmq_waker *waker);
+/* The counters since msquic opened (all zero outside loop mode). */
+void pmq_execution_get_stats(pmq_execution_stats *out);
 
 /* CFFI-END */
 

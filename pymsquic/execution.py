@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 
 from . import _native
+from ._msquic import ffi, lib
 
 MODES = ("threads", "loop")
 ENV_VAR = "PYMSQUIC_EXECUTION"
@@ -57,3 +58,21 @@ def mode_from_environment() -> str:
     if not value:
         return "threads"
     return _check_mode(value, f"the environment variable {ENV_VAR}")
+
+
+def step_stats() -> dict[str, int]:
+    """Loop mode's counters since msquic opened, for diagnostics (all 0 in ``"threads"``).
+
+    ``steps``: drive steps; ``polls``: msquic ExecutionPoll rounds in them (and
+    in the driver thread's and the exit's); ``completions``: fd completions
+    dispatched; steps that stopped while msquic asked for more, because they
+    ran their most rounds (``capped_steps``), their time budget
+    (``budget_steps``), or msquic had handed the loop something to answer
+    (``yielded_steps``); ``step_us`` and ``max_step_us``: time inside the
+    steps, in all and the longest.
+    """
+    out = ffi.new("pmq_execution_stats *")
+    lib.pmq_execution_get_stats(out)
+    return {name: int(getattr(out, name)) for name in ("steps", "polls", "completions", "capped_steps",
+                                                        "budget_steps", "yielded_steps", "step_us",
+                                                        "max_step_us")}

@@ -4,7 +4,9 @@ msquic's epoll fd is a reader on the loop; each step dispatches what is ready
 and runs msquic's queued work and timers, so msquic's callbacks run here, on
 the loop's thread. The next step follows the wait msquic returns: at once
 (``call_soon``: 0 means "poll again now", msquic signals nothing then), after
-that many milliseconds (``call_later``), or only when the fd is readable.
+that many milliseconds (``call_later``), or only when the fd is readable. A
+step hands the loop back as soon as msquic's callbacks gave the loop's bridge
+something to answer, so a busy sender cannot hold the loop for all its rounds.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import threading
 from typing import Any, Callable
 
-from .._msquic import lib
+from .._msquic import ffi, lib
 from .._native import is_forked_child, take_interrupt_from_hook
 
 logger = logging.getLogger("pymsquic")
@@ -38,7 +40,8 @@ class _Driver:
             timer.cancel()
         wait = 0  # interrupted before msquic answered (a signal on the call's return): step again
         try:
-            wait = lib.pmq_execution_step()  # msquic's callbacks run in here
+            # msquic's callbacks run in here; it ends early once the bridge has something
+            wait = lib.pmq_execution_step_for(self._waker or ffi.NULL)
             if take_interrupt_from_hook():
                 raise KeyboardInterrupt  # Ctrl-C landed in a hook, inside the step
             if self._drain is not None and lib.pmq_waker_pending(self._waker):
