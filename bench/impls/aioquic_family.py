@@ -128,9 +128,11 @@ async def server(port: int, cert: str, key: str) -> None:
     def keep(ticket: Any) -> None:
         tickets[ticket.ticket] = ticket
 
+    # aiopquic's serve() has no ticket hooks (and runs no hs-* workload: protocol.HS_IMPLS).
+    ticket_hooks = {} if FLAVOR == "aiopquic" else {"session_ticket_fetcher": tickets.get,
+                                                     "session_ticket_handler": keep}
     srv = await _asyncio.serve("127.0.0.1", port, configuration=configuration(False, cert, key),
-                               create_protocol=PerfProtocol, session_ticket_fetcher=tickets.get,
-                               session_ticket_handler=keep)
+                               create_protocol=PerfProtocol, **ticket_hooks)
     transport = getattr(srv, "_transport", None)
     bound = transport.get_extra_info("sockname")[1] if transport is not None else port
     print("ready", bound, flush=True)
