@@ -246,7 +246,7 @@ static int64_t step_locked(int timeout_ms)
 int64_t pmq_execution_step_for(pmq_waker *waker)
 {
     if (in_forked_child()) {
-        return -1; /* and pmq_execution_active() is 0: the loop's reader goes */
+        return -1; /* and pmq_execution_active() is 0: the loop stops scheduling steps */
     }
     exec_enter();
     uint64_t start = pmq_now_us();

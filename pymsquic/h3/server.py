@@ -260,8 +260,14 @@ async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
     stop = asyncio.ensure_future(stop_on_shutdown())
     try:
         await h3.accept_request()  # None once no more requests come (GOAWAY sent, or the connection over)
-        while tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        # Only the requests still running: a finished one leaves the set through its
+        # done callback, which runs on a later turn of the loop; gathering finished
+        # tasks completes without yielding (Python 3.12+), so waiting for the set to
+        # empty spun forever and the callbacks never ran.
+        running = [task for task in tasks if not task.done()]
+        while running:
+            await asyncio.gather(*running, return_exceptions=True)
+            running = [task for task in tasks if not task.done()]
     finally:
         stop.cancel()
         for task in tasks:
