@@ -27,18 +27,9 @@ from pymsquic._msquic import lib
 
 from conftest import ALPN
 from worlds import WAIT, AsyncioServerHandle, AsyncioWorld, ServerHandle, SyncServerHandle, World, worlds
+from worlds import echo_streams as echo
 
 PACKAGE_ROOT = str(Path(pymsquic.__file__).resolve().parent.parent)
-
-
-async def echo(w: World, conn: Any) -> None:
-    """Each stream: read it to FIN, answer with the same bytes and FIN."""
-    while True:
-        try:
-            stream = await w.wait(conn.accept_stream)
-        except pymsquic.ConnectionClosed:
-            return
-        stream.write(await w.wait(stream.read, -1), fin=True)
 
 
 async def serve_with(w: World, handler: Any, registration: pymsquic.Registration,

@@ -22,7 +22,7 @@ from aioquic.quic.events import QuicEvent, StreamDataReceived
 import pymsquic
 
 from conftest import ALPN
-from worlds import WAIT, World, client_credential, round_trip, worlds
+from worlds import WAIT, World, client_credential, echo_streams, round_trip, worlds
 
 #: One value per setting that differs from msquic's default, so a read-back
 #: cannot pass by accident.
@@ -414,13 +414,7 @@ class TosProxy(threading.Thread):
 @worlds
 def test_dscp_and_ecn_marks_are_on_the_wire(w: World, registration: pymsquic.Registration,
                                             server_credential: pymsquic.Credential) -> None:
-    async def handler(w: World, conn: Any) -> None:
-        while True:
-            try:
-                stream = await w.wait(conn.accept_stream)
-            except pymsquic.ConnectionClosed:
-                return
-            stream.write(await w.wait(stream.read, -1), fin=True)
+    handler = echo_streams
 
     async def body() -> tuple[list[int], list[int]]:
         async with await w.serve(handler, registration, server_credential) as server:

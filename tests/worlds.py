@@ -202,6 +202,16 @@ WORLDS = [AsyncioWorld(), SyncWorld()]
 worlds = pytest.mark.parametrize("w", WORLDS, ids=str)
 
 
+async def echo_streams(w: World, conn: Any) -> None:
+    """A handler: each stream read to FIN and answered with the same bytes and FIN."""
+    while True:
+        try:
+            stream = await w.wait(conn.accept_stream)
+        except pymsquic.ConnectionClosed:
+            return
+        stream.write(await w.wait(stream.read, -1), fin=True)
+
+
 async def round_trip(w: World, conn: Any, data: bytes) -> bytes:
     """Send ``data`` on a new stream with FIN; what comes back until the peer's FIN."""
     stream = conn.open_stream()
