@@ -758,7 +758,7 @@ with pymsquic.Registration("port-zero") as reg:
             assert port != taken, f"listener on {host!r} port 0 shares port {taken} with another socket"
     other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # now both ports of the range are held
     other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    other.bind(("127.0.0.1", 0))
+    other.bind(("127.0.0.1", 40000 + 40001 - taken))
     with pymsquic.sync.Listener(reg, config) as lst:
         try:
             lst.start("a", ("127.0.0.1", 0))
