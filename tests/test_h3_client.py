@@ -136,6 +136,43 @@ def test_timeout_cancels_the_request(server_credential: pymsquic.Credential) -> 
     asyncio.run(main())
 
 
+def test_timeouts_among_other_requests_and_cancellations(server_credential: pymsquic.Credential) -> None:
+    """A client's requests share one deadline timer: each hanging request times out
+    on its own (its cancellation reaching the app), those answered between are left
+    alone, a cancellation from elsewhere stays a CancelledError, and a timeout
+    shortened while a longer one is pending still bounds the next request."""
+    async def main() -> None:
+        server, url = await start(server_credential)
+        async with server, pymsquic.h3.Client(verify=False, timeout=0.5) as client:
+            paths = ["/hang", "/after", "/hang", "/after", "/hang"]
+            results = await asyncio.gather(*(client.get(url + path) for path in paths), return_exceptions=True)
+            for path, result in zip(paths, results):
+                if path == "/hang":
+                    assert isinstance(result, asyncio.TimeoutError), result
+                else:
+                    assert isinstance(result, pymsquic.h3.Response) and result.status_code == 201, result
+            await asyncio.wait_for(state["hang disconnected"].wait(), 10)
+
+            state["hang started"].clear()
+            task = asyncio.ensure_future(client.get(f"{url}/hang"))
+            await state["hang started"].wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+            client.timeout = 10
+            slow = asyncio.ensure_future(client.get(f"{url}/slow"))  # a deadline 10 s on, pending
+            await state["slow started"].wait()
+            client.timeout = 0.3  # an earlier deadline than the pending one
+            with pytest.raises(asyncio.TimeoutError):
+                await client.get(f"{url}/hang")
+            state["slow go"].set()
+            assert (await slow).status_code == 201
+            assert (await client.get(f"{url}/after")).status_code == 201  # the connection carries on
+
+    asyncio.run(main())
+
+
 def test_timeout_reading_a_streamed_body_cancels_the_request(server_credential: pymsquic.Credential) -> None:
     async def main() -> None:
         server, url = await start(server_credential)

@@ -18,6 +18,7 @@ from test_h3_server import GET, headers_frame, raw_client
 
 import pymsquic
 import pymsquic.h3
+from pymsquic._core.connection import ConnectionCore
 from pymsquic._core.stream import StreamCore
 from pymsquic.h3.frames import FrameType, StreamType, encode_frame, encode_varint
 
@@ -50,10 +51,12 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def test_whole_messages_are_one_write_with_fin(server_credential: pymsquic.Credential,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A request with a bytes body (client) and a response whose body comes with
-    ``more_body: False`` (server): HEADERS, DATA and FIN in one write each."""
+    ``more_body: False`` (server): HEADERS, DATA and FIN in one write each (the
+    client's with the stream's open: ``open_stream(data=, fin=)``)."""
     writes: dict[tuple[bool, int], list[tuple[int, bool]]] = {}
     seen: list[StreamCore] = []  # kept alive: no id() of a freed stream reused for the next
     real_write = StreamCore.write
+    real_open = ConnectionCore.open_stream
 
     def write(stream: StreamCore, data: Any, fin: bool = False) -> None:
         if not stream.is_unidirectional:  # request streams only, both sides: (ours?, id)
@@ -61,7 +64,16 @@ def test_whole_messages_are_one_write_with_fin(server_credential: pymsquic.Crede
             writes.setdefault((stream.is_local, id(stream)), []).append((len(data), fin))
         real_write(stream, data, fin)
 
+    def open_stream(conn: ConnectionCore[Any], unidirectional: bool = False, *, data: Any = None,
+                    fin: bool = False) -> Any:
+        stream = real_open(conn, unidirectional, data=data, fin=fin)
+        if not unidirectional and (data is not None or fin):  # a write that goes with the open
+            seen.append(stream)
+            writes.setdefault((True, id(stream)), []).append((len(data or b""), fin))
+        return stream
+
     monkeypatch.setattr(StreamCore, "write", write)
+    monkeypatch.setattr(ConnectionCore, "open_stream", open_stream)
 
     async def main() -> None:
         async with await pymsquic.h3.serve(app, "127.0.0.1", 0, credential=server_credential) as server:
