@@ -62,13 +62,9 @@ def _target(url: str) -> tuple[str, int, bytes, bytes]:
 
 T = TypeVar("T")
 
+_UNCANCEL = sys.version_info >= (3, 11)  # Task.cancelling() and uncancel(), which _Deadlines needs
+
 if sys.version_info >= (3, 11):
-    def _cancelling(task: asyncio.Task[Any]) -> int | None:
-        return task.cancelling()
-
-    def _uncancel(task: asyncio.Task[Any]) -> int:
-        return task.uncancel()
-
     async def bounded(awaitable: Awaitable[T], timeout: float | None) -> T:
         """``awaitable`` within ``timeout`` seconds (asyncio.timeout: no task per wait, unlike wait_for)."""
         if timeout is None:
@@ -76,12 +72,6 @@ if sys.version_info >= (3, 11):
         async with asyncio.timeout(timeout):
             return await awaitable
 else:  # pragma: no cover - Python 3.10
-    def _cancelling(task: asyncio.Task[Any]) -> int | None:
-        return None  # no Task.cancelling(): _Deadlines gives way to bounded()
-
-    def _uncancel(task: asyncio.Task[Any]) -> int:
-        raise NotImplementedError
-
     async def bounded(awaitable: Awaitable[T], timeout: float | None) -> T:
         """``awaitable`` within ``timeout`` seconds."""
         return await asyncio.wait_for(awaitable, timeout)
@@ -118,16 +108,17 @@ class _Deadlines:
         one, the timeout shortened): the caller uses ``bounded()`` then."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a client used on another loop: start afresh there
+            if not _UNCANCEL:  # pragma: no cover - Python 3.10
+                return None
             self.__init__(loop)  # type: ignore[misc]
         when = loop.time() + timeout
         queue = self._queue
         if queue and queue[-1].when > when:
             return None
-        task = asyncio.current_task()
-        cancelling = None if task is None else _cancelling(task)
-        if task is None or cancelling is None:  # pragma: no cover - no task; Python 3.10
+        task = asyncio.current_task(loop)
+        if task is None:  # pragma: no cover - not in a task: nothing to cancel
             return None
-        deadline = _Deadline(when, task, cancelling)
+        deadline = _Deadline(when, task, task.cancelling())  # type: ignore[attr-defined]
         queue.append(deadline)
         self._live += 1
         if self._timer is None:
@@ -149,7 +140,7 @@ class _Deadlines:
             return False
         if state == _EXPIRED:
             assert task is not None
-            return _uncancel(task) <= deadline.cancelling
+            return task.uncancel() <= deadline.cancelling  # type: ignore[attr-defined,no-any-return]
         return False  # ended already
 
     def _expire(self) -> None:
@@ -377,8 +368,9 @@ class Client:
             deadline = None if timeout is None else self._deadlines.start(timeout)
             if deadline is None:
                 return await bounded(self._whole_response(request, method), timeout)  # one bound for it all
-            try:
-                response = await self._whole_response(request, method)
+            try:  # _whole_response() inline: one coroutine less in every wait's chain
+                response = await self._response(request, timeout, method)
+                await response._read_all()
             except BaseException as exc:
                 if self._deadlines.end(deadline) and isinstance(exc, asyncio.CancelledError):
                     raise asyncio.TimeoutError from exc  # as asyncio.timeout() turns its cancellation

@@ -451,8 +451,9 @@ class RequestStream:
                 return None
             if stream._eof_read and not stream._pushback:
                 self._take(b"")  # the FIN came with the last bytes read: no read (and coroutine) for it
-            else:
-                await self._read_frames()
+            else:  # stream.read(_READ_CHUNK) without its coroutine and checks: one a response wait
+                chunk = stream._read_now(_READ_CHUNK)
+                self._take(chunk if chunk is not None else await stream._wait(stream._read_chunk_now, "read()"))
         return self._frames.popleft()
 
     async def _read_frames(self) -> None:
