@@ -343,8 +343,8 @@ class Client:
         H3_REQUEST_REJECTED after a GOAWAY, retry elsewhere); :class:`H3StreamError` /
         :class:`H3ConnectionError` for a response that breaks RFC 9114. The request is
         cancelled (H3_REQUEST_CANCELLED) on any of them."""
-        whole = content is None or isinstance(content, bytes)
-        key = (method, url, -1 if content is None else len(content)) if whole and not headers else None  # type: ignore[arg-type]
+        body, chunks = (content, None) if content is None or isinstance(content, bytes) else (None, content)
+        key = (method, url, -1 if body is None else len(body)) if chunks is None and not headers else None
         prepared = None if key is None else _PREPARED.get(key)
         if prepared is None:
             h3, frame = await self._prepare(method, url, headers, content, key)
@@ -355,13 +355,13 @@ class Client:
             limit = h3.peer_max_field_section_size  # section 4.2.2, as headers_frame() checks it
             if limit is not None and size > limit:
                 raise ValueError(f"a header section of {size} bytes: the peer takes at most {limit}")
-        if whole:
-            request = h3.open_request(frame, content or b"", end_stream=True)  # type: ignore[arg-type]
+        if chunks is None:
+            request = h3.open_request(frame, body or b"", end_stream=True)  # the whole request in one write
         else:
             request = h3.open_request(frame)
         try:
-            if not whole:
-                await self._send_body(request, content)  # type: ignore[arg-type]
+            if chunks is not None:
+                await self._send_body(request, chunks)
             if stream:  # the body's waits are bounded one by one, as the caller reads
                 return await bounded(self._response(request, self.timeout, method), self.timeout)
             timeout = self.timeout
