@@ -109,6 +109,29 @@ def test_streamed_response_is_not_held_back(server_credential: pymsquic.Credenti
     asyncio.run(main())
 
 
+def test_a_wait_told_checked_still_checks_a_stream_attached_by_it(server_credential: pymsquic.Credential) -> None:
+    """RequestStream._next_frame waits with ``checked=True`` (it just read nothing): the
+    first check is skipped only for a stream attached to the loop before. One attached by
+    that wait is checked, as what came before its attachment was never reported."""
+    async def main() -> None:
+        async with await pymsquic.h3.serve(app, "127.0.0.1", 0, credential=server_credential) as server:
+            url = f"https://127.0.0.1:{server.addresses[0][1]}"
+            async with pymsquic.h3.Client(verify=False, timeout=10) as client:
+                assert (await client.get(f"{url}/whole")).content == BODY  # the connection, up
+                h3 = next(iter(client._connections.values()))
+                request = h3.open_request(h3.headers_frame([(b":method", b"GET"), (b":scheme", b"https"),
+                                                            (b":authority", b"127.0.0.1"), (b":path", b"/whole")]),
+                                          end_stream=True)
+                stream = request.stream
+                assert stream._attached_loop is None  # nothing waited on it: its changes go unreported
+                while stream._readable() is None:  # the answer's first bytes are in (a look, nothing read)
+                    await asyncio.sleep(0)  # the server runs on this loop
+                chunk = await asyncio.wait_for(stream._wait(stream._read_chunk_now, "read()", checked=True), 10)
+                assert chunk.startswith(bytes([FrameType.HEADERS]))
+
+    asyncio.run(main())
+
+
 def test_last_body_piece_says_more_body_false(server_credential: pymsquic.Credential) -> None:
     """A request body all in with its FIN: one http.request message, more_body False
     (no extra receive() round for an empty end); a body still coming: more_body True."""

@@ -359,6 +359,9 @@ class Client:
             request = h3.open_request(frame, body or b"", end_stream=True)  # the whole request in one write
         else:
             request = h3.open_request(frame)
+        # Attached to the loop's waker before its first read, which is then the only check
+        # before waiting (RequestStream._next_frame): most responses are waited for.
+        request.stream._attach_to_running_loop()
         try:
             if chunks is not None:
                 await self._send_body(request, chunks)

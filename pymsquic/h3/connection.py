@@ -453,7 +453,9 @@ class RequestStream:
                 self._take(b"")  # the FIN came with the last bytes read: no read (and coroutine) for it
             else:  # stream.read(_READ_CHUNK) without its coroutine and checks: one a response wait
                 chunk = stream._read_now(_READ_CHUNK)
-                self._take(chunk if chunk is not None else await stream._wait(stream._read_chunk_now, "read()"))
+                if chunk is None:
+                    chunk = await stream._wait(stream._read_chunk_now, "read()", checked=True)
+                self._take(chunk)
         return self._frames.popleft()
 
     async def _read_frames(self) -> None:
