@@ -262,6 +262,7 @@ def test_connection_specific_fields_of_the_app_are_left_out(server_credential: p
 
 
 def test_header_section_over_the_servers_limit_is_refused_here(server_credential: pymsquic.Credential) -> None:
+    """Over the server's SETTINGS_MAX_FIELD_SECTION_SIZE: a ValueError here, nothing sent."""
     async def main() -> None:
         state.clear()
         server = await pymsquic.h3.serve(app, "127.0.0.1", 0, credential=server_credential,
@@ -274,6 +275,18 @@ def test_header_section_over_the_servers_limit_is_refused_here(server_credential
             with pytest.raises(ValueError, match="at most 1000"):
                 await client.get(f"{url}/", headers={"x-big": "v" * 2000})
             assert (await client.get(f"{url}/")).status_code == 201  # nothing was sent; all is well
+
+            # A request without fields of the caller's is encoded once and kept (client.py
+            # _PREPARED): the first goes out on a connection just made, before its SETTINGS are
+            # read (nothing checked it); the next, taken from what was kept, is refused here.
+            long_url = f"{url}/{'p' * 2000}"
+            async with pymsquic.h3.Client(verify=False, timeout=10) as fresh:
+                with pytest.raises(pymsquic.StreamReset) as first:
+                    await fresh.get(long_url)
+                assert first.value.error_code == ErrorCode.H3_EXCESSIVE_LOAD  # the server's refusal
+                await asyncio.wait_for(next(iter(fresh._connections.values())).peer_settings, 10)
+                with pytest.raises(ValueError, match="at most 1000"):
+                    await fresh.get(long_url)
 
     asyncio.run(main())
 

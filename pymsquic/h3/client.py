@@ -96,7 +96,10 @@ class _Deadlines:
     and a context manager, per request. Requests of one timeout end in the
     order they began: a FIFO of deadlines, the timer at its head's."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self) -> None:
+        self._reset(None)
+
+    def _reset(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self._queue: collections.deque[_Deadline] = collections.deque()
         self._live = 0  # deadlines not ended nor expired
         self._timer: asyncio.TimerHandle | None = None
@@ -110,7 +113,7 @@ class _Deadlines:
         if loop is not self._loop:  # a client used on another loop: start afresh there
             if not _UNCANCEL:  # pragma: no cover - Python 3.10
                 return None
-            self.__init__(loop)  # type: ignore[misc]
+            self._reset(loop)
         when = loop.time() + timeout
         queue = self._queue
         if queue and queue[-1].when > when:
