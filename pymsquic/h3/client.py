@@ -12,7 +12,19 @@ import collections
 import dataclasses
 import os
 import sys
-from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, Awaitable, Mapping, Sequence, Tuple, TypeVar, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Coroutine,
+    Mapping,
+    Sequence,
+    Tuple,
+    TypeVar,
+    Union,
+)
 from urllib.parse import urlsplit
 
 from .. import asyncio as pymsquic_asyncio
@@ -459,21 +471,21 @@ class Client:
             _RESPONSE_HEADS[key] = (status, response._expected_length)
         return response
 
-    async def get(self, url: str, **kwargs: object) -> Response:
-        """``request("GET", url, ...)``."""
-        return await self.request("GET", url, **kwargs)  # type: ignore[arg-type]
+    def get(self, url: str, **kwargs: object) -> Coroutine[Any, Any, Response]:
+        """``request("GET", url, ...)`` (its coroutine itself: no layer more in each wait)."""
+        return self.request("GET", url, **kwargs)  # type: ignore[arg-type]
 
-    async def post(self, url: str, **kwargs: object) -> Response:
-        """``request("POST", url, ...)``."""
-        return await self.request("POST", url, **kwargs)  # type: ignore[arg-type]
+    def post(self, url: str, **kwargs: object) -> Coroutine[Any, Any, Response]:
+        """``request("POST", url, ...)`` (its coroutine itself: no layer more in each wait)."""
+        return self.request("POST", url, **kwargs)  # type: ignore[arg-type]
 
-    async def put(self, url: str, **kwargs: object) -> Response:
-        """``request("PUT", url, ...)``."""
-        return await self.request("PUT", url, **kwargs)  # type: ignore[arg-type]
+    def put(self, url: str, **kwargs: object) -> Coroutine[Any, Any, Response]:
+        """``request("PUT", url, ...)`` (its coroutine itself: no layer more in each wait)."""
+        return self.request("PUT", url, **kwargs)  # type: ignore[arg-type]
 
-    async def delete(self, url: str, **kwargs: object) -> Response:
-        """``request("DELETE", url, ...)``."""
-        return await self.request("DELETE", url, **kwargs)  # type: ignore[arg-type]
+    def delete(self, url: str, **kwargs: object) -> Coroutine[Any, Any, Response]:
+        """``request("DELETE", url, ...)`` (its coroutine itself: no layer more in each wait)."""
+        return self.request("DELETE", url, **kwargs)  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
         """Close every connection (GOAWAY, then H3_NO_ERROR), those retired after
