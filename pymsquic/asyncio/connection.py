@@ -19,7 +19,7 @@ from ..errors import ConnectionClosed
 from ..keylog import KeyLogLike
 from ..registration import Registration
 from ..resumption import SessionTicketHandler, check_resumption_args
-from .bridge import NativeWaitable
+from .bridge import NativeWaitable, bridge_for
 from .stream import Stream, StreamProtocol, StreamProtocolFactory
 
 if TYPE_CHECKING:
@@ -101,7 +101,9 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
         it raises, nothing opens). Returns ``(stream, protocol)``. A
         unidirectional stream of ours receives nothing: its ``eof_received``
         comes at once. Call it from the connection's loop."""
-        asyncio.get_running_loop()  # RuntimeError off the loop, before anything opens
+        # RuntimeError off the loop, or (loop mode) on a loop that may not drive
+        # msquic, before anything opens: the request must not go out unowned.
+        bridge_for(asyncio.get_running_loop())
         protocol = protocol_factory()
         stream = self.open_stream(unidirectional, data=data, fin=fin)
         self._keep_protocol_streams()

@@ -1,0 +1,302 @@
+"""Review of session 16's range (0ab625b..): hostile use of the new APIs.
+
+``conn.open_stream(data=, fin=)`` in both worlds, asyncio's
+``conn.create_stream(factory, data=, fin=)`` and its StreamProtocol, a peer that
+dies mid-request, and loop execution mode's loops. Real msquic over 127.0.0.1;
+every case must end in a clear Python exception or the documented behaviour,
+never an abort, a hang or lost bytes. The whole file also runs with
+``PYMSQUIC_EXECUTION=loop``.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import mmap
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_create_stream import run
+from test_open_send import run_in_loop_mode, with_echo_client
+
+import pymsquic
+from pymsquic.asyncio import Connection, Stream, StreamProtocol
+
+from worlds import WAIT, World, worlds
+
+PACKAGE_ROOT = str(Path(pymsquic.__file__).resolve().parent.parent)
+ALPN = "review-s17"
+SETTINGS = pymsquic.Settings(peer_bidi_stream_count=16, idle_timeout_ms=20_000)
+CLIENT = pymsquic.Credential.client(verify=False)
+CREDENTIAL = pymsquic.Credential.self_signed()
+
+
+# ---- open_stream(data=) with odd buffers ----------------------------------------
+
+
+@worlds
+def test_open_stream_sends_every_byte_of_typed_and_shaped_buffers(w: World, registration,
+                                                                   server_credential) -> None:
+    ints = array.array("i", range(-500, 1500))
+    flat = memoryview(ints)
+    payloads: list[Any] = [
+        flat,                                   # format 'i': 4 bytes an item, len() counts items
+        flat.cast("B").cast("i", (50, 40)),     # 2-D
+        flat[::3],                              # non-contiguous ints: copied in logical order
+        memoryview(array.array("d", [1.5] * 333)),
+    ]
+
+    async def client(conn: Any) -> None:
+        for payload in payloads:
+            stream = conn.open_stream(data=payload, fin=True)
+            assert await w.wait(stream.read, -1) == payload.tobytes()
+        # Data without FIN, then more writes of other formats.
+        stream = conn.open_stream(data=flat[:10])
+        stream.write(array.array("h", [7, 8]))
+        stream.write(b"", fin=True)
+        assert await w.wait(stream.read, -1) == flat[:10].tobytes() + array.array("h", [7, 8]).tobytes()
+
+    with_echo_client(w, registration, server_credential, client)
+
+
+@worlds
+def test_open_stream_refuses_more_than_one_write_holds_and_opens_nothing(w: World, registration,
+                                                                        server_credential) -> None:
+    # 4 GiB + 1 of untouched anonymous memory: no RAM is used, the size alone is refused.
+    huge = mmap.mmap(-1, (1 << 32) + 1)
+    big = os.urandom(8 << 20)
+
+    async def client(conn: Any) -> None:
+        try:
+            with pytest.raises(ValueError, match="at most"):
+                conn.open_stream(data=huge, fin=True)
+            with pytest.raises(ValueError, match="at most"):
+                conn.open_stream(data=memoryview(huge), fin=False)
+        finally:
+            huge.close()
+        stream = conn.open_stream(data=big, fin=True)
+        assert await w.wait(stream.read, -1) == big
+        assert stream.id == 0  # the refused calls opened nothing
+
+    with_echo_client(w, registration, server_credential, client)
+
+
+@worlds
+def test_open_stream_with_released_or_text_data(w: World, registration, server_credential) -> None:
+    async def client(conn: Any) -> None:
+        view = memoryview(b"gone")
+        view.release()
+        with pytest.raises(ValueError, match="released"):
+            conn.open_stream(data=view, fin=True)
+        with pytest.raises(TypeError, match="bytes-like"):
+            conn.open_stream(data="text")
+        stream = conn.open_stream(data=b"ok", fin=True)
+        assert await w.wait(stream.read, -1) == b"ok"
+        assert stream.id == 0
+
+    with_echo_client(w, registration, server_credential, client)
+
+
+# ---- create_stream: protocols that raise ------------------------------------------
+
+
+async def echo(conn: Connection) -> None:
+    async for stream in conn:
+        try:
+            stream.write(await stream.read(), fin=True)
+        except (pymsquic.StreamReset, pymsquic.StreamStopped):
+            pass  # a client protocol that failed aborted its request
+
+
+class Failing(StreamProtocol):
+    """Raises from one callback; records the rest."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.events: list[str] = []
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, stream: Stream) -> None:
+        self.events.append("made")
+        if self.where == "made":
+            raise ValueError("connection_made failed")
+
+    def data_received(self, data: bytes) -> None:
+        self.events.append("data")
+        if self.where == "data":
+            raise ValueError("data_received failed")
+
+    def eof_received(self) -> None:
+        self.events.append("eof")
+        if self.where == "eof":
+            raise ValueError("eof_received failed")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.events.append("lost")
+        self.lost.set_result(exc)
+
+
+# ---- the peer dies mid-request -------------------------------------------------------
+
+PEER = """
+import sys, pymsquic
+credential = pymsquic.Credential.self_signed()
+kept = []  # a stream collected would be reset
+def handler(conn):
+    for stream in conn:
+        request = stream.read(timeout=30)
+        if sys.argv[2] == "echo":
+            stream.write(request, fin=True)
+        else:
+            kept.append(stream)
+            print("got", flush=True)  # and never answers
+server = pymsquic.sync.serve(handler, "127.0.0.1", 0, alpn=sys.argv[1], credential=credential,
+                             settings=pymsquic.Settings(peer_bidi_stream_count=8))
+print(server.addresses[0][1], flush=True)
+server.serve_forever()
+"""
+
+
+class PeerProcess:
+    """A pymsquic sync server in a child process that reads each request and
+    never answers it (``echo``: answers with the request)."""
+
+    def __init__(self, behaviour: str = "silent") -> None:
+        env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(PEER), ALPN, behaviour], env=env,
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+
+    def wait_request(self) -> None:
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "got"
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(WAIT)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+SHORT_IDLE = pymsquic.Settings(idle_timeout_ms=1500)
+
+
+def test_peer_killed_mid_request_asyncio() -> None:
+    peer = PeerProcess()
+
+    async def main() -> Any:
+        async with pymsquic.asyncio.connect("127.0.0.1", peer.port, alpn=ALPN, credential=CLIENT,
+                                            settings=SHORT_IDLE) as conn:
+            plain = conn.open_stream(data=b"plain", fin=True)
+            _, protocol = conn.create_stream(lambda: Failing(""), data=b"protocol", fin=True)
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, peer.wait_request)
+            await loop.run_in_executor(None, peer.wait_request)
+            peer.kill()
+            with pytest.raises(pymsquic.ConnectionClosed):
+                await asyncio.wait_for(plain.read(), WAIT)
+            lost = await asyncio.wait_for(protocol.lost, WAIT)
+            with pytest.raises(pymsquic.ConnectionClosed):
+                conn.open_stream(data=b"after", fin=True)
+            return lost, protocol.events
+
+    try:
+        lost, events = asyncio.run(main())
+    finally:
+        peer.kill()
+    assert isinstance(lost, pymsquic.ConnectionClosed) and events == ["made", "lost"]
+
+
+def test_peer_killed_mid_request_sync() -> None:
+    peer = PeerProcess()
+    try:
+        with pymsquic.sync.connect("127.0.0.1", peer.port, alpn=ALPN, credential=CLIENT,
+                                   settings=SHORT_IDLE) as conn:
+            stream = conn.open_stream(data=b"request", fin=True)
+            peer.wait_request()
+            peer.kill()
+            with pytest.raises(pymsquic.ConnectionClosed):
+                stream.read(timeout=WAIT)
+            with pytest.raises(pymsquic.ConnectionClosed):
+                conn.open_stream(data=b"after", fin=True)
+    finally:
+        peer.kill()
+
+
+# ---- threads and loops -----------------------------------------------------------------
+
+
+def test_open_stream_from_another_thread() -> None:
+    # open_stream never waits: any thread may open and write (the answer is read on the loop).
+    async def client(conn: Connection) -> Any:
+        loop = asyncio.get_running_loop()
+        def request(i: int) -> Stream:
+            return conn.open_stream(data=b"thread %d" % i, fin=True)
+
+        streams = await asyncio.gather(*(loop.run_in_executor(None, request, i) for i in range(8)))
+        return sorted([await s.read() for s in streams])
+
+    assert run(echo, client) == sorted(b"thread %d" % i for i in range(8))
+
+
+LOOPS_CHILD = """
+import asyncio, os, threading
+import pymsquic
+from pymsquic import asyncio as pa
+
+CLIENT = pymsquic.Credential.client(verify=False)
+big = os.urandom(3 << 20)
+loop_a = asyncio.new_event_loop()
+loop_b = asyncio.new_event_loop()
+
+async def first():
+    conn = await pa.connect("127.0.0.1", PORT, alpn=ALPN, credential=CLIENT)
+    stream = conn.open_stream(data=big, fin=True)  # in flight when the loop closes
+    return conn, stream
+
+conn, stream = loop_a.run_until_complete(first())
+
+# A second loop, on another thread, while loop A is open: refused clearly, and
+# before anything opens (the stream would be the next one, id 4).
+errors = []
+def other():
+    async def go():
+        conn.create_stream(pa.StreamProtocol, data=b"x", fin=True)
+    try:
+        asyncio.run(go())
+    except RuntimeError as exc:
+        errors.append(exc)
+t = threading.Thread(target=other)
+t.start()
+t.join(30)
+assert errors and "another event loop drives msquic" in str(errors[0]), errors
+assert not getattr(conn, "_protocol_streams", None), conn._protocol_streams
+loop_a.close()  # msquic's work pending: the 3 MB echo
+
+async def second():
+    assert await asyncio.wait_for(stream.read(), 30) == big  # loop B drives now: nothing lost
+    after = conn.open_stream(data=b"more", fin=True)
+    assert await asyncio.wait_for(after.read(), 30) == b"more"
+    assert after.id == 4, after.id
+    await conn.close()
+
+loop_b.run_until_complete(second())
+loop_b.close()
+print("ok", pymsquic.execution_mode())
+"""
+
+
+def test_loop_mode_a_closed_loop_hands_pending_work_to_the_next() -> None:
+    peer = PeerProcess("echo")
+    try:
+        run_in_loop_mode(f"PORT = {peer.port}\nALPN = {ALPN!r}\n" + LOOPS_CHILD)
+    finally:
+        peer.kill()
