@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Callable
 from .._buffers import BufferLike
 from .._core.stream import DEFAULT_LIMIT, READ_CHUNK, ReadSteps, StreamCore, count, separator_and_limit
 from .._msquic import lib
-from ..errors import QuicError
+from ..errors import EXCEPTION_ERROR_CODE, QuicError
 from .bridge import NativeWaitable
 
 if TYPE_CHECKING:
@@ -200,7 +200,15 @@ class Stream(StreamCore, NativeWaitable):
         self._protocol = protocol
         self._eof_delivered = False
         self.connection._protocol_streams.add(self)  # only weak references lead here otherwise
-        protocol.connection_made(self)
+        try:
+            protocol.connection_made(self)
+        except BaseException:
+            # Nothing would ever run this stream (its caller gets no handle on it):
+            # end it both ways rather than hold it open for the connection's life.
+            self._protocol = None
+            self.connection._protocol_streams.discard(self)
+            self.abort(EXCEPTION_ERROR_CODE)
+            raise
         self._attach_to_running_loop()
         self._native_changed()
 
@@ -208,6 +216,17 @@ class Stream(StreamCore, NativeWaitable):
         self._protocol = None
         self.connection._protocol_streams.discard(self)
         protocol.connection_lost(exc)
+
+    def _protocol_failed(self, protocol: StreamProtocol, exc: Exception) -> None:
+        # As asyncio's transports when a protocol callback raises: report it, end the
+        # stream (aborted both ways) and hand the exception to connection_lost. Left
+        # to the bridge, the stream would wait for an event that may never come.
+        loop = self._attached_loop
+        if loop is not None and not loop.is_closed():
+            loop.call_exception_handler({"message": "pymsquic: StreamProtocol callback failed", "exception": exc,
+                                         "protocol": protocol, "stream": self})
+        self.abort(EXCEPTION_ERROR_CODE)
+        self._lose(protocol, exc)
 
     def _native_changed(self) -> None:
         protocol = self._protocol
@@ -232,5 +251,9 @@ class Stream(StreamCore, NativeWaitable):
                 self._lose(protocol, None)
         except QuicError as exc:
             self._lose(protocol, exc)
+        except Exception as exc:
+            if self._protocol is not protocol:
+                raise  # from connection_lost itself: the bridge reports it
+            self._protocol_failed(protocol, exc)
         if self._waiters:  # drain() and wait_closed() still work
             self._wake_waiters()
