@@ -121,18 +121,23 @@ async def with_peer(port: int, client: Any) -> Any:
         return await asyncio.wait_for(client(conn), 60)
 
 
-def hold_loop_until_closed(stream: Stream) -> None:
-    """Block the loop's thread until ``stream`` ended natively, so that the loop
-    then sees its data, FIN and end in one batch (loop mode: step msquic here)."""
-    obj = stream._native_obj
+def hold_loop_until(obj: Any, ready: Any) -> None:
+    """Block the loop's thread until ``ready()`` (re-checked at each change of
+    native object ``obj``), so that the loop then sees all that happened
+    meanwhile in one batch (loop mode: step msquic here, nobody else does)."""
     for _ in range(int(WAIT * 100)):
         seq = lib.pmq_obj_seq(obj)
-        if stream._state().flags & lib.PMQ_STREAM_SHUTDOWN_COMPLETE:
+        if ready():
             return
         if loop_mode():
-            lib.pmq_execution_step()  # nobody else steps msquic while the loop's thread is here
+            lib.pmq_execution_step()
         lib.pmq_obj_wait(obj, seq, 10)
-    raise AssertionError("the stream did not end")
+    raise AssertionError("not ready in time")
+
+
+def hold_loop_until_closed(stream: Stream) -> None:
+    """:func:`hold_loop_until` ``stream`` ended natively (its data, FIN and end then come in one batch)."""
+    hold_loop_until(stream._native_obj, lambda: stream._state().flags & lib.PMQ_STREAM_SHUTDOWN_COMPLETE)
 
 
 class Failing(StreamProtocol):
@@ -397,3 +402,56 @@ def test_loop_mode_a_closed_loop_hands_pending_work_to_the_next() -> None:
         run_in_loop_mode(f"PORT = {peer.port}\nALPN = {ALPN!r}\n" + LOOPS_CHILD)
     finally:
         peer.kill()
+
+
+# REVIEW: a server's stream factory (or connection_made) that raised left every
+# other stream accepted in the same batch without a protocol until the next event.
+def test_a_stream_factory_that_raises_does_not_strand_the_other_streams() -> None:
+    class Echo(StreamProtocol):
+        def connection_made(self, stream: Stream) -> None:
+            self.stream = stream
+            self.data = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.data += data
+
+        def eof_received(self) -> None:
+            self.stream.write(self.data, fin=True)
+
+    reports: list[dict[str, Any]] = []
+
+    server_side: list[asyncio.Future[Connection]] = []
+
+    def accepted() -> asyncio.Future[Connection]:
+        # Created by whichever comes first: the server's handler or the client's body.
+        if not server_side:
+            server_side.append(asyncio.get_running_loop().create_future())
+        return server_side[0]
+
+    async def handler(conn: Connection) -> None:
+        calls = 0
+
+        def factory() -> StreamProtocol:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise ValueError("factory failed")
+            return Echo()
+
+        conn.set_stream_protocol(factory)
+        accepted().set_result(conn)
+        await conn.wait_closed()
+
+    async def client(conn: Connection) -> Any:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: reports.append(context))
+        server = await asyncio.wait_for(accepted(), WAIT)
+        streams = [conn.open_stream(data=b"request %d" % i, fin=True) for i in range(2)]
+        # Both requests queued on the server before its loop runs: one batch for both.
+        hold_loop_until(server._native_obj, lambda: server._refresh().streams_queued >= 2)
+        results = await asyncio.wait_for(asyncio.gather(*(s.read() for s in streams), return_exceptions=True), WAIT)
+        return sorted(repr(r) if isinstance(r, Exception) else r.decode() for r in results)
+
+    results = run(handler, client)
+    assert len(results) == 2 and results[0].startswith("StreamReset("), results
+    assert results[1] in ("request 0", "request 1"), results
+    assert any(isinstance(r.get("exception"), ValueError) for r in reports), reports

@@ -15,7 +15,7 @@ from .._core.server import client_configuration
 from .._native import loop_mode
 from ..addresses import Address, AddressLike, from_native, is_ip_literal, resolve_async
 from ..configuration import AlpnLike, Configuration, Credential, Settings
-from ..errors import ConnectionClosed
+from ..errors import EXCEPTION_ERROR_CODE, ConnectionClosed
 from ..keylog import KeyLogLike
 from ..registration import Registration
 from ..resumption import SessionTicketHandler, check_resumption_args
@@ -128,7 +128,16 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
                     break
                 if stream is None:
                     break
-                stream._set_protocol(factory())
+                try:
+                    stream._set_protocol(factory())
+                except Exception as exc:
+                    # As asyncio's servers when a protocol factory fails: report it, end
+                    # this stream and serve the others (raised, they would wait here
+                    # for the connection's next event, which may never come).
+                    stream.abort(EXCEPTION_ERROR_CODE)
+                    asyncio.get_running_loop().call_exception_handler(
+                        {"message": "pymsquic: stream protocol factory or connection_made failed", "exception": exc,
+                         "connection": self, "stream": stream})
         if self._waiters:
             self._wake_waiters()
 

@@ -24,7 +24,13 @@ class StreamProtocol:
     """Callbacks for a stream, run on the event loop: asyncio.Protocol's shape,
     without a task or a future per stream. See
     :meth:`Connection.set_stream_protocol` (the peer's streams) and
-    :meth:`Connection.create_stream` (ours)."""
+    :meth:`Connection.create_stream` (ours).
+
+    A callback that raises ends its stream, as in asyncio's transports: the
+    loop's exception handler gets the exception, the stream is aborted both
+    ways with :data:`~pymsquic.EXCEPTION_ERROR_CODE`, and ``connection_lost``
+    gets the exception (a failing ``connection_made`` gets no
+    ``connection_lost``: ``create_stream`` raises it, a server's streams report it)."""
 
     def connection_made(self, stream: Stream) -> None:
         """The stream is ready; keep ``stream`` to write to it."""
