@@ -455,3 +455,31 @@ def test_a_stream_factory_that_raises_does_not_strand_the_other_streams() -> Non
     assert len(results) == 2 and results[0].startswith("StreamReset("), results
     assert results[1] in ("request 0", "request 1"), results
     assert any(isinstance(r.get("exception"), ValueError) for r in reports), reports
+
+
+# REVIEW: connection_lost raising a QuicError (here: a late write to the stream that
+# ended) was caught as the stream's own failure, and connection_lost ran a second time.
+def test_connection_lost_that_raises_a_quic_error_runs_once() -> None:
+    class LateWriter(Failing):
+        def connection_made(self, stream: Stream) -> None:
+            super().connection_made(stream)
+            self.stream = stream
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self.events.append("lost")
+            if not self.lost.done():
+                self.lost.set_result(exc)
+            self.stream.write(b"late")  # StreamError: the stream is over
+
+    async def client(conn: Connection) -> Any:
+        reports: list[dict[str, Any]] = []
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: reports.append(context))
+        _, protocol = conn.create_stream(lambda: LateWriter(""), data=b"request", fin=True)
+        lost = await asyncio.wait_for(protocol.lost, WAIT)
+        # The next request's answer comes after anything the first stream's end still did.
+        assert await conn.open_stream(data=b"next", fin=True).read() == b"next"
+        return lost, protocol.events, reports
+
+    lost, events, reports = run(echo, client)
+    assert lost is None and events == ["made", "data", "eof", "lost"], events
+    assert any(isinstance(r.get("exception"), pymsquic.StreamError) for r in reports), reports

@@ -255,11 +255,12 @@ class Stream(StreamCore, NativeWaitable):
                     protocol.eof_received()
             if closed and (self._eof_delivered or not self._reading_paused):  # paused: after the rest
                 self._lose(protocol, None)
-        except QuicError as exc:
-            self._lose(protocol, exc)
         except Exception as exc:
             if self._protocol is not protocol:
-                raise  # from connection_lost itself: the bridge reports it
-            self._protocol_failed(protocol, exc)
+                raise  # from connection_lost itself (run once): the bridge reports it
+            if isinstance(exc, QuicError):
+                self._lose(protocol, exc)
+            else:
+                self._protocol_failed(protocol, exc)
         if self._waiters:  # drain() and wait_closed() still work
             self._wake_waiters()
