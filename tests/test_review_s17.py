@@ -483,3 +483,54 @@ def test_connection_lost_that_raises_a_quic_error_runs_once() -> None:
     lost, events, reports = run(echo, client)
     assert lost is None and events == ["made", "data", "eof", "lost"], events
     assert any(isinstance(r.get("exception"), pymsquic.StreamError) for r in reports), reports
+
+
+HUGE_VIEW_CHILD = """
+import asyncio, mmap, resource, sys
+import pymsquic
+from pymsquic import asyncio as pa
+
+# The process may not allocate 2 GiB more: a 4 GiB copy would fail (MemoryError), a
+# refusal does not need it.
+soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+resource.setrlimit(resource.RLIMIT_DATA, (2 << 30, hard))
+with open(sys.argv[1], "rb") as f:  # a sparse file of 8 GiB + 2: no disk, no RAM
+    huge = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+CREDENTIAL = pymsquic.Credential.self_signed()
+CLIENT = pymsquic.Credential.client(verify=False)
+
+async def echo(conn):
+    async for stream in conn:
+        stream.write(await stream.read(), fin=True)
+
+async def main():
+    async with pa.serve(echo, "127.0.0.1", 0, alpn="huge", credential=CREDENTIAL) as server:
+        async with pa.connect("127.0.0.1", server.addresses[0][1], alpn="huge", credential=CLIENT) as conn:
+            view = memoryview(huge)[::2]  # 4 GiB + 1 bytes, not contiguous: copied before it is sent
+            kept = conn.open_stream()
+            for call in (lambda: conn.open_stream(data=view, fin=True), lambda: kept.write(view)):
+                try:
+                    call()
+                except ValueError as exc:
+                    assert "at most" in str(exc), exc
+                else:
+                    raise AssertionError("a write of more than 4 GiB was accepted")
+            kept.write(b"small", fin=True)  # nothing of the refused write went out
+            assert await kept.read() == b"small"
+            assert kept.id == 0  # and the refused open_stream opened nothing
+    print("ok", pymsquic.execution_mode())
+
+asyncio.run(main())
+"""
+
+
+# REVIEW: a non-contiguous buffer was copied whole before its size was checked: more
+# than one write holds (4 GiB) took that much memory, then ValueError (or MemoryError).
+def test_a_huge_non_contiguous_buffer_is_refused_before_it_is_copied(tmp_path: Path) -> None:
+    sparse = tmp_path / "sparse"
+    with open(sparse, "wb") as f:
+        f.truncate((8 << 30) + 2)
+    env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", HUGE_VIEW_CHILD, str(sparse)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and "ok" in proc.stdout, f"{proc.returncode}\n{proc.stdout}\n{proc.stderr}"
