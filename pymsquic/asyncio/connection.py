@@ -15,11 +15,11 @@ from .._core.server import client_configuration
 from .._native import loop_mode
 from ..addresses import Address, AddressLike, from_native, is_ip_literal, resolve_async
 from ..configuration import AlpnLike, Configuration, Credential, Settings
-from ..errors import ConnectionClosed
+from ..errors import EXCEPTION_ERROR_CODE, ConnectionClosed
 from ..keylog import KeyLogLike
 from ..registration import Registration
 from ..resumption import SessionTicketHandler, check_resumption_args
-from .bridge import NativeWaitable
+from .bridge import NativeWaitable, bridge_for
 from .stream import Stream, StreamProtocol, StreamProtocolFactory
 
 if TYPE_CHECKING:
@@ -101,7 +101,9 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
         it raises, nothing opens). Returns ``(stream, protocol)``. A
         unidirectional stream of ours receives nothing: its ``eof_received``
         comes at once. Call it from the connection's loop."""
-        asyncio.get_running_loop()  # RuntimeError off the loop, before anything opens
+        # RuntimeError off the loop, or (loop mode) on a loop that may not drive
+        # msquic, before anything opens: the request must not go out unowned.
+        bridge_for(asyncio.get_running_loop())
         protocol = protocol_factory()
         stream = self.open_stream(unidirectional, data=data, fin=fin)
         self._keep_protocol_streams()
@@ -126,7 +128,16 @@ class Connection(ConnectionCore[Stream], NativeWaitable):
                     break
                 if stream is None:
                     break
-                stream._set_protocol(factory())
+                try:
+                    stream._set_protocol(factory())
+                except Exception as exc:
+                    # As asyncio's servers when a protocol factory fails: report it, end
+                    # this stream and serve the others (raised, they would wait here
+                    # for the connection's next event, which may never come).
+                    stream.abort(EXCEPTION_ERROR_CODE)
+                    asyncio.get_running_loop().call_exception_handler(
+                        {"message": "pymsquic: stream protocol factory or connection_made failed", "exception": exc,
+                         "connection": self, "stream": stream})
         if self._waiters:
             self._wake_waiters()
 

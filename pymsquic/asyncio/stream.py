@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Callable
 from .._buffers import BufferLike
 from .._core.stream import DEFAULT_LIMIT, READ_CHUNK, ReadSteps, StreamCore, count, separator_and_limit
 from .._msquic import lib
-from ..errors import QuicError
+from ..errors import EXCEPTION_ERROR_CODE, QuicError
 from .bridge import NativeWaitable
 
 if TYPE_CHECKING:
@@ -24,7 +24,13 @@ class StreamProtocol:
     """Callbacks for a stream, run on the event loop: asyncio.Protocol's shape,
     without a task or a future per stream. See
     :meth:`Connection.set_stream_protocol` (the peer's streams) and
-    :meth:`Connection.create_stream` (ours)."""
+    :meth:`Connection.create_stream` (ours).
+
+    A callback that raises ends its stream, as in asyncio's transports: the
+    loop's exception handler gets the exception, the stream is aborted both
+    ways with :data:`~pymsquic.EXCEPTION_ERROR_CODE`, and ``connection_lost``
+    gets the exception (a failing ``connection_made`` gets no
+    ``connection_lost``: ``create_stream`` raises it, a server's streams report it)."""
 
     def connection_made(self, stream: Stream) -> None:
         """The stream is ready; keep ``stream`` to write to it."""
@@ -200,7 +206,15 @@ class Stream(StreamCore, NativeWaitable):
         self._protocol = protocol
         self._eof_delivered = False
         self.connection._protocol_streams.add(self)  # only weak references lead here otherwise
-        protocol.connection_made(self)
+        try:
+            protocol.connection_made(self)
+        except BaseException:
+            # Nothing would ever run this stream (its caller gets no handle on it):
+            # end it both ways rather than hold it open for the connection's life.
+            self._protocol = None
+            self.connection._protocol_streams.discard(self)
+            self.abort(EXCEPTION_ERROR_CODE)
+            raise
         self._attach_to_running_loop()
         self._native_changed()
 
@@ -208,6 +222,17 @@ class Stream(StreamCore, NativeWaitable):
         self._protocol = None
         self.connection._protocol_streams.discard(self)
         protocol.connection_lost(exc)
+
+    def _protocol_failed(self, protocol: StreamProtocol, exc: Exception) -> None:
+        # As asyncio's transports when a protocol callback raises: report it, end the
+        # stream (aborted both ways) and hand the exception to connection_lost. Left
+        # to the bridge, the stream would wait for an event that may never come.
+        loop = self._attached_loop
+        if loop is not None and not loop.is_closed():
+            loop.call_exception_handler({"message": "pymsquic: StreamProtocol callback failed", "exception": exc,
+                                         "protocol": protocol, "stream": self})
+        self.abort(EXCEPTION_ERROR_CODE)
+        self._lose(protocol, exc)
 
     def _native_changed(self) -> None:
         protocol = self._protocol
@@ -230,7 +255,12 @@ class Stream(StreamCore, NativeWaitable):
                     protocol.eof_received()
             if closed and (self._eof_delivered or not self._reading_paused):  # paused: after the rest
                 self._lose(protocol, None)
-        except QuicError as exc:
-            self._lose(protocol, exc)
+        except Exception as exc:
+            if self._protocol is not protocol:
+                raise  # from connection_lost itself (run once): the bridge reports it
+            if isinstance(exc, QuicError):
+                self._lose(protocol, exc)
+            else:
+                self._protocol_failed(protocol, exc)
         if self._waiters:  # drain() and wait_closed() still work
             self._wake_waiters()
