@@ -109,12 +109,9 @@ static pmq_stream *stream_new(pmq_conn *conn, uint32_t flags)
     return s;
 }
 
-/* Never opened after all: undo stream_new. */
+/* Never opened after all (so nothing was sent either): undo stream_new. */
 static void stream_discard(pmq_stream *s)
 {
-    if (s->sending) {
-        pmq_conn_stream_sending(s->conn, -1);
-    }
     pmq_obj_unref(pmq_conn_obj(s->conn));
     pthread_cond_destroy(&s->obj.cond);
     pthread_mutex_destroy(&s->obj.lock);
