@@ -367,3 +367,26 @@ def test_request_without_complete_headers_in_time_is_rejected(server_credential)
             headers, _ = await client.response(client.send(headers_frame(GET)))  # the connection carries on
             assert (b":status", b"200") in headers
     run(main())
+
+
+def test_response_fields_checked_once_are_remembered_and_bad_ones_never() -> None:
+    """The server remembers the app's response fields it found valid (a set lookup next
+    time); a malformed one is refused every time it comes, and is never remembered."""
+    from pymsquic.h3 import server
+    from pymsquic.h3.errors import H3StreamError
+
+    good = [(b"Content-Type", b"text/plain"), (b"connection", b"close"), (b"x-kept", b"yes")]
+    for _ in range(2):  # the second time from the set: the same result
+        assert server._response_fields(200, good) == [(b":status", b"200"), (b"content-type", b"text/plain"),
+                                                      (b"x-kept", b"yes")]
+    assert (b"x-kept", b"yes") in server._CHECKED_FIELDS
+    for bad in ([(b"x-split", b"1\r\nset-cookie: evil")], [(b"x-a", b" padded")], [(b":path", b"/")],
+                [(b"bad name", b"1")], [(b"te", b"gzip")]):
+        for _ in range(2):
+            with pytest.raises(H3StreamError):
+                server._response_fields(200, bad)
+        assert bad[0] not in server._CHECKED_FIELDS and (bad[0][0].lower(), bad[0][1]) not in server._CHECKED_FIELDS
+    for status in (99, 1000, -10):
+        with pytest.raises(H3StreamError):
+            server._response_fields(status, [])
+    assert server._response_fields(799, [])[0] == (b":status", b"799")

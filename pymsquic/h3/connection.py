@@ -18,6 +18,7 @@ import logging
 import weakref
 from typing import Any, Awaitable, Callable, Coroutine
 
+from .._msquic import lib
 from ..asyncio import Connection, Stream
 from ..errors import ConnectionClosed, IncompleteReadError, QuicError, StreamError
 from .errors import ErrorCode, H3ConnectionError, H3Error, H3StreamError
@@ -204,9 +205,15 @@ class H3Connection:
     # ---- the peer's streams ----------------------------------------------------------------
 
     async def _accept_streams(self) -> None:
+        quic = self.quic
         try:
-            async for stream in self.quic:
-                if stream.is_unidirectional:
+            while True:
+                # The streams already there are taken without a coroutine each.
+                stream = quic._try_accept_stream()
+                if stream is None:
+                    stream = await quic.accept_stream()
+                state = stream._state()  # its direction and id in one native call
+                if state.flags & lib.PMQ_STREAM_UNIDIRECTIONAL:
                     self._spawn(self._read_unidirectional(stream))
                 elif self.is_client:
                     raise H3ConnectionError(ErrorCode.H3_STREAM_CREATION_ERROR,
@@ -214,9 +221,9 @@ class H3Connection:
                 elif self._goaway_sent:
                     stream.abort(ErrorCode.H3_REQUEST_REJECTED)  # section 5.2: not processed, retry elsewhere
                 else:
-                    stream_id = stream.id
-                    assert stream_id is not None  # a peer's stream has its id
-                    self._last_request_id = max(self._last_request_id, stream_id)
+                    stream_id = state.id  # a peer's stream has its id
+                    if stream_id > self._last_request_id:
+                        self._last_request_id = stream_id
                     request = RequestStream(self, stream, stream_id)
                     if self.enable_datagrams:  # routes its HTTP Datagrams
                         self._streams_by_id[stream_id] = request
