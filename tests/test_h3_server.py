@@ -390,3 +390,22 @@ def test_response_fields_checked_once_are_remembered_and_bad_ones_never() -> Non
         with pytest.raises(H3StreamError):
             server._response_fields(status, [])
     assert server._response_fields(799, [])[0] == (b":status", b"799")
+
+
+@pytest.mark.parametrize("pad", [0, 40, 300, 5000])  # a header block's length in 1 or 2 bytes, below and over 256
+@pytest.mark.parametrize("length_bytes", [0, 4])  # its length as the shortest varint, or as a 4-byte one
+def test_header_block_lengths_with_the_body_in_the_same_read(server_credential, pad: int, length_bytes: int) -> None:
+    """The first HEADERS frame, whatever its length's encoding, with DATA right after it:
+    the request decodes and its body reaches the app whole."""
+    async def main() -> None:
+        async with raw_client(server_credential) as client:
+            fields = [*GET[:3], (b":path", b"/echo"), (b"x-pad", b"p" * pad)]
+            _, block = pylsqpack.Encoder().encode(0, fields)
+            if length_bytes:
+                head = bytes([FrameType.HEADERS]) + (0x80 << 24 | len(block)).to_bytes(4, "big")
+            else:
+                head = encode_varint(FrameType.HEADERS) + encode_varint(len(block))
+            headers, body = await client.response(client.send(head + block + encode_frame(FrameType.DATA, b"body")))
+            assert (b":status", b"200") in headers and (b"x-len", b"4") in headers
+            assert body == b"body"
+    run(main())

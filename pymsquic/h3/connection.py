@@ -538,15 +538,20 @@ class RequestStream:
         :meth:`receive_headers` goes on from there (it also reports what is wrong
         with a stream whose first frame is not HEADERS). Raises as it does."""
         try:
+            block = None
             if not self._frames and not self._eof:
                 chunk = self.stream._read_now(_READ_CHUNK)  # what is there: no waiting
                 if chunk is not None:
-                    self._take(chunk)
-            frames = self._frames
-            if not frames or self._headers_received or frames[0].type != FrameType.HEADERS:
-                return None
+                    block = self._whole_first_headers(chunk)
+                    if block is None:
+                        self._take(chunk)
+            if block is None:
+                frames = self._frames
+                if not frames or self._headers_received or frames[0].type != FrameType.HEADERS:
+                    return None
+                block = frames.popleft().data
             self._headers_received = True
-            headers = self.h3._decoder.feed_header(self._stream_id(), frames.popleft().data)
+            headers = self.h3._decoder.feed_header(self._stream_id(), block)
             if headers is None:  # waits for the peer's encoder stream
                 self._blocked_headers = True
                 return None
@@ -554,6 +559,30 @@ class RequestStream:
         except H3Error as exc:
             self._error(exc)
             raise
+
+    def _whole_first_headers(self, chunk: bytes) -> bytes | None:
+        """The header block of the stream's first frame when ``chunk`` (the stream's
+        first bytes) starts with a whole HEADERS frame within the size limit, what
+        follows fed to the frame reader; else None and nothing taken (the reader
+        takes it all, and says what is wrong). Most requests come so: no Frame
+        object and no parsing loop for them."""
+        reader = self._reader
+        if (self._headers_received or len(chunk) < 3 or chunk[0] != FrameType.HEADERS
+                or reader._type is not None or reader._buffer):
+            return None
+        first = chunk[1]
+        if first < 0x40:  # the length's varint: one byte
+            length, start = first, 2
+        elif first < 0x80:  # two bytes
+            length, start = (first & 0x3F) << 8 | chunk[2], 3
+        else:
+            return None
+        end = start + length
+        if end > len(chunk) or length > reader.max_headers_size:
+            return None
+        if end < len(chunk):
+            self._frames.extend(reader.feed(chunk[end:]))
+        return chunk[start:end]
 
     def _headers_in(self, headers: Headers) -> Headers:
         if self.h3.is_client and self.h3.enable_datagrams:
