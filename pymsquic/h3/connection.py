@@ -66,15 +66,23 @@ class H3Connection:
     streams and sends SETTINGS); :meth:`close` sends GOAWAY and closes the
     QUIC connection. ``max_field_section_size`` bounds the header sections we
     accept; ``qpack_max_table_capacity``/``qpack_blocked_streams`` bound the
-    peer's use of our QPACK decoder. :attr:`error` is the connection error
-    that closed it, if any.
+    peer's use of our QPACK decoder. ``qpack_encoder_max_table_capacity``
+    (server only) lets our encoder use a dynamic table of up to that many bytes
+    (and the peer's QPACK_MAX_TABLE_CAPACITY) for the responses; 0, the default,
+    keeps it to the static table, as nginx does: smaller header blocks cost the
+    peer a Section Acknowledgement per response that used the table, which it
+    writes and we read, more than they save on a fast link (issue 12's speed
+    rows, docs/http3.md). :attr:`error` is the connection error that closed
+    it, if any.
     """
 
     def __init__(self, quic: Connection, *, is_client: bool,
                  max_field_section_size: int = MAX_HEADERS_FRAME_SIZE,
                  qpack_max_table_capacity: int = DEFAULT_MAX_TABLE_CAPACITY,
                  qpack_blocked_streams: int = DEFAULT_BLOCKED_STREAMS, enable_datagrams: bool = False,
-                 enable_connect_protocol: bool = False) -> None:
+                 enable_connect_protocol: bool = False, qpack_encoder_max_table_capacity: int = 0) -> None:
+        if is_client and qpack_encoder_max_table_capacity:
+            raise ValueError("a client's QPACK encoder uses the static table only")  # see below
         self.quic = quic
         self.is_client = is_client
         self.max_field_section_size = max_field_section_size
@@ -94,7 +102,7 @@ class H3Connection:
         # A client's request stream has no id until msquic reports START_COMPLETE,
         # which Python is not woken for; QPACK acknowledgements name stream ids,
         # so the client's encoder keeps to the static table.
-        self._encoder = Encoder(0 if is_client else DEFAULT_MAX_TABLE_CAPACITY)
+        self._encoder = Encoder(qpack_encoder_max_table_capacity)
         self._decoder = Decoder(self._send_decoder_data, qpack_max_table_capacity, qpack_blocked_streams)
         self.peer_settings: asyncio.Future[dict[int, int]] = asyncio.get_running_loop().create_future()
         self.peer_settings.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "never retrieved"

@@ -455,7 +455,7 @@ async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Creden
                 settings: Settings | None = None, max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS,
                 max_field_section_size: int = MAX_HEADERS_FRAME_SIZE,
                 qpack_max_table_capacity: int = DEFAULT_MAX_TABLE_CAPACITY,
-                qpack_blocked_streams: int = DEFAULT_BLOCKED_STREAMS,
+                qpack_blocked_streams: int = DEFAULT_BLOCKED_STREAMS, qpack_encoder_max_table_capacity: int = 0,
                 header_timeout: float | None = HEADER_TIMEOUT, **serve_options: Any) -> H3Server:
     """Serve the ASGI 3 ``app`` over HTTP/3 on ``host:port`` (port 0: any free
     one, see :attr:`H3Server.addresses`), after the app's lifespan startup
@@ -463,8 +463,10 @@ async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Creden
     ``max_concurrent_requests`` is the number of request streams a client may
     have open at once; ``max_field_section_size`` bounds a request's header
     section (larger: stream error H3_EXCESSIVE_LOAD), which must all be in within
-    ``header_timeout`` seconds (else H3_REQUEST_REJECTED); the ``qpack_`` limits
-    bound the client's use of our QPACK decoder. Other keyword arguments go
+    ``header_timeout`` seconds (else H3_REQUEST_REJECTED); ``qpack_max_table_capacity``
+    and ``qpack_blocked_streams`` bound the client's use of our QPACK decoder; ``qpack_encoder_max_table_capacity``
+    lets our encoder use a dynamic table for the responses (0: the static table only,
+    see :class:`~pymsquic.h3.connection.H3Connection`). Other keyword arguments go
     to :func:`pymsquic.asyncio.serve`."""
     settings = dataclasses.replace(settings or Settings(idle_timeout_ms=30_000),
                                    peer_bidi_stream_count=max_concurrent_requests, peer_unidi_stream_count=16)
@@ -477,7 +479,8 @@ async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Creden
                                header_timeout=header_timeout,
                                max_field_section_size=max_field_section_size,
                                qpack_max_table_capacity=qpack_max_table_capacity,
-                               qpack_blocked_streams=qpack_blocked_streams)
+                               qpack_blocked_streams=qpack_blocked_streams,
+                               qpack_encoder_max_table_capacity=qpack_encoder_max_table_capacity)
 
     try:
         quic_server = await pymsquic_asyncio.serve(handler, host, port, alpn=ALPN, credential=credential,
