@@ -97,6 +97,15 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["path"] == "/raise-after":
             raise RuntimeError("the app failed in its response")
         return
+    if scope["path"] == "/head":  # the response head named by the query: x-v's value, the fields' shape
+        value = scope["query_string"]
+        fields: Any = [[b"x-v", value]] if value.startswith(b"list") else [(b"x-v", value)]  # lists: unhashable
+        if value == b"bad":
+            fields.append((b"x-split", b"1\r\nx-b: 2"))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": iter(fields) if value == b"gen" else fields})
+        await send({"type": "http.response.body", "body": b"h"})
+        return
     if scope["path"] == "/no-read":  # answers without reading the body
         await send({"type": "http.response.start", "status": 200})
         await send({"type": "http.response.body", "body": b"did not read it"})
@@ -408,4 +417,20 @@ def test_header_block_lengths_with_the_body_in_the_same_read(server_credential, 
             headers, body = await client.response(client.send(head + block + encode_frame(FrameType.DATA, b"body")))
             assert (b":status", b"200") in headers and (b"x-len", b"4") in headers
             assert body == b"body"
+    run(main())
+
+
+def test_repeated_response_heads(server_credential) -> None:
+    """The server remembers response heads it checked and encoded: each response still
+    carries its own head (two alternating, fields as lists or an iterator), and a
+    malformed head is the app's error (a 500) every time."""
+    async def main() -> None:
+        async with raw_client(server_credential) as client:
+            for query in (b"a", b"b", b"a", b"b", b"list1", b"list1", b"gen", b"gen", b"bad", b"bad", b"a"):
+                stream_id = client.send(headers_frame([*GET[:3], (b":path", b"/head?" + query)]))
+                headers, body = await client.response(stream_id)
+                if query == b"bad":
+                    assert (b":status", b"500") in headers, query
+                else:
+                    assert (b":status", b"200") in headers and (b"x-v", query) in headers and body == b"h", query
     run(main())

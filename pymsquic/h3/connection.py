@@ -103,6 +103,7 @@ class H3Connection:
         # which Python is not woken for; QPACK acknowledgements name stream ids,
         # so the client's encoder keeps to the static table.
         self._encoder = Encoder(qpack_encoder_max_table_capacity)
+        self._encoder_static = not qpack_encoder_max_table_capacity  # its blocks depend on the fields alone
         self._decoder = Decoder(self._send_decoder_data, qpack_max_table_capacity, qpack_blocked_streams)
         self.peer_settings: asyncio.Future[dict[int, int]] = asyncio.get_running_loop().create_future()
         self.peer_settings.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "never retrieved"

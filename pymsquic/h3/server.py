@@ -19,7 +19,15 @@ from .client import bounded
 from .connection import ALPN, H3Connection, RequestStream
 from .errors import ErrorCode, H3Error, H3StreamError
 from .frames import MAX_HEADERS_FRAME_SIZE
-from .message import CONNECTION_SPECIFIC, Headers, check_request, check_response, check_trailers, content_length
+from .message import (
+    CONNECTION_SPECIFIC,
+    Headers,
+    check_request,
+    check_response,
+    check_trailers,
+    content_length,
+    section_size,
+)
 from .qpack import DEFAULT_BLOCKED_STREAMS, DEFAULT_MAX_TABLE_CAPACITY
 
 logger = logging.getLogger("pymsquic")
@@ -58,7 +66,8 @@ class _Exchange:
     """One request: the ASGI ``receive``/``send`` pair over a :class:`RequestStream`."""
 
     __slots__ = ("request", "head", "expected_length", "body_done", "response_done", "_done_event", "status",
-                 "response_headers", "trailers_expected", "headers_sent", "disconnected")
+                 "response_headers", "_head_key", "_head_frame", "_head_size", "trailers_expected", "headers_sent",
+                 "disconnected")
 
     def __init__(self, request: RequestStream, expected_length: int | None, head: bool = False) -> None:
         self.request = request
@@ -71,6 +80,9 @@ class _Exchange:
         self._done_event: asyncio.Event | None = None
         self.status: int | None = None
         self.response_headers: Headers = []
+        self._head_key: tuple[Any, ...] | None = None  # the response head's key in _HEADS
+        self._head_frame: bytes | None = None  # its HEADERS frame, when _HEADS had it
+        self._head_size = 0  # and its field section's size (RFC 9114 section 4.2.2)
         self.trailers_expected = False
         self.headers_sent = False
         self.disconnected = False  # the client went away: receive() says so, send() drops
@@ -121,6 +133,26 @@ class _Exchange:
             self.disconnected = True
             raise ClientDisconnected(f"the client went away: {exc}") from exc
 
+    def _response_head_frame(self) -> bytes:
+        """The response's HEADERS frame: from _HEADS when the same head was sent
+        before (and the client's field section limit takes it), else encoded, and
+        remembered when the encoder keeps to the static table (then the frame
+        depends on the fields alone, whatever the connection)."""
+        request = self.request
+        h3 = request.h3
+        frame = self._head_frame
+        if frame is not None and h3._encoder_static:  # else the encoder may refer to its dynamic table
+            limit = h3.peer_max_field_section_size
+            if limit is None or self._head_size <= limit:
+                return frame
+        frame = request._headers_frame(self.response_headers)  # checks the client's limit
+        key = self._head_key
+        if key is not None and h3._encoder_static:
+            if len(_HEADS) >= _HEADS_MAX:
+                _HEADS.clear()  # the heads of now are remembered again
+            _HEADS[key] = (self.response_headers, frame, section_size(self.response_headers))
+        return frame
+
     def _send(self, message: Message) -> bool:
         """Act on ``message`` (never waits); True when it wrote a body piece and more may follow."""
         kind = message["type"]
@@ -129,10 +161,20 @@ class _Exchange:
             if self.status is not None:
                 raise RuntimeError("http.response.start sent twice")
             status = int(message["status"])
-            try:  # a field the client would take as malformed (a CR LF in a value...): the app's error
-                response_headers = _response_fields(status, message.get("headers", []))
-            except H3StreamError as exc:
-                raise ValueError(f"a malformed response: {exc.reason}") from None
+            given = tuple(message.get("headers", ()))
+            key = (status, given)
+            try:
+                head = _HEADS.get(key)
+                self._head_key = key
+            except TypeError:  # fields given as lists: not hashable, not remembered
+                head = None
+            if head is None:
+                try:  # a field the client would take as malformed (a CR LF in a value...): the app's error
+                    response_headers = _response_fields(status, given)
+                except H3StreamError as exc:
+                    raise ValueError(f"a malformed response: {exc.reason}") from None
+            else:
+                response_headers, self._head_frame, self._head_size = head
             self.status, self.response_headers = status, response_headers
             self.trailers_expected = bool(message.get("trailers", False))
         elif kind == "http.response.body":
@@ -145,7 +187,7 @@ class _Exchange:
                 request.send_data(body, end_stream=end)
             else:
                 self.headers_sent = True
-                request.send_headers_and_data(self.response_headers, body, end_stream=end)
+                request._write_frames(self._response_head_frame(), body, end)
             if end:
                 self._finish()
             return not end
@@ -168,6 +210,14 @@ _CHECKED_FIELDS: set[tuple[bytes, bytes]] = set()
 _CHECKED_FIELDS_MAX = 4096
 _CHECKED_VALUE_MAX = 256
 _STATUS_FIELDS = {code: (b":status", str(code).encode()) for code in range(100, 600)}
+
+
+# Response heads as the app gave them, (status, fields) -> (the fields to send, checked,
+# their HEADERS frame and its section size): many responses repeat their head exactly (the same type and
+# length), and then neither the checks nor QPACK run again. Static-table encoding only
+# (the server's default): the frame depends on the fields alone. Bounded: cleared when full.
+_HEADS: dict[tuple[Any, ...], tuple[Headers, bytes, int]] = {}
+_HEADS_MAX = 512
 
 
 def _response_fields(status: int, headers: Any) -> Headers:
