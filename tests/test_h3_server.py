@@ -106,6 +106,13 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
                     "headers": iter(fields) if value == b"gen" else fields})
         await send({"type": "http.response.body", "body": b"h"})
         return
+    if scope["path"] == "/scope":  # says what its scope has, then changes its headers (the app's own list)
+        said = [(b"x-n", str(len(scope["headers"])).encode()), (b"x-q", scope["query_string"] or b"-"),
+                (b"x-m", scope["method"].encode())]
+        scope["headers"].append((b"x-added", b"1"))
+        await send({"type": "http.response.start", "status": 200, "headers": said})
+        await send({"type": "http.response.body", "body": b"s"})
+        return
     if scope["path"] == "/no-read":  # answers without reading the body
         await send({"type": "http.response.start", "status": 200})
         await send({"type": "http.response.body", "body": b"did not read it"})
@@ -433,4 +440,24 @@ def test_repeated_response_heads(server_credential) -> None:
                     assert (b":status", b"500") in headers, query
                 else:
                     assert (b":status", b"200") in headers and (b"x-v", query) in headers and body == b"h", query
+    run(main())
+
+
+def test_repeated_requests(server_credential) -> None:
+    """The server remembers request heads it checked: a repeated request gets a scope of its
+    own (its headers list the app may change), requests differing in their query or method
+    get theirs, and a malformed request is a stream error every time it comes."""
+    async def main() -> None:
+        async with raw_client(server_credential) as client:
+            for query, method in ((b"", b"GET"), (b"", b"GET"), (b"a=1", b"GET"), (b"a=2", b"GET"), (b"", b"HEAD"),
+                                  (b"a=1", b"GET")):
+                fields = [(b":method", method), *GET[1:3], (b":path", b"/scope?" + query if query else b"/scope")]
+                headers, _ = await client.response(client.send(headers_frame(fields)))
+                # the host field the server adds from :authority, never the app's x-added of before
+                assert (b"x-n", b"1") in headers and (b"x-q", query or b"-") in headers, (query, method)
+                assert (b"x-m", method) in headers
+            for _ in range(2):
+                bad = client.send(headers_frame([*GET, (b"connection", b"close")]))
+                await asyncio.wait_for(client.ended_event(bad).wait(), 10)
+                assert client.resets.get(bad) == ErrorCode.H3_MESSAGE_ERROR
     run(main())

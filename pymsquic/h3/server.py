@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from typing import Any, Awaitable, Callable, MutableMapping
+from typing import Any, Awaitable, Callable, MutableMapping, NamedTuple, Tuple
 from urllib.parse import unquote
 
 from .. import asyncio as pymsquic_asyncio
@@ -265,12 +265,47 @@ _METHODS = {method.encode(): method for method in ("GET", "HEAD", "POST", "PUT",
 _SCHEMES = {b"https": "https", b"http": "http"}
 
 
-def _scope(h3: H3Connection, headers: Headers, pseudo: dict[bytes, bytes],
-           state: dict[str, Any] | None) -> Scope:
-    raw_path, _, query = pseudo.get(b":path", b"").partition(b"?")
+class _RequestHead(NamedTuple):
+    """What a request's header section gives its ASGI scope, checked (check_request)."""
+
+    method: str
+    scheme: str
+    path: str
+    raw_path: bytes
+    query_string: bytes
+    headers: Tuple[Tuple[bytes, bytes], ...]  # the regular fields, host first when only :authority named it
+    content_length: int | None
+
+
+# Request header sections already checked, and what they gave: clients repeat whole
+# requests (the same URL and fields: polling, health checks, API calls), and then neither
+# the checks nor the decoding run again. Bounded: cleared when full; large sections are
+# not kept. A malformed one raises before it could be kept.
+_REQUEST_HEADS: dict[Tuple[Tuple[bytes, bytes], ...], _RequestHead] = {}
+_REQUEST_HEADS_MAX = 512
+_REQUEST_HEAD_SIZE_MAX = 4096
+
+
+def _request_head(headers: Headers) -> _RequestHead:
+    """The request's head, checked: H3StreamError (H3_MESSAGE_ERROR) if malformed."""
+    key = tuple(headers)
+    head = _REQUEST_HEADS.get(key)
+    if head is None:
+        head = _check_request_head(headers)
+        if section_size(headers) <= _REQUEST_HEAD_SIZE_MAX:
+            if len(_REQUEST_HEADS) >= _REQUEST_HEADS_MAX:
+                _REQUEST_HEADS.clear()  # the requests of now are remembered again
+            _REQUEST_HEADS[key] = head
+    return head
+
+
+def _check_request_head(headers: Headers) -> _RequestHead:
+    pseudo = check_request(headers)
     # check_request() found the pseudo-header fields first and each once: the rest
     # is a slice, with no Python step per field.
     regular = headers[len(pseudo):]
+    length = content_length(regular)
+    raw_path, _, query = pseudo.get(b":path", b"").partition(b"?")
     authority = pseudo.get(b":authority")
     scheme = pseudo.get(b":scheme", b"https")
     if authority is not None:
@@ -282,13 +317,18 @@ def _scope(h3: H3Connection, headers: Headers, pseudo: dict[bytes, bytes],
             regular.insert(0, (b"host", authority))
     method = pseudo[b":method"]
     path = raw_path.decode("latin-1")
+    return _RequestHead(_METHODS.get(method) or method.decode("latin-1"),
+                        _SCHEMES.get(scheme) or scheme.decode("latin-1"),
+                        unquote(path) if "%" in path else path, raw_path, query, tuple(regular), length)
+
+
+def _scope(h3: H3Connection, head: _RequestHead, state: dict[str, Any] | None) -> Scope:
     client, server = _addresses(h3)
     scope: Scope = {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "3",
-        "method": _METHODS.get(method) or method.decode("latin-1"),
-        "scheme": _SCHEMES.get(scheme) or scheme.decode("latin-1"),
-        "path": unquote(path) if "%" in path else path, "raw_path": raw_path, "query_string": query,
-        "root_path": "", "headers": regular,
+        "method": head.method, "scheme": head.scheme,
+        "path": head.path, "raw_path": head.raw_path, "query_string": head.query_string,
+        "root_path": "", "headers": list(head.headers),  # the app's own list: it may change it
         "client": client, "server": server,
         "extensions": {"http.response.trailers": {}},
     }
@@ -304,10 +344,8 @@ async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream
         headers = request.receive_headers_nowait()
         if headers is None:
             headers = await bounded(request.receive_headers(), header_timeout)
-        pseudo = check_request(headers)
-        method = pseudo[b":method"]
-        # content-length is a regular field: after the pseudo-header fields (checked just above)
-        exchange = _Exchange(request, content_length(headers[len(pseudo):]), head=method == b"HEAD")
+        head = _request_head(headers)
+        exchange = _Exchange(request, head.content_length, head=head.method == "HEAD")
     except H3StreamError as exc:
         request._error(exc)
         return
@@ -317,7 +355,7 @@ async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream
         logger.info("request stream %s: no whole header section in %s s, rejected", request.stream.id, header_timeout)
         request.abort(ErrorCode.H3_REQUEST_REJECTED)  # nothing of it was processed
         return
-    scope = _scope(h3, headers, pseudo, state)
+    scope = _scope(h3, head, state)
     try:
         await app(scope, exchange.receive, exchange.send)
         if not exchange.response_done and not exchange.disconnected:
