@@ -102,6 +102,36 @@ def any_address(port: int) -> Any:
     return addr
 
 
+def free_udp_port(addr: Any) -> int:
+    """A UDP port no socket holds on the pmq_addr ``addr`` (its port is ignored), for a
+    listener asked for port 0.
+
+    msquic binds a listener's sockets with SO_REUSEPORT, and Linux gives a port-0 bind with
+    SO_REUSEPORT a port that another SO_REUSEPORT socket of the same user already holds: two
+    listeners on port 0, in this process or another, could share a port and each receive a
+    share of the other's datagrams. A probe bound without SO_REUSEPORT gets a port nobody holds.
+    """
+    sockaddr: tuple[Any, ...]
+    if addr.family == socket.AF_INET:
+        family, sockaddr = socket.AF_INET, (socket.inet_ntop(socket.AF_INET, bytes(ffi.buffer(addr.ip, 4))), 0)
+    elif addr.family == socket.AF_INET6:
+        family = socket.AF_INET6
+        sockaddr = (socket.inet_ntop(socket.AF_INET6, bytes(ffi.buffer(addr.ip, 16))), 0, 0, addr.scope_id)
+    else:  # every local address: msquic binds one dual-stack IPv6 socket
+        family, sockaddr = socket.AF_INET6, ("::", 0, 0, 0)
+    try:
+        probe = socket.socket(family, socket.SOCK_DGRAM)
+    except OSError:  # no IPv6 on this machine: msquic's wildcard socket is IPv4 then
+        family, sockaddr = socket.AF_INET, ("0.0.0.0", 0)
+        probe = socket.socket(family, socket.SOCK_DGRAM)
+    with probe:
+        if family == socket.AF_INET6 and addr.family != socket.AF_INET6:
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # the port free in both families
+        probe.bind(sockaddr)
+        port: int = probe.getsockname()[1]
+        return port
+
+
 def from_native(addr: Any) -> Address | None:
     """``(host, port)`` from a pmq_addr, or None when unset."""
     if addr.family == socket.AF_INET:

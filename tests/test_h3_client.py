@@ -136,6 +136,43 @@ def test_timeout_cancels_the_request(server_credential: pymsquic.Credential) -> 
     asyncio.run(main())
 
 
+def test_timeouts_among_other_requests_and_cancellations(server_credential: pymsquic.Credential) -> None:
+    """A client's requests share one deadline timer: each hanging request times out
+    on its own (its cancellation reaching the app), those answered between are left
+    alone, a cancellation from elsewhere stays a CancelledError, and a timeout
+    shortened while a longer one is pending still bounds the next request."""
+    async def main() -> None:
+        server, url = await start(server_credential)
+        async with server, pymsquic.h3.Client(verify=False, timeout=0.5) as client:
+            paths = ["/hang", "/after", "/hang", "/after", "/hang"]
+            results = await asyncio.gather(*(client.get(url + path) for path in paths), return_exceptions=True)
+            for path, result in zip(paths, results):
+                if path == "/hang":
+                    assert isinstance(result, asyncio.TimeoutError), result
+                else:
+                    assert isinstance(result, pymsquic.h3.Response) and result.status_code == 201, result
+            await asyncio.wait_for(state["hang disconnected"].wait(), 10)
+
+            state["hang started"].clear()
+            task = asyncio.ensure_future(client.get(f"{url}/hang"))
+            await state["hang started"].wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+            client.timeout = 10
+            slow = asyncio.ensure_future(client.get(f"{url}/slow"))  # a deadline 10 s on, pending
+            await state["slow started"].wait()
+            client.timeout = 0.3  # an earlier deadline than the pending one
+            with pytest.raises(asyncio.TimeoutError):
+                await client.get(f"{url}/hang")
+            state["slow go"].set()
+            assert (await slow).status_code == 201
+            assert (await client.get(f"{url}/after")).status_code == 201  # the connection carries on
+
+    asyncio.run(main())
+
+
 def test_timeout_reading_a_streamed_body_cancels_the_request(server_credential: pymsquic.Credential) -> None:
     async def main() -> None:
         server, url = await start(server_credential)
@@ -225,6 +262,7 @@ def test_connection_specific_fields_of_the_app_are_left_out(server_credential: p
 
 
 def test_header_section_over_the_servers_limit_is_refused_here(server_credential: pymsquic.Credential) -> None:
+    """Over the server's SETTINGS_MAX_FIELD_SECTION_SIZE: a ValueError here, nothing sent."""
     async def main() -> None:
         state.clear()
         server = await pymsquic.h3.serve(app, "127.0.0.1", 0, credential=server_credential,
@@ -237,6 +275,18 @@ def test_header_section_over_the_servers_limit_is_refused_here(server_credential
             with pytest.raises(ValueError, match="at most 1000"):
                 await client.get(f"{url}/", headers={"x-big": "v" * 2000})
             assert (await client.get(f"{url}/")).status_code == 201  # nothing was sent; all is well
+
+            # A request without fields of the caller's is encoded once and kept (client.py
+            # _PREPARED): the first goes out on a connection just made, before its SETTINGS are
+            # read (nothing checked it); the next, taken from what was kept, is refused here.
+            long_url = f"{url}/{'p' * 2000}"
+            async with pymsquic.h3.Client(verify=False, timeout=10) as fresh:
+                with pytest.raises(pymsquic.StreamReset) as first:
+                    await fresh.get(long_url)
+                assert first.value.error_code == ErrorCode.H3_EXCESSIVE_LOAD  # the server's refusal
+                await asyncio.wait_for(next(iter(fresh._connections.values())).peer_settings, 10)
+                with pytest.raises(ValueError, match="at most 1000"):
+                    await fresh.get(long_url)
 
     asyncio.run(main())
 

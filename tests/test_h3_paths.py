@@ -18,6 +18,7 @@ from test_h3_server import GET, headers_frame, raw_client
 
 import pymsquic
 import pymsquic.h3
+from pymsquic._core.connection import ConnectionCore
 from pymsquic._core.stream import StreamCore
 from pymsquic.h3.frames import FrameType, StreamType, encode_frame, encode_varint
 
@@ -50,10 +51,12 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 def test_whole_messages_are_one_write_with_fin(server_credential: pymsquic.Credential,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A request with a bytes body (client) and a response whose body comes with
-    ``more_body: False`` (server): HEADERS, DATA and FIN in one write each."""
+    ``more_body: False`` (server): HEADERS, DATA and FIN in one write each (the
+    client's with the stream's open: ``open_stream(data=, fin=)``)."""
     writes: dict[tuple[bool, int], list[tuple[int, bool]]] = {}
     seen: list[StreamCore] = []  # kept alive: no id() of a freed stream reused for the next
     real_write = StreamCore.write
+    real_open = ConnectionCore.open_stream
 
     def write(stream: StreamCore, data: Any, fin: bool = False) -> None:
         if not stream.is_unidirectional:  # request streams only, both sides: (ours?, id)
@@ -61,7 +64,16 @@ def test_whole_messages_are_one_write_with_fin(server_credential: pymsquic.Crede
             writes.setdefault((stream.is_local, id(stream)), []).append((len(data), fin))
         real_write(stream, data, fin)
 
+    def open_stream(conn: ConnectionCore[Any], unidirectional: bool = False, *, data: Any = None,
+                    fin: bool = False) -> Any:
+        stream = real_open(conn, unidirectional, data=data, fin=fin)
+        if not unidirectional and (data is not None or fin):  # a write that goes with the open
+            seen.append(stream)
+            writes.setdefault((True, id(stream)), []).append((len(data or b""), fin))
+        return stream
+
     monkeypatch.setattr(StreamCore, "write", write)
+    monkeypatch.setattr(ConnectionCore, "open_stream", open_stream)
 
     async def main() -> None:
         async with await pymsquic.h3.serve(app, "127.0.0.1", 0, credential=server_credential) as server:
@@ -93,6 +105,29 @@ def test_streamed_response_is_not_held_back(server_credential: pymsquic.Credenti
                 release["second"].set()
                 assert [piece async for piece in pieces] == [b"last"]
         release.clear()
+
+    asyncio.run(main())
+
+
+def test_a_wait_told_checked_still_checks_a_stream_attached_by_it(server_credential: pymsquic.Credential) -> None:
+    """RequestStream._next_frame waits with ``checked=True`` (it just read nothing): the
+    first check is skipped only for a stream attached to the loop before. One attached by
+    that wait is checked, as what came before its attachment was never reported."""
+    async def main() -> None:
+        async with await pymsquic.h3.serve(app, "127.0.0.1", 0, credential=server_credential) as server:
+            url = f"https://127.0.0.1:{server.addresses[0][1]}"
+            async with pymsquic.h3.Client(verify=False, timeout=10) as client:
+                assert (await client.get(f"{url}/whole")).content == BODY  # the connection, up
+                h3 = next(iter(client._connections.values()))
+                request = h3.open_request(h3.headers_frame([(b":method", b"GET"), (b":scheme", b"https"),
+                                                            (b":authority", b"127.0.0.1"), (b":path", b"/whole")]),
+                                          end_stream=True)
+                stream = request.stream
+                assert stream._attached_loop is None  # nothing waited on it: its changes go unreported
+                while stream._readable() is None:  # the answer's first bytes are in (a look, nothing read)
+                    await asyncio.sleep(0)  # the server runs on this loop
+                chunk = await asyncio.wait_for(stream._wait(stream._read_chunk_now, "read()", checked=True), 10)
+                assert chunk.startswith(bytes([FrameType.HEADERS]))
 
     asyncio.run(main())
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -732,6 +736,51 @@ def test_port_already_in_use(registration, server_config, listener) -> None:
         with pytest.raises(pymsquic.Failed) as info:
             lst.start(ALPN, listener.local_address)
         assert info.value.status_name == "ALPN_IN_USE"
+
+
+# Run in a network namespace of its own (unshare -n, as root): there the ephemeral port range
+# can be narrowed to one or two ports without touching the machine's.
+_PORT_ZERO_CHILD = """
+import socket, sys
+import pymsquic
+with open("/proc/sys/net/ipv4/ip_local_port_range", "w") as f:
+    f.write("40000 40001")
+foreign = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # another program's SO_REUSEPORT socket
+foreign.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+foreign.bind(("127.0.0.1", 0))
+taken = foreign.getsockname()[1]
+with pymsquic.Registration("port-zero") as reg:
+    config = pymsquic.Configuration(reg, "a", pymsquic.Credential.self_signed(("127.0.0.1",)))
+    for host in ["127.0.0.1", "", "127.0.0.1", "", "127.0.0.1", ""]:
+        with pymsquic.sync.Listener(reg, config) as lst:
+            lst.start("a", (host, 0))
+            port = lst.local_address[1]
+            assert port != taken, f"listener on {host!r} port 0 shares port {taken} with another socket"
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # now both ports of the range are held
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    other.bind(("127.0.0.1", 40000 + 40001 - taken))
+    with pymsquic.sync.Listener(reg, config) as lst:
+        try:
+            lst.start("a", ("127.0.0.1", 0))
+        except pymsquic.Failed as exc:
+            assert exc.status_name == "ADDRESS_IN_USE", exc
+        else:
+            raise AssertionError(f"listener shares port {lst.local_address[1]} with another socket")
+print("ok")
+"""
+
+
+def test_port_zero_never_shares_a_port_with_another_socket() -> None:
+    # msquic binds listeners with SO_REUSEPORT, and Linux gives such a port-0 bind a port that
+    # another SO_REUSEPORT socket of the same user holds: two listeners on port 0 then split each
+    # other's datagrams (seen as an AlpnMismatch while several test runs shared the machine).
+    if subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare -n (root) for a network namespace with a narrow port range")
+    repo = str(Path(pymsquic.__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(["unshare", "-n", sys.executable, "-c", _PORT_ZERO_CHILD], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
 def test_missing_and_broken_certificate_files(registration, tmp_path) -> None:

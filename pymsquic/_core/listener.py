@@ -19,7 +19,7 @@ from typing import Any, Callable, Generic, Mapping, TypeVar
 
 from .. import _native
 from .._msquic import ffi, lib
-from ..addresses import Address, AddressLike, any_address, from_native, resolve, split_host_port
+from ..addresses import Address, AddressLike, any_address, free_udp_port, from_native, resolve, split_host_port
 from ..configuration import AlpnLike, Configuration, decode_alpns, encode_alpns
 from ..errors import AlreadyStarted, Failed, Finished, NotStarted, failed
 from ..keylog import KeyLogLike
@@ -102,6 +102,9 @@ class ListenerStats:
 #: default retry memory limit lets through on small machines (about 0.1% of RAM,
 #: at roughly 35 KB per handshake by msquic's own estimate).
 DEFAULT_MAX_HANDSHAKES = 1024
+
+#: Free ports tried for a listener on port 0 before its start fails (see start()).
+_PORT_TRIES = 8
 
 #: ``on_new_connection``: runs on a msquic thread; returning False refuses the connection.
 NewConnectionHook = Callable[[NewConnectionInfo], "bool | None"]
@@ -238,11 +241,21 @@ class ListenerCore(Generic[C]):
 
     def start(self, alpn: AlpnLike, address: AddressLike = None) -> None:
         """Start listening for ``alpn`` on ``address``: ``(host, port)``, ``"host:port"``
-        or None for every local address. Port 0 picks a free port (see :attr:`local_address`)."""
+        or None for every local address. Port 0 picks a port no other socket holds (see
+        :attr:`local_address`; not msquic's own pick, which may share one with another listener)."""
         alpn_wire = encode_alpns(alpn)
         host, port = split_host_port(address)
         native_address = any_address(port) if host is None else resolve(host, port, passive=True)
-        status = lib.pmq_listener_start(self._listener, alpn_wire, len(alpn_wire), native_address)
+        for _ in range(_PORT_TRIES if port == 0 else 1):
+            if port == 0:  # not msquic's own pick, which may share a port (addresses.free_udp_port)
+                try:
+                    native_address.port = free_udp_port(native_address)
+                except OSError as exc:
+                    raise Failed(f"cannot listen on {address!r}: no free UDP port ({exc})",
+                                 lib.QUIC_STATUS_ADDRESS_IN_USE) from exc
+            status = lib.pmq_listener_start(self._listener, alpn_wire, len(alpn_wire), native_address)
+            if status != lib.QUIC_STATUS_ADDRESS_IN_USE:
+                break  # (in use: another socket took the free port between the probe and msquic's bind)
         if status == lib.QUIC_STATUS_INVALID_STATE:
             raise AlreadyStarted("listener is already started (or still stopping)", status)
         if status == lib.QUIC_STATUS_ABORTED:

@@ -120,21 +120,31 @@ class NativeWaitable:
             if not fut.done():
                 fut.set_result(None)
 
-    async def _wait(self, check_ready: Callable[[], T | None], what: str, timeout: float | None = None) -> T:
+    async def _wait(self, check_ready: Callable[[], T | None], what: str, timeout: float | None = None, *,
+                    checked: bool = False) -> T:
         """Until ``check_ready()`` returns non-None. ``timeout`` is for pymsquic's
-        own bounded waits (open timeout, linger); callers use asyncio.timeout()."""
+        own bounded waits (open timeout, linger); callers use asyncio.timeout().
+        ``checked``: the caller found ``check_ready()`` None just before, on this
+        loop, with nothing awaited in between: no first check if the object was
+        attached already (a change since would be reported to the waiter)."""
         # Attach to the loop's waker only when about to wait; the loop below
         # checks again after attaching, so no change between can be missed.
         check_not_forked(what)
         forbid_in_callback(what)  # a loop run inside a hook would wait for the hook's own msquic thread
         loop = asyncio.get_running_loop()
         self._refuse_other_loop(loop, what)
+        # Reports are handled by loop callbacks, which cannot run between the caller's
+        # check and the waiter made below; attached only now, earlier changes were not reported.
+        skip_check = checked and self._attached_loop is loop
         self._attach_to_running_loop(loop)
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            result = check_ready()
-            if result is not None:
-                return result
+            if skip_check:
+                skip_check = False
+            else:
+                result = check_ready()
+                if result is not None:
+                    return result
             fut = loop.create_future()
             if self._waiters:
                 self._waiters.append(fut)  # non-empty: a list

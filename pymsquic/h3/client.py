@@ -8,10 +8,23 @@ are verified unless ``verify=False``; ``ca_file`` trusts a private CA.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import os
 import sys
-from typing import TYPE_CHECKING, AsyncIterable, AsyncIterator, Awaitable, Mapping, Sequence, Tuple, TypeVar, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Coroutine,
+    Mapping,
+    Sequence,
+    Tuple,
+    TypeVar,
+    Union,
+)
 from urllib.parse import urlsplit
 
 from .. import asyncio as pymsquic_asyncio
@@ -19,7 +32,7 @@ from ..configuration import Credential, Settings
 from ..errors import StreamStopped
 from .connection import ALPN, H3Connection, RequestStream
 from .errors import ErrorCode, H3StreamError
-from .message import Headers, check_request, check_response, content_length
+from .message import Headers, check_request, check_response, content_length, section_size
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -28,7 +41,14 @@ HeadersLike = Union[Mapping[str, str], Sequence[Tuple[str, str]]]
 
 _TARGETS: dict[str, tuple[str, int, bytes, bytes]] = {}  # _target()'s answers, by URL
 _TARGETS_MAX = 256
-_CHECKED: set[tuple[str, str]] = set()  # (method, URL) whose request fields passed check_request
+# The requests without headers of the caller's, by (method, URL, body length or -1 for
+# none): (host, port, HEADERS frame, section size). A client's QPACK encoder keeps to
+# the static table (H3Connection), so a frame depends on its fields alone and serves
+# on any connection: a repeated request is neither built, checked nor encoded again.
+_PREPARED: dict[tuple[str, str, int], tuple[str, int, bytes, int]] = {}
+# Final response header sections met, as tuples: (status, content-length). Most
+# responses repeat a few: one dict lookup instead of the checks of section 4.3.
+_RESPONSE_HEADS: dict[tuple[tuple[bytes, bytes], ...], tuple[int, int | None]] = {}
 
 
 def _usable(h3: H3Connection) -> bool:
@@ -54,6 +74,8 @@ def _target(url: str) -> tuple[str, int, bytes, bytes]:
 
 T = TypeVar("T")
 
+_UNCANCEL = sys.version_info >= (3, 11)  # Task.cancelling() and uncancel(), which _Deadlines needs
+
 if sys.version_info >= (3, 11):
     async def bounded(awaitable: Awaitable[T], timeout: float | None) -> T:
         """``awaitable`` within ``timeout`` seconds (asyncio.timeout: no task per wait, unlike wait_for)."""
@@ -66,6 +88,98 @@ else:  # pragma: no cover - Python 3.10
         """``awaitable`` within ``timeout`` seconds."""
         return await asyncio.wait_for(awaitable, timeout)
 
+class _Deadline:
+    __slots__ = ("when", "task", "cancelling", "state")
+
+    def __init__(self, when: float, task: asyncio.Task[Any], cancelling: int) -> None:
+        self.when = when
+        self.task: asyncio.Task[Any] | None = task
+        self.cancelling = cancelling  # the task's cancel requests before (as asyncio.timeout keeps)
+        self.state = _PENDING
+
+
+_PENDING, _ENDED, _EXPIRED = 0, 1, 2
+
+
+class _Deadlines:
+    """The timeouts of one client's requests, as ``asyncio.timeout()`` would
+    bound each (cancel the task at the deadline, TimeoutError out of it), with
+    one loop timer for them all instead of a timer handle in the loop's heap,
+    and a context manager, per request. Requests of one timeout end in the
+    order they began: a FIFO of deadlines, the timer at its head's."""
+
+    def __init__(self) -> None:
+        self._reset(None)
+
+    def _reset(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._queue: collections.deque[_Deadline] = collections.deque()
+        self._live = 0  # deadlines not ended nor expired
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop = loop
+
+    def start(self, timeout: float) -> _Deadline | None:
+        """The current task's deadline ``timeout`` seconds on; None where this
+        cannot bound it (Python 3.10, no uncancel(); a deadline before the last
+        one, the timeout shortened): the caller uses ``bounded()`` then."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a client used on another loop: start afresh there
+            if not _UNCANCEL:  # pragma: no cover - Python 3.10
+                return None
+            self._reset(loop)
+        when = loop.time() + timeout
+        queue = self._queue
+        if queue and queue[-1].when > when:
+            return None
+        task = asyncio.current_task(loop)
+        if task is None:  # pragma: no cover - not in a task: nothing to cancel
+            return None
+        deadline = _Deadline(when, task, task.cancelling())  # type: ignore[attr-defined]
+        queue.append(deadline)
+        self._live += 1
+        if self._timer is None:
+            self._timer = loop.call_at(queue[0].when, self._expire)
+        return deadline
+
+    def end(self, deadline: _Deadline) -> bool:
+        """The bounded wait is over: True when its deadline cancelled the task
+        and no other cancellation is pending (raise TimeoutError then)."""
+        state, deadline.state = deadline.state, _ENDED
+        task, deadline.task = deadline.task, None
+        if state == _PENDING:
+            self._live -= 1
+            queue = self._queue
+            while queue and queue[0].state:
+                queue.popleft()
+            if len(queue) > 2 * self._live + 1024:  # a long wait at the head: drop the ended behind it
+                self._queue = collections.deque(d for d in queue if not d.state)
+            return False
+        if state == _EXPIRED:
+            assert task is not None
+            return task.uncancel() <= deadline.cancelling  # type: ignore[attr-defined,no-any-return]
+        return False  # ended already
+
+    def _expire(self) -> None:
+        self._timer = None
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        queue = self._queue
+        while queue and (queue[0].state or queue[0].when <= now):
+            deadline = queue.popleft()
+            if deadline.state == _PENDING:
+                deadline.state = _EXPIRED
+                self._live -= 1
+                assert deadline.task is not None
+                deadline.task.cancel()
+        if queue:
+            self._timer = loop.call_at(queue[0].when, self._expire)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 #: Settings a client connection needs: the server opens 3 unidirectional streams (more with grease).
 CLIENT_SETTINGS = Settings(peer_unidi_stream_count=16, idle_timeout_ms=30_000)
 
@@ -76,7 +190,7 @@ class Response:
     (:attr:`content` after). :attr:`trailers` once the body was read."""
 
     def __init__(self, status: int, headers: Headers, request: RequestStream, timeout: float | None,
-                 method: str = "GET") -> None:
+                 method: str = "GET", length: int | None = -1) -> None:
         self.status_code = status
         self._raw_headers = headers
         self._headers: list[tuple[str, str]] | None = None
@@ -84,8 +198,12 @@ class Response:
         self._request = request
         self._timeout = timeout
         # A HEAD response's content-length, or a 204's or 304's, is not its body's (RFC 9110 8.6).
-        bodiless = method == "HEAD" or status in (204, 304)
-        self._expected_length = request.expected_length = None if bodiless else content_length(headers)
+        # ``length``: the content-length field's, when the caller read it already (-1: not yet).
+        if method == "HEAD" or status in (204, 304):
+            length = None
+        elif length == -1:
+            length = content_length(headers)
+        self._expected_length = request.expected_length = length
         self._content: bytes | None = None
 
     @property
@@ -194,6 +312,7 @@ class Client:
         self._connecting: dict[tuple[str, int], asyncio.Lock] = {}
         # Connections that received GOAWAY: closed once their requests in flight are done.
         self._retired: dict[H3Connection, asyncio.Task[None]] = {}
+        self._deadlines = _Deadlines()
 
     async def _connection(self, host: str, port: int) -> H3Connection:
         key = (host, port)
@@ -239,10 +358,54 @@ class Client:
         H3_REQUEST_REJECTED after a GOAWAY, retry elsewhere); :class:`H3StreamError` /
         :class:`H3ConnectionError` for a response that breaks RFC 9114. The request is
         cancelled (H3_REQUEST_CANCELLED) on any of them."""
+        body, chunks = (content, None) if content is None or isinstance(content, bytes) else (None, content)
+        key = (method, url, -1 if body is None else len(body)) if chunks is None and not headers else None
+        prepared = None if key is None else _PREPARED.get(key)
+        if prepared is None:
+            h3, frame = await self._prepare(method, url, headers, content, key)
+        else:
+            host, port, frame, size = prepared
+            found = self._connections.get((host, port))
+            h3 = found if found is not None and _usable(found) else await self._connection(host, port)
+            limit = h3.peer_max_field_section_size  # section 4.2.2, as headers_frame() checks it
+            if limit is not None and size > limit:
+                raise ValueError(f"a header section of {size} bytes: the peer takes at most {limit}")
+        if chunks is None:
+            request = h3.open_request(frame, body or b"", end_stream=True)  # the whole request in one write
+        else:
+            request = h3.open_request(frame)
+        # Attached to the loop's waker before its first read, which is then the only check
+        # before waiting (RequestStream._next_frame): most responses are waited for.
+        request.stream._attach_to_running_loop()
+        try:
+            if chunks is not None:
+                await self._send_body(request, chunks)
+            if stream:  # the body's waits are bounded one by one, as the caller reads
+                return await bounded(self._response(request, self.timeout, method), self.timeout)
+            timeout = self.timeout
+            deadline = None if timeout is None else self._deadlines.start(timeout)
+            if deadline is None:
+                return await bounded(self._whole_response(request, method), timeout)  # one bound for it all
+            try:  # _whole_response() inline: one coroutine less in every wait's chain
+                response = await self._response(request, timeout, method)
+                await response._read_all()
+            except BaseException as exc:
+                if self._deadlines.end(deadline) and isinstance(exc, asyncio.CancelledError):
+                    raise asyncio.TimeoutError from exc  # as asyncio.timeout() turns its cancellation
+                raise
+            self._deadlines.end(deadline)
+            return response
+        except BaseException:  # cancelled, timed out, refused: the server need not go on
+            request.cancel()
+            raise
+
+    async def _prepare(self, method: str, url: str, headers: HeadersLike | None,
+                       content: bytes | AsyncIterable[bytes] | None,
+                       key: tuple[str, str, int] | None) -> tuple[H3Connection, bytes]:
+        """(connection, HEADERS frame) of a request; its fields checked (ValueError
+        for what the server would reset, H3_MESSAGE_ERROR) and, given a ``key``,
+        kept in _PREPARED for its next time."""
         host, port, authority, path = _target(url)
-        h3 = self._connections.get((host, port))
-        if h3 is None or not _usable(h3):
-            h3 = await self._connection(host, port)
         fields: Headers = [(b":method", method.encode()), (b":scheme", b"https"),
                            (b":authority", authority), (b":path", path)]
         if headers:
@@ -250,31 +413,18 @@ class Client:
             fields += [(name.lower().encode(), value.encode()) for name, value in items]
         if isinstance(content, bytes) and not (headers and any(name == b"content-length" for name, _ in fields)):
             fields.append((b"content-length", str(len(content)).encode()))
-        # What the server would reset (H3_MESSAGE_ERROR) is the caller's error, found here.
-        # Without fields of the caller's, the result only depends on the method and URL
-        # (a content-length made here is always valid): checked once for each.
-        if headers or (method, url) not in _CHECKED:
-            try:
-                check_request(fields)
-            except H3StreamError as exc:
-                raise ValueError(f"a malformed request: {exc.reason}") from None
-            if not headers:
-                if len(_CHECKED) >= _TARGETS_MAX:
-                    _CHECKED.clear()
-                _CHECKED.add((method, url))
-        request = h3.open_request()
         try:
-            if isinstance(content, bytes) or content is None:
-                request.send_headers_and_data(fields, content or b"", end_stream=True)  # one write
-            else:
-                request.send_headers(fields)
-                await self._send_body(request, content)
-            if stream:  # the body's waits are bounded one by one, as the caller reads
-                return await bounded(self._response(request, self.timeout, method), self.timeout)
-            return await bounded(self._whole_response(request, method), self.timeout)  # one bound for it all
-        except BaseException:  # cancelled, timed out, refused: the server need not go on
-            request.cancel()
-            raise
+            check_request(fields)
+        except H3StreamError as exc:
+            raise ValueError(f"a malformed request: {exc.reason}") from None
+        found = self._connections.get((host, port))
+        h3 = found if found is not None and _usable(found) else await self._connection(host, port)
+        frame = h3.headers_frame(fields)
+        if key is not None:
+            if len(_PREPARED) >= _TARGETS_MAX:
+                _PREPARED.clear()
+            _PREPARED[key] = (host, port, frame, section_size(fields))
+        return h3, frame
 
     async def _send_body(self, request: RequestStream, content: AsyncIterable[bytes]) -> None:
         """Stream ``content`` as DATA, waiting for room. The server's STOP_SENDING ends it
@@ -300,6 +450,10 @@ class Client:
         """The final response's head (after any interim ones)."""
         while True:  # interim (1xx) responses come before the final one
             response_headers = await request.receive_headers()
+            key = tuple(response_headers)
+            head = _RESPONSE_HEADS.get(key)
+            if head is not None:  # met before: valid, final, its content-length read
+                return Response(head[0], response_headers, request, body_timeout, method, head[1])
             try:
                 status = check_response(response_headers)
                 if status == 101:  # no Upgrade in HTTP/3 (RFC 9114 section 4.5)
@@ -310,28 +464,34 @@ class Client:
             if status >= 200:
                 break
             request.interim_received()
-        return Response(status, response_headers, request, body_timeout, method)
+        response = Response(status, response_headers, request, body_timeout, method)
+        if method != "HEAD" and status not in (204, 304):  # their content-length is not the body's
+            if len(_RESPONSE_HEADS) >= _TARGETS_MAX:
+                _RESPONSE_HEADS.clear()
+            _RESPONSE_HEADS[key] = (status, response._expected_length)
+        return response
 
-    async def get(self, url: str, **kwargs: object) -> Response:
-        """``request("GET", url, ...)``."""
-        return await self.request("GET", url, **kwargs)  # type: ignore[arg-type]
+    def get(self, url: str, **kwargs: object) -> Coroutine[Any, Any, Response]:
+        """``request("GET", url, ...)`` (its coroutine itself: no layer more in each wait)."""
+        return self.request("GET", url, **kwargs)  # type: ignore[arg-type]
 
-    async def post(self, url: str, **kwargs: object) -> Response:
-        """``request("POST", url, ...)``."""
-        return await self.request("POST", url, **kwargs)  # type: ignore[arg-type]
+    def post(self, url: str, **kwargs: object) -> Coroutine[Any, Any, Response]:
+        """``request("POST", url, ...)`` (its coroutine itself: no layer more in each wait)."""
+        return self.request("POST", url, **kwargs)  # type: ignore[arg-type]
 
-    async def put(self, url: str, **kwargs: object) -> Response:
-        """``request("PUT", url, ...)``."""
-        return await self.request("PUT", url, **kwargs)  # type: ignore[arg-type]
+    def put(self, url: str, **kwargs: object) -> Coroutine[Any, Any, Response]:
+        """``request("PUT", url, ...)`` (its coroutine itself: no layer more in each wait)."""
+        return self.request("PUT", url, **kwargs)  # type: ignore[arg-type]
 
-    async def delete(self, url: str, **kwargs: object) -> Response:
-        """``request("DELETE", url, ...)``."""
-        return await self.request("DELETE", url, **kwargs)  # type: ignore[arg-type]
+    def delete(self, url: str, **kwargs: object) -> Coroutine[Any, Any, Response]:
+        """``request("DELETE", url, ...)`` (its coroutine itself: no layer more in each wait)."""
+        return self.request("DELETE", url, **kwargs)  # type: ignore[arg-type]
 
     async def aclose(self) -> None:
         """Close every connection (GOAWAY, then H3_NO_ERROR), those retired after
         a GOAWAY too (their responses not read to the end are cancelled)."""
         connections, self._connections = list(self._connections.values()), {}
+        self._deadlines.close()
         for h3, task in list(self._retired.items()):
             task.cancel()
             connections.append(h3)

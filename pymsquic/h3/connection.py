@@ -387,11 +387,39 @@ class H3Connection:
 
     # ---- requests -------------------------------------------------------------------------
 
-    def open_request(self) -> RequestStream:
-        """A new request stream (client)."""
+    def open_request(self, first: bytes | None = None, body: bytes = b"", end_stream: bool = False) -> RequestStream:
+        """A new request stream (client). With ``first`` (frames, such as
+        :meth:`headers_frame`'s), the stream opens with ``first`` and ``body`` as a
+        DATA frame written (FIN with ``end_stream``): a whole small request in
+        one native call, as :meth:`RequestStream.send_headers_and_data` writes it."""
         if self.error is not None:
             raise self.error
-        return RequestStream(self, self.quic.open_stream())
+        if first is None:
+            return RequestStream(self, self.quic.open_stream())
+        if body:
+            first += encode_frame_header(FrameType.DATA, len(body))
+            if len(body) <= _COALESCE:
+                first += body
+            else:  # large: written on its own, not copied into the frames first
+                request = RequestStream(self, self.quic.open_stream(data=first))
+                request.stream.write(body, fin=end_stream)
+                return request
+        return RequestStream(self, self.quic.open_stream(data=first, fin=end_stream))
+
+    def headers_frame(self, headers: Headers, stream_id: int = 0) -> bytes:
+        """A HEADERS frame of ``headers``. ValueError over the peer's
+        SETTINGS_MAX_FIELD_SECTION_SIZE (section 4.2.2); what the encoder has
+        for its stream is written first. A client's encoder keeps to the static
+        table (see __init__), so its frames depend on the headers alone: the
+        client keeps them for requests that repeat."""
+        limit = self.peer_max_field_section_size  # the peer's limit, once known
+        if limit is not None:
+            size = section_size(headers)
+            if size > limit:
+                raise ValueError(f"a header section of {size} bytes: the peer takes at most {limit}")
+        encoder_data, block = self._encoder.encode(stream_id, headers)
+        self._send_encoder_data(encoder_data)  # before the block that may refer to it
+        return encode_frame_header(FrameType.HEADERS, len(block)) + block
 
     async def accept_request(self) -> RequestStream | None:
         """The next request stream the client opened (server); None once the
@@ -440,8 +468,11 @@ class RequestStream:
                 return None
             if stream._eof_read and not stream._pushback:
                 self._take(b"")  # the FIN came with the last bytes read: no read (and coroutine) for it
-            else:
-                await self._read_frames()
+            else:  # stream.read(_READ_CHUNK) without its coroutine and checks: one a response wait
+                chunk = stream._read_now(_READ_CHUNK)
+                if chunk is None:
+                    chunk = await stream._wait(stream._read_chunk_now, "read()", checked=True)
+                self._take(chunk)
         return self._frames.popleft()
 
     async def _read_frames(self) -> None:
@@ -667,17 +698,9 @@ class RequestStream:
         self._headers_received = False
 
     def _headers_frame(self, headers: Headers) -> bytes:
-        limit = self.h3.peer_max_field_section_size  # the peer's limit, once known (section 4.2.2)
-        if limit is not None:
-            size = section_size(headers)
-            if size > limit:
-                raise ValueError(f"a header section of {size} bytes: the peer takes at most {limit}")
         # A client's stream has no id before it starts (its first write), and the
         # client's encoder keeps to the static table (see H3Connection): 0 does then.
-        stream_id = self._id if self._id is not None else 0
-        encoder_data, block = self.h3._encoder.encode(stream_id, headers)
-        self.h3._send_encoder_data(encoder_data)  # before the block that may refer to it
-        return encode_frame_header(FrameType.HEADERS, len(block)) + block
+        return self.h3.headers_frame(headers, self._id if self._id is not None else 0)
 
     def send_headers(self, headers: Headers, end_stream: bool = False) -> None:
         """Send a HEADERS frame (headers first, or trailers after the data)."""

@@ -214,50 +214,56 @@ class FrameReader:
             buffer.clear()
         elif type(data) is not bytes:
             data = bytes(data)
-        # Parsed in place, with an offset: no copy of what is read but the payloads.
+        # Parsed in place, with an offset: no copy of what is read but the payloads. The
+        # reader's state is kept in locals while parsing (written back at the end).
         frames: list[Frame] = []
         pos, size = 0, len(data)
+        frame_type, remaining, skipping = self._type, self._remaining, self._skipping
         while True:
-            frame_type = self._type
             if frame_type is None:  # a frame header: type and length varints
                 if pos >= size:
                     break
                 first = data[pos]
-                n = 1 << (first >> 6)
-                if pos + n >= size:  # the type, and at least the first byte of the length
-                    break
-                frame_type = first if n == 1 else int.from_bytes(data[pos:pos + n], "big") & _VARINT_MASK[n]
-                at = pos + n
-                first = data[at]
-                n = 1 << (first >> 6)
-                if at + n > size:  # the length is cut: the header waits whole in the buffer
-                    break
-                length = first if n == 1 else int.from_bytes(data[at:at + n], "big") & _VARINT_MASK[n]
-                pos = at + n
-                if frame_type <= FrameType.HEADERS and self._message_stream and (
-                        frame_type == FrameType.DATA or length <= self.max_headers_size):
-                    self._skipping = False  # DATA or HEADERS on a request stream: allowed
+                if first < 0x40 and pos + 1 < size and data[pos + 1] < 0x40:  # both one byte: most frames
+                    frame_type, length, at = first, data[pos + 1], pos + 2
                 else:
+                    n = 1 << (first >> 6)
+                    if pos + n >= size:  # the type, and at least the first byte of the length
+                        break
+                    ftype = first if n == 1 else int.from_bytes(data[pos:pos + n], "big") & _VARINT_MASK[n]
+                    at = pos + n
+                    first = data[at]
+                    n = 1 << (first >> 6)
+                    if at + n > size:  # the length is cut: the header waits whole in the buffer
+                        break
+                    length = first if n == 1 else int.from_bytes(data[at:at + n], "big") & _VARINT_MASK[n]
+                    frame_type, at = ftype, at + n
+                pos = at
+                if frame_type <= 1 and self._message_stream and (frame_type == 0 or length <= self.max_headers_size):
+                    skipping = False  # DATA or HEADERS on a request stream: allowed
+                else:
+                    self._type = None  # nothing of this frame taken if the check raises
                     self._check_type(frame_type, length)
-                self._type, self._remaining = frame_type, length
-            remaining = self._remaining
-            if self._skipping or frame_type == FrameType.DATA:  # as it comes
+                    skipping = self._skipping
+                remaining = length
+            if skipping or frame_type == 0:  # DATA (or a frame skipped): as it comes
                 if pos >= size and remaining:
                     break
-                take = min(remaining, size - pos)
-                if not self._skipping:
+                take = remaining if remaining <= size - pos else size - pos
+                if not skipping:
                     frames.append(Frame(frame_type, data[pos:pos + take], take == remaining))
                 pos += take
-                self._remaining = remaining - take
-                if take != remaining:
+                remaining -= take
+                if remaining:
                     break  # all input taken
-                self._type = None
+                frame_type = None
             else:  # whole
                 if size - pos < remaining:
                     break
                 frames.append(Frame(frame_type, data[pos:pos + remaining]))
                 pos += remaining
-                self._type = None
+                frame_type = None
+        self._type, self._remaining, self._skipping = frame_type, remaining, skipping
         if pos < size:
             buffer += memoryview(data)[pos:]
         return frames
