@@ -218,10 +218,11 @@ class H3Connection:
         try:
             while True:
                 # The streams already there are taken without a coroutine each; else
-                # the wait (accept_stream() would first look again, one more native call).
+                # the wait, which need not look again first (accept_stream() would look
+                # twice more: two native calls and a coroutine per wait).
                 stream = quic._try_accept_stream()
                 if stream is None:
-                    stream = await quic._wait(quic._try_accept_stream, "accept_stream()")
+                    stream = await quic._wait(quic._try_accept_stream, "accept_stream()", checked=True)
                 state = stream._state()  # its direction and id in one native call
                 if state.flags & lib.PMQ_STREAM_UNIDIRECTIONAL:
                     self._spawn(self._read_unidirectional(stream))
