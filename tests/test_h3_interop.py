@@ -208,9 +208,10 @@ def aioquic_h3_config() -> QuicConfiguration:
 
 
 @contextlib.asynccontextmanager
-async def asgi_server_and_aioquic_client(credential: pymsquic.Credential) -> AsyncIterator[AioquicH3Client]:
-    """The ASGI app served by pymsquic.h3, and an aioquic HTTP/3 client connected to it."""
-    async with await pymsquic.h3.serve(asgi_app, "127.0.0.1", 0, credential=credential) as server:
+async def asgi_server_and_aioquic_client(credential: pymsquic.Credential,
+                                        **options: Any) -> AsyncIterator[AioquicH3Client]:
+    """The ASGI app served by pymsquic.h3 (``options`` for serve()), and an aioquic HTTP/3 client connected to it."""
+    async with await pymsquic.h3.serve(asgi_app, "127.0.0.1", 0, credential=credential, **options) as server:
         port = server.addresses[0][1]
         async with connect("127.0.0.1", port, configuration=aioquic_h3_config(),
                            create_protocol=AioquicH3Client) as client:
@@ -218,9 +219,10 @@ async def asgi_server_and_aioquic_client(credential: pymsquic.Credential) -> Asy
             yield client
 
 
-def test_aioquic_client_against_asgi_server(server_credential) -> None:
+@pytest.mark.parametrize("table", [0, 4096])  # our QPACK encoder: static table only (default), or dynamic
+def test_aioquic_client_against_asgi_server(server_credential, table: int) -> None:
     async def main() -> None:
-        async with asgi_server_and_aioquic_client(server_credential) as client:
+        async with asgi_server_and_aioquic_client(server_credential, qpack_encoder_max_table_capacity=table) as client:
             headers, body = await client.request(b"GET", b"/4000")
             assert headers[b":status"] == b"200" and body == BODY_4000
             assert headers[b"x-path"] == b"/4000"
@@ -233,6 +235,9 @@ def test_aioquic_client_against_asgi_server(server_credential) -> None:
             big = bytes(range(256)) * 8192  # 2 MiB: flow control both ways, the app reading in pieces
             _, body = await client.request(b"POST", b"/big", big)
             assert body == big
+            # Our encoder inserted into its dynamic table (and aioquic acknowledged) only when allowed.
+            assert (client.http._encoder_bytes_received > 0) == (table > 0)
+            assert (client.http._decoder_bytes_sent > 0) == (table > 0)
 
     asyncio.run(main())
 

@@ -21,7 +21,8 @@ GTLSSERVER = shutil.which("gtlsserver") or shutil.which("gtlsserver", path="/usr
 
 
 @pytest.mark.skipif(GTLSCLIENT is None, reason="ngtcp2-client (gtlsclient) is not installed")
-def test_ngtcp2_client_against_asgi_server(server_credential: pymsquic.Credential, tmp_path: Path) -> None:
+@pytest.mark.parametrize("table", [0, 4096])  # our QPACK encoder: static table only (default), or dynamic
+def test_ngtcp2_client_against_asgi_server(server_credential: pymsquic.Credential, tmp_path: Path, table: int) -> None:
     assert GTLSCLIENT is not None
     posted = tmp_path / "post.bin"
     posted.write_bytes(b"posted by ngtcp2 " * 300)
@@ -37,7 +38,8 @@ def test_ngtcp2_client_against_asgi_server(server_credential: pymsquic.Credentia
         assert process.returncode == 0, (out + err).decode(errors="replace")
 
     async def main() -> None:
-        async with await pymsquic.h3.serve(asgi_app, "127.0.0.1", 0, credential=server_credential) as server:
+        async with await pymsquic.h3.serve(asgi_app, "127.0.0.1", 0, credential=server_credential,
+                                           qpack_encoder_max_table_capacity=table) as server:
             port = server.addresses[0][1]
             await gtlsclient(port)  # four GETs on one connection
             for name in ("get4000", "a", "b", "c"):

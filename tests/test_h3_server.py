@@ -97,6 +97,22 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["path"] == "/raise-after":
             raise RuntimeError("the app failed in its response")
         return
+    if scope["path"] == "/head":  # the response head named by the query: x-v's value, the fields' shape
+        value = scope["query_string"]
+        fields: Any = [[b"x-v", value]] if value.startswith(b"list") else [(b"x-v", value)]  # lists: unhashable
+        if value == b"bad":
+            fields.append((b"x-split", b"1\r\nx-b: 2"))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": iter(fields) if value == b"gen" else fields})
+        await send({"type": "http.response.body", "body": b"h"})
+        return
+    if scope["path"] == "/scope":  # says what its scope has, then changes its headers (the app's own list)
+        said = [(b"x-n", str(len(scope["headers"])).encode()), (b"x-q", scope["query_string"] or b"-"),
+                (b"x-m", scope["method"].encode())]
+        scope["headers"].append((b"x-added", b"1"))
+        await send({"type": "http.response.start", "status": 200, "headers": said})
+        await send({"type": "http.response.body", "body": b"s"})
+        return
     if scope["path"] == "/no-read":  # answers without reading the body
         await send({"type": "http.response.start", "status": 200})
         await send({"type": "http.response.body", "body": b"did not read it"})
@@ -366,4 +382,82 @@ def test_request_without_complete_headers_in_time_is_rejected(server_credential)
             assert client.resets.get(slow) == ErrorCode.H3_REQUEST_REJECTED
             headers, _ = await client.response(client.send(headers_frame(GET)))  # the connection carries on
             assert (b":status", b"200") in headers
+    run(main())
+
+
+def test_response_fields_checked_once_are_remembered_and_bad_ones_never() -> None:
+    """The server remembers the app's response fields it found valid (a set lookup next
+    time); a malformed one is refused every time it comes, and is never remembered."""
+    from pymsquic.h3 import server
+    from pymsquic.h3.errors import H3StreamError
+
+    good = [(b"Content-Type", b"text/plain"), (b"connection", b"close"), (b"x-kept", b"yes")]
+    for _ in range(2):  # the second time from the set: the same result
+        assert server._response_fields(200, good) == [(b":status", b"200"), (b"content-type", b"text/plain"),
+                                                      (b"x-kept", b"yes")]
+    assert (b"x-kept", b"yes") in server._CHECKED_FIELDS
+    for bad in ([(b"x-split", b"1\r\nset-cookie: evil")], [(b"x-a", b" padded")], [(b":path", b"/")],
+                [(b"bad name", b"1")], [(b"te", b"gzip")]):
+        for _ in range(2):
+            with pytest.raises(H3StreamError):
+                server._response_fields(200, bad)
+        assert bad[0] not in server._CHECKED_FIELDS and (bad[0][0].lower(), bad[0][1]) not in server._CHECKED_FIELDS
+    for status in (99, 1000, -10):
+        with pytest.raises(H3StreamError):
+            server._response_fields(status, [])
+    assert server._response_fields(799, [])[0] == (b":status", b"799")
+
+
+@pytest.mark.parametrize("pad", [0, 40, 300, 5000])  # a header block's length in 1 or 2 bytes, below and over 256
+@pytest.mark.parametrize("length_bytes", [0, 4])  # its length as the shortest varint, or as a 4-byte one
+def test_header_block_lengths_with_the_body_in_the_same_read(server_credential, pad: int, length_bytes: int) -> None:
+    """The first HEADERS frame, whatever its length's encoding, with DATA right after it:
+    the request decodes and its body reaches the app whole."""
+    async def main() -> None:
+        async with raw_client(server_credential) as client:
+            fields = [*GET[:3], (b":path", b"/echo"), (b"x-pad", b"p" * pad)]
+            _, block = pylsqpack.Encoder().encode(0, fields)
+            if length_bytes:
+                head = bytes([FrameType.HEADERS]) + (0x80 << 24 | len(block)).to_bytes(4, "big")
+            else:
+                head = encode_varint(FrameType.HEADERS) + encode_varint(len(block))
+            headers, body = await client.response(client.send(head + block + encode_frame(FrameType.DATA, b"body")))
+            assert (b":status", b"200") in headers and (b"x-len", b"4") in headers
+            assert body == b"body"
+    run(main())
+
+
+def test_repeated_response_heads(server_credential) -> None:
+    """The server remembers response heads it checked and encoded: each response still
+    carries its own head (two alternating, fields as lists or an iterator), and a
+    malformed head is the app's error (a 500) every time."""
+    async def main() -> None:
+        async with raw_client(server_credential) as client:
+            for query in (b"a", b"b", b"a", b"b", b"list1", b"list1", b"gen", b"gen", b"bad", b"bad", b"a"):
+                stream_id = client.send(headers_frame([*GET[:3], (b":path", b"/head?" + query)]))
+                headers, body = await client.response(stream_id)
+                if query == b"bad":
+                    assert (b":status", b"500") in headers, query
+                else:
+                    assert (b":status", b"200") in headers and (b"x-v", query) in headers and body == b"h", query
+    run(main())
+
+
+def test_repeated_requests(server_credential) -> None:
+    """The server remembers request heads it checked: a repeated request gets a scope of its
+    own (its headers list the app may change), requests differing in their query or method
+    get theirs, and a malformed request is a stream error every time it comes."""
+    async def main() -> None:
+        async with raw_client(server_credential) as client:
+            for query, method in ((b"", b"GET"), (b"", b"GET"), (b"a=1", b"GET"), (b"a=2", b"GET"), (b"", b"HEAD"),
+                                  (b"a=1", b"GET")):
+                fields = [(b":method", method), *GET[1:3], (b":path", b"/scope?" + query if query else b"/scope")]
+                headers, _ = await client.response(client.send(headers_frame(fields)))
+                # the host field the server adds from :authority, never the app's x-added of before
+                assert (b"x-n", b"1") in headers and (b"x-q", query or b"-") in headers, (query, method)
+                assert (b"x-m", method) in headers
+            for _ in range(2):
+                bad = client.send(headers_frame([*GET, (b"connection", b"close")]))
+                await asyncio.wait_for(client.ended_event(bad).wait(), 10)
+                assert client.resets.get(bad) == ErrorCode.H3_MESSAGE_ERROR
     run(main())

@@ -18,6 +18,7 @@ import logging
 import weakref
 from typing import Any, Awaitable, Callable, Coroutine
 
+from .._msquic import lib
 from ..asyncio import Connection, Stream
 from ..errors import ConnectionClosed, IncompleteReadError, QuicError, StreamError
 from .errors import ErrorCode, H3ConnectionError, H3Error, H3StreamError
@@ -65,15 +66,23 @@ class H3Connection:
     streams and sends SETTINGS); :meth:`close` sends GOAWAY and closes the
     QUIC connection. ``max_field_section_size`` bounds the header sections we
     accept; ``qpack_max_table_capacity``/``qpack_blocked_streams`` bound the
-    peer's use of our QPACK decoder. :attr:`error` is the connection error
-    that closed it, if any.
+    peer's use of our QPACK decoder. ``qpack_encoder_max_table_capacity``
+    (server only) lets our encoder use a dynamic table of up to that many bytes
+    (and the peer's QPACK_MAX_TABLE_CAPACITY) for the responses; 0, the default,
+    keeps it to the static table, as nginx does: smaller header blocks cost the
+    peer a Section Acknowledgement per response that used the table, which it
+    writes and we read, more than they save on a fast link (issue 12's speed
+    rows, docs/http3.md). :attr:`error` is the connection error that closed
+    it, if any.
     """
 
     def __init__(self, quic: Connection, *, is_client: bool,
                  max_field_section_size: int = MAX_HEADERS_FRAME_SIZE,
                  qpack_max_table_capacity: int = DEFAULT_MAX_TABLE_CAPACITY,
                  qpack_blocked_streams: int = DEFAULT_BLOCKED_STREAMS, enable_datagrams: bool = False,
-                 enable_connect_protocol: bool = False) -> None:
+                 enable_connect_protocol: bool = False, qpack_encoder_max_table_capacity: int = 0) -> None:
+        if is_client and qpack_encoder_max_table_capacity:
+            raise ValueError("a client's QPACK encoder uses the static table only")  # see below
         self.quic = quic
         self.is_client = is_client
         self.max_field_section_size = max_field_section_size
@@ -93,7 +102,8 @@ class H3Connection:
         # A client's request stream has no id until msquic reports START_COMPLETE,
         # which Python is not woken for; QPACK acknowledgements name stream ids,
         # so the client's encoder keeps to the static table.
-        self._encoder = Encoder(0 if is_client else DEFAULT_MAX_TABLE_CAPACITY)
+        self._encoder = Encoder(qpack_encoder_max_table_capacity)
+        self._encoder_static = not qpack_encoder_max_table_capacity  # its blocks depend on the fields alone
         self._decoder = Decoder(self._send_decoder_data, qpack_max_table_capacity, qpack_blocked_streams)
         self.peer_settings: asyncio.Future[dict[int, int]] = asyncio.get_running_loop().create_future()
         self.peer_settings.add_done_callback(lambda f: f.cancelled() or f.exception())  # never "never retrieved"
@@ -204,9 +214,17 @@ class H3Connection:
     # ---- the peer's streams ----------------------------------------------------------------
 
     async def _accept_streams(self) -> None:
+        quic = self.quic
         try:
-            async for stream in self.quic:
-                if stream.is_unidirectional:
+            while True:
+                # The streams already there are taken without a coroutine each; else
+                # the wait, which need not look again first (accept_stream() would look
+                # twice more: two native calls and a coroutine per wait).
+                stream = quic._try_accept_stream()
+                if stream is None:
+                    stream = await quic._wait(quic._try_accept_stream, "accept_stream()", checked=True)
+                state = stream._state()  # its direction and id in one native call
+                if state.flags & lib.PMQ_STREAM_UNIDIRECTIONAL:
                     self._spawn(self._read_unidirectional(stream))
                 elif self.is_client:
                     raise H3ConnectionError(ErrorCode.H3_STREAM_CREATION_ERROR,
@@ -214,9 +232,9 @@ class H3Connection:
                 elif self._goaway_sent:
                     stream.abort(ErrorCode.H3_REQUEST_REJECTED)  # section 5.2: not processed, retry elsewhere
                 else:
-                    stream_id = stream.id
-                    assert stream_id is not None  # a peer's stream has its id
-                    self._last_request_id = max(self._last_request_id, stream_id)
+                    stream_id = state.id  # a peer's stream has its id
+                    if stream_id > self._last_request_id:
+                        self._last_request_id = stream_id
                     request = RequestStream(self, stream, stream_id)
                     if self.enable_datagrams:  # routes its HTTP Datagrams
                         self._streams_by_id[stream_id] = request
@@ -562,15 +580,20 @@ class RequestStream:
         :meth:`receive_headers` goes on from there (it also reports what is wrong
         with a stream whose first frame is not HEADERS). Raises as it does."""
         try:
+            block = None
             if not self._frames and not self._eof:
                 chunk = self.stream._read_now(_READ_CHUNK)  # what is there: no waiting
                 if chunk is not None:
-                    self._take(chunk)
-            frames = self._frames
-            if not frames or self._headers_received or frames[0].type != FrameType.HEADERS:
-                return None
+                    block = self._whole_first_headers(chunk)
+                    if block is None:
+                        self._take(chunk)
+            if block is None:
+                frames = self._frames
+                if not frames or self._headers_received or frames[0].type != FrameType.HEADERS:
+                    return None
+                block = frames.popleft().data
             self._headers_received = True
-            headers = self.h3._decoder.feed_header(self._stream_id(), frames.popleft().data)
+            headers = self.h3._decoder.feed_header(self._stream_id(), block)
             if headers is None:  # waits for the peer's encoder stream
                 self._blocked_headers = True
                 return None
@@ -578,6 +601,30 @@ class RequestStream:
         except H3Error as exc:
             self._error(exc)
             raise
+
+    def _whole_first_headers(self, chunk: bytes) -> bytes | None:
+        """The header block of the stream's first frame when ``chunk`` (the stream's
+        first bytes) starts with a whole HEADERS frame within the size limit, what
+        follows fed to the frame reader; else None and nothing taken (the reader
+        takes it all, and says what is wrong). Most requests come so: no Frame
+        object and no parsing loop for them."""
+        reader = self._reader
+        if (self._headers_received or len(chunk) < 3 or chunk[0] != FrameType.HEADERS
+                or reader._type is not None or reader._buffer):
+            return None
+        first = chunk[1]
+        if first < 0x40:  # the length's varint: one byte
+            length, start = first, 2
+        elif first < 0x80:  # two bytes
+            length, start = (first & 0x3F) << 8 | chunk[2], 3
+        else:
+            return None
+        end = start + length
+        if end > len(chunk) or length > reader.max_headers_size:
+            return None
+        if end < len(chunk):
+            self._frames.extend(reader.feed(chunk[end:]))
+        return chunk[start:end]
 
     def _headers_in(self, headers: Headers) -> Headers:
         if self.h3.is_client and self.h3.enable_datagrams:

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from typing import Any, Awaitable, Callable, MutableMapping
+from typing import Any, Awaitable, Callable, MutableMapping, NamedTuple, Tuple
 from urllib.parse import unquote
 
 from .. import asyncio as pymsquic_asyncio
@@ -19,7 +19,15 @@ from .client import bounded
 from .connection import ALPN, H3Connection, RequestStream
 from .errors import ErrorCode, H3Error, H3StreamError
 from .frames import MAX_HEADERS_FRAME_SIZE
-from .message import CONNECTION_SPECIFIC, Headers, check_request, check_response, content_length
+from .message import (
+    CONNECTION_SPECIFIC,
+    Headers,
+    check_request,
+    check_response,
+    check_trailers,
+    content_length,
+    section_size,
+)
 from .qpack import DEFAULT_BLOCKED_STREAMS, DEFAULT_MAX_TABLE_CAPACITY
 
 logger = logging.getLogger("pymsquic")
@@ -49,34 +57,56 @@ HEADER_TIMEOUT = 10.0
 #: Default maximum of requests in flight per connection (the peer's bidirectional stream limit).
 MAX_CONCURRENT_REQUESTS = 100
 
+# serve_connection() drops finished request tasks from its set once it holds this many (or
+# twice what was left running at the last pruning).
+_PRUNE_MIN = 64
+
 
 class _Exchange:
     """One request: the ASGI ``receive``/``send`` pair over a :class:`RequestStream`."""
 
-    def __init__(self, request: RequestStream, headers: Headers, head: bool = False) -> None:
+    __slots__ = ("request", "head", "expected_length", "body_done", "response_done", "_done_event", "status",
+                 "response_headers", "_head_key", "_head_frame", "_head_size", "trailers_expected", "headers_sent",
+                 "disconnected")
+
+    def __init__(self, request: RequestStream, expected_length: int | None, head: bool = False) -> None:
         self.request = request
         self.head = head  # a HEAD response has no body, whatever the app sends (as uvicorn, hypercorn)
-        self.expected_length = request.expected_length = content_length(headers)
+        self.expected_length = request.expected_length = expected_length
         self.body_done = False
-        self.response_done = asyncio.Event()
+        # The response is over (sent, or given up): a flag, and an Event only when
+        # receive() has to wait for it (rare: no asyncio.Event per request).
+        self.response_done = False
+        self._done_event: asyncio.Event | None = None
         self.status: int | None = None
         self.response_headers: Headers = []
+        self._head_key: tuple[Any, ...] | None = None  # the response head's key in _HEADS
+        self._head_frame: bytes | None = None  # its HEADERS frame, when _HEADS had it
+        self._head_size = 0  # and its field section's size (RFC 9114 section 4.2.2)
         self.trailers_expected = False
         self.headers_sent = False
         self.disconnected = False  # the client went away: receive() says so, send() drops
+
+    def _finish(self) -> None:
+        self.response_done = True
+        if self._done_event is not None:
+            self._done_event.set()
 
     async def receive(self) -> Message:
         if self.disconnected:
             return {"type": "http.disconnect"}
         if self.body_done:  # nothing more to receive: wait until the response is done or unwanted
-            waits = [asyncio.ensure_future(self.response_done.wait()),
-                     asyncio.ensure_future(self.request.wait_peer_gone())]
-            try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for wait in waits:
-                    wait.cancel()
-            self.disconnected = not self.response_done.is_set()
+            if not self.response_done:
+                if self._done_event is None:
+                    self._done_event = asyncio.Event()
+                waits = [asyncio.ensure_future(self._done_event.wait()),
+                         asyncio.ensure_future(self.request.wait_peer_gone())]
+                try:
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for wait in waits:
+                        wait.cancel()
+            self.disconnected = not self.response_done
             return {"type": "http.disconnect"}
         try:
             chunk = await self.request.receive_data()
@@ -95,32 +125,60 @@ class _Exchange:
         if self.disconnected:
             raise ClientDisconnected("the client went away")
         try:
-            # Body sent: wait for room in the send buffer, if it is full (a coroutine only then).
+            # Body sent, more to come: wait for room in the send buffer, if it is full
+            # (a coroutine only then). After the last piece nothing waits for room.
             if self._send(message) and self.request.stream._drained() is None:
                 await self.request.drain()
         except (StreamError, ConnectionClosed) as exc:  # reset, STOP_SENDING, connection closed
             self.disconnected = True
             raise ClientDisconnected(f"the client went away: {exc}") from exc
 
+    def _response_head_frame(self) -> bytes:
+        """The response's HEADERS frame: from _HEADS when the same head was sent
+        before (and the client's field section limit takes it), else encoded, and
+        remembered when the encoder keeps to the static table (then the frame
+        depends on the fields alone, whatever the connection)."""
+        request = self.request
+        h3 = request.h3
+        frame = self._head_frame
+        if frame is not None and h3._encoder_static:  # else the encoder may refer to its dynamic table
+            limit = h3.peer_max_field_section_size
+            if limit is None or self._head_size <= limit:
+                return frame
+        frame = request._headers_frame(self.response_headers)  # checks the client's limit
+        key = self._head_key
+        if key is not None and h3._encoder_static:
+            if len(_HEADS) >= _HEADS_MAX:
+                _HEADS.clear()  # the heads of now are remembered again
+            _HEADS[key] = (self.response_headers, frame, section_size(self.response_headers))
+        return frame
+
     def _send(self, message: Message) -> bool:
-        """Act on ``message`` (never waits); True when it wrote a body piece."""
+        """Act on ``message`` (never waits); True when it wrote a body piece and more may follow."""
         kind = message["type"]
         request = self.request
         if kind == "http.response.start":
             if self.status is not None:
                 raise RuntimeError("http.response.start sent twice")
             status = int(message["status"])
-            response_headers = [(b":status", str(status).encode())] + [
-                (name, value) for name, value in _fields(message.get("headers", []))
-                if name not in CONNECTION_SPECIFIC]  # HTTP/1.1 only: malformed in HTTP/3 (section 4.2)
-            try:  # a field the client would take as malformed (a CR LF in a value...): the app's error
-                check_response(response_headers)
-            except H3StreamError as exc:
-                raise ValueError(f"a malformed response: {exc.reason}") from None
+            given = tuple(message.get("headers", ()))
+            key = (status, given)
+            try:
+                head = _HEADS.get(key)
+                self._head_key = key
+            except TypeError:  # fields given as lists: not hashable, not remembered
+                head = None
+            if head is None:
+                try:  # a field the client would take as malformed (a CR LF in a value...): the app's error
+                    response_headers = _response_fields(status, given)
+                except H3StreamError as exc:
+                    raise ValueError(f"a malformed response: {exc.reason}") from None
+            else:
+                response_headers, self._head_frame, self._head_size = head
             self.status, self.response_headers = status, response_headers
             self.trailers_expected = bool(message.get("trailers", False))
         elif kind == "http.response.body":
-            if self.status is None or self.response_done.is_set():
+            if self.status is None or self.response_done:
                 raise RuntimeError("http.response.body before http.response.start or after the end")
             more = bool(message.get("more_body", False))
             end = not more and not self.trailers_expected
@@ -129,20 +187,59 @@ class _Exchange:
                 request.send_data(body, end_stream=end)
             else:
                 self.headers_sent = True
-                request.send_headers_and_data(self.response_headers, body, end_stream=end)
+                request._write_frames(self._response_head_frame(), body, end)
             if end:
-                self.response_done.set()
-            return True
+                self._finish()
+            return not end
         elif kind == "http.response.trailers":
             if not self.trailers_expected or not self.headers_sent:
                 raise RuntimeError("http.response.trailers without trailers=True or before the body")
             more = bool(message.get("more_trailers", False))
             request.send_headers(_fields(message.get("headers", [])), end_stream=not more)
             if not more:
-                self.response_done.set()
+                self._finish()
         else:
             raise RuntimeError(f"unknown ASGI message type {kind!r}")
         return False
+
+
+# Response fields found valid (as check_response() would): apps send the same few
+# again and again, and a set lookup is cheaper than the checks. Bounded, as the
+# names check_response() remembers; long values are checked each time.
+_CHECKED_FIELDS: set[tuple[bytes, bytes]] = set()
+_CHECKED_FIELDS_MAX = 4096
+_CHECKED_VALUE_MAX = 256
+_STATUS_FIELDS = {code: (b":status", str(code).encode()) for code in range(100, 600)}
+
+
+# Response heads as the app gave them, (status, fields) -> (the fields to send, checked,
+# their HEADERS frame and its section size): many responses repeat their head exactly (the same type and
+# length), and then neither the checks nor QPACK run again. Static-table encoding only
+# (the server's default): the frame depends on the fields alone. Bounded: cleared when full.
+_HEADS: dict[tuple[Any, ...], tuple[Headers, bytes, int]] = {}
+_HEADS_MAX = 512
+
+
+def _response_fields(status: int, headers: Any) -> Headers:
+    """The response's field section, ``:status`` first: the app's fields lowercased,
+    HTTP/1.1's connection-specific ones dropped (malformed in HTTP/3, section 4.2),
+    each checked as :func:`check_response` would (H3StreamError)."""
+    status_field = _STATUS_FIELDS.get(status)
+    if status_field is None:
+        status_field = (b":status", str(status).encode())
+        check_response([status_field])  # three digits
+    fields = [status_field]
+    checked = _CHECKED_FIELDS
+    for name, value in headers:
+        field = (bytes(name).lower(), bytes(value))
+        if field[0] in CONNECTION_SPECIFIC:
+            continue
+        if field not in checked:
+            check_trailers([field])  # a regular field, alone: what check_response() checks of it
+            if len(checked) < _CHECKED_FIELDS_MAX and len(field[1]) <= _CHECKED_VALUE_MAX:
+                checked.add(field)
+        fields.append(field)
+    return fields
 
 
 def _fields(headers: Any) -> Headers:
@@ -163,18 +260,75 @@ def _addresses(h3: H3Connection) -> tuple[tuple[str, int] | None, tuple[str, int
     return cached[1], cached[2]
 
 
-def _scope(h3: H3Connection, headers: Headers, pseudo: dict[bytes, bytes],
-           state: dict[str, Any] | None) -> Scope:
+# Decoded once: most requests use a few methods and one scheme.
+_METHODS = {method.encode(): method for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
+_SCHEMES = {b"https": "https", b"http": "http"}
+
+
+class _RequestHead(NamedTuple):
+    """What a request's header section gives its ASGI scope, checked (check_request)."""
+
+    method: str
+    scheme: str
+    path: str
+    raw_path: bytes
+    query_string: bytes
+    headers: Tuple[Tuple[bytes, bytes], ...]  # the regular fields, host first when only :authority named it
+    content_length: int | None
+
+
+# Request header sections already checked, and what they gave: clients repeat whole
+# requests (the same URL and fields: polling, health checks, API calls), and then neither
+# the checks nor the decoding run again. Bounded: cleared when full; large sections are
+# not kept. A malformed one raises before it could be kept.
+_REQUEST_HEADS: dict[Tuple[Tuple[bytes, bytes], ...], _RequestHead] = {}
+_REQUEST_HEADS_MAX = 512
+_REQUEST_HEAD_SIZE_MAX = 4096
+
+
+def _request_head(headers: Headers) -> _RequestHead:
+    """The request's head, checked: H3StreamError (H3_MESSAGE_ERROR) if malformed."""
+    key = tuple(headers)
+    head = _REQUEST_HEADS.get(key)
+    if head is None:
+        head = _check_request_head(headers)
+        if section_size(headers) <= _REQUEST_HEAD_SIZE_MAX:
+            if len(_REQUEST_HEADS) >= _REQUEST_HEADS_MAX:
+                _REQUEST_HEADS.clear()  # the requests of now are remembered again
+            _REQUEST_HEADS[key] = head
+    return head
+
+
+def _check_request_head(headers: Headers) -> _RequestHead:
+    pseudo = check_request(headers)
+    # check_request() found the pseudo-header fields first and each once: the rest
+    # is a slice, with no Python step per field.
+    regular = headers[len(pseudo):]
+    length = content_length(regular)
     raw_path, _, query = pseudo.get(b":path", b"").partition(b"?")
-    regular = [(name, value) for name, value in headers if not name.startswith(b":")]
-    if b":authority" in pseudo and not any(name == b"host" for name, _ in regular):
-        regular.insert(0, (b"host", pseudo[b":authority"]))
+    authority = pseudo.get(b":authority")
+    scheme = pseudo.get(b":scheme", b"https")
+    if authority is not None:
+        if scheme in _SCHEMES:  # check_request(): a host field there has the :authority's value
+            has_host = (b"host", authority) in regular
+        else:
+            has_host = any(name == b"host" for name, _ in regular)
+        if not has_host:
+            regular.insert(0, (b"host", authority))
+    method = pseudo[b":method"]
+    path = raw_path.decode("latin-1")
+    return _RequestHead(_METHODS.get(method) or method.decode("latin-1"),
+                        _SCHEMES.get(scheme) or scheme.decode("latin-1"),
+                        unquote(path) if "%" in path else path, raw_path, query, tuple(regular), length)
+
+
+def _scope(h3: H3Connection, head: _RequestHead, state: dict[str, Any] | None) -> Scope:
     client, server = _addresses(h3)
     scope: Scope = {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.4"}, "http_version": "3",
-        "method": pseudo[b":method"].decode("latin-1"), "scheme": pseudo.get(b":scheme", b"https").decode("latin-1"),
-        "path": unquote(raw_path.decode("latin-1")), "raw_path": raw_path, "query_string": query,
-        "root_path": "", "headers": regular,
+        "method": head.method, "scheme": head.scheme,
+        "path": head.path, "raw_path": head.raw_path, "query_string": head.query_string,
+        "root_path": "", "headers": list(head.headers),  # the app's own list: it may change it
         "client": client, "server": server,
         "extensions": {"http.response.trailers": {}},
     }
@@ -190,8 +344,8 @@ async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream
         headers = request.receive_headers_nowait()
         if headers is None:
             headers = await bounded(request.receive_headers(), header_timeout)
-        pseudo = check_request(headers)
-        exchange = _Exchange(request, headers, head=pseudo[b":method"] == b"HEAD")  # checks content-length
+        head = _request_head(headers)
+        exchange = _Exchange(request, head.content_length, head=head.method == "HEAD")
     except H3StreamError as exc:
         request._error(exc)
         return
@@ -201,10 +355,10 @@ async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream
         logger.info("request stream %s: no whole header section in %s s, rejected", request.stream.id, header_timeout)
         request.abort(ErrorCode.H3_REQUEST_REJECTED)  # nothing of it was processed
         return
-    scope = _scope(h3, headers, pseudo, state)
+    scope = _scope(h3, head, state)
     try:
         await app(scope, exchange.receive, exchange.send)
-        if not exchange.response_done.is_set() and not exchange.disconnected:
+        if not exchange.response_done and not exchange.disconnected:
             raise RuntimeError("the app returned before finishing its response")
     except (StreamError, ConnectionClosed, ClientDisconnected) as exc:
         logger.info("request stream %s ended early: %s", request.stream.id, exc)
@@ -219,13 +373,15 @@ async def _handle_request(app: ASGIApp, h3: H3Connection, request: RequestStream
             except (StreamError, ConnectionClosed):
                 pass
     finally:
-        exchange.response_done.set()
+        exchange._finish()
         # Answered without reading it all: the rest is not wanted (section 4.1). Not once
         # the request's FIN is in (a GET's, most often): nothing is left to stop then, and
-        # STOP_SENDING would cost a native call and a loop wake-up per request.
-        if not exchange.body_done and not request.stream.at_eof():
+        # STOP_SENDING would cost a native call and a loop wake-up per request. A FIN
+        # that came with the bytes read is known without asking msquic.
+        stream = request.stream
+        if not exchange.body_done and not stream._eof_read and not stream.at_eof():
             with contextlib.suppress(StreamError, ConnectionClosed):
-                request.stream.stop_sending(ErrorCode.H3_NO_ERROR)
+                stream.stop_sending(ErrorCode.H3_NO_ERROR)
     if logger.isEnabledFor(logging.INFO):  # the access log
         client = scope["client"]
         logger.info('%s:%s - "%s %s HTTP/3" %s', client[0] if client else "-", client[1] if client else "-",
@@ -244,11 +400,16 @@ async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
     h3 = H3Connection(quic, is_client=False, **h3_options)
     tasks: set[asyncio.Task[None]] = set()
     create_task = asyncio.get_running_loop().create_task
+    prune_at = _PRUNE_MIN
 
     def on_request(request: RequestStream) -> None:
-        task = create_task(_handle_request(app, h3, request, state, header_timeout))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        nonlocal prune_at
+        tasks.add(create_task(_handle_request(app, h3, request, state, header_timeout)))
+        # Finished tasks leave the set in batches, not by a done callback each (one
+        # more call_soon and turn of the loop per request); amortized O(1).
+        if len(tasks) >= prune_at:
+            tasks.difference_update([task for task in tasks if task.done()])
+            prune_at = max(_PRUNE_MIN, 2 * len(tasks))
 
     h3.on_request = on_request  # a task per request, started as its stream comes
     h3.start()
@@ -260,10 +421,9 @@ async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
     stop = asyncio.ensure_future(stop_on_shutdown())
     try:
         await h3.accept_request()  # None once no more requests come (GOAWAY sent, or the connection over)
-        # Only the requests still running: a finished one leaves the set through its
-        # done callback, which runs on a later turn of the loop; gathering finished
-        # tasks completes without yielding (Python 3.12+), so waiting for the set to
-        # empty spun forever and the callbacks never ran.
+        # Only the requests still running: finished ones stay in the set until the
+        # next pruning, and gathering finished tasks completes without yielding
+        # (Python 3.12+), so waiting for the set to empty would spin forever.
         running = [task for task in tasks if not task.done()]
         while running:
             await asyncio.gather(*running, return_exceptions=True)
@@ -383,7 +543,7 @@ async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Creden
                 settings: Settings | None = None, max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS,
                 max_field_section_size: int = MAX_HEADERS_FRAME_SIZE,
                 qpack_max_table_capacity: int = DEFAULT_MAX_TABLE_CAPACITY,
-                qpack_blocked_streams: int = DEFAULT_BLOCKED_STREAMS,
+                qpack_blocked_streams: int = DEFAULT_BLOCKED_STREAMS, qpack_encoder_max_table_capacity: int = 0,
                 header_timeout: float | None = HEADER_TIMEOUT, **serve_options: Any) -> H3Server:
     """Serve the ASGI 3 ``app`` over HTTP/3 on ``host:port`` (port 0: any free
     one, see :attr:`H3Server.addresses`), after the app's lifespan startup
@@ -391,8 +551,10 @@ async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Creden
     ``max_concurrent_requests`` is the number of request streams a client may
     have open at once; ``max_field_section_size`` bounds a request's header
     section (larger: stream error H3_EXCESSIVE_LOAD), which must all be in within
-    ``header_timeout`` seconds (else H3_REQUEST_REJECTED); the ``qpack_`` limits
-    bound the client's use of our QPACK decoder. Other keyword arguments go
+    ``header_timeout`` seconds (else H3_REQUEST_REJECTED); ``qpack_max_table_capacity``
+    and ``qpack_blocked_streams`` bound the client's use of our QPACK decoder; ``qpack_encoder_max_table_capacity``
+    lets our encoder use a dynamic table for the responses (0: the static table only,
+    see :class:`~pymsquic.h3.connection.H3Connection`). Other keyword arguments go
     to :func:`pymsquic.asyncio.serve`."""
     settings = dataclasses.replace(settings or Settings(idle_timeout_ms=30_000),
                                    peer_bidi_stream_count=max_concurrent_requests, peer_unidi_stream_count=16)
@@ -405,7 +567,8 @@ async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Creden
                                header_timeout=header_timeout,
                                max_field_section_size=max_field_section_size,
                                qpack_max_table_capacity=qpack_max_table_capacity,
-                               qpack_blocked_streams=qpack_blocked_streams)
+                               qpack_blocked_streams=qpack_blocked_streams,
+                               qpack_encoder_max_table_capacity=qpack_encoder_max_table_capacity)
 
     try:
         quic_server = await pymsquic_asyncio.serve(handler, host, port, alpn=ALPN, credential=credential,
