@@ -646,11 +646,31 @@ class RequestStream:
                     self.trailers = await self._decode(frame.data)
                     check_trailers(self.trailers)
                 elif frame.data:
-                    self.data_received += len(frame.data)
-                    if self.expected_length is not None and self.data_received > self.expected_length:
-                        raise H3StreamError(ErrorCode.H3_MESSAGE_ERROR,
-                                            f"more body than its content-length {self.expected_length}")
-                    return frame.data
+                    return self._counted(frame.data)
+        except H3Error as exc:
+            self._error(exc)
+            raise
+
+    def _counted(self, data: bytes) -> bytes:
+        self.data_received += len(data)
+        if self.expected_length is not None and self.data_received > self.expected_length:
+            raise H3StreamError(ErrorCode.H3_MESSAGE_ERROR,
+                                f"more body than its content-length {self.expected_length}")
+        return data
+
+    def _receive_data_nowait(self) -> bytes | None:
+        """:meth:`receive_data` when its next frame is a DATA frame already in (a small
+        request body comes with its HEADERS): no coroutine for it. Else None, nothing
+        taken, and :meth:`receive_data` goes on from there. Raises as it does."""
+        frames = self._frames
+        if not frames or self.trailers is not None:
+            return None
+        frame = frames[0]
+        if frame.type != FrameType.DATA or not frame.data:
+            return None
+        frames.popleft()
+        try:
+            return self._counted(frame.data)
         except H3Error as exc:
             self._error(exc)
             raise
