@@ -623,8 +623,26 @@ class RequestStream:
         if end > len(chunk) or length > reader.max_headers_size:
             return None
         if end < len(chunk):
-            self._frames.extend(reader.feed(chunk[end:]))
+            self._take_after_headers(chunk, end)
         return chunk[start:end]
+
+    def _take_after_headers(self, chunk: bytes, at: int) -> None:
+        """What follows the first HEADERS frame in ``chunk``, from ``at``: a small
+        request's body is most often one whole DATA frame there, taken as it is
+        (the reader stays where a whole frame leaves it); else the reader takes it."""
+        size = len(chunk)
+        if size - at >= 3 and chunk[at] == FrameType.DATA:
+            first = chunk[at + 1]
+            if first < 0x40:
+                length, start = first, at + 2
+            elif first < 0x80:
+                length, start = (first & 0x3F) << 8 | chunk[at + 2], at + 3
+            else:
+                length, start = -1, size
+            if length > 0 and start + length == size:
+                self._frames.append(Frame(FrameType.DATA, chunk[start:]))
+                return
+        self._frames.extend(self._reader.feed(chunk[at:]))
 
     def _headers_in(self, headers: Headers) -> Headers:
         if self.h3.is_client and self.h3.enable_datagrams:
