@@ -412,7 +412,8 @@ async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
     connection closes with H3_NO_ERROR. ``state``: the ASGI lifespan's state,
     copied into each request's scope. A request whose header section is not all
     in within ``header_timeout`` seconds (None: no limit) is reset with
-    H3_REQUEST_REJECTED."""
+    H3_REQUEST_REJECTED. It sets ``quic``'s peer address callback (a callback set
+    before still runs): the scopes' ``client`` follows the peer when it moves."""
     h3 = H3Connection(quic, is_client=False, **h3_options)
     tasks: set[asyncio.Task[None]] = set()
     create_task = asyncio.get_running_loop().create_task
