@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import ssl
 from typing import Any, AsyncIterator
 
@@ -238,6 +239,49 @@ def test_aioquic_client_against_asgi_server(server_credential, table: int) -> No
             # Our encoder inserted into its dynamic table (and aioquic acknowledged) only when allowed.
             assert (client.http._encoder_bytes_received > 0) == (table > 0)
             assert (client.http._decoder_bytes_sent > 0) == (table > 0)
+
+    asyncio.run(main())
+
+
+def test_asgi_client_address_follows_the_client_to_a_new_socket(server_credential) -> None:
+    """The ASGI scope's ``client`` is read once per connection, and again after the peer's
+    address changed: aioquic's client goes on from a new UDP socket (NAT rebinding), and
+    a request from there names the new port (requests until msquic reported the change;
+    never with a port other than the old and the new)."""
+    async def where(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await read_body(receive)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"x-client", f"{scope['client'][0]}:{scope['client'][1]}".encode()),
+                                (b"x-server", str(scope["server"][1]).encode())]})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def main() -> None:
+        async with await pymsquic.h3.serve(where, "127.0.0.1", 0, credential=server_credential) as server:
+            port = server.addresses[0][1]
+            async with connect("127.0.0.1", port, configuration=aioquic_h3_config(),
+                               create_protocol=AioquicH3Client) as client:
+                assert isinstance(client, AioquicH3Client)
+                old_transport = client._transport
+                old_port = old_transport.get_extra_info("sockname")[1]
+                for _ in range(2):  # the second from the addresses read for the first
+                    headers, _ = await client.request(b"GET", b"/")
+                    assert headers[b"x-client"] == f"127.0.0.1:{old_port}".encode()
+                    assert headers[b"x-server"] == str(port).encode()
+                # The rebinding: the same connection now sends from a new socket (dual-stack,
+                # as aioquic's own: it sends to v4-mapped addresses).
+                sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                sock.bind(("::", 0))
+                new_transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: client, sock=sock)
+                new_port = new_transport.get_extra_info("sockname")[1]
+                old_transport.close()
+                seen = []
+                for _ in range(50):
+                    headers, _ = await client.request(b"GET", b"/")
+                    seen.append(headers[b"x-client"])
+                    if seen[-1] != f"127.0.0.1:{old_port}".encode():
+                        break
+                assert seen[-1] == f"127.0.0.1:{new_port}".encode(), seen
 
     asyncio.run(main())
 

@@ -410,9 +410,13 @@ def test_response_fields_checked_once_are_remembered_and_bad_ones_never() -> Non
 
 @pytest.mark.parametrize("pad", [0, 40, 300, 5000])  # a header block's length in 1 or 2 bytes, below and over 256
 @pytest.mark.parametrize("length_bytes", [0, 4])  # its length as the shortest varint, or as a 4-byte one
-def test_header_block_lengths_with_the_body_in_the_same_read(server_credential, pad: int, length_bytes: int) -> None:
-    """The first HEADERS frame, whatever its length's encoding, with DATA right after it:
-    the request decodes and its body reaches the app whole."""
+@pytest.mark.parametrize("pieces", [[b"body"], [bytes(range(256)) * 2], [b"", b"bo", b"dy"]],
+                         ids=["one-byte-length", "two-byte-length", "three-frames"])
+def test_header_block_lengths_with_the_body_in_the_same_read(server_credential, pad: int, length_bytes: int,
+                                                             pieces: list[bytes]) -> None:
+    """The first HEADERS frame, whatever its length's encoding, with DATA right after it
+    (one frame, its length in one or two bytes, or several frames): the request decodes
+    and its body reaches the app whole."""
     async def main() -> None:
         async with raw_client(server_credential) as client:
             fields = [*GET[:3], (b":path", b"/echo"), (b"x-pad", b"p" * pad)]
@@ -421,9 +425,11 @@ def test_header_block_lengths_with_the_body_in_the_same_read(server_credential, 
                 head = bytes([FrameType.HEADERS]) + (0x80 << 24 | len(block)).to_bytes(4, "big")
             else:
                 head = encode_varint(FrameType.HEADERS) + encode_varint(len(block))
-            headers, body = await client.response(client.send(head + block + encode_frame(FrameType.DATA, b"body")))
-            assert (b":status", b"200") in headers and (b"x-len", b"4") in headers
-            assert body == b"body"
+            data = b"".join(encode_frame(FrameType.DATA, piece) for piece in pieces)
+            headers, body = await client.response(client.send(head + block + data))
+            whole = b"".join(pieces)
+            assert (b":status", b"200") in headers and (b"x-len", str(len(whole)).encode()) in headers
+            assert body == whole
     run(main())
 
 

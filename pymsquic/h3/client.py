@@ -259,7 +259,9 @@ class Response:
         chunks: list[bytes] = []
         try:
             while True:
-                chunk = await request.receive_data()
+                chunk = request._receive_data_nowait()  # most often in already: no coroutine
+                if chunk is None:
+                    chunk = await request.receive_data()
                 if not chunk:
                     break
                 chunks.append(chunk)

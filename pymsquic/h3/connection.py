@@ -47,6 +47,9 @@ logger = logging.getLogger("pymsquic")
 #: The ALPN of HTTP/3.
 ALPN = "h3"
 
+# Frame types as plain ints, for the per-read checks (an IntEnum compares slower).
+_DATA, _HEADERS = int(FrameType.DATA), int(FrameType.HEADERS)
+
 # How much a request stream read asks for at once.
 _READ_CHUNK = 65536
 
@@ -431,6 +434,20 @@ class H3Connection:
         return request
 
 
+def _short_frame(chunk: bytes, at: int) -> tuple[int, int, int] | None:
+    """(type, payload start, payload end) of a DATA or HEADERS frame at ``at`` in
+    ``chunk`` whose length is a one- or two-byte varint, its header in ``chunk``
+    (not necessarily its payload); else None (the frame reader then)."""
+    if len(chunk) - at < 3 or chunk[at] > _HEADERS:
+        return None
+    first = chunk[at + 1]
+    if first < 0x40:
+        return chunk[at], at + 2, at + 2 + first
+    if first < 0x80:
+        return chunk[at], at + 3, at + 3 + ((first & 0x3F) << 8 | chunk[at + 2])
+    return None
+
+
 class RequestStream:
     """One request/response exchange on a bidirectional stream.
 
@@ -482,7 +499,16 @@ class RequestStream:
 
     def _take(self, chunk: bytes) -> None:
         if chunk:
-            self._frames.extend(self._reader.feed(chunk))
+            # A response most often comes whole in one read (HEADERS, then one DATA
+            # frame): queued as it is, without the reader's parsing loop.
+            span = self._headers_span(chunk)
+            if span is None:
+                self._frames.extend(self._reader.feed(chunk))
+            else:
+                start, end = span
+                self._frames.append(Frame(_HEADERS, chunk[start:end]))
+                if end < len(chunk):
+                    self._take_rest(chunk, end)
         else:
             self._eof = True
             self._reader.check_end()
@@ -605,26 +631,41 @@ class RequestStream:
     def _whole_first_headers(self, chunk: bytes) -> bytes | None:
         """The header block of the stream's first frame when ``chunk`` (the stream's
         first bytes) starts with a whole HEADERS frame within the size limit, what
-        follows fed to the frame reader; else None and nothing taken (the reader
+        follows taken (:meth:`_take_rest`); else None and nothing taken (the reader
         takes it all, and says what is wrong). Most requests come so: no Frame
         object and no parsing loop for them."""
-        reader = self._reader
-        if (self._headers_received or len(chunk) < 3 or chunk[0] != FrameType.HEADERS
-                or reader._type is not None or reader._buffer):
+        span = None if self._headers_received else self._headers_span(chunk)
+        if span is None:
             return None
-        first = chunk[1]
-        if first < 0x40:  # the length's varint: one byte
-            length, start = first, 2
-        elif first < 0x80:  # two bytes
-            length, start = (first & 0x3F) << 8 | chunk[2], 3
-        else:
-            return None
-        end = start + length
-        if end > len(chunk) or length > reader.max_headers_size:
-            return None
+        start, end = span
         if end < len(chunk):
-            self._frames.extend(reader.feed(chunk[end:]))
+            self._take_rest(chunk, end)
         return chunk[start:end]
+
+    def _headers_span(self, chunk: bytes) -> tuple[int, int] | None:
+        """(start, end) of the payload when ``chunk`` starts with a whole HEADERS frame
+        (its length in one or two bytes, within the limit) and the reader is between
+        frames; else None."""
+        reader = self._reader
+        if reader._type is not None or reader._buffer:
+            return None
+        frame = _short_frame(chunk, 0)
+        if frame is None or frame[0] != _HEADERS:
+            return None
+        _, start, end = frame
+        if end > len(chunk) or end - start > reader.max_headers_size:
+            return None
+        return start, end
+
+    def _take_rest(self, chunk: bytes, at: int) -> None:
+        """What follows a whole HEADERS frame in ``chunk``, from ``at``: a small body
+        is most often one whole DATA frame there, queued as it is (the reader stays
+        where a whole frame leaves it); else the reader takes it."""
+        frame = _short_frame(chunk, at)
+        if frame is not None and frame[0] == _DATA and frame[1] < frame[2] == len(chunk):
+            self._frames.append(Frame(_DATA, chunk[frame[1]:]))
+        else:
+            self._frames.extend(self._reader.feed(chunk[at:]))
 
     def _headers_in(self, headers: Headers) -> Headers:
         if self.h3.is_client and self.h3.enable_datagrams:
@@ -646,11 +687,31 @@ class RequestStream:
                     self.trailers = await self._decode(frame.data)
                     check_trailers(self.trailers)
                 elif frame.data:
-                    self.data_received += len(frame.data)
-                    if self.expected_length is not None and self.data_received > self.expected_length:
-                        raise H3StreamError(ErrorCode.H3_MESSAGE_ERROR,
-                                            f"more body than its content-length {self.expected_length}")
-                    return frame.data
+                    return self._counted(frame.data)
+        except H3Error as exc:
+            self._error(exc)
+            raise
+
+    def _counted(self, data: bytes) -> bytes:
+        self.data_received += len(data)
+        if self.expected_length is not None and self.data_received > self.expected_length:
+            raise H3StreamError(ErrorCode.H3_MESSAGE_ERROR,
+                                f"more body than its content-length {self.expected_length}")
+        return data
+
+    def _receive_data_nowait(self) -> bytes | None:
+        """:meth:`receive_data` when its next frame is a DATA frame already in (a small
+        request body comes with its HEADERS): no coroutine for it. Else None, nothing
+        taken, and :meth:`receive_data` goes on from there. Raises as it does."""
+        frames = self._frames
+        if not frames or self.trailers is not None:
+            return None
+        frame = frames[0]
+        if frame.type != FrameType.DATA or not frame.data:
+            return None
+        frames.popleft()
+        try:
+            return self._counted(frame.data)
         except H3Error as exc:
             self._error(exc)
             raise

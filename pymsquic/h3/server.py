@@ -109,7 +109,9 @@ class _Exchange:
             self.disconnected = not self.response_done
             return {"type": "http.disconnect"}
         try:
-            chunk = await self.request.receive_data()
+            chunk = self.request._receive_data_nowait()  # most often in already: no coroutine
+            if chunk is None:
+                chunk = await self.request.receive_data()
             if not chunk or self.request.receive_ended():  # the last piece says so itself
                 self.body_done = True
                 if self.expected_length is not None and self.request.data_received != self.expected_length:
@@ -248,16 +250,30 @@ def _fields(headers: Any) -> Headers:
 
 
 def _addresses(h3: H3Connection) -> tuple[tuple[str, int] | None, tuple[str, int] | None]:
-    """The ASGI scope's ``client`` and ``server``: read from the connection, once and
-    again only after the peer's address changed (migration, NAT rebinding)."""
-    info = h3.quic._refresh()  # one native call: the change count and both addresses
-    changes = int(info.peer_address_changes)
+    """The ASGI scope's ``client`` and ``server``: read from the connection once, and
+    again only after the peer's address changed (migration, NAT rebinding: see
+    _watch_addresses): no native call per request."""
     cached = h3._asgi_addresses
-    if cached is None or cached[0] != changes:
+    if cached is None:
+        info = h3.quic._refresh()  # one native call: both addresses
         client, server = from_native(info.remote), from_native(info.local)
-        cached = h3._asgi_addresses = (changes, (client[0], client[1]) if client else None,
+        cached = h3._asgi_addresses = (0, (client[0], client[1]) if client else None,
                                        (server[0], server[1]) if server else None)
     return cached[1], cached[2]
+
+
+def _watch_addresses(h3: H3Connection) -> None:
+    """Forget the connection's ASGI addresses when the peer's address changes (the
+    connection's peer address callback, which msquic's PEER_ADDRESS_CHANGED wakes):
+    the next request reads them again. A callback set before is kept and still runs."""
+    quic = h3.quic
+    previous = quic._peer_address_callback
+
+    def changed(address: Any) -> object:
+        h3._asgi_addresses = None
+        return previous(address) if previous is not None else None
+
+    quic.set_peer_address_callback(changed)
 
 
 # Decoded once: most requests use a few methods and one scheme.
@@ -396,7 +412,8 @@ async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
     connection closes with H3_NO_ERROR. ``state``: the ASGI lifespan's state,
     copied into each request's scope. A request whose header section is not all
     in within ``header_timeout`` seconds (None: no limit) is reset with
-    H3_REQUEST_REJECTED."""
+    H3_REQUEST_REJECTED. It sets ``quic``'s peer address callback (a callback set
+    before still runs): the scopes' ``client`` follows the peer when it moves."""
     h3 = H3Connection(quic, is_client=False, **h3_options)
     tasks: set[asyncio.Task[None]] = set()
     create_task = asyncio.get_running_loop().create_task
@@ -412,6 +429,7 @@ async def serve_connection(app: ASGIApp, quic: pymsquic_asyncio.Connection, *,
             prune_at = max(_PRUNE_MIN, 2 * len(tasks))
 
     h3.on_request = on_request  # a task per request, started as its stream comes
+    _watch_addresses(h3)
     h3.start()
 
     async def stop_on_shutdown() -> None:
