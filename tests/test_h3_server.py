@@ -449,6 +449,38 @@ def test_repeated_response_heads(server_credential) -> None:
     run(main())
 
 
+def test_large_heads_are_not_kept_in_the_head_caches(server_credential) -> None:
+    """The server's response-head cache and the client's response-head cache keep small heads
+    only: a large one (its values chosen by the app or the server, a path echoed into a header)
+    is checked each time, not held for the life of the process."""
+    from pymsquic.h3 import client as h3_client
+    from pymsquic.h3 import server as h3_server
+
+    def kept(value: bytes) -> tuple[bool, bool]:
+        return (any((b"x-v", value) in key for key in h3_client._RESPONSE_HEADS),
+                any(value in repr(key).encode() for key in h3_server._HEADS))
+
+    async def main() -> None:
+        async with await pymsquic.h3.serve(app, "127.0.0.1", 0, credential=server_credential) as server:
+            async with pymsquic.h3.Client(verify=False) as client:
+                url = f"https://127.0.0.1:{server.addresses[0][1]}/head?"
+                small, large = b"s" * 16, b"L" * 5000
+                for value in (small, large):
+                    response = await client.get(url + value.decode())
+                    assert response.status_code == 200 and response.header("x-v") == value.decode()
+                assert kept(small) == (True, True)  # the caches are where this test looks
+                assert kept(large) == (False, False)
+    run(main())
+
+
+def test_a_negative_encoder_table_capacity_is_refused(server_credential) -> None:
+    async def main() -> None:
+        with pytest.raises(ValueError, match="qpack_encoder_max_table_capacity"):
+            await pymsquic.h3.serve(app, "127.0.0.1", 0, credential=server_credential,
+                                    qpack_encoder_max_table_capacity=-1)
+    run(main())
+
+
 def test_repeated_requests(server_credential) -> None:
     """The server remembers request heads it checked: a repeated request gets a scope of its
     own (its headers list the app may change), requests differing in their query or method

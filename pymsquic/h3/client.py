@@ -32,7 +32,7 @@ from ..configuration import Credential, Settings
 from ..errors import StreamStopped
 from .connection import ALPN, H3Connection, RequestStream
 from .errors import ErrorCode, H3StreamError
-from .message import Headers, check_request, check_response, content_length, section_size
+from .message import CACHED_SECTION_MAX, Headers, check_request, check_response, content_length, section_size
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -376,10 +376,10 @@ class Client:
             request = h3.open_request(frame, body or b"", end_stream=True)  # the whole request in one write
         else:
             request = h3.open_request(frame)
-        # Attached to the loop's waker before its first read, which is then the only check
-        # before waiting (RequestStream._next_frame): most responses are waited for.
-        request.stream._attach_to_running_loop()
         try:
+            # Attached to the loop's waker before its first read, which is then the only check
+            # before waiting (RequestStream._next_frame): most responses are waited for.
+            request.stream._attach_to_running_loop()
             if chunks is not None:
                 await self._send_body(request, chunks)
             if stream:  # the body's waits are bounded one by one, as the caller reads
@@ -467,7 +467,9 @@ class Client:
                 break
             request.interim_received()
         response = Response(status, response_headers, request, body_timeout, method)
-        if method != "HEAD" and status not in (204, 304):  # their content-length is not the body's
+        # (Not HEAD, 204, 304: their content-length is not the body's. Not a large head: the
+        # server chooses its values, and they would outlive this client.)
+        if method != "HEAD" and status not in (204, 304) and section_size(response_headers) <= CACHED_SECTION_MAX:
             if len(_RESPONSE_HEADS) >= _TARGETS_MAX:
                 _RESPONSE_HEADS.clear()
             _RESPONSE_HEADS[key] = (status, response._expected_length)

@@ -84,6 +84,8 @@ class H3Connection:
                  qpack_max_table_capacity: int = DEFAULT_MAX_TABLE_CAPACITY,
                  qpack_blocked_streams: int = DEFAULT_BLOCKED_STREAMS, enable_datagrams: bool = False,
                  enable_connect_protocol: bool = False, qpack_encoder_max_table_capacity: int = 0) -> None:
+        if qpack_encoder_max_table_capacity < 0:
+            raise ValueError(f"qpack_encoder_max_table_capacity must be >= 0, not {qpack_encoder_max_table_capacity}")
         if is_client and qpack_encoder_max_table_capacity:
             raise ValueError("a client's QPACK encoder uses the static table only")  # see below
         self.quic = quic
@@ -406,7 +408,11 @@ class H3Connection:
                 first += body
             else:  # large: written on its own, not copied into the frames first
                 request = RequestStream(self, self.quic.open_stream(data=first))
-                request.stream.write(body, fin=end_stream)
+                try:
+                    request.stream.write(body, fin=end_stream)
+                except BaseException:  # the HEADERS went out: the server need not wait for the rest
+                    request.cancel()
+                    raise
                 return request
         return RequestStream(self, self.quic.open_stream(data=first, fin=end_stream))
 

@@ -77,6 +77,12 @@ def _split(headers: Headers, allowed: frozenset[bytes]) -> dict[bytes, bytes]:
     return pseudo
 
 
+#: The largest field section (section_size) the client and server keep in their caches of
+#: heads met before: larger ones (long cookies, paths echoed into a header) are checked each
+#: time rather than held for the life of the process.
+CACHED_SECTION_MAX = 4096
+
+
 def section_size(headers: Headers) -> int:
     """A field section's size as RFC 9114 section 4.2.2 measures it: each field's
     name and value lengths plus 32 (summed in C: no Python step per field)."""

@@ -20,6 +20,7 @@ from .connection import ALPN, H3Connection, RequestStream
 from .errors import ErrorCode, H3Error, H3StreamError
 from .frames import MAX_HEADERS_FRAME_SIZE
 from .message import (
+    CACHED_SECTION_MAX,
     CONNECTION_SPECIFIC,
     Headers,
     check_request,
@@ -149,10 +150,11 @@ class _Exchange:
                 return frame
         frame = request._headers_frame(self.response_headers)  # checks the client's limit
         key = self._head_key
-        if key is not None and h3._encoder_static:
+        size = section_size(self.response_headers)
+        if key is not None and h3._encoder_static and size <= CACHED_SECTION_MAX:
             if len(_HEADS) >= _HEADS_MAX:
                 _HEADS.clear()  # the heads of now are remembered again
-            _HEADS[key] = (self.response_headers, frame, section_size(self.response_headers))
+            _HEADS[key] = (self.response_headers, frame, size)
         return frame
 
     def _send(self, message: Message) -> bool:
@@ -299,7 +301,6 @@ class _RequestHead(NamedTuple):
 # not kept. A malformed one raises before it could be kept.
 _REQUEST_HEADS: dict[Tuple[Tuple[bytes, bytes], ...], _RequestHead] = {}
 _REQUEST_HEADS_MAX = 512
-_REQUEST_HEAD_SIZE_MAX = 4096
 
 
 def _request_head(headers: Headers) -> _RequestHead:
@@ -308,7 +309,7 @@ def _request_head(headers: Headers) -> _RequestHead:
     head = _REQUEST_HEADS.get(key)
     if head is None:
         head = _check_request_head(headers)
-        if section_size(headers) <= _REQUEST_HEAD_SIZE_MAX:
+        if section_size(headers) <= CACHED_SECTION_MAX:
             if len(_REQUEST_HEADS) >= _REQUEST_HEADS_MAX:
                 _REQUEST_HEADS.clear()  # the requests of now are remembered again
             _REQUEST_HEADS[key] = head
@@ -574,6 +575,8 @@ async def serve(app: ASGIApp, host: str | None, port: int, *, credential: Creden
     lets our encoder use a dynamic table for the responses (0: the static table only,
     see :class:`~pymsquic.h3.connection.H3Connection`). Other keyword arguments go
     to :func:`pymsquic.asyncio.serve`."""
+    if qpack_encoder_max_table_capacity < 0:  # (each connection's H3Connection would refuse it only then)
+        raise ValueError(f"qpack_encoder_max_table_capacity must be >= 0, not {qpack_encoder_max_table_capacity}")
     settings = dataclasses.replace(settings or Settings(idle_timeout_ms=30_000),
                                    peer_bidi_stream_count=max_concurrent_requests, peer_unidi_stream_count=16)
     shutdown = asyncio.Event()
