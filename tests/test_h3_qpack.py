@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from pymsquic.h3 import qpack
 from pymsquic.h3.errors import ErrorCode, H3ConnectionError
 from pymsquic.h3.qpack import Decoder, Encoder, _prefixed_int
 
@@ -132,3 +133,10 @@ def test_stream_cancellation_encoding(stream_id: int, wire: bytes) -> None:
     """The Stream Cancellation pymsquic writes itself where pylsqpack (< 1.0) has no
     cancel_stream: RFC 9204 4.4.2's 01 pattern and a 6-bit prefixed integer (RFC 7541 5.1)."""
     assert _prefixed_int(0x40, 6, stream_id) == wire
+
+
+@pytest.mark.skipif(not qpack._PYLSQPACK_VERSION.startswith("0."), reason="pylsqpack 1.0 encodes large fields")
+def test_a_field_old_pylsqpack_cannot_encode_says_why() -> None:
+    # pylsqpack 0.3, the last for Python 3.10, encodes no field of ~4 KB or more.
+    with pytest.raises(ValueError, match="need pylsqpack 1.0, on Python 3.11"):
+        qpack.Encoder().encode(0, [(b"x-big", b"b" * 5000)])

@@ -19,6 +19,13 @@ except ImportError as exc:  # an optional dependency: say how to get it
 
 from .errors import ErrorCode, H3ConnectionError
 
+try:
+    from importlib.metadata import version as _version
+
+    _PYLSQPACK_VERSION = _version("pylsqpack")
+except Exception:  # not installed as a distribution (a source tree on the path): say nothing of it
+    _PYLSQPACK_VERSION = "unknown"
+
 Headers = List[Tuple[bytes, bytes]]
 
 #: Default dynamic table capacity we let the peer's encoder use (bytes), and
@@ -40,8 +47,16 @@ class Encoder:
         return self._encoder.apply_settings(min(peer_max_table_capacity, self._limit), peer_blocked_streams)
 
     def encode(self, stream_id: int, headers: Headers) -> tuple[bytes, bytes]:
-        """(encoder stream data to send first, the header block for a HEADERS frame)."""
-        return self._encoder.encode(stream_id, headers)
+        """(encoder stream data to send first, the header block for a HEADERS frame).
+        ValueError for a field pylsqpack cannot encode: with pylsqpack 0.3 (the last
+        for Python 3.10) a field of about 4 KB or more."""
+        try:
+            return self._encoder.encode(stream_id, headers)
+        except ValueError as exc:
+            if not _PYLSQPACK_VERSION.startswith("0."):
+                raise
+            raise ValueError(f"{exc} (pylsqpack {_PYLSQPACK_VERSION}: fields of ~4 KB or more need "
+                             "pylsqpack 1.0, on Python 3.11+)") from exc
 
     def feed_decoder(self, data: bytes) -> None:
         """What the peer's decoder stream carried. QPACK_DECODER_STREAM_ERROR on bad input."""
