@@ -133,9 +133,9 @@ class H3Connection:
         self._encoder_stream: Stream | None = None
         self._decoder_stream: Stream | None = None
         self._decoder_pending: list[bytes] = []  # decoder stream data to write (see _send_decoder_data)
-        # The server's ASGI (client, server) addresses, with the count of the peer's
-        # address changes they were read at: read again only after a change.
-        self._asgi_addresses: tuple[int, tuple[str, int] | None, tuple[str, int] | None] | None = None
+        # The server's ASGI (client, server) addresses: None again when the peer's
+        # address changes (server._watch_addresses), then read again.
+        self._asgi_addresses: tuple[tuple[str, int] | None, tuple[str, int] | None] | None = None
 
     # ---- setup and shutdown ------------------------------------------------------------
 

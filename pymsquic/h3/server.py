@@ -259,9 +259,9 @@ def _addresses(h3: H3Connection) -> tuple[tuple[str, int] | None, tuple[str, int
     if cached is None:
         info = h3.quic._refresh()  # one native call: both addresses
         client, server = from_native(info.remote), from_native(info.local)
-        cached = h3._asgi_addresses = (0, (client[0], client[1]) if client else None,
+        cached = h3._asgi_addresses = ((client[0], client[1]) if client else None,
                                        (server[0], server[1]) if server else None)
-    return cached[1], cached[2]
+    return cached
 
 
 def _watch_addresses(h3: H3Connection) -> None:
